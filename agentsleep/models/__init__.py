@@ -1,0 +1,1 @@
+"""Models: the embedded default, loading any HF directory, the version registry, growth."""

