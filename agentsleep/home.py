@@ -1,0 +1,260 @@
+"""Home: one agent's directory, and the Python entry point most users touch.
+
+    home = Home.open("~/.agentsleep/alice")
+    home.remember("Alice's daughter is called Maya.")
+    home.ask("What is my daughter's name?")          # retrieval (awake)
+    home.sleep()                                      # consolidate into the weights
+    home.ask("What is my daughter's name?", use_memory=False)   # closed-book
+
+Layout: ``config.toml``, ``memory/`` (Chroma + ledger), ``registry/`` (model
+versions, CURRENT), ``sleeps/`` (one journal + report per sleep), ``logs/``.
+The CLI, the daemon and the adapters are thin layers over this class.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from .config import Config
+from .errors import HomeError, InputError
+from .memory.episode import Episode, RememberResult
+from .memory.store import EpisodeStore
+from .models.registry import Registry, Version
+
+DEFAULT_HOME = Path("~/.agentsleep/default")
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AGENTSLEEP_HOME") or DEFAULT_HOME).expanduser()
+
+
+def _mkdir_private(p: Path) -> None:
+    try:
+        p.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except FileExistsError:
+        raise HomeError(f"home {p}: exists and is not a directory; pass another --home") from None
+    except NotADirectoryError:
+        raise HomeError(f"home {p}: a parent path is a file, not a directory; pass another --home") from None
+    except OSError as e:
+        raise HomeError(f"home {p}: cannot create ({e.strerror}); check permissions or pass another --home") from None
+
+
+class Home:
+    """An agent home. Cheap to open: the store and the model load on first use."""
+
+    def __init__(self, root: Path, config: Config, *, writable: bool = True):
+        self.root = root
+        self.config = config
+        self.writable = writable
+        self._store: EpisodeStore | None = None
+        self._registry: Registry | None = None
+        self._engine = None
+        self._lock = threading.RLock()
+
+    # -- opening ----------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path | None = None, *, writable: bool = True, create: bool = True,
+             env: dict[str, str] | None = None) -> "Home":
+        """Open (creating with defaults if needed) the home at `path`, $AGENTSLEEP_HOME or the default."""
+        root = Path(path).expanduser() if path else default_home()
+        if root.exists() and not root.is_dir():
+            raise HomeError(f"home {root}: is a file, not a directory; pass another --home")
+        if not root.exists():
+            if not create:
+                raise HomeError(f"home {root} does not exist; run `agentsleep init --home {root}`")
+            cls.init(root)
+        cfg = Config.load(root / "config.toml", env=env)
+        return cls(root, cfg, writable=writable)
+
+    @classmethod
+    def init(cls, path: str | Path | None = None, *, config: Config | None = None) -> Path:
+        """Create the home's folders and a config.toml with the defaults written out."""
+        root = Path(path).expanduser() if path else default_home()
+        _mkdir_private(root)
+        for sub in ("memory", "registry", "sleeps", "logs"):
+            _mkdir_private(root / sub)
+        cfg_path = root / "config.toml"
+        if not cfg_path.exists():
+            body = ("# agentsleep home configuration. Every field and its default: agentsleep/config.py\n"
+                    "# Environment overrides: AGENTSLEEP_<SECTION>__<FIELD>=value\n\n")
+            body += tomli_w.dumps((config or Config()).to_toml_dict())
+            tmp = cfg_path.with_suffix(".tmp")
+            try:
+                tmp.write_text(body, encoding="utf-8")
+                os.replace(tmp, cfg_path)
+            except OSError as e:
+                raise HomeError(f"home {root}: cannot write config.toml ({e.strerror}); is it read-only?") from None
+        _probe_writable(root)
+        return root
+
+    # -- parts --------------------------------------------------------------
+    @property
+    def store(self) -> EpisodeStore:
+        with self._lock:
+            if self._store is None:
+                self._store = EpisodeStore(self.config.memory, self.root / "memory", writable=self.writable)
+            return self._store
+
+    @property
+    def registry(self) -> Registry:
+        with self._lock:
+            if self._registry is None:
+                self._registry = Registry(self.root / "registry", base_model=self.config.model.base)
+            return self._registry
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> "Home":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # -- awake: memory ------------------------------------------------------
+    def remember(self, text: str, **kw: Any) -> RememberResult:
+        return self.store.remember(text, **kw)
+
+    def recall(self, query: str, k: int | None = None, **filters: Any) -> list[Episode]:
+        return self.store.recall(query, k, **filters)
+
+    def get(self, episode_id: str) -> Episode:
+        return self.store.get(episode_id)
+
+    def episodes(self, **kw: Any) -> list[Episode]:
+        return self.store.list(**kw)
+
+    def forget(self, episode_id: str) -> list[str]:
+        return self.store.delete(episode_id)
+
+    # -- the model ----------------------------------------------------------
+    def current_version(self) -> Version:
+        return self.registry.current()
+
+    @property
+    def engine(self):
+        """In-process model serving the current version (reloaded when CURRENT moves)."""
+        from .serving.engine import Engine
+
+        with self._lock:
+            if self._engine is None:
+                self._engine = Engine(self.config.model)
+            cur = self.registry.current()
+            if self._engine.version is None or self._engine.version.name != cur.name:
+                self._engine.swap(cur)
+            return self._engine
+
+    def ask(self, question: str, *, use_memory: bool = True, k: int | None = None,
+            max_new_tokens: int | None = None) -> dict[str, Any]:
+        """Answer with the current version; by default with the top-k memories in the prompt."""
+        if not isinstance(question, str) or not question.strip():
+            raise InputError("ask: the question is empty")
+        memories = self.recall(question, k) if use_memory and self.store.count() else []
+        eng = self.engine
+        answer = eng.answer(question, [m.text for m in memories], max_new_tokens=max_new_tokens)
+        return {"answer": answer, "model_version": eng.version.name, "memories_used": [m.id for m in memories]}
+
+    # -- asleep ---------------------------------------------------------------
+    def sleep(self, *, max_episodes: int | None = None, dry_run: bool = False, progress=None):
+        """Consolidate unconsolidated episodes into a new model version (see agentsleep.sleep)."""
+        from .sleep.pipeline import run_sleep
+
+        report = run_sleep(self, max_episodes=max_episodes, dry_run=dry_run, progress=progress)
+        with self._lock:  # the next ask uses the promoted version
+            if self._engine is not None and report.status == "promoted":
+                self._engine.swap(self.registry.current())
+        return report
+
+    def history(self) -> list[dict[str, Any]]:
+        cur = self.registry.current_name()
+        out = []
+        for v in self.registry.history():
+            m = v.manifest
+            out.append({"version": v.name, "current": v.name == cur, "parent": v.parent,
+                        "sleep_id": m.get("sleep_id"), "created_at": m.get("created_at"),
+                        "episodes": len(m.get("episode_ids", [])), "metrics": m.get("metrics", {}),
+                        "kind": m.get("kind", "sleep")})
+        return out
+
+    def rollback(self, version: str) -> Version:
+        """Point CURRENT at an earlier version. Episodes absorbed only by versions
+        outside its lineage become unconsolidated again, so the next sleep retakes them."""
+        from .sleep.lock import sleep_lock
+
+        with sleep_lock(self.root):
+            v = self.registry.set_current(version)
+            keep = {x.name for x in self.registry.lineage(version)}
+            ledger = self.store.ledger
+            ledger.unmark_versions([n for n in self.registry.names() if n not in keep])
+            for x in self.registry.lineage(version):
+                ids = x.manifest.get("episode_ids") or []
+                if ids:
+                    ledger.mark(ids, x.name, x.manifest.get("sleep_id", "rollback"))
+        with self._lock:
+            if self._engine is not None:
+                self._engine.swap(v)
+        return v
+
+    def status(self) -> dict[str, Any]:
+        reg = self.registry
+        cur = reg.current()
+        waiting = len(self.store.list(unconsolidated_only=True))
+        return {
+            "home": str(self.root),
+            "episodes": self.store.count(),
+            "unconsolidated": waiting,
+            "current_version": cur.name,
+            "versions": len(reg.names()),
+            "base_model": self.config.model.base,
+            "memory_backend": self.config.memory.backend,
+            "paths": {"config": str(self.root / "config.toml"), "memory": str(self.root / "memory"),
+                      "registry": str(reg.root), "sleeps": str(self.root / "sleeps"), "logs": str(self.root / "logs")},
+            "last_sleep": _last_sleep(self.root / "sleeps"),
+        }
+
+
+def _probe_writable(root: Path) -> None:
+    probe = root / f".write-probe-{os.getpid()}"
+    try:
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise HomeError(f"home {root}: not writable ({e.strerror}); fix its permissions or pass another --home") from None
+    mode = stat.S_IMODE(root.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(root, 0o700)
+        except OSError:
+            pass
+
+
+def _last_sleep(d: Path) -> dict[str, Any] | None:
+    try:
+        reports = sorted(d.glob("*/report.json"))
+    except OSError:
+        return None
+    if not reports:
+        return None
+    try:
+        r = json.loads(reports[-1].read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: r.get(k) for k in ("sleep_id", "status", "version", "finished_at")}
+
+
+def parse_since(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"--since {value!r}: not an ISO date/time (e.g. 2026-11-25 or 2026-11-25T14:00)") from None

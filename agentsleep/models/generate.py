@@ -1,0 +1,51 @@
+"""Prompts and batched greedy generation, shared by ask, dreaming and the gate.
+
+One prompt format everywhere matters: the student is trained on exactly the
+chat layout that `ask --no-memory` later uses, and the teacher sees the same
+layout plus the memory in the system turn.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+MEMORY_SYSTEM = ("You are a helpful assistant with a memory. What you remember:\n{memories}\n"
+                 "Use what you remember when it answers the question.")
+
+
+def chat(tok: Any, user: str, *, system: str | None = None, history: Iterable[tuple[str, str]] = (),
+         prefill: str = "") -> str:
+    """Render a chat prompt ending at the assistant turn (plus an optional prefill)."""
+    msgs: list[dict[str, str]] = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    for u, a in history:
+        msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    msgs.append({"role": "user", "content": user})
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
+
+
+def memory_system(memories: list[str]) -> str | None:
+    if not memories:
+        return None
+    return MEMORY_SYSTEM.format(memories="\n".join(f"- {m.strip()}" for m in memories))
+
+
+def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
+             progress=None, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
+    """Greedy (or sampled) completions for rendered prompts, batched with left padding."""
+    import torch
+
+    out: list[str] = []
+    device = next(model.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i:i + batch_size]
+        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        with torch.no_grad():
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                 temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                                 pad_token_id=tok.pad_token_id)
+        new = gen[:, enc["input_ids"].shape[1]:]
+        out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        if progress:
+            progress(len(chunk))
+    return out

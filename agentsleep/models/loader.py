@@ -1,0 +1,58 @@
+"""Load any causal LM: the embedded default, a local HF directory, or a hub id.
+
+Every failure becomes a one-line `ModelError` naming the model and the fix.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError
+
+_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+def resolve(base: str, progress=None) -> str:
+    """Turn `model.base` into something `from_pretrained` accepts."""
+    if base == "embedded":
+        from .embedded import embedded_model_dir
+
+        return str(embedded_model_dir(progress=progress))
+    p = Path(base).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"model {p}: not a Hugging Face model directory (no config.json)")
+        return str(p)
+    if base.startswith((".", "/", "~")) or os.sep in base and base.count("/") != 1:
+        raise ModelError(f"model {base}: directory does not exist")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise ModelError(f"model {base}: not a local directory and HF_HUB_OFFLINE=1; "
+                         "download it first or point model.base at a directory")
+    return base  # a hub id
+
+
+def load(path: str, *, dtype: str = "float32", device: str = "cpu", progress=None) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode; the tokenizer pads on the left for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = resolve(path, progress=progress)
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, _DTYPES[dtype]))
+    except ModelError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelError(f"model {path}: cannot load ({type(e).__name__}: {msg})") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    try:
+        model.to(device)
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"model {path}: cannot move to device {device!r} ({e}); set model.device") from None
+    model.eval()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model, tok

@@ -1,0 +1,194 @@
+"""The model registry of one home: immutable versions and an atomic `CURRENT` pointer.
+
+Layout (under ``<home>/registry``)::
+
+    versions/v0000/manifest.json     the base model (a reference, no weights)
+    versions/v0001/                  merged safetensors + tokenizer + adapter/ + manifest.json
+    staging/<tmp>/                   a version being written (never read)
+    CURRENT                          "v0001\n", replaced atomically
+
+Why this is crash-safe: a version is written entirely inside ``staging/``,
+its manifest last, then renamed into ``versions/`` (one atomic rename), and
+only then does ``CURRENT`` flip (write a temp file, fsync, ``os.replace``).
+A crash at any point leaves either the old pointer or the new complete
+version. Leftover staging directories are swept on open.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import RegistryError
+
+BASE_VERSION = "v0000"
+_NAME = re.compile(r"^v\d{4,}$")
+
+
+@dataclass
+class Version:
+    """One immutable model version. `weights` is the directory to load."""
+
+    name: str
+    path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def parent(self) -> str | None:
+        return self.manifest.get("parent")
+
+    @property
+    def weights(self) -> str:
+        """A loadable model: this directory, or for the base version the configured base."""
+        return self.manifest.get("base_model") or str(self.path)
+
+    @property
+    def is_base(self) -> bool:
+        return self.name == BASE_VERSION
+
+
+def _fsync_write(path: Path, data: str) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    except OSError:
+        pass
+
+
+class Registry:
+    def __init__(self, root: Path, base_model: str):
+        """`base_model` is what v0000 stands for (the resolved config.model.base)."""
+        self.root = root
+        self.versions_dir = root / "versions"
+        self.staging_dir = root / "staging"
+        try:
+            self.versions_dir.mkdir(parents=True, exist_ok=True)
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RegistryError(f"registry {root}: cannot create ({e.strerror}); check permissions or pass another --home") from None
+        base = self.versions_dir / BASE_VERSION
+        if not (base / "manifest.json").exists():
+            stage = self.staging_dir / f"{BASE_VERSION}-{uuid.uuid4().hex[:8]}"
+            stage.mkdir()
+            _fsync_write(stage / "manifest.json", json.dumps(
+                {"version": BASE_VERSION, "parent": None, "base_model": base_model,
+                 "created_at": time.time(), "kind": "base"}, indent=1))
+            try:
+                os.rename(stage, base)
+            except OSError:  # another process created it first
+                shutil.rmtree(stage, ignore_errors=True)
+        if not (root / "CURRENT").exists():
+            _fsync_write(root / "CURRENT", BASE_VERSION + "\n")
+
+    # -- reading ----------------------------------------------------------
+    def names(self) -> list[str]:
+        """Complete versions, oldest first (a version without manifest is not complete)."""
+        out = [p.name for p in self.versions_dir.iterdir()
+               if _NAME.match(p.name) and (p / "manifest.json").is_file()]
+        return sorted(out, key=lambda n: int(n[1:]))
+
+    def get(self, name: str) -> Version:
+        if not _NAME.match(name or ""):
+            raise RegistryError(f"'{name}' is not a version name (expected e.g. v0003); see `agentsleep history`")
+        path = self.versions_dir / name
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RegistryError(f"no version {name} in {self.versions_dir}; see `agentsleep history`") from None
+        except (OSError, ValueError) as e:
+            raise RegistryError(f"version {name}: unreadable manifest ({e})") from None
+        return Version(name, path, manifest)
+
+    def current_name(self) -> str:
+        try:
+            name = (self.root / "CURRENT").read_text(encoding="utf-8").strip()
+        except OSError as e:
+            raise RegistryError(f"registry {self.root}: cannot read CURRENT ({e.strerror})") from None
+        return name
+
+    def current(self) -> Version:
+        return self.get(self.current_name())
+
+    def history(self) -> list[Version]:
+        return [self.get(n) for n in self.names()]
+
+    def lineage(self, name: str | None = None) -> list[Version]:
+        """The chain from the base to `name` (default current), base first."""
+        chain, v = [], self.get(name or self.current_name())
+        while True:
+            chain.append(v)
+            if not v.parent:
+                return chain[::-1]
+            v = self.get(v.parent)
+
+    # -- writing ----------------------------------------------------------
+    def new_staging(self) -> Path:
+        """A fresh private directory to write a version into."""
+        d = self.staging_dir / f"stage-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        d.mkdir(parents=True)
+        return d
+
+    def commit(self, staging: Path, manifest: dict[str, Any], *, make_current: bool = True) -> Version:
+        """Write the manifest last, move the staged directory into place, flip CURRENT."""
+        names = self.names()
+        name = f"v{int(names[-1][1:]) + 1:04d}" if names else "v0001"
+        manifest = {**manifest, "version": name, "created_at": manifest.get("created_at", time.time())}
+        _fsync_write(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        dest = self.versions_dir / name
+        try:
+            os.rename(staging, dest)
+        except OSError as e:
+            raise RegistryError(f"registry: cannot publish {name} ({e.strerror}); the current version is unchanged") from None
+        if make_current:
+            self.set_current(name)
+        return Version(name, dest, manifest)
+
+    def set_current(self, name: str) -> Version:
+        v = self.get(name)  # validates it exists and is complete
+        _fsync_write(self.root / "CURRENT", name + "\n")
+        return v
+
+    def sweep_staging(self) -> int:
+        """Remove staging dirs left by crashed writers (not our own live ones)."""
+        n = 0
+        for d in self.staging_dir.iterdir():
+            m = re.match(r"stage-(\d+)-", d.name)
+            if m and _pid_alive(int(m.group(1))):
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+        return n
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the `keep` newest versions; never the base, current, or its lineage."""
+        if keep <= 0:
+            return []
+        protected = {v.name for v in self.lineage()} | {BASE_VERSION}
+        names = [n for n in self.names() if n not in protected]
+        doomed = names[:-keep] if len(names) > keep else []
+        for n in doomed:
+            shutil.rmtree(self.versions_dir / n, ignore_errors=True)
+        return doomed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""Sleep: select -> dream -> seed -> (rest) -> gate -> publish. Each stage passes plain data."""
