@@ -178,6 +178,15 @@ def demo(as_json: bool = typer.Option(False, "--json"),
         _emit(True, res, lambda: None)
 
 
+# ---- serve commands (owned by the serving work; keep edits inside this block) ----
+
+# ---- end serve commands ----
+
+# ---- daemon commands (owned by the daemon work; keep edits inside this block) ----
+
+# ---- end daemon commands ----
+
+
 def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 

@@ -37,6 +37,9 @@ def load(path: str, *, dtype: str = "float32", device: str = "cpu", progress=Non
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress lines say what is happening
     src = resolve(path, progress=progress)
     try:
         tok = AutoTokenizer.from_pretrained(src)

