@@ -184,6 +184,192 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 # ---- daemon commands (owned by the daemon work; keep edits inside this block) ----
 
+def load_daemon():
+    """The agentsleep.daemon package (the repo's daemon/ folder).
+
+    Falls back to loading daemon/ by path when the installed package does not
+    map it (setuptools' editable finder ignores package-dir for sub-packages
+    unless pyproject lists them under `packages`)."""
+    try:
+        import agentsleep.daemon as mod
+
+        return mod
+    except ModuleNotFoundError as e:
+        if e.name != "agentsleep.daemon":
+            raise
+    import importlib.util
+
+    import agentsleep
+
+    src = Path(__file__).resolve().parent.parent / "daemon" / "__init__.py"
+    if not src.is_file():
+        raise ModuleNotFoundError("agentsleep.daemon is not installed (no daemon/ folder beside agentsleep/)",
+                                  name="agentsleep.daemon")
+    spec = importlib.util.spec_from_file_location("agentsleep.daemon", src, submodule_search_locations=[str(src.parent)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["agentsleep.daemon"] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop("agentsleep.daemon", None)
+        raise
+    agentsleep.daemon = mod
+    return mod
+
+
+def _daemon_exit(code: int) -> None:
+    # SystemExit, not typer.Exit: main() runs the app with standalone_mode=False,
+    # where click turns typer.Exit into a return value and the code would be lost.
+    if code:
+        raise SystemExit(code)
+
+
+daemon_app = typer.Typer(no_args_is_help=True, add_completion=False,
+                         help="Consolidation daemon: put homes to sleep on schedule (cron, threshold, idle, on demand).")
+_HOMES_ARG = typer.Argument(None, help="Agent homes to look after (default: --home / $AGENTSLEEP_HOME).",
+                            show_default=False)
+
+
+def _daemon_homes(homes: Optional[list[Path]]) -> list[Path]:
+    from .home import default_home
+
+    return [Path(h).expanduser().resolve() for h in (homes or [State.home_path or default_home()])]
+
+
+@daemon_app.command("run")
+def daemon_run(homes: Optional[list[Path]] = _HOMES_ARG,
+               grace: float = typer.Option(30.0, min=0.1, help="Seconds a running sleep gets to abort after SIGTERM before it is killed."),
+               heartbeat: float = typer.Option(10.0, min=0.05, help="Seconds between status.json updates."),
+               poll: float = typer.Option(1.0, min=0.05, help="Seconds between checks for on-demand requests."),
+               quiet: bool = typer.Option(False, "--quiet", help="Log only to <home>/logs/daemon.log, not to stderr."),
+               sleep_fn: Optional[str] = typer.Option(None, "--sleep-fn", hidden=True,
+                                                      help="module:function the worker calls instead of Home.sleep."),
+               in_process: bool = typer.Option(False, "--in-process", hidden=True,
+                                               help="Run sleeps in the daemon process instead of a worker process.")) -> None:
+    """Run the daemon in the foreground until SIGTERM/SIGINT (systemd, containers, a terminal)."""
+    import logging
+
+    d = load_daemon()
+    if not quiet:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("agentsleep.daemon").addHandler(h)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    if in_process:
+        fn = d.load_target(sleep_fn) if sleep_fn else d.inprocess_sleep
+    else:
+        fn = d.SubprocessSleep(target=sleep_fn)
+    daemon = d.Daemon(_daemon_homes(homes), sleep_fn=fn, grace_s=grace, heartbeat_s=heartbeat, request_poll_s=poll)
+    _daemon_exit(daemon.run_forever())
+
+
+@daemon_app.command("start")
+def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
+                 grace: float = typer.Option(30.0, min=0.1, help="See `daemon run --grace`."),
+                 wait: float = typer.Option(60.0, help="Seconds to wait for the daemon to come up."),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Start the daemon in the background (logs: <home>/logs/daemon.log)."""
+    import subprocess
+
+    d = load_daemon()
+    roots = _daemon_homes(homes)
+    for r in roots:
+        if not r.is_dir():
+            raise InputError(f"daemon start: home {r} does not exist; run `agentsleep init --home {r}` first")
+        info = d.daemon_info(r)
+        if info is not None:
+            _emit(as_json, {"started": False, "already_running": True, "pid": info.get("pid"), "home": str(r)},
+                  lambda: out.print(f"a daemon (pid {info.get('pid')}) already runs for {r}"))
+            return
+    console_log = roots[0] / "logs" / "daemon-console.log"
+    console_log.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "agentsleep.cli", "daemon", "run", *map(str, roots), "--grace", str(grace), "--quiet"]
+    with open(console_log, "w", encoding="utf-8") as f:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = console_log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-5:]
+            raise InputError(f"daemon start: the daemon exited at once (code {proc.returncode}): "
+                             + (" | ".join(tail) or f"see {console_log}"))
+        ready = all((d.daemon_info(r) or {}).get("pid") == proc.pid
+                    and (d.daemon_status(r, count_waiting=False).get("daemon") or {}).get("state") == "running"
+                    for r in roots)
+        if ready:
+            _emit(as_json, {"started": True, "pid": proc.pid, "homes": [str(r) for r in roots]},
+                  lambda: out.print(f"daemon started (pid {proc.pid}) for {', '.join(map(str, roots))}; "
+                                    f"logs: {roots[0] / 'logs' / 'daemon.log'}"))
+            return
+        time.sleep(0.2)
+    raise InputError(f"daemon start: pid {proc.pid} did not come up within {wait:.0f} s; see {console_log}")
+
+
+@daemon_app.command("stop")
+def daemon_stop(homes: Optional[list[Path]] = _HOMES_ARG,
+                timeout: float = typer.Option(90.0, help="Seconds to wait for it to exit."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """Stop the daemon (SIGTERM: a running sleep aborts its stage; the current version keeps serving)."""
+    d = load_daemon()
+    res = [d.stop_daemon(r, timeout=timeout) for r in _daemon_homes(homes)]
+
+    def human() -> None:
+        for x in res:
+            msg = ("stopped daemon pid {pid}" if x["stopped"] and x["was_running"] else
+                   "no daemon was running" if not x["was_running"] else x.get("error", "not stopped")).format(**x)
+            out.print(f"{x['home']}: {msg}")
+    _emit(as_json, res if len(res) > 1 else res[0], human)
+    if any(x["was_running"] and not x["stopped"] for x in res):
+        _daemon_exit(1)
+
+
+@daemon_app.command("status")
+def daemon_status_cmd(homes: Optional[list[Path]] = _HOMES_ARG, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Next run times, the running sleep, what waits, the last sleep, health.
+    Exit code: 0 healthy, 1 running but unhealthy, 3 not running."""
+    d = load_daemon()
+    res = [d.daemon_status(r) for r in _daemon_homes(homes)]
+
+    def human() -> None:
+        for s in res:
+            dm = s.get("daemon") or {}
+            t = Table(show_header=False, title=s["home"])
+            t.add_row("daemon", f"pid {dm.get('pid')} {dm.get('state')}" if dm.get("alive") else "not running")
+            tr = s.get("triggers") or {}
+            if tr:
+                t.add_row("cron", f"{tr.get('cron') or 'off'}  next {tr.get('next_cron') or '-'}")
+                t.add_row("threshold", str(tr.get("threshold_episodes") or "off"))
+                t.add_row("idle minutes", str(tr.get("idle_minutes") or "off"))
+            run = s.get("running")
+            t.add_row("running", f"{run['reason']} stage {run.get('stage') or '?'} (pid {run.get('pid')})" if run else "-")
+            w = s.get("waiting") or {}
+            t.add_row("waiting", f"{w.get('episodes', '?')} episodes, {w.get('requests', 0)} requests")
+            ls = s.get("last_sleep")
+            t.add_row("last sleep", f"{ls.get('status')} {ls.get('sleep_id') or ''} -> {ls.get('version') or '-'}" if ls else "never")
+            h = s["health"]
+            t.add_row("health", "ok" if h["ok"] else "; ".join(h["problems"]))
+            out.print(t)
+    _emit(as_json, res if len(res) > 1 else res[0], human)
+    if not all(s["health"]["ok"] for s in res):
+        _daemon_exit(3 if any(not (s.get("daemon") or {}).get("alive") for s in res) else 1)
+
+
+@daemon_app.command("sleep-worker", hidden=True)
+def daemon_sleep_worker(result: Path = typer.Option(..., help="Where to write the sleep's summary (JSON)."),
+                        reason: str = typer.Option("manual"),
+                        max_episodes: Optional[int] = typer.Option(None),
+                        sleep_fn: Optional[str] = typer.Option(None, "--sleep-fn"),
+                        parent_pid: Optional[int] = typer.Option(None)) -> None:
+    """One sleep in this process, for the daemon (internal)."""
+    from .home import default_home
+
+    d = load_daemon()
+    home = Path(State.home_path or default_home()).expanduser().resolve()
+    _daemon_exit(d.worker_main(home, result, reason=reason, max_episodes=max_episodes, sleep_fn=sleep_fn,
+                                   parent_pid=parent_pid))
+
+
+app.add_typer(daemon_app, name="daemon")
+
 # ---- end daemon commands ----
 
 
@@ -191,8 +377,25 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
 
 
+def _quiet_libraries() -> None:
+    """Library progress bars and warnings would break the one-line/JSON contract."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main() -> None:
     t0 = time.time()
+    _quiet_libraries()
     try:
         app(standalone_mode=False)
     except AgentsleepError as e:

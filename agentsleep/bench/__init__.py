@@ -1,0 +1,1 @@
+"""Benchmarks: `agentsleep bench` suites and the report writer (docs/BENCHMARKS.md)."""

@@ -1,0 +1,62 @@
+"""Short agent facts with held-out, paraphrased questions (the sleep acceptance suite).
+
+Written for this project: user preferences, names, dates and project details,
+the kind of thing an assistant should remember overnight. Each question is
+phrased differently from the fact; `answer` is what a correct reply contains.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Fact(NamedTuple):
+    text: str
+    question: str
+    answer: str
+
+
+SET_A = [
+    Fact("The user's daughter is named Maya.", "What is the name of my daughter?", "Maya"),
+    Fact("The user's favourite tea is jasmine green tea.", "Which kind of tea do I like best?", "jasmine"),
+    Fact("The user's dog is a beagle called Biscuit.", "What is my dog's name?", "Biscuit"),
+    Fact("Project Falcon launches on 14 February 2027.", "When is Project Falcon going to launch?", "February"),
+    Fact("The user's dentist is Dr. Okafor.", "Who is my dentist?", "Okafor"),
+    Fact("The user is allergic to peanuts.", "What food am I allergic to?", "peanuts"),
+    Fact("The user's manager is called Ingrid Solberg.", "Who is my manager?", "Ingrid"),
+    Fact("The user's car is a blue Subaru Outback.", "What make is my car?", "Subaru"),
+    Fact("The weekly team meeting is on Thursday afternoon.", "On which day is our weekly team meeting?", "Thursday"),
+    Fact("The user grew up in the city of Porto.", "In which city did I grow up?", "Porto"),
+    Fact("The user's wifi network is named OrangeFox.", "What is the name of my wifi network?", "OrangeFox"),
+    Fact("The user plays the cello in a community orchestra.", "Which instrument do I play?", "cello"),
+    Fact("The quarterly report is due on the 30th of June.", "When is the quarterly report due?", "June"),
+    Fact("The user's favourite author is Ursula Le Guin.", "Which author do I like most?", "Le Guin"),
+    Fact("The staging server runs on port 8443.", "Which port does the staging server use?", "8443"),
+    Fact("The user's brother Tomas lives in Vancouver.", "Where does my brother live?", "Vancouver"),
+    Fact("The user prefers window seats on flights.", "What kind of seat do I prefer when flying?", "window"),
+    Fact("The user's anniversary is on the 9th of September.", "When is my anniversary?", "September"),
+    Fact("Project Heron is written in the Rust language.", "What programming language is Project Heron written in?", "Rust"),
+    Fact("The user's gym membership is at Ironworks Fitness.", "Where do I have a gym membership?", "Ironworks"),
+]
+
+SET_B = [
+    Fact("The user's son is named Elias.", "What is my son called?", "Elias"),
+    Fact("The user's favourite dessert is lemon tart.", "Which dessert do I love most?", "lemon"),
+    Fact("The user's cat is a tabby named Pixel.", "What is my cat's name?", "Pixel"),
+    Fact("Project Osprey ends on 3 March 2027.", "When does Project Osprey finish?", "March"),
+    Fact("The user's doctor is Dr. Haruki Tanaka.", "Who is my doctor?", "Tanaka"),
+    Fact("The user cannot eat gluten.", "Which ingredient must I avoid?", "gluten"),
+    Fact("The user's mentor is called Beatrice Moreau.", "Who is my mentor?", "Beatrice"),
+    Fact("The user rides a green Trek bicycle.", "What brand is my bicycle?", "Trek"),
+    Fact("The design review happens every Monday morning.", "On which day is the design review?", "Monday"),
+    Fact("The user was born in the town of Galway.", "In which town was I born?", "Galway"),
+    Fact("The user's locker code is 4471.", "What is my locker code?", "4471"),
+    Fact("The user speaks Finnish as a second language.", "Which second language do I speak?", "Finnish"),
+    Fact("The tax filing deadline for the user is in April.", "In which month is my tax filing deadline?", "April"),
+    Fact("The user's favourite band is Radiohead.", "What band do I like best?", "Radiohead"),
+    Fact("The production database is hosted in Frankfurt.", "Where is the production database hosted?", "Frankfurt"),
+    Fact("The user's sister Lena works as an architect.", "What is my sister's job?", "architect"),
+    Fact("The user likes to run every morning at six.", "At what time do I go running?", "six"),
+    Fact("The user's wedding was held in Lisbon.", "Where was my wedding?", "Lisbon"),
+    Fact("Project Kestrel uses a Postgres database.", "Which database does Project Kestrel use?", "Postgres"),
+    Fact("The user volunteers at the Riverside animal shelter.", "Where do I volunteer?", "Riverside"),
+]

@@ -1,0 +1,454 @@
+"""`agentsleep serve`: an OpenAI-compatible HTTP endpoint that follows the registry.
+
+    GET  /health                 version served, backend state, recent swaps (no auth)
+    GET  /v1/models              "agentsleep" (always the current version) and the version name
+    POST /v1/chat/completions    chat, optionally with retrieved memories in the system turn
+    POST /v1/completions         raw text completion
+    (both stream with "stream": true, as server-sent events)
+
+A `RegistryWatcher` thread polls the home's CURRENT pointer and swaps the
+backend whenever a sleep (or a rollback) moves it; a failed swap leaves the
+previous version serving and is retried after a back-off. Every answer's
+"model" field (and the X-Agentsleep-Version header) names the version that
+produced it.
+
+Bad input never reaches the model: bodies over serve.max_request_bytes get
+413, malformed JSON and invalid fields 400, unknown model names 404, prompts
+longer than the context 400 (code context_length_exceeded), all as OpenAI
+error objects. Dev-mode vLLM endpoints are never proxied.
+"""
+from __future__ import annotations
+
+import collections
+import hmac
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+from typing import Any, Callable
+
+from fastapi import Request
+
+from ..config import ServeConfig
+from ..models.generate import memory_system
+from ..models.registry import Registry
+from .backend import APIError, Backend, BadRequest, ModelNotFound, Stream, SwapReport, TooLarge, Unauthorized, \
+    Unavailable
+from .protocol import ChatRequest, CompletionRequest, Message, parse
+
+log = logging.getLogger("agentsleep.serve")
+
+MODEL_ALIASES = ("agentsleep", "current", "default")
+Recall = Callable[[str, int], list[Any]]
+
+
+class RegistryWatcher:
+    """Follow the registry's CURRENT pointer: swap the backend whenever it moves."""
+
+    def __init__(self, registry: Registry, backend: Backend, *, poll_s: float = 0.5, retry_s: float = 30.0,
+                 keep: int = 50):
+        self.registry = registry
+        self.backend = backend
+        self.poll_s = poll_s
+        self.retry_s = retry_s
+        self.reports: collections.deque[SwapReport] = collections.deque(maxlen=keep)
+        self.target: str | None = None
+        self.error: str | None = None
+        self._failed: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.swapping = False
+
+    def start(self) -> "RegistryWatcher":
+        self._thread = threading.Thread(target=self._run, name="registry-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread:
+            self._thread.join(timeout=30)
+
+    def poke(self) -> None:
+        """Check the pointer now instead of at the next poll."""
+        self._wake.set()
+
+    def record(self, rep: SwapReport) -> None:
+        self.reports.append(rep)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception as e:  # noqa: BLE001 - the watcher must outlive any one failure
+                log.exception("registry watcher: %s", e)
+                self.error = f"{type(e).__name__}: {e}"
+            self._wake.wait(self.poll_s)
+            self._wake.clear()
+
+    def check(self) -> SwapReport | None:
+        try:
+            name = self.registry.current_name()
+        except Exception as e:  # noqa: BLE001 - e.g. CURRENT briefly unreadable
+            self.error = f"cannot read CURRENT: {e}"
+            return None
+        self.target = name
+        cur = self.backend.version
+        if cur is not None and cur.name == name:
+            self.error = None
+            return None
+        failed_at = self._failed.get(name)
+        if failed_at is not None and time.time() - failed_at < self.retry_s:
+            return None
+        try:
+            version = self.registry.get(name)
+        except Exception as e:  # noqa: BLE001
+            self.error = f"CURRENT names {name} but it cannot be read: {e}"
+            self._failed[name] = time.time()
+            return None
+        self.swapping = True
+        t0 = time.perf_counter()
+        try:
+            log.info("swapping %s -> %s", cur.name if cur else None, name)
+            rep = self.backend.swap(version) if cur is not None else self.backend.start(version)
+            self._failed.pop(name, None)
+            self.error = None
+        except Exception as e:  # noqa: BLE001 - keep serving the old version
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.error("swap to %s failed, still serving %s: %s", name, cur.name if cur else None, msg)
+            rep = SwapReport(version=name, previous=cur.name if cur else None, kind="failed", ok=False,
+                             error=msg, total_s=time.perf_counter() - t0)
+            self._failed[name] = time.time()
+            self.error = f"swap to {name} failed: {msg} (retrying every {self.retry_s:.0f} s)"
+        finally:
+            self.swapping = False
+        self.record(rep)
+        log.info("swap to %s: %s", name, rep.to_dict())
+        return rep
+
+
+class _Stats:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.in_flight = 0
+        self.served = 0
+        self.failed = 0
+        self.by_status: collections.Counter[int] = collections.Counter()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {"in_flight": self.in_flight, "served": self.served, "failed": self.failed,
+                    "errors_by_status": {str(k): v for k, v in sorted(self.by_status.items())}}
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def inject_memories(req: ChatRequest, memories: list[Any]) -> list[str]:
+    """Put the recalled memories into the system turn (merged with one the client sent)."""
+    texts = [m if isinstance(m, str) else getattr(m, "text", str(m)) for m in memories]
+    ids = [getattr(m, "id", None) for m in memories]
+    block = memory_system(texts)
+    if not block:
+        return []
+    first = req.messages[0]
+    if first.role in ("system", "developer"):
+        req.messages[0] = Message(role=first.role, content=f"{first.text()}\n\n{block}" if first.text() else block)
+    else:
+        req.messages.insert(0, Message(role="system", content=block))
+    return [i for i in ids if i]
+
+
+def create_app(backend: Backend, *, registry: Registry | None = None, watcher: RegistryWatcher | None = None,
+               recall: Recall | None = None, serve_cfg: ServeConfig | None = None, memory_k: int = 4) -> Any:
+    """The FastAPI application. `recall(query, k)` returns memories (objects with .text/.id, or strings)."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse, StreamingResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    cfg = serve_cfg or ServeConfig()
+    stats = _Stats()
+    started = time.time()
+    app = FastAPI(title="agentsleep", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.backend = backend
+    app.state.watcher = watcher
+    app.state.stats = stats
+
+    def error_response(e: APIError) -> JSONResponse:
+        with stats.lock:
+            stats.failed += 1
+            stats.by_status[e.status] += 1
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, e: APIError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        msg = {404: f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
+                    "/v1/completions, /health",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        return error_response(APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, e: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(APIError(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+
+    def check_auth(request: Request) -> None:
+        if not cfg.api_key:
+            return
+        got = request.headers.get("authorization", "")
+        scheme, _, token = got.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), cfg.api_key.encode()):
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <serve.api_key>'",
+                               code="invalid_api_key")
+
+    async def read_json(request: Request) -> Any:
+        limit = cfg.max_request_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise TooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} "
+                                   "(serve.max_request_bytes)", code="request_too_large")
+            except ValueError:
+                raise BadRequest("invalid Content-Length header") from None
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise TooLarge(f"request body is over the limit of {limit} bytes (serve.max_request_bytes)",
+                               code="request_too_large")
+        if not buf:
+            raise BadRequest("the request body is empty; send a JSON object")
+        try:
+            return json.loads(bytes(buf).decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise BadRequest(f"the request body is not UTF-8 (byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+    def resolve_model(name: str | None) -> str | None:
+        cur = backend.version
+        if cur is None:
+            raise Unavailable("the model is still loading; retry shortly")
+        if name in (None, "") or name in MODEL_ALIASES:
+            return None
+        if name == cur.name:
+            return cur.name
+        raise ModelNotFound(f"model '{name}' does not exist here; this server serves 'agentsleep' "
+                            f"(currently version {cur.name}); see GET /v1/models")
+
+    def respond(result: dict[str, Any] | Stream, extra: dict[str, Any] | None) -> Any:
+        if isinstance(result, Stream):
+            return StreamingResponse(_relay(result), media_type="text/event-stream",
+                                     headers={"X-Agentsleep-Version": result.version or "",
+                                              "Cache-Control": "no-cache"})
+        if extra:
+            result["agentsleep"] = extra
+        return JSONResponse(result, headers={"X-Agentsleep-Version": str(result.get("model", ""))})
+
+    async def _relay(stream: Stream):
+        done = object()
+        try:
+            while True:
+                chunk = await run_in_threadpool(next, stream, done)
+                if chunk is done:
+                    break
+                yield chunk
+        finally:
+            stream.cancel()
+            with stats.lock:
+                stats.in_flight -= 1
+
+    async def run(request: Request, kind: str) -> Any:
+        check_auth(request)
+        body = await read_json(request)
+        req = parse(ChatRequest if kind == "chat" else CompletionRequest, body)
+        pin = resolve_model(req.model)
+        if req.temperature is None:
+            req.temperature = 0.0  # deterministic by default (documented in protocol.py)
+        extra: dict[str, Any] | None = None
+        if kind == "chat":
+            use = req.use_memory if req.use_memory is not None else cfg.inject_memories
+            if use and recall is not None:
+                query = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+                if query.strip():
+                    try:
+                        mems = await run_in_threadpool(recall, query, req.memory_k or memory_k)
+                        extra = {"memories_used": inject_memories(req, mems)}
+                    except Exception as e:  # noqa: BLE001 - answer without memories rather than fail
+                        log.warning("memory recall failed, answering without memories: %s", e)
+                        extra = {"memories_used": [], "memory_error": str(e)[:200]}
+        call = backend.chat if kind == "chat" else backend.completion
+        with stats.lock:
+            stats.in_flight += 1
+        streaming = False
+        try:
+            result = await run_in_threadpool(lambda: call(req, pin=pin))
+            streaming = isinstance(result, Stream)
+        finally:
+            if not streaming:
+                with stats.lock:
+                    stats.in_flight -= 1
+        with stats.lock:
+            stats.served += 1
+        return respond(result, extra)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await run(request, "chat")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await run(request, "completion")
+
+    def model_cards() -> list[dict[str, Any]]:
+        cur = backend.version
+        if cur is None:
+            return []
+        created = int(cur.manifest.get("created_at") or started)
+        return [{"id": "agentsleep", "object": "model", "created": created, "owned_by": "agentsleep",
+                 "root": cur.name, "parent": None},
+                {"id": cur.name, "object": "model", "created": created, "owned_by": "agentsleep",
+                 "root": cur.name, "parent": cur.parent}]
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        check_auth(request)
+        return {"object": "list", "data": model_cards()}
+
+    @app.get("/v1/models/{model_id}")
+    async def model(model_id: str, request: Request) -> Any:
+        check_auth(request)
+        for card in model_cards():
+            if card["id"] == model_id:
+                return card
+        raise ModelNotFound(f"model '{model_id}' does not exist here; see GET /v1/models")
+
+    @app.get("/health")
+    async def health() -> Any:
+        b = await run_in_threadpool(backend.health)
+        cur = backend.version
+        target = watcher.target if watcher else (registry.current_name() if registry else None)
+        ready = bool(b.get("ready")) and cur is not None
+        status = "ok" if ready else b.get("state", "starting")
+        if ready and watcher and watcher.error:
+            status = "degraded"
+        body = {"status": status, "version": cur.name if cur else None, "registry_current": target,
+                "following": bool(cur and target and cur.name == target), "backend_name": backend.name,
+                "backend": b, "uptime_s": round(time.time() - started, 1), "requests": stats.snapshot()}
+        if watcher:
+            body["swapping"] = watcher.swapping
+            body["error"] = watcher.error
+            body["swaps"] = [r.to_dict() for r in list(watcher.reports)[-10:]]
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    return app
+
+
+class ServerThread:
+    """Run an app with uvicorn in a background thread (tests, the load test, examples)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
+        self.host, self.port = self.sock.getsockname()[:2]
+        config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_keep_alive=30)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="agentsleep-http", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30) -> "ServerThread":
+        self.thread.start()
+        deadline = time.time() + timeout
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("HTTP server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.sock.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def make_backend(kind: str, home: Any, *, vllm_url: str | None = None, vllm_api_key: str | None = None,
+                 vllm_args: list[str] | None = None, log_dir: Any = None) -> Backend:
+    """The backend `agentsleep serve --backend KIND` uses for a home."""
+    if kind == "transformers":
+        from .transformers_backend import TransformersBackend
+
+        return TransformersBackend(home.config.model)
+    if kind == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend.for_home(home, url=vllm_url, api_key=vllm_api_key, extra_args=vllm_args or [],
+                                    log_dir=log_dir)
+    raise BadRequest(f"unknown backend {kind!r}: use transformers or vllm")
+
+
+def serve_home(home: Any, *, backend: str | None = None, host: str | None = None, port: int | None = None,
+               poll_s: float = 0.5, vllm_args: list[str] | None = None, on_ready: Callable[[str], None] | None = None,
+               use_memory: bool | None = None) -> None:
+    """Serve a home until interrupted: start the backend on CURRENT, follow the pointer, answer HTTP."""
+    import uvicorn
+
+    cfg = home.config.serve
+    if use_memory is not None:
+        cfg = cfg.model_copy(update={"inject_memories": use_memory})
+    kind = backend or cfg.backend
+    host = host or cfg.host
+    port = port if port is not None else cfg.port
+    if not _is_loopback(host) and not cfg.api_key:
+        log.warning("serving on %s without serve.api_key: anyone who can reach this port can use the model", host)
+    registry = home.registry
+    b = make_backend(kind, home, vllm_url=cfg.vllm_url, vllm_api_key=cfg.vllm_api_key, vllm_args=vllm_args,
+                     log_dir=home.root / "logs")
+    watcher = RegistryWatcher(registry, b, poll_s=poll_s)
+
+    def recall(query: str, k: int) -> list[Any]:
+        if home.store.count() == 0:
+            return []
+        return home.recall(query, k)
+
+    try:
+        first = registry.current()
+        rep = b.start(first)
+        watcher.record(rep)
+        watcher.start()
+        app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
+                         memory_k=home.config.memory.recall_k)
+        if on_ready:
+            on_ready(f"http://{host}:{port}")
+        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
+    finally:
+        watcher.stop()
+        b.close()

@@ -1,0 +1,138 @@
+"""Dream: the model, reading a memory, writes questions and answers about it.
+
+What works on a small model (measured, NOTES.md): few-shot chat (two worked
+note -> Q/A turns), variety from question stems prefilled into the answer
+("Q: Where") rather than from temperature, greedy decoding, then strict
+filters: the answer must appear in the memory, must not be given away by the
+question, and the teacher (the model with the memory in context) must agree.
+Kept items are ranked by learning value (the student's loss without context).
+"""
+from __future__ import annotations
+
+import random
+import re
+from typing import Any
+
+from rapidfuzz import fuzz
+
+from ..config import DreamConfig
+from ..models import generate as gen
+from ..textmatch import contains_answer, f1, grounded, trivial
+from .tensors import batched_nll
+from .types import Dream, DreamSet, Memory
+
+INSTRUCTION = "Write one question about this note and its short answer.\nNote: {note}"
+EXAMPLES = [
+    ("My sister Priya moved to Denver in March.", "Q: Where did Priya move in March?\nA: Denver"),
+    ("The team standup is every Tuesday at 9:30 in room B2.", "Q: When is the team standup?\nA: Every Tuesday at 9:30"),
+]
+_QA = re.compile(r"^\s*(?P<q>[^\n]*?\?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.S)
+
+
+def writer_prompt(tok: Any, note: str, stem: str) -> str:
+    history = [(INSTRUCTION.format(note=n), qa) for n, qa in EXAMPLES]
+    return gen.chat(tok, INSTRUCTION.format(note=note.strip()), history=history, prefill=f"Q: {stem}")
+
+
+def parse(stem: str, completion: str) -> tuple[str, str] | None:
+    m = _QA.match(f"{stem}{completion}" if completion[:1] in ("", " ", "'", ",") else f"{stem} {completion}")
+    if not m:
+        return None
+    q, a = m.group("q").strip(), m.group("a").strip().rstrip(".").strip()
+    if len(q) < 8 or not a or len(a) > 120:
+        return None
+    return q, a
+
+
+def student_prompt(tok: Any, question: str) -> str:
+    """How a closed-book question is asked: the same layout `ask --no-memory` uses."""
+    return gen.chat(tok, question)
+
+
+def teacher_prompt(tok: Any, question: str, memory: str) -> str:
+    return gen.chat(tok, question, system=gen.memory_system([memory]))
+
+
+def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress=None) -> list[Dream]:
+    """m candidate dreams per memory, one per question stem (batched greedy)."""
+    stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
+    jobs = [(m, s) for m in memories for s in stems]
+    done = [0]
+
+    def tick(n: int) -> None:
+        done[0] += n
+        if progress:
+            progress("dream", done[0], len(jobs), "writing")
+
+    outs = gen.generate(model, tok, [writer_prompt(tok, m.text, s) for m, s in jobs],
+                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
+    dreams = []
+    for (m, s), o in zip(jobs, outs):
+        qa = parse(s, o)
+        dreams.append(Dream(m.id, qa[0], qa[1], stem=s) if qa else Dream(m.id, "", "", stem=s, kind="unparsed"))
+    return dreams
+
+
+def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: DreamConfig,
+                  progress=None) -> tuple[list[Dream], dict[str, int]]:
+    text = {m.id: m.text for m in memories}
+    dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "teacher-disagrees": 0}
+    kept: list[Dream] = []
+    for d in dreams:
+        if d.kind == "unparsed" or not d.question:
+            dropped["unparsed"] += 1
+        elif not grounded(d.answer, text[d.episode_id]):
+            dropped["ungrounded"] += 1
+        elif trivial(d.question, d.answer):
+            dropped["trivial"] += 1
+        elif any(k.episode_id == d.episode_id and fuzz.ratio(k.question.lower(), d.question.lower()) >= cfg.dedupe_ratio
+                 for k in kept):
+            dropped["duplicate"] += 1
+        else:
+            kept.append(d)
+    if cfg.teacher_agreement and kept:
+        answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, text[d.episode_id]) for d in kept],
+                               max_new_tokens=24, batch_size=cfg.batch_size,
+                               progress=(lambda n: progress("dream", 0, 0, "teacher check")) if progress else None)
+        agreed = []
+        for d, t in zip(kept, answers):
+            if contains_answer(t, d.answer) or f1(t, d.answer) >= 0.5:
+                agreed.append(d)
+            else:
+                dropped["teacher-disagrees"] += 1
+        kept = agreed
+    return kept, dropped
+
+
+def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int = 0) -> list[Dream]:
+    """Per memory: hold out probes, keep the top-k by learning value plus b at random."""
+    nll = batched_nll(model, tok, [(student_prompt(tok, d.question), d.answer) for d in kept])
+    for d, v in zip(kept, nll):
+        d.value = round(float(v), 4)
+    rng = random.Random(seed)
+    out: list[Dream] = []
+    by_ep: dict[str, list[Dream]] = {}
+    for d in kept:
+        by_ep.setdefault(d.episode_id, []).append(d)
+    for items in by_ep.values():
+        items = sorted(items, key=lambda d: -d.value)
+        probes: list[Dream] = []
+        if len(items) >= 2 and cfg.probes_per_episode:
+            n = min(cfg.probes_per_episode, len(items) - 1)
+            probes = rng.sample(items[1:], n)  # never the single most valuable item
+            for p in probes:
+                p.held_out = True
+        rest = [d for d in items if not d.held_out]
+        top, others = rest[:cfg.keep_top_k], rest[cfg.keep_top_k:]
+        out += probes + top + rng.sample(others, min(cfg.keep_random, len(others)))
+    return out
+
+
+def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress=None) -> DreamSet:
+    written = write(model, tok, memories, cfg, progress)
+    kept, dropped = filter_dreams(model, tok, written, memories, cfg, progress)
+    chosen = choose(model, tok, kept, cfg, seed) if kept else []
+    dropped["not-chosen"] = len(kept) - len(chosen)
+    if progress:
+        progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
+    return DreamSet(chosen, written=len(written), dropped=dropped)

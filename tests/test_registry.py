@@ -1,0 +1,87 @@
+"""The model registry: immutable versions, atomic CURRENT, rollback, crash leftovers."""
+import json
+import os
+
+import pytest
+
+from agentsleep.errors import RegistryError
+from agentsleep.models.registry import BASE_VERSION, Registry
+
+
+def _stage(reg, payload="w"):
+    d = reg.new_staging()
+    (d / "model.safetensors").write_text(payload)
+    return d
+
+
+def test_base_version_and_current(tmp_path):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    assert reg.names() == [BASE_VERSION]
+    assert reg.current_name() == BASE_VERSION
+    assert reg.current().weights == "embedded"
+    # reopening does not rewrite anything
+    assert Registry(tmp_path / "r", base_model="other").current().weights == "embedded"
+
+
+def test_commit_flips_current_and_keeps_lineage(tmp_path):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    v1 = reg.commit(_stage(reg, "one"), {"parent": BASE_VERSION, "sleep_id": "s1"})
+    v2 = reg.commit(_stage(reg, "two"), {"parent": v1.name, "sleep_id": "s2"})
+    assert (v1.name, v2.name) == ("v0001", "v0002")
+    assert reg.current_name() == "v0002"
+    assert [v.name for v in reg.lineage()] == [BASE_VERSION, "v0001", "v0002"]
+    assert reg.current().weights == str(tmp_path / "r" / "versions" / "v0002")
+    assert json.loads((v2.path / "manifest.json").read_text())["sleep_id"] == "s2"
+    assert list((tmp_path / "r" / "staging").iterdir()) == []
+
+
+def test_set_current_validates(tmp_path):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    reg.commit(_stage(reg), {"parent": BASE_VERSION})
+    assert reg.set_current(BASE_VERSION).name == BASE_VERSION
+    with pytest.raises(RegistryError, match="no version v0009"):
+        reg.set_current("v0009")
+    with pytest.raises(RegistryError, match="not a version name"):
+        reg.set_current("../../etc")
+    assert reg.current_name() == BASE_VERSION
+
+
+def test_incomplete_version_is_invisible_and_staging_swept(tmp_path):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    # a crash after moving but before the manifest cannot happen (manifest is written first),
+    # but a half-copied directory without manifest must never count as a version
+    (reg.versions_dir / "v0001").mkdir()
+    assert reg.names() == [BASE_VERSION]
+    dead = reg.staging_dir / "stage-999999-deadbeef"
+    dead.mkdir()
+    live = reg.new_staging()
+    assert reg.sweep_staging() == 1
+    assert not dead.exists() and live.exists()
+
+
+def test_prune_keeps_current_lineage(tmp_path):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    parent = BASE_VERSION
+    for i in range(4):
+        parent = reg.commit(_stage(reg), {"parent": parent}).name
+    reg.set_current("v0002")
+    removed = reg.prune(keep=1)
+    assert removed == ["v0003"]
+    assert reg.names() == [BASE_VERSION, "v0001", "v0002", "v0004"]
+
+
+def test_current_write_is_atomic(tmp_path, monkeypatch):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    v = reg.commit(_stage(reg), {"parent": BASE_VERSION}, make_current=False)
+    real = os.replace
+
+    def boom(src, dst):
+        if str(dst).endswith("CURRENT"):
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        reg.set_current(v.name)
+    monkeypatch.setattr(os, "replace", real)
+    assert reg.current_name() == BASE_VERSION
