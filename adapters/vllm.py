@@ -379,6 +379,7 @@ class VLLMSupervisor:
         self.events: list[dict[str, Any]] = []
         self._monitor: threading.Thread | None = None
         self._wake = threading.Event()
+        self._probe: tuple[Any, float, bool] | None = None
         self.http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -396,8 +397,8 @@ class VLLMSupervisor:
     def route(self) -> Route | None:
         return self._route
 
-    def _event(self, kind: str, **kw: Any) -> None:
-        self.events.append({"at": time.time(), "event": kind, **kw})
+    def _event(self, what: str, **kw: Any) -> None:
+        self.events.append({"at": time.time(), "event": what, **kw})
         del self.events[:-50]
 
     # -- starting -----------------------------------------------------------
@@ -463,14 +464,22 @@ class VLLMSupervisor:
                 self._cond.notify_all()
             rep = SwapReport(version=version.name, previous=None, kind=kind, prepare_s=time.perf_counter() - t0,
                              total_s=time.perf_counter() - t0, detail={"url": srv.url})
-            if not self.managed and srv.base is None:
-                # we do not know what the attached server holds: put `version` there if we can
+            if not self.managed:
+                # /v1/models shows the path the server started from, not weights reloaded since:
+                # put `version` there ourselves when the shapes allow it
+                want = weights_dir(version)
+                if srv.sig is not None and srv.sig != arch_signature(want):
+                    self.close()
+                    raise SwapError(f"the attached vLLM server holds a different architecture than {version.name} "
+                                    f"(e.g. another layer count); restart it on {want}")
                 try:
                     rep2 = self._swap_locked(version, force_reload=True)
                     rep.detail["initial_swap"] = rep2.to_dict()
                 except SwapError as e:
-                    rep.detail["warning"] = f"serving the attached server's own weights as {version.name}: {e}"
-                    log.warning(rep.detail["warning"])
+                    if srv.base is None:
+                        rep.detail["warning"] = (f"cannot check or set the attached server's weights ({e}); "
+                                                 f"answers are labelled {version.name}")
+                        log.warning(rep.detail["warning"])
             if self.managed and self.restart_enabled and self._monitor is None:
                 self._monitor = threading.Thread(target=self._watch, name="vllm-monitor", daemon=True)
                 self._monitor.start()
@@ -822,10 +831,16 @@ class VLLMSupervisor:
             "events": self.events[-8:],
         }
         if probe and srv is not None:
-            try:
-                out["vllm_health"] = self.http.get(srv.url + "/health", timeout=2).status_code == 200
-            except Exception:  # noqa: BLE001
-                out["vllm_health"] = False
+            cached = self._probe
+            if cached and cached[0] is srv and time.time() - cached[1] < 1.0:
+                out["vllm_health"] = cached[2]
+            else:
+                try:
+                    ok = self.http.get(srv.url + "/health", timeout=2).status_code == 200
+                except Exception:  # noqa: BLE001
+                    ok = False
+                self._probe = (srv, time.time(), ok)
+                out["vllm_health"] = ok
         return out
 
     def close(self) -> None:

@@ -178,7 +178,76 @@ def demo(as_json: bool = typer.Option(False, "--json"),
         _emit(True, res, lambda: None)
 
 
+@app.command()
+def bench(suite: str = typer.Argument("sleep", help="sleep | serve | all"),
+          out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench home go."),
+          docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
+          facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Measure the targets: sleep recall/retention/drift/time, serving swaps under load."""
+    from .bench import report
+    from .progress import StageProgress
+
+    if suite not in ("sleep", "serve", "all"):
+        raise InputError(f"bench: unknown suite '{suite}'; use sleep, serve or all")
+    results: dict[str, Any] = {}
+    if suite in ("sleep", "all"):
+        from .bench import sleep_suite
+
+        with StageProgress(enabled=not as_json, console=err) as prog:
+            res = sleep_suite.run(out_dir / "sleep", progress=prog, n_facts=facts,
+                                  say=(lambda m: None) if as_json else (lambda m: err.print(m)))
+        report.save(res, out_dir, "sleep")
+        if docs and str(docs):
+            plot = report.plot_sleep(res, docs.parent / "bench_sleep.png")
+            report.update_doc(docs, "sleep", report.sleep_markdown(res, plot.name),
+                              f"## Sleep: {res['facts_per_sleep']} facts per sleep ({report.machine()}, {time.strftime('%Y-%m-%d')})")
+        results["sleep"] = res
+    if suite in ("serve", "all"):
+        from .bench import serve_suite
+
+        res = serve_suite.run(out_dir / "serve", say=(lambda m: None) if as_json else (lambda m: err.print(m)))
+        report.save(res, out_dir, "serve")
+        if docs and str(docs):
+            report.update_doc(docs, "serve", serve_suite.markdown(res), f"## Serving: hot-swap under load ({report.machine()})")
+        results["serve"] = res
+    _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", v) for k, v in results.items()}, default=str)))
+
+
 # ---- serve commands (owned by the serving work; keep edits inside this block) ----
+@app.command()
+def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transformers | vllm (default: serve.backend)."),
+          host: Optional[str] = typer.Option(None, help="Address to listen on (default: serve.host, 127.0.0.1)."),
+          port: Optional[int] = typer.Option(None, help="Port (default: serve.port, 8421)."),
+          vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="Attach to a running vLLM server instead of starting one."),
+          vllm_arg: list[str] = typer.Option([], "--vllm-arg", help="Extra vLLM server argument, repeatable (e.g. --vllm-arg=--enforce-eager)."),
+          no_memory: bool = typer.Option(False, "--no-memory", help="Do not inject memories unless a request asks (use_memory: true)."),
+          poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to check the registry for a new version.")) -> None:
+    """Serve the current model version over an OpenAI-compatible API (/v1/chat/completions,
+    /v1/completions, /v1/models, /health); follows every promotion without downtime."""
+    import logging
+
+    from .serving.server import serve_home
+
+    if backend is not None and backend not in ("transformers", "vllm"):
+        raise InputError(f"--backend {backend!r}: use transformers or vllm")
+    if port is not None and not 1 <= port <= 65535:
+        raise InputError(f"--port {port}: must be 1-65535")
+    if poll_seconds <= 0:
+        raise InputError("--poll-seconds must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    with _home(writable=False) as h:
+        if vllm_url:
+            h.config.serve.vllm_url = vllm_url
+        kind = backend or h.config.serve.backend
+        err.print(f"starting the {kind} backend on {h.registry.current_name()} (home {h.root})...")
+        serve_home(h, backend=kind, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
+                   use_memory=False if no_memory else None,
+                   on_ready=lambda url: err.print(f"serving at [bold]{url}/v1[/] (model 'agentsleep'); "
+                                                  f"health: {url}/health; Ctrl-C stops"))
+
 
 # ---- end serve commands ----
 

@@ -245,7 +245,15 @@ def worker_main(home: Path, result: Path, *, reason: str = "manual", max_episode
     progress_path = home / "daemon" / "progress.json"
     last = [0.0]
 
+    stages: list[str] = []
+
     def write_progress(job: SleepJob) -> None:
+        if job.stage and (not stages or stages[-1] != job.stage):
+            stages.append(job.stage)
+            try:  # one line per stage, into the daemon's log
+                print(f"stage {job.stage}: {job.note}".rstrip(": "), flush=True)
+            except OSError:
+                pass
         now = time.monotonic()
         if now - last[0] >= 1.0:
             last[0] = now

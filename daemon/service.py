@@ -10,9 +10,11 @@ Per home (settings in the home's ``[daemon]`` config section):
 * **on demand** - ``agentsleep sleep-now`` (:func:`request_sleep`) drops a
   request file; the daemon runs it now, or right after the running sleep.
 
-Threshold and idle are checked every ``check_seconds``; they fire only when
-an episode arrived after the last sleep started, so a rejected sleep is not
-retried in a loop on the same episodes (cron and on-demand always run).
+Threshold and idle are checked every ``check_seconds``. After a sleep that did
+not promote (rejected, failed, nothing to do) they wait for an episode newer
+than that sleep's start, so the same episodes are not retried in a loop; after
+a promoted sleep a remaining backlog may trigger the next one at once. Cron
+and on-demand always run.
 
 One sleep per home at a time: a per-home in-flight flag here, APScheduler's
 ``max_instances=1`` + ``coalesce=True`` on every job (an overrunning job is
@@ -192,7 +194,7 @@ class Daemon:
             raise RuntimeError("a Daemon starts once; create a new one")
         try:
             for root in self.roots:
-                self.slots[str(root)] = self._open_slot(root)
+                self._open_slot(root)
         except BaseException:
             self._release_all()
             raise
@@ -236,6 +238,7 @@ class Daemon:
         tag = f"{root.name.replace('.', '_')}-{hashlib.sha1(str(root).encode()).hexdigest()[:6]}"
         slot = _Slot(root=root, cfg=home.config.daemon, consolidate_untrusted=home.config.sleep.consolidate_untrusted,
                      log=logging.getLogger(f"agentsleep.daemon.home.{tag}"), lock=lock, home=home, tag=tag)
+        self.slots[slot.key] = slot       # from here on, _release_all() undoes it on failure
         slot.config_mtime = _mtime(root / "config.toml")
         slot.handler = self._add_log_handler(root, tag)
         atomic_write_json(ddir / "daemon.json", {"pid": os.getpid(), "started_at": time.time(),
@@ -266,7 +269,8 @@ class Daemon:
         # One file per home: its own records, the daemon-wide ones, and scheduler warnings
         # (APScheduler's INFO lines would log every poll).
         h.addFilter(lambda rec: rec.name.endswith(f".{tag}") or rec.name == "agentsleep.daemon"
-                    or (rec.name.startswith("apscheduler") and rec.levelno >= logging.WARNING))
+                    or (rec.name.startswith("apscheduler") and rec.levelno >= logging.WARNING
+                        and "maximum number of running instances" not in rec.getMessage()))
         for lg in (logging.getLogger("agentsleep.daemon"), logging.getLogger("apscheduler")):
             lg.addHandler(h)
         dl = logging.getLogger("agentsleep.daemon")
@@ -382,7 +386,10 @@ class Daemon:
         slot = self._slot_of_job(ev.job_id)
         lg = slot.log if slot else log
         if ev.code == EVENT_JOB_MAX_INSTANCES:
-            lg.info("job %s: previous run still going; this run dropped (max_instances=1)", ev.job_id)
+            # Only meaningful for cron: a sleep window that overran. Checks and polls that
+            # overlap on a busy machine are simply dropped.
+            if ev.job_id.startswith("cron:"):
+                lg.info("cron run dropped: the previous one is still going (max_instances=1)")
         elif ev.code == EVENT_JOB_MISSED:
             lg.info("job %s: missed its run time %s (coalesced)", ev.job_id, ev.scheduled_run_time)
         elif ev.code == EVENT_JOB_ERROR:
@@ -541,6 +548,10 @@ class Daemon:
             elif status == "busy":
                 c["skipped_busy"] += 1
             slot.last = outcome
+            if status == "promoted":
+                # Progress was made: if a backlog still waits (max_episodes per sleep),
+                # threshold/idle may fire again without waiting for a new episode.
+                slot.auto_mark = 0.0
             slot.busy, slot.job = False, None
             again = bool(slot.pending) and self.state == "running"
             self._idle.notify_all()

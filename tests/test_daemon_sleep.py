@@ -38,13 +38,13 @@ FACTS = ["Alice's daughter is called Maya and she is seven years old.",
          "The spare key to the garden shed is hidden under the blue flower pot."]
 
 
-def _fast_sleep_config(base: str, **gate) -> dict:
+def _fast_sleep_config(base: str, dreams: int = 3, dream_tokens: int = 24, **gate) -> dict:
     """A sleep small enough for tests; the gate opens fully when asked (any result promotes)."""
     return {
         "model": {"base": base},
         "sleep": {
-            "dream": {"per_episode": 3, "stems": ["What", "Where", "Who"], "keep_top_k": 2, "keep_random": 0,
-                      "probes_per_episode": 1, "max_new_tokens": 24, "batch_size": 8},
+            "dream": {"per_episode": dreams, "stems": ["What", "Where", "Who"][:dreams], "keep_top_k": 2,
+                      "keep_random": 0, "probes_per_episode": 1, "max_new_tokens": dream_tokens, "batch_size": 8},
             "seed": {"epochs": 2, "batch_size": 4, "max_seq_len": 96, "replay_prompts": 4, "replay_per_step": 1,
                      "on_policy_every": 1000, "lora_r": 4, "lora_alpha": 8},
             "rest": {"rounds": 0},
@@ -101,7 +101,9 @@ def tiny(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_home(tmp_path_factory, tiny):
-    return _make_home(tmp_path_factory.mktemp("daemon-real") / "home", _fast_sleep_config(str(tiny)))
+    # A random model writes no parseable dreams: the real sleep ends "rejected" after dreaming.
+    return _make_home(tmp_path_factory.mktemp("daemon-real") / "home",
+                      _fast_sleep_config(str(tiny), dreams=1, dream_tokens=8))
 
 
 def test_default_probe_counts_the_real_store(tiny_home):
@@ -143,6 +145,7 @@ def test_real_sleep_runs_through_the_daemon(tiny_home):
         assert list((tiny_home / "registry" / "staging").iterdir()) == []
         log = (tiny_home / "logs" / "daemon.log").read_text()
         assert f"sleep {res['sleep_id']} finished: {res['status']}" in log
+        assert "stage dream" in log                                          # the worker's stages
     finally:
         assert _stop(d) == 0
 

@@ -376,6 +376,7 @@ def test_history_roundtrip_with_tools_and_duplicates(home, sid):
     assert [m.content for m in other.messages] == ["thanks"]
 
 
+@pytest.mark.filterwarnings("ignore:RunnableWithMessageHistory is deprecated")
 def test_history_long_message_and_runnable_with_message_history(home, sid):
     from langchain_core.runnables.history import RunnableWithMessageHistory
 

@@ -305,10 +305,11 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         if self.placement == "human":
             i, text = _last_human(msgs)
             if i >= 0:
-                msgs[i] = HumanMessage(content=f"{block}\n\n{text}")
+                msgs[i] = msgs[i].model_copy(update={"content": f"{block}\n\n{text}"})
                 return msgs
         if msgs and isinstance(msgs[0], SystemMessage):
-            return [SystemMessage(content=f"{content_text(msgs[0].content)}\n\n{block}")] + msgs[1:]
+            merged = msgs[0].model_copy(update={"content": f"{content_text(msgs[0].content)}\n\n{block}"})
+            return [merged] + msgs[1:]
         return [SystemMessage(content=block)] + msgs
 
     # memory, with failures reported
@@ -498,8 +499,10 @@ def with_sleep(runnable: Runnable, *, home: Any = None, k: int = 4, placement: P
     k           memories injected per call (top-k by similarity to the user's latest message).
     placement   where they go:
                 "system" (default) - a system message (merged into an existing first one),
-                  worded like the memory prompt sleep trains with; for a dict input without
-                  "messages" (a prompt template), the ``memory_key`` variable;
+                  worded like the memory prompt sleep trains with; a str input becomes
+                  [system, human] messages (fine for chat models; use "human" for runnables
+                  that need a str); for a dict input without "messages" (a prompt
+                  template), the ``memory_key`` variable;
                 "human" - prefixed to the latest user message (or the query key's string);
                 "key" - ``input[memory_key]`` (default "memories") for prompt templates;
                   always set, "" when there is nothing to inject;

@@ -199,7 +199,7 @@ class Engine:
         eos = self._eos_ids(live)
         finish = "stop" if new and new[-1] in eos else "length"
         with live.tok_lock:
-            text = live.tok.decode(new, skip_special_tokens=True)
+            text = _complete_text(live.tok, new)
         text, hit = _cut_at_stop(text, p.stop)
         if hit:
             finish = "stop"
@@ -282,7 +282,7 @@ class Engine:
                     yield ready[len(sent):]
                     sent = ready
             if not hit:
-                cut, hit = _cut_at_stop(full, p.stop)
+                cut, hit = _cut_at_stop(full.rstrip("\ufffd"), p.stop)
                 if len(cut) > len(sent):
                     yield cut[len(sent):]
                     sent = cut
@@ -355,6 +355,17 @@ class TokenStream:
             self._it.close()  # type: ignore[attr-defined]
         except ValueError:  # being consumed in another thread: the event stops it
             pass
+
+
+def _complete_text(tok: Any, ids: list[int]) -> str:
+    """Decoded text without a trailing incomplete UTF-8 character (the tokens that produced only part
+    of a character are held back, as vLLM's incremental detokenizer does)."""
+    text = tok.decode(ids, skip_special_tokens=True)
+    k = len(ids)
+    while text.endswith("\ufffd") and k > 0:
+        k -= 1
+        text = tok.decode(ids[:k], skip_special_tokens=True)
+    return text
 
 
 def _cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:

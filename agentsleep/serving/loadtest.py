@@ -245,7 +245,7 @@ def run_swap_loadtest(base_url: str, registry: Registry, promote: list[str], *, 
                 if h.get("version") == name or (rep and not rep.get("ok", True)):
                     report = rep or {"version": name}
                     break
-                time.sleep(0.02)
+                time.sleep(0.05)
             t_switched = time.time()
             swaps.append({"version": name, "t_promote": t_promote, "t_switched": t_switched,
                           "server": report, "timed_out": report is None})

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from fastapi import Request
 
 from ..config import ServeConfig
+from ..errors import InputError
 from ..models.generate import memory_system
 from ..models.registry import Registry
 from .backend import APIError, Backend, BadRequest, ModelNotFound, Stream, SwapReport, TooLarge, Unauthorized, \
@@ -429,6 +430,12 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
     port = port if port is not None else cfg.port
     if not _is_loopback(host) and not cfg.api_key:
         log.warning("serving on %s without serve.api_key: anyone who can reach this port can use the model", host)
+    try:  # fail now, not after a minute of starting vLLM
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host") from None
     registry = home.registry
     b = make_backend(kind, home, vllm_url=cfg.vllm_url, vllm_api_key=cfg.vllm_api_key, vllm_args=vllm_args,
                      log_dir=home.root / "logs")

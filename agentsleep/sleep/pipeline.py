@@ -162,6 +162,14 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
             clock[0] = now
 
         with _StopFlag() as stop:
+            user_progress = say
+
+            def say(stage: str, done: int, total: int, note: str = "") -> None:  # noqa: F811
+                # every stage reports progress often: the natural place to honour SIGTERM
+                if stop():
+                    raise Interrupted(f"stopped during {stage}")
+                user_progress(stage, done, total, note)
+
             try:
                 journal.stage("load")
                 parent = registry.current()

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..config import SeedConfig
 from ..models import generate as gen
 from .dream import student_prompt, teacher_prompt
-from .tensors import ce_loss, collate, encode, kl_on_labels
+from .tensors import ce_loss, collate, encode, kl_on_labels, per_sequence_nll, picked
 from .types import Dream, Memory
 
 TOPK = 16  # teacher soft targets kept per answer token (off-policy distillation)
@@ -94,14 +94,13 @@ def attach_soft_targets(model: Any, tok: Any, items: list[Item], max_len: int, b
 
 def _soft_ce(logits: torch.Tensor, labels: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
     """Cross-entropy of the student to the teacher's top-k soft targets (= KL up to a constant)."""
-    lp = F.log_softmax(logits[:, :-1].float(), -1)
     mask = labels[:, 1:] != -100
     losses = []
     for j, it in enumerate(items):
         if it.soft is None:
             continue
         ids, p = it.soft
-        pos = lp[j][mask[j]]
+        pos = F.log_softmax(logits[j, :-1][mask[j]].float(), -1)
         n = min(len(pos), len(ids))
         if n == 0:
             continue
@@ -179,9 +178,7 @@ def _imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg:
     dev = next(pm.parameters()).device
     b = collate([encode(tok, p + " ", c, cfg.max_seq_len) for p, c in zip(prefixes, comps)], tok.pad_token_id, dev)
     logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    lp = -F.cross_entropy(logits[:, :-1].transpose(1, 2).float(), b["labels"][:, 1:].clamp(min=0), reduction="none")
-    mask = b["labels"][:, 1:] != -100
-    seq_lp = (lp * mask).sum(1) / mask.sum(1).clamp(min=1)
+    seq_lp = -per_sequence_nll(logits, b["labels"])
     return -(adv.to(dev) * seq_lp).mean()
 
 

@@ -34,30 +34,47 @@ def shifted(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return lg, lb != -100
 
 
+def picked(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(N, V) logits at labelled positions, their targets, and each position's row.
+
+    Selecting before the softmax matters: cross-entropy over a transposed
+    (B, V, T) view takes a slow strided path on CPU (measured 30x slower).
+    """
+    lg, mask = shifted(logits, labels)
+    rows = mask.nonzero()[:, 0]
+    return lg[mask].float(), labels[:, 1:][mask], rows
+
+
 def sequence_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean NLL of the labelled tokens, per sequence."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    lg, mask = shifted(logits, batch["labels"])
-    tgt = batch["labels"][:, 1:].clamp(min=0)
-    nll = F.cross_entropy(lg.transpose(1, 2).float(), tgt, reduction="none")
-    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return per_sequence_nll(logits, batch["labels"])
+
+
+def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    sel, tgt, rows = picked(logits, labels)
+    nll = F.cross_entropy(sel, tgt, reduction="none")
+    n = labels.shape[0]
+    total = torch.zeros(n, device=nll.device).index_add(0, rows, nll)
+    count = torch.zeros(n, device=nll.device).index_add(0, rows, torch.ones_like(nll))
+    return total / count.clamp(min=1)
 
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    lg, mask = shifted(logits, labels)
-    tgt = labels[:, 1:].clamp(min=0)
-    nll = F.cross_entropy(lg.transpose(1, 2).float(), tgt, reduction="none")
-    return (nll * mask).sum() / mask.sum().clamp(min=1)
+    sel, tgt, _ = picked(logits, labels)
+    if not len(tgt):
+        return logits.sum() * 0.0
+    return F.cross_entropy(sel, tgt)
 
 
 def kl_on_labels(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean per-token KL(p || q) over the labelled positions (p is the target distribution)."""
-    lp, mask = shifted(p_logits, labels)
-    lq, _ = shifted(q_logits, labels)
-    p_log = F.log_softmax(lp.float(), -1)
-    q_log = F.log_softmax(lq.float(), -1)
-    kl = (p_log.exp() * (p_log - q_log)).sum(-1)
-    return (kl * mask).sum() / mask.sum().clamp(min=1)
+    lp, _, _ = picked(p_logits, labels)
+    lq, _, _ = picked(q_logits, labels)
+    if not len(lp):
+        return q_logits.sum() * 0.0
+    p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
+    return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
 
 @torch.no_grad()

@@ -1,0 +1,117 @@
+"""The sleep acceptance benchmark (issue: 20 facts -> closed-book recall after one sleep).
+
+Protocol, all in one run on the configured base model (embedded SmolLM2 by default):
+1. Fresh home; remember the 20 facts of SET_A.
+2. Closed-book accuracy before; accuracy with the fact retrieved into context (RAG).
+3. Baseline: plain LoRA fine-tuning on the raw fact text (same LoRA shape, lr and
+   number of optimizer steps as the sleep's seeding), closed-book accuracy.
+4. Sleep 1 -> closed-book accuracy on SET_A's held-out paraphrased questions.
+5. Remember SET_B, sleep 2 -> accuracy on SET_B, and SET_A retention.
+Questions are never seen by the sleep: the gate uses its own dream probes.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from ..home import Home
+from ..models import generate as gen
+from ..textmatch import contains_answer
+from .facts import SET_A, SET_B, Fact
+
+
+def closed_book(model: Any, tok: Any, facts: list[Fact], memories: list[str] | None = None) -> tuple[float, list[str]]:
+    prompts = [gen.chat(tok, f.question, system=gen.memory_system([memories[i]]) if memories else None)
+               for i, f in enumerate(facts)]
+    answers = gen.generate(model, tok, prompts, max_new_tokens=24, batch_size=20)
+    hits = [contains_answer(a, f.answer) for a, f in zip(answers, facts)]
+    return sum(hits) / len(hits), answers
+
+
+def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, progress=None) -> float:
+    """Baseline: LoRA on the raw fact texts only (no dreams, no distillation, no replay)."""
+    import random
+
+    import torch
+    from peft import get_peft_model
+
+    from ..models.loader import load
+    from ..sleep.seed import lora_config
+    from ..sleep.tensors import ce_loss, collate, encode
+
+    cfg = home.config.sleep.seed
+    model, tok = load(base_weights)
+    pm = get_peft_model(model, lora_config(cfg))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    rows = [encode(tok, "", f.text) for f in facts]
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    pm.train()
+    for s in range(steps):
+        b = collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id)
+        loss = ce_loss(pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress:
+            progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
+    pm.eval()
+    return closed_book(pm, tok, facts)[0]
+
+
+def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[str, Any]:
+    set_a, set_b = SET_A[:n_facts], SET_B[:n_facts]
+    root = out_dir / "home"
+    shutil.rmtree(root, ignore_errors=True)
+    res: dict[str, Any] = {"facts_per_sleep": len(set_a)}
+    with Home.open(root) as home:
+        for f in set_a:
+            home.remember(f.text, source="bench")
+        live = home.engine.live
+        res["base_version"] = live.version.name
+        res["a_before"], _ = closed_book(live.model, live.tok, set_a)
+        res["a_with_context"], _ = closed_book(live.model, live.tok, set_a, [f.text for f in set_a])
+        say(f"closed-book before: {res['a_before']:.2f}; with the fact in context: {res['a_with_context']:.2f}")
+
+        t = time.time()
+        rep1 = home.sleep(progress=progress)
+        res["sleep1"] = rep1.summary()
+        res["sleep1_seconds"] = round(time.time() - t, 1)
+        live = home.engine.live
+        res["a_after_sleep1"], answers = closed_book(live.model, live.tok, set_a)
+        res["a_answers_after_sleep1"] = [{"q": f.question, "gold": f.answer, "pred": a} for f, a in zip(set_a, answers)]
+        say(f"sleep 1: {rep1.status} in {res['sleep1_seconds']:.0f} s; closed-book {res['a_after_sleep1']:.2f}")
+
+        steps = int(rep1.metrics.get("seed_steps") or 60)
+        base = home.registry.get(rep1.parent_version).weights
+        res["baseline_steps"] = steps
+        res["a_plain_lora"] = plain_lora(base, home, set_a, steps, progress)
+        say(f"plain LoRA on the raw text ({steps} steps): {res['a_plain_lora']:.2f}")
+
+        for f in set_b:
+            home.remember(f.text, source="bench")
+        live = home.engine.live
+        res["b_before"], _ = closed_book(live.model, live.tok, set_b)
+        t = time.time()
+        rep2 = home.sleep(progress=progress)
+        res["sleep2"] = rep2.summary()
+        res["sleep2_seconds"] = round(time.time() - t, 1)
+        live = home.engine.live
+        res["b_after_sleep2"], _ = closed_book(live.model, live.tok, set_b)
+        res["a_after_sleep2"], _ = closed_book(live.model, live.tok, set_a)
+        res["a_retention"] = round(res["a_after_sleep2"] / res["a_after_sleep1"], 3) if res["a_after_sleep1"] else None
+        say(f"sleep 2: {rep2.status} in {res['sleep2_seconds']:.0f} s; new facts {res['b_after_sleep2']:.2f}, "
+            f"first facts {res['a_after_sleep2']:.2f} (retention {res['a_retention']})")
+    res["targets"] = {
+        "a_after_sleep1 >= 0.75": res["a_after_sleep1"] >= 0.75,
+        "sleep beats plain LoRA by >= 0.15": res["a_after_sleep1"] - res["a_plain_lora"] >= 0.15,
+        "b_after_sleep2 >= 0.75": res["b_after_sleep2"] >= 0.75,
+        "a_retention >= 0.90": (res["a_retention"] or 0) >= 0.90,
+        "sleep under 600 s": max(res["sleep1_seconds"], res["sleep2_seconds"]) < 600,
+        "drift within gate bound": all(r["metrics"].get("drift_kl") is not None for r in (res["sleep1"], res["sleep2"])
+                                       if r["status"] == "promoted"),
+    }
+    return res

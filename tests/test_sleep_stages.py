@@ -1,0 +1,170 @@
+"""Sleep stages one by one on a tiny random model (fast), plus the pipeline's guard rails."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from agentsleep.config import Config, DreamConfig, GateConfig, SeedConfig
+from agentsleep.errors import SleepLockedError
+from agentsleep.home import Home
+from agentsleep.models.loader import load
+from agentsleep.models.registry import Registry
+from agentsleep.sleep import dream as dream_mod
+from agentsleep.sleep.gate import evaluate
+from agentsleep.sleep.lock import sleep_lock
+from agentsleep.sleep.publish import publish
+from agentsleep.sleep.seed import imitate_reward, seed
+from agentsleep.sleep.types import Dream, Memory
+from agentsleep.textmatch import contains_answer, grounded, trivial
+from tiny import tiny_model_dir
+
+MEM = [Memory("e1", "The user's dog is a beagle called Biscuit."),
+       Memory("e2", "Project Falcon launches on 14 February 2027.")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+def test_parse_dream_output():
+    assert dream_mod.parse("What", " is the dog's name?\nA: Biscuit.") == ("What is the dog's name?", "Biscuit")
+    assert dream_mod.parse("Who", "'s the manager?\n\nA: Ingrid") == ("Who's the manager?", "Ingrid")
+    assert dream_mod.parse("When", " launches") is None
+    assert dream_mod.parse("How", " long?\nA: " + "x" * 200) is None
+
+
+def test_text_matching():
+    assert contains_answer("It is Biscuit, a beagle.", "Biscuit")
+    assert not contains_answer("A poodle.", "Biscuit")
+    assert contains_answer("She is Ursula K. Le Guin", "Le Guin")
+    assert grounded("a beagle", MEM[0].text) and not grounded("a poodle", MEM[0].text)
+    assert trivial("What is Biscuit the beagle called?", "Biscuit")
+
+
+def test_filters_drop_ungrounded_trivial_duplicates(tiny):
+    model, tok = load(str(tiny))
+    ds = [Dream("e1", "What is the dog's name?", "Biscuit"),
+          Dream("e1", "What is the dogs name?", "Biscuit"),            # near duplicate
+          Dream("e1", "What breed is the dog?", "poodle"),             # not in the memory
+          Dream("e1", "What is Biscuit?", "Biscuit"),                  # answer given away
+          Dream("e2", "", "", kind="unparsed"),
+          Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
+    kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
+    assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
+    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "duplicate": 1, "teacher-disagrees": 0}
+    # the tiny random teacher cannot answer from context: agreement drops everything
+    kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))
+    assert kept2 == [] and dropped2["teacher-disagrees"] == 2
+
+
+def test_choose_holds_out_probes_and_ranks_by_value(tiny):
+    model, tok = load(str(tiny))
+    items = [Dream("e1", f"Question number {i} about the dog?", f"Biscuit {i}") for i in range(6)]
+    chosen = dream_mod.choose(model, tok, items, DreamConfig(keep_top_k=2, keep_random=1, probes_per_episode=1))
+    probes = [d for d in chosen if d.held_out]
+    train = [d for d in chosen if not d.held_out]
+    assert len(probes) == 1 and len(train) == 3
+    top = sorted((d for d in items if not d.held_out), key=lambda d: -d.value)[:2]
+    assert all(t in train for t in top)
+    assert max(d.value for d in items) == max(d.value for d in train)  # best item never held out
+
+
+def test_seed_learns_and_gate_decides(tiny):
+    model, tok = load(str(tiny))
+    dreams = [Dream("e1", "What is the name of the dog?", "Biscuit"),
+              Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
+    cfg = SeedConfig(epochs=12, batch_size=4, lr=5e-3, on_policy_every=3, on_policy_samples=2)
+    pool = [(dream_mod.student_prompt(tok, "What is the capital of France?"), "Paris is the capital.")]
+    pm, stats = seed(model, tok, dreams, MEM, cfg, replay_pool=pool)
+    sft = stats.losses["sft"]
+    assert stats.steps == 12 and sft[-1] < sft[0] - 0.3
+    assert {"sft", "distill_off", "replay_kl", "distill_on", "imitate", "total"} <= set(stats.losses)
+    probes = [{"question": d.question, "answer": d.answer} for d in dreams]
+    verdict = evaluate(pm, tok, probes, [], pool, GateConfig(min_recall_gain=0.5))
+    assert set(verdict.metrics) >= {"recall_before", "recall_after", "drift_kl", "retention"}
+    assert verdict.metrics["recall_before"] == 0.0
+    if verdict.metrics["recall_after"] < 0.5:
+        assert not verdict.promote and "recall gain" in verdict.reasons[0]
+    strict = evaluate(pm, tok, probes, [], pool, GateConfig(min_recall_gain=-1, max_drift_kl=0.0))
+    assert not strict.promote and any("drift" in r for r in strict.reasons)
+
+
+def test_imitate_reward_prefers_the_real_continuation():
+    ref = "is a beagle called Biscuit."
+    assert imitate_reward(ref, ref, 0.5, 0.6) > 0.99
+    assert imitate_reward("is a beagle named Biscuit", ref, 0.5, 0.6) > imitate_reward("likes rainy weather", ref, 0.5, 0.6)
+
+
+def test_publish_writes_version_with_adapter(tiny, tmp_path):
+    from peft import get_peft_model
+
+    from agentsleep.sleep.seed import lora_config
+    model, tok = load(str(tiny))
+    pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4)))
+    reg = Registry(tmp_path / "reg", base_model=str(tiny))
+    v = publish(pm, tok, reg, {"parent": "v0000", "sleep_id": "s1", "episode_ids": ["e1"]})
+    assert reg.current_name() == v.name == "v0001"
+    assert (v.path / "adapter" / "adapter_config.json").is_file()
+    man = json.loads((v.path / "manifest.json").read_text())
+    assert "model.safetensors" in man["checksums"] and man["episode_ids"] == ["e1"]
+    m2, _ = load(v.weights)
+    assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in load(str(tiny))[0].parameters())
+
+
+def _tiny_home(tmp_path, tiny, **extra):
+    cfg = Config.model_validate({"model": {"base": str(tiny)}, "sleep": {"seed": {"replay_prompts": 4}, **extra}})
+    root = Home.init(tmp_path / "home", config=cfg)
+    return Home.open(root)
+
+
+def test_pipeline_nothing_to_do_dry_run_and_lock(tiny, tmp_path):
+    h = _tiny_home(tmp_path, tiny)
+    assert h.sleep().status == "nothing-to-do"
+    for f in ("The user's dog is a beagle called Biscuit.", "Web page said the moon is cheese."):
+        h.remember(f, trust="untrusted" if "Web" in f else "trusted")
+    dry = h.sleep(dry_run=True)
+    assert dry.status == "dry-run" and len(dry.episodes) == 1
+    with sleep_lock(h.root):
+        with pytest.raises(SleepLockedError, match=f"pid {os.getpid()}"):
+            h.sleep()
+    # the tiny random model writes no usable dreams: a clean rejection, nothing consolidated
+    rep = h.sleep()
+    assert rep.status == "rejected" and "no usable dreams" in rep.reasons[0]
+    assert h.registry.current_name() == "v0000"
+    assert len(h.store.list(unconsolidated_only=True)) == 2
+    assert json.loads((h.root / "sleeps" / rep.sleep_id / "journal.json").read_text())["status"] == "rejected"
+
+
+def test_kill_mid_sleep_leaves_previous_version(tiny, tmp_path):
+    h = _tiny_home(tmp_path, tiny, dream={"per_episode": 6, "max_new_tokens": 64, "batch_size": 1})
+    for i in range(6):
+        h.remember(f"Memory number {i}: the user's locker code is {1000 + i}.")
+    h.close()
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from agentsleep.home import Home
+        Home.open({str(h.root)!r}, writable=False).sleep()
+    """)], env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    journal = None
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        js = list((h.root / "sleeps").glob("*/journal.json"))
+        if js and json.loads(js[0].read_text()).get("stage") == "dream":
+            journal = js[0]
+            break
+        time.sleep(0.2)
+    assert journal is not None, "the sleep never reached the dream stage"
+    time.sleep(1.0)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    h2 = Home.open(h.root)
+    assert h2.registry.current_name() == "v0000" and h2.registry.names() == ["v0000"]
+    assert json.loads(journal.read_text())["status"] == "running"  # recognisably interrupted
+    assert len(h2.store.list(unconsolidated_only=True)) == 6
+    # the lock died with the process: the next sleep runs (and sweeps leftovers)
+    assert h2.sleep(dry_run=True).status == "dry-run"
