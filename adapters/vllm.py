@@ -15,10 +15,11 @@ Swap kinds, cheapest first (`plan()` picks; see NOTES.md "vLLM on CPU"):
   then new requests name that adapter. No pause; the old model keeps
   answering the requests it has.
 - reload_weights: same architecture (config shapes equal): hold new requests,
-  let the ones in flight finish on the old weights, then ``/pause?mode=wait``,
+  let the ones in flight finish on the old weights, then
   ``/collective_rpc reload_weights``, ``/reset_prefix_cache`` (required: the
-  cache holds KV of the old weights), ``/resume``. Held requests then run on
-  the new weights. Tied embeddings are not re-tied by vLLM 0.32's in-place
+  cache holds KV of the old weights), wrapped in ``/pause?mode=wait`` ...
+  ``/resume`` on an attached server (other clients may use it). Held
+  requests then run on the new weights. Tied embeddings are not re-tied by vLLM 0.32's in-place
   reload (lm_head keeps the old values: measured), so a version whose tied
   embedding matrix changed goes blue/green instead.
 - blue_green: anything else (a grown model: more layers). A second server
@@ -163,6 +164,37 @@ def kv_bytes_for(d: Path, max_model_len: int, sequences: int = 4, dtype_bytes: i
     return max(64 << 20, per_token * max_model_len * sequences)
 
 
+def worker_cpus(pgid: int) -> set[int]:
+    """CPUs the vLLM worker processes of one server (process group `pgid`) are pinned to (Linux)."""
+    cpus: set[int] = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if not (d / "comm").read_text().startswith("VLLM::Worker"):
+                continue
+            stat = (d / "stat").read_text()
+            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
+                continue
+            cpus |= os.sched_getaffinity(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpus
+
+
+def spare_cpus(busy: set[int]) -> str | None:
+    """A VLLM_CPU_OMP_THREADS_BIND value for a second server: the CPUs the first one's workers do not
+    use (two servers pinned to the same core starve the new one's start for minutes), or None."""
+    try:
+        mine = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return None
+    free = sorted(mine - busy)
+    if not busy or not free:
+        return None
+    return ",".join(str(c) for c in free)
+
+
 class VLLMStartError(RuntimeError):
     pass
 
@@ -174,7 +206,7 @@ class VLLMProcess:
                  api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
                  kv_cache_bytes: int | None = None, lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
                  extra_args: list[str] | tuple[str, ...] = (), log_path: str | Path | None = None,
-                 python: str | None = None, dtype: str = "float32"):
+                 python: str | None = None, dtype: str = "float32", cpu_bind: str | None = None):
         if not is_loopback(host):
             raise ValueError(f"vLLM runs with development endpoints enabled; it may only bind to loopback, not {host}")
         self.model_dir = Path(model_dir)
@@ -192,6 +224,7 @@ class VLLMProcess:
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"agentsleep-vllm-{self.port}.log"
         self.python = python or sys.executable
         self.dtype = dtype
+        self.cpu_bind = cpu_bind
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.ready_s: float | None = None
@@ -217,6 +250,8 @@ class VLLMProcess:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
+        if self.cpu_bind:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
@@ -346,7 +381,7 @@ class VLLMSupervisor:
                  max_lora_rank: int = 64, max_loras: int = 2, extra_args: list[str] | tuple[str, ...] = (),
                  start_timeout: float = 600, drain_timeout: float = 120, restart: bool = True,
                  max_restarts: int = 5, restart_window_s: float = 600, monitor_s: float = 0.5,
-                 python: str | None = None, dtype: str = "float32"):
+                 python: str | None = None, dtype: str = "float32", pause_engine: bool | None = None):
         import httpx
 
         self.attach_url = url.rstrip("/") if url else None
@@ -365,6 +400,7 @@ class VLLMSupervisor:
         self.max_restarts = max_restarts
         self.restart_window_s = restart_window_s
         self.monitor_s = monitor_s
+        self.pause_engine = pause_engine  # vLLM /pause around reloads (default: attached servers only)
         self._api_key = secrets.token_urlsafe(24)  # for managed servers: only we can use their /v1 routes
         self._cond = threading.Condition()
         self._op = threading.RLock()             # one swap / restart / close at a time
@@ -402,13 +438,17 @@ class VLLMSupervisor:
         del self.events[:-50]
 
     # -- starting -----------------------------------------------------------
-    def _spawn(self, version: Version, *, abort: threading.Event | None = None) -> _Server:
+    def _spawn(self, version: Version, *, beside: _Server | None = None) -> _Server:
         d = weights_dir(version)
-        proc = VLLMProcess(d, api_key=self._api_key, log_path=None, **self.proc_kw)
+        bind = None
+        if beside is not None and beside.proc is not None and beside.proc.alive() \
+                and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+            bind = spare_cpus(worker_cpus(beside.proc.pid))
+        proc = VLLMProcess(d, api_key=self._api_key, log_path=None, cpu_bind=bind, **self.proc_kw)
         proc.log_path = self.log_dir / f"vllm-{proc.port}.log"
         proc.start()
         try:
-            proc.wait_ready(self.start_timeout, abort=abort)
+            proc.wait_ready(self.start_timeout)
         except BaseException:
             proc.stop(grace=5)
             raise
@@ -672,8 +712,13 @@ class VLLMSupervisor:
             log.warning("reload: %d requests still in flight after %.0f s; vLLM's pause waits for them",
                         srv.inflight, self.drain_timeout)
         touched = False
+        # A managed server answers nobody but us (its /v1 routes need our random key) and nothing is in
+        # flight now, so vLLM's own pause/resume add time and no safety; an attached one may have other
+        # clients: pause it (waiting for their requests) around the reload.
+        engine_pause = self.pause_engine if self.pause_engine is not None else not self.managed
         try:
-            self._post(srv, "/pause", params={"mode": "wait"})
+            if engine_pause:
+                self._post(srv, "/pause", params={"mode": "wait"})
             touched = True
             self._post(srv, "/collective_rpc", {"method": "reload_weights",
                                                 "kwargs": {"weights_path": str(new_dir)}})
@@ -683,7 +728,8 @@ class VLLMSupervisor:
                 time.sleep(0.02)
             else:
                 raise SwapError("reset_prefix_cache kept failing")
-            self._post(srv, "/resume")
+            if engine_pause:
+                self._post(srv, "/resume")
             stale = list(srv.loras)
             srv.loras.clear()                       # adapters were relative to the old weights
             srv.base, srv.base_dir, srv.sig = version, new_dir, arch_signature(new_dir)
@@ -694,8 +740,9 @@ class VLLMSupervisor:
             t_open = time.perf_counter()
         except Exception as e:
             if not touched or not self.managed:
-                with contextlib.suppress(Exception):
-                    self._post(srv, "/resume")
+                if engine_pause:
+                    with contextlib.suppress(Exception):
+                        self._post(srv, "/resume")
                 with self._cond:
                     self._held = False
                     self._cond.notify_all()
@@ -704,8 +751,9 @@ class VLLMSupervisor:
                 raise SwapError(str(e)) from None
             # the old weights may be half-overwritten: keep holding requests, bring up the new version beside
             log.warning("reload_weights failed (%s); switching by blue/green instead", e)
-            with contextlib.suppress(Exception):
-                self._post(srv, "/resume")
+            if engine_pause:
+                with contextlib.suppress(Exception):
+                    self._post(srv, "/resume")
             try:
                 rep = self._blue_green(version, prev, holding=True)
             finally:
@@ -731,7 +779,7 @@ class VLLMSupervisor:
         old = prev.server
         t0 = time.perf_counter()
         try:
-            new = self._spawn(version)
+            new = self._spawn(version, beside=old)
         except Exception as e:  # noqa: BLE001 - the old server keeps serving
             raise SwapError(f"blue/green: the new server for {version.name} did not start: "
                             f"{str(e).splitlines()[0]}") from None

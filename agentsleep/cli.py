@@ -168,6 +168,18 @@ def rollback(version: str, as_json: bool = typer.Option(False, "--json")) -> Non
 
 
 @app.command()
+def grow(blocks: int = typer.Option(1, help="Identity-initialised decoder blocks to insert."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Add capacity: a new version with extra blocks that compute the same function."""
+    with _home(writable=False) as h:
+        v = h.grow(blocks)
+    m = v.manifest
+    _emit(as_json, {"version": v.name, "layers": m["layers"], "new_layers": m["new_layers"], "parameters": m["parameters"]},
+          lambda: out.print(f"{v.name}: {m['layers']['before']} -> {m['layers']['after']} layers "
+                            f"({m['parameters'] / 1e6:.1f}M parameters); the next sleep trains the new blocks"))
+
+
+@app.command()
 def demo(as_json: bool = typer.Option(False, "--json"),
          keep: bool = typer.Option(False, help="Keep the demo home's earlier state instead of starting fresh.")) -> None:
     """Remember facts, ask closed-book, sleep, ask again: the whole idea in a few minutes."""
@@ -179,7 +191,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("sleep", help="sleep | serve | all"),
+def bench(suite: str = typer.Argument("sleep", help="sleep | locomo | serve | all"),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench home go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),
@@ -188,8 +200,8 @@ def bench(suite: str = typer.Argument("sleep", help="sleep | serve | all"),
     from .bench import report
     from .progress import StageProgress
 
-    if suite not in ("sleep", "serve", "all"):
-        raise InputError(f"bench: unknown suite '{suite}'; use sleep, serve or all")
+    if suite not in ("sleep", "serve", "locomo", "all"):
+        raise InputError(f"bench: unknown suite '{suite}'; use sleep, serve, locomo or all")
     results: dict[str, Any] = {}
     if suite in ("sleep", "all"):
         from .bench import sleep_suite
@@ -203,6 +215,14 @@ def bench(suite: str = typer.Argument("sleep", help="sleep | serve | all"),
             report.update_doc(docs, "sleep", report.sleep_markdown(res, plot.name),
                               f"## Sleep: {res['facts_per_sleep']} facts per sleep ({report.machine()}, {time.strftime('%Y-%m-%d')})")
         results["sleep"] = res
+    if suite in ("locomo", "all"):
+        from .bench import locomo_suite
+
+        res = locomo_suite.run(out_dir / "locomo", say=(lambda m: None) if as_json else (lambda m: err.print(m)))
+        report.save(res, out_dir, "locomo")
+        if docs and str(docs):
+            report.update_doc(docs, "locomo", locomo_suite.markdown(res), "## LoCoMo: long-term conversational memory")
+        results["locomo"] = res
     if suite in ("serve", "all"):
         from .bench import serve_suite
 

@@ -204,6 +204,36 @@ class Home:
                 self._engine.swap(v)
         return v
 
+    def grow(self, blocks: int = 1) -> Version:
+        """Publish a version with `blocks` identity-initialised decoder blocks (same function,
+        more capacity); the next sleep trains only the new blocks."""
+        from .models.growth import grow, layer_count
+        from .models.loader import load
+        from .sleep.lock import sleep_lock
+
+        with sleep_lock(self.root, what="grow"):
+            parent = self.registry.current()
+            model, tok = load(parent.weights, dtype=self.config.model.dtype, device="cpu")
+            before = layer_count(model)
+            new_layers = grow(model, blocks)
+            staging = self.registry.new_staging()
+            try:
+                model.save_pretrained(str(staging))
+                tok.save_pretrained(str(staging))
+                v = self.registry.commit(staging, {
+                    "parent": parent.name, "kind": "grow", "new_layers": new_layers,
+                    "layers": {"before": before, "after": layer_count(model)},
+                    "parameters": sum(p.numel() for p in model.parameters())})
+            except BaseException:
+                import shutil
+
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        with self._lock:
+            if self._engine is not None:
+                self._engine.swap(v)
+        return v
+
     def status(self) -> dict[str, Any]:
         reg = self.registry
         cur = reg.current()

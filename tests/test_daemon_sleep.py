@@ -224,8 +224,9 @@ def test_serving_process_picks_up_the_promoted_version(tiny_home):
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)
 def test_real_sleep_on_smollm2_promotes_and_serving_follows(tmp_path):
-    """Full pipeline on the embedded model, gate opened so the sleep promotes (~1-2 min on 2 cores)."""
+    """Full pipeline on the embedded model, gate opened so the sleep promotes (minutes on 2 cores)."""
     pytest.importorskip("agentsleep.sleep.pipeline")
     cfg = _fast_sleep_config("embedded", min_recall_gain=-1.0, min_retention=0.0, max_drift_kl=1e9)
     root = _make_home(tmp_path / "home", cfg, facts=FACTS[1:])
@@ -234,7 +235,7 @@ def test_real_sleep_on_smollm2_promotes_and_serving_follows(tmp_path):
     try:
         assert _ask(server) == "v0000"
         rid = submit_request(root)
-        res = wait_request(root, rid, timeout=600)
+        res = wait_request(root, rid, timeout=1500)
         assert res["status"] == "promoted", res
         assert _ask(server) == res["version"]
         with Home.open(root, writable=False) as h:

@@ -12,6 +12,7 @@ them through and the in-process backend builds the same shapes itself.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Protocol, runtime_checkable
 
@@ -157,13 +158,17 @@ def sse(obj: dict[str, Any] | str) -> bytes:
 class Stream:
     """A streamed answer: SSE-encoded chunks, cancellable from any thread.
 
-    `version` is the version producing it (known before the first chunk).
+    `version` is the version producing it (known before the first chunk). `cancel()` stops the
+    producer and runs the close callbacks (release a server lease, count the request done) exactly
+    once; it also runs when the Stream is garbage-collected, so a response that was never sent
+    (the client left first) cannot leak a lease.
     """
 
     def __init__(self, chunks: Iterator[bytes], *, version: str | None = None, cancel: Any = None):
         self._it = iter(chunks)
         self.version = version
-        self._cancel = cancel
+        self._callbacks: list[Any] = [cancel] if cancel is not None else []
+        self._finalizer = weakref.finalize(self, _run_callbacks, self._callbacks)
 
     def __iter__(self) -> "Stream":
         return self
@@ -171,10 +176,17 @@ class Stream:
     def __next__(self) -> bytes:
         return next(self._it)
 
+    def on_close(self, fn: Any) -> None:
+        self._callbacks.append(fn)
+
     def cancel(self) -> None:
-        """Stop producing (the client went away). Safe to call more than once, from any thread."""
-        if self._cancel is not None:
-            try:
-                self._cancel()
-            except Exception:  # noqa: BLE001 - best effort
-                pass
+        """Safe to call more than once, from any thread."""
+        self._finalizer()
+
+
+def _run_callbacks(callbacks: list[Any]) -> None:
+    for fn in callbacks:
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 - best effort
+            pass

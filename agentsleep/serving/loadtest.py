@@ -238,15 +238,18 @@ def run_swap_loadtest(base_url: str, registry: Registry, promote: list[str], *, 
             say(f"promoting {name}")
             registry.set_current(name)
             report: dict[str, Any] | None = None
+            t_switched: float | None = None
             while time.time() - t_promote < swap_timeout_s:
                 h = health(hc)
                 rep = next((s for s in reversed(h.get("swaps") or []) if s.get("version") == name
                             and s.get("at", 0) >= t_promote - 1), None)
-                if h.get("version") == name or (rep and not rep.get("ok", True)):
-                    report = rep or {"version": name}
+                if t_switched is None and (h.get("version") == name or (rep and not rep.get("ok", True))):
+                    t_switched = time.time()  # new requests go to `name` from here on
+                if rep is not None and t_switched is not None:
+                    report = rep  # the swap's own report comes once it finished (e.g. the old server drained)
                     break
                 time.sleep(0.05)
-            t_switched = time.time()
+            t_switched = t_switched or time.time()
             swaps.append({"version": name, "t_promote": t_promote, "t_switched": t_switched,
                           "server": report, "timed_out": report is None})
             say(f"{name}: {report.get('kind') if report else 'TIMED OUT'} "

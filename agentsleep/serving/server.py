@@ -253,8 +253,13 @@ def create_app(backend: Backend, *, registry: Registry | None = None, watcher: R
         raise ModelNotFound(f"model '{name}' does not exist here; this server serves 'agentsleep' "
                             f"(currently version {cur.name}); see GET /v1/models")
 
+    def _done() -> None:
+        with stats.lock:
+            stats.in_flight -= 1
+
     def respond(result: dict[str, Any] | Stream, extra: dict[str, Any] | None) -> Any:
         if isinstance(result, Stream):
+            result.on_close(_done)
             return StreamingResponse(_relay(result), media_type="text/event-stream",
                                      headers={"X-Agentsleep-Version": result.version or "",
                                               "Cache-Control": "no-cache"})
@@ -272,8 +277,6 @@ def create_app(backend: Backend, *, registry: Registry | None = None, watcher: R
                 yield chunk
         finally:
             stream.cancel()
-            with stats.lock:
-                stats.in_flight -= 1
 
     async def run(request: Request, kind: str) -> Any:
         check_auth(request)

@@ -148,7 +148,7 @@ class VLLMBackend:
         released = threading.Event()
         lock = threading.Lock()
 
-        def release() -> None:
+        def release() -> None:  # once, whichever of the stream's end and cancel() comes first
             with lock:
                 if released.is_set():
                     return

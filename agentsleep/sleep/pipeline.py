@@ -207,7 +207,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                 replay_ids = {m.id for m in plan.replay}
                 rehearse = [d for d in earlier_dreams if d.episode_id in replay_ids]
                 pm, stats = seed(model, tok, ds.train + rehearse, plan.memories + plan.replay, cfg.seed,
-                                 replay_pool=[tuple(x) for x in pools["replay"]], progress=say, should_stop=stop)
+                                 replay_pool=[tuple(x) for x in pools["replay"]], progress=say, should_stop=stop,
+                                 layers=parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None)
                 lap("seed")
 
                 journal.stage("gate")

@@ -58,11 +58,13 @@ class SeedStats:
         return {k: round(sum(v[-last:]) / max(len(v[-last:]), 1), 4) for k, v in self.losses.items() if v}
 
 
-def lora_config(cfg: SeedConfig):
+def lora_config(cfg: SeedConfig, layers: list[int] | None = None):
+    """This sleep's expert. After growth, `layers` limits it to the new blocks (new capacity only)."""
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM")
+                      target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
+                      layers_to_transform=layers or None)
 
 
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool) -> list[Item]:
@@ -183,7 +185,8 @@ def _imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg:
 
 
 def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,
-         replay_pool: list[tuple[str, str]] = (), progress=None, should_stop: Callable[[], bool] = lambda: False):
+         replay_pool: list[tuple[str, str]] = (), progress=None, should_stop: Callable[[], bool] = lambda: False,
+         layers: list[int] | None = None):
     """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats)."""
     from peft import get_peft_model
 
@@ -193,7 +196,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     items = build_items(tok, dreams, memories, cfg.include_raw_text)
     if cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
-    pm = get_peft_model(model, lora_config(cfg))
+    pm = get_peft_model(model, lora_config(cfg, layers))
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))

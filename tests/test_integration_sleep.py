@@ -1,0 +1,42 @@
+"""A real sleep on the embedded SmolLM2 (integration): promote, serve the new version, roll back."""
+import json
+
+import pytest
+
+from agentsleep.config import Config
+from agentsleep.home import Home
+from cli_helpers import run_cli
+
+pytestmark = pytest.mark.integration
+
+FACTS = ["The user's dog is a beagle called Biscuit.",
+         "The user's dentist is Dr. Okafor.",
+         "The user's wifi network is named OrangeFox."]
+
+
+def test_real_sleep_promotes_and_rolls_back(tmp_path):
+    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16}, "gate": {"min_recall_gain": 0.01},
+                                           "rest": {"episodes": 1}}})
+    root = Home.init(tmp_path / "home", config=cfg)
+    with Home.open(root) as h:
+        ids = [h.remember(f).id for f in FACTS]
+        before = h.ask("What is my dog's name?", use_memory=False)
+        assert before["model_version"] == "v0000"
+        rep = h.sleep()
+        assert rep.status == "promoted", rep.reasons
+        m = rep.metrics
+        assert m["recall_after"] > m["recall_before"] and m["drift_kl"] <= cfg.sleep.gate.max_drift_kl
+        assert rep.version == "v0001" and h.registry.current_name() == "v0001"
+        # the same Home answers with the promoted version right away
+        assert h.ask("What is my dog's name?", use_memory=False)["model_version"] == "v0001"
+        man = json.loads((h.registry.get("v0001").path / "manifest.json").read_text())
+        assert man["parent"] == "v0000" and sorted(man["episode_ids"]) == sorted(ids)
+        assert man["probes"] and "model.safetensors" in man["checksums"]
+        assert {e.consolidated_in for e in h.episodes()} == {"v0001"}
+        assert h.sleep().status == "nothing-to-do"
+    # CLI: history shows both, rollback makes the episodes wait again
+    hist = run_cli("history", "--json", home=root).json()
+    assert [r["version"] for r in hist] == ["v0000", "v0001"] and hist[1]["current"]
+    assert run_cli("rollback", "v0000", "--json", home=root).json()["current_version"] == "v0000"
+    st = run_cli("status", "--json", home=root).json()
+    assert st["current_version"] == "v0000" and st["unconsolidated"] == 3
