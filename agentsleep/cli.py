@@ -168,6 +168,21 @@ def rollback(version: str, as_json: bool = typer.Option(False, "--json")) -> Non
 
 
 @app.command()
+def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to forget."),
+           query: Optional[str] = typer.Option(None, "--query", help="Forget the best match(es) of this query instead."),
+           k: int = typer.Option(1, "-k", help="With --query: how many matches."),
+           fallback: bool = typer.Option(False, help="Serve the last clean version right away."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Forget exactly: from the store now, from the weights at the next sleep."""
+    with _home() as h:
+        r = h.forget(episode_id, query=query, k=k, fallback=fallback)
+    _emit(as_json, r, lambda: out.print(
+        f"forgot {len(r['forgotten'])} episode(s)" + (f"; versions {', '.join(r['versions_holding_it'])} still hold it: "
+                                                      f"the next sleep rebuilds from {r['rebuild_from']}" if r['versions_holding_it'] else "")
+        + f"; serving {r['serving']}"))
+
+
+@app.command()
 def grow(blocks: int = typer.Option(1, help="Identity-initialised decoder blocks to insert."),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Add capacity: a new version with extra blocks that compute the same function."""

@@ -133,8 +133,52 @@ class Home:
     def episodes(self, **kw: Any) -> list[Episode]:
         return self.store.list(**kw)
 
-    def forget(self, episode_id: str) -> list[str]:
-        return self.store.delete(episode_id)
+    def forget(self, episode_id: str | None = None, *, query: str | None = None, k: int = 1,
+               fallback: bool = False) -> dict[str, Any]:
+        """Forget exactly: delete from the store AND schedule the weights to be rebuilt without it.
+
+        The next sleep starts again from the last version that predates the earliest
+        forgotten episode and re-consolidates every later episode except the forgotten
+        ones. Until then `status` lists the versions still holding forgotten data;
+        `fallback=True` serves that clean version immediately.
+        """
+        from .sleep.lock import sleep_lock
+        from .sleep.select import load_rebuild, save_rebuild
+
+        if (episode_id is None) == (query is None):
+            raise InputError("forget: give an episode id or --query, not both")
+        targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k)]
+        if not targets:
+            raise InputError(f"forget: nothing matches {query!r}")
+        with sleep_lock(self.root, what="forget"):
+            removed: list[str] = []
+            for t in dict.fromkeys(targets):
+                removed += self.store.delete(t)
+            ledger = self.store.ledger
+            held = ledger.versions_of(removed)
+            ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
+            lineage = self.registry.lineage()
+            names = [v.name for v in lineage]
+            holders = {v.name for v in lineage if set(v.manifest.get("episode_ids", [])) & set(removed)}
+            holders |= {v for v in held.values() if v in names}
+            plan = load_rebuild(self.root)
+            if holders:
+                first = min(names.index(h) for h in holders)
+                clean = names[first - 1]
+                tainted = names[first:]
+                if plan:  # an earlier forget already asked for an older start: keep the older one
+                    if plan["from"] in names and names.index(plan["from"]) < names.index(clean):
+                        clean = plan["from"]
+                    tainted = sorted(set(tainted) | set(plan["versions"]))
+                save_rebuild(self.root, {"from": clean, "versions": tainted, "forgotten": removed})
+                if fallback:
+                    self.registry.set_current(clean)
+                    with self._lock:
+                        if self._engine is not None:
+                            self._engine.swap(self.registry.current())
+            plan = load_rebuild(self.root)
+        return {"forgotten": removed, "versions_holding_it": sorted(holders),
+                "rebuild_from": plan["from"] if plan else None, "serving": self.registry.current_name()}
 
     # -- the model ----------------------------------------------------------
     def current_version(self) -> Version:
@@ -249,6 +293,7 @@ class Home:
             "paths": {"config": str(self.root / "config.toml"), "memory": str(self.root / "memory"),
                       "registry": str(reg.root), "sleeps": str(self.root / "sleeps"), "logs": str(self.root / "logs")},
             "last_sleep": _last_sleep(self.root / "sleeps"),
+            "pending_forget": _pending_forget(self.root),
         }
 
 
@@ -279,6 +324,13 @@ def _last_sleep(d: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return {k: r.get(k) for k in ("sleep_id", "status", "version", "finished_at")}
+
+
+def _pending_forget(root: Path) -> dict[str, Any] | None:
+    from .sleep.select import load_rebuild
+
+    plan = load_rebuild(root)
+    return None if not plan else {"versions_holding_forgotten_data": plan["versions"], "next_sleep_rebuilds_from": plan["from"]}
 
 
 def parse_since(value: str | None) -> datetime | None:

@@ -168,3 +168,36 @@ def test_kill_mid_sleep_leaves_previous_version(tiny, tmp_path):
     assert len(h2.store.list(unconsolidated_only=True)) == 6
     # the lock died with the process: the next sleep runs (and sweeps leftovers)
     assert h2.sleep(dry_run=True).status == "dry-run"
+
+
+def test_forget_schedules_exact_rebuild(tiny, tmp_path):
+    from agentsleep.sleep.select import select
+
+    h = _tiny_home(tmp_path, tiny)
+    a = h.remember("The user's dog is called Biscuit.").id
+    b = h.remember("The user's dentist is Dr. Okafor.").id
+    reg = h.registry
+    # two earlier sleeps: v0001 absorbed a and b, v0002 absorbed c
+    for name, ids in (("v0001", [a, b]),):
+        st = reg.new_staging()
+        v = reg.commit(st, {"parent": "v0000", "kind": "sleep", "episode_ids": ids, "sleep_id": "s1"})
+        h.store.ledger.mark(ids, v.name, "s1")
+    c = h.remember("The user's wifi is OrangeFox.").id
+    st = reg.new_staging()
+    reg.commit(st, {"parent": "v0001", "kind": "sleep", "episode_ids": [c], "sleep_id": "s2"})
+    h.store.ledger.mark([c], "v0002", "s2")
+    d = h.remember("Unconsolidated note about lunch.").id
+
+    r = h.forget(a)
+    assert r["versions_holding_it"] == ["v0001"] and r["rebuild_from"] == "v0000" and r["serving"] == "v0002"
+    assert h.status()["pending_forget"] == {"versions_holding_forgotten_data": ["v0001", "v0002"],
+                                            "next_sleep_rebuilds_from": "v0000"}
+    plan = select(h)
+    assert plan.parent_version == "v0000" and plan.rebuild
+    assert sorted(m.id for m in plan.memories) == sorted([b, c, d])
+    with pytest.raises(Exception, match="no episode"):
+        h.get(a)
+    # fallback serves the clean version at once
+    h.forget(query="wifi", fallback=True)
+    assert h.registry.current_name() == "v0000"
+    assert sorted(m.id for m in select(h).memories) == sorted([b, d])

@@ -25,7 +25,7 @@ from .generic_prompts import DRIFT, REPLAY
 from .lock import sleep_lock
 from .publish import publish
 from .seed import Interrupted, seed
-from .select import new_sleep_id, select
+from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, DreamSet, SleepReport
 
 
@@ -172,7 +172,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
 
             try:
                 journal.stage("load")
-                parent = registry.current()
+                parent = registry.get(plan.parent_version)
                 model, tok = load(parent.weights, dtype=home.config.model.dtype, device=home.config.model.device)
                 lineage = [v for v in registry.lineage(parent.name) if not v.is_base]
                 lap("load")
@@ -234,6 +234,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                                 "config": cfg.model_dump(), "model": home.config.model.base}
                     version = publish(pm, tok, registry, manifest, should_stop=stop)
                     home.store.ledger.mark([m.id for m in plan.memories], version.name, sleep_id)
+                    if plan.rebuild:
+                        save_rebuild(home.root, None)
                     lap("publish")
                     if cfg.keep_versions:
                         registry.prune(cfg.keep_versions)

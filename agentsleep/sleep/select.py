@@ -5,9 +5,12 @@ runs are not in it and wait for the next sleep.
 """
 from __future__ import annotations
 
+import json
+import os
 import random
 import time
 import uuid
+from pathlib import Path
 
 from .types import Memory, SleepPlan
 
@@ -16,19 +19,51 @@ def new_sleep_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
+REBUILD = "rebuild.json"
+
+
+def load_rebuild(root: Path) -> dict | None:
+    """A pending rebuild after `forget`: {"from": clean version, "versions": tainted ones}."""
+    try:
+        return json.loads((root / "registry" / REBUILD).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def save_rebuild(root: Path, plan: dict | None) -> None:
+    p = root / "registry" / REBUILD
+    if plan is None:
+        p.unlink(missing_ok=True)
+        return
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan))
+    os.replace(tmp, p)
+
+
 def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None, seed: int = 0) -> SleepPlan:
     cfg = home.config.sleep
     limit = max_episodes or cfg.max_episodes
-    waiting = home.store.list(unconsolidated_only=True)
+    rebuild = load_rebuild(home.root)
+    if rebuild:  # exact forgetting: start over from the clean version, retake what the tainted ones held
+        tainted = set(rebuild["versions"])
+        waiting = [e for e in home.store.list() if not e.consolidated_in or e.consolidated_in in tainted]
+        limit = max(limit, len(waiting))
+        parent = rebuild["from"]
+    else:
+        waiting = home.store.list(unconsolidated_only=True)
+        parent = home.registry.current_name()
     trusted = [e for e in waiting if e.trust == "trusted" or cfg.consolidate_untrusted]
     chosen = trusted[:limit]  # oldest first: nothing starves
-    lineage = {v.name for v in home.registry.lineage()}
+    lineage = {v.name for v in home.registry.lineage(parent)}
+    if rebuild:
+        lineage -= set(rebuild["versions"])
     earlier = [e for e in home.store.list() if e.consolidated_in and e.consolidated_in in lineage]
     rng = random.Random(seed)
     replay = rng.sample(earlier, min(cfg.replay_episodes, len(earlier)))
     return SleepPlan(
         sleep_id=sleep_id or new_sleep_id(),
-        parent_version=home.registry.current_name(),
+        parent_version=parent,
+        rebuild=bool(rebuild),
         memories=[Memory(e.id, e.text) for e in chosen],
         replay=[Memory(e.id, e.text, replay=True) for e in replay],
         skipped_untrusted=len(waiting) - len(trusted),

@@ -23,6 +23,7 @@ class SleepPlan:
     replay: list[Memory] = field(default_factory=list)
     skipped_untrusted: int = 0
     waiting_after: int = 0  # unconsolidated episodes left for the next sleep
+    rebuild: bool = False   # after `forget`: rebuilding from a clean version
 
 
 @dataclass
