@@ -206,7 +206,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("sleep", help="sleep | locomo | serve | all"),
+def bench(suite: str = typer.Argument("sleep", help="sleep | squad | locomo | serve | all"),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench home go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),
@@ -215,8 +215,8 @@ def bench(suite: str = typer.Argument("sleep", help="sleep | locomo | serve | al
     from .bench import report
     from .progress import StageProgress
 
-    if suite not in ("sleep", "serve", "locomo", "all"):
-        raise InputError(f"bench: unknown suite '{suite}'; use sleep, serve, locomo or all")
+    if suite not in ("sleep", "squad", "locomo", "serve", "all"):
+        raise InputError(f"bench: unknown suite '{suite}'; use sleep, squad, locomo, serve or all")
     results: dict[str, Any] = {}
     if suite in ("sleep", "all"):
         from .bench import sleep_suite
@@ -230,6 +230,16 @@ def bench(suite: str = typer.Argument("sleep", help="sleep | locomo | serve | al
             report.update_doc(docs, "sleep", report.sleep_markdown(res, plot.name),
                               f"## Sleep: {res['facts_per_sleep']} facts per sleep ({report.machine()}, {time.strftime('%Y-%m-%d')})")
         results["sleep"] = res
+    if suite in ("squad", "all"):
+        from .bench import squad_suite
+
+        with StageProgress(enabled=not as_json, console=err) as prog:
+            res = squad_suite.run(out_dir / "squad", say=(lambda m: None) if as_json else (lambda m: err.print(m)),
+                                  progress=prog)
+        report.save(res, out_dir, "squad")
+        if docs and str(docs):
+            report.update_doc(docs, "squad", squad_suite.markdown(res), "## SQuAD knowledge incorporation (closed-book)")
+        results["squad"] = res
     if suite in ("locomo", "all"):
         from .bench import locomo_suite
 
@@ -276,12 +286,9 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
     with _home(writable=False) as h:
         if vllm_url:
             h.config.serve.vllm_url = vllm_url
-        kind = backend or h.config.serve.backend
-        err.print(f"starting the {kind} backend on {h.registry.current_name()} (home {h.root})...")
-        serve_home(h, backend=kind, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
+        serve_home(h, backend=backend, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
                    use_memory=False if no_memory else None,
-                   on_ready=lambda url: err.print(f"serving at [bold]{url}/v1[/] (model 'agentsleep'); "
-                                                  f"health: {url}/health; Ctrl-C stops"))
+                   say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
 # ---- end serve commands ----

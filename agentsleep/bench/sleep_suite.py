@@ -30,23 +30,21 @@ def closed_book(model: Any, tok: Any, facts: list[Fact], memories: list[str] | N
     return sum(hits) / len(hits), answers
 
 
-def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, progress=None) -> float:
-    """Baseline: LoRA on the raw fact texts only (no dreams, no distillation, no replay)."""
+def lora_on_texts(model: Any, tok: Any, texts: list[str], cfg, steps: int, evaluate, progress=None) -> Any:
+    """Baseline: a LoRA of the same shape trained with plain CE on the raw texts only
+    (no dreams, no distillation, no replay); returns evaluate(trained model). Leaves `model` clean."""
     import random
 
     import torch
     from peft import get_peft_model
 
-    from ..models.loader import load
     from ..sleep.seed import lora_config
     from ..sleep.tensors import ce_loss, collate, encode
 
-    cfg = home.config.sleep.seed
-    model, tok = load(base_weights)
     pm = get_peft_model(model, lora_config(cfg))
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
-    rows = [encode(tok, "", f.text) for f in facts]
+    rows = [encode(tok, "", t, cfg.max_seq_len) for t in texts]
     rng = random.Random(0)
     torch.manual_seed(0)
     pm.train()
@@ -59,7 +57,18 @@ def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, pro
         if progress:
             progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
     pm.eval()
-    return closed_book(pm, tok, facts)[0]
+    try:
+        return evaluate(pm)
+    finally:
+        pm.unload()
+
+
+def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, progress=None) -> float:
+    from ..models.loader import load
+
+    model, tok = load(base_weights)
+    return lora_on_texts(model, tok, [f.text for f in facts], home.config.sleep.seed, steps,
+                         lambda pm: closed_book(pm, tok, facts)[0], progress)
 
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[str, Any]:

@@ -420,11 +420,15 @@ def make_backend(kind: str, home: Any, *, vllm_url: str | None = None, vllm_api_
 
 
 def serve_home(home: Any, *, backend: str | None = None, host: str | None = None, port: int | None = None,
-               poll_s: float = 0.5, vllm_args: list[str] | None = None, on_ready: Callable[[str], None] | None = None,
+               poll_s: float = 0.5, vllm_args: list[str] | None = None, say: Callable[[str], None] | None = None,
                use_memory: bool | None = None) -> None:
-    """Serve a home until interrupted: start the backend on CURRENT, follow the pointer, answer HTTP."""
+    """Serve a home until interrupted: listen at once (/health says "starting"), start the backend on
+    CURRENT, then follow the pointer. Raises ModelError if the backend cannot start at all."""
     import uvicorn
 
+    from ..errors import ModelError
+
+    say = say or (lambda m: log.info(m))
     cfg = home.config.serve
     if use_memory is not None:
         cfg = cfg.model_copy(update={"inject_memories": use_memory})
@@ -449,16 +453,30 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
             return []
         return home.recall(query, k)
 
+    app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
+                     memory_k=home.config.memory.recall_k)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    failure: list[str] = []
+
+    def boot() -> None:
+        try:
+            first = registry.current()
+            rep = b.start(first)
+            watcher.record(rep)
+            watcher.start()
+            say(f"ready: serving {first.name} with {kind} at {url}/v1 (model 'agentsleep'), "
+                f"started in {rep.total_s:.1f} s; following {registry.root / 'CURRENT'}")
+        except Exception as e:  # noqa: BLE001
+            failure.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            server.should_exit = True
+
+    say(f"listening at {url} (GET /health); starting the {kind} backend on {registry.current_name()}...")
+    threading.Thread(target=boot, name="serve-boot", daemon=True).start()
     try:
-        first = registry.current()
-        rep = b.start(first)
-        watcher.record(rep)
-        watcher.start()
-        app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
-                         memory_k=home.config.memory.recall_k)
-        if on_ready:
-            on_ready(f"http://{host}:{port}")
-        uvicorn.run(app, host=host, port=port, log_level="warning", lifespan="off")
+        server.run()
     finally:
         watcher.stop()
         b.close()
+    if failure:
+        raise ModelError(f"the {kind} backend did not start: {failure[0]}")
