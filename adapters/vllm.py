@@ -416,6 +416,7 @@ class VLLMSupervisor:
         self._monitor: threading.Thread | None = None
         self._wake = threading.Event()
         self._probe: tuple[Any, float, bool] | None = None
+        self._abort = threading.Event()          # close() stops a start in progress
         self.http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -448,7 +449,7 @@ class VLLMSupervisor:
         proc.log_path = self.log_dir / f"vllm-{proc.port}.log"
         proc.start()
         try:
-            proc.wait_ready(self.start_timeout)
+            proc.wait_ready(self.start_timeout, abort=self._abort)
         except BaseException:
             proc.stop(grace=5)
             raise
@@ -720,8 +721,10 @@ class VLLMSupervisor:
             if engine_pause:
                 self._post(srv, "/pause", params={"mode": "wait"})
             touched = True
+            t_rpc = time.perf_counter()
             self._post(srv, "/collective_rpc", {"method": "reload_weights",
                                                 "kwargs": {"weights_path": str(new_dir)}})
+            t_reset = time.perf_counter()
             for _ in range(100):  # fails while blocks are held; nothing runs now, so it settles fast
                 if self._post(srv, "/reset_prefix_cache").json().get("success", True):
                     break
@@ -769,7 +772,10 @@ class VLLMSupervisor:
                 self._post(srv, "/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
         return SwapReport(version=version.name, previous=prev.version.name, kind="reload_weights",
                           pause_ms=(t_open - t_hold) * 1000, drain_ms=(t_drained - t_hold) * 1000,
-                          detail={"reload_ms": round((t_open - t_drained) * 1000, 2), "weights": str(new_dir)})
+                          detail={"reload_ms": round((t_open - t_drained) * 1000, 2),
+                                  "reload_rpc_ms": round((t_reset - t_rpc) * 1000, 2),
+                                  "reset_prefix_cache_ms": round((t_open - t_reset) * 1000, 2),
+                                  "engine_paused": engine_pause, "weights": str(new_dir)})
 
     def _blue_green(self, version: Version, prev: Route, holding: bool = False) -> SwapReport:
         if not self.managed:
@@ -895,6 +901,7 @@ class VLLMSupervisor:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        self._abort.set()
         self._wake.set()
         with self._op:
             r = self._route

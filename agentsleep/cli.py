@@ -134,10 +134,26 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
 @app.command("sleep-now")
 def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at most N waiting episodes."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be consolidated; change nothing."),
+              no_daemon: bool = typer.Option(False, "--no-daemon", help="Sleep in this process even if a daemon runs."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Consolidate waiting episodes into a new model version now."""
     from .progress import StageProgress
 
+    if not dry_run and not no_daemon:
+        # a running daemon owns this home's sleeps: ask it instead of racing it
+        from .home import default_home
+
+        home_root = State.home_path or default_home()
+        d = load_daemon()
+        rid = d.submit_request(home_root, max_episodes=max_episodes, by="sleep-now")
+        if rid is not None:
+            if not as_json:
+                err.print(f"the daemon for {home_root} accepted this sleep (request {rid}); waiting for it...")
+            res = d.wait_request(home_root, rid)
+            if res is None:
+                raise AgentsleepError(f"the daemon stopped before finishing request {rid}; see `agentsleep daemon status`")
+            _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
+            return
     with _home(writable=False) as h, StageProgress(enabled=not as_json, console=err) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
@@ -508,7 +524,8 @@ def main() -> None:
     t0 = time.time()
     _quiet_libraries()
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)
+        sys.exit(rc if isinstance(rc, int) else 0)
     except AgentsleepError as e:
         err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -522,8 +539,8 @@ def main() -> None:
     except Exception as e:  # click usage errors and the unexpected
         import click
 
-        if isinstance(e, click.ClickException):
-            e.show()
+        if isinstance(e, click.ClickException) or (hasattr(e, "show") and hasattr(e, "exit_code")):
+            e.show()  # usage errors: typer may vendor its own click, hence the duck-typing
             sys.exit(e.exit_code)
         if os.environ.get("AGENTSLEEP_DEBUG"):
             raise

@@ -129,7 +129,7 @@ class ServeConfig(_Section):
 
 class DaemonConfig(_Section):
     cron: str | None = Field("0 3 * * *", description="Crontab (local time) for the nightly sleep; empty disables.")
-    threshold_episodes: int | None = Field(200, ge=1, description="Sleep when this many episodes wait.")
+    threshold_episodes: int | None = Field(200, ge=0, description="Sleep when this many episodes wait (0 = off).")
     idle_minutes: float | None = Field(None, gt=0, description="Sleep after this long with no new episode (if any wait).")
     check_seconds: float = Field(60.0, gt=0, description="How often threshold/idle triggers are checked.")
 

@@ -59,7 +59,7 @@ class Served:
         deadline = time.time() + timeout
         while time.time() < deadline:
             h = self.http.get("/health").json()
-            if h["version"] == name:
+            if h["version"] == name and h["swaps"] and h["swaps"][-1]["version"] == name:
                 return h
             time.sleep(0.02)
         raise AssertionError(f"server did not switch to {name}: {self.http.get('/health').json()}")
@@ -391,3 +391,17 @@ def test_serve_command(tiny, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_serve_exits_with_one_line_when_the_backend_cannot_start(tiny, tmp_path):
+    from conftest import free_port
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTSLEEP_MODEL__BASE": str(tiny)}
+    dead = free_port()  # nothing listens there
+    r = subprocess.run([sys.executable, "-m", "agentsleep.cli", "--home", str(tmp_path / "h"), "serve",
+                        "--backend", "vllm", "--vllm-url", f"http://127.0.0.1:{dead}", "--port", str(free_port())],
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "did not start" in errors[0] and "cannot reach vLLM" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr

@@ -3,9 +3,9 @@
 Unknown fields are kept (the vLLM backend passes them through; the in-process
 backend ignores them). Two agentsleep extensions: `use_memory` (inject the
 top memories into the system turn; default from serve.inject_memories) and
-`memory_k` (how many). Sampling defaults to greedy (temperature 0) when the
-client does not say otherwise, so the same question gets the same answer
-from both backends.
+`memory_k` (how many). Sampling defaults to greedy (temperature 0) and the
+length to model.max_new_tokens when the client does not say otherwise, so
+the same question gets the same answer from both backends.
 """
 from __future__ import annotations
 

@@ -171,8 +171,10 @@ def inject_memories(req: ChatRequest, memories: list[Any]) -> list[str]:
 
 
 def create_app(backend: Backend, *, registry: Registry | None = None, watcher: RegistryWatcher | None = None,
-               recall: Recall | None = None, serve_cfg: ServeConfig | None = None, memory_k: int = 4) -> Any:
-    """The FastAPI application. `recall(query, k)` returns memories (objects with .text/.id, or strings)."""
+               recall: Recall | None = None, serve_cfg: ServeConfig | None = None, memory_k: int = 4,
+               default_max_tokens: int | None = None) -> Any:
+    """The FastAPI application. `recall(query, k)` returns memories (objects with .text/.id, or strings);
+    `default_max_tokens` (model.max_new_tokens) applies when a request sets no max_tokens."""
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
@@ -285,6 +287,8 @@ def create_app(backend: Backend, *, registry: Registry | None = None, watcher: R
         pin = resolve_model(req.model)
         if req.temperature is None:
             req.temperature = 0.0  # deterministic by default (documented in protocol.py)
+        if req.limit() is None and default_max_tokens:
+            req.max_tokens = default_max_tokens  # the same default length from both backends
         extra: dict[str, Any] | None = None
         if kind == "chat":
             use = req.use_memory if req.use_memory is not None else cfg.inject_memories
@@ -454,7 +458,7 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
         return home.recall(query, k)
 
     app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
-                     memory_k=home.config.memory.recall_k)
+                     memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     failure: list[str] = []
