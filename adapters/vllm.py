@@ -571,6 +571,15 @@ class VLLMSupervisor:
         srv = route.server
         if srv.proc is None:
             return False
+        # a killed server resets its connections a moment before its exit can be seen: look again
+        settle = time.time() + 3
+        while srv.proc.alive() and time.time() < settle:
+            try:
+                if self.http.get(srv.url + "/health", timeout=1).status_code == 200:
+                    return True  # it is fine: a transient error
+            except Exception:  # noqa: BLE001
+                pass
+            time.sleep(0.1)
         if srv.proc.alive():
             return True
         self._wake.set()  # let the monitor notice now

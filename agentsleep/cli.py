@@ -222,57 +222,24 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("sleep", help="sleep | squad | locomo | serve | all"),
-          out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench home go."),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | all"),
+          out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
-    """Measure the targets: sleep recall/retention/drift/time, serving swaps under load."""
-    from .bench import report
+    """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
+    from .bench import QUICK, SUITES, run_suites
     from .progress import StageProgress
 
-    if suite not in ("sleep", "squad", "locomo", "serve", "all"):
-        raise InputError(f"bench: unknown suite '{suite}'; use sleep, squad, locomo, serve or all")
-    results: dict[str, Any] = {}
-    if suite in ("sleep", "all"):
-        from .bench import sleep_suite
-
-        with StageProgress(enabled=not as_json, console=err) as prog:
-            res = sleep_suite.run(out_dir / "sleep", progress=prog, n_facts=facts,
-                                  say=(lambda m: None) if as_json else (lambda m: err.print(m)))
-        report.save(res, out_dir, "sleep")
-        if docs and str(docs):
-            plot = report.plot_sleep(res, docs.parent / "bench_sleep.png")
-            report.update_doc(docs, "sleep", report.sleep_markdown(res, plot.name),
-                              f"## Sleep: {res['facts_per_sleep']} facts per sleep ({report.machine()}, {time.strftime('%Y-%m-%d')})")
-        results["sleep"] = res
-    if suite in ("squad", "all"):
-        from .bench import squad_suite
-
-        with StageProgress(enabled=not as_json, console=err) as prog:
-            res = squad_suite.run(out_dir / "squad", say=(lambda m: None) if as_json else (lambda m: err.print(m)),
-                                  progress=prog)
-        report.save(res, out_dir, "squad")
-        if docs and str(docs):
-            report.update_doc(docs, "squad", squad_suite.markdown(res), "## SQuAD knowledge incorporation (closed-book)")
-        results["squad"] = res
-    if suite in ("locomo", "all"):
-        from .bench import locomo_suite
-
-        res = locomo_suite.run(out_dir / "locomo", say=(lambda m: None) if as_json else (lambda m: err.print(m)))
-        report.save(res, out_dir, "locomo")
-        if docs and str(docs):
-            report.update_doc(docs, "locomo", locomo_suite.markdown(res), "## LoCoMo: long-term conversational memory")
-        results["locomo"] = res
-    if suite in ("serve", "all"):
-        from .bench import serve_suite
-
-        res = serve_suite.run(out_dir / "serve", say=(lambda m: None) if as_json else (lambda m: err.print(m)))
-        report.save(res, out_dir, "serve")
-        if docs and str(docs):
-            report.update_doc(docs, "serve", serve_suite.markdown(res), f"## Serving: hot-swap under load ({report.machine()})")
-        results["serve"] = res
-    _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", v) for k, v in results.items()}, default=str)))
+    names = list(QUICK) if suite == "quick" else list(SUITES) if suite == "all" else [suite]
+    if any(n not in SUITES for n in names):
+        raise InputError(f"bench: unknown suite '{suite}'; use quick, all or one of {', '.join(SUITES)}")
+    say = (lambda m: None) if as_json else (lambda m: err.print(m))
+    with StageProgress(enabled=not as_json, console=err) as prog:
+        results = run_suites(names, out_dir, docs=docs if docs and str(docs) else None, say=say, progress=prog,
+                             options={"sleep": {"n_facts": facts}})
+    _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
+                                                              for k, v in results.items()}, default=str)))
 
 
 # ---- serve commands (owned by the serving work; keep edits inside this block) ----

@@ -1,1 +1,39 @@
-"""Benchmarks: `agentsleep bench` suites and the report writer (docs/BENCHMARKS.md)."""
+"""Benchmarks: `agentsleep bench` suites and the report writer (docs/BENCHMARKS.md).
+
+Each suite module has `run(out_dir, say=, progress=, **opts) -> dict` and
+`markdown(res, docs_dir) -> str`; results are saved as JSON and written into
+their own block of docs/BENCHMARKS.md, so every number there comes from a run.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+SUITES = {  # name -> (module, section title)
+    "sleep": ("sleep_suite", "Sleep: facts consolidated per sleep, closed-book"),
+    "squad": ("squad_suite", "SQuAD knowledge incorporation (closed-book)"),
+    "locomo": ("locomo_suite", "LoCoMo: long-term conversational memory"),
+    "serve": ("serve_suite", "Serving: hot-swap under load"),
+}
+QUICK = ("sleep", "locomo", "serve")
+
+
+def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Callable[[str], None],
+               progress=None, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    from . import report
+
+    results: dict[str, Any] = {}
+    for name in names:
+        mod_name, title = SUITES[name]
+        mod = importlib.import_module(f".{mod_name}", __name__)
+        t = time.time()
+        res = mod.run(out_dir / name, say=say, progress=progress, **(options or {}).get(name, {}))
+        res["suite_seconds"] = round(time.time() - t, 1)
+        report.save(res, out_dir, name)
+        if docs:
+            header = f"## {title}\n\n_{report.machine()}; {time.strftime('%Y-%m-%d')}; {res['suite_seconds']:.0f} s_"
+            report.update_doc(docs, name, mod.markdown(res, docs.parent), header)
+        results[name] = res
+    return results

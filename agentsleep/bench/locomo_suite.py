@@ -43,7 +43,7 @@ def turns(conv: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int = 40, say=print,
-        data: Path | None = None) -> dict[str, Any]:
+        data: Path | None = None, progress=None) -> dict[str, Any]:
     src = find_data(data)
     if src is None:
         say("locomo: ../shared/data/locomo_dev.json not found; skipped")
@@ -105,7 +105,7 @@ def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int
     return res
 
 
-def markdown(res: dict[str, Any]) -> str:
+def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     if "skipped" in res:
         return f"Skipped: {res['skipped']}."
     ks = res["k"]

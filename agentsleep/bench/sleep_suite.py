@@ -72,6 +72,7 @@ def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, pro
 
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[str, Any]:
+    """The whole protocol in a fresh home under `out_dir`."""
     set_a, set_b = SET_A[:n_facts], SET_B[:n_facts]
     root = out_dir / "home"
     shutil.rmtree(root, ignore_errors=True)
@@ -124,3 +125,10 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[s
                                        if r["status"] == "promoted"),
     }
     return res
+
+
+def markdown(res: dict[str, Any], docs_dir: Path) -> str:
+    from . import report
+
+    plot = report.plot_sleep(res, docs_dir / "bench_sleep.png")
+    return report.sleep_markdown(res, plot.name)

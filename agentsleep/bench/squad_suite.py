@@ -77,7 +77,7 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
     return res
 
 
-def markdown(res: dict[str, Any]) -> str:
+def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     if "skipped" in res:
         return f"Skipped: {res['skipped']}."
     rows = "\n".join(f"| {k} | {v['em']:.3f} | {v['f1']:.3f} | {v['contains']:.3f} |" for k, v in res["methods"].items())

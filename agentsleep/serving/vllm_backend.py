@@ -3,7 +3,7 @@
 The supervisor (`agentsleep.adapters.vllm`) owns the server process(es) and
 the swaps; this class only forwards `/v1/chat/completions` and
 `/v1/completions` to the route the supervisor hands out, names the version
-in every answer, and retries a request once when the server died under it
+in every answer, and retries a request (up to twice) when the server died under it
 (generation is a pure function of the request, so a retry is safe unless
 part of a stream was already sent).
 """
@@ -109,7 +109,7 @@ class VLLMBackend:
 
         body = req.model_dump(exclude_none=True, exclude=_OURS)
         http = self.sup.http
-        for attempt in (0, 1):
+        for attempt in range(3):
             route = self.sup.lease(pin, timeout=self.acquire_timeout)
             body["model"] = route.model
             try:
@@ -121,7 +121,7 @@ class VLLMBackend:
                     resp = http.post(route.url + path, json=body, headers=route.headers, timeout=self.request_timeout)
             except httpx.TransportError as e:
                 self.sup.release(route)
-                if attempt == 0 and self.sup.recover(route, timeout=self.acquire_timeout):
+                if attempt < 2 and self.sup.recover(route, timeout=self.acquire_timeout):
                     continue
                 raise UpstreamError(f"vLLM did not answer ({type(e).__name__}: {e}); see GET /health") from None
             if req.stream:
