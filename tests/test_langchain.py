@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import socket
 import subprocess
@@ -13,21 +12,6 @@ from typing import Any
 
 import pytest
 
-_SHIM = f"""
-import importlib.util, sys
-try:
-    import agentsleep.adapters
-except ModuleNotFoundError:  # an editable install made before pyproject mapped agentsleep.adapters
-    import agentsleep
-    root = {str(Path(__file__).resolve().parents[1] / "adapters")!r}
-    spec = importlib.util.spec_from_file_location("agentsleep.adapters", root + "/__init__.py",
-                                                  submodule_search_locations=[root])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["agentsleep.adapters"] = mod
-    spec.loader.exec_module(mod)
-    agentsleep.adapters = mod
-"""
-exec(_SHIM)  # noqa: S102 - only acts when agentsleep.adapters is not importable
 
 from langchain_core.callbacks import BaseCallbackHandler  # noqa: E402
 from langchain_core.language_models.fake_chat_models import (  # noqa: E402

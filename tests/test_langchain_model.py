@@ -7,21 +7,6 @@ from pathlib import Path
 
 import pytest
 
-_ADAPTERS = Path(__file__).resolve().parents[1] / "adapters"
-try:
-    import agentsleep.adapters  # noqa: F401
-except ModuleNotFoundError:  # an editable install made before pyproject mapped agentsleep.adapters
-    import importlib.util
-    import sys
-
-    import agentsleep
-
-    _spec = importlib.util.spec_from_file_location("agentsleep.adapters", _ADAPTERS / "__init__.py",
-                                                   submodule_search_locations=[str(_ADAPTERS)])
-    _mod = importlib.util.module_from_spec(_spec)
-    sys.modules["agentsleep.adapters"] = _mod
-    _spec.loader.exec_module(_mod)
-    agentsleep.adapters = _mod
 
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage  # noqa: E402
 from langchain_core.tools import tool  # noqa: E402
