@@ -13,7 +13,10 @@ Swap kinds, cheapest first (`plan()` picks; see NOTES.md "vLLM on CPU"):
 - adapter: the version has ``adapter/`` (a peft LoRA) relative to the weights
   the server holds: ``POST /v1/load_lora_adapter`` under the version's name,
   then new requests name that adapter. No pause; the old model keeps
-  answering the requests it has.
+  answering the requests it has. Several sleeps since those weights (each an
+  adapter on its parent) are composed into one adapter of the summed rank
+  (LoRA merges add up), as long as it fits --max-lora-rank; this matters
+  because a same-shape reload of even a 135M model holds requests ~1.7 s.
 - reload_weights: same architecture (config shapes equal): hold new requests,
   let the ones in flight finish on the old weights, then
   ``/collective_rpc reload_weights``, ``/reset_prefix_cache`` (required: the
@@ -119,6 +122,90 @@ def adapter_info(version: Version) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return {"path": str(d), "r": int(cfg.get("r") or 0), "target_modules": cfg.get("target_modules")}
+
+
+def _sibling(version: Version, name: str) -> Version | None:
+    """Another version of the same registry, read from its manifest (None if unreadable)."""
+    d = version.path.parent / name
+    try:
+        return Version(name, d, json.loads((d / "manifest.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
+
+
+def adapter_chain(version: Version, base_name: str, limit: int = 64) -> list[Version] | None:
+    """The versions after `base_name` up to `version`, oldest first, when each one carries an
+    adapter relative to its parent (what sleeps publish); None when the lineage does not reach
+    `base_name` that way."""
+    chain: list[Version] = []
+    v: Version | None = version
+    while v is not None and len(chain) <= limit:
+        if v.name == base_name:
+            return chain[::-1] or None
+        if adapter_info(v) is None or not v.parent:
+            return None
+        chain.append(v)
+        v = _sibling(v, v.parent)
+    return None
+
+
+def compose_adapters(chain: list[Version], out_dir: Path) -> dict[str, Any]:
+    """Write one LoRA adapter equal to applying the chain's adapters in order.
+
+    Merging a LoRA adds s*B@A to a linear layer, so sleeps stacked on each other add up: the
+    combined adapter stacks the A matrices, puts the B matrices (each times its own scale) side
+    by side, and uses scale 1 (lora_alpha = r). Exact for plain LoRA on linear layers; anything
+    else (DoRA, bias, modules_to_save, rank patterns) raises ValueError.
+    """
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    a_parts: dict[str, list[Any]] = {}
+    b_parts: dict[str, list[Any]] = {}
+    first_cfg: dict[str, Any] | None = None
+    modules: set[str] | None = None
+    for v in chain:
+        d = v.path / "adapter"
+        cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+        if str(cfg.get("peft_type", "LORA")).upper() != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save") \
+                or cfg.get("bias", "none") != "none" or cfg.get("rank_pattern") or cfg.get("alpha_pattern") \
+                or cfg.get("fan_in_fan_out") or cfg.get("lora_bias") or cfg.get("layers_to_transform") is not None:
+            raise ValueError(f"{v.name}: adapter is not plain LoRA on linear layers")
+        r = int(cfg["r"])
+        scale = float(cfg.get("lora_alpha", r)) / (r ** 0.5 if cfg.get("use_rslora") else r)
+        f = d / "adapter_model.safetensors"
+        if not f.is_file():
+            raise ValueError(f"{v.name}: no adapter_model.safetensors")
+        sd = load_file(str(f))
+        mods = set()
+        for key, t in sd.items():
+            if key.endswith(".lora_A.weight"):
+                mod = key[: -len(".lora_A.weight")]
+                a_parts.setdefault(mod, []).append(t.float())
+            elif key.endswith(".lora_B.weight"):
+                mod = key[: -len(".lora_B.weight")]
+                b_parts.setdefault(mod, []).append(t.float() * scale)
+            else:
+                raise ValueError(f"{v.name}: adapter holds a non-LoRA tensor {key}")
+            mods.add(mod)
+        if modules is not None and mods != modules:
+            raise ValueError(f"{v.name}: adapts other modules than the rest of the chain")
+        modules = mods
+        first_cfg = first_cfg or cfg
+    assert first_cfg is not None and modules is not None
+    total = sum(int(json.loads((v.path / "adapter" / "adapter_config.json").read_text())["r"]) for v in chain)
+    out: dict[str, Any] = {}
+    for mod in sorted(modules):
+        out[f"{mod}.lora_A.weight"] = torch.cat(a_parts[mod], dim=0).contiguous()
+        out[f"{mod}.lora_B.weight"] = torch.cat(b_parts[mod], dim=1).contiguous()
+    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(tmp / "adapter_model.safetensors"))
+    cfg = {**first_cfg, "r": total, "lora_alpha": total, "use_rslora": False,
+           "base_model_name_or_path": str(weights_dir(_sibling(chain[0], chain[0].parent) or chain[0]))}
+    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1))
+    os.replace(tmp, out_dir)
+    return {"path": str(out_dir), "r": total, "parts": [v.name for v in chain]}
 
 
 _DIGESTS: dict[tuple[str, str], str | None] = {}
@@ -417,6 +504,7 @@ class VLLMSupervisor:
         self._wake = threading.Event()
         self._probe: tuple[Any, float, bool] | None = None
         self._abort = threading.Event()          # close() stops a start in progress
+        self._compose_dir: Path | None = None    # composed adapters (removed on close)
         self.http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
@@ -592,7 +680,8 @@ class VLLMSupervisor:
         return self._route is not None and self._route.server is not srv
 
     # -- swapping -----------------------------------------------------------
-    def plan(self, version: Version, route: Route | None = None) -> str:
+    def plan(self, version: Version, route: Route | None = None, *, adapters: bool = True) -> str:
+        """The cheapest safe swap from what `route` serves to `version` (see the module docstring)."""
         route = route or self._route
         if route is None:
             return "start"
@@ -603,10 +692,10 @@ class VLLMSupervisor:
             return "route"
         if version.name in srv.loras:
             return "route"
-        ad = adapter_info(version)
-        if (ad and self.lora and srv.base is not None and version.parent == srv.base.name
-                and 0 < ad["r"] <= self.max_lora_rank):
-            return "adapter"
+        if adapters and self.lora and srv.base is not None:
+            chain = adapter_chain(version, srv.base.name)
+            if chain and 0 < sum(adapter_info(v)["r"] for v in chain) <= self.max_lora_rank:
+                return "adapter"  # one adapter, or the sleeps since the served weights composed into one
         new_dir = weights_dir(version)
         if srv.sig is not None and srv.sig == arch_signature(new_dir):
             tied = bool(read_config(new_dir).get("tie_word_embeddings"))
@@ -634,7 +723,13 @@ class VLLMSupervisor:
             elif kind == "route":
                 rep = self._switch(version, prev, kind)
             elif kind == "adapter":
-                rep = self._adapter(version, prev)
+                try:
+                    rep = self._adapter(version, prev)
+                except Exception as e:  # noqa: BLE001 - e.g. an adapter vLLM cannot load: load weights instead
+                    log.warning("adapter swap to %s failed (%s); falling back", version.name, e)
+                    kind = self.plan(version, prev, adapters=False)
+                    rep = self._reload(version, prev) if kind == "reload_weights" else self._blue_green(version, prev)
+                    rep.detail["adapter_error"] = str(e)[:300]
             elif kind == "reload_weights":
                 rep = self._reload(version, prev)
             else:
@@ -680,16 +775,31 @@ class VLLMSupervisor:
 
     def _adapter(self, version: Version, prev: Route) -> SwapReport:
         srv = prev.server
-        ad = adapter_info(version)
+        assert srv.base is not None
         t0 = time.perf_counter()
+        chain = adapter_chain(version, srv.base.name) or []
+        if len(chain) == 1:
+            ad = adapter_info(version)
+            ad["parts"] = [version.name]
+        else:  # several sleeps since the weights the server holds: one equivalent adapter
+            out = self.compose_dir / f"{version.name}-on-{srv.base.name}"
+            ad = {"path": str(out), "r": sum(adapter_info(v)["r"] for v in chain), "parts": [v.name for v in chain]}
+            if not (out / "adapter_config.json").is_file():
+                ad = compose_adapters(chain, out)
         self._post(srv, "/v1/load_lora_adapter", {"lora_name": version.name, "lora_path": ad["path"]}, timeout=120)
         srv.loras[version.name] = version
         prepare = time.perf_counter() - t0
         rep = self._switch(version, prev, "adapter")
         rep.prepare_s = prepare
-        rep.detail.update(rank=ad["r"], base=srv.base.name if srv.base else None)
+        rep.detail.update(rank=ad["r"], base=srv.base.name, composed=ad["parts"])
         self._retire(prev)
         return rep
+
+    @property
+    def compose_dir(self) -> Path:
+        if self._compose_dir is None:
+            self._compose_dir = Path(tempfile.mkdtemp(prefix="agentsleep-lora-"))
+        return self._compose_dir
 
     def _retire(self, old: Route) -> None:
         """Unload an adapter nobody routes to any more, once its requests finished (background)."""
@@ -919,3 +1029,7 @@ class VLLMSupervisor:
             self._route = None
             self.state = "stopped"
         self.http.close()
+        if self._compose_dir is not None:
+            import shutil
+
+            shutil.rmtree(self._compose_dir, ignore_errors=True)

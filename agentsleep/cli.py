@@ -279,35 +279,9 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
 # ---- daemon commands (owned by the daemon work; keep edits inside this block) ----
 
 def load_daemon():
-    """The agentsleep.daemon package (the repo's daemon/ folder).
+    """The agentsleep.daemon package (the repo's daemon/ folder), imported on demand."""
+    import agentsleep.daemon as mod
 
-    Falls back to loading daemon/ by path when the installed package does not
-    map it (setuptools' editable finder ignores package-dir for sub-packages
-    unless pyproject lists them under `packages`)."""
-    try:
-        import agentsleep.daemon as mod
-
-        return mod
-    except ModuleNotFoundError as e:
-        if e.name != "agentsleep.daemon":
-            raise
-    import importlib.util
-
-    import agentsleep
-
-    src = Path(__file__).resolve().parent.parent / "daemon" / "__init__.py"
-    if not src.is_file():
-        raise ModuleNotFoundError("agentsleep.daemon is not installed (no daemon/ folder beside agentsleep/)",
-                                  name="agentsleep.daemon")
-    spec = importlib.util.spec_from_file_location("agentsleep.daemon", src, submodule_search_locations=[str(src.parent)])
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["agentsleep.daemon"] = mod
-    try:
-        spec.loader.exec_module(mod)
-    except BaseException:
-        sys.modules.pop("agentsleep.daemon", None)
-        raise
-    agentsleep.daemon = mod
     return mod
 
 

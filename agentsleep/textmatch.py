@@ -31,10 +31,16 @@ def contains_answer(prediction: str, answer: str) -> bool:
     return all(w in have for w in want)
 
 
-def grounded(answer: str, memory: str) -> bool:
-    """The answer's content words all appear in the memory (not invented)."""
+def grounded(answer: str, memory: str, min_share: float = 0.6) -> bool:
+    """Most of the answer's content words appear in the memory (not invented).
+
+    Not all: a small model paraphrases ("named" for "called"); a share keeps
+    those while still rejecting answers the memory does not support."""
     want = content_tokens(answer)
-    return bool(want) and all(w in set(tokens(memory)) for w in want)
+    if not want:
+        return False
+    have = set(tokens(memory))
+    return sum(w in have for w in want) / len(want) >= min_share
 
 
 def trivial(question: str, answer: str) -> bool:

@@ -39,6 +39,17 @@ def test_parse_dream_output():
     assert dream_mod.parse("How", " long?\nA: " + "x" * 200) is None
 
 
+def test_first_person_paraphrases():
+    fp = dream_mod.first_person
+    assert fp("What is the user's favourite tea?") == "What is my favourite tea?"
+    assert fp("Which instrument does the user play?") == "Which instrument do I play?"
+    assert fp("What is the user allergic to?") == "What am I allergic to?"
+    assert fp("Who is the dog?") is None
+    ds = dream_mod.with_perspectives([Dream("e1", "Where does the user live?", "Porto"),
+                                      Dream("e1", "Where is the user's car?", "garage", held_out=True)])
+    assert [(d.question, d.kind) for d in ds[2:]] == [("Where do I live?", "perspective")]
+
+
 def test_text_matching():
     assert contains_answer("It is Biscuit, a beagle.", "Biscuit")
     assert not contains_answer("A poodle.", "Biscuit")
@@ -58,9 +69,10 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
     kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
     assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
     assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "duplicate": 1, "teacher-disagrees": 0}
-    # the tiny random teacher cannot answer from context: agreement drops everything
+    # the tiny random teacher cannot answer from context: agreement rejects everything, and
+    # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams
     kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))
-    assert kept2 == [] and dropped2["teacher-disagrees"] == 2
+    assert [d.kind for d in kept2] == ["rescued", "rescued"] and dropped2["rescued"] == 2
 
 
 def test_choose_holds_out_probes_and_ranks_by_value(tiny):

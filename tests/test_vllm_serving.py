@@ -49,7 +49,7 @@ def stack(vllm_ok, tmp_path_factory):
     versions = make_swap_versions(reg, scale=20.0)
     prompts = PROMPTS + [LONG_PREFIX + " Question 1", LONG_PREFIX + " Question 2"]
     ref = reference_answers([reg.get("v0000"), *versions.values()], prompts, max_tokens=8)
-    sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=8, drain_timeout=60)
+    sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=16, drain_timeout=60)
     backend = VLLMBackend(sup)
     watcher = RegistryWatcher(reg, backend, poll_s=0.05)
     watcher.record(backend.start(reg.current()))
@@ -150,6 +150,46 @@ def test_weights_reload_resets_the_prefix_cache(stack):
     assert d["model"] == nxt.name
     assert d["usage"]["prompt_tokens"] > 250
     assert text(d) == ref[nxt.name][p2]
+
+
+def _promote(http, reg, name, timeout=120):
+    reg.set_current(name)
+    deadline = time.time() + timeout
+    while True:
+        h = http.get("/health").json()
+        if h["version"] == name and h["swaps"] and h["swaps"][-1]["version"] == name:
+            return h["swaps"][-1]
+        assert time.time() < deadline, h
+        time.sleep(0.05)
+
+
+def test_sleeps_in_a_row_are_composed_into_one_adapter(stack):
+    """Two sleeps after the weights the server holds: the second is served as one adapter of rank
+    8 + 8 (their LoRAs composed) instead of a weight reload, with the same answers."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    reg, http = stack["reg"], stack["http"]
+    base = reg.current()
+    made = []
+    for seed in (11, 12):
+        parent = made[-1] if made else base
+        model = AutoModelForCausalLM.from_pretrained(str(parent.path))
+        tok = AutoTokenizer.from_pretrained(str(parent.path))
+        pm = _random_lora(model, r=8, seed=seed, scale=20.0)
+        stage = reg.new_staging()
+        pm.save_pretrained(str(stage / "adapter"))
+        _save(pm.merge_and_unload(), tok, stage)
+        made.append(reg.commit(stage, {"parent": parent.name, "kind": "sleep"}, make_current=False))
+    ref = reference_answers(made, PROMPTS, max_tokens=8)
+    first = _promote(http, reg, made[0].name)
+    assert first["kind"] == "adapter" and first["detail"]["composed"] == [made[0].name]
+    second = _promote(http, reg, made[1].name)
+    assert second["kind"] == "adapter" and second["detail"]["rank"] == 16
+    assert second["detail"]["composed"] == [made[0].name, made[1].name]
+    assert second["pause_ms"] < 100
+    for p in PROMPTS:
+        d = ask(http, p)
+        assert d["model"] == made[1].name and text(d) == ref[made[1].name][p], p
 
 
 def test_streaming_and_bad_input_through_vllm(stack):

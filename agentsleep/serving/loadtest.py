@@ -86,8 +86,8 @@ def make_swap_versions(registry: Registry, *, parent: str | None = None, r: int 
     """Commit three versions after `parent` (default CURRENT) without promoting them:
 
     - "adapter": a sleep-like version with ``adapter/`` (a random LoRA on the parent) and merged weights;
-    - "weights": a child of that one (its own adapter, relative to the adapter version): same shapes,
-      new weights; a vLLM server holding the parent's weights must reload them;
+    - "weights": a child of that one with new weights of the same shapes and no adapter (a vLLM
+      server must reload its weights in place);
     - "grown": one more decoder layer (a different architecture: blue/green on vLLM).
     """
     import torch
@@ -113,12 +113,11 @@ def make_swap_versions(registry: Registry, *, parent: str | None = None, r: int 
 
     say(f"same-shape weights version on {out['adapter'].name}")
     pm = _random_lora(merged, r=r, seed=seed + 1, scale=scale)
-    stage = registry.new_staging()
-    pm.save_pretrained(str(stage / "adapter"))
+    stage = registry.new_staging()  # merged weights only (like a full fine-tune): no adapter to hot-load
     merged = pm.merge_and_unload()
     _save(merged, tok, stage)
     out["weights"] = registry.commit(stage, {"parent": out["adapter"].name, "kind": "sleep",
-                                             "note": "loadtest: random LoRA on the adapter version"},
+                                             "note": "loadtest: new weights, same shapes"},
                                      make_current=False)
 
     say(f"grown version on {out['weights'].name}")
@@ -307,8 +306,10 @@ def _analyse(recs: list[_Rec], swaps: list[dict[str, Any]], expected: dict[str, 
             "server_pause_ms": server.get("pause_ms"), "drain_ms": server.get("drain_ms"),
             "prepare_s": server.get("prepare_s"), "swap_total_s": server.get("total_s"),
             "promote_to_switch_s": round(s["t_switched"] - s["t_promote"], 3),
+            "pause_ms": server.get("pause_ms"), "client_max_ms": round(worst, 1),  # short names for tables
             "client_p50_before_ms": round(base_p50, 1), "client_worst_ms": round(worst, 1),
-            "client_stall_ms": round(max(worst - base_p50, 0.0), 1), "error": server.get("error")})
+            "client_stall_ms": round(max(worst - base_p50, 0.0), 1), "error": server.get("error"),
+            "detail": server.get("detail") or {}})
         prev_end = s["t_switched"]
     by_version: dict[str, int] = {}
     for r in ok:
@@ -363,7 +364,7 @@ def swap_benchmark(backend: str, work_dir: str | Path, *, base_model: str | None
     elif backend == "vllm":
         from .vllm_backend import VLLMBackend, _adapter
 
-        sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=8, extra_args=vllm_args or [])
+        sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=16, extra_args=vllm_args or [])
         b = VLLMBackend(sup)
     else:
         raise ValueError(f"backend {backend!r}: use transformers or vllm")

@@ -23,24 +23,9 @@ _OURS = {"use_memory", "memory_k"}
 
 
 def _adapter(name: str) -> Any:
-    """`agentsleep.adapters.vllm.<name>` (falls back to the source tree's `adapters/` when an older
-    editable install does not map the adapters package yet)."""
-    import importlib
-    import importlib.util
-    import sys
+    """`agentsleep.adapters.vllm.<name>`, imported on first use (it pulls in nothing heavy)."""
+    from ..adapters import vllm as mod
 
-    try:
-        mod = importlib.import_module("agentsleep.adapters.vllm")
-    except ModuleNotFoundError:
-        src = Path(__file__).resolve().parents[2] / "adapters"
-        spec = importlib.util.spec_from_file_location("agentsleep.adapters", src / "__init__.py",
-                                                      submodule_search_locations=[str(src)])
-        if spec is None or spec.loader is None or not (src / "vllm.py").is_file():
-            raise
-        pkg = importlib.util.module_from_spec(spec)
-        sys.modules["agentsleep.adapters"] = pkg
-        spec.loader.exec_module(pkg)
-        mod = importlib.import_module("agentsleep.adapters.vllm")
     return getattr(mod, name)
 
 
@@ -76,7 +61,8 @@ class VLLMBackend:
         if url is None and (why := vllm_available()):
             raise ModelError(f"--backend vllm: {why}; or attach to a running server with serve.vllm_url")
         sup = VLLMSupervisor(url=url, api_key=api_key, log_dir=log_dir or home.root / "logs",
-                             max_lora_rank=max(int(home.config.sleep.seed.lora_r), 8), extra_args=list(extra_args),
+                             # room for a few sleeps' adapters composed into one before weights must reload
+                             max_lora_rank=max(4 * int(home.config.sleep.seed.lora_r), 8), extra_args=list(extra_args),
                              dtype=home.config.model.dtype)
         return cls(sup)
 

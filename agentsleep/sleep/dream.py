@@ -94,14 +94,53 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
         answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, text[d.episode_id]) for d in kept],
                                max_new_tokens=24, batch_size=cfg.batch_size,
                                progress=(lambda n: progress("dream", 0, 0, "teacher check")) if progress else None)
-        agreed = []
+        agreed, disagreed = [], []
         for d, t in zip(kept, answers):
             if contains_answer(t, d.answer) or f1(t, d.answer) >= 0.5:
                 agreed.append(d)
             else:
+                disagreed.append(d)
                 dropped["teacher-disagrees"] += 1
+        # The teacher is a weak judge (NOTES.md): a memory it rejects every item of would
+        # otherwise get no dreams at all; keep its grounded items rather than nothing.
+        covered = {d.episode_id for d in agreed}
+        for d in disagreed:
+            if d.episode_id not in covered:
+                d.kind = "rescued"
+                agreed.append(d)
+                dropped["teacher-disagrees"] -= 1
+                dropped["rescued"] = dropped.get("rescued", 0) + 1
         kept = agreed
     return kept, dropped
+
+
+_PERSPECTIVE = [  # third person (how memories are written) -> first person (how the user asks)
+    (r"\b[Tt]he user's\b", "my"), (r"\b[Dd]oes the user\b", "do I"), (r"\b[Ii]s the user\b", "am I"), (r"\b[Hh]as the user\b", "have I"),
+    (r"\b[Dd]id the user\b", "did I"), (r"\b[Ww]as the user\b", "was I"), (r"\bthe user is\b", "I am"),
+    (r"\bthe user has\b", "I have"), (r"\bthe user was\b", "I was"),
+    (r"\bthe user\b", "me"),
+]
+
+
+def first_person(question: str) -> str | None:
+    """The user's own phrasing of a question about 'the user' (agents store memories in the
+    third person; users ask in the first). None when the question is not about the user."""
+    if not re.search(r"\bthe user\b", question, re.I):
+        return None
+    q = question
+    for pat, rep in _PERSPECTIVE:
+        q = re.sub(pat, rep, q)
+    return q[0].upper() + q[1:]
+
+
+def with_perspectives(dreams: list[Dream]) -> list[Dream]:
+    """Add a first-person paraphrase of every trained dream that asks about the user."""
+    out = list(dreams)
+    for d in dreams:
+        q = None if d.held_out else first_person(d.question)
+        if q and q != d.question:
+            out.append(Dream(d.episode_id, q, d.answer, stem=d.stem, kind="perspective", value=d.value))
+    return out
 
 
 def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int = 0) -> list[Dream]:
@@ -133,6 +172,7 @@ def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, see
     kept, dropped = filter_dreams(model, tok, written, memories, cfg, progress)
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
+    chosen = with_perspectives(chosen)
     if progress:
         progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
     return DreamSet(chosen, written=len(written), dropped=dropped)

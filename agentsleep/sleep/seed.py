@@ -116,7 +116,7 @@ def _on_policy(pm: Any, tok: Any, items: list[Item], rng: random.Random, n: int,
     if not pool:
         return None
     chosen = rng.sample(pool, min(n, len(pool)))
-    samples = gen.generate(pm, tok, [it.prompt for it in chosen], max_new_tokens=24, batch_size=len(chosen),
+    samples = gen.generate(pm, tok, [it.prompt for it in chosen], max_new_tokens=16, batch_size=len(chosen),
                            do_sample=True, temperature=0.8)
     dev = next(pm.parameters()).device
     s_rows = [encode(tok, it.prompt, s, max_len) for it, s in zip(chosen, samples)]
@@ -171,7 +171,7 @@ def _imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg:
         prefixes.append(" ".join(words[:cut]))
         refs.append(" ".join(words[cut:]))
     n_new = max(len(tok(r)["input_ids"]) for r in refs) + 4
-    comps = gen.generate(pm, tok, prefixes, max_new_tokens=min(n_new, 64), batch_size=len(prefixes),
+    comps = gen.generate(pm, tok, prefixes, max_new_tokens=min(n_new, 32), batch_size=len(prefixes),
                          do_sample=True, temperature=1.0)
     rewards = torch.tensor([imitate_reward(c, r, cfg.imitate_g, cfg.imitate_lev_threshold) for c, r in zip(comps, refs)])
     adv = rewards - rewards.mean()
