@@ -1,1 +1,10 @@
-"""Serving: answer with the current version and hot-swap to a new one without downtime."""
+"""Serving: answer with the current version and hot-swap to a new one without downtime.
+
+    backend.py               the Backend protocol, SwapReport, OpenAI-style errors, Stream
+    engine.py                in-process model (Engine: swap/answer/complete + generate/stream)
+    transformers_backend.py  Engine behind the OpenAI request shapes
+    vllm_backend.py          proxy to a supervised vLLM server (agentsleep.adapters.vllm)
+    protocol.py              request validation (chat, completions; use_memory, memory_k)
+    server.py                FastAPI app, RegistryWatcher (follows CURRENT), `agentsleep serve`
+    loadtest.py              swaps under continuous load; swap_benchmark() for the bench command
+"""
