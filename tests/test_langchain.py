@@ -115,7 +115,7 @@ def tiny_agent(model, tools):
 
 # -- packaging ---------------------------------------------------------------------
 def test_import_needs_only_langchain_core():
-    code = _SHIM + ("import agentsleep.adapters.langchain, sys\n"
+    code = ("import agentsleep.adapters.langchain, sys\n"
                     "bad = [m for m in sys.modules if m.split('.')[0] in ('langchain', 'langgraph')]\n"
                     "assert not bad, bad\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

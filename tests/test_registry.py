@@ -19,8 +19,8 @@ def test_base_version_and_current(tmp_path):
     assert reg.names() == [BASE_VERSION]
     assert reg.current_name() == BASE_VERSION
     assert reg.current().weights == "embedded"
-    # reopening does not rewrite anything
-    assert Registry(tmp_path / "r", base_model="other").current().weights == "embedded"
+    # v0000 stands for the configured base, whatever it is configured to now
+    assert Registry(tmp_path / "r", base_model="/models/other").current().weights == "/models/other"
 
 
 def test_commit_flips_current_and_keeps_lineage(tmp_path):

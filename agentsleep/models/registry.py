@@ -72,6 +72,7 @@ class Registry:
     def __init__(self, root: Path, base_model: str):
         """`base_model` is what v0000 stands for (the resolved config.model.base)."""
         self.root = root
+        self.base_model = base_model
         self.versions_dir = root / "versions"
         self.staging_dir = root / "staging"
         try:
@@ -110,6 +111,8 @@ class Registry:
             raise RegistryError(f"no version {name} in {self.versions_dir}; see `agentsleep history`") from None
         except (OSError, ValueError) as e:
             raise RegistryError(f"version {name}: unreadable manifest ({e})") from None
+        if name == BASE_VERSION:  # v0000 is "the configured base": it follows config model.base
+            manifest = {**manifest, "base_model": self.base_model}
         return Version(name, path, manifest)
 
     def current_name(self) -> str:

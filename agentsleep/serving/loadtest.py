@@ -19,7 +19,6 @@ around the swap against the median before it).
 """
 from __future__ import annotations
 
-import copy
 import shutil
 import statistics
 import threading
@@ -56,27 +55,18 @@ def _save(model: Any, tok: Any, d: Path) -> None:
 
 
 def grow(model: Any, *, seed: int = 0, noise: float = 0.0) -> Any:
-    """Append a copy of the last decoder layer whose output projections are zero (function-preserving,
-    NOTES.md), plus optional `noise` on its o_proj so the grown version answers differently."""
+    """One function-preserving block (agentsleep.models.growth), plus optional `noise` on its
+    o_proj so the grown version answers differently from its parent."""
     import torch
 
-    layers = model.model.layers
-    new = copy.deepcopy(layers[-1])
-    with torch.no_grad():
-        for lin in (new.self_attn.o_proj, new.mlp.down_proj):
-            lin.weight.zero_()
-            if lin.bias is not None:
-                lin.bias.zero_()
-        if noise:
-            g = torch.Generator().manual_seed(seed)
-            new.self_attn.o_proj.weight.add_(torch.randn(new.self_attn.o_proj.weight.shape, generator=g) * noise)
-    layers.append(new)
-    cfg = model.config
-    cfg.num_hidden_layers = len(layers)
-    if getattr(cfg, "layer_types", None):
-        cfg.layer_types = list(cfg.layer_types) + [cfg.layer_types[-1]]
-    for i, layer in enumerate(layers):
-        layer.self_attn.layer_idx = i
+    from ..models.growth import grow as grow_blocks
+
+    (j,) = grow_blocks(model, 1)
+    if noise:
+        o = model.model.layers[j].self_attn.o_proj
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            o.weight.add_(torch.randn(o.weight.shape, generator=g) * noise)
     return model
 
 

@@ -23,10 +23,10 @@ _OURS = {"use_memory", "memory_k"}
 
 
 def _adapter(name: str) -> Any:
-    """`agentsleep.adapters.vllm.<name>`, imported on first use (it pulls in nothing heavy)."""
-    from ..adapters import vllm as mod
+    """`agentsleep.adapters.vllm.<name>`, imported on first use (vLLM is an optional extra)."""
+    import importlib
 
-    return getattr(mod, name)
+    return getattr(importlib.import_module("agentsleep.adapters.vllm"), name)
 
 
 def _upstream_error(status: int, text: str) -> APIError:
