@@ -29,7 +29,7 @@ def test_real_sleep_promotes_and_rolls_back(tmp_path):
         assert rep.status == "promoted", rep.reasons
         m = rep.metrics
         assert m["recall_after"] >= m["recall_before"] and m["drift_kl"] <= cfg.sleep.gate.max_drift_kl
-        assert {"sft", "distill_off", "replay_kl", "distill_on", "imitate"} <= set(m["seed_loss"])
+        assert {"sft", "distill_off", "replay_kl", "distill_on"} <= set(m["seed_loss"])
         assert rep.version == "v0001" and h.registry.current_name() == "v0001"
         # the same Home answers with the promoted version right away
         assert h.ask("What is my dog's name?", use_memory=False)["model_version"] == "v0001"
