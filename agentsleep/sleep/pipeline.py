@@ -83,18 +83,20 @@ class _StopFlag:
         return self.set
 
 
-def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, progress=None) -> dict[str, list]:
-    """The pre-sleep model's own greedy answers to generic prompts (cached per version)."""
+def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_drift: int,
+                 progress=None) -> dict[str, list]:
+    """The pre-sleep model's own greedy answers to the generic prompts the replay term and the
+    gate's drift check will use (no more: generation is the cost), cached per version."""
     from ..models import generate as gen
 
     cache = registry.root / "cache" / f"{version}-generic.json"
     try:
         data = json.loads(cache.read_text())
-        if len(data["replay"]) >= n_replay:
-            return {"replay": data["replay"][:n_replay], "drift": data["drift"]}
+        if len(data["replay"]) >= n_replay and len(data["drift"]) >= n_drift:
+            return {"replay": data["replay"][:n_replay], "drift": data["drift"][:n_drift]}
     except (OSError, ValueError, KeyError):
         pass
-    prompts = REPLAY[:n_replay] + DRIFT
+    prompts = REPLAY[:n_replay] + DRIFT[:n_drift]
     rendered = [gen.chat(tok, p) for p in prompts]
     done = [0]
 
@@ -197,7 +199,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                     lap("rest")
 
                 journal.stage("seed")
-                pools = generic_pool(model, tok, registry, parent.name, cfg.seed.replay_prompts, progress=say)
+                pools = generic_pool(model, tok, registry, parent.name, cfg.seed.replay_prompts, cfg.gate.drift_prompts,
+                                     progress=say)
                 earlier_probes, earlier_dreams = _earlier(home, lineage)
                 replay_ids = {m.id for m in plan.replay}
                 rehearse = [d for d in earlier_dreams if d.episode_id in replay_ids]
