@@ -165,14 +165,50 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
     with _home(writable=False) as h:
         rows = h.history()
 
+    def label(r: dict) -> str:
+        m = r["metrics"]
+        size = f"{r['layers']} layers, {r['parameters'] / 1e6:.1f}M" if r.get("parameters") else f"{r['layers']} layers"
+        what = {"base": "base", "grow": "grown"}.get(r["kind"], f"sleep {r['sleep_id']}, {r['episodes']} episodes, "
+                                                               f"recall {_fmt(m.get('recall_before'))}->{_fmt(m.get('recall_after'))}, "
+                                                               f"retention {_fmt(m.get('retention'))}, drift {_fmt(m.get('drift_kl'))}")
+        cur = " [bold green]<- current[/]" if r["current"] else ""
+        return f"[bold]{r['version']}[/] {what} ({size}){cur}"
+
     def human() -> None:
-        t = Table("", "version", "parent", "sleep", "episodes", "recall", "retention", "drift")
-        for r in rows:
-            m = r["metrics"]
-            t.add_row("*" if r["current"] else "", r["version"], r["parent"] or "-", r["sleep_id"] or "(base)",
-                      str(r["episodes"]), _fmt(m.get("recall_after")), _fmt(m.get("retention")), _fmt(m.get("drift_kl")))
-        out.print(t)
+        from rich.tree import Tree
+
+        nodes: dict[str, Any] = {}
+        roots = Tree("versions", guide_style="dim")
+        for r in rows:  # oldest first: a parent is always placed before its children
+            nodes[r["version"]] = (nodes.get(r["parent"]) or roots).add(label(r))
+        out.print(roots)
     _emit(as_json, rows, human)
+
+
+@app.command()
+def diff(a: str = typer.Argument(..., help="Older version, e.g. v0001."),
+         b: Optional[str] = typer.Argument(None, help="Newer version (default: current)."),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """What changed between two versions: lineage, layers, parameters, episodes, weights."""
+    with _home(writable=False) as h:
+        d = h.diff(a, b)
+
+    def human() -> None:
+        w = d["weights"]
+        steps = ", ".join(f"{s['version']} ({s['kind']})" for s in d["steps"]) or "none"
+        out.print(f"{d['a']} -> {d['b']}: common ancestor {d['common_ancestor']}; steps {steps}")
+        out.print(f"layers {d['layers']['a']} -> {d['layers']['b']}; parameters {d['parameters']['a']} -> {d['parameters']['b']}")
+        out.print(f"episodes only in {d['b']}: {len(d['episodes_only_in_b'])}; only in {d['a']}: {len(d['episodes_only_in_a'])}")
+        if w.get("compared"):
+            out.print(f"weights: {w['changed']} of {w['compared']} shared tensors changed, relative change "
+                      f"{w['relative_change']:.2e}; {w['only_in_b_count']} new tensors, {w['only_in_a_count']} removed")
+            t = Table("tensor", "relative change")
+            for x in w["top"]:
+                t.add_row(x["tensor"], f"{x['relative_change']:.2e}")
+            out.print(t)
+        else:
+            out.print(f"weights: {w.get('note', 'nothing compared')}")
+    _emit(as_json, d, human)
 
 
 @app.command()

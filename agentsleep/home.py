@@ -23,7 +23,7 @@ from typing import Any
 import tomli_w
 
 from .config import Config
-from .errors import HomeError, InputError
+from .errors import AgentsleepError, HomeError, InputError
 from .memory.episode import Episode, RememberResult
 from .memory.store import EpisodeStore
 from .models.registry import Registry, Version
@@ -212,13 +212,42 @@ class Home:
         """Consolidate unconsolidated episodes into a new model version (see agentsleep.sleep)."""
         from .sleep.pipeline import run_sleep
 
+        grown = None if dry_run else self._grow_if_due(f"every {self.config.sleep.grow_every} sleeps")
         report = run_sleep(self, max_episodes=max_episodes, dry_run=dry_run, progress=progress)
+        if report.status == "rejected" and self.config.sleep.grow_on_reject and any(
+                r.startswith(("recall gain", "retention")) for r in report.reasons):
+            grown = self._grow_if_due("after a sleep rejected for recall or retention", force=True)
+        if grown:
+            report.reasons.append(grown)
         with self._lock:  # the next ask uses the promoted version
             if self._engine is not None and report.status == "promoted":
                 self._engine.swap(self.registry.current())
         return report
 
+    def _grow_if_due(self, why: str, force: bool = False) -> str | None:
+        """The automatic growth policy (sleep.grow_every / sleep.grow_on_reject): add blocks so the
+        next sleep trains fresh capacity. Returns a line for the sleep report, or None."""
+        cfg = self.config.sleep
+        if not force:
+            if not cfg.grow_every or not self.store.list(unconsolidated_only=True):
+                return None
+            since = 0
+            for v in reversed(self.registry.lineage()):
+                if v.manifest.get("kind") != "sleep":
+                    break
+                since += 1
+            if since < cfg.grow_every:
+                return None
+        try:
+            v = self.grow(cfg.grow_blocks)
+        except AgentsleepError as e:
+            return f"growth policy ({why}) did not grow: {e}"
+        return f"growth policy ({why}): {v.name} adds {cfg.grow_blocks} block(s), layers {v.manifest['layers']['before']} -> {v.manifest['layers']['after']}"
+
     def history(self) -> list[dict[str, Any]]:
+        """Every version, oldest first, with its parent (the lineage tree), shape, sleep and gate metrics."""
+        from .models.lineage import shape
+
         cur = self.registry.current_name()
         out = []
         for v in self.registry.history():
@@ -226,8 +255,15 @@ class Home:
             out.append({"version": v.name, "current": v.name == cur, "parent": v.parent,
                         "sleep_id": m.get("sleep_id"), "created_at": m.get("created_at"),
                         "episodes": len(m.get("episode_ids", [])), "metrics": m.get("metrics", {}),
-                        "kind": m.get("kind", "sleep")})
+                        "kind": m.get("kind", "sleep") if not v.is_base else "base",
+                        "expert": (v.path / "adapter").is_dir(), **shape(v)})
         return out
+
+    def diff(self, a: str, b: str | None = None) -> dict[str, Any]:
+        """What changed from version `a` to `b` (default: current): lineage steps, shape, episodes, weights."""
+        from .models.lineage import diff
+
+        return diff(self.registry, a, b or self.registry.current_name())
 
     def rollback(self, version: str) -> Version:
         """Point CURRENT at an earlier version. Episodes absorbed only by versions
