@@ -235,6 +235,32 @@ def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to 
 
 
 @app.command()
+def export(out_file: Optional[Path] = typer.Option(None, "--out", help="Write here (JSON) instead of standard output.")) -> None:
+    """Export this home's episodes (with provenance) and version manifests as JSON."""
+    from .atomic import atomic_write_json
+
+    with _home(writable=False) as h:
+        data = h.export()
+    if out_file is None:
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    else:
+        atomic_write_json(out_file, data)
+        err.print(f"exported {len(data['episodes'])} episodes and {len(data['versions'])} versions to {out_file}")
+
+
+@app.command()
+def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be undone."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Delete this home for good: every episode, model version, report and log."""
+    if not yes:
+        raise InputError("purge deletes every episode and model version of this home and cannot be undone; "
+                         "run `agentsleep export` first if you need a copy, then pass --yes")
+    with _home() as h:
+        r = h.purge()
+    _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"))
+
+
+@app.command()
 def grow(blocks: int = typer.Option(1, help="Identity-initialised decoder blocks to insert."),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Add capacity: a new version with extra blocks that compute the same function."""
@@ -258,7 +284,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | all"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | all"),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),

@@ -16,7 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 
@@ -74,11 +74,12 @@ class SeedConfig(_Section):
     max_seq_len: int = Field(256, ge=32)
     include_raw_text: bool = Field(True, description="Also train on the episode text itself.")
     w_sft: float = Field(1.0, ge=0, description="Hard-label loss on teacher samples (filtered dreams). Paper: open.")
-    w_distill: float = Field(0.2, ge=0, description="Weight of the distillation + imitate block against the hard-label CE. Paper: open "
-                             "(measured on 135M: 1.0 cut recall 0.75 -> 0.40; the small teacher's soft targets are unsure).")
+    w_distill: float = Field(0.0, ge=0, description="Weight of the paper's distillation block (D_off, D_on, imitate) against the hard-label CE. "
+                             "Paper: open. Off by default on the 135M model: its teacher is unsure of its own answers and "
+                             "every weight tried lowered closed-book recall (`agentsleep bench ablation`); try 0.1-1 with larger models.")
     alpha: float = Field(0.8, ge=0, le=1, description="Weight of distillation vs Learning-to-Imitate. Paper: open.")
     on_policy_lambda: float = Field(0.25, ge=0, le=1, description="GKD lambda: share of on-policy distillation. Paper: open.")
-    on_policy_every: int = Field(8, ge=1, description="Run the (costly, generating) on-policy and imitate terms every N steps.")
+    on_policy_every: int = Field(16, ge=1, description="Run the (costly, generating) on-policy and imitate terms every N steps.")
     on_policy_samples: int = Field(4, ge=1)
     imitate_g: float = Field(0.5, ge=0, le=1, description="g in r = g*r_sem + (1-g)*r_abs. Paper: open.")
     imitate_lev_threshold: float = Field(0.6, ge=0, le=1, description="r_abs = 1 - Lev/maxlen when Lev/maxlen is under this. Paper: open.")
@@ -107,10 +108,32 @@ class GateConfig(_Section):
     drift_prompts: int = Field(12, ge=1)
 
 
+class PolicyConfig(_Section):
+    """What may be consolidated into the weights (sleep/policy.py). Excluded episodes stay in the store and in retrieval."""
+    allow_sources: list[str] = Field(default_factory=list, description="If set, only episodes from these sources are consolidated.")
+    deny_sources: list[str] = Field(default_factory=list, description="Sources never consolidated (e.g. 'web').")
+    deny_kinds: list[str] = Field(default_factory=list, description="Episode kinds never consolidated (e.g. 'tool').")
+    deny_patterns: list[str] = Field(default_factory=list, description="Regular expressions (case-insensitive); a match keeps an episode out.")
+    allow_injection: bool = Field(False, description="Consolidate episodes flagged as instructions aimed at the model.")
+
+    @field_validator("deny_patterns")
+    @classmethod
+    def _valid_regex(cls, v: list[str]) -> list[str]:
+        import re
+
+        for p in v:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"deny_patterns: {p!r} is not a valid regular expression ({e})") from None
+        return v
+
+
 class SleepConfig(_Section):
     max_episodes: int = Field(64, ge=1, description="Unconsolidated episodes taken per sleep; the rest wait.")
     replay_episodes: int = Field(8, ge=0, description="Earlier consolidated episodes rehearsed alongside.")
     consolidate_untrusted: bool = Field(False, description="Untrusted sources (e.g. web tool output) stay out of the weights unless set.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
     dream: DreamConfig = Field(default_factory=DreamConfig)
     seed: SeedConfig = Field(default_factory=SeedConfig)
     rest: RestConfig = Field(default_factory=RestConfig)

@@ -133,6 +133,31 @@ class Home:
     def episodes(self, **kw: Any) -> list[Episode]:
         return self.store.list(**kw)
 
+    def export(self) -> dict[str, Any]:
+        """Everything this home knows, as plain data: every episode (with provenance and the version
+        that consolidated it) and every model version's manifest. For audits and data-access requests."""
+        return {"home": str(self.root), "exported_at": datetime.now().astimezone().isoformat(),
+                "episodes": [e.model_dump(mode="json") for e in self.store.list()],
+                "versions": [{"version": v.name, **v.manifest} for v in self.registry.history()],
+                "current_version": self.registry.current_name()}
+
+    def purge(self) -> dict[str, Any]:
+        """Delete this home for good: episodes, every model version, sleep reports, logs, config.
+        Refused while a sleep runs; the store is closed first."""
+        import shutil
+
+        from .sleep.lock import sleep_lock
+
+        n_eps, n_versions = self.store.count(), len(self.registry.names())
+        with sleep_lock(self.root, what="purge"):
+            self.close()
+            self._engine = None
+            for child in self.root.iterdir():
+                if child.name not in ("sleep.lock", "sleep.json"):
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        shutil.rmtree(self.root, ignore_errors=True)
+        return {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
+
     def forget(self, episode_id: str | None = None, *, query: str | None = None, k: int = 1,
                fallback: bool = False) -> dict[str, Any]:
         """Forget exactly: delete from the store AND schedule the weights to be rebuilt without it.

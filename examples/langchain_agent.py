@@ -115,14 +115,10 @@ def main() -> None:
     if args.skip_sleep:
         return
     print("\n== asleep ==")
-    try:
-        from agentsleep.progress import StageProgress
+    from agentsleep.progress import StageProgress
 
-        with StageProgress() as progress:
-            report = home.sleep(progress=progress)
-    except ImportError as e:  # the sleep pipeline is not in this checkout yet
-        print(f"sleep unavailable: {e}")
-        return
+    with StageProgress() as progress:
+        report = home.sleep(progress=progress)
     print(f"sleep {report.sleep_id}: {report.status}; serving {report.version}")
     for reason in report.reasons:
         print(f"  - {reason}")

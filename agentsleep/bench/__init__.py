@@ -16,6 +16,7 @@ SUITES = {  # name -> (module, section title)
     "squad": ("squad_suite", "SQuAD knowledge incorporation (closed-book)"),
     "locomo": ("locomo_suite", "LoCoMo: long-term conversational memory"),
     "serve": ("serve_suite", "Serving: hot-swap under load"),
+    "ablation": ("ablation_suite", "Seeding ablation: which parts of the recipe help"),
 }
 QUICK = ("sleep", "locomo", "serve")
 

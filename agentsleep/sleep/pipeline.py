@@ -140,14 +140,16 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=cfg.seed.seed)
         base = dict(sleep_id=sleep_id, parent_version=plan.parent_version, started_at=t_start)
         if not plan.memories:
-            why = "no unconsolidated episodes" + (f" ({plan.skipped_untrusted} untrusted ones wait: set "
-                                                  "sleep.consolidate_untrusted to include them)" if plan.skipped_untrusted else "")
-            return SleepReport(status="nothing-to-do", version=plan.parent_version, episodes=[], reasons=[why],
+            why = "no unconsolidated episodes the consolidation policy allows"
+            return SleepReport(status="nothing-to-do", version=plan.parent_version, episodes=[], excluded=plan.excluded,
+                               reasons=[why] + ([plan.excluded_note()] if plan.excluded else []),
                                finished_at=time.time(), duration_s=time.time() - t_start, **base)
         if dry_run:
             return SleepReport(status="dry-run", version=plan.parent_version, episodes=[m.id for m in plan.memories],
+                               excluded=plan.excluded,
                                reasons=[f"would consolidate {len(plan.memories)} episodes, rehearse {len(plan.replay)}; "
-                                        f"{plan.waiting_after} more wait"], finished_at=time.time(),
+                                        f"{plan.waiting_after} more wait"] + ([plan.excluded_note()] if plan.excluded else []),
+                               finished_at=time.time(),
                                duration_s=time.time() - t_start, **base)
         journal = Journal(home.root / "sleeps" / sleep_id, sleep_id)
         timings: dict[str, float] = {}
@@ -228,6 +230,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                     journal.stage("publish")
                     manifest = {"parent": parent.name, "kind": "sleep", "sleep_id": sleep_id,
                                 "episode_ids": [m.id for m in plan.memories], "replay_ids": sorted(replay_ids),
+                                "excluded": plan.excluded,
                                 "probes": probes, "metrics": metrics, "timings": timings,
                                 "config": cfg.model_dump(), "model": home.config.model.base}
                     version = publish(pm, tok, registry, manifest, should_stop=stop)
@@ -253,6 +256,9 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
             except Exception as e:
                 journal.finish("failed", error=f"{type(e).__name__}: {e}")
                 raise
+        if plan.excluded:
+            rep.reasons.append(plan.excluded_note())
+            rep.excluded = plan.excluded
         rep.finished_at = time.time()
         rep.duration_s = rep.finished_at - t_start
         rep.timings["total"] = round(rep.duration_s, 1)

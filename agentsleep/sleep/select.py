@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from ..atomic import atomic_write_json
+from .policy import exclusion
 from .types import Memory, SleepPlan
 
 
@@ -50,8 +51,15 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
     else:
         waiting = home.store.list(unconsolidated_only=True)
         parent = home.registry.current_name()
-    trusted = [e for e in waiting if e.trust == "trusted" or cfg.consolidate_untrusted]
-    chosen = trusted[:limit]  # oldest first: nothing starves
+    excluded: dict[str, list[str]] = {}
+    allowed = []
+    for e in waiting:
+        why = exclusion(e, cfg)
+        if why:
+            excluded.setdefault(why, []).append(e.id)
+        else:
+            allowed.append(e)
+    chosen = allowed[:limit]  # oldest first: nothing starves
     lineage = {v.name for v in home.registry.lineage(parent)}
     if rebuild:
         lineage -= set(rebuild["versions"])
@@ -64,6 +72,6 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
         rebuild=bool(rebuild),
         memories=[Memory(e.id, e.text) for e in chosen],
         replay=[Memory(e.id, e.text, replay=True) for e in replay],
-        skipped_untrusted=len(waiting) - len(trusted),
-        waiting_after=len(trusted) - len(chosen),
+        excluded=excluded,
+        waiting_after=len(allowed) - len(chosen),
     )

@@ -21,7 +21,15 @@ class SleepPlan:
     parent_version: str
     memories: list[Memory]
     replay: list[Memory] = field(default_factory=list)
-    skipped_untrusted: int = 0
+    excluded: dict[str, list[str]] = field(default_factory=dict)  # policy reason -> episode ids kept out
+
+    def excluded_note(self) -> str | None:
+        """'2 episodes held back by the consolidation policy (untrusted 1, injection 1)', or None."""
+        n = sum(len(v) for v in self.excluded.values())
+        if not n:
+            return None
+        parts = ", ".join(f"{k} {len(v)}" for k, v in sorted(self.excluded.items()))
+        return f"{n} episode(s) held back by the consolidation policy ({parts}); see sleep.policy and sleep.consolidate_untrusted"
     waiting_after: int = 0  # unconsolidated episodes left for the next sleep
     rebuild: bool = False   # after `forget`: rebuilding from a clean version
 
@@ -76,13 +84,14 @@ class SleepReport:
     started_at: float = 0.0
     finished_at: float = 0.0
     dreams: dict[str, Any] = field(default_factory=dict)
+    excluded: dict[str, list[str]] = field(default_factory=dict)  # held back by the consolidation policy
 
     def summary(self) -> dict[str, Any]:
         """The `sleep-now --json` shape."""
         return {"sleep_id": self.sleep_id, "status": self.status, "version": self.version,
                 "parent_version": self.parent_version, "episodes": self.episodes, "metrics": self.metrics,
                 "reasons": self.reasons, "timings": self.timings, "dreams": self.dreams,
-                "duration_s": round(self.duration_s, 1)}
+                "excluded": self.excluded, "duration_s": round(self.duration_s, 1)}
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1, default=str)

@@ -1,0 +1,31 @@
+"""The LangChain example runs end to end on the embedded model: awake with memory, sleep, closed-book."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.integration
+def test_langchain_agent_example_end_to_end(tmp_path):
+    # a small sleep (CPU budget) on the real embedded SmolLM2; the recipe itself is measured by `agentsleep bench`
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTSLEEP_SLEEP__REST__ROUNDS": "0",
+           "AGENTSLEEP_SLEEP__SEED__EPOCHS": "3", "AGENTSLEEP_SLEEP__SEED__REPLAY_PROMPTS": "16",
+           "AGENTSLEEP_SLEEP__GATE__DRIFT_PROMPTS": "6", "AGENTSLEEP_SLEEP__GATE__MIN_RECALL_GAIN": "-1"}
+    p = subprocess.run([sys.executable, str(EXAMPLES / "langchain_agent.py"), "--home", str(tmp_path / "home")],
+                       capture_output=True, text=True, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = p.stdout
+    awake, _, rest = out.partition("== asleep ==")
+    asleep, _, closed = rest.partition("== awake, retrieval off")
+    assert "agent [v0000]>" in awake and re.search(r"episodes stored: \d+", awake)
+    m = re.search(r"sleep \S+: (promoted|rejected); serving (v\d{4})", asleep)
+    assert m, asleep
+    # the agent now answers from the current version, whichever the gate chose, without reloading anything
+    assert closed.count(f"agent [{m.group(2)}]>") == 2
+    if m.group(1) == "promoted":
+        assert m.group(2) == "v0001"
