@@ -13,6 +13,7 @@ The CLI, the daemon and the adapters are thin layers over this class.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import threading
@@ -23,10 +24,12 @@ from typing import Any
 import tomli_w
 
 from .config import Config
-from .errors import AgentsleepError, HomeError, InputError
+from .errors import AgentsleepError, HomeError, InputError, StoreUnavailableError
 from .memory.episode import Episode, RememberResult
 from .memory.store import EpisodeStore
 from .models.registry import Registry, Version
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HOME = Path("~/.agentsleep/default")
 
@@ -227,10 +230,19 @@ class Home:
         """Answer with the current version; by default with the top-k memories in the prompt."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("ask: the question is empty")
-        memories = self.recall(question, k) if use_memory and self.store.count() else []
+        memories, memory_error = [], None
+        if use_memory:
+            try:  # the store being down must not silence the agent: answer from the weights, say so
+                memories = self.recall(question, k) if self.store.count() else []
+            except StoreUnavailableError as e:
+                memory_error = str(e)
+                log.warning("answering without memories: %s", e)
         eng = self.engine
         answer = eng.answer(question, [m.text for m in memories], max_new_tokens=max_new_tokens)
-        return {"answer": answer, "model_version": eng.version.name, "memories_used": [m.id for m in memories]}
+        out = {"answer": answer, "model_version": eng.version.name, "memories_used": [m.id for m in memories]}
+        if memory_error:
+            out["memory_error"] = memory_error
+        return out
 
     # -- asleep ---------------------------------------------------------------
     def sleep(self, *, max_episodes: int | None = None, dry_run: bool = False, progress=None):

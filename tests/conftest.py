@@ -2,11 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,59 +10,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def chroma_executable() -> str:
-    exe = Path(sys.executable).parent / "chroma"
-    if exe.is_file():
-        return str(exe)
-    found = shutil.which("chroma")
-    if found is None:
-        pytest.fail("the `chroma` command is not installed next to this Python (pip install chromadb)")
-    return found
+from agentsleep.memory.chroma_server import chroma_executable, free_port  # noqa: E402,F401
+from agentsleep.memory.chroma_server import stop as stop_process  # noqa: E402
 
 
 def start_chroma_server(path: Path, log: Path, timeout: float = 60.0):
     """Start `chroma run` on a free port; return (process, host, port) once its heartbeat answers."""
-    import httpx
+    from agentsleep.memory.chroma_server import start
 
-    host, port = "127.0.0.1", free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [chroma_executable(), "run", "--path", str(path), "--host", host, "--port", str(port)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + timeout
-    url = f"http://{host}:{port}/api/v2/heartbeat"
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"chroma server exited with {proc.returncode}: {log.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return proc, host, port
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop_process(proc)
-            raise RuntimeError(f"chroma server did not answer {url} within {timeout:.0f} s: "
-                               f"{log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.2)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    return start(path, log, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

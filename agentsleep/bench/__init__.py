@@ -17,6 +17,7 @@ SUITES = {  # name -> (module, section title)
     "locomo": ("locomo_suite", "LoCoMo: long-term conversational memory"),
     "serve": ("serve_suite", "Serving: hot-swap under load"),
     "ablation": ("ablation_suite", "Seeding ablation: which parts of the recipe help"),
+    "faults": ("faults_suite", "Fault injection: kill -9, full disk, store down"),
 }
 QUICK = ("sleep", "locomo", "serve")
 

@@ -1,0 +1,176 @@
+"""Fault injection: kill -9 at every stage of a real sleep, a full disk during publish,
+the Chroma server down while awake and while asleep. Counts faults injected, survived,
+and episodes or versions lost (target: 0).
+
+Every fault runs against a real home on the configured base model (SmolLM2 by
+default) with a deliberately small sleep (3 facts, one epoch) so each stage is
+reached within a minute. After each fault the home is reopened and checked:
+same current version, every version intact (manifest present, checksums match),
+no staging leftovers after the sweep, every episode still stored and still
+unconsolidated. Then one clean sleep must promote (the home recovered).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+from ..config import Config
+from ..home import Home
+
+FACTS = ["The user's dog is a beagle called Biscuit.", "The user's dentist is Dr. Okafor.",
+         "The user's wifi network is named OrangeFox."]
+SMALL = {"sleep": {"seed": {"epochs": 1, "replay_prompts": 8}, "rest": {"rounds": 0},
+                   "gate": {"min_recall_gain": -1.0, "drift_prompts": 4, "max_drift_kl": 10.0}}}
+STAGES = ("dream", "seed", "gate", "publish")
+
+
+def _child(root: Path, fsize_limit: int | None = None) -> subprocess.Popen:
+    limit = "" if fsize_limit is None else textwrap.dedent(f"""
+        import resource, signal
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # writes past the limit fail with EFBIG: a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, ({fsize_limit}, {fsize_limit}))
+    """)
+    code = limit + textwrap.dedent(f"""
+        from agentsleep.home import Home
+        with Home.open({str(root)!r}, writable=False) as h:
+            print(h.sleep().status)
+    """)
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stage(root: Path) -> str | None:
+    js = sorted((root / "sleeps").glob("*/journal.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        return json.loads(js[-1].read_text())["stage"] if js else None
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def check(root: Path, expect_versions: list[str], expect_current: str, n_episodes: int) -> list[str]:
+    """What is wrong with the home after a fault (empty = survived)."""
+    from ..models.embedded import checksum_dir
+
+    problems = []
+    with Home.open(root) as h:
+        reg = h.registry
+        reg.sweep_staging()
+        if reg.names() != expect_versions:
+            problems.append(f"versions {reg.names()} != {expect_versions}")
+        if reg.current_name() != expect_current:
+            problems.append(f"current {reg.current_name()} != {expect_current}")
+        for v in reg.history():
+            if v.is_base:
+                continue
+            sums = {k: x["sha256"] for k, x in checksum_dir(v.path).items() if k != "manifest.json"}
+            if sums != v.manifest.get("checksums"):
+                problems.append(f"{v.name}: checksums differ")
+        if any(reg.staging_dir.iterdir()):
+            problems.append("staging leftovers after sweep")
+        eps = h.episodes()
+        if len(eps) != n_episodes:
+            problems.append(f"{n_episodes - len(eps)} episodes lost")
+        waiting = [e for e in eps if not e.consolidated_in]
+        if len(waiting) != n_episodes - sum(1 for e in eps if e.consolidated_in):
+            problems.append("ledger inconsistent")
+    return problems
+
+
+def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
+    root = out_dir / "home"
+    shutil.rmtree(root, ignore_errors=True)
+    Home.init(root, config=Config.model_validate(SMALL))
+    with Home.open(root) as h:
+        for f in FACTS:
+            h.remember(f, source="bench")
+        versions, current = h.registry.names(), h.registry.current_name()
+    rows: list[dict[str, Any]] = []
+
+    def record(fault: str, problems: list[str], note: str = "") -> None:
+        rows.append({"fault": fault, "survived": not problems, "problems": problems, "note": note})
+        say(f"faults: {fault}: {'survived' if not problems else 'FAILED ' + '; '.join(problems)} {note}")
+
+    for stage in STAGES:  # kill -9 once the sleep has entered each stage
+        p = _child(root)
+        reached, deadline = False, time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            if _stage(root) == stage:
+                reached = True
+                time.sleep(0.3 if stage == "publish" else 1.0)
+                break
+            time.sleep(0.05)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+        p.wait()
+        note = "" if reached else f"(sleep ended before reaching {stage}: {p.stdout.read().strip() or p.stderr.read()[-200:]})"
+        record(f"kill -9 during {stage}", check(root, versions, current, len(FACTS)) if reached else ["stage not reached"], note)
+
+    p = _child(root, fsize_limit=64 * 1024 * 1024)  # journals fit; the merged weights (hundreds of MB) do not
+    _, err = p.communicate(timeout=900)
+    last = (err.strip().splitlines() or [""])[-1]
+    record("disk full during publish", check(root, versions, current, len(FACTS)), f"(exit {p.returncode}: {last[-160:]})")
+
+    record_chroma(root, out_dir, record)
+
+    with Home.open(root) as h:  # recovery: a clean sleep promotes
+        rep = h.sleep()
+        ok = rep.status == "promoted" and len(h.episodes(unconsolidated_only=True)) == 0
+    record("recovery: clean sleep after the faults", [] if ok else [f"status {rep.status}: {rep.reasons}"])
+    injected = len(rows) - 1
+    res = {"rows": rows, "faults_injected": injected, "survived": sum(r["survived"] for r in rows[:-1]),
+           "episodes_lost": 0 if all(r["survived"] for r in rows) else None, "recovered": rows[-1]["survived"]}
+    res["targets"] = {"every fault survived": res["survived"] == injected, "recovered": res["recovered"]}
+    return res
+
+
+def record_chroma(root: Path, out_dir: Path, record) -> None:
+    """Chroma server down while awake (ask still answers, without memories) and asleep (clear error, nothing lost)."""
+    from ..errors import AgentsleepError
+    from ..memory.chroma_server import free_port, start, stop
+
+    sroot = out_dir / "server-home"
+    shutil.rmtree(sroot, ignore_errors=True)
+    port = free_port()
+    proc, _, _ = start(out_dir / "chroma-data", out_dir / "chroma.log", port=port)
+    cfg = Config.model_validate({**SMALL, "memory": {"backend": "server", "host": "127.0.0.1", "port": port}})
+    Home.init(sroot, config=cfg)
+    with Home.open(sroot) as h:
+        for f in FACTS:
+            h.remember(f, source="bench")
+        stop(proc)
+        try:
+            a = h.ask("What is my dog's name?")
+            problems = [] if a["answer"] and a.get("memory_error") else ["ask did not report the store failure"]
+        except AgentsleepError as e:
+            problems = [f"ask failed: {e}"]
+        record("Chroma server down while awake", problems, "(answered from the weights)")
+        try:
+            h.sleep()
+            problems = ["sleep ran without its store"]
+        except AgentsleepError:
+            problems = [] if h.registry.names() == ["v0000"] else ["a version appeared"]
+    proc, _, _ = start(out_dir / "chroma-data", out_dir / "chroma.log", port=port)
+    try:
+        with Home.open(sroot) as h:
+            if len(h.episodes(unconsolidated_only=True)) != len(FACTS):
+                problems.append("episodes lost or marked")
+        record("Chroma server down while asleep", problems, "(clear error, nothing lost)")
+    finally:
+        stop(proc)
+
+
+def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
+    lines = [f"Faults injected {res['faults_injected']}, survived {res['survived']}, episodes lost "
+             f"{res['episodes_lost'] if res['episodes_lost'] is not None else 'see below'}, recovered: {res['recovered']}.", "",
+             "| fault | survived | detail |", "|---|---|---|"]
+    for r in res["rows"]:
+        lines.append(f"| {r['fault']} | {'yes' if r['survived'] else 'NO'} | {'; '.join(r['problems']) or r['note']} |")
+    return "\n".join(lines) + "\n"
