@@ -287,7 +287,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | all"),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
-          facts: int = typer.Option(20, help="Facts per sleep (sleep suite)."),
+          facts: Optional[int] = typer.Option(None, min=1, max=20, help="Facts per sleep in the sleep suite (default 20; 10 in quick)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
     from .bench import QUICK, SUITES, run_suites
@@ -299,7 +299,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) else None, say=say, progress=prog,
-                             options={"sleep": {"n_facts": facts}})
+                             options={"sleep": {"n_facts": facts or (10 if suite == "quick" else 20)}})
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
 

@@ -30,12 +30,16 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
     for name in names:
         mod_name, title = SUITES[name]
         mod = importlib.import_module(f".{mod_name}", __name__)
+        opts = (options or {}).get(name, {})
+        key = name  # a smaller run (the quick profile's 10 facts) gets its own block and never overwrites the full one
+        if opts.get("n_facts") not in (None, 20):
+            key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
         t = time.time()
-        res = mod.run(out_dir / name, say=say, progress=progress, **(options or {}).get(name, {}))
+        res = mod.run(out_dir / key, say=say, progress=progress, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)
-        report.save(res, out_dir, name)
+        report.save(res, out_dir, key)
         if docs:
             header = f"## {title}\n\n_{report.machine()}; {time.strftime('%Y-%m-%d')}; {res['suite_seconds']:.0f} s_"
-            report.update_doc(docs, name, mod.markdown(res, docs.parent), header)
-        results[name] = res
+            report.update_doc(docs, key, mod.markdown(res, docs.parent), header)
+        results[key] = res
     return results

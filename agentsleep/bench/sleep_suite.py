@@ -130,5 +130,6 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[s
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     from . import report
 
-    plot = report.plot_sleep(res, docs_dir / "bench_sleep.png")
+    suffix = "" if res["facts_per_sleep"] == 20 else f"_{res['facts_per_sleep']}"
+    plot = report.plot_sleep(res, docs_dir / f"bench_sleep{suffix}.png")
     return report.sleep_markdown(res, plot.name)

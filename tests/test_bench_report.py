@@ -1,0 +1,41 @@
+"""The benchmark report writer: generated blocks in docs/BENCHMARKS.md, plots, bad suite names."""
+from agentsleep.bench import report
+from agentsleep.bench.ablation_suite import markdown as ablation_md
+from agentsleep.bench.faults_suite import markdown as faults_md
+from agentsleep.bench.sleep_suite import markdown as sleep_md
+from cli_helpers import run_cli
+
+
+def _sleep_res(n=20):
+    s = {"status": "promoted", "metrics": {"drift_kl": 0.05, "recall_before": 0.1, "recall_after": 0.8},
+         "dreams": {"written": 120, "trained": 70}, "timings": {"dream": 90.0, "seed": 250.0}}
+    return {"facts_per_sleep": n, "a_before": 0.0, "a_with_context": 0.95, "a_plain_lora": 0.55, "a_after_sleep1": 0.8,
+            "b_after_sleep2": 0.75, "a_after_sleep2": 0.75, "a_retention": 0.938, "baseline_steps": 54,
+            "sleep1": s, "sleep2": s, "sleep1_seconds": 500.0, "sleep2_seconds": 520.0,
+            "targets": {"a_after_sleep1 >= 0.75": True, "sleep under 600 s": True}}
+
+
+def test_blocks_are_replaced_not_duplicated(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n\nHand-written intro stays.\n")
+    report.update_doc(doc, "sleep", sleep_md(_sleep_res(), tmp_path), "## Sleep\n\n_run 1_")
+    report.update_doc(doc, "faults", faults_md({"rows": [{"fault": "kill -9 during seed", "survived": True, "problems": [], "note": ""}],
+                                                "faults_injected": 1, "survived": 1, "episodes_lost": 0, "recovered": True}), "## Faults")
+    report.update_doc(doc, "sleep", sleep_md(_sleep_res(), tmp_path), "## Sleep\n\n_run 2_")
+    text = doc.read_text()
+    assert "Hand-written intro stays." in text and text.count("<!-- bench:sleep -->") == 1
+    assert "_run 2_" in text and "_run 1_" not in text and "| kill -9 during seed | yes |" in text
+    assert "- [x] a_after_sleep1 >= 0.75" in text and "| closed-book after sleep 1 | 0.80 |" in text
+    assert (tmp_path / "bench_sleep.png").stat().st_size > 1000
+    sleep_md(_sleep_res(10), tmp_path)
+    assert (tmp_path / "bench_sleep_10.png").is_file()  # the quick profile's plot never overwrites the full one
+
+
+def test_ablation_table():
+    md = ablation_md({"facts": 20, "dreams_trained": 70, "rows": [
+        {"variant": "dreams + raw text (default)", "closed_book": 0.75, "drift_kl": 0.06, "steps": 54, "seconds": 246}]})
+    assert "| dreams + raw text (default) | 0.75 | 0.060 | 54 | 246 |" in md
+
+
+def test_unknown_suite_is_one_line_error(tmp_path):
+    assert "unknown suite 'nope'" in run_cli("bench", "nope", home=tmp_path / "h").one_line_error()
