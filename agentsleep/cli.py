@@ -372,6 +372,8 @@ def daemon_run(homes: Optional[list[Path]] = _HOMES_ARG,
                heartbeat: float = typer.Option(10.0, min=0.05, help="Seconds between status.json updates."),
                poll: float = typer.Option(1.0, min=0.05, help="Seconds between checks for on-demand requests."),
                quiet: bool = typer.Option(False, "--quiet", help="Log only to <home>/logs/daemon.log, not to stderr."),
+               max_concurrent: int = typer.Option(1, "--max-concurrent", min=0,
+                                                  help="Sleeps at once across homes (0 = no limit); the rest queue in order."),
                sleep_fn: Optional[str] = typer.Option(None, "--sleep-fn", hidden=True,
                                                       help="module:function the worker calls instead of Home.sleep."),
                in_process: bool = typer.Option(False, "--in-process", hidden=True,
@@ -389,13 +391,15 @@ def daemon_run(homes: Optional[list[Path]] = _HOMES_ARG,
         fn = d.load_target(sleep_fn) if sleep_fn else d.inprocess_sleep
     else:
         fn = d.SubprocessSleep(target=sleep_fn)
-    daemon = d.Daemon(_daemon_homes(homes), sleep_fn=fn, grace_s=grace, heartbeat_s=heartbeat, request_poll_s=poll)
+    daemon = d.Daemon(_daemon_homes(homes), sleep_fn=fn, grace_s=grace, heartbeat_s=heartbeat, request_poll_s=poll,
+                      max_concurrent=max_concurrent or None)
     _daemon_exit(daemon.run_forever())
 
 
 @daemon_app.command("start")
 def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
                  grace: float = typer.Option(30.0, min=0.1, help="See `daemon run --grace`."),
+                 max_concurrent: int = typer.Option(1, "--max-concurrent", min=0, help="See `daemon run --max-concurrent`."),
                  wait: float = typer.Option(60.0, help="Seconds to wait for the daemon to come up."),
                  as_json: bool = typer.Option(False, "--json")) -> None:
     """Start the daemon in the background (logs: <home>/logs/daemon.log)."""
@@ -413,7 +417,8 @@ def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
             return
     console_log = roots[0] / "logs" / "daemon-console.log"
     console_log.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "agentsleep.cli", "daemon", "run", *map(str, roots), "--grace", str(grace), "--quiet"]
+    cmd = [sys.executable, "-m", "agentsleep.cli", "daemon", "run", *map(str, roots), "--grace", str(grace),
+           "--max-concurrent", str(max_concurrent), "--quiet"]
     with open(console_log, "w", encoding="utf-8") as f:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + wait

@@ -27,6 +27,7 @@ per embedded store; the agent is that writer): it reads to count what waits.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import logging.handlers
@@ -153,6 +154,54 @@ class _Slot:
 ProbeFn = Callable[[Path], tuple[int, float | None]]
 
 
+class _Gate:
+    """At most `limit` sleeps at once across homes; the others wait in arrival order."""
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.running = 0
+        self.queue: collections.deque = collections.deque()
+        self._cv = threading.Condition()
+
+    def reserve(self, token: Any) -> None:
+        """Take a place in the queue (at trigger time, so the order is the order of triggers)."""
+        if self.limit:
+            with self._cv:
+                self.queue.append(token)
+
+    def discard(self, token: Any) -> None:
+        """Give up a place that was never used (the sleep was cancelled before it began)."""
+        with self._cv:
+            if token in self.queue:
+                self.queue.remove(token)
+                self._cv.notify_all()
+
+    def enter(self, token: Any, cancelled: Callable[[], bool]) -> None:
+        if not self.limit:
+            return
+        with self._cv:
+            if token not in self.queue:
+                self.queue.append(token)
+            try:
+                while not (self.queue[0] is token and self.running < self.limit):
+                    if cancelled():
+                        raise SleepAborted("the daemon stopped while this sleep waited in the queue")
+                    self._cv.wait(0.1)
+            except BaseException:
+                self.queue.remove(token)
+                self._cv.notify_all()
+                raise
+            self.queue.popleft()
+            self.running += 1
+
+    def leave(self) -> None:
+        if not self.limit:
+            return
+        with self._cv:
+            self.running -= 1
+            self._cv.notify_all()
+
+
 class Daemon:
     """Schedule sleeps for one or more homes. ``start()``/``stop()`` for embedding
     in a program; ``run_forever()`` for ``agentsleep daemon run`` (signals, exit code)."""
@@ -160,7 +209,9 @@ class Daemon:
     def __init__(self, homes: Iterable[str | Path], *, sleep_fn: SleepFn | None = None,
                  probe_fn: ProbeFn | None = None, grace_s: float = 30.0, request_poll_s: float = 1.0,
                  heartbeat_s: float = 10.0, log_max_bytes: int = LOG_MAX_BYTES, log_backups: int = LOG_BACKUPS,
-                 catch_up: bool = True):
+                 catch_up: bool = True, max_concurrent: int | None = None):
+        """`max_concurrent`: at most this many sleeps at once across all homes (None = one per home,
+        all at once); the others wait in a first-come queue."""
         roots = []
         for h in homes:
             r = Path(h).expanduser().resolve()
@@ -177,6 +228,9 @@ class Daemon:
         self.log_max_bytes = log_max_bytes
         self.log_backups = log_backups
         self.catch_up = catch_up
+        if max_concurrent is not None and max_concurrent < 1:
+            raise ConfigError(f"daemon: max_concurrent must be at least 1, got {max_concurrent}")
+        self.gate = _Gate(max_concurrent)
         self.tz = _local_tz()
         self.slots: dict[str, _Slot] = {}
         self.state = "new"               # new | running | stopping | stopped
@@ -495,6 +549,7 @@ class Daemon:
                            request_ids=[r["id"] for r in reqs], grace_s=self.grace_s,
                            log=logging.getLogger(f"agentsleep.daemon.worker.{slot.tag}"))
             slot.busy, slot.job = True, job
+            self.gate.reserve(job)
             slot.fired[reason.split("+")[0]] = time.time()
             slot.log.info("sleep triggered by %s%s", reason, f" ({note})" if note else "")
             # Added under our lock so stop() never misses it; the sleep itself runs in
@@ -519,7 +574,14 @@ class Daemon:
                 slot.auto_mark = max(slot.auto_mark, p[1])
             self._save_state(slot)
             self._write_status(slot)
-            summary = dict(self.sleep_fn(job) or {})
+            if self.gate.limit and self.gate.running >= self.gate.limit:
+                slot.log.info("sleep queued: %d running, %d waiting (max_concurrent %d)", self.gate.running,
+                              len(self.gate.queue), self.gate.limit)
+            self.gate.enter(job, job.cancel.is_set)
+            try:
+                summary = dict(self.sleep_fn(job) or {})
+            finally:
+                self.gate.leave()
         except SleepAborted as e:
             ids = abort_own(slot.root, why=f"aborted: {e}")
             summary = {"status": "aborted", "sleep_ids": ids, "error": str(e)}
@@ -529,6 +591,7 @@ class Daemon:
             slot.log.exception("sleep failed")
             ids = abort_own(slot.root, why=f"failed: {type(e).__name__}: {e}", status="failed")
             summary = {"status": "failed", "sleep_ids": ids, "error": f"{type(e).__name__}: {e}"}
+        self.gate.discard(job)
         finished = time.time()
         status = summary.get("status", "unknown")
         outcome = {**summary, "status": status, "reason": job.reason, "started_at": job.started_at,

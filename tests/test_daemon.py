@@ -379,3 +379,16 @@ def test_config_change_reschedules_without_restart(tmp_path, daemons):
     (root / "config.toml").write_text(tomli_w.dumps(cfg.to_toml_dict()))
     until(lambda: rec.calls)
     assert rec.reasons()[0] == "cron"
+
+
+def test_many_homes_queue_under_a_concurrency_limit(tmp_path, daemons):
+    homes = [make_home(tmp_path, f"h{i}") for i in range(3)]
+    rec = Recorder(seconds=0.3)
+    d = daemons(*homes, sleep_fn=rec, probe_fn=Probe(), max_concurrent=1)
+    for h in homes:
+        assert d.fire(h, "manual")
+    until(lambda: len(rec.calls) == 3 and rec.active == 0)
+    assert rec.max_active == 1                                   # one at a time across homes
+    assert [c.home for c in rec.calls] == [h.resolve() for h in homes]  # first come, first served
+    with pytest.raises(Exception, match="max_concurrent"):
+        Daemon([homes[0]], max_concurrent=0)
