@@ -261,6 +261,27 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
 
 
 @app.command()
+def migrate(to: str = typer.Option(..., "--to", help="embedded | server"),
+            host: str = typer.Option("127.0.0.1", help="Chroma server host (--to server)."),
+            port: int = typer.Option(8000, min=1, max=65535, help="Chroma server port (--to server)."),
+            collection: Optional[str] = typer.Option(None, help="Target collection (default: the current one)."),
+            token: Optional[str] = typer.Option(None, envvar="AGENTSLEEP_CHROMA_TOKEN", help="Chroma server auth token."),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Move this home's episodes to another store (embedded <-> Chroma server), verified, nothing lost."""
+    from .config import MemoryConfig
+    from .memory.migrate import migrate as run_migrate
+
+    if to not in ("embedded", "server"):
+        raise InputError(f"migrate: --to must be 'embedded' or 'server', got '{to}'")
+    with _home() as h:
+        target = MemoryConfig(**{**h.config.memory.model_dump(), "backend": to, "host": host, "port": port,
+                                 "collection": collection or h.config.memory.collection, "token": token})
+        r = run_migrate(h, target)
+    _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} episodes from {r['from']} to {r['to']} "
+                                        f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"))
+
+
+@app.command()
 def grow(blocks: int = typer.Option(1, help="Identity-initialised decoder blocks to insert."),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Add capacity: a new version with extra blocks that compute the same function."""

@@ -1,0 +1,58 @@
+"""Migrating a home's episodes embedded -> Chroma server -> embedded: nothing lost, recall unchanged."""
+from agentsleep.config import Config, MemoryConfig
+from agentsleep.home import Home
+from agentsleep.memory.migrate import migrate
+from cli_helpers import run_cli
+
+LONG = "Notes from the planning meeting. " * 60  # chunked into several linked episodes
+
+
+def _snapshot(h: Home):
+    return sorted((e.id, e.text, e.kind, e.source, e.trust, e.consolidated_in) for e in h.episodes())
+
+
+def test_round_trip_embedded_server_embedded(chroma_server, tmp_path):
+    host, port = chroma_server
+    root = Home.init(tmp_path / "home")
+    with Home.open(root) as h:
+        a = h.remember("The user's dog is a beagle called Biscuit.").id
+        h.remember("Web page: the moon is cheese.", source="web", trust="untrusted")
+        h.remember(LONG, kind="observation")
+        h.store.ledger.mark([a], "v0001", "s1")
+        before = _snapshot(h)
+        top = [e.id for e in h.recall("What is my dog called?", k=3)]
+        r = migrate(h, MemoryConfig(backend="server", host=host, port=port, collection="migrate_rt"))
+    assert r["episodes"] == len(before) and r["copied"] == len(before)
+    with Home.open(root) as h:
+        assert h.config.memory.backend == "server" and h.config.memory.port == port
+        assert _snapshot(h) == before and [e.id for e in h.recall("What is my dog called?", k=3)] == top
+        h.remember("The user's dentist is Dr. Okafor.")
+        after_server = _snapshot(h)
+        r2 = migrate(h, MemoryConfig(backend="embedded", collection="episodes_back"))
+    assert r2["copied"] == len(after_server)
+    with Home.open(root) as h:
+        assert h.config.memory.backend == "embedded" and _snapshot(h) == after_server
+        assert dict((e[0], e[5]) for e in _snapshot(h))[a] == "v0001"  # consolidation state kept
+
+
+def test_migrate_refusals_keep_the_old_store(chroma_server, tmp_path):
+    host, port = chroma_server
+    other = Home.init(tmp_path / "other", config=Config.model_validate(
+        {"memory": {"backend": "server", "host": host, "port": port, "collection": "migrate_busy"}}))
+    with Home.open(other) as o:
+        o.remember("Someone else's memory.")
+    root = Home.init(tmp_path / "home")
+    with Home.open(root) as h:
+        h.remember("The user's wifi is OrangeFox.")
+    same = run_cli("migrate", "--to", "embedded", home=root).one_line_error()
+    assert "already uses this store" in same
+    busy = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_busy",
+                   home=root).one_line_error()
+    assert "already holds 1 other episodes" in busy
+    bad = run_cli("migrate", "--to", "cloud", home=root).one_line_error()
+    assert "embedded" in bad
+    with Home.open(root) as h:
+        assert h.config.memory.backend == "embedded" and [e.text for e in h.episodes()] == ["The user's wifi is OrangeFox."]
+    ok = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_cli", "--json",
+                 home=root).json()
+    assert ok["episodes"] == 1 and ok["to"] == f"server {host}:{port}:migrate_cli"
