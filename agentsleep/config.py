@@ -73,6 +73,7 @@ class SeedConfig(_Section):
     warmup_frac: float = Field(0.1, ge=0, lt=1)
     max_seq_len: int = Field(256, ge=32)
     include_raw_text: bool = Field(True, description="Also train on the episode text itself.")
+    raw_repeats: int = Field(1, ge=1, le=16, description="Times each episode text appears per epoch (the dreams appear once).")
     w_sft: float = Field(1.0, ge=0, description="Hard-label loss on teacher samples (filtered dreams). Paper: open.")
     w_distill: float = Field(0.0, ge=0, description="Weight of the paper's distillation block (D_off, D_on, imitate) against the hard-label CE. "
                              "Paper: open. Off by default on the 135M model: its teacher is unsure of its own answers and "

@@ -14,7 +14,7 @@ from langchain_core.tools import tool  # noqa: E402
 from agentsleep.adapters.langchain import InProcessBackend, SleepChatModel, with_sleep  # noqa: E402
 from agentsleep.config import Config, ModelConfig  # noqa: E402
 from agentsleep.home import Home  # noqa: E402
-from tiny import tiny_model_dir  # noqa: E402
+from tiny import save_model_dir, tiny_model_dir  # noqa: E402
 
 # A Hermes-style template that renders tools (SmolLM2's own template ignores them).
 TOOL_TEMPLATE = (
@@ -44,12 +44,7 @@ def noisy_tiny(root: Path, *, seed: int = 0, chat_template: str | None = None) -
             p.normal_(0, 0.3)
     if chat_template:
         tok.chat_template = chat_template
-    tmp = root / f".tmp-{out.name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tok.save_pretrained(str(tmp))
-    tmp.rename(out)
-    return out
+    return save_model_dir(model, tok, out)
 
 
 def make_home(path: Path, base: Path | str, max_new_tokens: int = 12) -> Home:

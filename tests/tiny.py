@@ -26,8 +26,12 @@ def tiny_model_dir(root: Path, *, layers: int = 2, seed: int = 0) -> Path:
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       tie_word_embeddings=True)
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
-    tmp = root / f".tmp-{out.name}"
+    return save_model_dir(LlamaForCausalLM(cfg), tok, out)
+
+
+def save_model_dir(model, tok, out: Path) -> Path:
+    """Write a model directory atomically (parallel test workers may build the same one)."""
+    tmp = out.parent / f".tmp-{out.name}"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp))
     tok.save_pretrained(str(tmp))

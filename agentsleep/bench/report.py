@@ -48,6 +48,7 @@ def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
         ("closed-book, before any sleep", f"{res['a_before']:.2f}"),
         ("with the fact in context (retrieval ceiling)", f"{res['a_with_context']:.2f}"),
         (f"plain LoRA on raw text ({res['baseline_steps']} steps)", f"{res['a_plain_lora']:.2f}"),
+        ("plain LoRA drift KL (same generic prompts as the gate)", f"{res.get('plain_lora_drift_kl', '-')}"),
         ("closed-book after sleep 1", f"{res['a_after_sleep1']:.2f}"),
         ("set B closed-book after sleep 2", f"{res['b_after_sleep2']:.2f}"),
         ("set A after sleep 2 (retention)", f"{res['a_after_sleep2']:.2f} ({res['a_retention']})"),

@@ -63,12 +63,18 @@ def lora_on_texts(model: Any, tok: Any, texts: list[str], cfg, steps: int, evalu
         pm.unload()
 
 
-def plain_lora(base_weights: str, home: Home, facts: list[Fact], steps: int, progress=None) -> float:
+def plain_lora(base: Any, home: Home, facts: list[Fact], steps: int, progress=None) -> tuple[float, float]:
+    """(closed-book accuracy, drift KL on the gate's generic prompts) of the plain-LoRA baseline."""
     from ..models.loader import load
+    from ..sleep.gate import drift_kl
+    from ..sleep.pipeline import generic_pool
 
-    model, tok = load(base_weights)
-    return lora_on_texts(model, tok, [f.text for f in facts], home.config.sleep.seed, steps,
-                         lambda pm: closed_book(pm, tok, facts)[0], progress)
+    model, tok = load(base.weights)
+    cfg = home.config.sleep
+    drift = [tuple(x) for x in generic_pool(model, tok, home.registry, base.name, cfg.seed.replay_prompts,
+                                            cfg.gate.drift_prompts)["drift"]]
+    return lora_on_texts(model, tok, [f.text for f in facts], cfg.seed, steps,
+                         lambda pm: (closed_book(pm, tok, facts)[0], round(drift_kl(pm, tok, drift), 4)), progress)
 
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[str, Any]:
@@ -96,10 +102,10 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[s
         say(f"sleep 1: {rep1.status} in {res['sleep1_seconds']:.0f} s; closed-book {res['a_after_sleep1']:.2f}")
 
         steps = int(rep1.metrics.get("seed_steps") or 60)
-        base = home.registry.get(rep1.parent_version).weights
         res["baseline_steps"] = steps
-        res["a_plain_lora"] = plain_lora(base, home, set_a, steps, progress)
-        say(f"plain LoRA on the raw text ({steps} steps): {res['a_plain_lora']:.2f}")
+        res["a_plain_lora"], res["plain_lora_drift_kl"] = plain_lora(home.registry.get(rep1.parent_version), home,
+                                                                     set_a, steps, progress)
+        say(f"plain LoRA on the raw text ({steps} steps): {res['a_plain_lora']:.2f}, drift KL {res['plain_lora_drift_kl']}")
 
         for f in set_b:
             home.remember(f.text, source="bench")

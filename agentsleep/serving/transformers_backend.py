@@ -6,7 +6,7 @@ version beside the old one and switches one reference.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..config import ModelConfig
 from ..models.registry import Version
@@ -91,25 +91,12 @@ class TransformersBackend:
             return sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                         "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]})
 
-        def events() -> Iterator[bytes]:
-            yield chunk({"role": "assistant", "content": ""})
-            try:
-                for piece in it:
-                    if isinstance(piece, GenResult):
-                        yield chunk({}, piece.finish_reason)
-                        if (req.stream_options or {}).get("include_usage"):
-                            yield sse({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                       "model": model, "choices": [], "usage": _usage(piece)})
-                    else:
-                        yield chunk({"content": piece})
-            except Exception as e:  # noqa: BLE001 - headers are sent; report in-band
-                yield sse({"error": {"message": f"generation failed: {type(e).__name__}: {e}",
-                                     "type": "server_error", "param": None, "code": None}})
-            finally:
-                it.close()
-            yield sse("[DONE]")
-
-        return Stream(events(), version=model, cancel=it.cancel)
+        events = _events(it, first=[chunk({"role": "assistant", "content": ""})],
+                         piece=lambda t: chunk({"content": t}), finish=lambda r: chunk({}, r),
+                         usage=(lambda u: sse({"id": cid, "object": "chat.completion.chunk", "created": created,
+                                               "model": model, "choices": [], "usage": u}))
+                         if (req.stream_options or {}).get("include_usage") else None)
+        return Stream(events, version=model, cancel=it.cancel)
 
     # -- completions ------------------------------------------------------------
     def completion(self, req: CompletionRequest, *, pin: str | None = None) -> dict[str, Any] | Stream:
@@ -135,26 +122,11 @@ class TransformersBackend:
             return sse({"id": cid, "object": "text_completion", "created": created, "model": model,
                         "choices": [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None}]})
 
-        def events() -> Iterator[bytes]:
-            if req.echo:
-                yield chunk(prompt)
-            try:
-                for piece in it:
-                    if isinstance(piece, GenResult):
-                        yield chunk("", piece.finish_reason)
-                        if (req.stream_options or {}).get("include_usage"):
-                            yield sse({"id": cid, "object": "text_completion", "created": created, "model": model,
-                                       "choices": [], "usage": _usage(piece)})
-                    else:
-                        yield chunk(piece)
-            except Exception as e:  # noqa: BLE001
-                yield sse({"error": {"message": f"generation failed: {type(e).__name__}: {e}",
-                                     "type": "server_error", "param": None, "code": None}})
-            finally:
-                it.close()
-            yield sse("[DONE]")
-
-        return Stream(events(), version=model, cancel=it.cancel)
+        events = _events(it, first=[chunk(prompt)] if req.echo else [], piece=chunk, finish=lambda r: chunk("", r),
+                         usage=(lambda u: sse({"id": cid, "object": "text_completion", "created": created,
+                                               "model": model, "choices": [], "usage": u}))
+                         if (req.stream_options or {}).get("include_usage") else None)
+        return Stream(events, version=model, cancel=it.cancel)
 
     # -- state ------------------------------------------------------------------
     def context_length(self) -> int | None:
@@ -169,3 +141,24 @@ class TransformersBackend:
 
     def close(self) -> None:
         self.engine._live = None
+
+
+def _events(it: TokenStream, *, first: list[bytes], piece: Callable[[str], bytes], finish: Callable[[str], bytes],
+            usage: Callable[[dict], bytes] | None) -> Iterator[bytes]:
+    """The server-sent events both streaming endpoints send: text pieces, the final chunk, optional
+    usage, an in-band error if generation fails after the headers went out, then [DONE]."""
+    yield from first
+    try:
+        for p in it:
+            if isinstance(p, GenResult):
+                yield finish(p.finish_reason)
+                if usage:
+                    yield usage(_usage(p))
+            else:
+                yield piece(p)
+    except Exception as e:  # noqa: BLE001 - headers are sent; report in-band
+        yield sse({"error": {"message": f"generation failed: {type(e).__name__}: {e}",
+                             "type": "server_error", "param": None, "code": None}})
+    finally:
+        it.close()
+    yield sse("[DONE]")

@@ -73,13 +73,13 @@ def lora_config(cfg: SeedConfig, layers: list[int] | None = None):
                       layers_to_transform=layers or None)
 
 
-def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool) -> list[Item]:
+def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1) -> list[Item]:
     text = {m.id: m.text for m in memories}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
                   d.episode_id) for d in dreams if not d.held_out]
     if include_raw:
-        items += [Item("", m.text, None, m.id) for m in memories]
+        items += [Item("", m.text, None, m.id) for m in memories for _ in range(raw_repeats)]
     return items
 
 
@@ -195,7 +195,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    items = build_items(tok, dreams, memories, cfg.include_raw_text)
+    items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats)
     w_off, w_on, w_imit = (cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda),
                            cfg.w_distill * cfg.alpha * cfg.on_policy_lambda, cfg.w_distill * (1 - cfg.alpha))
     if w_off > 0:
