@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..models.embedded import checksum_dir
+from ..errors import RegistryError
 from ..models.registry import Registry, Version
 
 
@@ -25,8 +26,12 @@ def publish(pm: Any, tok: Any, registry: Registry, manifest: dict[str, Any], *, 
         if should_stop():
             raise InterruptedError("stopped before publishing")
         return registry.commit(staging, manifest)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) or type(e).__name__ == "SafetensorError":  # disk full, quota, read-only disk
+            detail = " ".join(str(e).split())[:200]
+            raise RegistryError(f"publish: writing the new version failed ({detail}); {manifest.get('parent')} keeps "
+                                "serving and the episodes stay unconsolidated; free some disk space and sleep again") from None
         raise
 
 
