@@ -85,6 +85,16 @@ def test_remember_returns_id_and_get_roundtrips(store):
     assert store.count() == 1
 
 
+def test_concurrent_writes_from_threads_of_one_writer(store):
+    # LangChain's batch() records from several threads of the same process at once
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: store.remember(f"Fact number {i} about the user.").id, range(16)))
+    assert len(set(ids)) == 16 and store.count() == 16
+    assert not list(store.root.glob("*.tmp")) and not list(store.root.glob(".generation.*"))
+
+
 def test_duplicate_is_flagged_and_not_stored_twice(store):
     first = store.remember(FACTS[1])
     again = store.remember(FACTS[1])

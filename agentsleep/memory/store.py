@@ -144,8 +144,8 @@ class EpisodeStore:
         if self.cfg.backend != "embedded":
             return
         g = self.root / "generation"
-        tmp = g.with_suffix(".tmp")
         token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        tmp = g.with_name(f".generation.{token}.tmp")  # unique: threads of one writer (batch calls) bump at once
         tmp.write_text(token)
         os.replace(tmp, g)
         self._gen_seen = token
