@@ -41,31 +41,24 @@ def shape(version: Version) -> dict[str, Any]:
     return out
 
 
-def episodes_in(registry: Registry, name: str) -> set[str]:
-    """Episode ids consolidated into a version: its own and every ancestor's."""
-    ids: set[str] = set()
-    for v in registry.lineage(name):
-        ids.update(v.manifest.get("episode_ids") or [])
-    return ids
-
-
-def _ancestors(registry: Registry, name: str) -> list[str]:
-    return [v.name for v in registry.lineage(name)]
+def _episodes(lineage: list[Version]) -> set[str]:
+    """Episode ids consolidated into the last version of `lineage`: its own and every ancestor's."""
+    return {i for v in lineage for i in v.manifest.get("episode_ids") or []}
 
 
 def diff(registry: Registry, a: str, b: str, top: int = 5) -> dict[str, Any]:
     """Summarise how version `b` differs from version `a`."""
-    va, vb = registry.get(a), registry.get(b)
-    la, lb = _ancestors(registry, a), _ancestors(registry, b)
+    lin_a, lin_b = registry.lineage(a), registry.lineage(b)
+    va, vb = lin_a[-1], lin_b[-1]
+    la, lb = [v.name for v in lin_a], [v.name for v in lin_b]
     common = [n for n in la if n in lb]
-    ea, eb = episodes_in(registry, a), episodes_in(registry, b)
+    ea, eb = _episodes(lin_a), _episodes(lin_b)
     sa, sb = shape(va), shape(vb)
-    path = [n for n in lb if n not in la]
     res: dict[str, Any] = {
         "a": a, "b": b,
         "common_ancestor": common[-1] if common else None,
         "b_descends_from_a": a in lb,
-        "steps": [{"version": n, "kind": registry.get(n).manifest.get("kind", "base")} for n in path],
+        "steps": [{"version": v.name, "kind": v.manifest.get("kind", "base")} for v in lin_b if v.name not in la],
         "layers": {"a": sa["layers"], "b": sb["layers"]},
         "parameters": {"a": sa["parameters"], "b": sb["parameters"]},
         "episodes_only_in_a": sorted(ea - eb), "episodes_only_in_b": sorted(eb - ea),

@@ -139,16 +139,17 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
         registry.sweep_staging()
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=cfg.seed.seed)
         base = dict(sleep_id=sleep_id, parent_version=plan.parent_version, started_at=t_start)
+        policy_note = [plan.excluded_note()] if plan.excluded else []  # every report says what the policy held back
         if not plan.memories:
             why = "no unconsolidated episodes the consolidation policy allows"
             return SleepReport(status="nothing-to-do", version=plan.parent_version, episodes=[], excluded=plan.excluded,
-                               reasons=[why] + ([plan.excluded_note()] if plan.excluded else []),
+                               reasons=[why] + policy_note,
                                finished_at=time.time(), duration_s=time.time() - t_start, **base)
         if dry_run:
             return SleepReport(status="dry-run", version=plan.parent_version, episodes=[m.id for m in plan.memories],
                                excluded=plan.excluded,
                                reasons=[f"would consolidate {len(plan.memories)} episodes, rehearse {len(plan.replay)}; "
-                                        f"{plan.waiting_after} more wait"] + ([plan.excluded_note()] if plan.excluded else []),
+                                        f"{plan.waiting_after} more wait"] + policy_note,
                                finished_at=time.time(),
                                duration_s=time.time() - t_start, **base)
         journal = Journal(home.root / "sleeps" / sleep_id, sleep_id)
@@ -256,9 +257,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
             except Exception as e:
                 journal.finish("failed", error=f"{type(e).__name__}: {e}")
                 raise
-        if plan.excluded:
-            rep.reasons.append(plan.excluded_note())
-            rep.excluded = plan.excluded
+        rep.reasons += policy_note
+        rep.excluded = plan.excluded
         rep.finished_at = time.time()
         rep.duration_s = rep.finished_at - t_start
         rep.timings["total"] = round(rep.duration_s, 1)
