@@ -107,6 +107,31 @@ def test_seed_learns_and_gate_decides(tiny):
     assert not strict.promote and any("drift" in r for r in strict.reasons)
 
 
+def test_forward_picked_equals_full_logits(tiny):
+    """The labelled-positions-only forward gives the same logits as the full one, adapter on or off."""
+    import torch
+    from peft import get_peft_model
+
+    from agentsleep.sleep.seed import lora_config
+    from agentsleep.sleep.tensors import collate, encode, forward_picked, picked
+
+    model, tok = load(tiny)
+    pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4)))
+    for p in pm.parameters():  # a non-zero expert, so "adapter on" differs from "off"
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    b = collate([encode(tok, "Q: where is the cat?", "on the mat"), encode(tok, "", "raw text to learn")], tok.pad_token_id)
+    with torch.no_grad():
+        on_fast, tgt_fast, rows_fast = forward_picked(pm, b)
+        on_full, tgt_full, rows_full = picked(pm(**{k: b[k] for k in ("input_ids", "attention_mask")}).logits, b["labels"])
+        with pm.disable_adapter():
+            off_fast = forward_picked(pm, b)[0]
+            off_full = picked(pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])[0]
+    assert torch.equal(tgt_fast, tgt_full) and torch.equal(rows_fast, rows_full)
+    assert torch.allclose(on_fast, on_full, atol=1e-5) and torch.allclose(off_fast, off_full, atol=1e-5)
+    assert not torch.allclose(on_fast, off_fast, atol=1e-3)
+
+
 def test_imitate_reward_prefers_the_real_continuation():
     ref = "is a beagle called Biscuit."
     assert imitate_reward(ref, ref, 0.5, 0.6) > 0.99

@@ -535,3 +535,26 @@ def test_server_dying_mid_session_is_store_unavailable(tmp_path):
         assert f"{host}:{port}" in one_line_error(ei)
     assert time.monotonic() - t0 < 15
     s.close()
+
+
+def test_server_token_auth(tmp_path):
+    """A Chroma server with token auth: the right token works; a wrong or missing one is a
+    one-line error that names the setting and never shows the token."""
+    from agentsleep.memory.chroma_server import start
+
+    secret, wrong = "tok-" + "s3cret-9f2a", "tok-wrong-77"
+    proc, host, port = start(tmp_path / "data", tmp_path / "server.log", token=secret)
+    try:
+        cfg = MemoryConfig(backend="server", host=host, port=port, collection="authed", token=secret)
+        s = EpisodeStore(cfg, root=tmp_path / "memory")
+        ep = s.remember(FACTS[2]).id
+        assert s.recall("Who has a peanut allergy?", k=1)[0].id == ep
+        s.close()
+        for token in (wrong, None):
+            with pytest.raises(StoreUnavailableError) as ei:
+                EpisodeStore(cfg.model_copy(update={"token": token}), root=tmp_path / "m2")
+            msg = one_line_error(ei)
+            assert "memory.token" in msg and secret not in msg and wrong not in msg, msg
+        assert secret not in (tmp_path / "server.log").read_text(errors="replace")
+    finally:
+        stop_process(proc)

@@ -26,14 +26,30 @@ def chroma_executable() -> str:
     return found
 
 
-def start(path: Path, log: Path, port: int | None = None, timeout: float = 60.0) -> tuple[subprocess.Popen, str, int]:
-    """Start `chroma run` on 127.0.0.1; return (process, host, port) once its heartbeat answers."""
+def start(path: Path, log: Path, port: int | None = None, timeout: float = 60.0,
+          token: str | None = None) -> tuple[subprocess.Popen, str, int]:
+    """Start a Chroma server on 127.0.0.1; return (process, host, port) once its heartbeat answers.
+
+    Without `token`: `chroma run` (Chroma's own server). With `token`: Chroma's
+    Python server under uvicorn with its token authentication, because the
+    `chroma run` server of chromadb 1.x has no authentication of its own. The
+    token travels in the environment, never on the command line (`ps` shows that).
+    """
+    import os
+
     import httpx
 
     host, port = "127.0.0.1", port or free_port()
+    if token:
+        cmd = [sys.executable, "-m", "uvicorn", "agentsleep.memory.chroma_app:app", "--host", host, "--port", str(port), "--log-level", "warning"]
+        env = {**os.environ, "IS_PERSISTENT": "TRUE", "PERSIST_DIRECTORY": str(path), "ANONYMIZED_TELEMETRY": "False",
+               "CHROMA_SERVER_AUTHN_PROVIDER": "chromadb.auth.token_authn.TokenAuthenticationServerProvider",
+               "CHROMA_SERVER_AUTHN_CREDENTIALS": token}
+    else:
+        cmd = [chroma_executable(), "run", "--path", str(path), "--host", host, "--port", str(port)]
+        env = None
     with open(log, "ab") as out:
-        proc = subprocess.Popen([chroma_executable(), "run", "--path", str(path), "--host", host, "--port", str(port)],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout
     url = f"http://{host}:{port}/api/v2/heartbeat"
     while True:

@@ -79,6 +79,10 @@ class EpisodeStore:
         except Exception as e:  # noqa: BLE001
             self.close()
             detail = _one_line(e)
+            if self.cfg.backend == "server" and _auth_refused(e):
+                raise StoreUnavailableError(
+                    f"episode store: Chroma server {self.cfg.host}:{self.cfg.port} refused the credentials; "
+                    f"{'check' if self.cfg.token else 'set'} memory.token (or AGENTSLEEP_MEMORY__TOKEN)") from None
             if self.cfg.backend == "server":
                 raise StoreUnavailableError(
                     f"episode store: cannot reach Chroma server {self.cfg.host}:{self.cfg.port} ({detail}); "
@@ -314,6 +318,12 @@ class EpisodeStore:
     def count(self) -> int:
         self._fresh()
         return int(self._call("count", self._coll.count))
+
+
+def _auth_refused(e: BaseException) -> bool:
+    """Chroma's HTTP client raises its own error types for 401/403 (names vary by version)."""
+    text = f"{type(e).__name__} {e}".lower()
+    return any(w in text for w in ("autherror", "forbidden", "unauthorized", "authentication", " 401", " 403"))
 
 
 def _one_line(e: BaseException) -> str:

@@ -3,7 +3,8 @@
 Measured in the same run, on the same weights, with and without the expert
 (peft's disable_adapter is the exact pre-sleep model):
 - recall: closed-book accuracy on this sleep's held-out probes, before/after;
-- retention: accuracy on earlier sleeps' probes after / before;
+- retention: accuracy on earlier sleeps' probes plus a sample of their trained
+  dreams, after / before;
 - drift: mean per-token KL(pre || post) on the pre-sleep model's own answers
   to generic prompts kept apart from the training replay prompts.
 """
@@ -17,7 +18,7 @@ from ..config import GateConfig
 from ..models import generate as gen
 from ..textmatch import contains_answer
 from .dream import student_prompt
-from .tensors import collate, encode, kl_on_labels
+from .tensors import collate, encode, forward_picked, kl_picked
 from .types import Verdict
 
 
@@ -40,9 +41,8 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
     for i in range(0, len(pool), batch_size):
         b = collate([encode(tok, p, a) for p, a in pool[i:i + batch_size]], tok.pad_token_id, dev)
         with pm.disable_adapter():
-            pre = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        post = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        total += float(kl_on_labels(pre, post, b["labels"])) * len(b["input_ids"])
+            pre = forward_picked(pm, b)[0]
+        total += float(kl_picked(pre, forward_picked(pm, b)[0])) * len(b["input_ids"])
         n += len(b["input_ids"])
     return total / max(n, 1)
 

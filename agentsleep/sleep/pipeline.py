@@ -129,6 +129,14 @@ def _earlier(home, lineage) -> tuple[list[dict], list[Dream]]:
     return probes, dreams
 
 
+def _retention_sample(dreams: list[Dream], n: int) -> list[dict]:
+    """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
+    import random
+
+    picked = random.Random(0).sample(dreams, min(n, len(dreams)))
+    return [{"episode_id": d.episode_id, "question": d.question, "answer": d.answer} for d in picked]
+
+
 def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, progress=None) -> SleepReport:
     cfg = home.config.sleep
     say = progress or (lambda *a, **k: None)
@@ -214,7 +222,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
 
                 journal.stage("gate")
                 probes = [{"episode_id": d.episode_id, "question": d.question, "answer": d.answer} for d in ds.probes]
-                verdict = evaluate(pm, tok, probes, earlier_probes, [tuple(x) for x in pools["drift"]], cfg.gate, progress=say)
+                verdict = evaluate(pm, tok, probes, earlier_probes + _retention_sample(earlier_dreams, cfg.gate.retention_dreams),
+                                   [tuple(x) for x in pools["drift"]], cfg.gate, progress=say)
                 lap("gate")
                 metrics = {**verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
                            "dreams_kept": len(ds.train), "dreams_written": ds.written, **rest_stats}

@@ -19,7 +19,7 @@ import torch
 
 from ..config import SleepConfig
 from .dream import student_prompt, writer_prompt
-from .tensors import ce_loss, collate, encode, sequence_nll
+from .tensors import ce_picked, collate, encode, forward_picked, sequence_nll
 from .types import Dream, DreamSet, Memory
 
 
@@ -55,7 +55,7 @@ def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int
     dev = next(pm.parameters()).device
     b = collate(rows, pad_id, dev)
     for _ in range(steps):
-        loss = ce_loss(pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        loss = ce_picked(*forward_picked(pm, b)[:2])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

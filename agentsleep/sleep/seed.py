@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..config import SeedConfig
 from ..models import generate as gen
 from .dream import student_prompt, teacher_prompt
-from .tensors import ce_loss, collate, encode, kl_on_labels, per_sequence_nll, picked
+from .tensors import ce_loss, ce_picked, collate, encode, forward_picked, kl_picked, per_sequence_nll
 from .types import Dream, Memory
 
 TOPK = 16  # teacher soft targets kept per answer token (off-policy distillation)
@@ -221,19 +221,21 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
                 raise Interrupted(f"stopped during seeding at step {step}/{total}")
             batch = order[i:i + cfg.batch_size]
             b = collate([encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in batch], tok.pad_token_id, dev)
-            logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            terms: dict[str, torch.Tensor] = {"sft": ce_loss(logits, b["labels"])}
-            loss = cfg.w_sft * terms["sft"]
-            d_off = _soft_ce(logits, b["labels"], batch) if w_off > 0 else None
-            if d_off is not None:
-                terms["distill_off"] = d_off
-                loss = loss + w_off * d_off
+            if w_off > 0:  # the soft targets need every answer position per item
+                logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+                terms: dict[str, torch.Tensor] = {"sft": ce_loss(logits, b["labels"])}
+                d_off = _soft_ce(logits, b["labels"], batch)
+                if d_off is not None:
+                    terms["distill_off"] = d_off
+            else:
+                sel, tgt, _ = forward_picked(pm, b)
+                terms = {"sft": ce_picked(sel, tgt)}
+            loss = cfg.w_sft * terms["sft"] + w_off * terms.get("distill_off", 0.0)
             if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
                 rb = collate(rng.sample(replay_rows, min(cfg.replay_per_step, len(replay_rows))), tok.pad_token_id, dev)
                 with torch.no_grad(), pm.disable_adapter():
-                    t_logits = pm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
-                s_logits = pm(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
-                terms["replay_kl"] = kl_on_labels(t_logits, s_logits, rb["labels"])
+                    t_sel = forward_picked(pm, rb)[0]
+                terms["replay_kl"] = kl_picked(t_sel, forward_picked(pm, rb)[0])
                 loss = loss + cfg.w_replay * terms["replay_kl"]
             if step % cfg.on_policy_every == cfg.on_policy_every - 1:
                 if w_on > 0:

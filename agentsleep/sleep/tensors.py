@@ -45,16 +45,37 @@ def picked(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return lg[mask].float(), labels[:, 1:][mask], rows
 
 
+# Decoder-only families whose logits are exactly lm_head(final hidden state): for these the
+# vocabulary projection (a fifth of SmolLM2's compute) is applied to labelled positions only.
+_PLAIN_HEAD = {"llama", "mistral", "qwen2", "qwen3", "olmo", "olmo2", "phi3"}
+
+
+def forward_picked(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`picked(model(batch).logits, labels)`, without computing logits nobody reads.
+
+    Works on a peft model too (its LoRA layers live inside the decoder, and
+    `disable_adapter()` still applies). Other architectures take the full path.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "model_type", None) not in _PLAIN_HEAD:
+        return picked(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"])
+    h = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    mask = batch["labels"][:, 1:] != -100
+    return base.get_output_embeddings()(h[:, :-1][mask]).float(), batch["labels"][:, 1:][mask], mask.nonzero()[:, 0]
+
+
 def sequence_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean NLL of the labelled tokens, per sequence."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return per_sequence_nll(logits, batch["labels"])
+    return nll_by_row(*forward_picked(model, batch), batch["labels"].shape[0])
 
 
 def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    sel, tgt, rows = picked(logits, labels)
+    return nll_by_row(*picked(logits, labels), labels.shape[0])
+
+
+def nll_by_row(sel: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean NLL per sequence from picked logits."""
     nll = F.cross_entropy(sel, tgt, reduction="none")
-    n = labels.shape[0]
     total = torch.zeros(n, device=nll.device).index_add(0, rows, nll)
     count = torch.zeros(n, device=nll.device).index_add(0, rows, torch.ones_like(nll))
     return total / count.clamp(min=1)
@@ -62,17 +83,24 @@ def per_sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor
 
 def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     sel, tgt, _ = picked(logits, labels)
+    return ce_picked(sel, tgt)
+
+
+def ce_picked(sel: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     if not len(tgt):
-        return logits.sum() * 0.0
+        return sel.sum() * 0.0
     return F.cross_entropy(sel, tgt)
 
 
 def kl_on_labels(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean per-token KL(p || q) over the labelled positions (p is the target distribution)."""
-    lp, _, _ = picked(p_logits, labels)
-    lq, _, _ = picked(q_logits, labels)
+    return kl_picked(picked(p_logits, labels)[0], picked(q_logits, labels)[0])
+
+
+def kl_picked(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
+    """Mean KL(p || q) between two (N, V) logit rows (already picked)."""
     if not len(lp):
-        return q_logits.sum() * 0.0
+        return lq.sum() * 0.0
     p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
     return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
 
