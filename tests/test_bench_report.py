@@ -11,7 +11,9 @@ def _sleep_res(n=20):
          "dreams": {"written": 120, "trained": 70}, "timings": {"dream": 90.0, "seed": 250.0}}
     return {"facts_per_sleep": n, "a_before": 0.0, "a_with_context": 0.95, "a_plain_lora": 0.55, "a_after_sleep1": 0.8,
             "b_after_sleep2": 0.75, "a_after_sleep2": 0.75, "a_retention": 0.938, "baseline_steps": 54,
-            "sleep1": s, "sleep2": s, "sleep1_seconds": 500.0, "sleep2_seconds": 520.0,
+            "sleep1": s, "sleep2": s, "sleep1_seconds": 500.0,
+            "naive": [{"after_set": 1, "accuracy": [0.55], "drift_kl": 0.2},
+                      {"after_set": 2, "accuracy": [0.3, 0.6], "drift_kl": 0.41}], "sleep2_seconds": 520.0,
             "targets": {"a_after_sleep1 >= 0.75": True, "sleep under 600 s": True}}
 
 
@@ -26,6 +28,7 @@ def test_blocks_are_replaced_not_duplicated(tmp_path):
     assert "Hand-written intro stays." in text and text.count("<!-- bench:sleep -->") == 1
     assert "_run 2_" in text and "_run 1_" not in text and "| kill -9 during seed | yes |" in text
     assert "- [x] a_after_sleep1 >= 0.75" in text and "| closed-book after sleep 1 | 0.80 |" in text
+    assert "| naive continual FT: set B / set A after the second LoRA | 0.60 / 0.30 |" in text
     assert (tmp_path / "bench_sleep.png").stat().st_size > 1000
     sleep_md(_sleep_res(10), tmp_path)
     assert (tmp_path / "bench_sleep_10.png").is_file()  # the quick profile's plot never overwrites the full one
@@ -39,3 +42,15 @@ def test_ablation_table():
 
 def test_unknown_suite_is_one_line_error(tmp_path):
     assert "unknown suite 'nope'" in run_cli("bench", "nope", home=tmp_path / "h").one_line_error()
+
+
+def test_retrieval_suite_small(tmp_path):
+    """The latency suite end to end on a small embedded store: rows per size, sane percentiles, a plot."""
+    from agentsleep.bench import retrieval_suite
+
+    res = retrieval_suite.run(tmp_path / "r", sizes=(100, 300), backends=("embedded",), queries=12, unique=50,
+                              say=lambda m: None)
+    assert [r["episodes"] for r in res["rows"]] == [100, 300]
+    assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in res["rows"])
+    md = retrieval_suite.markdown(res, tmp_path)
+    assert "| embedded | 300 |" in md and (tmp_path / "bench_retrieval.png").stat().st_size > 1000

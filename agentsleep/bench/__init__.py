@@ -17,7 +17,8 @@ SUITES = {  # name -> (module, section title)
     "locomo": ("locomo_suite", "LoCoMo: long-term conversational memory"),
     "serve": ("serve_suite", "Serving: hot-swap under load"),
     "ablation": ("ablation_suite", "Seeding ablation: which parts of the recipe help"),
-    "faults": ("faults_suite", "Fault injection: kill -9, full disk, store down"),
+    "faults": ("faults_suite", "Fault injection: kill -9, full disk, store down, vLLM down"),
+    "retrieval": ("retrieval_suite", "Retrieval latency: 1k, 10k, 100k episodes"),
 }
 QUICK = ("sleep", "locomo", "serve")
 

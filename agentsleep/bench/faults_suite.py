@@ -1,5 +1,5 @@
 """Fault injection: kill -9 at every stage of a real sleep, a full disk during publish,
-the Chroma server down while awake and while asleep. Counts faults injected, survived,
+the Chroma server down while awake and while asleep, the vLLM server killed while serving. Counts faults injected, survived,
 and episodes or versions lost (target: 0).
 
 Every fault runs against a real home on the configured base model (SmolLM2 by
@@ -119,11 +119,13 @@ def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
     record("disk full during publish", check(root, versions, current, len(FACTS)), f"(exit {p.returncode}: {last[-160:]})")
 
     record_chroma(root, out_dir, record)
+    record_vllm(root, record, say)
 
     with Home.open(root) as h:  # recovery: a clean sleep promotes
         rep = h.sleep()
         ok = rep.status == "promoted" and len(h.episodes(unconsolidated_only=True)) == 0
     record("recovery: clean sleep after the faults", [] if ok else [f"status {rep.status}: {rep.reasons}"])
+    rows.sort(key=lambda r: r["fault"].startswith("recovery"))  # recovery stays last
     injected = len(rows) - 1
     res = {"rows": rows, "faults_injected": injected, "survived": sum(r["survived"] for r in rows[:-1]),
            "episodes_lost": 0 if all(r["survived"] for r in rows) else None, "recovered": rows[-1]["survived"]}
@@ -165,6 +167,43 @@ def record_chroma(root: Path, out_dir: Path, record) -> None:
         record("Chroma server down while asleep", problems, "(clear error, nothing lost)")
     finally:
         stop(proc)
+
+
+def record_vllm(root: Path, record, say=print) -> None:
+    """A managed vLLM server killed (-9, whole process group) while serving: the supervisor
+    restarts it on the same version and the next request is answered, the same way."""
+    from ..errors import AgentsleepError
+    from ..serving.protocol import ChatRequest
+    from ..serving.vllm_backend import VLLMBackend
+
+    with Home.open(root, writable=False) as h:
+        try:
+            backend = VLLMBackend.for_home(h)
+        except AgentsleepError as e:
+            say(f"faults: vLLM server killed while serving: not run ({e})")
+            return
+        req = ChatRequest(messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
+        problems: list[str] = []
+        try:
+            version = h.registry.current()
+            backend.start(version)
+            want = backend.chat(req)["choices"][0]["message"]["content"]
+            pid = backend.health(probe=False)["pid"]
+            os.killpg(pid, signal.SIGKILL)
+            t = time.time()
+            got = backend.chat(req)["choices"][0]["message"]["content"]  # waits for the restart
+            health = backend.health(probe=False)
+            if health["restarts"] < 1 or health["pid"] == pid:
+                problems.append(f"no restart recorded ({health['restarts']} restarts)")
+            if health["version"] != version.name or got != want:
+                problems.append(f"answered by {health['version']}: {got!r} (before: {want!r})")
+            note = f"(restarted and answered in {time.time() - t:.0f} s)"
+        except AgentsleepError as e:
+            problems.append(f"request failed: {e}")
+            note = ""
+        finally:
+            backend.close()
+    record("vLLM server killed while serving", problems, note)
 
 
 def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:

@@ -49,6 +49,9 @@ def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
         ("with the fact in context (retrieval ceiling)", f"{res['a_with_context']:.2f}"),
         (f"plain LoRA on raw text ({res['baseline_steps']} steps)", f"{res['a_plain_lora']:.2f}"),
         ("plain LoRA drift KL (same generic prompts as the gate)", f"{res.get('plain_lora_drift_kl', '-')}"),
+        *([("naive continual FT: set B / set A after the second LoRA", f"{n[1]['accuracy'][1]:.2f} / {n[1]['accuracy'][0]:.2f}"),
+           ("naive continual FT drift KL after set A / set B", f"{n[0]['drift_kl']} / {n[1]['drift_kl']}")]
+          if (n := res.get("naive")) and len(n) > 1 else []),
         ("closed-book after sleep 1", f"{res['a_after_sleep1']:.2f}"),
         ("set B closed-book after sleep 2", f"{res['b_after_sleep2']:.2f}"),
         ("set A after sleep 2 (retention)", f"{res['a_after_sleep2']:.2f} ({res['a_retention']})"),

@@ -4,7 +4,9 @@ Protocol, all in one run on the configured base model (embedded SmolLM2 by defau
 1. Fresh home; remember the 20 facts of SET_A.
 2. Closed-book accuracy before; accuracy with the fact retrieved into context (RAG).
 3. Baseline: plain LoRA fine-tuning on the raw fact text (same LoRA shape, lr and
-   number of optimizer steps as the sleep's seeding), closed-book accuracy.
+   number of optimizer steps as the sleep's seeding), closed-book accuracy; then,
+   merged, a second plain LoRA on SET_B (naive continual fine-tuning) for the
+   retention and drift comparison with sleep 2.
 4. Sleep 1 -> closed-book accuracy on SET_A's held-out paraphrased questions.
 5. Remember SET_B, sleep 2 -> accuracy on SET_B, and SET_A retention.
 Questions are never seen by the sleep: the gate uses its own dream probes.
@@ -30,16 +32,16 @@ def closed_book(model: Any, tok: Any, facts: list[Fact], memories: list[str] | N
     return sum(hits) / len(hits), answers
 
 
-def lora_on_texts(model: Any, tok: Any, texts: list[str], cfg, steps: int, evaluate, progress=None) -> Any:
-    """Baseline: a LoRA of the same shape trained with plain CE on the raw texts only
-    (no dreams, no distillation, no replay); returns evaluate(trained model). Leaves `model` clean."""
+def train_lora(model: Any, tok: Any, texts: list[str], cfg, steps: int, progress=None) -> Any:
+    """Baseline: a LoRA of the same shape, lr and step count as the sleep's seeding, trained
+    with plain CE on the raw texts only (no dreams, no distillation, no replay). Returns the peft model."""
     import random
 
     import torch
     from peft import get_peft_model
 
     from ..sleep.seed import lora_config
-    from ..sleep.tensors import ce_loss, collate, encode
+    from ..sleep.tensors import ce_picked, collate, encode, forward_picked
 
     pm = get_peft_model(model, lora_config(cfg))
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -49,32 +51,48 @@ def lora_on_texts(model: Any, tok: Any, texts: list[str], cfg, steps: int, evalu
     torch.manual_seed(0)
     pm.train()
     for s in range(steps):
-        b = collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id)
-        loss = ce_loss(pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+        loss = ce_picked(*forward_picked(pm, collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id))[:2])
         opt.zero_grad()
         loss.backward()
         opt.step()
         if progress:
             progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
     pm.eval()
-    try:
-        return evaluate(pm)
-    finally:
-        pm.unload()
+    return pm
 
 
-def plain_lora(base: Any, home: Home, facts: list[Fact], steps: int, progress=None) -> tuple[float, float]:
-    """(closed-book accuracy, drift KL on the gate's generic prompts) of the plain-LoRA baseline."""
+def kl_between(p_model: Any, q_model: Any, tok: Any, pool: list[tuple[str, str]]) -> float:
+    """Mean per-token KL(p || q) on the answers of `pool` (the gate's drift measure, across two models)."""
+    import torch
+
+    from ..sleep.tensors import collate, encode, forward_picked, kl_picked
+
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(pool), 8):
+            b = collate([encode(tok, p, a) for p, a in pool[i:i + 8]], tok.pad_token_id)
+            total += float(kl_picked(forward_picked(p_model, b)[0], forward_picked(q_model, b)[0])) * len(b["input_ids"])
+    return round(total / max(len(pool), 1), 4)
+
+
+def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progress=None) -> list[dict[str, Any]]:
+    """Naive continual fine-tuning, the baseline for sleeping set after set: a plain LoRA per
+    set, merged into the weights before the next. After each: accuracy on every set so far
+    and drift from the base on the gate's generic prompts."""
     from ..models.loader import load
-    from ..sleep.gate import drift_kl
     from ..sleep.pipeline import generic_pool
 
-    model, tok = load(base.weights)
+    ref, tok = load(base.weights)
+    model, _ = load(base.weights)
     cfg = home.config.sleep
-    drift = [tuple(x) for x in generic_pool(model, tok, home.registry, base.name, cfg.seed.replay_prompts,
+    drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, cfg.seed.replay_prompts,
                                             cfg.gate.drift_prompts)["drift"]]
-    return lora_on_texts(model, tok, [f.text for f in facts], cfg.seed, steps,
-                         lambda pm: (closed_book(pm, tok, facts)[0], round(drift_kl(pm, tok, drift), 4)), progress)
+    out = []
+    for k, facts in enumerate(sets):
+        model = train_lora(model, tok, [f.text for f in facts], cfg.seed, steps, progress).merge_and_unload()
+        out.append({"after_set": k + 1, "accuracy": [closed_book(model, tok, s)[0] for s in sets[:k + 1]],
+                    "drift_kl": kl_between(ref, model, tok, drift)})
+    return out
 
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[str, Any]:
@@ -103,9 +121,12 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20) -> dict[s
 
         steps = int(rep1.metrics.get("seed_steps") or 60)
         res["baseline_steps"] = steps
-        res["a_plain_lora"], res["plain_lora_drift_kl"] = plain_lora(home.registry.get(rep1.parent_version), home,
-                                                                     set_a, steps, progress)
-        say(f"plain LoRA on the raw text ({steps} steps): {res['a_plain_lora']:.2f}, drift KL {res['plain_lora_drift_kl']}")
+        naive = naive_continual(home.registry.get(rep1.parent_version), home, [set_a, set_b], steps, progress)
+        res["naive"] = naive
+        res["a_plain_lora"], res["plain_lora_drift_kl"] = naive[0]["accuracy"][0], naive[0]["drift_kl"]
+        say(f"plain LoRA on the raw text ({steps} steps): {res['a_plain_lora']:.2f}, drift KL {res['plain_lora_drift_kl']}; "
+            f"then set B merged on top: B {naive[1]['accuracy'][1]:.2f}, A {naive[1]['accuracy'][0]:.2f}, "
+            f"drift KL {naive[1]['drift_kl']}")
 
         for f in set_b:
             home.remember(f.text, source="bench")
