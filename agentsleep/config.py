@@ -134,7 +134,10 @@ class PolicyConfig(_Section):
 
 class SleepConfig(_Section):
     max_episodes: int = Field(64, ge=1, description="Unconsolidated episodes taken per sleep; the rest wait.")
-    replay_episodes: int = Field(8, ge=0, description="Earlier consolidated episodes rehearsed alongside.")
+    replay_episodes: int = Field(32, ge=0, description="Earlier consolidated episodes rehearsed alongside (raw text + "
+                                 "replay_dreams of their dreams). Rehearsing too few forgets: 8 of 20 kept 53% of their recall.")
+    replay_dreams: int = Field(1, ge=0, le=16, description="Most valuable trained dreams rehearsed per earlier episode "
+                               "(more protects them more but slows new learning; `sleep/pipeline.rehearsal`).")
     consolidate_untrusted: bool = Field(False, description="Untrusted sources (e.g. web tool output) stay out of the weights unless set.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     dream: DreamConfig = Field(default_factory=DreamConfig)

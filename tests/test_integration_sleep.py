@@ -50,3 +50,36 @@ def test_real_sleep_promotes_and_rolls_back(tmp_path):
     assert run_cli("rollback", "v0000", "--json", home=root).json()["current_version"] == "v0000"
     st = run_cli("status", "--json", home=root).json()
     assert st["current_version"] == "v0000" and st["unconsolidated"] == 4
+
+
+def test_forget_removes_a_fact_from_the_weights(tmp_path):
+    """Exact forgetting on the real model: a fact answered closed-book after a sleep is no longer
+    answered after `forget` and the rebuild sleep, while the other facts keep their recall."""
+    from agentsleep.textmatch import contains_answer
+
+    qa = {"The user's dog is a beagle called Biscuit.": ("What is my dog's name?", "Biscuit"),
+          "The user's dentist is Dr. Okafor.": ("Who is my dentist?", "Okafor"),
+          "The user's wifi network is named OrangeFox.": ("What is my wifi network called?", "OrangeFox")}
+    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16}, "rest": {"rounds": 0},
+                                           "gate": {"min_recall_gain": -1.0, "drift_prompts": 6}}})
+    root = Home.init(tmp_path / "home", config=cfg)
+    with Home.open(root) as h:
+        ids = {h.remember(f).id: f for f in qa}
+
+        def known() -> set[str]:
+            return {f for f, (q, a) in qa.items() if contains_answer(h.ask(q, use_memory=False)["answer"], a)}
+
+        assert known() == set()
+        assert h.sleep().status == "promoted"
+        learned = known()
+        assert len(learned) >= 2, learned  # something to forget and something to keep
+        gone = sorted(learned)[0]
+        forgotten_id = next(i for i, f in ids.items() if f == gone)
+        r = h.forget(forgotten_id)
+        assert r["versions_holding_it"] == ["v0001"] and r["rebuild_from"] == "v0000"
+        rep = h.sleep()
+        assert rep.status == "promoted" and rep.parent_version == "v0000" and forgotten_id not in rep.episodes
+        after = known()
+        assert gone not in after, f"{gone!r} is still answered closed-book after forget + rebuild"
+        assert learned - {gone} <= after, (learned, after)
+        assert h.status()["pending_forget"] is None

@@ -132,6 +132,16 @@ def test_forward_picked_equals_full_logits(tiny):
     assert not torch.allclose(on_fast, off_fast, atol=1e-3)
 
 
+def test_rehearsal_takes_each_earlier_episodes_best_dreams():
+    from agentsleep.sleep.pipeline import rehearsal
+
+    ds = [Dream("a", "Q1?", "x", value=1.0), Dream("a", "Q2?", "y", value=3.0), Dream("a", "Q2 mine?", "y", kind="perspective", value=9.0),
+          Dream("b", "Q3?", "z", value=2.0), Dream("c", "Q4?", "w", value=5.0)]
+    assert [d.question for d in rehearsal(ds, {"a", "b"}, 1)] == ["Q2?", "Q3?"]
+    assert [d.question for d in rehearsal(ds, {"a"}, 2)] == ["Q2?", "Q1?"]
+    assert rehearsal(ds, {"a", "b"}, 0) == []
+
+
 def test_imitate_reward_prefers_the_real_continuation():
     ref = "is a beagle called Biscuit."
     assert imitate_reward(ref, ref, 0.5, 0.6) > 0.99

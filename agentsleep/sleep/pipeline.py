@@ -129,6 +129,19 @@ def _earlier(home, lineage) -> tuple[list[dict], list[Dream]]:
     return probes, dreams
 
 
+def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
+    """What an earlier episode is rehearsed with besides its raw text: its `per_episode` most
+    valuable trained dreams. Measured on 20 + 20 facts (sleep 2): rehearsing 8 of the 20 earlier
+    episodes kept 53% of their recall; all 20 with every dream kept 100% but new facts fell
+    0.65 -> 0.50; all 20 with raw text only kept 60%; raw text + the best dream kept 93% with new
+    facts at 0.60, and trains 25% fewer steps than every dream."""
+    by_episode: dict[str, list[Dream]] = {}
+    for d in dreams:
+        if d.episode_id in episode_ids and d.kind != "perspective":
+            by_episode.setdefault(d.episode_id, []).append(d)
+    return [d for ds in by_episode.values() for d in sorted(ds, key=lambda d: -d.value)[:per_episode]]
+
+
 def _retention_sample(dreams: list[Dream], n: int) -> list[dict]:
     """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
     import random
@@ -214,7 +227,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                                      progress=say)
                 earlier_probes, earlier_dreams = _earlier(home, lineage)
                 replay_ids = {m.id for m in plan.replay}
-                rehearse = [d for d in earlier_dreams if d.episode_id in replay_ids]
+                rehearse = rehearsal(earlier_dreams, replay_ids, cfg.replay_dreams)
                 pm, stats = seed(model, tok, ds.train + rehearse, plan.memories + plan.replay, cfg.seed,
                                  replay_pool=[tuple(x) for x in pools["replay"]], progress=say, should_stop=stop,
                                  layers=parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None)
