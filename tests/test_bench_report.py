@@ -7,7 +7,9 @@ from cli_helpers import run_cli
 
 
 def _sleep_res(n=20):
-    s = {"status": "promoted", "metrics": {"drift_kl": 0.05, "recall_before": 0.1, "recall_after": 0.8},
+    s = {"status": "promoted", "metrics": {"drift_kl": 0.05, "recall_before": 0.1, "recall_after": 0.8,
+                                           "seed_tokens_per_s": 140.2, "seconds_per_episode": 17.0,
+                                           "peak_rss_mb": {"dream": 1900.0, "seed": 2650.4}},
          "dreams": {"written": 120, "trained": 70}, "timings": {"dream": 90.0, "seed": 250.0}}
     return {"facts_per_sleep": n, "a_before": 0.0, "a_with_context": 0.95, "a_plain_lora": 0.55, "a_after_sleep1": 0.8,
             "b_after_sleep2": 0.75, "a_after_sleep2": 0.75, "a_retention": 0.938, "baseline_steps": 54,
@@ -28,6 +30,7 @@ def test_blocks_are_replaced_not_duplicated(tmp_path):
     assert "Hand-written intro stays." in text and text.count("<!-- bench:sleep -->") == 1
     assert "_run 2_" in text and "_run 1_" not in text and "| kill -9 during seed | yes |" in text
     assert "- [x] a_after_sleep1 >= 0.75" in text and "| closed-book after sleep 1 | 0.80 |" in text
+    assert "Seeding 140.2 tokens/s; 17.0 s per episode; peak RSS after each stage (MB): dream 1900, seed 2650." in text
     assert "| naive continual FT: set B / set A after the second LoRA | 0.60 / 0.30 |" in text
     assert (tmp_path / "bench_sleep.png").stat().st_size > 1000
     sleep_md(_sleep_res(10), tmp_path)

@@ -31,6 +31,7 @@ def test_real_sleep_promotes_and_rolls_back(tmp_path):
         m = rep.metrics
         assert m["recall_after"] >= m["recall_before"] and m["drift_kl"] <= cfg.sleep.gate.max_drift_kl
         assert {"sft", "distill_off", "replay_kl", "distill_on"} <= set(m["seed_loss"])
+        assert m["seed_tokens_per_s"] > 0 and m["peak_rss_mb"]["seed"] >= m["peak_rss_mb"]["load"] > 100
         assert rep.version == "v0001" and h.registry.current_name() == "v0001"
         # the same Home answers with the promoted version right away
         assert h.ask("What is my dog's name?", use_memory=False)["model_version"] == "v0001"

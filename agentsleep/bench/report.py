@@ -64,8 +64,13 @@ def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
     t = "\n".join(f"| {a} | {b} |" for a, b in rows)
     targets = "\n".join(f"- [{'x' if ok else ' '}] {k}" for k, ok in res["targets"].items())
     timings = ", ".join(f"{k} {v:.0f} s" for k, v in s1.get("timings", {}).items())
+    cost = ""
+    if m1.get("seed_tokens_per_s") is not None:
+        peak = m1.get("peak_rss_mb") or {}
+        cost = (f" Seeding {m1['seed_tokens_per_s']} tokens/s; {m1.get('seconds_per_episode')} s per episode; "
+                f"peak RSS after each stage (MB): {', '.join(f'{k} {v:.0f}' for k, v in peak.items())}.")
     return (f"| measure | value |\n|---|---|\n{t}\n\nTargets:\n{targets}\n\n"
-            f"Sleep 1 stage timings: {timings}.\n\n![sleep benchmark]({plot_rel})\n")
+            f"Sleep 1 stage timings: {timings}.{cost}\n\n![sleep benchmark]({plot_rel})\n")
 
 
 def update_doc(doc: Path, section: str, body: str, header: str) -> None:

@@ -129,6 +129,14 @@ def _earlier(home, lineage) -> tuple[list[dict], list[Dream]]:
     return probes, dreams
 
 
+def _peak_rss_mb() -> float:
+    import resource
+    import sys
+
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
 def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
     """What an earlier episode is rehearsed with besides its raw text: its `per_episode` most
     valuable trained dreams. Measured on 20 + 20 facts (sleep 2): rehearsing 8 of the 20 earlier
@@ -177,10 +185,13 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
         timings: dict[str, float] = {}
         clock = [time.time()]
 
+        peak_mb: dict[str, float] = {}
+
         def lap(name: str) -> None:
             now = time.time()
             timings[name] = round(now - clock[0], 1)
             clock[0] = now
+            peak_mb[name] = _peak_rss_mb()  # the process's peak so far: a stage that raises it shows here
 
         with _StopFlag() as stop:
             user_progress = say
@@ -239,6 +250,9 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                                    [tuple(x) for x in pools["drift"]], cfg.gate, progress=say)
                 lap("gate")
                 metrics = {**verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
+                           "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
+                           "seconds_per_episode": round(sum(timings.values()) / max(len(plan.memories), 1), 1),
+                           "peak_rss_mb": dict(peak_mb),
                            "dreams_kept": len(ds.train), "dreams_written": ds.written, **rest_stats}
                 dream_info = {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
                               "rehearsed": len(rehearse), "dropped": ds.dropped}

@@ -58,6 +58,7 @@ class SeedStats:
     steps: int = 0
     seconds: float = 0.0
     items: int = 0
+    tokens: int = 0  # forward tokens of the hard-label and replay batches (padding excluded)
     losses: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, last: int = 10) -> dict[str, float]:
@@ -231,11 +232,13 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
                 sel, tgt, _ = forward_picked(pm, b)
                 terms = {"sft": ce_picked(sel, tgt)}
             loss = cfg.w_sft * terms["sft"] + w_off * terms.get("distill_off", 0.0)
+            stats.tokens += int(b["attention_mask"].sum())
             if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
                 rb = collate(rng.sample(replay_rows, min(cfg.replay_per_step, len(replay_rows))), tok.pad_token_id, dev)
                 with torch.no_grad(), pm.disable_adapter():
                     t_sel = forward_picked(pm, rb)[0]
                 terms["replay_kl"] = kl_picked(t_sel, forward_picked(pm, rb)[0])
+                stats.tokens += int(rb["attention_mask"].sum())
                 loss = loss + cfg.w_replay * terms["replay_kl"]
             if step % cfg.on_policy_every == cfg.on_policy_every - 1:
                 if w_on > 0:

@@ -107,10 +107,12 @@ class SleepReport:
         if self.metrics:
             t = Table("metric", "value", title="gate")
             for k, v in self.metrics.items():
-                t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
+                if k not in ("peak_rss_mb", "sample_answers"):  # shown with the timings / in --json
+                    t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
             console.print(t)
         if self.timings:
-            t = Table("stage", "seconds", title="timings")
+            peak = self.metrics.get("peak_rss_mb") or {}
+            t = Table("stage", "seconds", "peak RSS MB", title="timings")
             for k, v in self.timings.items():
-                t.add_row(k, f"{v:.1f}")
+                t.add_row(k, f"{v:.1f}", str(peak.get(k, "")))
             console.print(t)
