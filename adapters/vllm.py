@@ -328,9 +328,7 @@ class VLLMProcess:
                "--disable-uvicorn-access-log", "--disable-log-stats"]
         if self.lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
-        if self.api_key:
-            cmd += ["--api-key", self.api_key]
-        return cmd + self.extra_args
+        return cmd + self.extra_args  # the API key travels as VLLM_API_KEY: never on the command line, in `ps` or the log
 
     def start(self) -> "VLLMProcess":
         env = {**os.environ, **DEV_ENV}
@@ -339,6 +337,8 @@ class VLLMProcess:
         env.setdefault("DO_NOT_TRACK", "1")
         if self.cpu_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())

@@ -91,6 +91,8 @@ def test_dev_endpoints_stay_on_loopback(tmp_path):
         VLLMProcess(tmp_path, host="0.0.0.0")
     assert VLLMProcess(tmp_path, host="127.0.0.1").url.startswith("http://127.0.0.1:")
     assert spare_cpus(set()) is None
+    keyed = VLLMProcess(tmp_path, api_key="k-" + "secret-123")
+    assert "k-secret-123" not in " ".join(keyed.command())  # the key goes by environment, never argv or the log
 
 
 def test_attach_to_nothing_is_a_clear_error(setup):
