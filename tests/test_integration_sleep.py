@@ -61,8 +61,11 @@ def test_forget_removes_a_fact_from_the_weights(tmp_path):
     qa = {"The user's dog is a beagle called Biscuit.": ("What is my dog's name?", "Biscuit"),
           "The user's dentist is Dr. Okafor.": ("Who is my dentist?", "Okafor"),
           "The user's wifi network is named OrangeFox.": ("What is my wifi network called?", "OrangeFox")}
-    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16}, "rest": {"rounds": 0},
-                                           "gate": {"min_recall_gain": -1.0, "drift_prompts": 6}}})
+    # 3 facts make ~2 steps an epoch: train longer so each is learned (the default 6 epochs learned 1 of 3);
+    # drift is not what this test is about
+    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 16, "raw_repeats": 2},
+                                           "rest": {"rounds": 0},
+                                           "gate": {"min_recall_gain": -1.0, "drift_prompts": 6, "max_drift_kl": 10.0}}})
     root = Home.init(tmp_path / "home", config=cfg)
     with Home.open(root) as h:
         ids = {h.remember(f).id: f for f in qa}
