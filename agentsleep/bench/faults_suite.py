@@ -125,7 +125,6 @@ def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
         rep = h.sleep()
         ok = rep.status == "promoted" and len(h.episodes(unconsolidated_only=True)) == 0
     record("recovery: clean sleep after the faults", [] if ok else [f"status {rep.status}: {rep.reasons}"])
-    rows.sort(key=lambda r: r["fault"].startswith("recovery"))  # recovery stays last
     injected = len(rows) - 1
     res = {"rows": rows, "faults_injected": injected, "survived": sum(r["survived"] for r in rows[:-1]),
            "episodes_lost": 0 if all(r["survived"] for r in rows) else None, "recovered": rows[-1]["survived"]}

@@ -47,9 +47,8 @@ def _fill(store, texts: list[str], base, start: int, stop: int, say) -> float:
         emb = base[[i % len(base) for i in idx]] + rng.normal(0, 0.02, (len(idx), base.shape[1])).astype(np.float32)
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         docs = [f"{texts[i % len(texts)]} (#{i})" for i in idx]
-        eps = [Episode(id=f"ep-lat{i:08d}", text=d, kind="turn", source="bench", session=None, created_at=now,
-                       trust="trusted", parent_id=None, chunk_index=0, chunk_count=1, content_hash=content_hash(d),
-                       provenance={}) for i, d in zip(idx, docs)]
+        eps = [Episode(id=f"ep-lat{i:08d}", text=d, kind="turn", source="bench", created_at=now,
+                       content_hash=content_hash(d)) for i, d in zip(idx, docs)]
         store._coll.add(ids=[e.id for e in eps], documents=docs, metadatas=[e.to_metadata() for e in eps],
                         embeddings=emb.tolist())
         say(f"retrieval: {store.cfg.backend} filled to {idx[-1] + 1:,}")

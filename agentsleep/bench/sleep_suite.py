@@ -61,25 +61,12 @@ def train_lora(model: Any, tok: Any, texts: list[str], cfg, steps: int, progress
     return pm
 
 
-def kl_between(p_model: Any, q_model: Any, tok: Any, pool: list[tuple[str, str]]) -> float:
-    """Mean per-token KL(p || q) on the answers of `pool` (the gate's drift measure, across two models)."""
-    import torch
-
-    from ..sleep.tensors import collate, encode, forward_picked, kl_picked
-
-    total = 0.0
-    with torch.no_grad():
-        for i in range(0, len(pool), 8):
-            b = collate([encode(tok, p, a) for p, a in pool[i:i + 8]], tok.pad_token_id)
-            total += float(kl_picked(forward_picked(p_model, b)[0], forward_picked(q_model, b)[0])) * len(b["input_ids"])
-    return round(total / max(len(pool), 1), 4)
-
-
 def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progress=None) -> list[dict[str, Any]]:
     """Naive continual fine-tuning, the baseline for sleeping set after set: a plain LoRA per
     set, merged into the weights before the next. After each: accuracy on every set so far
     and drift from the base on the gate's generic prompts."""
     from ..models.loader import load
+    from ..sleep.gate import drift_kl
     from ..sleep.pipeline import generic_pool
 
     ref, tok = load(base.weights)
@@ -91,7 +78,7 @@ def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progre
     for k, facts in enumerate(sets):
         model = train_lora(model, tok, [f.text for f in facts], cfg.seed, steps, progress).merge_and_unload()
         out.append({"after_set": k + 1, "accuracy": [closed_book(model, tok, s)[0] for s in sets[:k + 1]],
-                    "drift_kl": kl_between(ref, model, tok, drift)})
+                    "drift_kl": round(drift_kl(model, tok, drift, ref=ref), 4)})
     return out
 
 

@@ -32,16 +32,22 @@ def closed_book_accuracy(model: Any, tok: Any, probes: list[dict], batch_size: i
 
 
 @torch.no_grad()
-def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8) -> float:
-    """KL(pre || post) per token on the pre-sleep model's answers to generic prompts."""
+def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8, ref: Any = None) -> float:
+    """KL(pre || post) per token on the pre-sleep model's answers to generic prompts.
+
+    pre is `pm` with its adapter disabled, or `ref` when the two are separate
+    models (a merged baseline in the benchmark)."""
     if not pool:
         return 0.0
     dev = next(pm.parameters()).device
     total, n = 0.0, 0
     for i in range(0, len(pool), batch_size):
         b = collate([encode(tok, p, a) for p, a in pool[i:i + batch_size]], tok.pad_token_id, dev)
-        with pm.disable_adapter():
-            pre = forward_picked(pm, b)[0]
+        if ref is None:
+            with pm.disable_adapter():
+                pre = forward_picked(pm, b)[0]
+        else:
+            pre = forward_picked(ref, b)[0]
         total += float(kl_picked(pre, forward_picked(pm, b)[0])) * len(b["input_ids"])
         n += len(b["input_ids"])
     return total / max(n, 1)

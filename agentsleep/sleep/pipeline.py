@@ -154,8 +154,12 @@ def _retention_sample(dreams: list[Dream], n: int) -> list[dict]:
     """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
     import random
 
-    picked = random.Random(0).sample(dreams, min(n, len(dreams)))
-    return [{"episode_id": d.episode_id, "question": d.question, "answer": d.answer} for d in picked]
+    return [_probe(d) for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
+
+
+def _probe(d: Dream) -> dict:
+    """A dream as the gate (and the version manifest) asks it."""
+    return {"episode_id": d.episode_id, "question": d.question, "answer": d.answer}
 
 
 def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, progress=None) -> SleepReport:
@@ -245,7 +249,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                 lap("seed")
 
                 journal.stage("gate")
-                probes = [{"episode_id": d.episode_id, "question": d.question, "answer": d.answer} for d in ds.probes]
+                probes = [_probe(d) for d in ds.probes]
                 verdict = evaluate(pm, tok, probes, earlier_probes + _retention_sample(earlier_dreams, cfg.gate.retention_dreams),
                                    [tuple(x) for x in pools["drift"]], cfg.gate, progress=say)
                 lap("gate")

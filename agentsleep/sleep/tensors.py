@@ -92,13 +92,8 @@ def ce_picked(sel: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(sel, tgt)
 
 
-def kl_on_labels(p_logits: torch.Tensor, q_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(p || q) over the labelled positions (p is the target distribution)."""
-    return kl_picked(picked(p_logits, labels)[0], picked(q_logits, labels)[0])
-
-
 def kl_picked(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """Mean KL(p || q) between two (N, V) logit rows (already picked)."""
+    """Mean per-token KL(p || q) between the picked (N, V) logits of two models (p is the target)."""
     if not len(lp):
         return lq.sum() * 0.0
     p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
