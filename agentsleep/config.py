@@ -88,6 +88,13 @@ class SeedConfig(_Section):
     replay_per_step: int = Field(2, ge=0)
     replay_prompts: int = Field(100, ge=0, le=100, description="Generic prompts whose pre-sleep answers feed the replay KL term.")
     seed: int = 0
+    processes: int = Field(1, ge=1, le=1024, description="Training processes. 1 trains inside the sleep; N > 1 runs `accelerate launch` "
+                           "with N processes (one per GPU, or CPU processes with gloo) and the same result within float tolerance.")
+    launch_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments when processes > 1, "
+                                   "e.g. ['--config_file', 'fsdp.yaml'] for FSDP or ['--multi_gpu'].")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on CUDA, none on CPU.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches of batch_size per optimizer step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% more time (large models).")
 
 
 class RestConfig(_Section):

@@ -47,3 +47,7 @@ class RegistryError(AgentsleepError):
 
 class StoreUnavailableError(AgentsleepError):
     """The episode store (for example a Chroma server) cannot be reached."""
+
+
+class SleepError(AgentsleepError):
+    """A sleep stage failed for a reason other than bad input (for example its training workers)."""

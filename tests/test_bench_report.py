@@ -57,3 +57,18 @@ def test_retrieval_suite_small(tmp_path):
     assert all(0 < r["p50_ms"] <= r["p99_ms"] for r in res["rows"])
     md = retrieval_suite.markdown(res, tmp_path)
     assert "| embedded | 300 |" in md and (tmp_path / "bench_retrieval.png").stat().st_size > 1000
+
+
+def test_squad_suite_runs_every_method(tmp_path):
+    """The SQuAD suite end to end on a tiny random model and one passage: every method scored, a table."""
+    from agentsleep.bench import squad_suite
+    from tiny import tiny_model_dir
+
+    res = squad_suite.run(tmp_path / "s", passages=1, say=lambda m: None, model_path=str(tiny_model_dir(tmp_path)))
+    assert res["passages"] == 1 and res["questions"] > 10
+    assert set(res["methods"]) == {"base (closed-book)", "passage in context (ceiling)", "seeding without dreams",
+                                   "full sleep recipe (dreams + seeding)", "plain LoRA on raw passages"}
+    assert all(0 <= m[k] <= 1 for m in res["methods"].values() for k in ("em", "f1", "contains"))
+    assert res["methods"]["plain LoRA on raw passages"]["steps"] >= 1
+    assert "| plain LoRA on raw passages |" in squad_suite.markdown(res)
+    assert squad_suite.run(tmp_path, data=tmp_path / "none.json", say=lambda m: None) == {"skipped": "dataset not found"}

@@ -36,11 +36,12 @@ def score(model: Any, tok: Any, qs: list[dict], contexts: list[str] | None = Non
             "contains": round(sum(contains_answer(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3)}
 
 
-def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=None) -> dict[str, Any]:
+def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=None,
+        model_path: str = "embedded") -> dict[str, Any]:
     from ..sleep.dream import dream
     from ..sleep.seed import seed
     from ..sleep.types import Memory
-    from .sleep_suite import lora_on_texts
+    from .sleep_suite import train_lora
 
     src = data or DATA
     if not src.is_file():
@@ -52,7 +53,7 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
     ctx = [it["context"] for it in items for _ in it["questions"]]
     cfg = Config().sleep
     res: dict[str, Any] = {"passages": len(items), "questions": len(qs), "methods": {}}
-    model, tok = load("embedded")
+    model, tok = load(model_path)
     res["methods"]["base (closed-book)"] = score(model, tok, qs)
     res["methods"]["passage in context (ceiling)"] = score(model, tok, qs, ctx)
     say(f"squad: base {res['methods']['base (closed-book)']}, in context {res['methods']['passage in context (ceiling)']}")
@@ -70,9 +71,10 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
         steps_full = stats.steps
         model = pm.unload()
         say(f"squad: {name}: {res['methods'][name]}")
-    res["methods"]["plain LoRA on raw passages"] = {
-        **lora_on_texts(model, tok, [m.text for m in mems], cfg.seed, steps_full or 20,
-                        lambda pm: score(pm, tok, qs), progress), "steps": steps_full}
+    t = time.time()
+    pm = train_lora(model, tok, [m.text for m in mems], cfg.seed, steps_full or 20, progress)
+    res["methods"]["plain LoRA on raw passages"] = {**score(pm, tok, qs), "steps": steps_full,
+                                                    "seconds": round(time.time() - t, 1)}
     say(f"squad: plain LoRA: {res['methods']['plain LoRA on raw passages']}")
     return res
 

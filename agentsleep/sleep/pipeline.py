@@ -246,7 +246,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                 rehearse = rehearsal(earlier_dreams, replay_ids, cfg.replay_dreams)
                 pm, stats = seed(model, tok, ds.train + rehearse, plan.memories + plan.replay, cfg.seed,
                                  replay_pool=[tuple(x) for x in pools["replay"]], progress=say, should_stop=stop,
-                                 layers=parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None)
+                                 layers=parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None,
+                                 source=str(parent.weights))
                 lap("seed")
 
                 journal.stage("gate")

@@ -2,7 +2,9 @@
 
 Teacher = the pre-sleep model reading the memory (the same weights with the
 adapter disabled, so no second copy). Student = the pre-sleep model plus the
-expert, reading nothing. One loop, nanoGPT style. Per step:
+expert, reading nothing. The loop itself is in train.py (accelerate: one
+code path for CPU, GPU and several processes); this module builds the items
+and the loss terms. Per step:
 
     L = w_sft * CE(dream answers and raw memory text)                  hard labels
       + w_distill * [ alpha * (1 - lam) * D_off(teacher soft targets on dream answers)  off-policy
@@ -22,9 +24,7 @@ config.SeedConfig; the defaults were measured on the 135M embedded model.
 """
 from __future__ import annotations
 
-import math
 import random
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,14 +34,11 @@ import torch.nn.functional as F
 from ..config import SeedConfig
 from ..models import generate as gen
 from .dream import student_prompt, teacher_prompt
-from .tensors import ce_loss, ce_picked, collate, encode, forward_picked, kl_picked, per_sequence_nll
+from .tensors import collate, encode, per_sequence_nll
+from .train import Interrupted, train  # noqa: F401  (Interrupted is part of this module's API)
 from .types import Dream, Memory
 
 TOPK = 16  # teacher soft targets kept per answer token (off-policy distillation)
-
-
-class Interrupted(Exception):
-    """Training was asked to stop (SIGTERM / deadline); nothing is published."""
 
 
 @dataclass
@@ -189,79 +186,52 @@ def _imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg:
 
 def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,
          replay_pool: list[tuple[str, str]] = (), progress=None, should_stop: Callable[[], bool] = lambda: False,
-         layers: list[int] | None = None):
-    """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats)."""
+         layers: list[int] | None = None, source: str | None = None):
+    """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats).
+
+    With `cfg.processes > 1` the training runs in `accelerate launch` worker
+    processes that load `source` (the weights `model` was loaded from) and
+    hand back the trained expert; otherwise it runs here.
+    """
     from peft import get_peft_model
 
-    t0 = time.time()
-    torch.manual_seed(cfg.seed)
-    rng = random.Random(cfg.seed)
     items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats)
-    w_off, w_on, w_imit = (cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda),
-                           cfg.w_distill * cfg.alpha * cfg.on_policy_lambda, cfg.w_distill * (1 - cfg.alpha))
-    if w_off > 0:
+    if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
-    pm = get_peft_model(model, lora_config(cfg, layers))
-    params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps_per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
-    total = steps_per_epoch * cfg.epochs
-    warm = max(1, int(total * cfg.warmup_frac))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    stats = SeedStats(items=len(items))
-    dev = next(pm.parameters()).device
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]
     new_memories = [m for m in memories if not m.replay]
-    step = 0
-    pm.train()
-    for _ in range(cfg.epochs):
-        order = items[:]
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            if should_stop():
-                raise Interrupted(f"stopped during seeding at step {step}/{total}")
-            batch = order[i:i + cfg.batch_size]
-            b = collate([encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in batch], tok.pad_token_id, dev)
-            if w_off > 0:  # the soft targets need every answer position per item
-                logits = pm(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-                terms: dict[str, torch.Tensor] = {"sft": ce_loss(logits, b["labels"])}
-                d_off = _soft_ce(logits, b["labels"], batch)
-                if d_off is not None:
-                    terms["distill_off"] = d_off
-            else:
-                sel, tgt, _ = forward_picked(pm, b)
-                terms = {"sft": ce_picked(sel, tgt)}
-            loss = cfg.w_sft * terms["sft"] + w_off * terms.get("distill_off", 0.0)
-            stats.tokens += int(b["attention_mask"].sum())
-            if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
-                rb = collate(rng.sample(replay_rows, min(cfg.replay_per_step, len(replay_rows))), tok.pad_token_id, dev)
-                with torch.no_grad(), pm.disable_adapter():
-                    t_sel = forward_picked(pm, rb)[0]
-                terms["replay_kl"] = kl_picked(t_sel, forward_picked(pm, rb)[0])
-                stats.tokens += int(rb["attention_mask"].sum())
-                loss = loss + cfg.w_replay * terms["replay_kl"]
-            if step % cfg.on_policy_every == cfg.on_policy_every - 1:
-                if w_on > 0:
-                    d_on = _on_policy(pm, tok, items, rng, cfg.on_policy_samples, cfg.max_seq_len)
-                    if d_on is not None:
-                        terms["distill_on"] = d_on
-                        loss = loss + w_on * d_on
-                if w_imit > 0 and new_memories:
-                    imit = _imitate(pm, tok, new_memories, rng, cfg)
-                    if imit is not None:
-                        terms["imitate"] = imit
-                        loss = loss + w_imit * imit
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            step += 1
-            for k, v in terms.items():
-                stats.losses.setdefault(k, []).append(float(v.detach()))
-            stats.losses.setdefault("total", []).append(float(loss.detach()))
-            if progress:
-                progress("seed", step, total, f"loss {float(loss.detach()):.3f}")
-    pm.eval()
-    stats.steps, stats.seconds = step, round(time.time() - t0, 1)
+    if cfg.processes > 1:
+        from .launch import train_in_workers
+
+        pm, stats = train_in_workers(model, source, items, replay_rows, new_memories, cfg, layers=layers,
+                                     progress=progress, should_stop=should_stop)
+        return pm, stats
+    torch.manual_seed(cfg.seed)  # the expert's initialisation is part of the result
+    pm = get_peft_model(model, lora_config(cfg, layers))
+    stats = train(pm, tok, items, cfg, replay_rows=replay_rows, extra_terms=distill_terms(tok, items, new_memories, cfg),
+                  progress=progress, should_stop=should_stop)
     return pm, stats
+
+
+def distill_terms(tok: Any, items: list[Item], new_memories: list[Memory], cfg: SeedConfig):
+    """The generating terms (on-policy distillation, Learning-to-Imitate), every `on_policy_every` steps."""
+    w_on, w_imit = cfg.w_distill * cfg.alpha * cfg.on_policy_lambda, cfg.w_distill * (1 - cfg.alpha)
+    if w_on <= 0 and (w_imit <= 0 or not new_memories):
+        return None
+    rng = random.Random(cfg.seed + 1)
+
+    def terms(pm: Any, micro: int, batch: list[Item]) -> dict[str, tuple[torch.Tensor, float]]:
+        out: dict[str, tuple[torch.Tensor, float]] = {}
+        if micro % cfg.on_policy_every != cfg.on_policy_every - 1:
+            return out
+        if w_on > 0:
+            d_on = _on_policy(pm, tok, items, rng, cfg.on_policy_samples, cfg.max_seq_len)
+            if d_on is not None:
+                out["distill_on"] = (d_on, w_on)
+        if w_imit > 0 and new_memories:
+            imit = _imitate(pm, tok, new_memories, rng, cfg)
+            if imit is not None:
+                out["imitate"] = (imit, w_imit)
+        return out
+
+    return terms

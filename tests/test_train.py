@@ -1,0 +1,71 @@
+"""The seeding loop on accelerate: the same expert from 1 or 2 processes, with or without accumulation/checkpointing."""
+import pytest
+import torch
+
+from agentsleep.config import SeedConfig
+from agentsleep.errors import SleepError
+from agentsleep.models.loader import load
+from agentsleep.sleep import dream as dream_mod
+from agentsleep.sleep.seed import seed
+from agentsleep.sleep.types import Dream, Memory
+from tiny import tiny_model_dir
+
+MEM = [Memory("e1", "The user's dog is a beagle called Biscuit."),
+       Memory("e2", "Project Falcon launches on 14 February 2027."),
+       Memory("e3", "Maya's favourite tea is smoked lapsang souchong.")]
+DREAMS = [Dream("e1", "What is the name of the dog?", "Biscuit"),
+          Dream("e1", "Which breed is the user's dog?", "A beagle."),
+          Dream("e2", "When does Project Falcon launch?", "14 February 2027"),
+          Dream("e3", "Which tea does Maya like best?", "Smoked lapsang souchong.")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+def _expert(tiny, **kw):
+    model, tok = load(str(tiny))
+    pool = [(dream_mod.student_prompt(tok, "What is the capital of France?"), "Paris is the capital."),
+            (dream_mod.student_prompt(tok, "Name a colour."), "Blue.")]
+    # batch 4 over 7 items: the last batch of each epoch has 3 items, so one of 2 processes gets 1 and
+    # the other 2 (unequal shares: the loss normalisation must still give the 1-process gradient)
+    cfg = SeedConfig(**{"epochs": 3, "batch_size": 4, "lr": 5e-3, **kw})
+    pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, source=str(tiny))
+    lora = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
+    return lora, stats
+
+
+def _max_diff(a, b):
+    assert a.keys() == b.keys() and a
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_two_cpu_processes_train_the_same_expert_as_one(tiny):
+    one, s1 = _expert(tiny)
+    two, s2 = _expert(tiny, processes=2)
+    assert s1.steps == s2.steps == 6 and s1.tokens == s2.tokens
+    moved = max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k)
+    assert moved > 1e-3  # the expert did train
+    assert _max_diff(one, two) < 1e-4 * max(1.0, moved) * 10
+    assert abs(s1.losses["total"][-1] - s2.losses["total"][-1]) < 1e-3
+
+
+def test_accumulation_and_checkpointing_keep_the_result(tiny):
+    # no replay term: its samples are drawn per micro-batch, so the two runs would rehearse different rows
+    base, s = _expert(tiny, batch_size=2, epochs=2, grad_accum=2, w_replay=0)  # steps: ceil(4 micro * 2 / 2) = 4
+    big, s_big = _expert(tiny, batch_size=4, epochs=2, w_replay=0)
+    assert s.steps == s_big.steps == 4
+    # 2 micro-batches of 2 accumulate to exactly one batch of 4 (the loss is normalised per optimizer step)
+    assert _max_diff(base, big) < 1e-5
+    ckpt, _ = _expert(tiny, batch_size=2, epochs=2, grad_accum=2, w_replay=0, gradient_checkpointing=True)
+    assert _max_diff(base, ckpt) < 1e-5
+
+
+def test_workers_need_a_source_and_report_failures(tiny):
+    model, tok = load(str(tiny))
+    with pytest.raises(SleepError, match="needs the weights' directory"):
+        seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2))
+    with pytest.raises(SleepError, match="seeding workers .* failed with exit code"):
+        seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2), source=str(tiny / "missing"))
+    assert torch.is_grad_enabled()
