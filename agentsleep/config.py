@@ -80,7 +80,7 @@ class SeedConfig(_Section):
                              "every weight tried lowered closed-book recall (`agentsleep bench ablation`); try 0.1-1 with larger models.")
     alpha: float = Field(0.8, ge=0, le=1, description="Weight of distillation vs Learning-to-Imitate. Paper: open.")
     on_policy_lambda: float = Field(0.25, ge=0, le=1, description="GKD lambda: share of on-policy distillation. Paper: open.")
-    on_policy_every: int = Field(16, ge=1, description="Run the (costly, generating) on-policy and imitate terms every N steps.")
+    on_policy_every: int = Field(16, ge=1, description="Run the (costly, generating) on-policy and imitate terms every N micro-batches.")
     on_policy_samples: int = Field(4, ge=1)
     imitate_g: float = Field(0.5, ge=0, le=1, description="g in r = g*r_sem + (1-g)*r_abs. Paper: open.")
     imitate_lev_threshold: float = Field(0.6, ge=0, le=1, description="r_abs = 1 - Lev/maxlen when Lev/maxlen is under this. Paper: open.")
@@ -88,10 +88,11 @@ class SeedConfig(_Section):
     replay_per_step: int = Field(2, ge=0)
     replay_prompts: int = Field(100, ge=0, le=100, description="Generic prompts whose pre-sleep answers feed the replay KL term.")
     seed: int = 0
-    processes: int = Field(1, ge=1, le=1024, description="Training processes. 1 trains inside the sleep; N > 1 runs `accelerate launch` "
-                           "with N processes (one per GPU, or CPU processes with gloo) and the same result within float tolerance.")
-    launch_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments when processes > 1, "
-                                   "e.g. ['--config_file', 'fsdp.yaml'] for FSDP or ['--multi_gpu'].")
+    processes: int = Field(1, ge=1, le=1024, description="Training processes. 1 trains inside the sleep; N > 1 trains with DDP in N "
+                           "worker processes (`accelerate launch --multi_gpu`, one per GPU; torchrun with gloo on CPU), "
+                           "with the same result within float tolerance.")
+    launch_args: list[str] = Field(default_factory=list, description="Extra `accelerate launch` arguments for GPU workers, "
+                                   "e.g. ['--config_file', 'ddp.yaml'] (replaces --multi_gpu) or ['--gpu_ids', '0,1'].")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="'auto' = bf16 autocast on CUDA, none on CPU.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches of batch_size per optimizer step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward: less memory, ~30% more time (large models).")

@@ -44,11 +44,12 @@ def _max_diff(a, b):
 def test_two_cpu_processes_train_the_same_expert_as_one(tiny):
     one, s1 = _expert(tiny)
     two, s2 = _expert(tiny, processes=2)
+    assert (s1.processes, s2.processes) == (1, 2)  # two processes really trained (DDP over gloo)
     assert s1.steps == s2.steps == 6 and s1.tokens == s2.tokens
     moved = max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k)
     assert moved > 1e-3  # the expert did train
-    assert _max_diff(one, two) < 1e-4 * max(1.0, moved) * 10
-    assert abs(s1.losses["total"][-1] - s2.losses["total"][-1]) < 1e-3
+    assert _max_diff(one, two) < 1e-4  # measured 1.3e-6: float summation order only
+    assert abs(s1.losses["total"][-1] - s2.losses["total"][-1]) < 1e-4 and abs(s1.losses["sft"][-1] - s2.losses["sft"][-1]) < 1e-4
 
 
 def test_accumulation_and_checkpointing_keep_the_result(tiny):
@@ -66,6 +67,7 @@ def test_workers_need_a_source_and_report_failures(tiny):
     model, tok = load(str(tiny))
     with pytest.raises(SleepError, match="needs the weights' directory"):
         seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2))
-    with pytest.raises(SleepError, match="seeding workers .* failed with exit code"):
+    with pytest.raises(SleepError, match=r"seeding workers .* failed with exit code .*ModelError: model .*missing") as e:
         seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2), source=str(tiny / "missing"))
+    assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
     assert torch.is_grad_enabled()

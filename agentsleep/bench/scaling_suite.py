@@ -155,7 +155,8 @@ def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     c = res["config"]
     return (f"On {res['device']}; seeding {c['epochs']} epochs, batch {c['batch_size']}, LoRA rank {c['lora_r']}; "
             f"{c['dreams_per_episode']} dreams written per episode. Episodes per night = 8 h / (dream + seed seconds per "
-            f"episode): an estimate from the measured rows (gate and publish excluded).\n\n"
+            f"episode): an estimate from the measured rows (gate and publish excluded)."
+            f"{' ' + res['note'][:1].upper() + res['note'][1:] + '.' if res.get('note') else ''}\n\n"
             "| model | episodes | dream s | seed s | seed tokens/s | s per episode | episodes per 8 h night |\n"
             f"|---|---|---|---|---|---|---|\n{rows}\n")
 

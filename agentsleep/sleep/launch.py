@@ -3,8 +3,9 @@
 The sleep writes a job (the training items, replay rows and configuration)
 to a scratch directory and runs
 
-    python -m accelerate.commands.launch --num_processes N [--cpu] [seed.launch_args...] \
-        -m agentsleep.sleep.launch JOB_DIR
+    GPUs: python -m accelerate.commands.launch --num_processes N --multi_gpu [seed.launch_args...] \
+              -m agentsleep.sleep.launch JOB_DIR
+    CPU:  python -m torch.distributed.run --standalone --nproc_per_node N -m agentsleep.sleep.launch JOB_DIR
 
 Every worker loads the pre-sleep weights from `source`, attaches a fresh
 expert and trains on its share of each batch. Rank 0 writes the trained
@@ -13,8 +14,11 @@ Progress lines come back on stdout; a stop request terminates the workers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -39,12 +43,18 @@ def _free_port() -> int:
 
 
 def launch_command(cfg: SeedConfig, job: Path, cpu: bool) -> list[str]:
+    """CPU: torchrun (accelerate's `--cpu` launcher starts a single process, whatever
+    --num_processes says). GPU: `accelerate launch --multi_gpu`, or the user's accelerate config."""
+    worker = ["-m", "agentsleep.sleep.launch", str(job)]
+    if cpu:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.processes),
+                *worker]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.processes),
            "--num_machines", "1", "--main_process_port", str(_free_port()), "--dynamo_backend", "no",
            "--mixed_precision", "no"]  # train.py sets the precision itself (seed.mixed_precision)
-    if cpu:
-        cmd += ["--cpu"]
-    return cmd + list(cfg.launch_args) + ["-m", "agentsleep.sleep.launch", str(job)]
+    if "--config_file" not in cfg.launch_args:
+        cmd += ["--multi_gpu"]
+    return cmd + list(cfg.launch_args) + worker
 
 
 def train_in_workers(model: Any, source: str | None, items: list, replay_rows: list, new_memories: list,
@@ -55,7 +65,6 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
     from safetensors.torch import load_file
 
     from .seed import SeedStats, lora_config
-    from .train import Interrupted
 
     if not source:
         raise SleepError("seed.processes > 1 needs the weights' directory to start the workers from; "
@@ -71,30 +80,62 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         if dev.type == "cpu":  # split the cores between the workers instead of oversubscribing them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // cfg.processes)))
-        with open(job / "workers.log", "w") as log:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
-            try:
-                for line in proc.stdout:
-                    if line.startswith(_PROGRESS) and progress:
-                        step, total, note = line[len(_PROGRESS):].rstrip("\n").split(" ", 2)
-                        progress("seed", int(step), int(total), note)
-                    if should_stop():
-                        raise Interrupted("stopped during seeding (workers terminated)")
-                rc = proc.wait()
-            except BaseException:
-                os.killpg(proc.pid, signal.SIGTERM)
-                proc.wait()
-                raise
+        if dev.type == "cuda" and cfg.processes > torch.cuda.device_count():
+            raise SleepError(f"seed.processes = {cfg.processes} but only {torch.cuda.device_count()} GPUs are visible")
+        rc = _run_workers(cmd, env, job, progress, should_stop)
         if rc != 0 or not (job / "adapter.safetensors").exists():
-            tail = [ln for ln in (job / "workers.log").read_text(errors="replace").splitlines() if ln.strip()][-1:] or ["no output"]
-            raise SleepError(f"seeding workers (accelerate launch, {cfg.processes} processes) failed with exit code {rc}: "
-                             f"{tail[0][:300]}")
+            kept = Path(tempfile.mkstemp(prefix="agentsleep-seed-workers-", suffix=".log")[1])
+            shutil.copyfile(job / "workers.log", kept)
+            why = (job / "error.txt").read_text().strip() if (job / "error.txt").exists() else \
+                "no adapter was written" if rc == 0 else "see the log"
+            raise SleepError(f"seeding workers ({cfg.processes} processes) failed with exit code {rc}: "
+                             f"{why.splitlines()[0][:300]} (log: {kept})")
         pm = get_peft_model(model, lora_config(cfg, layers))
-        set_peft_model_state_dict(pm, {k: v.to(dev) for k, v in load_file(str(job / "adapter.safetensors")).items()})
+        res = set_peft_model_state_dict(pm, {k: v.to(dev) for k, v in load_file(str(job / "adapter.safetensors")).items()})
+        missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k]
+        if getattr(res, "unexpected_keys", None) or missing:
+            raise SleepError(f"the workers' expert does not fit this model ({len(missing)} missing, "
+                             f"{len(res.unexpected_keys)} unexpected keys)")
         st = json.loads((job / "stats.json").read_text())
         stats = SeedStats(**st)
     pm.eval()
     return pm, stats
+
+
+def _run_workers(cmd: list[str], env: dict[str, str], job: Path, progress, should_stop) -> int:
+    """Run the launcher, relay progress lines, and honour stop requests even while nothing is printed."""
+    from .train import Interrupted
+
+    with open(job / "workers.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
+        try:
+            with selectors.DefaultSelector() as sel:
+                sel.register(proc.stdout, selectors.EVENT_READ)
+                while True:
+                    if should_stop():
+                        raise Interrupted("stopped during seeding (workers terminated)")
+                    if sel.select(timeout=0.5):
+                        line = proc.stdout.readline()
+                        if not line:  # the launcher closed its output: it is exiting
+                            return proc.wait()
+                        if line.startswith(_PROGRESS) and progress:
+                            step, total, note = line[len(_PROGRESS):].rstrip("\n").split(" ", 2)
+                            progress("seed", int(step), int(total), note)
+        except BaseException:
+            _stop(proc)
+            raise
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the launcher's process group, then SIGKILL what is still there after 30 s."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def worker(job_dir: Path) -> None:
@@ -124,6 +165,8 @@ def worker(job_dir: Path) -> None:
 
     stats = train(pm, tok, items, cfg, replay_rows=job["replay_rows"],
                   extra_terms=distill_terms(tok, items, memories, cfg), progress=progress)
+    if stats.processes != cfg.processes:  # never let a launcher quietly train with fewer processes
+        raise SleepError(f"accelerate started {stats.processes} training processes, not {cfg.processes}")
     if rank == 0:
         state = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(pm).items()}
         save_file(state, str(job_dir / "adapter.tmp"))
@@ -131,5 +174,17 @@ def worker(job_dir: Path) -> None:
         os.replace(job_dir / "adapter.tmp", job_dir / "adapter.safetensors")
 
 
+def main(job_dir: Path) -> None:
+    """Run one worker; on failure write the reason, one line, where the sleep reads it."""
+    try:
+        worker(job_dir)
+    except BaseException as e:  # noqa: BLE001
+        first = (str(e).splitlines() or [""])[0]
+        rank = os.environ.get("RANK", "0")
+        with open(job_dir / "error.txt", "a") as f:
+            f.write(f"rank {rank}: {type(e).__name__}: {first}\n")
+        raise
+
+
 if __name__ == "__main__":
-    worker(Path(sys.argv[1]))
+    main(Path(sys.argv[1]))

@@ -56,6 +56,7 @@ class SeedStats:
     seconds: float = 0.0
     items: int = 0
     tokens: int = 0  # forward tokens of the hard-label and replay batches (padding excluded)
+    processes: int = 1  # training processes that took part
     losses: dict[str, list[float]] = field(default_factory=dict)
 
     def mean(self, last: int = 10) -> dict[str, float]:
@@ -99,7 +100,8 @@ def attach_soft_targets(model: Any, tok: Any, items: list[Item], max_len: int, b
 
 
 def _soft_ce(logits: torch.Tensor, labels: torch.Tensor, items: list[Item]) -> torch.Tensor | None:
-    """Cross-entropy of the student to the teacher's top-k soft targets (= KL up to a constant)."""
+    """Cross-entropy of the student to the teacher's top-k soft targets (= KL up to a constant),
+    summed over the items (each item's mean over its answer tokens); None if no item has targets."""
     mask = labels[:, 1:] != -100
     losses = []
     for j, it in enumerate(items):
@@ -111,7 +113,7 @@ def _soft_ce(logits: torch.Tensor, labels: torch.Tensor, items: list[Item]) -> t
         if n == 0:
             continue
         losses.append(-(p[:n].to(pos.device) * pos[:n].gather(-1, ids[:n].to(pos.device))).sum(-1).mean())
-    return torch.stack(losses).mean() if losses else None
+    return torch.stack(losses).sum() if losses else None
 
 
 def _on_policy(pm: Any, tok: Any, items: list[Item], rng: random.Random, n: int, max_len: int) -> torch.Tensor | None:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import SeedConfig
+from ..errors import SleepError
 from .tensors import collate, encode, forward_picked, picked
 
 
@@ -55,16 +56,24 @@ def mixed_precision(cfg: SeedConfig, device: torch.device) -> str:
 
 
 def accelerator(cfg: SeedConfig, device: torch.device):
-    """The process's Accelerator. In one process it follows the model's device (model.device)."""
+    """The process's Accelerator. It never moves the model (device_placement=False): the sleep
+    put it on model.device, and a worker on its own GPU."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
 
-    mp = mixed_precision(cfg, device)
-    if PartialState().num_processes == 1:
-        # one process may run many sleeps with different devices or precisions (tests, benchmarks):
-        # accelerate's state is a process-wide singleton, so start it afresh each time
+    cpu = device.type == "cpu"
+    if PartialState(cpu=cpu).num_processes == 1:
+        # One process may run many sleeps with different devices or precisions (tests, benchmarks),
+        # and accelerate keeps its state in process-wide singletons: start them afresh each time.
+        # (Private API, accelerate 1.x; it also clears the state of any other Accelerator in this process.)
         AcceleratorState._reset_state(reset_partial_state=True)
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mp, gradient_accumulation_steps=1)  # accumulation by hand: no_sync + one step per group
+    # gradient accumulation is done by hand (no_sync, one optimizer step per group of micro-batches)
+    acc = Accelerator(cpu=cpu, mixed_precision=mixed_precision(cfg, device), device_placement=False)
+    if acc.distributed_type not in (DistributedType.NO, DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+        raise SleepError(f"seeding runs in one process or with DDP (several CPU processes or GPUs); "
+                         f"accelerate chose {acc.distributed_type.value}, which is not supported (FSDP/DeepSpeed)")
+    return acc
 
 
 def _n_labels(row: tuple[list[int], list[int]]) -> int:
@@ -91,18 +100,30 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
     terms (seed.py); it returns {name: (loss, weight)}. They sample with their own
     seeded generator, so every process computes the same ones.
     """
+    t0 = time.time()
+    acc = accelerator(cfg, next(pm.parameters()).device)
+    torch.manual_seed(cfg.seed)
+    base = pm.get_base_model()
+    was_ckpt, was_cache = getattr(base, "is_gradient_checkpointing", False), getattr(base.config, "use_cache", True)
+    try:
+        if cfg.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            base.config.use_cache = False
+        return _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_stop, t0)
+    finally:
+        if cfg.gradient_checkpointing and not was_ckpt:
+            base.gradient_checkpointing_disable()
+        base.config.use_cache = was_cache
+        pm.eval()
+        acc.free_memory()
+
+
+def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_stop, t0):
     from .seed import SeedStats, _soft_ce
 
-    t0 = time.time()
-    dev0 = next(pm.parameters()).device
-    acc = accelerator(cfg, dev0)
     rank, world = acc.process_index, acc.num_processes
-    torch.manual_seed(cfg.seed)
+    dev0 = next(pm.parameters()).device
     rng = random.Random(cfg.seed)  # the same order on every process: each takes its share of each batch
-    base = pm.get_base_model()
-    if cfg.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        base.config.use_cache = False
     params = [p for p in pm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rows = {id(it): encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in items}
@@ -116,8 +137,8 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
     warm = max(1, int(total * cfg.warmup_frac))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
     student, opt = acc.prepare(Student(pm), opt)  # the scheduler steps once per optimizer step, by hand
-    dev = acc.device
-    stats = SeedStats(items=len(items))
+    dev = dev0
+    stats = SeedStats(items=len(items), processes=world)
     w_off = cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda)
     replay_rng = random.Random(cfg.seed + 2)
 
@@ -126,7 +147,7 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
         mine = seq[rank::world]
         return (mine, 1.0) if mine else (seq[:1], 0.0)
 
-    def micro_step(batch: list, n_group: int, n_micro: int, micro: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def micro_step(batch: list, n_group: int, n_soft: int, n_micro: int, micro: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """This process's share of one micro-batch: (terms for the log, loss to backpropagate).
 
         Losses are sums over this process's tokens divided by the token count of
@@ -144,12 +165,12 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
             sel, tgt, _ = student(b)
         sft_sum = _token_loss_sum(sel, tgt) * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
-        terms["sft"] = sft_sum.detach() / max(len(tgt), 1)
+        terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
-            d_off = _soft_ce(logits, b["labels"], mine)
+            d_off = _soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
             if d_off is not None:
-                terms["distill_off"] = d_off.detach()
-                loss = loss + w_off * d_off * on / n_micro
+                terms["distill_off"] = d_off.detach() / max(sum(it.soft is not None for it in mine), 1)
+                loss = loss + w_off * d_off * on * world / max(n_soft, 1)
         stats.tokens += sum(len(rows[id(it)][0]) for it in batch)
         if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
             drawn = replay_rng.sample(list(replay_rows), min(cfg.replay_per_step, len(replay_rows)))
@@ -170,32 +191,36 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
 
     step = micro = 0
     pm.train()
-    try:
-        for group in groups:
-            if should_stop():
-                raise Interrupted(f"stopped during seeding at step {step}/{total}")
-            n_group = sum(_n_labels(rows[id(it)]) for batch in group for it in batch)
-            for k, batch in enumerate(group):
-                last = k == len(group) - 1
-                with (contextlib.nullcontext() if last else acc.no_sync(student)), acc.autocast():
-                    terms, loss = micro_step(batch, n_group, len(group), micro)
-                    acc.backward(loss)
-                micro += 1
-                for name, v in terms.items():
-                    stats.losses.setdefault(name, []).append(float(v))
-            stats.losses.setdefault("total", []).append(float(loss.detach()) * len(group) / world)
-            acc.clip_grad_norm_(params, 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            if progress:
-                progress("seed", step, total, f"loss {stats.losses['total'][-1]:.3f}")
-    finally:
-        if cfg.gradient_checkpointing:
-            base.gradient_checkpointing_disable()
-            base.config.use_cache = True
-        pm.eval()
-        acc.free_memory()
+    for group in groups:
+        if should_stop():
+            raise Interrupted(f"stopped during seeding at step {step}/{total}")
+        n_group = sum(_n_labels(rows[id(it)]) for batch in group for it in batch)
+        n_soft = sum(it.soft is not None for batch in group for it in batch)
+        logged: dict[str, torch.Tensor] = {}
+        for k, batch in enumerate(group):
+            last = k == len(group) - 1
+            with (contextlib.nullcontext() if last else acc.no_sync(student)), acc.autocast():
+                terms, loss = micro_step(batch, n_group, n_soft, len(group), micro)
+                acc.backward(loss)
+            micro += 1
+            terms["total"] = loss.detach()
+            for name, v in terms.items():
+                logged[name] = logged.get(name, 0.0) + v.float() / (1 if name in ("total", "sft_sum") else len(group))
+        # what every process computed, as one number: the total carries the process count already
+        # (mean over processes); the hard-label loss is a token sum (summed, over the step's tokens)
+        vals = torch.stack([logged[k] for k in sorted(logged)]).to(dev)
+        vals = acc.reduce(vals, "sum") if world > 1 else vals
+        for name, v in zip(sorted(logged), vals.tolist()):
+            if name == "sft_sum":
+                stats.losses.setdefault("sft", []).append(v / max(n_group, 1))
+            else:
+                stats.losses.setdefault(name, []).append(v / world)
+        acc.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+        step += 1
+        if progress:
+            progress("seed", step, total, f"loss {stats.losses['total'][-1]:.3f}")
     stats.steps, stats.seconds = step, round(time.time() - t0, 1)
     return stats
