@@ -305,7 +305,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | retrieval | scaling | all"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | all"),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: Optional[int] = typer.Option(None, min=1, max=20, help="Facts per sleep in the sleep suite (default 20; 10 in quick)."),

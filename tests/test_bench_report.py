@@ -99,3 +99,25 @@ def test_scaling_shapes_are_buildable():
         s = dict(shape)
         cfg = AutoConfig.for_model(s.pop("model_type"), **s)
         assert cfg.hidden_size % cfg.num_attention_heads == 0, name
+
+
+def test_continual_suite_lines_and_capacity_table(tmp_path, monkeypatch):
+    """K=2 sleeps of 2 facts on a tiny model: the three lines, growth adds a block, a table and a plot."""
+    from agentsleep.bench import continual_suite
+    from tiny import tiny_model_dir
+
+    for k, v in {"MODEL__BASE": str(tiny_model_dir(tmp_path)), "SLEEP__SEED__EPOCHS": "2", "SLEEP__REST__ROUNDS": "0",
+                 "SLEEP__GATE__MIN_RECALL_GAIN": "-1", "SLEEP__GATE__MIN_RETENTION": "0",
+                 "SLEEP__GATE__MAX_DRIFT_KL": "1000"}.items():
+        monkeypatch.setenv(f"AGENTSLEEP_{k}", v)
+    res = continual_suite.run(tmp_path / "c", n_facts=2, k=2, say=lambda m: None)
+    lines = res["lines"]
+    assert set(lines) == {"sleep", "sleep + growth", "naive fine-tuning"}
+    assert all([p["after_set"] for p in pts] == [1, 2] for pts in lines.values())
+    assert all(len(p["accuracy"]) == p["after_set"] for pts in lines.values() for p in pts)
+    assert lines["sleep"][0] == {k: v for k, v in lines["sleep + growth"][0].items() if k != "grow_seconds"}
+    grown, plain = lines["sleep + growth"][1], lines["sleep"][1]
+    assert grown["parameters_m"] > plain["parameters_m"] and grown["grow_seconds"] > 0
+    assert all(p["status"] in ("promoted", "rejected") for p in lines["sleep"])  # a tiny model may dream nothing usable
+    md = continual_suite.markdown(res, tmp_path)
+    assert "| sleep + growth | 2 |" in md and (tmp_path / "bench_continual.png").stat().st_size > 1000

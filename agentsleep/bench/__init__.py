@@ -19,6 +19,7 @@ SUITES = {  # name -> (module, section title)
     "ablation": ("ablation_suite", "Seeding ablation: which parts of the recipe help"),
     "faults": ("faults_suite", "Fault injection: kill -9, full disk, store down, vLLM down"),
     "retrieval": ("retrieval_suite", "Retrieval latency: 1k, 10k, 100k episodes"),
+    "continual": ("continual_suite", "Continual learning: K sleeps, retention, drift and capacity (growth on/off)"),
     "scaling": ("scaling_suite", "Sleep cost vs episodes (embedded model, this CPU)"),
 }
 QUICK = ("sleep", "locomo", "serve")

@@ -60,3 +60,26 @@ SET_B = [
     Fact("Project Kestrel uses a Postgres database.", "Which database does Project Kestrel use?", "Postgres"),
     Fact("The user volunteers at the Riverside animal shelter.", "Where do I volunteer?", "Riverside"),
 ]
+
+SET_C = [  # a third disjoint set, for K = 3 sequential sleeps
+    Fact("The user's niece is named Clara.", "What is my niece called?", "Clara"),
+    Fact("The user's favourite fruit is mango.", "Which fruit do I like best?", "mango"),
+    Fact("The user's parrot is called Captain.", "What is my parrot's name?", "Captain"),
+    Fact("Project Albatross starts on 2 May 2027.", "When does Project Albatross start?", "May"),
+    Fact("The user's accountant is Mr. Delgado.", "Who is my accountant?", "Delgado"),
+    Fact("The user is allergic to penicillin.", "Which medicine am I allergic to?", "penicillin"),
+    Fact("The user's team lead is called Oskar Lindqvist.", "Who leads my team?", "Oskar"),
+    Fact("The user drives a red Volvo estate.", "What make is my car?", "Volvo"),
+    Fact("The sprint planning is on Wednesday mornings.", "On which day is sprint planning?", "Wednesday"),
+    Fact("The user studied at the University of Leeds.", "Where did I study?", "Leeds"),
+    Fact("The user's bike lock code is 2093.", "What is my bike lock code?", "2093"),
+    Fact("The user plays the trumpet in a jazz band.", "Which instrument do I play in the band?", "trumpet"),
+    Fact("The user's passport expires in October 2029.", "When does my passport expire?", "October"),
+    Fact("The user's favourite painter is Frida Kahlo.", "Which painter do I admire most?", "Kahlo"),
+    Fact("The backup server lives in the Dublin data centre.", "Where is the backup server?", "Dublin"),
+    Fact("The user's cousin Amir is a pilot.", "What does my cousin do for a living?", "pilot"),
+    Fact("The user meditates every evening at nine.", "At what time do I meditate?", "nine"),
+    Fact("The user's first job was at a bakery in Bristol.", "Where was my first job?", "bakery"),
+    Fact("Project Condor is built with the Go language.", "Which language is Project Condor built with?", "Go"),
+    Fact("The user swims at the Northside leisure centre.", "Where do I go swimming?", "Northside"),
+]
