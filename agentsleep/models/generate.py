@@ -32,7 +32,13 @@ def memory_system(memories: list[str]) -> str | None:
 
 def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
              progress=None, do_sample: bool = False, temperature: float = 1.0) -> list[str]:
-    """Greedy (or sampled) completions for rendered prompts, batched with left padding."""
+    """Greedy (or sampled) completions for rendered prompts, batched with left padding.
+
+    `model` may also be a text generator (`models.vllm_generate.VllmGenerator`):
+    then vLLM generates, batching by itself."""
+    if getattr(model, "is_text_generator", False):
+        return model.generate_text(prompts, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                   temperature=temperature, progress=progress)
     import torch
 
     out: list[str] = []

@@ -167,9 +167,13 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     return out
 
 
-def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress=None) -> DreamSet:
-    written = write(model, tok, memories, cfg, progress)
-    kept, dropped = filter_dreams(model, tok, written, memories, cfg, progress)
+def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress=None,
+          generator: Any = None) -> DreamSet:
+    """Write, filter and choose. `generator` (a VllmGenerator set to the same weights and writer
+    adapter as `model`) does the generating; the learning values need logits and use `model`."""
+    g = generator or model
+    written = write(g, tok, memories, cfg, progress)
+    kept, dropped = filter_dreams(g, tok, written, memories, cfg, progress)
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
     chosen = with_perspectives(chosen)

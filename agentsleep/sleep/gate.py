@@ -10,6 +10,8 @@ Measured in the same run, on the same weights, with and without the expert
 """
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from typing import Any
 
 import torch
@@ -54,16 +56,31 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
 
 
 def evaluate(pm: Any, tok: Any, probes: list[dict], earlier: list[dict], drift_pool: list[tuple[str, str]],
-             cfg: GateConfig, progress=None) -> Verdict:
-    """Measure before (adapter disabled) and after (adapter on), then decide."""
+             cfg: GateConfig, progress=None, generator: Any = None) -> Verdict:
+    """Measure before (adapter disabled) and after (adapter on), then decide.
+
+    With `generator` (a VllmGenerator on the pre-sleep weights) the probes are
+    answered by vLLM: before on the base weights, after with the new expert
+    saved as a LoRA adapter. Drift needs logits and stays on `pm`."""
     say = progress or (lambda *a, **k: None)
     say("gate", 0, 3, "probes before")
-    with pm.disable_adapter():
-        before, _ = closed_book_accuracy(pm, tok, probes)
-        old_before, _ = closed_book_accuracy(pm, tok, earlier)
-    say("gate", 1, 3, "probes after")
-    after, answers = closed_book_accuracy(pm, tok, probes)
-    old_after, _ = closed_book_accuracy(pm, tok, earlier)
+    with contextlib.ExitStack() as stack:
+        if generator is None:
+            with pm.disable_adapter():
+                before, _ = closed_book_accuracy(pm, tok, probes)
+                old_before, _ = closed_book_accuracy(pm, tok, earlier)
+            after_model = pm
+        else:
+            expert = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentsleep-expert-"))
+            pm.save_pretrained(expert)
+            before, _ = closed_book_accuracy(generator.with_lora(None), tok, probes)
+            old_before, _ = closed_book_accuracy(generator, tok, earlier)
+            after_model = generator.with_lora(expert)
+        say("gate", 1, 3, "probes after")
+        after, answers = closed_book_accuracy(after_model, tok, probes)
+        old_after, _ = closed_book_accuracy(after_model, tok, earlier)
+        if generator is not None:
+            generator.with_lora(None)
     say("gate", 2, 3, "drift")
     kl = drift_kl(pm, tok, drift_pool[:cfg.drift_prompts])
     say("gate", 3, 3, "done")

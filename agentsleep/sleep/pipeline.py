@@ -137,6 +137,19 @@ def _peak_rss_mb() -> float:
     return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
+    """The vLLM engine for this sleep's generation (sleep.generator), or None for transformers."""
+    from ..models import vllm_generate
+
+    kind = cfg.generator
+    if kind == "auto":
+        kind = "vllm" if model_cfg.device.startswith("cuda") and vllm_generate.available() else "transformers"
+    if kind != "vllm":
+        return None
+    return vllm_generate.VllmGenerator(weights, dtype=model_cfg.dtype, max_lora_rank=max(cfg.seed.lora_r, 8),
+                                       seed=cfg.seed.seed, device="cuda" if model_cfg.device.startswith("cuda") else "cpu")
+
+
 def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
     """What an earlier episode is rehearsed with besides its raw text: its `per_episode` most
     valuable trained dreams. `agentsleep bench sleep`: retention after sleep 2 went from 53%
@@ -207,17 +220,22 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                     raise Interrupted(f"stopped during {stage}")
                 user_progress(stage, done, total, note)
 
+            engine = None  # the vLLM generation engine, when sleep.generator asks for one
             try:
                 journal.stage("load")
                 parent = registry.get(plan.parent_version)
                 model, tok = load(parent.weights, dtype=home.config.model.dtype, device=home.config.model.device)
                 lineage = [v for v in registry.lineage(parent.name) if not v.is_base]
+                engine = generation_engine(cfg, home.config.model, parent.weights)
                 lap("load")
 
                 journal.stage("dream")
                 from .rest import writer_adapter_dir, with_writer
-                with with_writer(model, writer_adapter_dir(home.root)) as writer:
-                    ds = dream(writer, tok, plan.memories, cfg.dream, seed=cfg.seed.seed, progress=say)
+                writer_dir = writer_adapter_dir(home.root)
+                if engine is not None:
+                    engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
+                with with_writer(model, writer_dir) as writer:
+                    ds = dream(writer, tok, plan.memories, cfg.dream, seed=cfg.seed.seed, progress=say, generator=engine)
                 with open(journal.dir / "dreams.jsonl", "w", encoding="utf-8") as f:
                     for d in ds.dreams:
                         f.write(json.dumps(asdict(d)) + "\n")
@@ -253,7 +271,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                 journal.stage("gate")
                 probes = [_probe(d) for d in ds.probes]
                 verdict = evaluate(pm, tok, probes, earlier_probes + _retention_sample(earlier_dreams, cfg.gate.retention_dreams),
-                                   [tuple(x) for x in pools["drift"]], cfg.gate, progress=say)
+                                   [tuple(x) for x in pools["drift"]], cfg.gate, progress=say, generator=engine)
                 lap("gate")
                 metrics = {**verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
                            "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
@@ -299,6 +317,9 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
             except Exception as e:
                 journal.finish("failed", error=f"{type(e).__name__}: {e}")
                 raise
+            finally:
+                if engine is not None:
+                    engine.close()
         rep.reasons += policy_note
         rep.excluded = plan.excluded
         rep.finished_at = time.time()
