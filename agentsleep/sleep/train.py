@@ -15,6 +15,7 @@ bf16 on CUDA), gradient checkpointing, gradient accumulation.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from typing import Any, Callable
@@ -128,7 +129,11 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rows = {id(it): encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in items}
     schedule: list[list] = []  # every micro-batch of every epoch, then grouped into optimizer steps
-    for _ in range(cfg.epochs):
+    per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
+    # Adam moves each weight by about lr per step, so a sleep's learning grows with its step count:
+    # a small sleep gets extra epochs up to seed.min_steps instead of learning next to nothing
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps * cfg.grad_accum / per_epoch))
+    for _ in range(epochs):
         order = items[:]
         rng.shuffle(order)
         schedule += [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
