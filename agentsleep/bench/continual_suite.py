@@ -105,6 +105,8 @@ def plot(res: dict[str, Any], path: Path) -> Path:
            title="capacity curve")
     a2.set(xlabel="sleeps (sets learned)", ylabel="accuracy on the first set", ylim=(0, 1.05),
            title="retention of set 1")
+    a1.set_xticks([n * (i + 1) for i in range(res["k"])])
+    a2.set_xticks(list(range(1, res["k"] + 1)))
     a1.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -114,16 +116,18 @@ def plot(res: dict[str, Any], path: Path) -> Path:
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     png = plot(res, docs_dir / "bench_continual.png")
-    head = "| method | after set | accuracy per set | recall, all facts | drift KL | parameters (M) | seconds |\n|---|---|---|---|---|---|---|\n"
+    head = ("| method | after set | sleep | accuracy per set | recall, all facts | drift KL | parameters (M) | seconds |\n"
+            "|---|---|---|---|---|---|---|---|\n")
     rows = []
     for name, pts in res["lines"].items():
         for p in pts:
             secs = p.get("seconds", "")
             if p.get("grow_seconds"):
                 secs = f"{secs} (+{p['grow_seconds']} grow)"
-            rows.append(f"| {name} | {p['after_set']} | {' / '.join(f'{a:.2f}' for a in p['accuracy'])} | "
+            rows.append(f"| {name} | {p['after_set']} | {p.get('status', 'merged')} | {' / '.join(f'{a:.2f}' for a in p['accuracy'])} | "
                         f"{p['recall_all']:.2f} | {p['drift_kl']} | {p.get('parameters_m', '')} | {secs} |")
     return (f"{res['k']} sleeps of {res['facts_per_sleep']} facts each (disjoint sets), embedded SmolLM2; before any "
             f"sleep: {' / '.join(f'{a:.2f}' for a in res['before'])}. The growth line shares sleep 1 and grows one "
             f"block before each later sleep; naive fine-tuning uses {res['seed_steps_per_baseline_set']} LoRA steps per "
-            f"set (sleep 1's seeding steps).\n\n{head}" + "\n".join(rows) + f"\n\n![continual]({png.name})\n")
+            f"set (sleep 1's seeding steps). A rejected sleep leaves the previous version serving (the reason is in its sleep "
+            f"report), so its row repeats the accuracy before it.\n\n{head}" + "\n".join(rows) + f"\n\n![continual]({png.name})\n")
