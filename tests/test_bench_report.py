@@ -60,12 +60,24 @@ def test_retrieval_suite_small(tmp_path):
 
 
 def test_squad_suite_runs_every_method(tmp_path):
-    """The SQuAD suite end to end on a tiny random model and one passage: every method scored, a table."""
+    """The SQuAD suite end to end on a tiny random model and one passage in the dataset's format: every
+    method scored, a table; a missing dataset is a clean skip."""
+    import json
+
     from agentsleep.bench import squad_suite
     from tiny import tiny_model_dir
 
-    res = squad_suite.run(tmp_path / "s", passages=1, say=lambda m: None, model_path=str(tiny_model_dir(tmp_path)))
-    assert res["passages"] == 1 and res["questions"] > 10
+    passage = {"title": "Beagle", "context": "The beagle is a breed of small scent hound. Beagles were developed in "
+               "England around the 1830s for hunting hare. The breed is known for its loud bay and its stamina.",
+               "questions": [{"question": q, "answer": a} for q, a in [
+                   ("What kind of dog is a beagle?", "scent hound"), ("Where were beagles developed?", "England"),
+                   ("When were beagles developed?", "1830s"), ("What did beagles hunt?", "hare"),
+                   ("What is the breed known for?", "its loud bay")]]}
+    data = tmp_path / "squad.json"
+    data.write_text(json.dumps([passage]))
+    res = squad_suite.run(tmp_path / "s", passages=1, say=lambda m: None, data=data,
+                          model_path=str(tiny_model_dir(tmp_path)))
+    assert res["passages"] == 1 and res["questions"] == 5
     assert set(res["methods"]) == {"base (closed-book)", "passage in context (ceiling)", "seeding without dreams",
                                    "full sleep recipe (dreams + seeding)", "plain LoRA on raw passages"}
     assert all(0 <= m[k] <= 1 for m in res["methods"].values() for k in ("em", "f1", "contains"))
@@ -82,7 +94,10 @@ def test_scaling_suite_times_dream_and_seed(tmp_path):
     res = scaling_suite.run(models=(str(tiny_model_dir(tmp_path)),), episodes=(2, 4), say=lambda m: None)
     assert [r["episodes"] for r in res["rows"]] == [2, 4]
     small, big = res["rows"]
-    assert big["seed_steps"] > small["seed_steps"] > 0 and big["dreams_written"] > small["dreams_written"]
+    from agentsleep.config import SeedConfig
+
+    assert small["seed_steps"] == SeedConfig().min_steps  # a small sleep trains to the step floor
+    assert big["dreams_written"] > small["dreams_written"] and big["seed_tokens_per_s"] > 0
     assert all(r["seed_s"] > 0 and r["dream_s"] > 0 and r["weights"] == "real" for r in res["rows"])
     assert "| episodes per 8 h night |" in scaling_suite.markdown(res)
     facts = scaling_suite.synthetic_facts(300)
