@@ -81,23 +81,21 @@ def nll_by_row(sel: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor, n: int)
     return total / count.clamp(min=1)
 
 
-def ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    sel, tgt, _ = picked(logits, labels)
-    return ce_picked(sel, tgt)
-
-
-def ce_picked(sel: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+def ce_picked(sel: torch.Tensor, tgt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy of picked logits; reduction "mean" or "sum" over positions (0 when there are none)."""
     if not len(tgt):
         return sel.sum() * 0.0
-    return F.cross_entropy(sel, tgt)
+    return F.cross_entropy(sel, tgt, reduction=reduction)
 
 
-def kl_picked(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    """Mean per-token KL(p || q) between the picked (N, V) logits of two models (p is the target)."""
+def kl_picked(lp: torch.Tensor, lq: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Per-token KL(p || q) between the picked (N, V) logits of two models (p is the target),
+    averaged ("mean") or summed ("sum") over positions."""
     if not len(lp):
         return lq.sum() * 0.0
     p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
-    return (p_log.exp() * (p_log - q_log)).sum(-1).mean()
+    per_token = (p_log.exp() * (p_log - q_log)).sum(-1)
+    return per_token.sum() if reduction == "sum" else per_token.mean()
 
 
 @torch.no_grad()

@@ -21,11 +21,10 @@ import time
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..config import SeedConfig
 from ..errors import SleepError
-from .tensors import collate, encode, forward_picked, picked
+from .tensors import ce_picked, collate, encode, forward_picked, kl_picked, picked
 
 
 class Interrupted(Exception):
@@ -80,17 +79,6 @@ def accelerator(cfg: SeedConfig, device: torch.device):
 def _n_labels(row: tuple[list[int], list[int]]) -> int:
     """Positions a row is scored on (labels shifted by one, as forward_picked reads them)."""
     return sum(1 for y in row[1][1:] if y != -100)
-
-
-def _token_loss_sum(sel: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(sel, tgt, reduction="sum") if len(tgt) else sel.sum() * 0.0
-
-
-def _kl_sum(lp: torch.Tensor, lq: torch.Tensor) -> torch.Tensor:
-    if not len(lp):
-        return lq.sum() * 0.0
-    p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
-    return (p_log.exp() * (p_log - q_log)).sum()
 
 
 def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), extra_terms=None,
@@ -168,7 +156,7 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
             sel, tgt, _ = picked(logits, b["labels"])
         else:
             sel, tgt, _ = student(b)
-        sft_sum = _token_loss_sum(sel, tgt) * on
+        sft_sum = ce_picked(sel, tgt, reduction="sum") * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
@@ -184,7 +172,7 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
             with torch.no_grad(), pm.disable_adapter():
                 t_sel = forward_picked(pm, rb)[0]
             s_sel = student(rb)[0]
-            kl_sum = _kl_sum(t_sel.float(), s_sel.float()) * on_r
+            kl_sum = kl_picked(t_sel.float(), s_sel.float(), reduction="sum") * on_r
             terms["replay_kl"] = kl_sum.detach() / max(len(s_sel), 1)
             loss = loss + cfg.w_replay * kl_sum * world / max(sum(_n_labels(r) for r in drawn), 1) / n_micro
             stats.tokens += sum(len(r[0]) for r in drawn)
