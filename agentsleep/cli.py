@@ -320,7 +320,8 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) else None, say=say, progress=prog,
-                             options={"sleep": {"n_facts": facts or (10 if suite == "quick" else 20)}})
+                             options={"sleep": {"n_facts": facts or (10 if suite == "quick" else 20)},
+                                      "locomo": {"sleep_sessions": 0 if suite == "quick" else 2}})  # quick: no sleeps
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
 
@@ -355,6 +356,31 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
         serve_home(h, backend=backend, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
                    use_memory=False if no_memory else None,
                    say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+
+
+@app.command("serve-homes")
+def serve_homes_cmd(homes: list[Path] = typer.Argument(..., help="Agent home directories sharing one base model."),
+                    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+                    port: int = typer.Option(8421, min=1, max=65535, help="Port."),
+                    max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", min=1, max=512,
+                                                                help="Largest composed adapter (default 4 x seed.lora_r)."),
+                    vllm_arg: list[str] = typer.Option([], "--vllm-arg", help="Extra vLLM server argument, repeatable."),
+                    no_memory: bool = typer.Option(False, "--no-memory", help="Do not inject memories unless a request asks."),
+                    poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to check each registry.")) -> None:
+    """Serve many homes from ONE vLLM server: their shared base model plus each home's sleeps as its
+    own LoRA adapter (multi-LoRA). Ask a home with "model": "<home directory name>"."""
+    import logging
+
+    from .serving.homes import serve_homes
+
+    if poll_seconds <= 0:
+        raise InputError("--poll-seconds must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    serve_homes([Path(h).expanduser() for h in homes], host=host, port=port, poll_s=poll_seconds,
+                vllm_args=list(vllm_arg), max_lora_rank=max_lora_rank, use_memory=False if no_memory else None,
+                say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
 # ---- end serve commands ----

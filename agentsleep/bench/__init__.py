@@ -37,6 +37,8 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
         key = name  # a smaller run (the quick profile's 10 facts) gets its own block and never overwrites the full one
         if opts.get("n_facts") not in (None, 20):
             key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
+        if opts.get("sleep_sessions") == 0:  # the quick LoCoMo run (no sleeps) keeps the full run's block
+            key, title = f"{name}-retrieval", f"{title} (retrieval only)"
         t = time.time()
         res = mod.run(out_dir / key, say=say, progress=progress, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)
