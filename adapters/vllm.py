@@ -420,6 +420,21 @@ class VLLMProcess:
             pass
 
 
+def start_ready(model_dir: Path, log_path: Path, *, timeout: float, abort: threading.Event | None = None,
+                **kw: Any) -> VLLMProcess:
+    """Start a VLLMProcess (its log at `log_path`, "{port}" filled in) and wait until it answers;
+    on any failure the process is stopped before the error propagates."""
+    proc = VLLMProcess(model_dir, **kw)
+    proc.log_path = Path(str(log_path).replace("{port}", str(proc.port)))
+    proc.start()
+    try:
+        proc.wait_ready(timeout, abort=abort)
+    except BaseException:
+        proc.stop(grace=5)
+        raise
+    return proc
+
+
 @dataclass(eq=False)
 class _Server:
     """A vLLM server we talk to: managed (a process we own) or attached (a URL)."""
@@ -533,14 +548,8 @@ class VLLMSupervisor:
         if beside is not None and beside.proc is not None and beside.proc.alive() \
                 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
             bind = spare_cpus(worker_cpus(beside.proc.pid))
-        proc = VLLMProcess(d, api_key=self._api_key, log_path=None, cpu_bind=bind, **self.proc_kw)
-        proc.log_path = self.log_dir / f"vllm-{proc.port}.log"
-        proc.start()
-        try:
-            proc.wait_ready(self.start_timeout, abort=self._abort)
-        except BaseException:
-            proc.stop(grace=5)
-            raise
+        proc = start_ready(d, self.log_dir / "vllm-{port}.log", timeout=self.start_timeout, abort=self._abort,
+                           api_key=self._api_key, cpu_bind=bind, **self.proc_kw)
         return _Server(proc.url, self._api_key, proc, version, arch_signature(d), d)
 
     def _attach(self, version: Version) -> _Server:

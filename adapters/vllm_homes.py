@@ -35,8 +35,8 @@ from typing import Any, Iterator
 from agentsleep.models.registry import BASE_VERSION, Version
 from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
 
-from .vllm import (Route, VLLMProcess, _Server, _sibling, adapter_chain, adapter_info, arch_signature,
-                   compose_adapters, lora_rank_for, weights_dir)
+from .vllm import (Route, _Server, _sibling, adapter_chain, adapter_info, arch_signature, compose_adapters,
+                   lora_rank_for, start_ready, weights_dir)
 
 log = logging.getLogger("agentsleep.vllm.homes")
 _LANE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -95,14 +95,8 @@ class SharedBaseVLLM:
             return self.lanes[name]
 
     def _spawn(self) -> _Server:
-        proc = VLLMProcess(self.base_dir, api_key=self._api_key, **self.proc_kw)
-        proc.log_path = self.log_dir / f"vllm-homes-{proc.port}.log"
-        proc.start()
-        try:
-            proc.wait_ready(self.start_timeout, abort=self._abort)
-        except BaseException:
-            proc.stop(grace=5)
-            raise
+        proc = start_ready(self.base_dir, self.log_dir / "vllm-homes-{port}.log", timeout=self.start_timeout,
+                           abort=self._abort, api_key=self._api_key, **self.proc_kw)
         return _Server(proc.url, self._api_key, proc, None, self.base_sig, self.base_dir)
 
     def start(self) -> float:

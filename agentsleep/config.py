@@ -114,7 +114,7 @@ class RestConfig(_Section):
 
 
 class GateConfig(_Section):
-    min_recall_gain: float = Field(0.05, description="Promote only if probe recall rises at least this much.")
+    min_recall_gain: float = Field(0.05, description="Promote only if probe recall rises at least this much (at most the headroom 1 - recall before).")
     min_retention: float = Field(0.9, ge=0, le=1, description="Earlier sleeps' probes must keep this share of their accuracy.")
     retention_dreams: int = Field(32, ge=0, description="Trained dreams of earlier sleeps checked alongside their held-out probes "
                                   "(a few held-out probes alone read forgetting too noisily to gate on).")

@@ -251,8 +251,8 @@ class Home:
 
         grown = None if dry_run else self._grow_if_due(f"every {self.config.sleep.grow_every} sleeps")
         report = run_sleep(self, max_episodes=max_episodes, dry_run=dry_run, progress=progress)
-        if report.status == "rejected" and self.config.sleep.grow_on_reject and any(
-                r.startswith(("recall gain", "retention")) for r in report.reasons):
+        if report.status == "rejected" and self.config.sleep.grow_on_reject and \
+                {"recall_gain", "retention"} & set(report.metrics.get("gate_failed") or ()):
             grown = self._grow_if_due("after a sleep rejected for recall or retention", force=True)
         if grown:
             report.reasons.append(grown)

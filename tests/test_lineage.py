@@ -99,3 +99,41 @@ def test_growth_policy_refusal_is_reported_not_raised(tmp_path):
         line = h._grow_if_due("test", force=True)
         assert line.startswith("growth policy (test) did not grow:") and "not supported" in line
         assert h.registry.names() == ["v0000"]
+
+
+def _grounded_writer(model, tok, memories, cfg, progress=None):
+    """Three grounded dreams per memory: a random tiny model writes none, and the gate is never reached."""
+    from agentsleep.sleep.types import Dream
+
+    out = []
+    for m in memories:
+        words = m.text.rstrip(".").split()
+        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
+                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
+                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
+    return out
+
+
+FAST = {"seed": {"replay_prompts": 4, "epochs": 1, "min_steps": 0}, "rest": {"rounds": 0},
+        "dream": {"per_episode": 3, "teacher_agreement": False}}
+
+
+@pytest.mark.parametrize("gate,grows", [({"min_recall_gain": 2.0, "max_drift_kl": 1000}, True),
+                                        ({"min_recall_gain": -1, "max_drift_kl": 0.0}, False)])
+def test_growth_policy_on_reject_reads_which_check_failed(tiny, tmp_path, monkeypatch, gate, grows):
+    """grow_on_reject grows after a sleep rejected for recall (fresh capacity may help), not after one
+    rejected for drift (more capacity would not)."""
+    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    h = _home(tmp_path, tiny, grow_on_reject=True, **FAST, gate={"drift_prompts": 2, **gate})
+    h.remember("The user's locker code is 4417.")
+    rep = h.sleep()
+    assert rep.status == "rejected"
+    assert rep.metrics["gate_failed"] == (["recall_gain"] if grows else ["drift"])
+    grown = [r for r in rep.reasons if r.startswith("growth policy (after a sleep rejected")]
+    if grows:
+        assert grown and h.registry.current().manifest["kind"] == "grow"
+        assert h.registry.current().manifest["layers"] == {"before": 3, "after": 4}
+    else:
+        assert not grown and h.registry.names() == ["v0000"]
+    assert len(h.store.list(unconsolidated_only=True)) == 1  # a rejected sleep keeps its episode waiting
+    h.close()

@@ -248,3 +248,19 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
     h.forget(query="wifi", fallback=True)
     assert h.registry.current_name() == "v0000"
     assert sorted(m.id for m in select(h).memories) == sorted([b, d])
+
+
+def test_gate_decision_caps_the_gain_at_the_headroom():
+    from agentsleep.config import GateConfig
+    from agentsleep.sleep.gate import decide
+
+    cfg = GateConfig(min_recall_gain=0.05, min_retention=0.9, max_drift_kl=0.5)
+    assert decide(cfg, 7, 0.2, 0.6, None, 0.1)[0] == []
+    failed, reasons = decide(cfg, 7, 0.2, 0.22, 0.95, 0.1)
+    assert failed == ["recall_gain"] and "below gate.min_recall_gain 0.05" in reasons[0]
+    failed, reasons = decide(cfg, 7, 1.0, 1.0, None, 0.1)  # already known: nothing to gain, nothing lost
+    assert failed == [] and "already known" in reasons[0]
+    assert decide(cfg, 7, 0.98, 0.98, None, 0.1)[0] == ["recall_gain"]  # headroom 0.02: a gain of 0 is not enough
+    assert decide(cfg, 7, 1.0, 0.9, None, 0.1)[0] == ["recall_gain"]  # known before, forgotten after
+    assert decide(cfg, 7, 1.0, 1.0, 0.5, 0.9)[0] == ["retention", "drift"]
+    assert decide(cfg, 0, 0.0, 0.0, None, 0.1)[0] == ["no_probes"]

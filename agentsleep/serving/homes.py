@@ -17,8 +17,6 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -27,7 +25,7 @@ from fastapi import Request  # module level: FastAPI resolves route annotations 
 
 from ..errors import InputError, ModelError
 from .backend import APIError, BadRequest, ModelNotFound, TooLarge, Unauthorized
-from .server import RegistryWatcher, _is_loopback, create_app
+from .server import RegistryWatcher, _is_loopback, check_listen, create_app, home_recall, run_app, url_for
 
 log = logging.getLogger("agentsleep.serve")
 _DISPATCH = ("/v1/chat/completions", "/v1/completions")
@@ -191,8 +189,6 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
                 vllm_args: list[str] | None = None, max_lora_rank: int | None = None, use_memory: bool | None = None,
                 say: Callable[[str], None] | None = None) -> None:
     """Serve `paths` until interrupted: one vLLM on their shared base, one adapter per home."""
-    import uvicorn
-
     from ..adapters.vllm_homes import SharedBaseVLLM
     from ..home import Home
     from ..serving.vllm_backend import VLLMBackend, _adapter
@@ -203,19 +199,14 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
     if why := _adapter("vllm_available")():
         raise ModelError(f"serve-homes needs vLLM: {why}")
     names = home_names(paths)
-    try:
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host") from None
+    check_listen(host, port)
     opened = {n: Home.open(p, writable=False, create=False) for n, p in names.items()}
     try:
         base = shared_base(opened)
-        first = next(iter(opened.values())).config
+        first = next(iter(opened.values()))
         rank = max_lora_rank or max(4 * max(h.config.sleep.seed.lora_r for h in opened.values()), 8)
-        pool = SharedBaseVLLM(base, log_dir=next(iter(opened.values())).root / "logs", homes=len(opened), max_lora_rank=rank,
-                                          dtype=first.model.dtype, extra_args=list(vllm_args or []))
+        pool = SharedBaseVLLM(base, log_dir=first.root / "logs", homes=len(opened), max_lora_rank=rank,
+                              dtype=first.config.model.dtype, extra_args=list(vllm_args or []))
         entries: dict[str, dict[str, Any]] = {}
         for name, home in opened.items():
             cfg = home.config.serve
@@ -223,8 +214,8 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
                 cfg = cfg.model_copy(update={"inject_memories": use_memory})
             backend = VLLMBackend(pool.lane(name))
             watcher = RegistryWatcher(home.registry, backend, poll_s=poll_s)
-            app = create_app(backend, registry=home.registry, watcher=watcher, recall=_recall(home), serve_cfg=cfg,
-                             memory_k=home.config.memory.recall_k,
+            app = create_app(backend, registry=home.registry, watcher=watcher, recall=home_recall(home),
+                             serve_cfg=cfg, memory_k=home.config.memory.recall_k,
                              default_max_tokens=home.config.model.max_new_tokens)
             entries[name] = {"app": app, "backend": backend, "watcher": watcher, "api_key": cfg.api_key}
         if not _is_loopback(host) and not all(e["api_key"] for e in entries.values()):
@@ -232,39 +223,23 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
                         "can use them", host)
         app = create_homes_app(entries, pool, max_request_bytes=max(h.config.serve.max_request_bytes
                                                                      for h in opened.values()))
-        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-        url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-        failure: list[str] = []
 
-        def boot() -> None:
-            try:
-                secs = pool.start()
-                for name, e in entries.items():
-                    e["watcher"].start()  # its first check starts the home's lane (errors stay per home)
-                say(f"ready: {len(entries)} homes on one vLLM over {base} (started in {secs:.1f} s) at {url}/v1; "
-                    f"model = home name: {', '.join(entries)}")
-            except Exception as e:  # noqa: BLE001
-                failure.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
-                server.should_exit = True
+        def boot(url: str) -> None:
+            secs = pool.start()
+            for e in entries.values():
+                e["watcher"].start()  # its first check starts the home's lane (errors stay per home)
+            say(f"ready: {len(entries)} homes on one vLLM over {base} (started in {secs:.1f} s) at {url}/v1; "
+                f"model = home name: {', '.join(entries)}")
 
-        say(f"listening at {url} (GET /health); starting vLLM on the shared base {base}...")
-        threading.Thread(target=boot, name="serve-homes-boot", daemon=True).start()
-        try:
-            server.run()
-        finally:
+        def cleanup() -> None:
             for e in entries.values():
                 e["watcher"].stop()
             pool.close()
+
+        say(f"listening at {url_for(host, port)} (GET /health); starting vLLM on the shared base {base}...")
+        failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
         if failure:
-            raise ModelError(f"the shared vLLM server did not start: {failure[0]}")
+            raise ModelError(f"the shared vLLM server did not start: {failure}")
     finally:
         for h in opened.values():
             h.close()
-
-
-def _recall(home: Any) -> Callable[[str, int], list[Any]]:
-    def recall(query: str, k: int) -> list[Any]:
-        if home.store.count() == 0:
-            return []
-        return home.recall(query, k)
-    return recall

@@ -428,8 +428,6 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
                use_memory: bool | None = None) -> None:
     """Serve a home until interrupted: listen at once (/health says "starting"), start the backend on
     CURRENT, then follow the pointer. Raises ModelError if the backend cannot start at all."""
-    import uvicorn
-
     from ..errors import ModelError
 
     say = say or (lambda m: log.info(m))
@@ -441,46 +439,75 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
     port = port if port is not None else cfg.port
     if not _is_loopback(host) and not cfg.api_key:
         log.warning("serving on %s without serve.api_key: anyone who can reach this port can use the model", host)
-    try:  # fail now, not after a minute of starting vLLM
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind((host, port))
-    except OSError as e:
-        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host") from None
+    check_listen(host, port)  # fail now, not after a minute of starting vLLM
     registry = home.registry
     b = make_backend(kind, home, vllm_url=cfg.vllm_url, vllm_api_key=cfg.vllm_api_key, vllm_args=vllm_args,
                      log_dir=home.root / "logs")
     watcher = RegistryWatcher(registry, b, poll_s=poll_s)
 
+    app = create_app(b, registry=registry, watcher=watcher, recall=home_recall(home), serve_cfg=cfg,
+                     memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
+
+    def boot(url: str) -> None:
+        first = registry.current()
+        rep = b.start(first)
+        watcher.record(rep)
+        watcher.start()
+        say(f"ready: serving {first.name} with {kind} at {url}/v1 (model 'agentsleep'), "
+            f"started in {rep.total_s:.1f} s; following {registry.root / 'CURRENT'}")
+
+    def cleanup() -> None:
+        watcher.stop()
+        b.close()
+
+    say(f"listening at {url_for(host, port)} (GET /health); starting the {kind} backend on {registry.current_name()}...")
+    failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
+    if failure:
+        raise ModelError(f"the {kind} backend did not start: {failure}")
+
+
+def check_listen(host: str, port: int) -> None:
+    """A clear error now when `host:port` cannot be bound (not after minutes of starting a model)."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host") from None
+
+
+def url_for(host: str, port: int) -> str:
+    return f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+
+
+def home_recall(home: Any) -> Recall:
+    """Memories for a request: the home's top-k episodes (none while the store is empty)."""
     def recall(query: str, k: int) -> list[Any]:
         if home.store.count() == 0:
             return []
         return home.recall(query, k)
+    return recall
 
-    app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
-                     memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
+
+def run_app(app: Any, host: str, port: int, *, boot: Callable[[str], None], cleanup: Callable[[], None]) -> str | None:
+    """Listen at once (/health answers "starting"), run `boot(url)` in a thread (loading a model takes
+    minutes), serve until interrupted, then `cleanup()`. Returns why boot failed (the server then
+    stops), or None."""
+    import uvicorn
+
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     failure: list[str] = []
 
-    def boot() -> None:
+    def run_boot() -> None:
         try:
-            first = registry.current()
-            rep = b.start(first)
-            watcher.record(rep)
-            watcher.start()
-            say(f"ready: serving {first.name} with {kind} at {url}/v1 (model 'agentsleep'), "
-                f"started in {rep.total_s:.1f} s; following {registry.root / 'CURRENT'}")
+            boot(url_for(host, port))
         except Exception as e:  # noqa: BLE001
             failure.append(str(e).splitlines()[0] if str(e) else type(e).__name__)
             server.should_exit = True
 
-    say(f"listening at {url} (GET /health); starting the {kind} backend on {registry.current_name()}...")
-    threading.Thread(target=boot, name="serve-boot", daemon=True).start()
+    threading.Thread(target=run_boot, name="serve-boot", daemon=True).start()
     try:
         server.run()
     finally:
-        watcher.stop()
-        b.close()
-    if failure:
-        raise ModelError(f"the {kind} backend did not start: {failure[0]}")
+        cleanup()
+    return failure[0] if failure else None
