@@ -305,23 +305,27 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | all"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | all (= full)"),
+          quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): under 15 minutes on 2 CPU cores."),
+          full: bool = typer.Option(False, "--full", help="Every suite at full size (hours on CPU)."),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
-          facts: Optional[int] = typer.Option(None, min=1, max=20, help="Facts per sleep in the sleep suite (default 20; 10 in quick)."),
+          facts: Optional[int] = typer.Option(None, min=1, max=20, help="Facts per sleep in the sleep suite (default 20; 10 and one sleep in quick)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
     from .bench import QUICK, SUITES, run_suites
     from .progress import StageProgress
 
+    if quick and full:
+        raise InputError("bench: --quick and --full exclude each other")
+    suite = "quick" if quick else "all" if full or suite == "full" else suite
     names = list(QUICK) if suite == "quick" else list(SUITES) if suite == "all" else [suite]
     if any(n not in SUITES for n in names):
         raise InputError(f"bench: unknown suite '{suite}'; use quick, all or one of {', '.join(SUITES)}")
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) else None, say=say, progress=prog,
-                             options={"sleep": {"n_facts": facts or (10 if suite == "quick" else 20)},
-                                      "locomo": {"sleep_sessions": 0 if suite == "quick" else 2}})  # quick: no sleeps
+                             options={"sleep": {"n_facts": facts}} if facts else None, quick=suite == "quick")
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
 

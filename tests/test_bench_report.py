@@ -136,3 +136,34 @@ def test_continual_suite_lines_and_capacity_table(tmp_path, monkeypatch):
     assert all(p["status"] in ("promoted", "rejected") for p in lines["sleep"])  # a tiny model may dream nothing usable
     md = continual_suite.markdown(res, tmp_path)
     assert "| sleep + growth | 2 |" in md and (tmp_path / "bench_continual.png").stat().st_size > 1000
+
+
+def test_results_file_records_versions_config_and_seeds_without_secrets(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("AGENTSLEEP_SERVE__API_KEY", "s3cret-key")
+    monkeypatch.setenv("AGENTSLEEP_SLEEP__SEED__SEED", "7")
+    p = report.save({"a": 1}, tmp_path, "x")
+    res = json.loads(p.read_text())
+    assert res["a"] == 1 and "CPU cores" in res["machine"]
+    assert {"python", "torch", "transformers", "peft", "chromadb"} <= set(res["versions"])
+    assert res["config"]["sleep"]["seed"]["seed"] == 7 and "dream" in res["config"]["sleep"]
+    assert res["config"]["serve"]["api_key"] == "***" and "s3cret" not in p.read_text()
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+
+
+def test_one_sleep_quick_result_renders_and_keeps_its_own_block(tmp_path):
+    from agentsleep.bench import QUICK_OPTIONS
+    from agentsleep.bench.sleep_suite import targets
+
+    res = _sleep_res(10)
+    for k in ("sleep2", "sleep2_seconds", "b_after_sleep2", "a_after_sleep2", "a_retention"):
+        res.pop(k)
+    res["naive"] = res["naive"][:1]
+    res["targets"] = targets(res)
+    assert set(res["targets"]) == {"a_after_sleep1 >= 0.75", "sleep beats plain LoRA by >= 0.15",
+                                   "sleep under 600 s", "drift within gate bound"}
+    md = sleep_md(res, tmp_path)
+    assert "sleep 1 status / seconds | promoted / 500" in md and "sleep 2" not in md.split("Targets")[0]
+    assert (tmp_path / "bench_sleep_10.png").stat().st_size > 1000
+    assert QUICK_OPTIONS["sleep"] == {"n_facts": 10, "sleeps": 1}

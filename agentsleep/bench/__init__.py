@@ -25,20 +25,29 @@ SUITES = {  # name -> (module, section title)
 QUICK = ("sleep", "locomo", "serve")
 
 
+# The quick profile: under 15 minutes on 2 CPU cores (one 10-fact sleep is ~8 of them). Each suite's
+# quick run has its own block in BENCHMARKS.md and never overwrites the full run's.
+QUICK_OPTIONS: dict[str, dict[str, Any]] = {
+    "sleep": {"n_facts": 10, "sleeps": 1},
+    "locomo": {"conversations": 1, "answer_sample": 20, "sleep_sessions": 0},
+    "serve": {"backends": ("transformers",)},
+}
+
+
 def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Callable[[str], None],
-               progress=None, options: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+               progress=None, options: dict[str, dict[str, Any]] | None = None, quick: bool = False) -> dict[str, Any]:
     from . import report
 
     results: dict[str, Any] = {}
     for name in names:
         mod_name, title = SUITES[name]
         mod = importlib.import_module(f".{mod_name}", __name__)
-        opts = (options or {}).get(name, {})
-        key = name  # a smaller run (the quick profile's 10 facts) gets its own block and never overwrites the full one
-        if opts.get("n_facts") not in (None, 20):
+        opts = {**(QUICK_OPTIONS.get(name, {}) if quick else {}), **(options or {}).get(name, {})}
+        key = name  # a smaller run gets its own block and never overwrites the full one
+        if quick:
+            key, title = f"{name}-quick", f"{title} (quick profile)"
+        elif opts.get("n_facts") not in (None, 20):
             key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
-        if opts.get("sleep_sessions") == 0:  # the quick LoCoMo run (no sleeps) keeps the full run's block
-            key, title = f"{name}-retrieval", f"{title} (retrieval only)"
         t = time.time()
         res = mod.run(out_dir / key, say=say, progress=progress, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)

