@@ -264,3 +264,26 @@ def test_gate_decision_caps_the_gain_at_the_headroom():
     assert decide(cfg, 7, 1.0, 0.9, None, 0.1)[0] == ["recall_gain"]  # known before, forgotten after
     assert decide(cfg, 7, 1.0, 1.0, 0.5, 0.9)[0] == ["retention", "drift"]
     assert decide(cfg, 0, 0.0, 0.0, None, 0.1)[0] == ["no_probes"]
+
+
+def test_rest_training_in_micro_batches_equals_one_batch(tiny):
+    """The ReST inner and writer fits accumulate micro-batches: same weights as one full batch."""
+    import torch
+    from peft import get_peft_model
+
+    from agentsleep.sleep.rest import _small_lora, _train
+    from agentsleep.sleep.tensors import encode
+
+    model, tok = load(str(tiny))
+    rows = [encode(tok, f"Note {i}: " + "word " * (3 * i), f"answer {i}") for i in range(7)]
+    out = []
+    for micro in (100, 3):
+        torch.manual_seed(0)
+        pm = get_peft_model(model, _small_lora())
+        params = [p for p in pm.parameters() if p.requires_grad]
+        _train(pm, params, rows, steps=3, lr=1e-2, pad_id=tok.pad_token_id, micro=micro)
+        out.append([p.detach().clone() for p in params])
+        pm.unload()
+    moved = max(float(p.abs().max()) for p in out[0])
+    assert moved > 0
+    assert max(float((a - b).abs().max()) for a, b in zip(*out)) < 1e-5

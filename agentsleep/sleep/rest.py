@@ -50,14 +50,18 @@ def _small_lora(r: int = 8):
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 
-def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int) -> None:
+def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int, micro: int = 4) -> None:
+    """`steps` full-batch AdamW steps on mean token CE over all `rows`, accumulated over micro-batches
+    of `micro` rows: the same gradient as one batch, without holding every row's activations at once
+    (all winners in one batch made the writer's fit the sleep's memory peak: 7.9 GB RSS on 135M)."""
     opt = torch.optim.AdamW(params, lr=lr)
     dev = next(pm.parameters()).device
-    b = collate(rows, pad_id, dev)
+    chunks = [collate(rows[i:i + micro], pad_id, dev) for i in range(0, len(rows), micro)]
+    total = sum(int((c["labels"][:, 1:] != -100).sum()) for c in chunks) or 1
     for _ in range(steps):
-        loss = ce_picked(*forward_picked(pm, b)[:2])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for c in chunks:
+            (ce_picked(*forward_picked(pm, c)[:2], reduction="sum") / total).backward()
         opt.step()
 
 
