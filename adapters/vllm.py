@@ -63,6 +63,7 @@ from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Una
 log = logging.getLogger("agentsleep.vllm")
 
 SERVED_NAME = "agentsleep-base"
+STAGED_RELOAD_EXT = "agentsleep.adapters.vllm_reload.StagedReload"  # see adapters/vllm_reload.py
 DEV_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1"}
 # config.json fields that fix tensor shapes: equal values mean the weights can be reloaded in place.
 SHAPE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -293,7 +294,8 @@ class VLLMProcess:
                  api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
                  kv_cache_bytes: int | None = None, lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
                  extra_args: list[str] | tuple[str, ...] = (), log_path: str | Path | None = None,
-                 python: str | None = None, dtype: str = "float32", cpu_bind: str | None = None):
+                 python: str | None = None, dtype: str = "float32", cpu_bind: str | None = None,
+                 staged_reload: bool | None = None):
         if not is_loopback(host):
             raise ValueError(f"vLLM runs with development endpoints enabled; it may only bind to loopback, not {host}")
         self.model_dir = Path(model_dir)
@@ -312,6 +314,8 @@ class VLLMProcess:
         self.python = python or sys.executable
         self.dtype = dtype
         self.cpu_bind = cpu_bind
+        # the worker extension lives in this package: only a server on our own interpreter can import it
+        self.staged_reload = (self.python == sys.executable) if staged_reload is None else staged_reload
         self.proc: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.ready_s: float | None = None
@@ -328,6 +332,8 @@ class VLLMProcess:
                "--disable-uvicorn-access-log", "--disable-log-stats"]
         if self.lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
+        if self.staged_reload:
+            cmd += ["--worker-extension-cls", STAGED_RELOAD_EXT]
         return cmd + self.extra_args  # the API key travels as VLLM_API_KEY: never on the command line, in `ps` or the log
 
     def start(self) -> "VLLMProcess":
@@ -829,9 +835,41 @@ class VLLMSupervisor:
 
         threading.Thread(target=work, name="vllm-retire", daemon=True).start()
 
+    def _rpc(self, srv: _Server, method: str, timeout: float = 600, **kwargs: str) -> dict[str, Any]:
+        """One worker method through vLLM's dev-mode /collective_rpc (one worker: its result)."""
+        res = self._post(srv, "/collective_rpc", {"method": method, "kwargs": kwargs}, timeout=timeout).json()
+        out = (res.get("results") or [None])[0]
+        return out if isinstance(out, dict) else {"result": out}
+
+    def _stage(self, srv: _Server, new_dir: Path) -> float | None:
+        """Build `new_dir`'s weights beside the served ones while they keep answering (see
+        adapters/vllm_reload.py). Returns the seconds it took, or None when the server cannot
+        stage (an attached server, an old build): then the reload runs in place, held."""
+        if srv.proc is None or not srv.proc.staged_reload:
+            return None
+        t0 = time.perf_counter()
+        try:
+            r = self._rpc(srv, "agentsleep_stage", weights_path=str(new_dir))
+            if not r.get("started"):
+                raise SwapError(r.get("error") or str(r))
+            deadline = time.monotonic() + self.start_timeout
+            while not (st := self._rpc(srv, "agentsleep_staged")).get("done"):
+                if time.monotonic() > deadline:
+                    raise SwapError(f"staging {new_dir} took over {self.start_timeout:.0f} s")
+                time.sleep(0.05)
+            if st.get("error"):
+                raise SwapError(st["error"])
+            return time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001 - the in-place reload still works
+            log.warning("staged reload of %s failed (%s); reloading in place instead", new_dir, e)
+            with contextlib.suppress(Exception):
+                self._rpc(srv, "agentsleep_discard")
+            return None
+
     def _reload(self, version: Version, prev: Route) -> SwapReport:
         srv = prev.server
         new_dir = weights_dir(version)
+        stage_s = self._stage(srv, new_dir)  # off the request path: nothing is held yet
         t_hold = time.perf_counter()
         with self._cond:
             self._held = True           # new requests wait here ...
@@ -850,8 +888,12 @@ class VLLMSupervisor:
                 self._post(srv, "/pause", params={"mode": "wait"})
             touched = True
             t_rpc = time.perf_counter()
-            self._post(srv, "/collective_rpc", {"method": "reload_weights",
-                                                "kwargs": {"weights_path": str(new_dir)}})
+            commit: dict[str, Any] = {}
+            if stage_s is not None:
+                commit = self._rpc(srv, "agentsleep_commit", weights_path=str(new_dir))
+            else:
+                self._post(srv, "/collective_rpc", {"method": "reload_weights",
+                                                    "kwargs": {"weights_path": str(new_dir)}})
             t_reset = time.perf_counter()
             for _ in range(100):  # fails while blocks are held; nothing runs now, so it settles fast
                 if self._post(srv, "/reset_prefix_cache").json().get("success", True):
@@ -900,10 +942,13 @@ class VLLMSupervisor:
                 self._post(srv, "/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
         return SwapReport(version=version.name, previous=prev.version.name, kind="reload_weights",
                           pause_ms=(t_open - t_hold) * 1000, drain_ms=(t_drained - t_hold) * 1000,
+                          prepare_s=stage_s or 0.0,
                           detail={"reload_ms": round((t_open - t_drained) * 1000, 2),
                                   "reload_rpc_ms": round((t_reset - t_rpc) * 1000, 2),
                                   "reset_prefix_cache_ms": round((t_open - t_reset) * 1000, 2),
-                                  "engine_paused": engine_pause, "weights": str(new_dir)})
+                                  "engine_paused": engine_pause, "weights": str(new_dir),
+                                  "staged": stage_s is not None, "commit": commit,
+                                  "stage_s": None if stage_s is None else round(stage_s, 3)})
 
     def _blue_green(self, version: Version, prev: Route, holding: bool = False) -> SwapReport:
         if not self.managed:

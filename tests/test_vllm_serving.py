@@ -109,6 +109,9 @@ def test_three_swaps_under_load(stack):
     adapter, weights, grown = rep["swaps"]
     assert adapter["server_pause_ms"] < 100                        # a route switch
     assert weights["server_pause_ms"] - weights["drain_ms"] < 1000  # the reload itself
+    # staged: the new weights were built beside the served ones (adapters/vllm_reload.py) and only
+    # swapped in while requests were held
+    assert weights["detail"]["staged"] is True and weights["detail"]["stage_s"] > 0, weights
     assert grown["server_pause_ms"] < 100                          # the switch; the start is off the path
     h = http.get("/health").json()
     assert h["version"] == versions["grown"].name and h["following"]
@@ -145,7 +148,7 @@ def test_weights_reload_resets_the_prefix_cache(stack):
         assert time.time() < deadline
         time.sleep(0.05)
     swap = http.get("/health").json()["swaps"][-1]
-    assert swap["kind"] == "reload_weights" and swap["ok"]
+    assert swap["kind"] == "reload_weights" and swap["ok"] and swap["detail"]["staged"] is True, swap
     d = ask(http, p2)
     assert d["model"] == nxt.name
     assert d["usage"]["prompt_tokens"] > 250
@@ -291,3 +294,39 @@ def test_attach_to_a_running_server(stack):
         attached.close()
     assert sup.route.server.proc.alive()  # closing an attached supervisor leaves the server running
     assert text(ask(http, "Say hello.")) == want
+
+
+def test_staged_reload_on_a_compiled_server(vllm_ok, tmp_path, monkeypatch):
+    """Without LoRA, vLLM on CPU traces the model once with dynamo (VLLM_CPU_CI_ENV keeps the traced
+    graph on the eager backend instead of compiling it with inductor, which takes minutes here).
+    A traced graph may hold storage addresses, so the staged commit copies into the served tensors
+    instead of re-pointing them; the answers after the swap are the new version's."""
+    from agentsleep.adapters.vllm import VLLMSupervisor
+
+    monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
+    tiny = tiny_model_dir(tmp_path / "tiny")
+    reg = Registry(tmp_path / "registry", base_model=str(tiny))
+    v = make_swap_versions(reg, scale=20.0)
+    ref = reference_answers([reg.get("v0000"), v["weights"]], PROMPTS[:2], max_tokens=8)
+    assert ref["v0000"] != ref[v["weights"].name]
+    sup = VLLMSupervisor(log_dir=tmp_path / "logs", lora=False)
+
+    def answers():
+        out = {}
+        for p in PROMPTS[:2]:
+            with sup.acquire() as r:
+                body = {"model": r.model, "messages": [{"role": "user", "content": p}], "max_tokens": 8,
+                        "temperature": 0}
+                out[p] = httpx.post(r.url + "/v1/chat/completions", json=body, headers=r.headers,
+                                    timeout=300).json()["choices"][0]["message"]["content"]
+        return out
+
+    try:
+        sup.start(reg.get("v0000"))
+        assert answers() == ref["v0000"]
+        rep = sup.swap(v["weights"])
+        assert rep.kind == "reload_weights" and rep.detail["staged"] is True, rep
+        assert rep.detail["commit"]["copied"] is True
+        assert answers() == ref[v["weights"].name]
+    finally:
+        sup.close()
