@@ -15,16 +15,21 @@ Swap kinds, cheapest first (`plan()` picks; see NOTES.md "vLLM on CPU"):
   then new requests name that adapter. No pause; the old model keeps
   answering the requests it has. Several sleeps since those weights (each an
   adapter on its parent) are composed into one adapter of the summed rank
-  (LoRA merges add up), as long as it fits --max-lora-rank; this matters
-  because a same-shape reload of even a 135M model holds requests ~1.7 s.
-- reload_weights: same architecture (config shapes equal): hold new requests,
-  let the ones in flight finish on the old weights, then
-  ``/collective_rpc reload_weights``, ``/reset_prefix_cache`` (required: the
-  cache holds KV of the old weights), wrapped in ``/pause?mode=wait`` ...
-  ``/resume`` on an attached server (other clients may use it). Held
-  requests then run on the new weights. Tied embeddings are not re-tied by vLLM 0.32's in-place
-  reload (lm_head keeps the old values: measured), so a version whose tied
-  embedding matrix changed goes blue/green instead.
+  (LoRA merges add up), as long as it fits --max-lora-rank: an adapter
+  costs no pause and no second copy of the weights.
+- reload_weights: same architecture (config shapes equal). On a server we
+  started, staged (adapters/vllm_reload.py, a vLLM worker extension): the new
+  weights are loaded and processed into a shadow copy of the model while the
+  old ones keep answering; then new requests are held, the ones in flight
+  finish on the old weights, the shadow's tensors are swapped in
+  (``agentsleep_commit``, milliseconds) and ``/reset_prefix_cache`` runs
+  (required: the cache holds KV of the old weights). Costs one more copy of
+  the weights until the commit. On an attached server, or if staging fails:
+  vLLM's own ``/collective_rpc reload_weights``, which holds requests for the
+  whole load (~2 s for 135M on 2 cores), wrapped in ``/pause?mode=wait`` ...
+  ``/resume`` (other clients may use an attached server). Tied embeddings are
+  not re-tied by vLLM 0.32's reload (lm_head keeps the old values: measured),
+  so a version whose tied embedding matrix changed goes blue/green instead.
 - blue_green: anything else (a grown model: more layers). A second server
   starts on the new version beside the old one, is health-checked, new
   requests switch to it in one step, and the old one is drained and stopped.
@@ -489,7 +494,8 @@ class VLLMSupervisor:
                  max_lora_rank: int = 64, max_loras: int = 2, extra_args: list[str] | tuple[str, ...] = (),
                  start_timeout: float = 600, drain_timeout: float = 120, restart: bool = True,
                  max_restarts: int = 5, restart_window_s: float = 600, monitor_s: float = 0.5,
-                 python: str | None = None, dtype: str = "float32", pause_engine: bool | None = None):
+                 python: str | None = None, dtype: str = "float32", pause_engine: bool | None = None,
+                 staged_reload: bool | None = None):
         import httpx
 
         self.attach_url = url.rstrip("/") if url else None
@@ -499,7 +505,8 @@ class VLLMSupervisor:
         self.log_dir = Path(log_dir) if log_dir else Path(tempfile.gettempdir())
         self.proc_kw = dict(max_model_len=max_model_len, kv_cache_bytes=kv_cache_bytes, lora=lora,
                             max_lora_rank=lora_rank_for(max_lora_rank), max_loras=max_loras,
-                            extra_args=list(extra_args), python=python, dtype=dtype)
+                            extra_args=list(extra_args), python=python, dtype=dtype,
+                            staged_reload=staged_reload)  # None: when the server runs on our interpreter
         self.lora = lora
         self.max_lora_rank = lora_rank_for(max_lora_rank)
         self.start_timeout = start_timeout

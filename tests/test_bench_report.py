@@ -100,8 +100,61 @@ def test_scaling_suite_times_dream_and_seed(tmp_path):
     assert big["dreams_written"] > small["dreams_written"] and big["seed_tokens_per_s"] > 0
     assert all(r["seed_s"] > 0 and r["dream_s"] > 0 and r["weights"] == "real" for r in res["rows"])
     assert "| episodes per 8 h night |" in scaling_suite.markdown(res)
+    assert all(r["batch_size"] == 8 and r["gradient_checkpointing"] is False and r["gpu_peak_gib"] is None
+               for r in res["rows"])  # the configured seed settings; no GPU here
     facts = scaling_suite.synthetic_facts(300)
     assert len({t for t, _ in facts}) == 300 and all(len(qa) == 5 for _, qa in facts)
+
+
+def test_scaling_suite_variants_and_failed_rows(tmp_path):
+    """--batch-size/--gradient-checkpointing give a row per combination on one dream; keep_going records a
+    failing row (a model that cannot be loaded) and goes on."""
+    from agentsleep.bench import scaling_suite
+    from tiny import tiny_model_dir
+
+    res = scaling_suite.run(models=(str(tmp_path / "missing"), str(tiny_model_dir(tmp_path))), episodes=(2,),
+                            batch_sizes=(4,), checkpointing=(True, False), say=lambda m: None, keep_going=True)
+    bad, on, off = res["rows"]
+    assert "error" in bad and bad["model"] == "missing"
+    assert (on["batch_size"], on["gradient_checkpointing"], off["gradient_checkpointing"]) == (4, True, False)
+    assert on["dream_s"] == off["dream_s"] and on["seed_steps"] == off["seed_steps"] > 0
+    md = scaling_suite.markdown(res)
+    assert "| missing | - | - | - | failed: " in md and "| 4 | on | 2 |" in md and "| 4 | off | 2 |" in md
+
+
+def test_scaling_renders_old_results_and_merges_runs(tmp_path):
+    """Result files from before the memory/batch columns still render ('-'), and --from-json a,b merges runs:
+    a row without its own batch size takes its run's."""
+    import json
+    import sys
+
+    import pytest
+
+    from agentsleep.bench import scaling_suite
+
+    row = {"model": "qwen2.5-7b", "params_m": 7616, "weights": "shape only", "dtype": "bfloat16", "episodes": 20,
+           "dream_s": 10.3, "dreams_written": 120, "seed_s": 51.5, "seed_steps": 90, "seed_tokens_per_s": 696.3,
+           "s_per_episode": 3.09}
+    old = {"device": "GPU X", "config": {"epochs": 6, "batch_size": 8, "lora_r": 16, "dreams_per_episode": 6},
+           "date": "2026-11-26", "rows": [row], "note": "first run"}
+    assert "| qwen2.5-7b (7616M, shape only) | 8 | - | 20 | 10.3 | 51.5 | 696.3 | 3.09 | - | 9320 |" \
+        in scaling_suite.markdown(old)
+    new = {**old, "date": "2026-11-27", "note": None,
+           "rows": [{**row, "batch_size": 8, "gradient_checkpointing": True, "gpu_peak_gib": 16.5}]}
+    (tmp_path / "a.json").write_text(json.dumps(old))
+    (tmp_path / "b.json").write_text(json.dumps(new))
+    docs = tmp_path / "BENCHMARKS.md"
+    argv = sys.argv
+    sys.argv = ["scaling_suite", "--from-json", f"{tmp_path / 'a.json'},{tmp_path / 'b.json'}", "--docs", str(docs)]
+    try:
+        scaling_suite.main()
+    finally:
+        sys.argv = argv
+    text = docs.read_text()
+    assert "<!-- bench:scaling-gpu -->" in text and "2026-11-26, 2026-11-27" in text and "First run." in text
+    assert "| 8 | - | 20 |" in text and "| 8 | on | 20 | 10.3 | 51.5 | 696.3 | 3.09 | 16.5 | 9320 |" in text
+    with pytest.raises(SystemExit):
+        scaling_suite.merge([old, {**new, "device": "GPU Y"}])
 
 
 def test_scaling_shapes_are_buildable():
@@ -114,6 +167,7 @@ def test_scaling_shapes_are_buildable():
         s = dict(shape)
         cfg = AutoConfig.for_model(s.pop("model_type"), **s)
         assert cfg.hidden_size % cfg.num_attention_heads == 0, name
+    assert SHAPES["llama-3.1-8b"]["rope_parameters"]["rope_theta"] == 500000.0
 
 
 def test_continual_suite_lines_and_capacity_table(tmp_path, monkeypatch):
@@ -167,3 +221,19 @@ def test_one_sleep_quick_result_renders_and_keeps_its_own_block(tmp_path):
     assert "sleep 1 status / seconds | promoted / 500" in md and "sleep 2" not in md.split("Targets")[0]
     assert (tmp_path / "bench_sleep_10.png").stat().st_size > 1000
     assert QUICK_OPTIONS["sleep"] == {"n_facts": 10, "sleeps": 1}
+
+
+def test_serve_table_splits_the_hold_into_drain_and_swap():
+    """The serve block shows what a client waited for at each swap: requests in flight finishing on
+    the old weights, then the swap itself, and the work done before the hold."""
+    from agentsleep.bench.serve_suite import markdown
+
+    res = {"backends": {
+        "vllm": {"requests": 9, "failed": 0, "swaps": [
+            {"kind": "reload_weights", "pause_ms": 250.5, "drain_ms": 200.25, "prepare_s": 8.5, "client_max_ms": 900.0},
+            {"kind": "adapter", "pause_ms": 0.02, "drain_ms": 0.0, "prepare_s": 0.1, "client_max_ms": 30.0}]},
+        "transformers": {"skipped": "not asked for"}}}
+    md = markdown(res)
+    assert "| vllm | 9 | 0 | reload_weights | 250.5 | 200.25 | 50.25 | 8.5 | 900.0 |" in md
+    assert "| vllm | 9 | 0 | adapter | 0.02 | 0.0 | 0.02 | 0.1 | 30.0 |" in md
+    assert "| transformers | - | - | skipped: not asked for |" in md

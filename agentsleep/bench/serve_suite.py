@@ -29,12 +29,23 @@ def run(out_dir: Path, *, say=print, progress=None, backends: tuple[str, ...] = 
 
 
 def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
-    lines = ["| backend | requests | failed | swap kind | pause ms | slowest request around swap ms |", "|---|---|---|---|---|---|"]
+    lines = ["| backend | requests | failed | swap kind | requests held ms | waiting for requests in flight ms "
+             "| swap itself ms | work before the hold s | slowest request around swap ms |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for b, r in res["backends"].items():
         if "skipped" in r:
-            lines.append(f"| {b} | - | - | skipped: {r['skipped']} | - | - |")
+            lines.append(f"| {b} | - | - | skipped: {r['skipped']} | - | - | - | - | - |")
             continue
         for sw in r.get("swaps", []):
-            lines.append(f"| {b} | {r.get('requests')} | {r.get('failed')} | {sw.get('kind')} | "
-                         f"{sw.get('pause_ms')} | {sw.get('client_max_ms')} |")
+            held, drain = sw.get("pause_ms"), sw.get("drain_ms") or 0.0
+            itself = round(held - drain, 3) if isinstance(held, (int, float)) else "-"
+            prep = sw.get("prepare_s")
+            lines.append(f"| {b} | {r.get('requests')} | {r.get('failed')} | {sw.get('kind')} | {held} | "
+                         f"{round(drain, 3)} | {itself} | {'-' if prep is None else round(prep, 2)} | "
+                         f"{sw.get('client_max_ms')} |")
+    lines += ["", "Requests held = how long new requests waited at the swap (the pause a client sees). A swap "
+              "in place first lets the requests in flight finish on the old weights (waiting for them), "
+              "then swaps (swap itself). Work before the hold runs while the old version keeps answering: "
+              "loading an adapter, building the new weights beside the old (a staged reload), or starting "
+              "a second server (blue/green)."]
     return "\n".join(lines) + "\n"
