@@ -131,6 +131,20 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     _emit(as_json, s, human)
 
 
+@app.command("config")
+def show_config(changed: bool = typer.Option(False, "--changed", help="Only what differs from the defaults."),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """The settings in effect: the home's config.toml and AGENTSLEEP_* overrides over the defaults."""
+    import tomli_w
+
+    from .config import redact_secrets
+
+    with _home(writable=False) as h:
+        data = redact_secrets(h.config.to_toml_dict(only_set=changed))
+    _emit(as_json, data, lambda: out.print(tomli_w.dumps(data).rstrip() or "(all defaults)", markup=False,
+                                           highlight=False))
+
+
 @app.command("sleep-now")
 def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at most N waiting episodes."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be consolidated; change nothing."),

@@ -12,6 +12,7 @@ default is what we measured to work on the 135M embedded model.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -208,9 +209,16 @@ class Config(_Section):
         except ValidationError as e:
             raise ConfigError(f"config {path or '(defaults)'}: {_one_line(e)}") from None
 
-    def to_toml_dict(self) -> dict[str, Any]:
-        """Plain dict with None values dropped (TOML has no null)."""
-        return _drop_none(self.model_dump())
+    def to_toml_dict(self, *, only_set: bool = False) -> dict[str, Any]:
+        """Plain dict with None values dropped (TOML has no null); `only_set`: what differs from the defaults."""
+        return _drop_none(self.model_dump(mode="json", exclude_defaults=only_set))
+
+
+def redact_secrets(d: Any) -> Any:
+    """A config dict with API keys and tokens masked: for printing and results files."""
+    if isinstance(d, dict):
+        return {k: ("***" if v and re.search(r"(api_key|token|password)$", k) else redact_secrets(v)) for k, v in d.items()}
+    return d
 
 
 def _apply_env(data: dict[str, Any], env: os._Environ | dict[str, str]) -> None:

@@ -78,16 +78,24 @@ class Home:
 
     @classmethod
     def init(cls, path: str | Path | None = None, *, config: Config | None = None) -> Path:
-        """Create the home's folders and a config.toml with the defaults written out."""
+        """Create the home's folders and a config.toml holding only what differs from the defaults.
+
+        Defaults are not written out: a default improved in a later release then reaches
+        this home too, unless the home set that field itself. `agentsleep config` prints
+        the settings in effect."""
         root = Path(path).expanduser() if path else default_home()
         _mkdir_private(root)
         for sub in ("memory", "registry", "sleeps", "logs"):
             _mkdir_private(root / sub)
         cfg_path = root / "config.toml"
         if not cfg_path.exists():
-            body = ("# agentsleep home configuration. Every field and its default: agentsleep/config.py\n"
+            body = ("# agentsleep home configuration: only what this home sets; everything else keeps its\n"
+                    "# default (`agentsleep config` prints every setting in effect, agentsleep/config.py\n"
+                    "# says what each one does). For example:\n"
+                    "#   [sleep.seed]\n"
+                    "#   lr = 5e-4\n"
                     "# Environment overrides: AGENTSLEEP_<SECTION>__<FIELD>=value\n\n")
-            body += tomli_w.dumps((config or Config()).to_toml_dict())
+            body += tomli_w.dumps((config or Config()).to_toml_dict(only_set=True))
             tmp = cfg_path.with_suffix(".tmp")
             try:
                 tmp.write_text(body, encoding="utf-8")

@@ -136,3 +136,36 @@ def test_rollback_unknown_version(tmp_path, env):
     home = tmp_path / "h"
     msg = run_cli("rollback", "v0042", home=home, env=env).one_line_error()
     assert "no version v0042" in msg
+
+
+def test_config_holds_only_what_the_home_sets(tmp_path, env, monkeypatch):
+    """init writes no defaults (so an improved default reaches existing homes); `config` prints the
+    settings in effect, secrets masked; `--changed` only what differs from the defaults."""
+    from agentsleep.config import Config, SeedConfig
+
+    home = tmp_path / "h"
+    assert run_cli("init", home=home, env=env).code == 0
+    written = Config.load(home / "config.toml", env={})
+    assert written == Config()                                   # nothing pinned ...
+    monkeypatch.setattr(SeedConfig.model_fields["lr"], "default", 7e-4)
+    SeedConfig.model_rebuild(force=True)
+    Config.model_rebuild(force=True)
+    try:
+        assert Config.load(home / "config.toml", env={}).sleep.seed.lr == 7e-4  # ... so a new default applies
+    finally:
+        monkeypatch.undo()
+        SeedConfig.model_rebuild(force=True)
+        Config.model_rebuild(force=True)
+
+    with open(home / "config.toml", "a") as f:
+        f.write('\n[sleep.seed]\nlr = 5e-4\n\n[serve]\napi_key = "sekrit"\n')
+    r = run_cli("config", "--json", home=home, env=env)
+    assert r.code == 0, r.err
+    full = r.json()
+    assert full["sleep"]["seed"]["lr"] == 5e-4 and full["serve"]["api_key"] == "***"
+    assert full["memory"]["recall_k"] == Config().memory.recall_k       # defaults are shown too
+    changed = run_cli("config", "--changed", "--json", home=home, env=env).json()
+    assert changed == {"model": {"base": env["AGENTSLEEP_MODEL__BASE"]}, "sleep": {"seed": {"lr": 5e-4}},
+                       "serve": {"api_key": "***"}}
+    human = run_cli("config", "--changed", home=home, env=env)
+    assert "lr = 0.0005" in human.out and "sekrit" not in human.out

@@ -77,10 +77,8 @@ def _env(**extra) -> dict[str, str]:
 def _home(tmp_path: Path, cron: str = "") -> Path:
     root = tmp_path / "home"
     Home.init(root)
-    cfg = (root / "config.toml").read_text()
-    # Only on-demand triggers unless a test asks otherwise.
-    cfg = cfg.replace('cron = "0 3 * * *"', f'cron = "{cron}"').replace("threshold_episodes = 200\n", "")
-    (root / "config.toml").write_text(cfg)
+    with open(root / "config.toml", "a", encoding="utf-8") as f:  # only on-demand triggers unless a test asks
+        f.write(f'\n[daemon]\ncron = "{cron}"\n')
     return root
 
 

@@ -101,7 +101,7 @@ def provenance() -> dict[str, Any]:
     import sys
     from importlib.metadata import PackageNotFoundError, version
 
-    from ..config import Config
+    from ..config import Config, redact_secrets
 
     versions = {"python": sys.version.split()[0]}
     for pkg in PACKAGES:
@@ -114,14 +114,7 @@ def provenance() -> dict[str, Any]:
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
-    return {"versions": versions, "commit": commit, "config": _redact(Config.load(None).model_dump(mode="json"))}
-
-
-def _redact(d: Any) -> Any:
-    """Secrets (API keys, tokens) never go into a results file."""
-    if isinstance(d, dict):
-        return {k: ("***" if v and re.search(r"(api_key|token|password)$", k) else _redact(v)) for k, v in d.items()}
-    return d
+    return {"versions": versions, "commit": commit, "config": redact_secrets(Config.load(None).model_dump(mode="json"))}
 
 
 def save(res: dict[str, Any], out_dir: Path, name: str) -> Path:
