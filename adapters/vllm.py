@@ -899,8 +899,7 @@ class VLLMSupervisor:
             if stage_s is not None:
                 commit = self._rpc(srv, "agentsleep_commit", weights_path=str(new_dir))
             else:
-                self._post(srv, "/collective_rpc", {"method": "reload_weights",
-                                                    "kwargs": {"weights_path": str(new_dir)}})
+                self._rpc(srv, "reload_weights", weights_path=str(new_dir))
             t_reset = time.perf_counter()
             for _ in range(100):  # fails while blocks are held; nothing runs now, so it settles fast
                 if self._post(srv, "/reset_prefix_cache").json().get("success", True):

@@ -44,6 +44,7 @@ _MODULE_INTERNALS = {"_parameters", "_buffers", "_modules", "_non_persistent_buf
                      "_load_state_dict_post_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                      "_forward_pre_hooks_with_kwargs", "_is_full_backward_hook",
                      "_original_do_torchao_reload", "_do_torchao_reload"}
+_MISSING = object()
 
 
 def shadow_model(model: torch.nn.Module) -> tuple[torch.nn.Module, list[tuple[torch.nn.Module, torch.nn.Module]]]:
@@ -111,11 +112,7 @@ def commit_shadow(pairs: list[tuple[torch.nn.Module, torch.nn.Module]], *, copy_
             if key in _MODULE_INTERNALS or live.__dict__.get(key, _MISSING) is value:
                 continue
             live.__dict__[key] = value
-    swapped = len(todo)
-    return swapped
-
-
-_MISSING = object()
+    return len(todo)
 
 
 class StagedReload:
@@ -124,7 +121,7 @@ class StagedReload:
     def agentsleep_stage(self, weights_path: str) -> dict[str, Any]:
         """Start building `weights_path` beside the served weights (returns at once)."""
         st = getattr(self, "_agentsleep_stage", None)
-        if st is not None and st.get("thread") is not None and st["thread"].is_alive():
+        if st is not None and st["thread"].is_alive():
             return {"started": False, "error": "a stage is already running"}
         state: dict[str, Any] = {"path": weights_path, "done": False, "error": None, "t0": time.perf_counter()}
 
@@ -165,7 +162,7 @@ class StagedReload:
     def agentsleep_commit(self, weights_path: str) -> dict[str, Any]:
         """Swap the staged weights in. Call with requests held; nothing may be running."""
         st = getattr(self, "_agentsleep_stage", None)
-        if st is None or not st["done"] or st["error"] or st.get("path") != weights_path:
+        if st is None or not st["done"] or st["error"] or st.get("discarded") or st.get("path") != weights_path:
             raise RuntimeError(f"no finished stage of {weights_path} to commit")
         from vllm.config import CompilationMode
 
@@ -183,8 +180,11 @@ class StagedReload:
         return {"swapped": swapped, "copied": not eager_cpu, "commit_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
     def agentsleep_discard(self) -> dict[str, Any]:
+        """Drop a stage. One still running is not waited for (this runs in the engine's loop): its
+        thread finishes on its own, is never committed, and a new stage waits until it has."""
         st = getattr(self, "_agentsleep_stage", None)
-        if st is not None and st.get("thread") is not None:
-            st["thread"].join()
+        if st is not None and st["thread"].is_alive():
+            st["discarded"] = True
+            return {"discarded": True, "running": True}
         self._agentsleep_stage = None
-        return {"discarded": st is not None}
+        return {"discarded": st is not None, "running": False}

@@ -31,11 +31,12 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import time
 import traceback
 from pathlib import Path
 from typing import Any
+
+from ..atomic import atomic_write_json
 
 # Published shapes (config.json of each model); random weights of these shapes time the same as real ones.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -328,12 +329,6 @@ def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
             f"|---|---|---|---|---|---|---|---|---|---|\n{rows}\n")
 
 
-def _write(path: Path, res: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, path)
-
-
 def _switch(v: str) -> tuple[bool, ...]:
     vals = {"on": True, "true": True, "1": True, "off": False, "false": False, "0": False}
     try:
@@ -363,9 +358,9 @@ def main() -> None:
                   device=a.device, tok_path=a.tokenizer, keep_going=True,
                   batch_sizes=tuple(int(x) for x in a.batch_size.split(",")) if a.batch_size else None,
                   checkpointing=a.gradient_checkpointing,
-                  on_row=(lambda r: _write(Path(a.out), r)) if a.out else None)
+                  on_row=(lambda r: atomic_write_json(Path(a.out), r)) if a.out else None)
     if a.out:
-        _write(Path(a.out), res)
+        atomic_write_json(Path(a.out), res)
     if a.docs:
         from . import report
 
