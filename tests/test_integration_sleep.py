@@ -12,12 +12,16 @@ pytestmark = pytest.mark.integration
 FACTS = ["The user's dog is a beagle called Biscuit.",
          "The user's dentist is Dr. Okafor.",
          "The user's wifi network is named OrangeFox."]
+# The dream sizes these tests were written with (6 stems, keep 4): they test the mechanics within the CI
+# budget; the default recipe (12 stems, keep 8) is measured by `agentsleep bench sleep`.
+SMALL_DREAMS = {"per_episode": 6, "keep_top_k": 4}
 
 
 def test_real_sleep_promotes_and_rolls_back(tmp_path):
     # a small but complete sleep (every seeding term, ReST on one episode); the gate is opened on
     # recall (3 facts give 2-3 probes: too few to gate on) but still checks drift
-    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 4, "min_steps": 0, "on_policy_every": 4, "w_distill": 0.2},
+    cfg = Config.model_validate({"sleep": {"dream": SMALL_DREAMS,
+                                           "seed": {"replay_prompts": 16, "epochs": 4, "min_steps": 0, "on_policy_every": 4, "w_distill": 0.2},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 6},
                                            "rest": {"episodes": 1}}})
     root = Home.init(tmp_path / "home", config=cfg)
@@ -61,9 +65,10 @@ def test_forget_removes_a_fact_from_the_weights(tmp_path):
     qa = {"The user's dog is a beagle called Biscuit.": ("What is my dog's name?", "Biscuit"),
           "The user's dentist is Dr. Okafor.": ("Who is my dentist?", "Okafor"),
           "The user's wifi network is named OrangeFox.": ("What is my wifi network called?", "OrangeFox")}
-    # 3 facts make ~2 steps an epoch: train longer so each is learned (the default 6 epochs learned 1 of 3);
+    # 3 facts make ~2 steps an epoch: train longer so each is learned (6 epochs learned 1 of 3);
     # drift is not what this test is about
-    cfg = Config.model_validate({"sleep": {"seed": {"replay_prompts": 16, "epochs": 16, "min_steps": 0, "raw_repeats": 2},
+    cfg = Config.model_validate({"sleep": {"dream": SMALL_DREAMS,
+                                           "seed": {"replay_prompts": 16, "epochs": 16, "min_steps": 0, "raw_repeats": 2},
                                            "rest": {"rounds": 0},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 6, "max_drift_kl": 10.0}}})
     root = Home.init(tmp_path / "home", config=cfg)
@@ -97,7 +102,7 @@ def test_sleep_on_vllm_generation_writes_the_same_dreams(tmp_path):
     from agentsleep.sleep.dream import dream
     from agentsleep.sleep.types import Memory
 
-    cfg = Config.model_validate({"sleep": {"generator": "vllm", "rest": {"rounds": 0},
+    cfg = Config.model_validate({"sleep": {"generator": "vllm", "rest": {"rounds": 0}, "dream": SMALL_DREAMS,
                                            "seed": {"replay_prompts": 4, "epochs": 2, "min_steps": 0},
                                            "gate": {"min_recall_gain": -1.0, "drift_prompts": 2}}})
     root = Home.init(tmp_path / "home", config=cfg)

@@ -126,10 +126,9 @@ def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int
             rng = random.Random(0)
             sample = rng.sample(qa_pool, min(answer_sample, len(qa_pool)))
             live = home.engine.live
-            prompts_rag = [gen.chat(live.tok, q["question"], system=gen.memory_system(m)) for q, m in sample]
-            prompts_cb = [gen.chat(live.tok, q["question"]) for q, _ in sample]
-            rag = gen.generate(live.model, live.tok, prompts_rag, max_new_tokens=24, batch_size=8)
-            cb = gen.generate(live.model, live.tok, prompts_cb, max_new_tokens=24, batch_size=8)
+            questions = [q["question"] for q, _ in sample]
+            rag = gen.answers(live.model, live.tok, questions, memories=[m for _, m in sample], batch_size=8)
+            cb = gen.answers(live.model, live.tok, questions, batch_size=8)
             res["answer_f1_retrieval"] = round(sum(f1(a, str(q["answer"])) for a, (q, _) in zip(rag, sample)) / len(sample), 3)
             res["answer_f1_closed_book"] = round(sum(f1(a, str(q["answer"])) for a, (q, _) in zip(cb, sample)) / len(sample), 3)
             res["answer_sample"] = len(sample)
@@ -151,9 +150,7 @@ def _f1(live: Any, qs: list[dict], memories: list[list[str]] | None = None) -> f
     """Mean answer token-F1 with the retrieval sample's prompts and lengths (greedy)."""
     if not qs:
         return None
-    prompts = [gen.chat(live.tok, q["question"], system=gen.memory_system(memories[i]) if memories else None)
-               for i, q in enumerate(qs)]
-    out = gen.generate(live.model, live.tok, prompts, max_new_tokens=24, batch_size=8)
+    out = gen.answers(live.model, live.tok, [q["question"] for q in qs], memories=memories, batch_size=8)
     return round(sum(f1(a, str(q["answer"])) for a, q in zip(out, qs)) / len(qs), 3)
 
 

@@ -25,9 +25,8 @@ from .facts import SET_A, SET_B, Fact
 
 
 def closed_book(model: Any, tok: Any, facts: list[Fact], memories: list[str] | None = None) -> tuple[float, list[str]]:
-    prompts = [gen.chat(tok, f.question, system=gen.memory_system([memories[i]]) if memories else None)
-               for i, f in enumerate(facts)]
-    answers = gen.generate(model, tok, prompts, max_new_tokens=24, batch_size=20)
+    answers = gen.answers(model, tok, [f.question for f in facts], memories=[[m] for m in memories] if memories else None,
+                          batch_size=20)
     hits = [contains_answer(a, f.answer) for a, f in zip(answers, facts)]
     return sum(hits) / len(hits), answers
 

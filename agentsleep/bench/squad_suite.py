@@ -28,9 +28,8 @@ PUBLISHED = [  # accuracy %, single passage / continued pretraining n=200 where 
 
 
 def score(model: Any, tok: Any, qs: list[dict], contexts: list[str] | None = None) -> dict[str, float]:
-    prompts = [gen.chat(tok, q["question"], system=gen.memory_system([contexts[i]]) if contexts else None)
-               for i, q in enumerate(qs)]
-    answers = gen.generate(model, tok, prompts, max_new_tokens=24, batch_size=16)
+    answers = gen.answers(model, tok, [q["question"] for q in qs], memories=[[c] for c in contexts] if contexts else None,
+                          batch_size=16)
     em = sum(normalize(a) == normalize(q["answer"]) for a, q in zip(answers, qs)) / len(qs)
     return {"em": round(em, 3), "f1": round(sum(f1(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3),
             "contains": round(sum(contains_answer(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3)}

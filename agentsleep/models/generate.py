@@ -55,3 +55,12 @@ def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 
         if progress:
             progress(len(chunk))
     return out
+
+
+def answers(model: Any, tok: Any, questions: list[str], *, memories: list[list[str]] | None = None,
+            max_new_tokens: int = 24, batch_size: int = 24) -> list[str]:
+    """Greedy answers to questions asked as `ask` asks them: closed-book, or with each question's
+    memories in the system turn. Every evaluation (the gate, the benchmarks) asks through here, so
+    "closed-book accuracy" means one thing across the project."""
+    prompts = [chat(tok, q, system=memory_system(memories[i]) if memories else None) for i, q in enumerate(questions)]
+    return generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -19,7 +19,6 @@ import torch
 from ..config import GateConfig
 from ..models import generate as gen
 from ..textmatch import contains_answer
-from .dream import student_prompt
 from .tensors import collate, encode, forward_picked, kl_picked
 from .types import Verdict
 
@@ -27,8 +26,7 @@ from .types import Verdict
 def closed_book_accuracy(model: Any, tok: Any, probes: list[dict], batch_size: int = 24) -> tuple[float, list[str]]:
     if not probes:
         return 0.0, []
-    answers = gen.generate(model, tok, [student_prompt(tok, p["question"]) for p in probes], max_new_tokens=24,
-                           batch_size=batch_size)
+    answers = gen.answers(model, tok, [p["question"] for p in probes], batch_size=batch_size)
     hits = [contains_answer(a, p["answer"]) for a, p in zip(answers, probes)]
     return sum(hits) / len(hits), answers
 
@@ -115,7 +113,7 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
         reasons.append(f"recall gain {after - before:+.2f} is below gate.min_recall_gain {need:.2f}")
     if retention is not None and retention < cfg.min_retention:
         failed.append("retention")
-        reasons.append(f"retention {retention:.2f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
+        reasons.append(f"retention {retention:.3f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
     if kl > cfg.max_drift_kl:
         failed.append("drift")
         reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
