@@ -418,7 +418,8 @@ class VLLMProcess:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self._reap_group(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):  # never hide the error that led here
+                self.proc.wait(timeout=10)
         self._reap_group()
 
     def _reap_group(self, sig: int = signal.SIGKILL) -> None:
