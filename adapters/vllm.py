@@ -418,8 +418,7 @@ class VLLMProcess:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self._reap_group(signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):  # never hide the error that led here
-                self.proc.wait(timeout=10)
+            self.proc.wait(timeout=10)
         self._reap_group()
 
     def _reap_group(self, sig: int = signal.SIGKILL) -> None:
@@ -460,7 +459,6 @@ class _Server:
     served_name: str = SERVED_NAME
     loras: dict[str, Version] = field(default_factory=dict)
     inflight: int = 0
-    copied_commit: bool = False   # a staged commit copied into graph-held tensors (see _reload)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -530,7 +528,6 @@ class VLLMSupervisor:
         self.restart_times: list[float] = []
         self.last_exit_code: int | None = None
         self.events: list[dict[str, Any]] = []
-        self._stage_error: str | None = None  # why the last same-shape reload could not be staged
         self._monitor: threading.Thread | None = None
         self._wake = threading.Event()
         self._probe: tuple[Any, float, bool] | None = None
@@ -855,7 +852,6 @@ class VLLMSupervisor:
         """Build `new_dir`'s weights beside the served ones while they keep answering (see
         adapters/vllm_reload.py). Returns the seconds it took, or None when the server cannot
         stage (an attached server, an old build): then the reload runs in place, held."""
-        self._stage_error = None
         if srv.proc is None or not srv.proc.staged_reload:
             return None
         t0 = time.perf_counter()
@@ -873,9 +869,6 @@ class VLLMSupervisor:
             return time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - the in-place reload still works
             log.warning("staged reload of %s failed (%s); reloading in place instead", new_dir, e)
-            # visible in /health's events and the swap report: the hold is the whole load this time
-            self._stage_error = f"{type(e).__name__}: {e}"[:300]
-            self._event("staging_failed", weights=str(new_dir), error=self._stage_error)
             with contextlib.suppress(Exception):
                 self._rpc(srv, "agentsleep_discard")
             return None
@@ -884,14 +877,6 @@ class VLLMSupervisor:
         srv = prev.server
         new_dir = weights_dir(version)
         stage_s = self._stage(srv, new_dir)  # off the request path: nothing is held yet
-        if stage_s is None and srv.copied_commit and self.managed:
-            # vLLM's in-place reload after a copying commit served wrong answers (a CPU server that traced
-            # its graph; tests/test_vllm_serving.py): bring the version up beside the old server instead
-            log.warning("cannot stage %s on a server whose graph holds committed tensors; switching by blue/green", new_dir)
-            rep = self._blue_green(version, prev)
-            rep.kind = "reload_weights>blue_green"
-            rep.detail["stage_error"] = self._stage_error
-            return rep
         t_hold = time.perf_counter()
         with self._cond:
             self._held = True           # new requests wait here ...
@@ -913,7 +898,6 @@ class VLLMSupervisor:
             commit: dict[str, Any] = {}
             if stage_s is not None:
                 commit = self._rpc(srv, "agentsleep_commit", weights_path=str(new_dir))
-                srv.copied_commit = srv.copied_commit or bool(commit.get("copied"))
             else:
                 self._rpc(srv, "reload_weights", weights_path=str(new_dir))
             t_reset = time.perf_counter()
@@ -969,7 +953,7 @@ class VLLMSupervisor:
                                   "reload_rpc_ms": round((t_reset - t_rpc) * 1000, 2),
                                   "reset_prefix_cache_ms": round((t_open - t_reset) * 1000, 2),
                                   "engine_paused": engine_pause, "weights": str(new_dir),
-                                  "staged": stage_s is not None, "stage_error": self._stage_error, "commit": commit,
+                                  "staged": stage_s is not None, "commit": commit,
                                   "stage_s": None if stage_s is None else round(stage_s, 3)})
 
     def _blue_green(self, version: Version, prev: Route, holding: bool = False) -> SwapReport:
