@@ -181,7 +181,8 @@ class StagedReload:
 
     def agentsleep_discard(self) -> dict[str, Any]:
         """Drop a stage. One still running is not waited for (this runs in the engine's loop): its
-        thread finishes on its own, is never committed, and a new stage waits until it has."""
+        thread finishes on its own and is never committed; a new stage is refused until it has
+        (the supervisor then reloads in place)."""
         st = getattr(self, "_agentsleep_stage", None)
         if st is not None and st["thread"].is_alive():
             st["discarded"] = True
