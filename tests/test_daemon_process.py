@@ -128,7 +128,11 @@ def _alive(pid: int) -> bool:
 
 
 def _staging(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "registry" / "staging").iterdir())
+    """Staging dir names; none yet while the sleep is still creating the registry."""
+    try:
+        return sorted(p.name for p in (root / "registry" / "staging").iterdir())
+    except FileNotFoundError:
+        return []
 
 
 def _current(root: Path) -> str:
