@@ -43,7 +43,7 @@ def _fast_sleep_config(base: str, dreams: int = 3, dream_tokens: int = 24, **gat
     return {
         "model": {"base": base},
         "sleep": {
-            "dream": {"per_episode": dreams, "stems": ["What", "Where", "Who"][:dreams], "keep_top_k": 2,
+            "dream": {"per_episode": dreams, "stems": ["What", "Where", "Who"][:dreams], "answer_spans": 0, "keep_top_k": 2,
                       "keep_random": 0, "probes_per_episode": 1, "max_new_tokens": dream_tokens, "batch_size": 8},
             "seed": {"epochs": 2, "min_steps": 0, "batch_size": 4, "max_seq_len": 96, "replay_prompts": 4, "replay_per_step": 1,
                      "on_policy_every": 1000, "lora_r": 4, "lora_alpha": 8},

@@ -12,9 +12,10 @@ pytestmark = pytest.mark.integration
 FACTS = ["The user's dog is a beagle called Biscuit.",
          "The user's dentist is Dr. Okafor.",
          "The user's wifi network is named OrangeFox."]
-# The dream sizes these tests were written with (6 stems, keep 4): they test the mechanics within the CI
-# budget; the default recipe (12 stems, keep 8) is measured by `agentsleep bench sleep`.
-SMALL_DREAMS = {"per_episode": 6, "keep_top_k": 4}
+# The dream sizes these tests were written with (6 stems, keep 4, no answer-first dreams): they test the
+# mechanics within the CI budget; the default recipe (9 stems + answer-first, keep 8) is measured by
+# `agentsleep bench sleep` (and runs end to end in tests/test_examples.py).
+SMALL_DREAMS = {"per_episode": 6, "keep_top_k": 4, "answer_spans": 0}
 
 
 def test_real_sleep_promotes_and_rolls_back(tmp_path):

@@ -50,6 +50,28 @@ def test_first_person_paraphrases():
     assert [(d.question, d.kind) for d in ds[2:]] == [("Where do I live?", "perspective")]
 
 
+def test_answer_spans_pick_dates_numbers_names_and_the_last_word():
+    spans = dream_mod.answer_spans
+    assert spans("Project Falcon launches on 14 February 2027.", 4) == ["14 February 2027", "Project Falcon"]
+    assert spans("The user's doctor is Dr. Haruki Tanaka.", 4) == ["Dr. Haruki Tanaka"]
+    assert spans("The design review happens every Monday morning.", 4) == ["Monday", "morning"]
+    assert spans("The user cannot eat gluten.", 4) == ["gluten"]
+    assert spans("The user's locker code is 4471.", 4) == ["4471"]
+    assert spans("Caroline met Melanie. She was at the Bank of England on 7 May.", 2) == ["7 May", "Caroline"]
+    assert spans("The user cannot eat gluten.", 0) == [] and spans("", 4) == []
+
+
+def test_writer_asks_per_stem_and_per_likely_answer(tiny):
+    model, tok = load(str(tiny))
+    cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8)
+    written = dream_mod.write(model, tok, MEM, cfg)
+    assert [(d.episode_id, d.stem) for d in written] == [
+        ("e1", "What"), ("e1", "Who"), ("e1", "Where"), ("e2", "What"), ("e2", "Who"), ("e2", "Where"),
+        ("e1", "(answer)"), ("e2", "(answer)"), ("e2", "(answer)")]  # Biscuit; 14 February 2027, Project Falcon
+    prompt = dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit")
+    assert "whose answer is: Biscuit" in prompt and prompt.rstrip().endswith("Q:")
+
+
 def test_text_matching():
     assert contains_answer("It is Biscuit, a beagle.", "Biscuit")
     assert not contains_answer("A poodle.", "Biscuit")
@@ -65,10 +87,13 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
           Dream("e1", "What breed is the dog?", "poodle"),             # not in the memory
           Dream("e1", "What is Biscuit?", "Biscuit"),                  # answer given away
           Dream("e2", "", "", kind="unparsed"),
-          Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
+          Dream("e2", "When does Project Falcon launch?", "14 February 2027"),
+          Dream("e1", "What is my favourite project?", "Biscuit"),      # the same question about two
+          Dream("e2", "What is my favourite project?", "Project Falcon")]  # memories, two answers
     kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
     assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
-    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "duplicate": 1, "teacher-disagrees": 0}
+    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "duplicate": 1, "conflicting": 2,
+                       "teacher-disagrees": 0}
     # the tiny random teacher cannot answer from context: agreement rejects everything, and
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams
     kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))
@@ -85,6 +110,20 @@ def test_choose_holds_out_probes_and_ranks_by_value(tiny):
     top = sorted((d for d in items if not d.held_out), key=lambda d: -d.value)[:2]
     assert all(t in train for t in top)
     assert max(d.value for d in items) == max(d.value for d in train)  # best item never held out
+
+
+def test_thin_episodes_train_all_their_items_repeated_up_to_the_floor(tiny):
+    from collections import Counter
+
+    from agentsleep.sleep.seed import balanced
+    model, tok = load(str(tiny))
+    two = [Dream("e1", "What is the dog called?", "Biscuit"), Dream("e1", "Which dog is it?", "a beagle")]
+    assert not any(d.held_out for d in dream_mod.choose(model, tok, two, DreamConfig(probes_per_episode=1)))
+    ds = [Dream("e1", "Q1?", "a"), Dream("e2", "Q2?", "b"), Dream("e2", "Q3?", "c"),
+          Dream("e2", "Probe?", "d", held_out=True), Dream("e3", "Earlier?", "x", replay=True)]
+    out = balanced(ds, 3)
+    assert Counter(d.question for d in out) == {"Q1?": 3, "Q2?": 2, "Q3?": 1, "Earlier?": 1}  # probes never, rehearsal as is
+    assert balanced(ds, 0) == [d for d in ds if not d.held_out]
 
 
 def test_seed_learns_and_gate_decides(tiny):

@@ -17,7 +17,7 @@ from rapidfuzz import fuzz
 
 from ..config import DreamConfig
 from ..models import generate as gen
-from ..textmatch import contains_answer, f1, grounded, trivial
+from ..textmatch import STOP, contains_answer, f1, grounded, tokens, trivial
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
 
@@ -26,12 +26,50 @@ EXAMPLES = [
     ("My sister Priya moved to Denver in March.", "Q: Where did Priya move in March?\nA: Denver"),
     ("The team standup is every Tuesday at 9:30 in room B2.", "Q: When is the team standup?\nA: Every Tuesday at 9:30"),
 ]
+ANSWER_INSTRUCTION = "Write one question about this note whose answer is: {span}\nNote: {note}"
+ANSWER_EXAMPLES = [
+    ("My sister Priya moved to Denver in March.", "Denver", "Q: Which city did Priya move to?\nA: Denver"),
+    ("The team standup is every Tuesday at 9:30 in room B2.", "Tuesday", "Q: On which day is the team standup?\nA: Tuesday"),
+]
+_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_SPANS = [  # in order of preference: dates, numbers, names, then the note's last word (often its object)
+    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH}(?: \d{{4}})?\b|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
+    re.compile(r"\b\d(?:[\d:.,/-]*\d)?\b"),
+    re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?[A-Z][\w'-]*(?: (?:[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
+    re.compile(r"\b([A-Za-z][\w'-]*)\W*$"),
+]
 _QA = re.compile(r"^\s*(?P<q>[^\n]*?\?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.S)
 
 
 def writer_prompt(tok: Any, note: str, stem: str) -> str:
     history = [(INSTRUCTION.format(note=n), qa) for n, qa in EXAMPLES]
     return gen.chat(tok, INSTRUCTION.format(note=note.strip()), history=history, prefill=f"Q: {stem}")
+
+
+def answer_spans(note: str, n: int) -> list[str]:
+    """Up to `n` likely answers in a memory (dates, numbers, names, its last word): the writer is asked
+    for a question about each. Stems alone leave gaps: a 135M writer asked "Q: Where..." about "The user
+    cannot eat gluten." writes "Where can the user eat gluten?", and nothing teaches "gluten"."""
+    out: list[str] = []
+    if n <= 0:
+        return out
+    for pat in _SPANS:
+        for m in pat.finditer(note.strip()):
+            words = (m.group(1) if m.groups() else m.group(0)).strip(" .").split()
+            while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
+                words = words[1:]
+            span = " ".join(words)
+            if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower() for o in out):
+                continue
+            out.append(span)
+            if len(out) >= n:
+                return out
+    return out
+
+
+def answer_prompt(tok: Any, note: str, span: str) -> str:
+    history = [(ANSWER_INSTRUCTION.format(note=n, span=a), qa) for n, a, qa in ANSWER_EXAMPLES]
+    return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip(), span=span), history=history, prefill="Q:")
 
 
 def parse(stem: str, completion: str) -> tuple[str, str] | None:
@@ -54,9 +92,10 @@ def teacher_prompt(tok: Any, question: str, memory: str) -> str:
 
 
 def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress=None) -> list[Dream]:
-    """m candidate dreams per memory, one per question stem (batched greedy)."""
+    """m candidate dreams per memory, one per question stem, plus one per likely answer (batched greedy)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
-    jobs = [(m, s) for m in memories for s in stems]
+    jobs = [(m, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
+    jobs += [(m, "", answer_prompt(tok, m.text, a)) for m in memories for a in answer_spans(m.text, cfg.answer_spans)]
     done = [0]
 
     def tick(n: int) -> None:
@@ -64,19 +103,20 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
         if progress:
             progress("dream", done[0], len(jobs), "writing")
 
-    outs = gen.generate(model, tok, [writer_prompt(tok, m.text, s) for m, s in jobs],
+    outs = gen.generate(model, tok, [p for _, _, p in jobs],
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
     dreams = []
-    for (m, s), o in zip(jobs, outs):
+    for (m, s, _), o in zip(jobs, outs):
         qa = parse(s, o)
-        dreams.append(Dream(m.id, qa[0], qa[1], stem=s) if qa else Dream(m.id, "", "", stem=s, kind="unparsed"))
+        stem = s or "(answer)"
+        dreams.append(Dream(m.id, qa[0], qa[1], stem=stem) if qa else Dream(m.id, "", "", stem=stem, kind="unparsed"))
     return dreams
 
 
 def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: DreamConfig,
                   progress=None) -> tuple[list[Dream], dict[str, int]]:
     text = {m.id: m.text for m in memories}
-    dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "teacher-disagrees": 0}
+    dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "conflicting": 0, "teacher-disagrees": 0}
     kept: list[Dream] = []
     for d in dreams:
         if d.kind == "unparsed" or not d.question:
@@ -90,6 +130,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
             dropped["duplicate"] += 1
         else:
             kept.append(d)
+    kept = _drop_conflicts(kept, dropped)
     if cfg.teacher_agreement and kept:
         answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, text[d.episode_id]) for d in kept],
                                max_new_tokens=24, batch_size=cfg.batch_size,
@@ -112,6 +153,18 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
                 dropped["rescued"] = dropped.get("rescued", 0) + 1
         kept = agreed
     return kept, dropped
+
+
+def _drop_conflicts(kept: list[Dream], dropped: dict[str, int]) -> list[Dream]:
+    """Drop a question asked about two episodes with different answers ("What is my favourite
+    project?" -> Osprey, and -> Kestrel): training both teaches the student that the question's
+    template, not the memory, picks the answer."""
+    answers: dict[str, set[str]] = {}
+    for d in kept:
+        answers.setdefault(" ".join(tokens(d.question)), set()).add(" ".join(tokens(d.answer)))
+    out = [d for d in kept if len(answers[" ".join(tokens(d.question))]) == 1]
+    dropped["conflicting"] = len(kept) - len(out)
+    return out
 
 
 _PERSPECTIVE = [  # third person (how memories are written) -> first person (how the user asks)
@@ -156,7 +209,7 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     for items in by_ep.values():
         items = sorted(items, key=lambda d: -d.value)
         probes: list[Dream] = []
-        if len(items) >= 2 and cfg.probes_per_episode:
+        if len(items) >= 3 and cfg.probes_per_episode:  # with 1-2 usable items, all of them train
             n = min(cfg.probes_per_episode, len(items) - 1)
             probes = rng.sample(items[1:], n)  # never the single most valuable item
             for p in probes:

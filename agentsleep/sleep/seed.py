@@ -72,11 +72,25 @@ def lora_config(cfg: SeedConfig, layers: list[int] | None = None):
                       layers_to_transform=layers or None)
 
 
-def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1) -> list[Item]:
+def balanced(dreams: list[Dream], at_least: int) -> list[Dream]:
+    """Every new episode's trained dreams, repeated up to `at_least` items: a fact the writer found
+    one good question for ("Where is the production database hosted?") otherwise gets one step's
+    share of the gradient in four epochs, and loses to neighbours with ten phrasings."""
+    train = [d for d in dreams if not d.held_out]
+    by_ep: dict[str, list[Dream]] = {}
+    for d in train:
+        if not d.replay:
+            by_ep.setdefault(d.episode_id, []).append(d)
+    extra = [ds[i % len(ds)] for ds in by_ep.values() for i in range(max(0, at_least - len(ds)))]
+    return train + extra
+
+
+def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
+                min_dreams: int = 0) -> list[Item]:
     text = {m.id: m.text for m in memories}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
-                  d.episode_id) for d in dreams if not d.held_out]
+                  d.episode_id) for d in balanced(dreams, min_dreams)]
     if include_raw:
         items += [Item("", m.text, None, m.id) for m in memories for _ in range(raw_repeats)]
     return items
@@ -197,7 +211,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     """
     from peft import get_peft_model
 
-    items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats)
+    items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode)
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]

@@ -9,8 +9,8 @@ loss is its share of the *global* token sum divided by the global token count,
 so the averaged gradient is exactly the one-process gradient
 (tests/test_train.py checks 1 vs 2 CPU processes).
 
-GPU knobs (all in SeedConfig): bf16 autocast (`mixed_precision`, "auto" =
-bf16 on CUDA), gradient checkpointing, gradient accumulation.
+Knobs (all in SeedConfig): bf16 autocast (`mixed_precision`, "auto" = bf16 on
+CUDA and on CPUs with native bf16), gradient checkpointing, gradient accumulation.
 """
 from __future__ import annotations
 
@@ -49,10 +49,19 @@ class Student(torch.nn.Module):
         return forward_picked(self.pm, batch)
 
 
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast seeds about 1.2x faster
+    (sleep 2 of `bench sleep` on 2 EPYC cores: 314 -> 259 s); elsewhere it is emulated, and slower."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def mixed_precision(cfg: SeedConfig, device: torch.device) -> str:
     if cfg.mixed_precision != "auto":
         return cfg.mixed_precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "no"
+    return "bf16" if cpu_has_bf16() else "no"
 
 
 def accelerator(cfg: SeedConfig, device: torch.device):
