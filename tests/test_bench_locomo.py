@@ -17,8 +17,9 @@ def _grounded_writer(model, tok, memories, cfg, progress=None):
     out = []
     for m in memories:
         speaker, said = m.text.split("] ", 1)[1].split(": ", 1)
-        out += [Dream(m.id, "Who said this in the conversation?", speaker, stem="Who"),
-                Dream(m.id, "What was the final word of that message?", said.rstrip(".!?").split()[-1], stem="What")]
+        # one question per memory (the same question with two answers would be dropped as conflicting)
+        out += [Dream(m.id, f"Who said message {m.id} in the conversation?", speaker, stem="Who"),
+                Dream(m.id, f"What was the final word of message {m.id}?", said.rstrip(".!?").split()[-1], stem="What")]
     return out
 
 
@@ -74,7 +75,7 @@ def test_locomo_sleeps_sessions_in_order_and_scores_four_variants(tmp_path, loco
     s = res["sleep"]
     assert s["conversation"] == "conv-1" and s["sessions"] == ["session_1", "session_2"]
     assert [r["session"] for r in s["sleeps"]] == ["session_1", "session_2"]  # one sleep per session, in order
-    assert [r["status"] for r in s["sleeps"]] == ["promoted", "promoted"], s["sleeps"]
+    assert [r["status"] for r in s["sleeps"]] == ["promoted", "promoted"], [r.get("reasons") for r in s["sleeps"]]
     assert [r["version"] for r in s["sleeps"]] == ["v0001", "v0002"] and s["version"] == "v0002"
     assert all(r["seconds"] > 0 and "drift_kl" in r for r in s["sleeps"])
     assert [r["remembered"] for r in s["sleeps"]] == [r["episodes"] for r in s["sleeps"]] == [2, 2]

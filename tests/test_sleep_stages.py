@@ -118,7 +118,12 @@ def test_thin_episodes_train_all_their_items_repeated_up_to_the_floor(tiny):
     from agentsleep.sleep.seed import balanced
     model, tok = load(str(tiny))
     two = [Dream("e1", "What is the dog called?", "Biscuit"), Dream("e1", "Which dog is it?", "a beagle")]
-    assert not any(d.held_out for d in dream_mod.choose(model, tok, two, DreamConfig(probes_per_episode=1)))
+    three = [Dream("e2", f"When does Project Falcon launch, version {i}?", "14 February 2027") for i in range(3)]
+    chosen = dream_mod.choose(model, tok, two + three, DreamConfig(probes_per_episode=1))
+    assert [d.episode_id for d in chosen if d.held_out] == ["e2"]  # the 2-item episode trains on both
+    # with no episode of 3, a 2-item episode still gives a probe: the gate must have one to read
+    assert sum(d.held_out for d in dream_mod.choose(model, tok, [Dream(d.episode_id, d.question, d.answer) for d in two],
+                                                    DreamConfig(probes_per_episode=1))) == 1
     ds = [Dream("e1", "Q1?", "a"), Dream("e2", "Q2?", "b"), Dream("e2", "Q3?", "c"),
           Dream("e2", "Probe?", "d", held_out=True), Dream("e3", "Earlier?", "x", replay=True)]
     out = balanced(ds, 3)
@@ -130,7 +135,8 @@ def test_seed_learns_and_gate_decides(tiny):
     model, tok = load(str(tiny))
     dreams = [Dream("e1", "What is the name of the dog?", "Biscuit"),
               Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
-    cfg = SeedConfig(epochs=12, min_steps=0, batch_size=4, lr=5e-3, w_distill=1.0, on_policy_every=3, on_policy_samples=2)
+    cfg = SeedConfig(epochs=12, min_steps=0, batch_size=4, lr=5e-3, w_distill=1.0, on_policy_every=3, on_policy_samples=2,
+                     min_dreams_per_episode=0)  # its step count is asserted below
     pool = [(dream_mod.student_prompt(tok, "What is the capital of France?"), "Paris is the capital.")]
     pm, stats = seed(model, tok, dreams, MEM, cfg, replay_pool=pool)
     sft = stats.losses["sft"]

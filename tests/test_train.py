@@ -31,7 +31,8 @@ def _expert(tiny, **kw):
     # batch 4 over 7 items: the last batch of each epoch has 3 items, so one of 2 processes gets 1 and
     # the other 2 (unequal shares: the loss normalisation must still give the 1-process gradient)
     # fp32 unless asked: the comparisons below are about summation order, not bf16 rounding
-    cfg = SeedConfig(**{"epochs": 3, "min_steps": 0, "batch_size": 4, "lr": 5e-3, "mixed_precision": "no", **kw})
+    cfg = SeedConfig(**{"epochs": 3, "min_steps": 0, "batch_size": 4, "lr": 5e-3, "mixed_precision": "no",
+                        "min_dreams_per_episode": 0, **kw})
     pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, source=str(tiny))
     lora = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
     return lora, stats
@@ -57,8 +58,9 @@ def test_bf16_autocast_on_cpu_trains_the_same_expert_within_rounding(tiny):
     fp32, _ = _expert(tiny, w_replay=0)
     bf16, s = _expert(tiny, w_replay=0, mixed_precision="bf16")
     assert s.losses["sft"][-1] < s.losses["sft"][0]  # it learns
-    moved = max(float(v.abs().max()) for k, v in fp32.items() if "lora_B" in k)
-    assert 0 < _max_diff(fp32, bf16) < 0.2 * moved  # bf16 really ran (not bit-equal), and is the same expert
+    b32, b16 = (torch.cat([v.flatten() for k, v in sorted(e.items()) if "lora_B" in k]) for e in (fp32, bf16))
+    assert _max_diff(fp32, bf16) > 0  # bf16 really ran (not bit-equal) ...
+    assert float(torch.nn.functional.cosine_similarity(b32, b16, dim=0)) > 0.9  # ... and learned the same update
 
 
 def test_accumulation_and_checkpointing_keep_the_result(tiny):

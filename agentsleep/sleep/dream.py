@@ -206,10 +206,13 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     by_ep: dict[str, list[Dream]] = {}
     for d in kept:
         by_ep.setdefault(d.episode_id, []).append(d)
+    # An episode with 1-2 usable items trains on all of them, unless no episode has 3: then the
+    # gate would have no probe to read, and 2-item episodes give one as before.
+    min_items = 3 if any(len(v) >= 3 for v in by_ep.values()) else 2
     for items in by_ep.values():
         items = sorted(items, key=lambda d: -d.value)
         probes: list[Dream] = []
-        if len(items) >= 3 and cfg.probes_per_episode:  # with 1-2 usable items, all of them train
+        if len(items) >= min_items and cfg.probes_per_episode:
             n = min(cfg.probes_per_episode, len(items) - 1)
             probes = rng.sample(items[1:], n)  # never the single most valuable item
             for p in probes:
