@@ -50,8 +50,9 @@ class Student(torch.nn.Module):
 
 
 def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast seeds about 1.2x faster
-    (sleep 2 of `bench sleep` on 2 EPYC cores: 314 -> 259 s); elsewhere it is emulated, and slower."""
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast seeded about 1.2x faster in the
+    sleep-2 experiment of docs/ARCHITECTURE.md (2 EPYC cores: 314 -> 259 s). Other CPUs were not
+    measured, so "auto" keeps them in fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
@@ -61,7 +62,7 @@ def mixed_precision(cfg: SeedConfig, device: torch.device) -> str:
         return cfg.mixed_precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    return "bf16" if cpu_has_bf16() else "no"
+    return "bf16" if device.type == "cpu" and cpu_has_bf16() else "no"
 
 
 def accelerator(cfg: SeedConfig, device: torch.device):
