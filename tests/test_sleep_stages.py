@@ -72,6 +72,26 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     assert "whose answer is: Biscuit" in prompt and prompt.rstrip().endswith("Q:")
 
 
+def test_shared_prefix_generation_matches_plain_left_padding(tiny, monkeypatch):
+    """The writer's few-shot prompts share their first ~150 tokens; running that prefix once must
+    give the same greedy text as padding every prompt whole, for rows of different lengths."""
+    from agentsleep.models import generate as gen
+
+    model, tok = load(str(tiny))
+    prompts = [dream_mod.writer_prompt(tok, m.text, s) for m in MEM for s in ("What", "Where does the user")]
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    assert gen.shared_prefix_len(ids) >= gen.MIN_SHARED_PREFIX and len({len(x) for x in ids}) > 1
+    assert gen.shared_prefix_len([[1, 2, 3], [1, 2, 3]]) == 2  # each row keeps a token of its own
+    taken = []
+    real = gen._generate_shared_prefix
+    monkeypatch.setattr(gen, "_generate_shared_prefix", lambda *a, **k: taken.append(1) or real(*a, **k))
+    shared = gen.generate(model, tok, prompts, max_new_tokens=12, batch_size=4)
+    assert taken
+    monkeypatch.setattr(gen, "MIN_SHARED_PREFIX", 10**6)
+    assert gen.generate(model, tok, prompts, max_new_tokens=12, batch_size=4) == shared
+    assert gen.generate(model, tok, prompts[:1], max_new_tokens=12) == shared[:1]
+
+
 def test_text_matching():
     assert contains_answer("It is Biscuit, a beagle.", "Biscuit")
     assert not contains_answer("A poodle.", "Biscuit")

@@ -45,16 +45,64 @@ def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 
     device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
         chunk = prompts[i:i + batch_size]
-        enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        ids = [tok(p, add_special_tokens=False)["input_ids"] for p in chunk]
         with torch.no_grad():
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                 temperature=temperature if do_sample else None, top_p=None, top_k=None,
-                                 pad_token_id=tok.pad_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:]
-        out += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+            gen = _generate_shared_prefix(model, tok, ids, device, max_new_tokens, do_sample, temperature)
+            if gen is None:
+                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                     temperature=temperature if do_sample else None, top_p=None, top_k=None,
+                                     pad_token_id=tok.pad_token_id)
+                gen = gen[:, enc["input_ids"].shape[1]:]
+        out += [t.strip() for t in tok.batch_decode(gen, skip_special_tokens=True)]
         if progress:
             progress(len(chunk))
     return out
+
+
+MIN_SHARED_PREFIX = 48  # tokens; below this the prefix pass costs more than it saves
+
+
+def shared_prefix_len(ids: list[list[int]]) -> int:
+    """Tokens every prompt starts with, leaving each at least one token of its own."""
+    n = min(len(x) for x in ids) - 1
+    first = ids[0]
+    for x in ids[1:]:
+        k = 0
+        while k < n and x[k] == first[k]:
+            k += 1
+        n = k
+    return max(n, 0)
+
+
+def _generate_shared_prefix(model: Any, tok: Any, ids: list[list[int]], device: Any, max_new_tokens: int,
+                            do_sample: bool, temperature: float):
+    """Generate with the batch's common prompt prefix run once. Few-shot prompts (the dream writer's)
+    share ~75% of their tokens, and on a CPU the prompt pass is most of a short generation's time.
+    The prefix's KV cache is computed for one row and repeated over the batch; each row's own tokens
+    follow after padding, which the attention mask hides, so positions match plain left padding.
+    Returns the new tokens, or None when the batch shares too little or the model keeps no cache."""
+    import copy
+
+    import torch
+
+    p = shared_prefix_len(ids) if len(ids) > 1 else 0
+    if p < MIN_SHARED_PREFIX:
+        return None
+    pre = model(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True).past_key_values
+    if not hasattr(pre, "batch_repeat_interleave"):
+        return None
+    cache = copy.deepcopy(pre)
+    cache.batch_repeat_interleave(len(ids))
+    width = max(len(x) for x in ids) - p
+    pad = tok.pad_token_id
+    rows = [x[:p] + [pad] * (width - len(x) + p) + x[p:] for x in ids]
+    mask = [[1] * p + [0] * (width - len(x) + p) + [1] * (len(x) - p) for x in ids]
+    input_ids = torch.tensor(rows, device=device)
+    gen = model.generate(input_ids=input_ids, attention_mask=torch.tensor(mask, device=device), past_key_values=cache,
+                         max_new_tokens=max_new_tokens, do_sample=do_sample,
+                         temperature=temperature if do_sample else None, top_p=None, top_k=None, pad_token_id=pad)
+    return gen[:, input_ids.shape[1]:]
 
 
 def answers(model: Any, tok: Any, questions: list[str], *, memories: list[list[str]] | None = None,
