@@ -50,11 +50,11 @@ def test_first_person_paraphrases():
     assert [(d.question, d.kind) for d in ds[2:]] == [("Where do I live?", "perspective")]
 
 
-def test_answer_spans_pick_dates_numbers_names_else_the_last_word():
+def test_answer_spans_pick_dates_numbers_names_and_the_last_word():
     spans = dream_mod.answer_spans
     assert spans("Project Falcon launches on 14 February 2027.", 4) == ["14 February 2027", "Project Falcon"]
     assert spans("The user's doctor is Dr. Haruki Tanaka.", 4) == ["Dr. Haruki Tanaka"]
-    assert spans("The design review happens every Monday morning.", 4) == ["Monday"]  # not "morning"
+    assert spans("The design review happens every Monday morning.", 4) == ["Monday", "morning"]
     assert spans("The user cannot eat gluten.", 4) == ["gluten"]
     assert spans("The user's locker code is 4471.", 4) == ["4471"]
     assert spans("Caroline met Melanie. She was at the Bank of England on 7 May.", 2) == ["7 May", "Caroline"]
@@ -69,11 +69,7 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
         ("e1", "What"), ("e1", "Who"), ("e1", "Where"), ("e2", "What"), ("e2", "Who"), ("e2", "Where"),
         ("e1", "(answer)"), ("e2", "(answer)"), ("e2", "(answer)")]  # Biscuit; 14 February 2027, Project Falcon
     prompt = dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit")
-    assert "Note: The user's dog is a beagle called ___." in prompt and "Biscuit" not in prompt
-    assert prompt.rstrip().endswith("Q:")
-    assert all(d.answer in ("Biscuit", "14 February 2027", "Project Falcon") for d in written[6:] if d.kind != "unparsed")
-    assert dream_mod.parse_question(" What does the user call the dog?\nA: x") == "What does the user call the dog?"
-    assert dream_mod.parse_question(" What is the dog called ___?") is None and dream_mod.parse_question(" Who?") is None
+    assert "whose answer is: Biscuit" in prompt and prompt.rstrip().endswith("Q:")
 
 
 def test_shared_prefix_generation_matches_plain_left_padding(tiny, monkeypatch):

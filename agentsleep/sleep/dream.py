@@ -26,10 +26,10 @@ EXAMPLES = [
     ("My sister Priya moved to Denver in March.", "Q: Where did Priya move in March?\nA: Denver"),
     ("The team standup is every Tuesday at 9:30 in room B2.", "Q: When is the team standup?\nA: Every Tuesday at 9:30"),
 ]
-ANSWER_INSTRUCTION = "Write one question whose answer is the missing part (___) of this note.\nNote: {note}"
+ANSWER_INSTRUCTION = "Write one question about this note whose answer is: {span}\nNote: {note}"
 ANSWER_EXAMPLES = [
-    ("My sister Priya moved to ___ in March.", "Q: Where did Priya move in March?"),
-    ("The team standup is every ___ at 9:30 in room B2.", "Q: On which day is the team standup?"),
+    ("My sister Priya moved to Denver in March.", "Denver", "Q: Which city did Priya move to?\nA: Denver"),
+    ("The team standup is every Tuesday at 9:30 in room B2.", "Tuesday", "Q: On which day is the team standup?\nA: Tuesday"),
 ]
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
 _SPANS = [  # in order of preference: dates, numbers, names, then the note's last word (often its object)
@@ -47,15 +47,13 @@ def writer_prompt(tok: Any, note: str, stem: str) -> str:
 
 
 def answer_spans(note: str, n: int) -> list[str]:
-    """Up to `n` likely answers in a memory (dates, numbers, names, else its last word): the writer is asked
+    """Up to `n` likely answers in a memory (dates, numbers, names, its last word): the writer is asked
     for a question about each. Stems alone leave gaps: a 135M writer asked "Q: Where..." about "The user
     cannot eat gluten." writes "Where can the user eat gluten?", and nothing teaches "gluten"."""
     out: list[str] = []
     if n <= 0:
         return out
     for pat in _SPANS:
-        if pat is _SPANS[-1] and out:  # the last word only for a note with no date, number or name:
-            break                      # otherwise it is mostly a noun like "flights" or "afternoon"
         for m in pat.finditer(note.strip()):
             words = (m.group(1) if m.groups() else m.group(0)).strip(" .").split()
             while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
@@ -70,18 +68,8 @@ def answer_spans(note: str, n: int) -> list[str]:
 
 
 def answer_prompt(tok: Any, note: str, span: str) -> str:
-    """The writer sees the note with `span` blanked and asks for the blank; the dream's answer is the
-    span itself. Shown the answer instead, the 135M writer mostly asks it back ("Who is Ursula Le
-    Guin?") or asks the reverse question ("What is the name of the project? -> Rust")."""
-    history = [(ANSWER_INSTRUCTION.format(note=n), q) for n, q in ANSWER_EXAMPLES]
-    return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip().replace(span, "___", 1)), history=history, prefill="Q:")
-
-
-def parse_question(completion: str) -> str | None:
-    """The question an answer-first prompt completed, or None (too short, or it kept the blank)."""
-    m = re.match(r"\s*([^\n]*?\?)", completion)
-    q = m.group(1).strip() if m else ""
-    return q if len(q) >= 8 and "_" not in q else None
+    history = [(ANSWER_INSTRUCTION.format(note=n, span=a), qa) for n, a, qa in ANSWER_EXAMPLES]
+    return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip(), span=span), history=history, prefill="Q:")
 
 
 def parse(stem: str, completion: str) -> tuple[str, str] | None:
@@ -107,23 +95,21 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     """m candidate dreams per memory, one per question stem, plus one per likely answer (batched greedy)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
     jobs = [(m, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
-    spans = [(m, a) for m in memories for a in answer_spans(m.text, cfg.answer_spans)]
-    prompts = [p for _, _, p in jobs] + [answer_prompt(tok, m.text, a) for m, a in spans]
+    jobs += [(m, "", answer_prompt(tok, m.text, a)) for m in memories for a in answer_spans(m.text, cfg.answer_spans)]
     done = [0]
 
     def tick(n: int) -> None:
         done[0] += n
         if progress:
-            progress("dream", done[0], len(prompts), "writing")
+            progress("dream", done[0], len(jobs), "writing")
 
-    outs = gen.generate(model, tok, prompts, max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
+    outs = gen.generate(model, tok, [p for _, _, p in jobs],
+                        max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
     dreams = []
     for (m, s, _), o in zip(jobs, outs):
         qa = parse(s, o)
-        dreams.append(Dream(m.id, qa[0], qa[1], stem=s) if qa else Dream(m.id, "", "", stem=s, kind="unparsed"))
-    for (m, a), o in zip(spans, outs[len(jobs):]):
-        q = parse_question(o)
-        dreams.append(Dream(m.id, q, a, stem="(answer)") if q else Dream(m.id, "", "", stem="(answer)", kind="unparsed"))
+        stem = s or "(answer)"
+        dreams.append(Dream(m.id, qa[0], qa[1], stem=stem) if qa else Dream(m.id, "", "", stem=stem, kind="unparsed"))
     return dreams
 
 
