@@ -459,6 +459,7 @@ class _Server:
     served_name: str = SERVED_NAME
     loras: dict[str, Version] = field(default_factory=dict)
     inflight: int = 0
+    reloaded: bool = False   # its weights were already replaced in place once, on a traced graph (see _reload)
 
     @property
     def headers(self) -> dict[str, str]:
@@ -528,6 +529,7 @@ class VLLMSupervisor:
         self.restart_times: list[float] = []
         self.last_exit_code: int | None = None
         self.events: list[dict[str, Any]] = []
+        self._stage_error: str | None = None  # why the last same-shape reload could not be staged
         self._monitor: threading.Thread | None = None
         self._wake = threading.Event()
         self._probe: tuple[Any, float, bool] | None = None
@@ -852,6 +854,7 @@ class VLLMSupervisor:
         """Build `new_dir`'s weights beside the served ones while they keep answering (see
         adapters/vllm_reload.py). Returns the seconds it took, or None when the server cannot
         stage (an attached server, an old build): then the reload runs in place, held."""
+        self._stage_error = None
         if srv.proc is None or not srv.proc.staged_reload:
             return None
         t0 = time.perf_counter()
@@ -869,6 +872,9 @@ class VLLMSupervisor:
             return time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - the in-place reload still works
             log.warning("staged reload of %s failed (%s); reloading in place instead", new_dir, e)
+            # visible in /health's events and the swap report: the hold is the whole load this time
+            self._stage_error = f"{type(e).__name__}: {e}"[:300]
+            self._event("staging_failed", weights=str(new_dir), error=self._stage_error)
             with contextlib.suppress(Exception):
                 self._rpc(srv, "agentsleep_discard")
             return None
@@ -876,6 +882,15 @@ class VLLMSupervisor:
     def _reload(self, version: Version, prev: Route) -> SwapReport:
         srv = prev.server
         new_dir = weights_dir(version)
+        if srv.reloaded:
+            # On a server that traced its graph, the first in-place weight change works (staged or vLLM's
+            # own reload); a second one kept serving the old weights or wrong ones, with no error
+            # (tests/test_vllm_serving.py). So the second loads beside the old server instead (only a
+            # managed server is marked: an attached one reloads in place each time, as vLLM documents it).
+            rep = self._blue_green(version, prev)
+            rep.kind = "reload_weights>blue_green"
+            rep.detail["why"] = "this server's traced graph already had its weights replaced in place once"
+            return rep
         stage_s = self._stage(srv, new_dir)  # off the request path: nothing is held yet
         t_hold = time.perf_counter()
         with self._cond:
@@ -898,7 +913,11 @@ class VLLMSupervisor:
             commit: dict[str, Any] = {}
             if stage_s is not None:
                 commit = self._rpc(srv, "agentsleep_commit", weights_path=str(new_dir))
+                srv.reloaded = bool(commit.get("copied"))  # an eager CPU model's commit re-points: no graph
             else:
+                # a managed server here is a failed staging's fallback, whose graph may be traced: assume it
+                # is (an attached server always reloads this way, as vLLM documents it)
+                srv.reloaded = self.managed
                 self._rpc(srv, "reload_weights", weights_path=str(new_dir))
             t_reset = time.perf_counter()
             for _ in range(100):  # fails while blocks are held; nothing runs now, so it settles fast
@@ -953,7 +972,7 @@ class VLLMSupervisor:
                                   "reload_rpc_ms": round((t_reset - t_rpc) * 1000, 2),
                                   "reset_prefix_cache_ms": round((t_open - t_reset) * 1000, 2),
                                   "engine_paused": engine_pause, "weights": str(new_dir),
-                                  "staged": stage_s is not None, "commit": commit,
+                                  "staged": stage_s is not None, "stage_error": self._stage_error, "commit": commit,
                                   "stage_s": None if stage_s is None else round(stage_s, 3)})
 
     def _blue_green(self, version: Version, prev: Route, holding: bool = False) -> SwapReport:

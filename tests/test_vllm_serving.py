@@ -300,7 +300,9 @@ def test_staged_reload_on_a_compiled_server(vllm_ok, tmp_path, monkeypatch):
     """Without LoRA, vLLM on CPU traces the model once with dynamo (VLLM_CPU_CI_ENV keeps the traced
     graph on the eager backend instead of compiling it with inductor, which takes minutes here).
     A traced graph may hold storage addresses, so the staged commit copies into the served tensors
-    instead of re-pointing them; the answers after the swap are the new version's."""
+    instead of re-pointing them; the answers after the swap are the new version's. A second in-place
+    change on such a graph served the old weights (staged) or wrong ones (vLLM's reload), so it is a
+    blue/green switch."""
     from agentsleep.adapters.vllm import VLLMSupervisor
 
     monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
@@ -321,12 +323,37 @@ def test_staged_reload_on_a_compiled_server(vllm_ok, tmp_path, monkeypatch):
                                     timeout=300).json()["choices"][0]["message"]["content"]
         return out
 
+    real_rpc = sup._rpc
+
+    def no_staging(srv, method, timeout=600, **kw):
+        if method == "agentsleep_stage":
+            raise httpx.ConnectError("injected: staging unavailable")
+        return real_rpc(srv, method, timeout=timeout, **kw)
+
+    w = v["weights"].name
     try:
         sup.start(reg.get("v0000"))
         assert answers() == ref["v0000"]
+        # staging fails (injected): vLLM's in-place reload, and the report and /health say why
+        monkeypatch.setattr(sup, "_rpc", no_staging)
         rep = sup.swap(v["weights"])
+        assert rep.kind == "reload_weights" and rep.detail["staged"] is False, rep
+        assert "injected: staging unavailable" in rep.detail["stage_error"]
+        failed = [e for e in sup.health(probe=False)["events"] if e["event"] == "staging_failed"]
+        assert failed and "injected" in failed[-1]["error"]
+        assert answers() == ref[w]
+        monkeypatch.setattr(sup, "_rpc", real_rpc)
+        # a second in-place change on a traced graph kept serving the old weights: it loads beside instead
+        rep = sup.swap(reg.get("v0000"))
+        assert rep.kind == "reload_weights>blue_green", rep
+        assert answers() == ref["v0000"]
+
+        rep = sup.swap(v["weights"])  # the new server's first change is staged
         assert rep.kind == "reload_weights" and rep.detail["staged"] is True, rep
-        assert rep.detail["commit"]["copied"] is True
-        assert answers() == ref[v["weights"].name]
+        assert rep.detail["commit"]["copied"] is True and rep.detail["stage_error"] is None
+        assert answers() == ref[w]
+        rep = sup.swap(reg.get("v0000"))
+        assert rep.kind == "reload_weights>blue_green", rep
+        assert answers() == ref["v0000"]
     finally:
         sup.close()
