@@ -60,7 +60,7 @@ def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 
     return out
 
 
-MIN_SHARED_PREFIX = 48  # tokens; below this the prefix pass costs more than it saves
+MIN_SHARED_PREFIX = 48  # tokens: the writer's few-shot prompts (~150 shared) take this path; a shared system turn alone does not
 
 
 def shared_prefix_len(ids: list[list[int]]) -> int:
