@@ -49,7 +49,7 @@ def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 
         with torch.no_grad():
             gen = _generate_shared_prefix(model, tok, ids, device, max_new_tokens, do_sample, temperature)
             if gen is None:
-                enc = tok(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+                enc = tok.pad({"input_ids": ids}, return_tensors="pt").to(device)  # tokenized once, above
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                      temperature=temperature if do_sample else None, top_p=None, top_k=None,
                                      pad_token_id=tok.pad_token_id)
@@ -82,8 +82,6 @@ def _generate_shared_prefix(model: Any, tok: Any, ids: list[list[int]], device: 
     The prefix's KV cache is computed for one row and repeated over the batch; each row's own tokens
     follow after padding, which the attention mask hides, so positions match plain left padding.
     Returns the new tokens, or None when the batch shares too little or the model keeps no cache."""
-    import copy
-
     import torch
 
     p = shared_prefix_len(ids) if len(ids) > 1 else 0
@@ -92,7 +90,7 @@ def _generate_shared_prefix(model: Any, tok: Any, ids: list[list[int]], device: 
     pre = model(input_ids=torch.tensor([ids[0][:p]], device=device), use_cache=True).past_key_values
     if not hasattr(pre, "batch_repeat_interleave"):
         return None
-    cache = copy.deepcopy(pre)
+    cache = pre  # this call's own cache: repeated over the batch in place, no copy needed
     cache.batch_repeat_interleave(len(ids))
     width = max(len(x) for x in ids) - p
     pad = tok.pad_token_id
