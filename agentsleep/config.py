@@ -60,6 +60,8 @@ class DreamConfig(_Section):
                                          "Several stems per fact teach it to answer questions phrased in ways it never saw.")
     answer_spans: int = Field(4, ge=0, le=16, description="Also one dream per likely answer in the episode (dates, numbers, "
                               "names, its last word), written to have that answer; 0 turns them off.")
+    typed_answer_questions: bool = Field(True, description="Write a second answer-first dream per likely answer, its question "
+                                         "prefilled \"When\" for a date and \"Which\" otherwise: forward questions the bare prompt misses.")
     keep_top_k: int = Field(8, ge=0, description="k: dreams kept per episode by learning value (student loss without context).")
     keep_random: int = Field(1, ge=0, description="b: extra dreams kept at random.")
     probes_per_episode: int = Field(1, ge=0, description="Dreams held out per episode as probes, never trained on.")
@@ -89,6 +91,10 @@ class SeedConfig(_Section):
     min_dreams_per_episode: int = Field(4, ge=0, le=32, description="A new episode with fewer trained dreams has them repeated "
                                         "up to this many, so a fact with one good question is not drowned by its neighbours.")
     w_sft: float = Field(1.0, ge=0, description="Hard-label loss on teacher samples (filtered dreams). Paper: open.")
+    sft_average: Literal["token", "item"] = Field("item", description="How the hard-label loss averages: per item first, so "
+                                                  "a one-word answer (\"Rust\") counts as much as a sentence, or over every answer "
+                                                  "token. 'item' lifted sleep 1 from 0.85 to 0.95 with the typed answer-first "
+                                                  "dreams (docs/ARCHITECTURE.md, The seeding loss).")
     w_distill: float = Field(0.0, ge=0, description="Weight of the paper's distillation block (D_off, D_on, imitate) against the hard-label CE. "
                              "Paper: open. Off by default on the 135M model: its teacher is unsure of its own answers and "
                              "every weight tried lowered closed-book recall (`agentsleep bench ablation`); try 0.1-1 with larger models.")

@@ -65,11 +65,22 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     model, tok = load(str(tiny))
     cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8)
     written = dream_mod.write(model, tok, MEM, cfg)
+    # per likely answer (Biscuit; 14 February 2027, Project Falcon): a bare "Q:" and a typed question word
     assert [(d.episode_id, d.stem) for d in written] == [
         ("e1", "What"), ("e1", "Who"), ("e1", "Where"), ("e2", "What"), ("e2", "Who"), ("e2", "Where"),
-        ("e1", "(answer)"), ("e2", "(answer)"), ("e2", "(answer)")]  # Biscuit; 14 February 2027, Project Falcon
+        ("e1", "(answer)"), ("e1", "(answer) Which"), ("e2", "(answer)"), ("e2", "(answer) When"),
+        ("e2", "(answer)"), ("e2", "(answer) Which")]
     prompt = dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit")
     assert "whose answer is: Biscuit" in prompt and prompt.rstrip().endswith("Q:")
+    assert dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit", "Which").endswith("Q: Which")
+    cfg.typed_answer_questions = False
+    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
+
+
+def test_typed_stems_ask_when_for_dates_and_which_otherwise():
+    ts = dream_mod.typed_stem
+    assert [ts(s) for s in ("14 February 2027", "February", "Thursday", "3 March", "June 5th")] == ["When"] * 5
+    assert [ts(s) for s in ("Rust", "Project Falcon", "8443", "Maya", "afternoon", "Mayday")] == ["Which"] * 6
 
 
 def test_shared_prefix_generation_matches_plain_left_padding(tiny, monkeypatch):

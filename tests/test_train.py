@@ -43,15 +43,28 @@ def _max_diff(a, b):
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def test_two_cpu_processes_train_the_same_expert_as_one(tiny):
-    one, s1 = _expert(tiny)
-    two, s2 = _expert(tiny, processes=2)
+@pytest.mark.parametrize("average", ["token", "item"])
+def test_two_cpu_processes_train_the_same_expert_as_one(tiny, average):
+    one, s1 = _expert(tiny, sft_average=average)
+    two, s2 = _expert(tiny, processes=2, sft_average=average)
     assert (s1.processes, s2.processes) == (1, 2)  # two processes really trained (DDP over gloo)
     assert s1.steps == s2.steps == 6 and s1.tokens == s2.tokens
     moved = max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k)
     assert moved > 1e-3  # the expert did train
     assert _max_diff(one, two) < 1e-4  # measured 1.3e-6: float summation order only
     assert abs(s1.losses["total"][-1] - s2.losses["total"][-1]) < 1e-4 and abs(s1.losses["sft"][-1] - s2.losses["sft"][-1]) < 1e-4
+
+
+def test_item_average_counts_each_item_once_whatever_its_length():
+    from agentsleep.sleep.train import _item_sum
+
+    torch.manual_seed(0)
+    sel, tgt = torch.randn(5, 11), torch.tensor([1, 2, 3, 4, 5])
+    rows = torch.tensor([0, 1, 1, 1, 1])  # a one-token answer and a four-token one
+    ce = torch.nn.functional.cross_entropy(sel, tgt, reduction="none")
+    assert torch.allclose(_item_sum(sel, tgt, rows, 2), ce[0] + ce[1:].mean())
+    assert not torch.allclose(ce.sum() / 5, (ce[0] + ce[1:].mean()) / 2)  # the token average weighs them 1:4
+    assert float(_item_sum(sel[:0], tgt[:0], rows[:0], 2)) == 0.0
 
 
 def test_bf16_autocast_on_cpu_trains_the_same_expert_within_rounding(tiny):

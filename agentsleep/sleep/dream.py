@@ -67,9 +67,20 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
-def answer_prompt(tok: Any, note: str, span: str) -> str:
+_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$")
+
+
+def typed_stem(span: str) -> str:
+    """The question word a forward question about `span` starts with: "When" for a date, month or
+    weekday, else "Which" (measured on the bench facts: "Q: Which" with the answer shown writes
+    "Which language is Project Heron written in?", where a bare "Q:" writes a reverse question)."""
+    return "When" if _WHEN.search(span) else "Which"
+
+
+def answer_prompt(tok: Any, note: str, span: str, stem: str = "") -> str:
     history = [(ANSWER_INSTRUCTION.format(note=n, span=a), qa) for n, a, qa in ANSWER_EXAMPLES]
-    return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip(), span=span), history=history, prefill="Q:")
+    return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip(), span=span), history=history,
+                    prefill=f"Q: {stem}" if stem else "Q:")
 
 
 def parse(stem: str, completion: str) -> tuple[str, str] | None:
@@ -92,10 +103,16 @@ def teacher_prompt(tok: Any, question: str, memory: str) -> str:
 
 
 def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress=None) -> list[Dream]:
-    """m candidate dreams per memory, one per question stem, plus one per likely answer (batched greedy)."""
+    """m candidate dreams per memory, one per question stem, plus one or two per likely answer
+    (batched greedy). A job is (memory, the stem its completion continues, its label, prompt)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
-    jobs = [(m, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
-    jobs += [(m, "", answer_prompt(tok, m.text, a)) for m in memories for a in answer_spans(m.text, cfg.answer_spans)]
+    jobs = [(m, s, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
+    for m in memories:
+        for a in answer_spans(m.text, cfg.answer_spans):
+            jobs.append((m, "", "(answer)", answer_prompt(tok, m.text, a)))
+            if cfg.typed_answer_questions:
+                t = typed_stem(a)
+                jobs.append((m, t, f"(answer) {t}", answer_prompt(tok, m.text, a, t)))
     done = [0]
 
     def tick(n: int) -> None:
@@ -103,13 +120,12 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
         if progress:
             progress("dream", done[0], len(jobs), "writing")
 
-    outs = gen.generate(model, tok, [p for _, _, p in jobs],
+    outs = gen.generate(model, tok, [j[3] for j in jobs],
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
     dreams = []
-    for (m, s, _), o in zip(jobs, outs):
+    for (m, s, label, _), o in zip(jobs, outs):
         qa = parse(s, o)
-        stem = s or "(answer)"
-        dreams.append(Dream(m.id, qa[0], qa[1], stem=stem) if qa else Dream(m.id, "", "", stem=stem, kind="unparsed"))
+        dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     return dreams
 
 

@@ -91,6 +91,15 @@ def _n_labels(row: tuple[list[int], list[int]]) -> int:
     return sum(1 for y in row[1][1:] if y != -100)
 
 
+def _item_sum(sel: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum over items of each item's mean token cross-entropy."""
+    if not len(tgt):
+        return sel.sum() * 0.0
+    ce = torch.nn.functional.cross_entropy(sel, tgt, reduction="none")
+    count = torch.zeros(n, device=ce.device).index_add(0, rows, torch.ones_like(ce))
+    return (ce / count[rows]).sum()
+
+
 def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), extra_terms=None,
           progress=None, should_stop: Callable[[], bool] = lambda: False):
     """Train the LoRA expert already attached to `pm` (a peft model) on `items`. Returns SeedStats.
@@ -144,6 +153,7 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
     stats = SeedStats(items=len(items), processes=world)
     w_off = cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda)
     replay_rng = random.Random(cfg.seed + 2)
+    by_item = cfg.sft_average == "item"
 
     def share(seq: list) -> tuple[list, float]:
         """This process's part of a list every process holds; a process with no part still joins the backward."""
@@ -163,10 +173,13 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
         logits = None
         if w_off > 0:
             logits = student(b, full=True)
-            sel, tgt, _ = picked(logits, b["labels"])
+            sel, tgt, row = picked(logits, b["labels"])
         else:
-            sel, tgt, _ = student(b)
-        sft_sum = ce_picked(sel, tgt, reduction="sum") * on
+            sel, tgt, row = student(b)
+        if by_item:
+            sft_sum = _item_sum(sel, tgt, row, len(mine)) * on
+        else:
+            sft_sum = ce_picked(sel, tgt, reduction="sum") * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
@@ -197,7 +210,8 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
     for group in groups:
         if should_stop():
             raise Interrupted(f"stopped during seeding at step {step}/{total}")
-        n_group = sum(_n_labels(rows[id(it)]) for batch in group for it in batch)
+        # the hard-label loss's denominator: the step's answer tokens, or its items
+        n_group = sum(1 if by_item else _n_labels(rows[id(it)]) for batch in group for it in batch)
         n_soft = sum(it.soft is not None for batch in group for it in batch)
         logged: dict[str, torch.Tensor] = {}
         for k, batch in enumerate(group):
