@@ -58,8 +58,8 @@ class DreamConfig(_Section):
                                                       "What is the name of"],
                              description="Question stems prefilled into the writer's answer: variety comes from stems, not temperature. "
                                          "Several stems per fact teach it to answer questions phrased in ways it never saw.")
-    answer_spans: int = Field(4, ge=0, le=16, description="Also one dream per likely answer in the episode (dates, numbers, "
-                              "names, its last word), written to have that answer; 0 turns them off.")
+    answer_spans: int = Field(4, ge=0, le=16, description="Likely answers per episode (dates, numbers, names, its last word) "
+                              "that the writer is also asked a question about, written to have that answer; 0 turns them off.")
     typed_answer_questions: bool = Field(True, description="Write a second answer-first dream per likely answer, its question "
                                          "prefilled \"When\" for a date and \"Which\" otherwise: forward questions the bare prompt misses.")
     keep_top_k: int = Field(8, ge=0, description="k: dreams kept per episode by learning value (student loss without context).")
