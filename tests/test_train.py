@@ -56,15 +56,16 @@ def test_two_cpu_processes_train_the_same_expert_as_one(tiny, average):
 
 
 def test_item_average_counts_each_item_once_whatever_its_length():
-    from agentsleep.sleep.train import _item_sum
+    from agentsleep.sleep.tensors import ce_picked
 
     torch.manual_seed(0)
     sel, tgt = torch.randn(5, 11), torch.tensor([1, 2, 3, 4, 5])
     rows = torch.tensor([0, 1, 1, 1, 1])  # a one-token answer and a four-token one
     ce = torch.nn.functional.cross_entropy(sel, tgt, reduction="none")
-    assert torch.allclose(_item_sum(sel, tgt, rows, 2), ce[0] + ce[1:].mean())
-    assert not torch.allclose(ce.sum() / 5, (ce[0] + ce[1:].mean()) / 2)  # the token average weighs them 1:4
-    assert float(_item_sum(sel[:0], tgt[:0], rows[:0], 2)) == 0.0
+    assert torch.allclose(ce_picked(sel, tgt, "item_sum", rows, 2), ce[0] + ce[1:].mean())
+    assert torch.allclose(ce_picked(sel, tgt, "sum"), ce.sum())  # the token sum weighs them 1:4
+    assert not torch.allclose(ce.sum() / 5, (ce[0] + ce[1:].mean()) / 2)
+    assert float(ce_picked(sel[:0], tgt[:0], "item_sum", rows[:0], 2)) == 0.0
 
 
 def test_bf16_autocast_on_cpu_trains_the_same_expert_within_rounding(tiny):

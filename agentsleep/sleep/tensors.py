@@ -81,10 +81,14 @@ def nll_by_row(sel: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor, n: int)
     return total / count.clamp(min=1)
 
 
-def ce_picked(sel: torch.Tensor, tgt: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """Cross-entropy of picked logits; reduction "mean" or "sum" over positions (0 when there are none)."""
+def ce_picked(sel: torch.Tensor, tgt: torch.Tensor, reduction: str = "mean", rows: torch.Tensor | None = None,
+              n_rows: int = 0) -> torch.Tensor:
+    """Cross-entropy of picked logits (0 when there are none); reduction "mean" or "sum" over positions,
+    or "item_sum": each row's mean over its positions, summed over the `n_rows` rows (`rows` from picked)."""
     if not len(tgt):
         return sel.sum() * 0.0
+    if reduction == "item_sum":
+        return nll_by_row(sel, tgt, rows, n_rows).sum()
     return F.cross_entropy(sel, tgt, reduction=reduction)
 
 

@@ -91,15 +91,6 @@ def _n_labels(row: tuple[list[int], list[int]]) -> int:
     return sum(1 for y in row[1][1:] if y != -100)
 
 
-def _item_sum(sel: torch.Tensor, tgt: torch.Tensor, rows: torch.Tensor, n: int) -> torch.Tensor:
-    """Sum over items of each item's mean token cross-entropy."""
-    if not len(tgt):
-        return sel.sum() * 0.0
-    ce = torch.nn.functional.cross_entropy(sel, tgt, reduction="none")
-    count = torch.zeros(n, device=ce.device).index_add(0, rows, torch.ones_like(ce))
-    return (ce / count[rows]).sum()
-
-
 def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), extra_terms=None,
           progress=None, should_stop: Callable[[], bool] = lambda: False):
     """Train the LoRA expert already attached to `pm` (a peft model) on `items`. Returns SeedStats.
@@ -176,10 +167,7 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
             sel, tgt, row = picked(logits, b["labels"])
         else:
             sel, tgt, row = student(b)
-        if by_item:
-            sft_sum = _item_sum(sel, tgt, row, len(mine)) * on
-        else:
-            sft_sum = ce_picked(sel, tgt, reduction="sum") * on
+        sft_sum = ce_picked(sel, tgt, "item_sum" if by_item else "sum", row, len(mine)) * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
