@@ -77,9 +77,30 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
 
 
+def test_typed_answer_questions_parse_after_their_prefill_and_rest_trains_the_same_prompt(tiny, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    note = "Project Heron is written in the Rust language."
+    fake = lambda model, tok, prompts, **kw: [" language is Project Heron written in?\nA: Rust" if p.endswith("Q: Which")
+                                              else " What is Heron?\nA: Project Heron" for p in prompts]
+    monkeypatch.setattr(dream_mod.gen, "generate", fake)
+    cfg = DreamConfig(per_episode=1, stems=["What"], answer_spans=1)
+    written = dream_mod.write(None, tok, [Memory("e", note)], cfg)
+    typed = [d for d in written if d.stem == "(answer) Which"]
+    assert [(d.question, d.answer) for d in typed] == [("Which language is Project Heron written in?", "Rust")]
+    # ReST's M-step fine-tunes the writer on the prompt a dream came from
+    prompt, stem = dream_mod.written_from(tok, note, typed[0])
+    assert (prompt, stem) == (dream_mod.answer_prompt(tok, note, "Rust", "Which"), "Which")
+    bare = Dream("e", "Which project is written in Rust?", "Project Heron", stem="(answer)")
+    assert dream_mod.written_from(tok, note, bare) == (dream_mod.answer_prompt(tok, note, "Project Heron"), "")
+    plain = Dream("e", "What is Heron?", "Project Heron", stem="What")
+    assert dream_mod.written_from(tok, note, plain) == (dream_mod.writer_prompt(tok, note, "What"), "What")
+
+
 def test_typed_stems_ask_when_for_dates_and_which_otherwise():
     ts = dream_mod.typed_stem
-    assert [ts(s) for s in ("14 February 2027", "February", "Thursday", "3 March", "June 5th")] == ["When"] * 5
+    assert [ts(s) for s in ("14 February 2027", "February", "Thursday", "3 March", "June 5th", "9:30", "2027-02-14")] == ["When"] * 7
     assert [ts(s) for s in ("Rust", "Project Falcon", "8443", "Maya", "afternoon", "Mayday")] == ["Which"] * 6
 
 

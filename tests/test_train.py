@@ -68,6 +68,12 @@ def test_item_average_counts_each_item_once_whatever_its_length():
     assert float(ce_picked(sel[:0], tgt[:0], "item_sum", rows[:0], 2)) == 0.0
 
 
+def test_the_seeding_loop_reads_sft_average(tiny):
+    item, _ = _expert(tiny, sft_average="item", w_replay=0)
+    token, _ = _expert(tiny, sft_average="token", w_replay=0)
+    assert _max_diff(item, token) > 1e-5  # the answers differ in length, so the two averages train differently
+
+
 def test_bf16_autocast_on_cpu_trains_the_same_expert_within_rounding(tiny):
     fp32, _ = _expert(tiny, w_replay=0)
     bf16, s = _expert(tiny, w_replay=0, mixed_precision="bf16")

@@ -67,7 +67,8 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
-_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$")
+_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
+                   r"|^\d{1,2}:\d{2}$|^\d{4}-\d{2}-\d{2}$|^\d{1,2}/\d{1,2}/\d{2,4}$")  # times, numeric dates
 
 
 def typed_stem(span: str) -> str:
@@ -81,6 +82,17 @@ def answer_prompt(tok: Any, note: str, span: str, stem: str = "") -> str:
     history = [(ANSWER_INSTRUCTION.format(note=n, span=a), qa) for n, a, qa in ANSWER_EXAMPLES]
     return gen.chat(tok, ANSWER_INSTRUCTION.format(note=note.strip(), span=span), history=history,
                     prefill=f"Q: {stem}" if stem else "Q:")
+
+
+def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str]:
+    """The writer prompt a dream was written from and the stem its completion continues, so that
+    ReST's M-step fine-tunes the writer on the prompts it dreams with (an answer-first dream's
+    span is taken to be its answer)."""
+    if d.stem.startswith("(answer)"):
+        stem = d.stem[len("(answer)"):].strip()
+        return answer_prompt(tok, note, d.answer, stem), stem
+    stem = d.stem or d.question.split()[0]
+    return writer_prompt(tok, note, stem), stem
 
 
 def parse(stem: str, completion: str) -> tuple[str, str] | None:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import SleepConfig
-from .dream import student_prompt, writer_prompt
+from .dream import student_prompt, written_from
 from .tensors import ce_picked, collate, encode, forward_picked, sequence_nll
 from .types import Dream, DreamSet, Memory
 
@@ -110,9 +110,9 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
     try:
         rows = []
         for d in winners:
-            stem = d.stem or d.question.split()[0]
-            rest = d.question[len(stem):] if d.question.startswith(stem) else " " + d.question
-            rows.append(encode(tok, writer_prompt(tok, text[d.episode_id], stem), f"{rest}\nA: {d.answer}"))
+            prompt, stem = written_from(tok, text[d.episode_id], d)
+            rest = d.question[len(stem):] if stem and d.question.startswith(stem) else " " + d.question
+            rows.append(encode(tok, prompt, f"{rest}\nA: {d.answer}"))
         params = [p for p in pm.parameters() if p.requires_grad]
         _train(pm, params, rows, cfg.rest.writer_steps, cfg.rest.writer_lr, tok.pad_token_id)
         tmp = adapter_dir.with_name("writer.tmp")

@@ -154,9 +154,10 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
     def micro_step(batch: list, n_group: int, n_soft: int, n_micro: int, micro: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """This process's share of one micro-batch: (terms for the log, loss to backpropagate).
 
-        Losses are sums over this process's tokens divided by the token count of
-        the whole optimizer step (all micro-batches, all processes), times the
-        process count that DDP's gradient averaging divides by again.
+        Losses are sums over this process's tokens (the hard-label loss: over its
+        items, with `sft_average` "item") divided by the token (item) count of the
+        whole optimizer step (all micro-batches, all processes), times the process
+        count that DDP's gradient averaging divides by again.
         """
         mine, on = share(batch)
         b = collate([rows[id(it)] for it in mine], tok.pad_token_id, dev)
