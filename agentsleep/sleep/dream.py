@@ -67,6 +67,7 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
+ANSWER_LABEL = "(answer)"  # an answer-first dream's stem label: "(answer)", or "(answer) When" when typed
 _WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
                    r"|^\d{1,2}:\d{2}$|^\d{4}-\d{2}-\d{2}$|^\d{1,2}/\d{1,2}/\d{2,4}$")  # times, numeric dates
 
@@ -88,8 +89,8 @@ def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str]:
     """The writer prompt a dream was written from and the stem its completion continues, so that
     ReST's M-step fine-tunes the writer on the prompts it dreams with (an answer-first dream's
     span is taken to be its answer)."""
-    if d.stem.startswith("(answer)"):
-        stem = d.stem[len("(answer)"):].strip()
+    if d.stem.startswith(ANSWER_LABEL):
+        stem = d.stem[len(ANSWER_LABEL):].strip()
         return answer_prompt(tok, note, d.answer, stem), stem
     stem = d.stem or d.question.split()[0]
     return writer_prompt(tok, note, stem), stem
@@ -121,10 +122,10 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     jobs = [(m, s, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
     for m in memories:
         for a in answer_spans(m.text, cfg.answer_spans):
-            jobs.append((m, "", "(answer)", answer_prompt(tok, m.text, a)))
+            jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.text, a)))
             if cfg.typed_answer_questions:
                 t = typed_stem(a)
-                jobs.append((m, t, f"(answer) {t}", answer_prompt(tok, m.text, a, t)))
+                jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.text, a, t)))
     done = [0]
 
     def tick(n: int) -> None:
