@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..config import GateConfig
 from ..home import Home
 from ..models import generate as gen
 from ..textmatch import contains_answer
@@ -95,6 +96,7 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20, sleeps: i
             home.remember(f.text, source="bench")
         live = home.engine.live
         res["base_version"] = live.version.name
+        res["gate_max_drift_kl"] = home.config.sleep.gate.max_drift_kl
         res["a_before"], _ = closed_book(live.model, live.tok, set_a)
         res["a_with_context"], _ = closed_book(live.model, live.tok, set_a, [f.text for f in set_a])
         say(f"closed-book before: {res['a_before']:.2f}; with the fact in context: {res['a_with_context']:.2f}")
@@ -148,9 +150,16 @@ def targets(res: dict[str, Any]) -> dict[str, bool]:
         out["b_after_sleep2 >= 0.75"] = res["b_after_sleep2"] >= 0.75
         out["a_retention >= 0.90"] = (res["a_retention"] or 0) >= 0.90
     out["sleep under 600 s"] = max(res["sleep1_seconds"], res.get("sleep2_seconds", 0)) < 600
-    out["drift within gate bound"] = all(r["metrics"].get("drift_kl") is not None for r in sleeps
-                                         if r["status"] == "promoted")
+    out["drift within gate bound"] = drift_within_bound(sleeps, res.get("gate_max_drift_kl", GateConfig().max_drift_kl))
     return out
+
+
+def drift_within_bound(sleeps: list[dict[str, Any]], max_drift_kl: float) -> bool:
+    """Every promoted sleep's drift KL is measured and at most the gate's bound (gate.max_drift_kl), and at
+    least one sleep was promoted: a run that promoted nothing has shown no drift to be within anything."""
+    promoted = [r for r in sleeps if r["status"] == "promoted"]
+    return bool(promoted) and all(r["metrics"].get("drift_kl") is not None and r["metrics"]["drift_kl"] <= max_drift_kl
+                                  for r in promoted)
 
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
