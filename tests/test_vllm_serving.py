@@ -41,7 +41,8 @@ def vllm_ok():
 @pytest.fixture(scope="module")
 def stack(vllm_ok, tmp_path_factory):
     """Registry (v0000 tiny + adapter/weights/grown versions), a managed vLLM backend, our HTTP server."""
-    from agentsleep.serving.vllm_backend import VLLMBackend, _adapter
+    from agentsleep.serving.vllm import VLLMSupervisor
+    from agentsleep.serving.vllm_backend import VLLMBackend
 
     root = tmp_path_factory.mktemp("vllm")
     tiny = tiny_model_dir(tmp_path_factory.mktemp("tiny"))
@@ -49,7 +50,7 @@ def stack(vllm_ok, tmp_path_factory):
     versions = make_swap_versions(reg, scale=20.0)
     prompts = PROMPTS + [LONG_PREFIX + " Question 1", LONG_PREFIX + " Question 2"]
     ref = reference_answers([reg.get("v0000"), *versions.values()], prompts, max_tokens=8)
-    sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=16, drain_timeout=60)
+    sup = VLLMSupervisor(log_dir=root / "logs", max_lora_rank=16, drain_timeout=60)
     backend = VLLMBackend(sup)
     watcher = RegistryWatcher(reg, backend, poll_s=0.05)
     watcher.record(backend.start(reg.current()))
@@ -263,20 +264,20 @@ def test_attach_to_a_running_server(stack):
     """Attach mode: a second supervisor uses the managed server by URL and API key; it reloads in place
     but cannot change the architecture of a server it does not own."""
     from agentsleep.serving.backend import SwapError
-    from agentsleep.serving.vllm_backend import _adapter
+    from agentsleep.serving.vllm import VLLMSupervisor
 
     reg, sup, http = stack["reg"], stack["sup"], stack["http"]
     cur = reg.current()
     want = text(ask(http, "Say hello."))
     route = sup.route
-    bad = _adapter("VLLMSupervisor")(url=route.url, api_key="wrong")
+    bad = VLLMSupervisor(url=route.url, api_key="wrong")
     with pytest.raises(SwapError, match="API key"):
         bad.start(cur)
     bad.close()
-    other = _adapter("VLLMSupervisor")(url=route.url, api_key=route.server.api_key)
+    other = VLLMSupervisor(url=route.url, api_key=route.server.api_key)
     with pytest.raises(SwapError, match="architecture"):
         other.start(reg.get("v0000"))  # 2 layers; the server holds 3
-    attached = _adapter("VLLMSupervisor")(url=route.url + "/v1", api_key=route.server.api_key)
+    attached = VLLMSupervisor(url=route.url + "/v1", api_key=route.server.api_key)
     try:
         rep = attached.start(cur)
         assert rep.kind == "attach" and rep.detail["initial_swap"]["kind"] == "reload_weights"
@@ -303,7 +304,7 @@ def test_staged_reload_on_a_compiled_server(vllm_ok, tmp_path, monkeypatch):
     instead of re-pointing them; the answers after the swap are the new version's. A second in-place
     change on such a graph served the old weights (staged) or wrong ones (vLLM's reload), so it is a
     blue/green switch."""
-    from agentsleep.adapters.vllm import VLLMSupervisor
+    from agentsleep.serving.vllm import VLLMSupervisor
 
     monkeypatch.setenv("VLLM_CPU_CI_ENV", "1")
     tiny = tiny_model_dir(tmp_path / "tiny")

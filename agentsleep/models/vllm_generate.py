@@ -69,7 +69,8 @@ class VllmGenerator:
         from transformers import AutoConfig, AutoTokenizer, GenerationConfig
         from vllm import LLM
 
-        from ..adapters.vllm import LORA_RANKS, kv_bytes_for, lora_rank_for
+        from ..serving.vllm.lora import LORA_RANKS, lora_rank_for
+        from ..serving.vllm.weights import kv_bytes_for
         from .loader import resolve
 
         if max_lora_rank > LORA_RANKS[-1]:

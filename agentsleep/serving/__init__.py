@@ -3,7 +3,8 @@
     backend.py               the Backend protocol, SwapReport, OpenAI-style errors, Stream
     engine.py                in-process model (Engine: swap/answer/complete + generate/stream)
     transformers_backend.py  Engine behind the OpenAI request shapes
-    vllm_backend.py          proxy to a supervised vLLM server (agentsleep.adapters.vllm)
+    vllm_backend.py          proxy to a supervised vLLM server (the vllm package below)
+    vllm/                    vLLM server processes, routing, swaps, restarts, shared-base lanes
     protocol.py              request validation (chat, completions; use_memory, memory_k)
     server.py                FastAPI app, RegistryWatcher (follows CURRENT), `agentsleep serve`
     loadtest.py              swaps under continuous load; swap_benchmark() for the bench command

@@ -7,7 +7,7 @@
     GET  /health                 the shared server and every home's version (no auth)
 
 The homes must share their base model (the same `model.base` weights). Each home's sleeps are
-served as its own LoRA adapter on that one base (`agentsleep.adapters.vllm_homes`); each home
+served as its own LoRA adapter on that one base (`agentsleep.serving.vllm.lanes`); each home
 keeps its own registry watcher, memories (injected as by `serve`) and `serve.api_key`. A home
 that cannot be served on the shared base (a grown model) answers 503 with the reason, while the
 others keep going.
@@ -171,12 +171,12 @@ def shared_base(homes: dict[str, Any]) -> Path:
 
 def home_names(paths: list[Path]) -> dict[str, Path]:
     """Each home's name on the endpoint: its directory name (must be unique and URL-safe)."""
-    from ..adapters.vllm_homes import _LANE_NAME  # the rule lives with the lanes
+    from .vllm import LANE_NAME  # the rule lives with the lanes
 
     out: dict[str, Path] = {}
     for p in paths:
         name = p.resolve().name
-        if not _LANE_NAME.match(name):
+        if not LANE_NAME.match(name):
             raise InputError(f"serve-homes: home directory name {name!r} cannot be a model name; use letters, "
                              "digits, '.', '_' or '-'")
         if name in out:
@@ -189,14 +189,14 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
                 vllm_args: list[str] | None = None, max_lora_rank: int | None = None, use_memory: bool | None = None,
                 say: Callable[[str], None] | None = None) -> None:
     """Serve `paths` until interrupted: one vLLM on their shared base, one adapter per home."""
-    from ..adapters.vllm_homes import SharedBaseVLLM
     from ..home import Home
-    from ..serving.vllm_backend import VLLMBackend, _adapter
+    from .vllm import SharedBaseVLLM, vllm_available
+    from .vllm_backend import VLLMBackend
 
     say = say or (lambda m: log.info(m))
     if not paths:
         raise InputError("serve-homes: name at least one home directory")
-    if why := _adapter("vllm_available")():
+    if why := vllm_available():
         raise ModelError(f"serve-homes needs vLLM: {why}")
     names = home_names(paths)
     check_listen(host, port)

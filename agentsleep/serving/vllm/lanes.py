@@ -35,11 +35,13 @@ from typing import Any, Iterator
 from agentsleep.models.registry import BASE_VERSION, Version
 from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
 
-from .vllm import (Route, _Server, _sibling, adapter_chain, adapter_info, arch_signature, compose_adapters,
-                   lora_rank_for, start_ready, weights_dir)
+from .lora import adapter_chain, chain_adapter, chain_rank, lora_rank_for, sibling
+from .process import start_ready
+from .routing import Route, Server
+from .weights import arch_signature, weights_dir
 
 log = logging.getLogger("agentsleep.vllm.homes")
-_LANE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LANE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class SharedBaseVLLM:
@@ -73,7 +75,7 @@ class SharedBaseVLLM:
         self._wake = threading.Event()
         self._monitor: threading.Thread | None = None
         self._closed = False
-        self.server: _Server | None = None
+        self.server: Server | None = None
         self.state = "stopped"
         self.error: str | None = None
         self.restarts = 0
@@ -87,17 +89,17 @@ class SharedBaseVLLM:
     # -- lifecycle ------------------------------------------------------------
     def lane(self, name: str) -> "HomeLane":
         """The lane for home `name` (created on first use)."""
-        if not _LANE_NAME.match(name or ""):
+        if not LANE_NAME.match(name or ""):
             raise ValueError(f"home name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
         with self._cond:
             if name not in self.lanes:
                 self.lanes[name] = HomeLane(self, name)
             return self.lanes[name]
 
-    def _spawn(self) -> _Server:
+    def _spawn(self) -> Server:
         proc = start_ready(self.base_dir, self.log_dir / "vllm-homes-{port}.log", timeout=self.start_timeout,
                            abort=self._abort, api_key=self._api_key, **self.proc_kw)
-        return _Server(proc.url, self._api_key, proc, None, self.base_sig, self.base_dir)
+        return Server(proc.url, self._api_key, proc, None, self.base_sig, self.base_dir)
 
     def start(self) -> float:
         """Start the server on the base; blocks until it answers. Returns the seconds it took."""
@@ -150,7 +152,7 @@ class SharedBaseVLLM:
     def adapter_for(self, home: str, version: Version) -> dict[str, Any] | None:
         """The adapter that turns the shared base into `version` (None: `version` is the base).
         Raises SwapError when `version` cannot be served on this base."""
-        own_base = version if version.is_base else _sibling(version, BASE_VERSION)
+        own_base = version if version.is_base else sibling(version, BASE_VERSION)
         if own_base is None or weights_dir(own_base).resolve() != self.base_dir:
             where = weights_dir(own_base) if own_base is not None else "unknown"
             raise SwapError(f"home {home}: its base model is {where}, not the shared base {self.base_dir}; "
@@ -161,16 +163,11 @@ class SharedBaseVLLM:
         if not chain:
             raise SwapError(f"home {home}: {version.name} is not a chain of sleep adapters on the base (a grown "
                             "or fully retrained model); serve it on its own with `agentsleep serve`")
-        rank = sum(adapter_info(v)["r"] for v in chain)
+        rank = chain_rank(chain)
         if rank > self.max_lora_rank:
             raise SwapError(f"home {home}: {version.name} needs a rank-{rank} adapter ({len(chain)} sleeps), over "
                             f"--max-lora-rank {self.max_lora_rank}; raise it or serve the home on its own")
-        if len(chain) == 1:
-            return {"path": adapter_info(version)["path"], "r": rank, "parts": [version.name]}
-        out = self.compose_dir / f"{home}-{version.name}"
-        if not (out / "adapter_config.json").is_file():
-            return compose_adapters(chain, out)
-        return {"path": str(out), "r": rank, "parts": [v.name for v in chain]}
+        return chain_adapter(chain, self.compose_dir / f"{home}-{version.name}")
 
     # -- faults ---------------------------------------------------------------
     def _watch(self) -> None:
@@ -190,7 +187,7 @@ class SharedBaseVLLM:
             finally:
                 self._op.release()
 
-    def _restart(self, dead: _Server) -> None:
+    def _restart(self, dead: Server) -> None:
         code = dead.proc.returncode if dead.proc else None
         log.error("shared vLLM server %s died (exit code %s); restarting", dead.url, code)
         self._event("died", url=dead.url, exit_code=code)
@@ -318,7 +315,7 @@ class HomeLane:
 
         threading.Thread(target=work, name=f"retire-{self.name}", daemon=True).start()
 
-    def _reattach(self, srv: _Server) -> None:
+    def _reattach(self, srv: Server) -> None:
         """After a restart: load this home's adapter on the new server and route there."""
         route = self.route
         if route is None:
