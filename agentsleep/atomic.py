@@ -27,3 +27,11 @@ def atomic_write_text(path: Path, data: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=1, default=str))
+
+
+def read_json(path: Path) -> Any:
+    """The parsed file, or None when it is missing or unreadable (a reader never needs more)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -5,10 +5,16 @@ signature works (the daemon logs instead of drawing bars).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class Progress(Protocol):
+    """What long work reports to: `progress("seed", 12, 72, "loss 1.234")`. Pass `silent` for nothing."""
+
+    def __call__(self, stage: str, done: int, total: int, note: str = "") -> None: ...
 
 
 class StageProgress:

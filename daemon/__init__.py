@@ -10,7 +10,7 @@ See service.py for the guarantees (one sleep per home, crash recovery, stop).
 """
 from __future__ import annotations
 
-from .journal import abort_own, journals, recover
+from agentsleep.sleep.journal import abort_own, journals, recover
 from .requests import daemon_info, request_result, request_sleep, submit_request, wait_request
 from .runner import SleepAborted, SleepJob, SubprocessSleep, inprocess_sleep, load_target, worker_main
 from .service import Daemon, DaemonAlreadyRunning, parse_cron

@@ -24,7 +24,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from .journal import atomic_write_json, pid_alive, read_json
+from agentsleep.atomic import atomic_write_json, read_json
+from agentsleep.procs import pid_alive
 
 
 def daemon_dir(home: Path) -> Path:

@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .journal import abort_own, atomic_write_json, read_json, recover, running_journals
+from agentsleep.atomic import atomic_write_json, read_json
+from agentsleep.sleep.journal import abort_own, recover, running_journals
+from agentsleep.sleep.types import Status
 
 log = logging.getLogger("agentsleep.daemon")
 
@@ -305,12 +307,12 @@ def _judge(home: Path, job: SleepJob, box: dict[str, Any]) -> dict[str, Any]:
         ids = abort_own(home, why=f"aborted: {e}")
         return {"status": "aborted", "sleep_ids": ids, "stage": job.stage, "error": str(e) or "aborted"}
     if isinstance(e, AgentsleepError):
-        ids = abort_own(home, why=f"failed: {e}", status="failed")
+        ids = abort_own(home, why=f"failed: {e}", status=Status.FAILED)
         return {"status": "failed", "sleep_ids": ids, "error": str(e)}
     import traceback
 
     traceback.print_exception(type(e), e, e.__traceback__)
-    ids = abort_own(home, why=f"failed: {type(e).__name__}: {e}", status="failed")
+    ids = abort_own(home, why=f"failed: {type(e).__name__}: {e}", status=Status.FAILED)
     return {"status": "failed", "sleep_ids": ids, "error": f"{type(e).__name__}: {e}"}
 
 

@@ -49,7 +49,9 @@ from filelock import FileLock, Timeout
 
 from ..config import Config, DaemonConfig
 from ..errors import AgentsleepError, ConfigError, SleepLockedError
-from .journal import abort_own, atomic_write_json, lock_holder, read_json, recover
+from agentsleep.atomic import atomic_write_json, read_json
+from agentsleep.sleep.journal import abort_own, lock_holder, recover
+from agentsleep.sleep.types import Status
 from .requests import daemon_dir, requests_dir
 from .runner import SleepAborted, SleepFn, SleepJob, SubprocessSleep
 
@@ -589,7 +591,7 @@ class Daemon:
             summary = {"status": "busy", "error": str(e)}
         except Exception as e:  # noqa: BLE001 - a failed sleep must not kill the daemon
             slot.log.exception("sleep failed")
-            ids = abort_own(slot.root, why=f"failed: {type(e).__name__}: {e}", status="failed")
+            ids = abort_own(slot.root, why=f"failed: {type(e).__name__}: {e}", status=Status.FAILED)
             summary = {"status": "failed", "sleep_ids": ids, "error": f"{type(e).__name__}: {e}"}
         self.gate.discard(job)
         finished = time.time()

@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .journal import is_orphaned, journals, pid_alive, read_json
+from agentsleep.atomic import read_json
+from agentsleep.procs import pid_alive
+from agentsleep.sleep.journal import is_orphaned, journals
 from .requests import daemon_dir, daemon_info, pending_requests
 
 

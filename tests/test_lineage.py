@@ -5,7 +5,7 @@ from agentsleep.config import Config, SeedConfig
 from agentsleep.home import Home
 from agentsleep.models.loader import load
 from agentsleep.sleep.publish import publish
-from agentsleep.sleep.seed import lora_config
+from agentsleep.sleep.objective import lora_config
 from cli_helpers import run_cli
 from tiny import tiny_model_dir
 

@@ -18,7 +18,8 @@ from agentsleep.sleep import dream as dream_mod
 from agentsleep.sleep.gate import evaluate
 from agentsleep.sleep.lock import sleep_lock
 from agentsleep.sleep.publish import publish
-from agentsleep.sleep.seed import imitate_reward, seed
+from agentsleep.sleep.objective import imitate_reward
+from agentsleep.sleep.seed import seed
 from agentsleep.sleep.types import Dream, Memory
 from agentsleep.textmatch import contains_answer, grounded, trivial
 from tiny import tiny_model_dir
@@ -194,14 +195,24 @@ def test_seed_learns_and_gate_decides(tiny):
     sft = stats.losses["sft"]
     assert stats.steps == 12 and sft[-1] < sft[0] - 0.3
     assert {"sft", "distill_off", "replay_kl", "distill_on", "imitate", "total"} <= set(stats.losses)
-    probes = [{"question": d.question, "answer": d.answer} for d in dreams]
+    probes = [d.probe() for d in dreams]
     verdict = evaluate(pm, tok, probes, [], pool, GateConfig(min_recall_gain=0.5))
-    assert set(verdict.metrics) >= {"recall_before", "recall_after", "drift_kl", "retention"}
-    assert verdict.metrics["recall_before"] == 0.0
-    if verdict.metrics["recall_after"] < 0.5:
-        assert not verdict.promote and "recall gain" in verdict.reasons[0]
+    m = verdict.metrics
+    assert set(m) >= {"recall_before", "recall_after", "drift_kl", "retention"}
+    assert m["recall_before"] == 0.0 and m["probes"] == 2 and 0 <= m["drift_kl"] < 0.3
+    # the verdict follows from its own measurements, whichever way the tiny model's recall went
+    learned = m["recall_after"] - m["recall_before"] >= 0.5
+    assert verdict.promote == learned, (verdict.reasons, m)
+    assert m["gate_failed"] == ([] if learned else ["recall_gain"])
+    assert ("recall gain" in verdict.reasons[0]) != learned, verdict.reasons
+    # the same expert (greedy: the same answers) under a gate it passes on every count is promoted...
+    open_gate = evaluate(pm, tok, probes, [], pool, GateConfig(min_recall_gain=-1, max_drift_kl=10.0))
+    assert open_gate.promote and open_gate.metrics["gate_failed"] == [], open_gate.reasons
+    assert open_gate.metrics["recall_after"] == m["recall_after"] and open_gate.reasons[0].startswith("recall 0.00 -> ")
+    # ...and under one whose drift bound no expert can meet it is rejected for drift alone
     strict = evaluate(pm, tok, probes, [], pool, GateConfig(min_recall_gain=-1, max_drift_kl=0.0))
-    assert not strict.promote and any("drift" in r for r in strict.reasons)
+    assert not strict.promote and strict.metrics["gate_failed"] == ["drift"]
+    assert any("drift" in r for r in strict.reasons)
 
 
 def test_forward_picked_equals_full_logits(tiny):
@@ -209,7 +220,7 @@ def test_forward_picked_equals_full_logits(tiny):
     import torch
     from peft import get_peft_model
 
-    from agentsleep.sleep.seed import lora_config
+    from agentsleep.sleep.objective import lora_config
     from agentsleep.sleep.tensors import collate, encode, forward_picked, picked
 
     model, tok = load(tiny)
@@ -248,7 +259,7 @@ def test_imitate_reward_prefers_the_real_continuation():
 def test_publish_writes_version_with_adapter(tiny, tmp_path):
     from peft import get_peft_model
 
-    from agentsleep.sleep.seed import lora_config
+    from agentsleep.sleep.objective import lora_config
     model, tok = load(str(tiny))
     pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4)))
     reg = Registry(tmp_path / "reg", base_model=str(tiny))

@@ -8,8 +8,8 @@ from agentsleep.models.loader import load
 from agentsleep.models.vllm_generate import VllmGenerator
 from agentsleep.sleep.dream import dream, student_prompt, writer_prompt
 from agentsleep.sleep.gate import evaluate
-from agentsleep.sleep.seed import lora_config
-from agentsleep.sleep.types import Memory
+from agentsleep.sleep.objective import lora_config
+from agentsleep.sleep.types import Memory, Probe
 from tiny import tiny_model_dir
 
 pytestmark = [pytest.mark.vllm, pytest.mark.timeout(900)]
@@ -63,9 +63,9 @@ def test_dreams_and_gate_are_the_same_on_either_engine(setup):
         b = dream(pm, tok, MEM, cfg, seed=0, generator=g.with_lora(None))
     assert a.written == b.written and a.dropped == b.dropped
     assert [(d.question, d.answer, d.held_out) for d in a.dreams] == [(d.question, d.answer, d.held_out) for d in b.dreams]
-    probes = [{"question": "What is my dog's name?", "answer": "Biscuit"},
-              {"question": "When does Project Falcon launch?", "answer": "February"}]
-    earlier = [{"question": "What tea does Maya like?", "answer": "lapsang"}]
+    probes = [Probe("e1", "What is my dog's name?", "Biscuit"),
+              Probe("e2", "When does Project Falcon launch?", "February")]
+    earlier = [Probe("e0", "What tea does Maya like?", "lapsang")]
     gate_cfg = GateConfig(min_recall_gain=-1)
     hf = evaluate(pm, tok, probes, earlier, [], gate_cfg)
     vl = evaluate(pm, tok, probes, earlier, [], gate_cfg, generator=g)

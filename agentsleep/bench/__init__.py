@@ -36,6 +36,7 @@ QUICK_OPTIONS: dict[str, dict[str, Any]] = {
 
 def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Callable[[str], None],
                progress=None, options: dict[str, dict[str, Any]] | None = None, quick: bool = False) -> dict[str, Any]:
+    from ..progress import silent
     from . import report
 
     results: dict[str, Any] = {}
@@ -49,7 +50,7 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
         elif opts.get("n_facts") not in (None, 20):
             key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
         t = time.time()
-        res = mod.run(out_dir / key, say=say, progress=progress, **opts)
+        res = mod.run(out_dir / key, say=say, progress=progress or silent, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)
         report.save(res, out_dir, key)
         if docs:

@@ -24,6 +24,7 @@ from ..sleep.gate import drift_kl
 from ..sleep.generic_prompts import DRIFT, REPLAY
 from ..sleep.seed import seed
 from ..sleep.types import Memory
+from ..progress import silent
 from .facts import SET_A
 from .sleep_suite import closed_book
 
@@ -36,7 +37,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run(out_dir: Path, *, say=print, progress=None, n_facts: int = 20, variants: list[str] | None = None) -> dict[str, Any]:
+def run(out_dir: Path, *, say=print, progress=silent, n_facts: int = 20, variants: list[str] | None = None) -> dict[str, Any]:
     from ..models import generate as gen
 
     cfg = Config().sleep

@@ -18,6 +18,7 @@ from ..config import Config
 from ..models import generate as gen
 from ..models.loader import load
 from ..textmatch import contains_answer, f1, normalize
+from ..progress import silent
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "squad_dev.json"
 PUBLISHED = [  # accuracy %, single passage / continued pretraining n=200 where two numbers are given
@@ -35,7 +36,7 @@ def score(model: Any, tok: Any, qs: list[dict], contexts: list[str] | None = Non
             "contains": round(sum(contains_answer(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3)}
 
 
-def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=None,
+def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=silent,
         model_path: str = "embedded") -> dict[str, Any]:
     from ..sleep.dream import dream
     from ..sleep.seed import seed

@@ -27,6 +27,7 @@ from typing import Any
 
 from ..atomic import atomic_write_text
 from ..errors import RegistryError
+from ..procs import pid_alive
 
 BASE_VERSION = "v0000"
 _NAME = re.compile(r"^v\d{4,}$")
@@ -152,14 +153,7 @@ class Registry:
 
     def sweep_staging(self) -> int:
         """Remove staging dirs left by crashed writers (not our own live ones)."""
-        n = 0
-        for d in self.staging_dir.iterdir():
-            m = re.match(r"stage-(\d+)-", d.name)
-            if m and _pid_alive(int(m.group(1))):
-                continue
-            shutil.rmtree(d, ignore_errors=True)
-            n += 1
-        return n
+        return sweep_staging(self.staging_dir)
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the `keep` newest versions; never the base, current, or its lineage."""
@@ -173,11 +167,31 @@ class Registry:
         return doomed
 
 
-def _pid_alive(pid: int) -> bool:
+def sweep_staging(staging: Path, *, own_pid: int | None = None, unnamed_after_s: float = 3600.0) -> int:
+    """Remove the staging dirs of dead writers under `staging` (and of `own_pid`, when it aborts).
+
+    A writer names its dir ``stage-<pid>-...``. Unnamed dirs (the base version
+    being created) are removed only once older than `unnamed_after_s`: a live
+    creator finishes within seconds, and a sleeper that aborts never judges them."""
+    n = 0
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        entries = list(staging.iterdir())
+    except OSError:
+        return 0
+    for d in entries:
+        m = re.match(r"stage-(\d+)-", d.name)
+        if m:
+            pid = int(m.group(1))
+            if pid != own_pid and pid_alive(pid):
+                continue
+        elif own_pid is not None:
+            continue
+        else:
+            try:
+                if time.time() - d.stat().st_mtime < unnamed_after_s:
+                    continue
+            except OSError:
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    return n

@@ -18,6 +18,7 @@ from rapidfuzz import fuzz
 from ..config import DreamConfig
 from ..models import generate as gen
 from ..textmatch import STOP, contains_answer, f1, grounded, tokens, trivial
+from ..progress import Progress, silent
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
 
@@ -115,7 +116,7 @@ def teacher_prompt(tok: Any, question: str, memory: str) -> str:
     return gen.chat(tok, question, system=gen.memory_system([memory]))
 
 
-def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress=None) -> list[Dream]:
+def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress: Progress = silent) -> list[Dream]:
     """m candidate dreams per memory, one per question stem, plus one or two per likely answer
     (batched greedy). A job is (memory, the stem its completion continues, its label, prompt)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
@@ -130,8 +131,7 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
 
     def tick(n: int) -> None:
         done[0] += n
-        if progress:
-            progress("dream", done[0], len(jobs), "writing")
+        progress("dream", done[0], len(jobs), "writing")
 
     outs = gen.generate(model, tok, [j[3] for j in jobs],
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
@@ -143,7 +143,7 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
 
 
 def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: DreamConfig,
-                  progress=None) -> tuple[list[Dream], dict[str, int]]:
+                  progress: Progress = silent) -> tuple[list[Dream], dict[str, int]]:
     text = {m.id: m.text for m in memories}
     dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "conflicting": 0, "teacher-disagrees": 0}
     kept: list[Dream] = []
@@ -163,7 +163,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
     if cfg.teacher_agreement and kept:
         answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, text[d.episode_id]) for d in kept],
                                max_new_tokens=24, batch_size=cfg.batch_size,
-                               progress=(lambda n: progress("dream", 0, 0, "teacher check")) if progress else None)
+                               progress=(lambda n: progress("dream", 0, 0, "teacher check")))
         agreed, disagreed = [], []
         for d, t in zip(kept, answers):
             if contains_answer(t, d.answer) or f1(t, d.answer) >= 0.5:
@@ -252,7 +252,7 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     return out
 
 
-def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress=None,
+def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress: Progress = silent,
           generator: Any = None) -> DreamSet:
     """Write, filter and choose. `generator` (a VllmGenerator set to the same weights and writer
     adapter as `model`) does the generating; the learning values need logits and use `model`."""
@@ -262,6 +262,5 @@ def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, see
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
     chosen = with_perspectives(chosen)
-    if progress:
-        progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
+    progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
     return DreamSet(chosen, written=len(written), dropped=dropped)

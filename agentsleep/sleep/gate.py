@@ -20,14 +20,15 @@ from ..config import GateConfig
 from ..models import generate as gen
 from ..textmatch import contains_answer
 from .tensors import collate, encode, forward_picked, kl_picked
-from .types import Verdict
+from ..progress import Progress, silent
+from .types import Probe, Verdict
 
 
-def closed_book_accuracy(model: Any, tok: Any, probes: list[dict], batch_size: int = 24) -> tuple[float, list[str]]:
+def closed_book_accuracy(model: Any, tok: Any, probes: list[Probe], batch_size: int = 24) -> tuple[float, list[str]]:
     if not probes:
         return 0.0, []
-    answers = gen.answers(model, tok, [p["question"] for p in probes], batch_size=batch_size)
-    hits = [contains_answer(a, p["answer"]) for a, p in zip(answers, probes)]
+    answers = gen.answers(model, tok, [p.question for p in probes], batch_size=batch_size)
+    hits = [contains_answer(a, p.answer) for a, p in zip(answers, probes)]
     return sum(hits) / len(hits), answers
 
 
@@ -53,14 +54,14 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
     return total / max(n, 1)
 
 
-def evaluate(pm: Any, tok: Any, probes: list[dict], earlier: list[dict], drift_pool: list[tuple[str, str]],
-             cfg: GateConfig, progress=None, generator: Any = None) -> Verdict:
+def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift_pool: list[tuple[str, str]],
+             cfg: GateConfig, progress: Progress = silent, generator: Any = None) -> Verdict:
     """Measure before (adapter disabled) and after (adapter on), then decide.
 
     With `generator` (a VllmGenerator on the pre-sleep weights) the probes are
     answered by vLLM: before on the base weights, after with the new expert
     saved as a LoRA adapter. Drift needs logits and stays on `pm`."""
-    say = progress or (lambda *a, **k: None)
+    say = progress
     say("gate", 0, 3, "probes before")
     with contextlib.ExitStack() as stack:
         if generator is None:
@@ -92,7 +93,7 @@ def evaluate(pm: Any, tok: Any, probes: list[dict], earlier: list[dict], drift_p
     failed, reasons = decide(cfg, len(probes), before, after, retention, kl)
     metrics["gate_failed"] = failed
     ok = not failed
-    metrics["sample_answers"] = [{"q": p["question"], "gold": p["answer"], "pred": a} for p, a in zip(probes[:5], answers[:5])]
+    metrics["sample_answers"] = [{"q": p.question, "gold": p.answer, "pred": a} for p, a in zip(probes[:5], answers[:5])]
     return Verdict(ok, reasons, metrics)
 
 

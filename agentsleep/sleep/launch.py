@@ -14,13 +14,10 @@ Progress lines come back on stdout; a stop request terminates the workers.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import selectors
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,14 +29,14 @@ import torch
 
 from ..config import SeedConfig
 from ..errors import SleepError
+from ..models.loader import load
+from ..procs import free_port, terminate_group
+from ..progress import Progress, silent
+from .objective import Interrupted, Item, SeedStats, distill_terms, lora_config
+from .train import train
+from .types import Memory
 
 _PROGRESS = "@@seed-progress "
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_command(cfg: SeedConfig, job: Path, cpu: bool) -> list[str]:
@@ -50,7 +47,7 @@ def launch_command(cfg: SeedConfig, job: Path, cpu: bool) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.processes),
                 *worker]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.processes),
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--dynamo_backend", "no",
+           "--num_machines", "1", "--main_process_port", str(free_port()), "--dynamo_backend", "no",
            "--mixed_precision", "no"]  # train.py sets the precision itself (seed.mixed_precision)
     if "--config_file" not in cfg.launch_args:
         cmd += ["--multi_gpu"]
@@ -58,13 +55,11 @@ def launch_command(cfg: SeedConfig, job: Path, cpu: bool) -> list[str]:
 
 
 def train_in_workers(model: Any, source: str | None, items: list, replay_rows: list, new_memories: list,
-                     cfg: SeedConfig, *, layers: list[int] | None, progress=None,
+                     cfg: SeedConfig, *, layers: list[int] | None, progress: Progress = silent,
                      should_stop: Callable[[], bool] = lambda: False):
     """Run the training in `cfg.processes` workers; return (peft model with the trained expert, SeedStats)."""
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from .seed import SeedStats, lora_config
 
     if not source:
         raise SleepError("seed.processes > 1 needs the weights' directory to start the workers from; "
@@ -104,8 +99,6 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
 
 def _run_workers(cmd: list[str], env: dict[str, str], job: Path, progress, should_stop) -> int:
     """Run the launcher, relay progress lines, and honour stop requests even while nothing is printed."""
-    from .train import Interrupted
-
     with open(job / "workers.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, env=env, start_new_session=True)
         try:
@@ -118,24 +111,12 @@ def _run_workers(cmd: list[str], env: dict[str, str], job: Path, progress, shoul
                         line = proc.stdout.readline()
                         if not line:  # the launcher closed its output: it is exiting
                             return proc.wait()
-                        if line.startswith(_PROGRESS) and progress:
+                        if line.startswith(_PROGRESS):
                             step, total, note = line[len(_PROGRESS):].rstrip("\n").split(" ", 2)
                             progress("seed", int(step), int(total), note)
         except BaseException:
-            _stop(proc)
+            terminate_group(proc, grace=30)
             raise
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the launcher's process group, then SIGKILL what is still there after 30 s."""
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def worker(job_dir: Path) -> None:
@@ -143,10 +124,6 @@ def worker(job_dir: Path) -> None:
     from peft import get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save_file
 
-    from ..models.loader import load
-    from .seed import Item, distill_terms, lora_config
-    from .train import train
-    from .types import Memory
 
     job = torch.load(job_dir / "job.pt", weights_only=False)
     cfg = SeedConfig(**job["cfg"])

@@ -1,66 +1,48 @@
-"""One sleep: select -> dream -> (ReST-EM) -> seed -> gate -> publish.
+"""One sleep: select -> load -> dream -> (ReST-EM) -> seed -> gate -> publish.
 
-Each stage takes and returns plain data (sleep/types.py). A journal in
-``<home>/sleeps/<sleep_id>/journal.json`` records the stage being run, so an
-interrupted sleep is recognisable afterwards; nothing becomes visible before
-the registry's atomic CURRENT flip, and episodes are marked consolidated only
-after it.
+`run_sleep` selects the episodes, then runs the stages in order over one
+`Night`, the small context they share. Each stage reads what earlier stages
+left on it and adds its own result (plain data from sleep/types.py); a stage
+that ends the sleep early returns its report. The journal (sleep/journal.py)
+records each stage as it runs, so an interrupted sleep is recognisable
+afterwards. Nothing becomes visible before the registry's atomic CURRENT flip,
+and episodes are marked consolidated only after it.
 """
 from __future__ import annotations
 
 import json
-import os
+import random
 import signal
 import threading
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 from ..atomic import atomic_write_json
 from ..errors import AgentsleepError
 from ..models.loader import load
+from ..models.registry import Version
+from ..progress import Progress, silent
 from .dream import dream
 from .gate import evaluate
 from .generic_prompts import DRIFT, REPLAY
+from .journal import Journal, read_dreams
 from .lock import sleep_lock
+from .objective import Interrupted, SeedStats
 from .publish import publish
-from .seed import Interrupted, seed
+from .rest import rest_em, with_writer, writer_adapter_dir
+from .seed import seed
 from .select import new_sleep_id, save_rebuild, select
-from .types import Dream, DreamSet, SleepReport
-
-
-class _Done(Exception):
-    """A sleep that ends early with a report (e.g. nothing learnable)."""
-
-    def __init__(self, report: SleepReport):
-        self.report = report
-
-
-class Journal:
-    def __init__(self, d: Path, sleep_id: str):
-        self.dir = d
-        d.mkdir(parents=True, exist_ok=True)
-        self.data = {"sleep_id": sleep_id, "pid": os.getpid(), "started_at": time.time(), "status": "running",
-                     "stage": "select", "stages": []}
-        self.save()
-
-    def stage(self, name: str) -> None:
-        self.data["stage"] = name
-        self.data["stages"].append({"stage": name, "at": time.time()})
-        self.save()
-
-    def finish(self, status: str, **extra: Any) -> None:
-        self.data.update(status=status, finished_at=time.time(), **extra)
-        self.save()
-
-    def save(self) -> None:
-        self.data["updated_at"] = time.time()
-        atomic_write_json(self.dir / "journal.json", self.data)
+from .types import Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT during a sleep: finish the current step, then abort cleanly."""
+    """SIGTERM/SIGINT during a sleep: finish the current step, then abort cleanly.
+
+    Signal handlers can only be installed from the main thread; a sleep run in
+    another thread (the daemon's) is stopped by its owner instead."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.set = False
@@ -68,7 +50,7 @@ class _StopFlag:
 
     def __enter__(self) -> "_StopFlag":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM,):
+            for sig in self.SIGNALS:
                 self._old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -78,13 +60,28 @@ class _StopFlag:
     def __exit__(self, *exc: Any) -> None:
         for sig, h in self._old.items():
             signal.signal(sig, h)
+        self._old.clear()
 
     def __call__(self) -> bool:
         return self.set
 
 
+def _earlier(home, lineage: list[Version]) -> tuple[list[Probe], list[Dream]]:
+    """Probes of earlier sleeps in this lineage, and their trained dreams (for rehearsal)."""
+    probes, dreams = [], []
+    for v in lineage:
+        probes += [Probe.from_dict(p) for p in v.manifest.get("probes", [])]
+        sid = v.manifest.get("sleep_id")
+        if sid:
+            for d in read_dreams(home.root / "sleeps" / str(sid)):
+                if not d.held_out:
+                    d.replay = True
+                    dreams.append(d)
+    return probes, dreams
+
+
 def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_drift: int,
-                 progress=None) -> dict[str, list]:
+                 progress: Progress = silent) -> dict[str, list]:
     """The pre-sleep model's own greedy answers to the generic prompts the replay term and the
     gate's drift check will use (no more: generation is the cost), cached per version."""
     from ..models import generate as gen
@@ -102,8 +99,7 @@ def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_
 
     def tick(k: int) -> None:
         done[0] += k
-        if progress:
-            progress("replay", done[0], len(prompts), "pre-sleep answers")
+        progress("replay", done[0], len(prompts), "pre-sleep answers")
 
     answers = gen.generate(model, tok, rendered, max_new_tokens=48, batch_size=24, progress=tick)
     pairs = [[r, a] for r, a in zip(rendered, answers)]
@@ -111,30 +107,6 @@ def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_
     cache.parent.mkdir(exist_ok=True)
     atomic_write_json(cache, data)
     return data
-
-
-def _earlier(home, lineage) -> tuple[list[dict], list[Dream]]:
-    """Probes of earlier sleeps in this lineage, and their trained dreams (for rehearsal)."""
-    probes, dreams = [], []
-    for v in lineage:
-        probes += v.manifest.get("probes", [])
-        sid = v.manifest.get("sleep_id")
-        f = home.root / "sleeps" / str(sid) / "dreams.jsonl" if sid else None
-        if f and f.is_file():
-            for line in f.read_text().splitlines():
-                d = Dream(**json.loads(line))
-                if not d.held_out:
-                    d.replay = True
-                    dreams.append(d)
-    return probes, dreams
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    import sys
-
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
-    return round(kb / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
 def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
@@ -179,171 +151,238 @@ def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> l
     return [d for ds in by_episode.values() for d in sorted(ds, key=lambda d: -d.value)[:per_episode]]
 
 
-def _retention_sample(dreams: list[Dream], n: int) -> list[dict]:
+def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
     """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
-    import random
-
-    return [_probe(d) for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
+    return [d.probe() for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
 
 
-def _probe(d: Dream) -> dict:
-    """A dream as the gate (and the version manifest) asks it."""
-    return {"episode_id": d.episode_id, "question": d.question, "answer": d.answer}
+@dataclass
+class Night:
+    """What the stages of one sleep share. Each stage fills in its part."""
+
+    home: Any
+    plan: SleepPlan
+    journal: Journal
+    stop: Callable[[], bool]
+    say: Progress
+    started_at: float
+    parent: Version | None = None
+    model: Any = None
+    tok: Any = None
+    lineage: list[Version] = field(default_factory=list)
+    engine: Any = None                        # the vLLM generation engine, when sleep.generator asks for one
+    dreams: DreamSet | None = None
+    rest_stats: dict[str, Any] = field(default_factory=dict)
+    rehearsed: list[Dream] = field(default_factory=list)
+    drift_pool: list[tuple[str, str]] = field(default_factory=list)
+    earlier_probes: list[Probe] = field(default_factory=list)
+    earlier_dreams: list[Dream] = field(default_factory=list)
+    pm: Any = None                            # the model with this sleep's expert
+    seed_stats: SeedStats | None = None
+    probes: list[Probe] = field(default_factory=list)
+    verdict: Verdict | None = None
+    version: Version | None = None            # published
+
+    @property
+    def cfg(self):
+        return self.home.config.sleep
+
+    def report(self, status: Status, reasons: list[str], **kw: Any) -> SleepReport:
+        return SleepReport(sleep_id=self.plan.sleep_id, status=status, parent_version=self.plan.parent_version,
+                           started_at=self.started_at, episodes=[m.id for m in self.plan.memories],
+                           version=self.version.name if self.version else self.plan.parent_version,
+                           reasons=reasons, timings=dict(self.journal.timings), **kw)
+
+    def metrics(self) -> dict[str, Any]:
+        ds, stats, timings = self.dreams, self.seed_stats, self.journal.timings
+        return {**self.verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
+                "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
+                "seconds_per_episode": round(sum(timings.values()) / max(len(self.plan.memories), 1), 1),
+                "peak_rss_mb": dict(self.journal.peak_mb),
+                "dreams_kept": len(ds.train), "dreams_written": ds.written,
+                "generator": "vllm" if self.engine is not None else "transformers", **self.rest_stats}
+
+    def dream_info(self) -> dict[str, Any]:
+        ds = self.dreams
+        return {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
+                "rehearsed": len(self.rehearsed), "dropped": ds.dropped}
 
 
-def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False, progress=None) -> SleepReport:
-    cfg = home.config.sleep
-    say = progress or (lambda *a, **k: None)
-    t_start = time.time()
+# ---- the stages: each takes the Night; one that ends the sleep early returns its report ----
+
+def load_parent(n: Night) -> None:
+    cfg, model_cfg = n.cfg, n.home.config.model
+    n.parent = n.home.registry.get(n.plan.parent_version)
+    n.model, n.tok = load(n.parent.weights, dtype=model_cfg.dtype, device=model_cfg.device)
+    n.lineage = [v for v in n.home.registry.lineage(n.parent.name) if not v.is_base]
+    n.engine = generation_engine(cfg, model_cfg, n.parent.weights)
+
+
+def write_dreams(n: Night) -> SleepReport | None:
+    """The model writes its curriculum about the new episodes (the writer adapter if ReST trained one)."""
+    writer_dir = writer_adapter_dir(n.home.root)
+    if n.engine is not None:
+        n.engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
+    with with_writer(n.model, writer_dir) as writer:
+        n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
+                         generator=n.engine)
+    n.journal.write_dreams(n.dreams.dreams)
+    if n.dreams.train:
+        return None
+    ds = n.dreams
+    why = (f"no usable dreams: all {ds.written} written items failed the filters "
+           f"({', '.join(f'{k} {v}' for k, v in ds.dropped.items() if v)}); nothing to learn")
+    return n.report(Status.REJECTED, [why], dreams={"written": ds.written, "dropped": ds.dropped},
+                    metrics={"dreams_written": ds.written, "dreams_kept": 0})
+
+
+def improve_writer(n: Night) -> None:
+    """ReST-EM: the writer learns from its dreams the student answered after seeding on them."""
+    n.rest_stats = rest_em(n.model, n.tok, n.plan.memories, n.dreams, n.cfg, n.home.root, progress=n.say,
+                           should_stop=n.stop)
+
+
+def seed_expert(n: Night) -> None:
+    """Train this sleep's expert on the dreams, the raw episodes and the rehearsal of earlier ones."""
+    cfg, parent = n.cfg, n.parent
+    if n.engine is not None:
+        n.engine.pause()  # on a GPU its memory goes to training until the gate
+    pools = generic_pool(n.model, n.tok, n.home.registry, parent.name, cfg.seed.replay_prompts,
+                         cfg.gate.drift_prompts, progress=n.say)
+    n.drift_pool = [tuple(x) for x in pools["drift"]]
+    n.earlier_probes, n.earlier_dreams = _earlier(n.home, n.lineage)
+    n.rehearsed = rehearsal(n.earlier_dreams, {m.id for m in n.plan.replay}, cfg.replay_dreams)
+    grown = parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None
+    n.pm, n.seed_stats = seed(n.model, n.tok, n.dreams.train + n.rehearsed, n.plan.memories + n.plan.replay,
+                              cfg.seed, replay_pool=[tuple(x) for x in pools["replay"]], progress=n.say,
+                              should_stop=n.stop, layers=grown, source=str(parent.weights))
+
+
+def judge(n: Night) -> None:
+    """Recall on held-out probes, retention of earlier sleeps, drift on generic prompts."""
+    if n.engine is not None:
+        n.engine.resume()
+    cfg = n.cfg
+    n.probes = [d.probe() for d in n.dreams.probes]
+    earlier = n.earlier_probes + _retention_sample(n.earlier_dreams, cfg.gate.retention_dreams)
+    n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine)
+
+
+def publish_version(n: Night) -> None:
+    """Merge the expert into a new version, flip CURRENT, then mark the episodes consolidated."""
+    if n.stop():
+        raise Interrupted("stopped before publishing")
+    cfg, plan, home = n.cfg, n.plan, n.home
+    manifest = {"parent": n.parent.name, "kind": "sleep", "sleep_id": plan.sleep_id,
+                "episode_ids": [m.id for m in plan.memories], "replay_ids": sorted(m.id for m in plan.replay),
+                "excluded": plan.excluded, "probes": [asdict(p) for p in n.probes], "metrics": n.metrics(),
+                "timings": dict(n.journal.timings), "config": cfg.model_dump(), "model": home.config.model.base}
+    n.version = publish(n.pm, n.tok, home.registry, manifest, should_stop=n.stop)
+    home.store.ledger.mark([m.id for m in plan.memories], n.version.name, plan.sleep_id)
+    if plan.rebuild:
+        save_rebuild(home.root, None)
+
+
+def _promoted(n: Night) -> bool:
+    return n.verdict is not None and n.verdict.promote
+
+
+# (journal name, stage, runs when): in order
+STAGES: tuple[tuple[str, Callable[[Night], SleepReport | None], Callable[[Night], bool] | None], ...] = (
+    ("load", load_parent, None),
+    ("dream", write_dreams, None),
+    ("rest", improve_writer, lambda n: bool(n.cfg.rest.rounds and n.dreams.probes) and not n.stop()),
+    ("seed", seed_expert, None),
+    ("gate", judge, None),
+    ("publish", publish_version, _promoted),
+)
+
+
+def _outcome(n: Night) -> SleepReport:
+    """The report of a sleep that ran every stage: promoted, or rejected by the gate."""
+    status = Status.PROMOTED if _promoted(n) else Status.REJECTED
+    if status is Status.PROMOTED and n.cfg.keep_versions:
+        n.home.registry.prune(n.cfg.keep_versions)
+    return n.report(status, n.verdict.reasons, metrics=n.metrics(), dreams=n.dream_info())
+
+
+def _stoppable(progress: Progress, stop: Callable[[], bool]) -> Progress:
+    """Every stage reports progress often: the natural place to honour SIGTERM/SIGINT."""
+    def say(stage: str, done: int, total: int, note: str = "") -> None:
+        if stop():
+            raise Interrupted(f"stopped during {stage}")
+        progress(stage, done, total, note)
+    return say
+
+
+def _without_work(plan: SleepPlan, dry_run: bool, started_at: float) -> SleepReport | None:
+    """The report of a sleep with nothing to do, or of a dry run; None when there is work."""
+    if plan.memories and not dry_run:
+        return None
+    if not plan.memories:
+        status, episodes, why = (Status.NOTHING_TO_DO, [],
+                                 "no unconsolidated episodes the consolidation policy allows")
+    else:
+        status, episodes = Status.DRY_RUN, [m.id for m in plan.memories]
+        why = (f"would consolidate {len(plan.memories)} episodes, rehearse {len(plan.replay)}; "
+               f"{plan.waiting_after} more wait")
+    return SleepReport(sleep_id=plan.sleep_id, status=status, version=plan.parent_version,
+                       parent_version=plan.parent_version, episodes=episodes, started_at=started_at, reasons=[why])
+
+
+def _finalize(rep: SleepReport, plan: SleepPlan) -> SleepReport:
+    if plan.excluded:  # every report says what the policy held back
+        rep.reasons.append(plan.excluded_note())
+    rep.excluded = plan.excluded
+    rep.finished_at = time.time()
+    rep.duration_s = rep.finished_at - rep.started_at
+    return rep
+
+
+def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
+              progress: Progress | None = None) -> SleepReport:
+    """Consolidate the waiting episodes into a new model version (or say why not)."""
+    progress = progress or silent
+    started_at = time.time()
     sleep_id = new_sleep_id()
     with sleep_lock(home.root):
-        registry = home.registry
-        registry.sweep_staging()
-        plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=cfg.seed.seed)
-        base = dict(sleep_id=sleep_id, parent_version=plan.parent_version, started_at=t_start)
-        policy_note = [plan.excluded_note()] if plan.excluded else []  # every report says what the policy held back
-        if not plan.memories:
-            why = "no unconsolidated episodes the consolidation policy allows"
-            return SleepReport(status="nothing-to-do", version=plan.parent_version, episodes=[], excluded=plan.excluded,
-                               reasons=[why] + policy_note,
-                               finished_at=time.time(), duration_s=time.time() - t_start, **base)
-        if dry_run:
-            return SleepReport(status="dry-run", version=plan.parent_version, episodes=[m.id for m in plan.memories],
-                               excluded=plan.excluded,
-                               reasons=[f"would consolidate {len(plan.memories)} episodes, rehearse {len(plan.replay)}; "
-                                        f"{plan.waiting_after} more wait"] + policy_note,
-                               finished_at=time.time(),
-                               duration_s=time.time() - t_start, **base)
-        journal = Journal(home.root / "sleeps" / sleep_id, sleep_id)
-        timings: dict[str, float] = {}
-        clock = [time.time()]
-
-        peak_mb: dict[str, float] = {}
-
-        def lap(name: str) -> None:
-            now = time.time()
-            timings[name] = round(now - clock[0], 1)
-            clock[0] = now
-            peak_mb[name] = _peak_rss_mb()  # the process's peak so far: a stage that raises it shows here
-
+        home.registry.sweep_staging()
+        plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
+        early = _without_work(plan, dry_run, started_at)
+        if early is not None:
+            return _finalize(early, plan)
+        journal = Journal(home.root, sleep_id, plan.parent_version)
         with _StopFlag() as stop:
-            user_progress = say
-
-            def say(stage: str, done: int, total: int, note: str = "") -> None:  # noqa: F811
-                # every stage reports progress often: the natural place to honour SIGTERM
-                if stop():
-                    raise Interrupted(f"stopped during {stage}")
-                user_progress(stage, done, total, note)
-
-            engine = None  # the vLLM generation engine, when sleep.generator asks for one
+            n = Night(home, plan, journal, stop, _stoppable(progress, stop), started_at)
             try:
-                journal.stage("load")
-                parent = registry.get(plan.parent_version)
-                model, tok = load(parent.weights, dtype=home.config.model.dtype, device=home.config.model.device)
-                lineage = [v for v in registry.lineage(parent.name) if not v.is_base]
-                engine = generation_engine(cfg, home.config.model, parent.weights)
-                lap("load")
-
-                journal.stage("dream")
-                from .rest import writer_adapter_dir, with_writer
-                writer_dir = writer_adapter_dir(home.root)
-                if engine is not None:
-                    engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
-                with with_writer(model, writer_dir) as writer:
-                    ds = dream(writer, tok, plan.memories, cfg.dream, seed=cfg.seed.seed, progress=say, generator=engine)
-                with open(journal.dir / "dreams.jsonl", "w", encoding="utf-8") as f:
-                    for d in ds.dreams:
-                        f.write(json.dumps(asdict(d)) + "\n")
-                lap("dream")
-
-                if not ds.train:
-                    why = (f"no usable dreams: all {ds.written} written items failed the filters "
-                           f"({', '.join(f'{k} {v}' for k, v in ds.dropped.items() if v)}); nothing to learn")
-                    journal.finish("rejected", reasons=[why])
-                    rep = SleepReport(status="rejected", version=parent.name, episodes=[m.id for m in plan.memories],
-                                      reasons=[why], timings=timings, dreams={"written": ds.written, "dropped": ds.dropped},
-                                      metrics={"dreams_written": ds.written, "dreams_kept": 0}, **base)
-                    raise _Done(rep)
-                rest_stats: dict[str, Any] = {}
-                if cfg.rest.rounds and ds.probes and not stop():
-                    journal.stage("rest")
-                    from .rest import rest_em
-                    rest_stats = rest_em(model, tok, plan.memories, ds, cfg, home.root, progress=say, should_stop=stop)
-                    lap("rest")
-
-                journal.stage("seed")
-                if engine is not None:
-                    engine.pause()  # on a GPU its memory goes to training until the gate
-                pools = generic_pool(model, tok, registry, parent.name, cfg.seed.replay_prompts, cfg.gate.drift_prompts,
-                                     progress=say)
-                earlier_probes, earlier_dreams = _earlier(home, lineage)
-                replay_ids = {m.id for m in plan.replay}
-                rehearse = rehearsal(earlier_dreams, replay_ids, cfg.replay_dreams)
-                pm, stats = seed(model, tok, ds.train + rehearse, plan.memories + plan.replay, cfg.seed,
-                                 replay_pool=[tuple(x) for x in pools["replay"]], progress=say, should_stop=stop,
-                                 layers=parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None,
-                                 source=str(parent.weights))
-                lap("seed")
-
-                journal.stage("gate")
-                if engine is not None:
-                    engine.resume()
-                probes = [_probe(d) for d in ds.probes]
-                verdict = evaluate(pm, tok, probes, earlier_probes + _retention_sample(earlier_dreams, cfg.gate.retention_dreams),
-                                   [tuple(x) for x in pools["drift"]], cfg.gate, progress=say, generator=engine)
-                lap("gate")
-                metrics = {**verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
-                           "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
-                           "seconds_per_episode": round(sum(timings.values()) / max(len(plan.memories), 1), 1),
-                           "peak_rss_mb": dict(peak_mb),
-                           "dreams_kept": len(ds.train), "dreams_written": ds.written,
-                           "generator": "vllm" if engine is not None else "transformers", **rest_stats}
-                dream_info = {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
-                              "rehearsed": len(rehearse), "dropped": ds.dropped}
-
-                if not verdict.promote:
-                    journal.finish("rejected", reasons=verdict.reasons)
-                    rep = SleepReport(status="rejected", version=parent.name, episodes=[m.id for m in plan.memories],
-                                      metrics=metrics, reasons=verdict.reasons, timings=timings, dreams=dream_info, **base)
-                else:
-                    if stop():
-                        raise Interrupted("stopped before publishing")
-                    journal.stage("publish")
-                    manifest = {"parent": parent.name, "kind": "sleep", "sleep_id": sleep_id,
-                                "episode_ids": [m.id for m in plan.memories], "replay_ids": sorted(replay_ids),
-                                "excluded": plan.excluded,
-                                "probes": probes, "metrics": metrics, "timings": timings,
-                                "config": cfg.model_dump(), "model": home.config.model.base}
-                    version = publish(pm, tok, registry, manifest, should_stop=stop)
-                    home.store.ledger.mark([m.id for m in plan.memories], version.name, sleep_id)
-                    if plan.rebuild:
-                        save_rebuild(home.root, None)
-                    lap("publish")
-                    if cfg.keep_versions:
-                        registry.prune(cfg.keep_versions)
-                    journal.finish("promoted", version=version.name)
-                    rep = SleepReport(status="promoted", version=version.name, episodes=[m.id for m in plan.memories],
-                                      metrics=metrics, reasons=verdict.reasons, timings=timings, dreams=dream_info, **base)
-            except _Done as done:
-                rep = done.report
+                rep = _run_stages(n)
             except (Interrupted, InterruptedError, KeyboardInterrupt) as e:
-                journal.finish("interrupted", error=str(e) or "interrupted")
-                registry.sweep_staging()
+                journal.finish(status=Status.INTERRUPTED, error=str(e) or "interrupted")
+                home.registry.sweep_staging()
                 raise AgentsleepError(f"sleep {sleep_id} interrupted ({e or 'signal'}); {plan.parent_version} keeps "
                                       "serving and the episodes stay unconsolidated") from None
             except AgentsleepError as e:
-                journal.finish("failed", error=str(e))
+                journal.finish(status=Status.FAILED, error=str(e))
                 raise
             except Exception as e:
-                journal.finish("failed", error=f"{type(e).__name__}: {e}")
+                journal.finish(status=Status.FAILED, error=f"{type(e).__name__}: {e}")
                 raise
             finally:
-                if engine is not None:
-                    engine.close()
-        rep.reasons += policy_note
-        rep.excluded = plan.excluded
-        rep.finished_at = time.time()
-        rep.duration_s = rep.finished_at - t_start
+                if n.engine is not None:
+                    n.engine.close()
+        rep = _finalize(rep, plan)
         rep.timings["total"] = round(rep.duration_s, 1)
-        atomic_write_json(journal.dir / "report.json", json.loads(rep.to_json()))
+        journal.finish(rep)
         return rep
+
+
+def _run_stages(n: Night) -> SleepReport:
+    for name, stage, runs in STAGES:
+        if runs is not None and not runs(n):
+            continue
+        with n.journal.stage(name):
+            early = stage(n)
+        if early is not None:
+            early.timings = dict(n.journal.timings)  # including the stage that ended it
+            return early
+    return _outcome(n)

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import torch
 
 from ..config import SleepConfig
+from ..progress import Progress, silent
 from .dream import student_prompt, written_from
 from .tensors import ce_picked, collate, encode, forward_picked, sequence_nll
 from .types import Dream, DreamSet, Memory
@@ -66,7 +67,7 @@ def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int
 
 
 def score_candidates(model: Any, tok: Any, cases: list[tuple[Dream, list[Dream]]], cfg: SleepConfig,
-                     progress=None, should_stop=lambda: False) -> list[tuple[Dream, float]]:
+                     progress: Progress = silent, should_stop=lambda: False) -> list[tuple[Dream, float]]:
     """E-step: (candidate, probe-NLL improvement) for each (probe, candidates) case."""
     from peft import get_peft_model
 
@@ -92,8 +93,7 @@ def score_candidates(model: Any, tok: Any, cases: list[tuple[Dream, list[Dream]]
                 with torch.no_grad():
                     after = float(sequence_nll(pm, pb)[0])
                 out.append((cand, base - after))
-                if progress:
-                    progress("rest", len(out), total, "scoring dreams")
+                progress("rest", len(out), total, "scoring dreams")
     finally:
         pm.unload()
     return out
@@ -130,7 +130,7 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
 
 
 def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: SleepConfig, home_root: Path,
-            progress=None, should_stop=lambda: False) -> dict[str, Any]:
+            progress: Progress = silent, should_stop=lambda: False) -> dict[str, Any]:
     rng = random.Random(cfg.seed.seed)
     text = {m.id: m.text for m in memories}
     stats = {"rest_candidates": 0, "rest_winners": 0, "rest_mean_gain": 0.0}

@@ -24,11 +24,9 @@ import torch
 
 from ..config import SeedConfig
 from ..errors import SleepError
+from ..progress import Progress, silent
+from .objective import Interrupted, SeedStats, soft_ce
 from .tensors import ce_picked, collate, encode, forward_picked, kl_picked, picked
-
-
-class Interrupted(Exception):
-    """Training was asked to stop (SIGTERM / deadline); nothing is published."""
 
 
 class Student(torch.nn.Module):
@@ -92,7 +90,7 @@ def _n_labels(row: tuple[list[int], list[int]]) -> int:
 
 
 def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), extra_terms=None,
-          progress=None, should_stop: Callable[[], bool] = lambda: False):
+          progress: Progress = silent, should_stop: Callable[[], bool] = lambda: False):
     """Train the LoRA expert already attached to `pm` (a peft model) on `items`. Returns SeedStats.
 
     `extra_terms(pm, micro_step, batch_items)` adds the paper's distillation
@@ -118,8 +116,6 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
 
 
 def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_stop, t0):
-    from .seed import SeedStats, _soft_ce
-
     rank, world = acc.process_index, acc.num_processes
     dev0 = next(pm.parameters()).device
     rng = random.Random(cfg.seed)  # the same order on every process: each takes its share of each batch
@@ -172,7 +168,7 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
-            d_off = _soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
+            d_off = soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
             if d_off is not None:
                 terms["distill_off"] = d_off.detach() / max(sum(it.soft is not None for it in mine), 1)
                 loss = loss + w_off * d_off * on * world / max(n_soft, 1)
@@ -226,7 +222,6 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
         opt.zero_grad(set_to_none=True)
         sched.step()
         step += 1
-        if progress:
-            progress("seed", step, total, f"loss {stats.losses['total'][-1]:.3f}")
+        progress("seed", step, total, f"loss {stats.losses['total'][-1]:.3f}")
     stats.steps, stats.seconds = step, round(time.time() - t0, 1)
     return stats

@@ -3,7 +3,24 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import Any
+
+
+class Status(str, Enum):
+    """How a sleep ended (or that it is still running), as its report and journal say it."""
+
+    RUNNING = "running"
+    PROMOTED = "promoted"            # a new version was published and serves
+    REJECTED = "rejected"            # the gate (or an empty curriculum) kept the parent serving
+    NOTHING_TO_DO = "nothing-to-do"  # no episode the consolidation policy allows
+    DRY_RUN = "dry-run"
+    INTERRUPTED = "interrupted"      # stopped by a signal, or its process died
+    FAILED = "failed"                # an error; the parent keeps serving
+    ABORTED = "aborted"              # the daemon stopped the sleeper (deadline, shutdown)
+
+    def __str__(self) -> str:  # f"{status}" and JSON read "promoted", not "Status.PROMOTED"
+        return self.value
 
 
 @dataclass
@@ -34,6 +51,20 @@ class SleepPlan:
     rebuild: bool = False   # after `forget`: rebuilding from a clean version
 
 
+@dataclass(frozen=True)
+class Probe:
+    """A question the gate asks closed-book, with the answer it must contain."""
+
+    episode_id: str
+    question: str
+    answer: str
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Probe":
+        """A probe as a version manifest stores it."""
+        return cls(str(d.get("episode_id", "")), str(d["question"]), str(d["answer"]))
+
+
 @dataclass
 class Dream:
     """A synthetic item about one episode: a question the model wrote and its answer."""
@@ -46,6 +77,10 @@ class Dream:
     value: float = 0.0        # learning value: student NLL of the answer without context
     held_out: bool = False    # a probe: never trained on, used by the gate
     replay: bool = False      # from an earlier sleep, rehearsed
+
+    def probe(self) -> Probe:
+        """This dream as the gate (and the version manifest) asks it."""
+        return Probe(self.episode_id, self.question, self.answer)
 
 
 @dataclass
@@ -73,7 +108,7 @@ class Verdict:
 @dataclass
 class SleepReport:
     sleep_id: str
-    status: str                     # promoted | rejected | nothing-to-do | dry-run | failed
+    status: Status
     version: str | None             # the version serving after this sleep
     parent_version: str
     episodes: list[str]

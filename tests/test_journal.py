@@ -1,0 +1,97 @@
+"""The sleep journal (one owner of journal.json / report.json), the stage loop, and stop signals."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from agentsleep.sleep import pipeline
+from agentsleep.sleep.journal import Journal, abort_own, read_dreams, recover
+from agentsleep.sleep.types import Dream, Memory, SleepPlan, SleepReport, Status
+
+
+def _report(status: Status, sleep_id: str = "s1") -> SleepReport:
+    return SleepReport(sleep_id=sleep_id, status=status, version="v0001", parent_version="v0000", episodes=["e1"],
+                       reasons=["why"])
+
+
+def test_stage_records_lap_time_and_peak_rss_then_finish_writes_the_report(tmp_path):
+    j = Journal(tmp_path, "s1", "v0000")
+    on_disk = json.loads((tmp_path / "sleeps" / "s1" / "journal.json").read_text())
+    assert on_disk["status"] == "running" and on_disk["parent_version"] == "v0000" and on_disk["pid"] == os.getpid()
+    with j.stage("dream"):
+        assert json.loads((j.dir / "journal.json").read_text())["stage"] == "dream"  # visible while it runs
+        sum(range(10**5))
+    assert set(j.timings) == {"dream"} and j.timings["dream"] >= 0 and j.peak_mb["dream"] > 10
+    j.write_dreams([Dream("e1", "Q?", "A"), Dream("e1", "Probe?", "B", held_out=True)])
+    assert [d.held_out for d in read_dreams(j.dir)] == [False, True]
+    j.finish(_report(Status.PROMOTED))
+    data = json.loads((j.dir / "journal.json").read_text())
+    assert data["status"] == "promoted" and data["version"] == "v0001"
+    assert data["stages"][0]["stage"] == "dream" and "seconds" in data["stages"][0] and "peak_rss_mb" in data["stages"][0]
+    assert json.loads((j.dir / "report.json").read_text())["status"] == "promoted"
+
+
+def test_a_stage_that_raises_leaves_the_journal_running_for_recovery(tmp_path):
+    j = Journal(tmp_path, "s2")
+    with pytest.raises(RuntimeError):
+        with j.stage("seed"):
+            raise RuntimeError("boom")
+    assert "seed" not in j.timings
+    assert json.loads((j.dir / "journal.json").read_text())["status"] == "running"
+
+
+def test_recover_and_abort_write_a_report_of_the_sleep_that_ended(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    j = Journal(tmp_path, "s3", "v0000")
+    j.data["pid"] = dead.pid
+    j._save()
+    done = recover(tmp_path)
+    assert [x["sleep_id"] for x in done["interrupted"]] == ["s3"]
+    rep = json.loads((j.dir / "report.json").read_text())
+    assert rep["status"] == "interrupted" and rep["parent_version"] == "v0000" and "died" in rep["reasons"][0]
+
+    mine = Journal(tmp_path, "s4")
+    assert abort_own(tmp_path, why="aborted: deadline") == ["s4"]
+    assert json.loads((mine.dir / "report.json").read_text())["status"] == "aborted"
+    assert json.loads((mine.dir / "journal.json").read_text())["previous_status"] == "running"
+
+
+def test_stop_flag_catches_sigint_as_well_as_sigterm():
+    """Ctrl-C during `sleep-now` finishes the current step and aborts cleanly, like SIGTERM."""
+    before = signal.getsignal(signal.SIGINT)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with pipeline._StopFlag() as stop:
+            assert not stop()
+            os.kill(os.getpid(), sig)  # delivered before the next bytecode: no KeyboardInterrupt
+            assert stop()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def _night(tmp_path) -> pipeline.Night:
+    plan = SleepPlan("s5", "v0000", [Memory("e1", "text")])
+    j = Journal(tmp_path, "s5")
+    return pipeline.Night(home=None, plan=plan, journal=j, stop=lambda: False, say=pipeline.silent, started_at=0.0)
+
+
+def test_stage_loop_runs_in_order_skips_what_does_not_apply_and_stops_at_an_early_report(tmp_path, monkeypatch):
+    ran = []
+
+    def step(name, early=False):
+        def run(n):
+            ran.append(name)
+            return n.report(Status.REJECTED, [f"{name} ended it"]) if early else None
+        return run
+
+    monkeypatch.setattr(pipeline, "STAGES", (("load", step("load"), None), ("rest", step("rest"), lambda n: False),
+                                             ("dream", step("dream", early=True), None), ("seed", step("seed"), None)))
+    n = _night(tmp_path)
+    rep = pipeline._run_stages(n)
+    assert ran == ["load", "dream"]
+    assert rep.status == Status.REJECTED and rep.reasons == ["dream ended it"] and set(rep.timings) == {"load", "dream"}
+    assert [s["stage"] for s in json.loads((n.journal.dir / "journal.json").read_text())["stages"]] == ["load", "dream"]
