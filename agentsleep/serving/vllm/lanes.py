@@ -16,7 +16,8 @@ Each home gets a `HomeLane`: the supervisor interface `VLLMBackend` talks to (le
 recover, swap, health). A swap loads the home's new adapter under a fresh name, flips the lane's
 route in one step (no pause, other homes untouched) and unloads the old adapter once its requests
 are done. A version that is not such a chain (a grown model) is refused with a clear error; the
-lane keeps serving the version it had. If the server dies, the monitor restarts it on the base and
+lane keeps serving the version it had. If the server dies, the monitor restarts it on the base (the
+restart policy and steps of `restarts.py`, as for `VLLMSupervisor`) and
 loads every lane's adapter again before requests resume.
 """
 from __future__ import annotations
@@ -30,14 +31,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from agentsleep.models.registry import BASE_VERSION, Version
-from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
+from agentsleep.serving.backend import SwapError, SwapReport
 
 from .lora import adapter_chain, chain_adapter, chain_rank, lora_rank_for, sibling
 from .process import start_ready
-from .routing import Route, Server
+from .restarts import Monitor, RestartPolicy, restart_server
+from .routing import Gate, Route, Server
+from .supervisor import SwapKind
 from .weights import arch_signature, weights_dir
 
 log = logging.getLogger("agentsleep.vllm.homes")
@@ -50,7 +53,8 @@ class SharedBaseVLLM:
     def __init__(self, base_dir: str | Path, *, log_dir: str | Path | None = None, homes: int = 4,
                  max_lora_rank: int = 64, dtype: str = "float32", extra_args: list[str] | tuple[str, ...] = (),
                  max_model_len: int | None = None, start_timeout: float = 600, drain_timeout: float = 120,
-                 restart: bool = True, max_restarts: int = 5, monitor_s: float = 0.5, python: str | None = None):
+                 restart: bool = True, max_restarts: int = 5, restart_window_s: float = 600, monitor_s: float = 0.5,
+                 python: str | None = None):
         import httpx
 
         self.base_dir = Path(base_dir).resolve()
@@ -66,18 +70,14 @@ class SharedBaseVLLM:
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.restart_enabled = restart
-        self.max_restarts = max_restarts
-        self.monitor_s = monitor_s
+        self.restart_policy = RestartPolicy(max_restarts, restart_window_s)  # as VLLMSupervisor's
         self._api_key = secrets.token_urlsafe(24)
-        self._cond = threading.Condition()
+        self.gate = Gate("the shared vLLM server")  # every lane's requests wait here
         self._op = threading.RLock()  # one start / restart / swap / close at a time
         self._abort = threading.Event()
-        self._wake = threading.Event()
-        self._monitor: threading.Thread | None = None
-        self._closed = False
+        self.monitor = Monitor("vllm-homes-monitor", interval=monitor_s, op=self._op, dead=self._dead_server,
+                               restart=self._restart, closed=lambda: self.gate.closed)
         self.server: Server | None = None
-        self.state = "stopped"
-        self.error: str | None = None
         self.restarts = 0
         self.lanes: dict[str, HomeLane] = {}
         self.events: list[dict[str, Any]] = []
@@ -86,12 +86,20 @@ class SharedBaseVLLM:
         self.http = httpx.Client(timeout=httpx.Timeout(600.0, connect=5.0),
                                  limits=httpx.Limits(max_connections=256, max_keepalive_connections=64))
 
+    @property
+    def state(self) -> str:
+        return self.gate.state
+
+    @property
+    def error(self) -> str | None:
+        return self.gate.error
+
     # -- lifecycle ------------------------------------------------------------
     def lane(self, name: str) -> "HomeLane":
         """The lane for home `name` (created on first use)."""
         if not LANE_NAME.match(name or ""):
             raise ValueError(f"home name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
-        with self._cond:
+        with self.gate.cond:
             if name not in self.lanes:
                 self.lanes[name] = HomeLane(self, name)
             return self.lanes[name]
@@ -107,34 +115,36 @@ class SharedBaseVLLM:
             if self.server is not None:
                 return 0.0
             t0 = time.perf_counter()
-            self.state = "starting"
+            self.gate.set(state="starting")
             try:
                 srv = self._spawn()
             except Exception as e:
-                self.state, self.error = "failed", str(e).splitlines()[0]
+                self.gate.set(state="failed", error=str(e).splitlines()[0])
                 raise SwapError(f"the shared vLLM server did not start: {self.error}") from None
-            with self._cond:
-                self.server, self.state = srv, "ready"
-                self._cond.notify_all()
-            if self.restart_enabled and self._monitor is None:
-                self._monitor = threading.Thread(target=self._watch, name="vllm-homes-monitor", daemon=True)
-                self._monitor.start()
+            with self.gate.cond:
+                self.server = srv
+                self.gate.set(state="ready")
+            if self.restart_enabled:
+                self.monitor.start()
             self._event("start", url=srv.url, seconds=round(time.perf_counter() - t0, 2))
             return time.perf_counter() - t0
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self.state = "stopped"
-            self._cond.notify_all()
+        self.gate.set(closed=True, state="stopped")
         self._abort.set()
-        self._wake.set()
+        self.monitor.wake()
         with self._op:
             if self.server is not None and self.server.proc is not None:
                 self.server.proc.stop()
             self.server = None
         self.http.close()
         shutil.rmtree(self.compose_dir, ignore_errors=True)
+
+    def _healthy(self, srv: Server) -> bool:
+        try:
+            return self.http.get(srv.url + "/health", timeout=1).status_code == 200
+        except Exception:  # noqa: BLE001
+            return False
 
     def _event(self, what: str, **kw: Any) -> None:
         self.events.append({"at": time.time(), "event": what, **kw})
@@ -169,60 +179,29 @@ class SharedBaseVLLM:
                             f"--max-lora-rank {self.max_lora_rank}; raise it or serve the home on its own")
         return chain_adapter(chain, self.compose_dir / f"{home}-{version.name}")
 
-    # -- faults ---------------------------------------------------------------
-    def _watch(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.monitor_s)
-            self._wake.clear()
-            srv = self.server
-            if self._closed or srv is None or srv.proc is None or srv.proc.alive():
-                continue
-            if not self._op.acquire(timeout=0.2):
-                continue
-            try:
-                if self.server is srv and not self._closed:
-                    self._restart(srv)
-            except Exception as e:  # noqa: BLE001 - the monitor must outlive any one failure
-                log.exception("shared vLLM restart failed: %s", e)
-            finally:
-                self._op.release()
+    # -- faults (the shared Monitor and restart steps) -------------------------------
+    def _dead_server(self) -> Server | None:
+        """The managed server, when it died (None while it lives)."""
+        srv = self.server
+        if srv is None or srv.proc is None or srv.proc.alive():
+            return None
+        return srv
 
     def _restart(self, dead: Server) -> None:
-        code = dead.proc.returncode if dead.proc else None
-        log.error("shared vLLM server %s died (exit code %s); restarting", dead.url, code)
-        self._event("died", url=dead.url, exit_code=code)
-        with self._cond:
-            self.state = "restarting"
-            self._cond.notify_all()
-        if dead.proc is not None:
-            dead.proc.stop(grace=2)
-        if self.restarts >= self.max_restarts:
-            with self._cond:
-                self.state, self.error = "failed", f"vLLM died {self.restarts + 1} times; see {dead.proc.log_path}"
-                self._cond.notify_all()
-            return
-        try:
-            srv = self._spawn()
-        except Exception as e:  # noqa: BLE001
-            with self._cond:
-                self.restarts += 1
-                self.error = f"restart failed: {str(e).splitlines()[0]}"
-                self._cond.notify_all()
-            self._wake.set()
-            return
-        with self._cond:
-            self.server = srv
-        for lane in list(self.lanes.values()):  # every home's adapter again, before requests resume
-            lane._reattach(srv)
-        with self._cond:
+        """Restart the server on the base and load every lane's adapter again before requests resume."""
+        def install(srv: Server) -> None:
+            with self.gate.cond:
+                self.server = srv
+            for lane in list(self.lanes.values()):
+                lane._reattach(srv)
             self.restarts += 1
-            self.state, self.error = "ready", None
-            self._cond.notify_all()
-        self._event("restarted", url=srv.url)
+
+        restart_server(dead, gate=self.gate, policy=self.restart_policy, spawn=self._spawn, install=install,
+                       event=self._event, wake=self.monitor.wake)
 
     def health(self) -> dict[str, Any]:
         srv = self.server
-        return {"ready": self.state == "ready" and srv is not None and not self._closed, "state": self.state,
+        return {"ready": self.state == "ready" and srv is not None and not self.gate.closed, "state": self.state,
                 "base": str(self.base_dir), "url": srv.url if srv else None,
                 "pid": srv.proc.pid if srv and srv.proc else None,
                 "log": str(srv.proc.log_path) if srv and srv.proc else None,
@@ -266,7 +245,7 @@ class HomeLane:
                 raise SwapError(f"the shared vLLM server is {pool.state}")
             prev = self.route
             if prev is not None and prev.version.name == version.name:
-                return SwapReport(version=version.name, previous=version.name, kind="noop")
+                return SwapReport(version=version.name, previous=version.name, kind=SwapKind.NOOP.value)
             t0 = time.perf_counter()
             try:
                 ad = pool.adapter_for(self.name, version)
@@ -284,17 +263,17 @@ class HomeLane:
                 raise SwapError(f"home {self.name}: loading {version.name} failed: {self.error}") from None
             prepare = time.perf_counter() - t0
             t1 = time.perf_counter()
-            with pool._cond:
+            with pool.gate.cond:
                 self.route = Route(srv, model, version)
-                pool._cond.notify_all()
+                pool.gate.cond.notify_all()
             pause_ms = (time.perf_counter() - t1) * 1000
             self.error = None
             self.swaps += 1
             if prev is not None:
                 self._retire(prev)
-        kind = "start" if prev is None else "adapter" if ad is not None else "route"
-        pool._event("swap", home=self.name, version=version.name, kind=kind)
-        return SwapReport(version=version.name, previous=prev.version.name if prev else None, kind=kind,
+        kind = SwapKind.START if prev is None else SwapKind.ADAPTER if ad is not None else SwapKind.ROUTE
+        pool._event("swap", home=self.name, version=version.name, kind=kind.value)
+        return SwapReport(version=version.name, previous=prev.version.name if prev else None, kind=kind.value,
                           pause_ms=pause_ms, prepare_s=prepare, total_s=time.perf_counter() - t0,
                           detail={"home": self.name, "model": model, "rank": ad["r"] if ad else 0,
                                   "composed": ad["parts"] if ad else [], "shared_base": str(pool.base_dir)})
@@ -306,8 +285,8 @@ class HomeLane:
             return
 
         def work() -> None:
-            with pool._cond:
-                pool._cond.wait_for(lambda: old.inflight == 0, timeout=pool.drain_timeout)
+            with pool.gate.cond:
+                pool.gate.drain(old, pool.drain_timeout)
                 srv.loras.pop(old.model, None)
             if pool.server is srv:
                 with contextlib.suppress(Exception):  # harmless if it fails: vLLM evicts by LRU
@@ -327,70 +306,33 @@ class HomeLane:
                 model = route.model
                 self.pool._post("/v1/load_lora_adapter", {"lora_name": model, "lora_path": ad["path"]})
                 srv.loras[model] = route.version
-            with self.pool._cond:
+            with self.pool.gate.cond:
                 self.route = Route(srv, model, route.version)
         except Exception as e:  # noqa: BLE001 - this home stays unavailable; the others go on
             self.error = f"reloading {route.version.name} after a restart failed: {str(e).splitlines()[0]}"
-            with self.pool._cond:
+            with self.pool.gate.cond:
                 self.route = None
 
-    # -- routing (what VLLMBackend calls) ---------------------------------------
+    # -- routing (the pool's Gate, shared with VLLMSupervisor; what VLLMBackend calls) --
+    def _current(self) -> Route | None:
+        return self.route
+
+    def _unserved(self) -> str | None:
+        return f"home {self.name} is not served: {self.error}" if self.error else None
+
     def lease(self, pin: str | None = None, timeout: float = 300) -> Route:
-        pool = self.pool
-        deadline = time.time() + timeout
-        with pool._cond:
-            while True:
-                if pool._closed:
-                    raise Unavailable("the shared vLLM server is shut down")
-                if pool.state == "failed":
-                    raise Unavailable(f"the shared vLLM server failed: {pool.error}")
-                if pool.state == "ready" and self.route is not None:
-                    break
-                if pool.state == "ready" and self.error:
-                    raise Unavailable(f"home {self.name} is not served: {self.error}")
-                left = deadline - time.time()
-                if left <= 0:
-                    raise Unavailable(f"home {self.name}: the shared vLLM server is {pool.state}; retry shortly")
-                pool._cond.wait(min(left, 1.0))
-            route = self.route
-            if pin and route.version.name != pin:
-                raise ModelNotFound(f"model '{pin}' is no longer served for {self.name} (now {route.version.name})")
-            route.inflight += 1
-            route.server.inflight += 1
-            return route
+        return self.pool.gate.lease(self._current, pin, timeout, home=self.name, unserved=self._unserved)
 
     def release(self, route: Route) -> None:
-        with self.pool._cond:
-            route.inflight -= 1
-            route.server.inflight -= 1
-            self.pool._cond.notify_all()
+        self.pool.gate.release(route)
 
-    @contextlib.contextmanager
-    def acquire(self, pin: str | None = None, timeout: float = 300) -> Iterator[Route]:
-        route = self.lease(pin, timeout)
-        try:
-            yield route
-        finally:
-            self.release(route)
+    def acquire(self, pin: str | None = None, timeout: float = 300) -> contextlib.AbstractContextManager[Route]:
+        return self.pool.gate.acquire(self._current, pin, timeout, home=self.name, unserved=self._unserved)
 
     def recover(self, route: Route, timeout: float = 300) -> bool:
         """After a transport error: True once the lane routes to a live server other than the dead one."""
-        srv, pool = route.server, self.pool
-        if srv.proc is None:
-            return False
-        settle = time.time() + 3  # a killed server drops connections a moment before it can be reaped
-        while srv.proc.alive() and time.time() < settle:
-            time.sleep(0.1)
-        if srv.proc.alive():
-            return True
-        pool._wake.set()
-        deadline = time.time() + timeout
-        with pool._cond:
-            while time.time() < deadline and not pool._closed and pool.state != "failed":
-                if self.route is not None and self.route.server is not srv and pool.state == "ready":
-                    return True
-                pool._cond.wait(0.5)
-        return False
+        return self.pool.gate.recover(route, self._current, wake=self.pool.monitor.wake, probe=self.pool._healthy,
+                                      timeout=timeout)
 
     # -- state ----------------------------------------------------------------
     def summary(self) -> dict[str, Any]:

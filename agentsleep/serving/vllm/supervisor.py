@@ -50,20 +50,42 @@ import secrets
 import tempfile
 import threading
 import time
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from agentsleep.models.registry import Version
 from agentsleep.procs import is_loopback
-from agentsleep.serving.backend import ModelNotFound, SwapError, SwapReport, Unavailable
+from agentsleep.serving.backend import SwapError, SwapReport
 
 from .lora import adapter_chain, chain_adapter, chain_rank, lora_rank_for
 from .process import spare_cpus, start_ready, worker_cpus
-from .routing import Route, Server
+from .restarts import Monitor, RestartPolicy, restart_server
+from .routing import OPEN_STATES, Gate, Route, Server
 from .weights import arch_signature, read_config, tensor_digest, weights_dir
 
 log = logging.getLogger("agentsleep.vllm")
+
+
+class SwapKind(str, Enum):
+    """How serving moves to a version (see the module docstring), cheapest first. A str, so a
+    kind compares equal to its name and lands in a SwapReport as plain text."""
+
+    NOOP = "noop"                      # already served
+    ROUTE = "route"                    # already loaded (its base weights or its adapter): switch the route
+    ADAPTER = "adapter"                # load one LoRA (the sleeps since the served weights, composed)
+    RELOAD_WEIGHTS = "reload_weights"  # same shapes: replace the weights in place (staged when possible)
+    BLUE_GREEN = "blue_green"          # anything else: a second server beside the first, then switch
+    RELOAD_THEN_BLUE_GREEN = "reload_weights>blue_green"  # a reload that could not be done in place
+    START = "start"                    # the first version on a server we start
+    ATTACH = "attach"                  # the first version on a server someone else runs
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class VLLMSupervisor:
@@ -92,25 +114,18 @@ class VLLMSupervisor:
         self.start_timeout = start_timeout
         self.drain_timeout = drain_timeout
         self.restart_enabled = restart
-        self.max_restarts = max_restarts
-        self.restart_window_s = restart_window_s
-        self.monitor_s = monitor_s
+        self.restart_policy = RestartPolicy(max_restarts, restart_window_s)
         self.pause_engine = pause_engine  # vLLM /pause around reloads (default: attached servers only)
         self._api_key = secrets.token_urlsafe(24)  # for managed servers: only we can use their /v1 routes
-        self._cond = threading.Condition()
+        self.gate = Gate("the vLLM backend")       # where requests wait for self._route
         self._op = threading.RLock()             # one swap / restart / close at a time
         self._route: Route | None = None
-        self._held = False
-        self._closed = False
-        self.state = "stopped"
-        self.error: str | None = None
         self.restarts = 0
-        self.restart_times: list[float] = []
         self.last_exit_code: int | None = None
         self.events: list[dict[str, Any]] = []
         self._stage_error: str | None = None  # why the last same-shape reload could not be staged
-        self._monitor: threading.Thread | None = None
-        self._wake = threading.Event()
+        self.monitor = Monitor("vllm-monitor", interval=monitor_s, op=self._op, dead=self._dead_route,
+                               restart=self._restart, closed=lambda: self.gate.closed)
         self._probe: tuple[Any, float, bool] | None = None
         self._abort = threading.Event()          # close() stops a start in progress
         self._compose_dir: Path | None = None    # composed adapters (removed on close)
@@ -130,6 +145,23 @@ class VLLMSupervisor:
     @property
     def route(self) -> Route | None:
         return self._route
+
+    @property
+    def state(self) -> str:
+        return self.gate.state
+
+    @property
+    def error(self) -> str | None:
+        return self.gate.error
+
+    def _current(self) -> Route | None:
+        return self._route
+
+    def _set_route(self, route: Route | None) -> None:
+        """Point new requests at `route` (one step: requests waiting for a route see it at once)."""
+        with self.gate.cond:
+            self._route = route
+            self.gate.cond.notify_all()
 
     def _event(self, what: str, **kw: Any) -> None:
         self.events.append({"at": time.time(), "event": what, **kw})
@@ -178,23 +210,21 @@ class VLLMSupervisor:
         """Start (or attach) serving `version`. Blocks until it answers."""
         with self._op:
             t0 = time.perf_counter()
-            self.state = "starting"
+            self.gate.set(state="starting")
             try:
                 if self.managed:
                     srv = self._spawn(version)
-                    kind = "start"
+                    kind = SwapKind.START
                 else:
                     srv = self._attach(version)
-                    kind = "attach"
+                    kind = SwapKind.ATTACH
             except Exception as e:
-                self.state = "failed"
-                self.error = str(e).splitlines()[0]
+                self.gate.set(state="failed", error=str(e).splitlines()[0])
                 raise SwapError(str(e)) from None
-            with self._cond:
-                self._route = Route(srv, srv.served_name, srv.base or version)
-                self.state = "ready"
-                self._cond.notify_all()
-            rep = SwapReport(version=version.name, previous=None, kind=kind, prepare_s=time.perf_counter() - t0,
+            with self.gate.cond:
+                self._set_route(Route(srv, srv.served_name, srv.base or version))
+                self.gate.set(state="ready")
+            rep = SwapReport(version=version.name, previous=None, kind=kind.value, prepare_s=time.perf_counter() - t0,
                              total_s=time.perf_counter() - t0, detail={"url": srv.url})
             if not self.managed:
                 # /v1/models shows the path the server started from, not weights reloaded since:
@@ -212,101 +242,58 @@ class VLLMSupervisor:
                         rep.detail["warning"] = (f"cannot check or set the attached server's weights ({e}); "
                                                  f"answers are labelled {version.name}")
                         log.warning(rep.detail["warning"])
-            if self.managed and self.restart_enabled and self._monitor is None:
-                self._monitor = threading.Thread(target=self._watch, name="vllm-monitor", daemon=True)
-                self._monitor.start()
-            self._event(kind, version=version.name, seconds=round(rep.total_s, 2))
+            if self.managed and self.restart_enabled:
+                self.monitor.start()
+            self._event(kind.value, version=version.name, seconds=round(rep.total_s, 2))
             return rep
 
-    # -- routing ------------------------------------------------------------
-    @contextlib.contextmanager
-    def acquire(self, pin: str | None = None, timeout: float = 300) -> Iterator[Route]:
+    # -- routing (the shared Gate; what VLLMBackend calls) ----------------------
+    def acquire(self, pin: str | None = None, timeout: float = 300) -> contextlib.AbstractContextManager[Route]:
         """The route for one request, held until the block ends (a swap drains held routes)."""
-        route = self.lease(pin, timeout)
-        try:
-            yield route
-        finally:
-            self.release(route)
+        return self.gate.acquire(self._current, pin, timeout)
 
     def lease(self, pin: str | None = None, timeout: float = 300) -> Route:
-        deadline = time.time() + timeout
-        with self._cond:
-            while True:
-                if self._closed:
-                    raise Unavailable("the vLLM backend is shut down")
-                if self.state == "failed":
-                    raise Unavailable(f"the vLLM backend failed: {self.error}")
-                if self._route is not None and not self._held and self.state in ("ready", "swapping"):
-                    break
-                left = deadline - time.time()
-                if left <= 0:
-                    raise Unavailable(f"the vLLM backend is {self.state}; retry shortly")
-                self._cond.wait(min(left, 1.0))
-            route = self._route
-            if pin and route.version.name != pin:
-                raise ModelNotFound(f"model '{pin}' is no longer served (now {route.version.name}); "
-                                    "ask for 'agentsleep' to follow the current version")
-            route.inflight += 1
-            route.server.inflight += 1
-            return route
+        return self.gate.lease(self._current, pin, timeout)
 
     def release(self, route: Route) -> None:
-        with self._cond:
-            route.inflight -= 1
-            route.server.inflight -= 1
-            self._cond.notify_all()
+        self.gate.release(route)
 
     def recover(self, route: Route, timeout: float = 300) -> bool:
         """After a transport error on `route`: True when a retry may succeed (the server was restarted
         or is alive), False when there is nothing to wait for."""
-        srv = route.server
-        if srv.proc is None:
+        return self.gate.recover(route, self._current, wake=self.monitor.wake, probe=self._healthy, timeout=timeout)
+
+    def _healthy(self, srv: Server) -> bool:
+        try:
+            return self.http.get(srv.url + "/health", timeout=1).status_code == 200
+        except Exception:  # noqa: BLE001
             return False
-        # a killed server resets its connections a moment before its exit can be seen: look again
-        settle = time.time() + 3
-        while srv.proc.alive() and time.time() < settle:
-            try:
-                if self.http.get(srv.url + "/health", timeout=1).status_code == 200:
-                    return True  # it is fine: a transient error
-            except Exception:  # noqa: BLE001
-                pass
-            time.sleep(0.1)
-        if srv.proc.alive():
-            return True
-        self._wake.set()  # let the monitor notice now
-        deadline = time.time() + timeout
-        with self._cond:
-            while self._route is not None and self._route.server is srv and time.time() < deadline:
-                if self._closed or self.state == "failed":
-                    return False
-                self._cond.wait(0.5)
-        return self._route is not None and self._route.server is not srv
 
     # -- swapping -----------------------------------------------------------
-    def plan(self, version: Version, route: Route | None = None, *, adapters: bool = True) -> str:
+    def plan(self, version: Version, route: Route | None = None, *, adapters: bool = True) -> SwapKind:
         """The cheapest safe swap from what `route` serves to `version` (see the module docstring)."""
         route = route or self._route
         if route is None:
-            return "start"
+            return SwapKind.START
         srv = route.server
         if route.version.name == version.name:
-            return "noop"
+            return SwapKind.NOOP
         if srv.base is not None and version.name == srv.base.name:
-            return "route"
+            return SwapKind.ROUTE
         if version.name in srv.loras:
-            return "route"
+            return SwapKind.ROUTE
         if adapters and self.lora and srv.base is not None:
             chain = adapter_chain(version, srv.base.name)
             if chain and 0 < chain_rank(chain) <= self.max_lora_rank:
-                return "adapter"  # one adapter, or the sleeps since the served weights composed into one
+                return SwapKind.ADAPTER  # one adapter, or the sleeps since the served weights composed into one
         new_dir = weights_dir(version)
         if srv.sig is not None and srv.sig == arch_signature(new_dir):
             tied = bool(read_config(new_dir).get("tie_word_embeddings"))
             if not tied or srv.base_dir is None or tensor_digest(srv.base_dir) == tensor_digest(new_dir):
-                return "reload_weights"
+                return SwapKind.RELOAD_WEIGHTS
         if srv.sig is None and not self.managed:
-            return "reload_weights"  # unknown shapes on an attached server: try, it fails cleanly
-        return "blue_green"
+            return SwapKind.RELOAD_WEIGHTS  # unknown shapes on an attached server: try, it fails cleanly
+        return SwapKind.BLUE_GREEN
 
     def swap(self, version: Version) -> SwapReport:
         """Serve `version` next. On failure the previous version keeps serving and SwapError is raised."""
@@ -317,40 +304,43 @@ class VLLMSupervisor:
 
     def _swap_locked(self, version: Version, force_reload: bool = False) -> SwapReport:
         prev = self._route
-        kind = "reload_weights" if force_reload else self.plan(version)
+        kind = SwapKind.RELOAD_WEIGHTS if force_reload else self.plan(version)
         t0 = time.perf_counter()
-        self.state = "swapping"
+        self.gate.set(state="swapping")
         try:
-            if kind == "noop":
-                rep = SwapReport(version=version.name, previous=prev.version.name, kind="noop")
-            elif kind == "route":
-                rep = self._switch(version, prev, kind)
-            elif kind == "adapter":
-                try:
-                    rep = self._adapter(version, prev)
-                except Exception as e:  # noqa: BLE001 - e.g. an adapter vLLM cannot load: load weights instead
-                    log.warning("adapter swap to %s failed (%s); falling back", version.name, e)
-                    kind = self.plan(version, prev, adapters=False)
-                    rep = self._reload(version, prev) if kind == "reload_weights" else self._blue_green(version, prev)
-                    rep.detail["adapter_error"] = str(e)[:300]
-            elif kind == "reload_weights":
-                rep = self._reload(version, prev)
-            else:
-                rep = self._blue_green(version, prev)
+            rep = self._do(kind, version, prev)
         except SwapError as e:
-            self._event("swap_failed", version=version.name, kind=kind, error=str(e)[:300])
+            self._event("swap_failed", version=version.name, kind=kind.value, error=str(e)[:300])
             raise
         except Exception as e:  # noqa: BLE001
-            self._event("swap_failed", version=version.name, kind=kind, error=str(e)[:300])
+            self._event("swap_failed", version=version.name, kind=kind.value, error=str(e)[:300])
             raise SwapError(f"{kind} swap to {version.name} failed: {type(e).__name__}: {e}") from None
         finally:
-            with self._cond:
-                if self.state == "swapping":
-                    self.state = "ready"
-                self._cond.notify_all()
+            with self.gate.cond:
+                if self.gate.state == "swapping":
+                    self.gate.set(state="ready")
+                self.gate.cond.notify_all()
         rep.total_s = time.perf_counter() - t0
         self._event("swap", version=version.name, kind=rep.kind, pause_ms=round(rep.pause_ms, 2))
         return rep
+
+    def _do(self, kind: SwapKind, version: Version, prev: Route) -> SwapReport:
+        """Carry out one swap of `kind` from `prev` to `version`."""
+        if kind is SwapKind.NOOP:
+            return SwapReport(version=version.name, previous=prev.version.name, kind=kind.value)
+        if kind is SwapKind.ROUTE:
+            return self._switch(version, prev, kind)
+        if kind is SwapKind.ADAPTER:
+            try:
+                return self._adapter(version, prev)
+            except Exception as e:  # noqa: BLE001 - e.g. an adapter vLLM cannot load: load weights instead
+                log.warning("adapter swap to %s failed (%s); falling back", version.name, e)
+                rep = self._do(self.plan(version, prev, adapters=False), version, prev)
+                rep.detail["adapter_error"] = str(e)[:300]
+                return rep
+        if kind is SwapKind.RELOAD_WEIGHTS:
+            return self._reload(version, prev)
+        return self._blue_green(version, prev)
 
     def _post(self, srv: Server, path: str, body: dict[str, Any] | None = None, timeout: float = 600,
               params: dict[str, Any] | None = None) -> Any:
@@ -365,15 +355,13 @@ class VLLMSupervisor:
             raise SwapError(f"vLLM {path} answered {r.status_code}: {r.text[:300]}")
         return r
 
-    def _switch(self, version: Version, prev: Route, kind: str) -> SwapReport:
+    def _switch(self, version: Version, prev: Route, kind: SwapKind) -> SwapReport:
         srv = prev.server
         name = srv.served_name if srv.base is not None and version.name == srv.base.name else version.name
         t1 = time.perf_counter()
-        with self._cond:
-            self._route = Route(srv, name, version)
-            self._cond.notify_all()
+        self._set_route(Route(srv, name, version))
         pause = (time.perf_counter() - t1) * 1000
-        return SwapReport(version=version.name, previous=prev.version.name, kind=kind, pause_ms=pause,
+        return SwapReport(version=version.name, previous=prev.version.name, kind=kind.value, pause_ms=pause,
                           detail={"model": name})
 
     def _adapter(self, version: Version, prev: Route) -> SwapReport:
@@ -386,7 +374,7 @@ class VLLMSupervisor:
         self._post(srv, "/v1/load_lora_adapter", {"lora_name": version.name, "lora_path": ad["path"]}, timeout=120)
         srv.loras[version.name] = version
         prepare = time.perf_counter() - t0
-        rep = self._switch(version, prev, "adapter")
+        rep = self._switch(version, prev, SwapKind.ADAPTER)
         rep.prepare_s = prepare
         rep.detail.update(rank=ad["r"], base=srv.base.name, composed=ad["parts"])
         self._retire(prev)
@@ -405,8 +393,8 @@ class VLLMSupervisor:
             return
 
         def work() -> None:
-            with self._cond:
-                self._cond.wait_for(lambda: old.inflight == 0, timeout=self.drain_timeout)
+            with self.gate.cond:
+                self.gate.drain(old, self.drain_timeout)
                 if self._route is not None and self._route.model == old.model and self._route.server is srv:
                     return
                 srv.loras.pop(old.model, None)
@@ -461,14 +449,14 @@ class VLLMSupervisor:
             # (tests/test_vllm_serving.py). So the second loads beside the old server instead (only a
             # managed server is marked: an attached one reloads in place each time, as vLLM documents it).
             rep = self._blue_green(version, prev)
-            rep.kind = "reload_weights>blue_green"
+            rep.kind = SwapKind.RELOAD_THEN_BLUE_GREEN.value
             rep.detail["why"] = "this server's traced graph already had its weights replaced in place once"
             return rep
         stage_s = self._stage(srv, new_dir)  # off the request path: nothing is held yet
         t_hold = time.perf_counter()
-        with self._cond:
-            self._held = True           # new requests wait here ...
-            drained = self._cond.wait_for(lambda: srv.inflight == 0, timeout=self.drain_timeout)
+        with self.gate.cond:
+            self.gate.set(held=True)    # new requests wait here ...
+            drained = self.gate.drain(srv, self.drain_timeout)
         t_drained = time.perf_counter()  # ... and the ones in flight finished on the old weights
         if not drained:
             log.warning("reload: %d requests still in flight after %.0f s; vLLM's pause waits for them",
@@ -504,21 +492,18 @@ class VLLMSupervisor:
             stale = list(srv.loras)
             srv.loras.clear()                       # adapters were relative to the old weights
             srv.base, srv.base_dir, srv.sig = version, new_dir, arch_signature(new_dir)
-            with self._cond:
-                self._route = Route(srv, srv.served_name, version)
-                self._held = False
-                self._cond.notify_all()
+            with self.gate.cond:
+                self._set_route(Route(srv, srv.served_name, version))
+                self.gate.set(held=False)
             t_open = time.perf_counter()
         except Exception as e:
             if not touched or not self.managed:
                 if engine_pause:
                     with contextlib.suppress(Exception):
                         self._post(srv, "/resume")
-                with self._cond:
-                    self._held = False
-                    self._cond.notify_all()
+                self.gate.set(held=False)
                 if touched:  # an attached server whose weights may be half-replaced
-                    self.error = f"weights reload failed midway on {srv.url}: {e}"
+                    self.gate.error = f"weights reload failed midway on {srv.url}: {e}"
                 raise SwapError(str(e)) from None
             # the old weights may be half-overwritten: keep holding requests, bring up the new version beside
             log.warning("reload_weights failed (%s); switching by blue/green instead", e)
@@ -528,17 +513,15 @@ class VLLMSupervisor:
             try:
                 rep = self._blue_green(version, prev, holding=True)
             finally:
-                with self._cond:
-                    self._held = False
-                    self._cond.notify_all()
-            rep.kind = "reload_weights>blue_green"
+                self.gate.set(held=False)
+            rep.kind = SwapKind.RELOAD_THEN_BLUE_GREEN.value
             rep.detail["reload_error"] = str(e)[:300]
             rep.pause_ms = (time.perf_counter() - t_hold) * 1000
             return rep
         for name in stale:
             with contextlib.suppress(Exception):
                 self._post(srv, "/v1/unload_lora_adapter", {"lora_name": name}, timeout=60)
-        return SwapReport(version=version.name, previous=prev.version.name, kind="reload_weights",
+        return SwapReport(version=version.name, previous=prev.version.name, kind=SwapKind.RELOAD_WEIGHTS.value,
                           pause_ms=(t_open - t_hold) * 1000, drain_ms=(t_drained - t_hold) * 1000,
                           prepare_s=stage_s or 0.0,
                           detail={"reload_ms": round((t_open - t_drained) * 1000, 2),
@@ -562,124 +545,78 @@ class VLLMSupervisor:
                             f"{str(e).splitlines()[0]}") from None
         prepare = time.perf_counter() - t0
         t1 = time.perf_counter()
-        with self._cond:
-            self._route = Route(new, new.served_name, version)
-            self._cond.notify_all()
+        self._set_route(Route(new, new.served_name, version))
         pause = (time.perf_counter() - t1) * 1000
         t2 = time.perf_counter()
-        with self._cond:  # drain the old server, then stop it
-            self._cond.wait_for(lambda: old.inflight == 0, timeout=self.drain_timeout)
+        self.gate.drain(old, self.drain_timeout)  # drain the old server, then stop it
         drained = time.perf_counter() - t2
         if old.proc is not None:
             old.proc.stop()
-        return SwapReport(version=version.name, previous=prev.version.name, kind="blue_green", pause_ms=pause,
+        return SwapReport(version=version.name, previous=prev.version.name, kind=SwapKind.BLUE_GREEN.value,
+                          pause_ms=pause,
                           prepare_s=prepare, detail={"new_url": new.url, "old_drained_s": round(drained, 3),
                                                      "start_s": round(new.proc.ready_s or prepare, 2)})
 
-    # -- faults ---------------------------------------------------------------
-    def _watch(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.monitor_s)
-            self._wake.clear()
-            if self._closed:
-                return
-            route = self._route
-            if route is None or route.server.proc is None or route.server.proc.alive():
-                continue
-            if not self._op.acquire(timeout=0.2):
-                continue  # a swap is running; look again soon
-            try:
-                route = self._route
-                if route is not None and route.server.proc is not None and not route.server.proc.alive() \
-                        and not self._closed:
-                    self._restart(route)
-            except Exception as e:  # noqa: BLE001
-                log.exception("vLLM restart failed: %s", e)
-            finally:
-                self._op.release()
+    # -- faults (the shared Monitor and restart steps) -------------------------------
+    def _dead_route(self) -> Route | None:
+        """The route whose managed server died (None while it lives)."""
+        route = self._route
+        if route is None or route.server.proc is None or route.server.proc.alive():
+            return None
+        return route
 
     def _restart(self, route: Route) -> None:
-        dead = route.server
-        code = dead.proc.returncode if dead.proc else None
-        self.last_exit_code = code
-        now = time.time()
-        self.restart_times = [t for t in self.restart_times if now - t < self.restart_window_s] + [now]
-        with self._cond:
-            self.state = "restarting"
-            self._cond.notify_all()
-        log.error("vLLM server %s died (exit code %s); restarting on %s", dead.url, code, route.version.name)
-        self._event("died", url=dead.url, exit_code=code, version=route.version.name)
-        if dead.proc is not None:
-            dead.proc.stop(grace=2)
-        if len(self.restart_times) > self.max_restarts:
-            with self._cond:
-                self.state = "failed"
-                self.error = (f"vLLM died {len(self.restart_times)} times in {self.restart_window_s:.0f} s "
-                              f"(last exit code {code}); see {dead.proc.log_path if dead.proc else 'its log'}")
-                self._cond.notify_all()
-            self._event("gave_up", error=self.error)
-            return
-        t0 = time.perf_counter()
-        try:
-            srv = self._spawn(route.version)  # the version it was serving, adapter merged
-        except Exception as e:  # noqa: BLE001
-            with self._cond:
-                self.state = "failed" if len(self.restart_times) >= self.max_restarts else "restarting"
-                self.error = f"restart failed: {str(e).splitlines()[0]}"
-                self._cond.notify_all()
-            self._event("restart_failed", error=self.error)
-            self._wake.set()
-            return
-        with self._cond:
-            self._route = Route(srv, srv.served_name, route.version)
-            self.restarts += 1
-            self.state = "ready"
-            self.error = None
-            self._cond.notify_all()
-        self._event("restarted", url=srv.url, version=route.version.name, seconds=round(time.perf_counter() - t0, 2),
-                    exit_code=code)
+        """Restart a dead server on the version it was serving (its adapter merged)."""
+        self.last_exit_code = route.server.proc.returncode if route.server.proc else None
+
+        def install(srv: Server) -> None:
+            with self.gate.cond:
+                self._set_route(Route(srv, srv.served_name, route.version))
+                self.restarts += 1
+
+        restart_server(route.server, gate=self.gate, policy=self.restart_policy,
+                       spawn=lambda: self._spawn(route.version), install=install, event=self._event,
+                       wake=self.monitor.wake, version=route.version.name)
 
     # -- state ----------------------------------------------------------------
     def health(self, probe: bool = True) -> dict[str, Any]:
         r = self._route
         srv = r.server if r else None
         out: dict[str, Any] = {
-            "ready": self.state in ("ready", "swapping") and r is not None and not self._closed,
+            "ready": self.state in OPEN_STATES and r is not None and not self.gate.closed,
             "state": self.state, "mode": "managed" if self.managed else "attached",
             "version": r.version.name if r else None, "model": r.model if r else None,
             "base_version": srv.base.name if srv and srv.base else None,
             "adapters": sorted(srv.loras) if srv else [], "url": srv.url if srv else self.attach_url,
             "pid": srv.proc.pid if srv and srv.proc else None,
             "log": str(srv.proc.log_path) if srv and srv.proc else None,
-            "in_flight": srv.inflight if srv else 0, "held": self._held,
+            "in_flight": srv.inflight if srv else 0, "held": self.gate.held,
             "restarts": self.restarts, "last_exit_code": self.last_exit_code, "error": self.error,
             "events": self.events[-8:],
         }
         if probe and srv is not None:
             cached = self._probe
-            if cached and cached[0] is srv and time.time() - cached[1] < 1.0:
+            if cached and cached[0] is srv and time.monotonic() - cached[1] < 1.0:
                 out["vllm_health"] = cached[2]
             else:
                 try:
                     ok = self.http.get(srv.url + "/health", timeout=2).status_code == 200
                 except Exception:  # noqa: BLE001
                     ok = False
-                self._probe = (srv, time.time(), ok)
+                self._probe = (srv, time.monotonic(), ok)
                 out["vllm_health"] = ok
         return out
 
     def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
+        self.gate.set(closed=True)
         self._abort.set()
-        self._wake.set()
+        self.monitor.wake()
         with self._op:
             r = self._route
             if r is not None and r.server.proc is not None:
                 r.server.proc.stop()
             self._route = None
-            self.state = "stopped"
+            self.gate.set(state="stopped")
         self.http.close()
         if self._compose_dir is not None:
             import shutil
