@@ -405,3 +405,24 @@ def test_serve_exits_with_one_line_when_the_backend_cannot_start(tiny, tmp_path)
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "did not start" in errors[0] and "cannot reach vLLM" in errors[0], r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_loopback_and_bearer_helpers():
+    """'' binds every interface, so it is not loopback (procs.is_loopback, used by the server too);
+    the one bearer check takes any of several keys and refuses everything else."""
+    from agentsleep.procs import is_loopback
+    from agentsleep.serving.auth import require_bearer
+    from agentsleep.serving.backend import Unauthorized
+    from agentsleep.serving.server import exposed_without_key
+
+    assert is_loopback("localhost") and is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("[::1]")
+    assert not is_loopback("") and not is_loopback("0.0.0.0") and not is_loopback("example.org")
+    assert exposed_without_key("", [None]) and exposed_without_key("0.0.0.0", ["k", None])
+    assert not exposed_without_key("127.0.0.1", [None]) and not exposed_without_key("", ["k"])
+    require_bearer("", [])                      # no key set: open
+    require_bearer("", [None, ""])
+    require_bearer("Bearer k2", ["k1", "k2"])
+    require_bearer("bearer  k1 ", ["k1"])
+    for header in ("", "Bearer nope", "Basic k1", "k1"):
+        with pytest.raises(Unauthorized, match="Bearer <serve.api_key>"):
+            require_bearer(header, ["k1"])

@@ -14,7 +14,6 @@ others keep going.
 """
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -24,8 +23,9 @@ from typing import Any, Callable
 from fastapi import Request  # module level: FastAPI resolves route annotations from the module
 
 from ..errors import InputError, ModelError
-from .backend import APIError, BadRequest, ModelNotFound, TooLarge, Unauthorized
-from .server import RegistryWatcher, _is_loopback, check_listen, create_app, home_recall, run_app, url_for
+from .auth import require_bearer
+from .backend import APIError, BadRequest, ModelNotFound, TooLarge
+from .server import RegistryWatcher, check_listen, create_app, exposed_without_key, home_recall, run_app, url_for
 
 log = logging.getLogger("agentsleep.serve")
 _DISPATCH = ("/v1/chat/completions", "/v1/completions")
@@ -104,7 +104,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
 
-    started = time.time()
+    started, started_mono = time.time(), time.monotonic()  # wall clock for "created", monotonic for uptime
     root = FastAPI(title="agentsleep homes", docs_url=None, redoc_url=None, openapi_url=None)
     keys = [h["api_key"] for h in homes.values() if h.get("api_key")]
     for name, h in homes.items():
@@ -112,12 +112,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
 
     def check_auth(request: Request) -> None:
         """Listing the homes needs a key of any home that has one."""
-        if not keys:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip().encode(), k.encode()) for k in keys):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <serve.api_key of a home>'",
-                               code="invalid_api_key")
+        require_bearer(request.headers.get("authorization", ""), keys, hint="serve.api_key of a home")
 
     @root.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
@@ -148,7 +143,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
         ok = [bool(x["version"]) and not x["error"] for x in body["homes"].values()]
         body["status"] = "ok" if shared["ready"] and all(ok) else "degraded" if shared["ready"] and any(ok) \
             else shared["state"] if not shared["ready"] else "degraded"
-        body["uptime_s"] = round(time.time() - started, 1)
+        body["uptime_s"] = round(time.monotonic() - started_mono, 1)
         return JSONResponse(body, status_code=200 if shared["ready"] and any(ok) else 503)
 
     return HomesApp(root, {n: h["app"] for n, h in homes.items()}, max_request_bytes=max_request_bytes)
@@ -218,7 +213,7 @@ def serve_homes(paths: list[Path], *, host: str = "127.0.0.1", port: int = 8421,
                              serve_cfg=cfg, memory_k=home.config.memory.recall_k,
                              default_max_tokens=home.config.model.max_new_tokens)
             entries[name] = {"app": app, "backend": backend, "watcher": watcher, "api_key": cfg.api_key}
-        if not _is_loopback(host) and not all(e["api_key"] for e in entries.values()):
+        if exposed_without_key(host, [e["api_key"] for e in entries.values()]):
             log.warning("serving on %s with homes that have no serve.api_key: anyone who can reach this port "
                         "can use them", host)
         app = create_homes_app(entries, pool, max_request_bytes=max(h.config.serve.max_request_bytes

@@ -20,14 +20,13 @@ error objects. Dev-mode vLLM endpoints are never proxied.
 from __future__ import annotations
 
 import collections
-import hmac
-import ipaddress
 import json
 import logging
 import socket
 import threading
 import time
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import Request
 
@@ -35,8 +34,9 @@ from ..config import ServeConfig
 from ..errors import InputError
 from ..models.generate import memory_system
 from ..models.registry import Registry
-from .backend import APIError, Backend, BadRequest, ModelNotFound, Stream, SwapReport, TooLarge, Unauthorized, \
-    Unavailable
+from ..procs import is_loopback, wait_until
+from .auth import require_bearer
+from .backend import APIError, Backend, BadRequest, ModelNotFound, Stream, SwapReport, TooLarge, Unavailable
 from .protocol import ChatRequest, CompletionRequest, Message, parse
 
 log = logging.getLogger("agentsleep.serve")
@@ -57,7 +57,7 @@ class RegistryWatcher:
         self.reports: collections.deque[SwapReport] = collections.deque(maxlen=keep)
         self.target: str | None = None
         self.error: str | None = None
-        self._failed: dict[str, float] = {}
+        self._failed: dict[str, float] = {}  # version -> time.monotonic() of its last failed swap
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,13 +103,13 @@ class RegistryWatcher:
             self.error = None
             return None
         failed_at = self._failed.get(name)
-        if failed_at is not None and time.time() - failed_at < self.retry_s:
+        if failed_at is not None and time.monotonic() - failed_at < self.retry_s:
             return None
         try:
             version = self.registry.get(name)
         except Exception as e:  # noqa: BLE001
             self.error = f"CURRENT names {name} but it cannot be read: {e}"
-            self._failed[name] = time.time()
+            self._failed[name] = time.monotonic()
             return None
         self.swapping = True
         t0 = time.perf_counter()
@@ -123,7 +123,7 @@ class RegistryWatcher:
             log.error("swap to %s failed, still serving %s: %s", name, cur.name if cur else None, msg)
             rep = SwapReport(version=name, previous=cur.name if cur else None, kind="failed", ok=False,
                              error=msg, total_s=time.perf_counter() - t0)
-            self._failed[name] = time.time()
+            self._failed[name] = time.monotonic()
             self.error = f"swap to {name} failed: {msg} (retrying every {self.retry_s:.0f} s)"
         finally:
             self.swapping = False
@@ -145,14 +145,22 @@ class _Stats:
             return {"in_flight": self.in_flight, "served": self.served, "failed": self.failed,
                     "errors_by_status": {str(k): v for k, v in sorted(self.by_status.items())}}
 
+    def failure(self, status: int) -> None:
+        with self.lock:
+            self.failed += 1
+            self.by_status[status] += 1
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    def begin(self) -> None:
+        with self.lock:
+            self.in_flight += 1
+
+    def end(self) -> None:
+        with self.lock:
+            self.in_flight -= 1
+
+    def answered(self) -> None:
+        with self.lock:
+            self.served += 1
 
 
 def inject_memories(req: ChatRequest, memories: list[Any]) -> list[str]:
@@ -170,28 +178,75 @@ def inject_memories(req: ChatRequest, memories: list[Any]) -> list[str]:
     return [i for i in ids if i]
 
 
+@dataclass
+class AppState:
+    """What the routes of one `create_app` share."""
+
+    backend: Backend
+    cfg: ServeConfig
+    registry: Registry | None = None
+    watcher: RegistryWatcher | None = None
+    recall: Recall | None = None
+    memory_k: int = 4
+    default_max_tokens: int | None = None
+    stats: _Stats = field(default_factory=_Stats)
+    started: float = field(default_factory=time.time)  # wall clock: model cards' "created"
+
+    def __post_init__(self) -> None:
+        self.started_mono = time.monotonic()  # uptime
+
+    def check_auth(self, request: Request) -> None:
+        require_bearer(request.headers.get("authorization", ""), [self.cfg.api_key or ""])
+
+    def resolve_model(self, name: str | None) -> str | None:
+        """The version a request pins (None: follow the current one)."""
+        cur = self.backend.version
+        if cur is None:
+            raise Unavailable("the model is still loading; retry shortly")
+        if name in (None, "") or name in MODEL_ALIASES:
+            return None
+        if name == cur.name:
+            return cur.name
+        raise ModelNotFound(f"model '{name}' does not exist here; this server serves 'agentsleep' "
+                            f"(currently version {cur.name}); see GET /v1/models")
+
+    def model_cards(self) -> list[dict[str, Any]]:
+        cur = self.backend.version
+        if cur is None:
+            return []
+        created = int(cur.manifest.get("created_at") or self.started)
+        return [{"id": "agentsleep", "object": "model", "created": created, "owned_by": "agentsleep",
+                 "root": cur.name, "parent": None},
+                {"id": cur.name, "object": "model", "created": created, "owned_by": "agentsleep",
+                 "root": cur.name, "parent": cur.parent}]
+
+
 def create_app(backend: Backend, *, registry: Registry | None = None, watcher: RegistryWatcher | None = None,
                recall: Recall | None = None, serve_cfg: ServeConfig | None = None, memory_k: int = 4,
                default_max_tokens: int | None = None) -> Any:
     """The FastAPI application. `recall(query, k)` returns memories (objects with .text/.id, or strings);
     `default_max_tokens` (model.max_new_tokens) applies when a request sets no max_tokens."""
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    cfg = serve_cfg or ServeConfig()
-    stats = _Stats()
-    started = time.time()
+    st = AppState(backend, serve_cfg or ServeConfig(), registry, watcher, recall, memory_k, default_max_tokens)
     app = FastAPI(title="agentsleep", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.backend = backend
     app.state.watcher = watcher
-    app.state.stats = stats
+    app.state.stats = st.stats
+    add_error_handlers(app, st)
+    add_completion_routes(app, st)
+    add_model_routes(app, st)
+    add_health_route(app, st)
+    return app
+
+
+def add_error_handlers(app: Any, st: AppState) -> None:
+    """Every error as an OpenAI error object (and counted in /health's requests)."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     def error_response(e: APIError) -> JSONResponse:
-        with stats.lock:
-            stats.failed += 1
-            stats.by_status[e.status] += 1
+        st.stats.failure(e.status)
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(APIError)
@@ -210,145 +265,44 @@ def create_app(backend: Backend, *, registry: Registry | None = None, watcher: R
         log.exception("unexpected error on %s", request.url.path)
         return error_response(APIError(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
 
-    def check_auth(request: Request) -> None:
-        if not cfg.api_key:
-            return
-        got = request.headers.get("authorization", "")
-        scheme, _, token = got.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), cfg.api_key.encode()):
-            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <serve.api_key>'",
-                               code="invalid_api_key")
 
-    async def read_json(request: Request) -> Any:
-        limit = cfg.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None:
-            try:
-                if int(declared) > limit:
-                    raise TooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} "
-                                   "(serve.max_request_bytes)", code="request_too_large")
-            except ValueError:
-                raise BadRequest("invalid Content-Length header") from None
-        buf = bytearray()
-        async for chunk in request.stream():
-            buf += chunk
-            if len(buf) > limit:
-                raise TooLarge(f"request body is over the limit of {limit} bytes (serve.max_request_bytes)",
-                               code="request_too_large")
-        if not buf:
-            raise BadRequest("the request body is empty; send a JSON object")
-        try:
-            return json.loads(bytes(buf).decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise BadRequest(f"the request body is not UTF-8 (byte {e.start})") from None
-        except json.JSONDecodeError as e:
-            raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-
-    def resolve_model(name: str | None) -> str | None:
-        cur = backend.version
-        if cur is None:
-            raise Unavailable("the model is still loading; retry shortly")
-        if name in (None, "") or name in MODEL_ALIASES:
-            return None
-        if name == cur.name:
-            return cur.name
-        raise ModelNotFound(f"model '{name}' does not exist here; this server serves 'agentsleep' "
-                            f"(currently version {cur.name}); see GET /v1/models")
-
-    def _done() -> None:
-        with stats.lock:
-            stats.in_flight -= 1
-
-    def respond(result: dict[str, Any] | Stream, extra: dict[str, Any] | None) -> Any:
-        if isinstance(result, Stream):
-            result.on_close(_done)
-            return StreamingResponse(_relay(result), media_type="text/event-stream",
-                                     headers={"X-Agentsleep-Version": result.version or "",
-                                              "Cache-Control": "no-cache"})
-        if extra:
-            result["agentsleep"] = extra
-        return JSONResponse(result, headers={"X-Agentsleep-Version": str(result.get("model", ""))})
-
-    async def _relay(stream: Stream):
-        done = object()
-        try:
-            while True:
-                chunk = await run_in_threadpool(next, stream, done)
-                if chunk is done:
-                    break
-                yield chunk
-        finally:
-            stream.cancel()
-
-    async def run(request: Request, kind: str) -> Any:
-        check_auth(request)
-        body = await read_json(request)
-        req = parse(ChatRequest if kind == "chat" else CompletionRequest, body)
-        pin = resolve_model(req.model)
-        if req.temperature is None:
-            req.temperature = 0.0  # deterministic by default (documented in protocol.py)
-        if req.limit() is None and default_max_tokens:
-            req.max_tokens = default_max_tokens  # the same default length from both backends
-        extra: dict[str, Any] | None = None
-        if kind == "chat":
-            use = req.use_memory if req.use_memory is not None else cfg.inject_memories
-            if use and recall is not None:
-                query = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
-                if query.strip():
-                    try:
-                        mems = await run_in_threadpool(recall, query, req.memory_k or memory_k)
-                        extra = {"memories_used": inject_memories(req, mems)}
-                    except Exception as e:  # noqa: BLE001 - answer without memories rather than fail
-                        log.warning("memory recall failed, answering without memories: %s", e)
-                        extra = {"memories_used": [], "memory_error": str(e)[:200]}
-        call = backend.chat if kind == "chat" else backend.completion
-        with stats.lock:
-            stats.in_flight += 1
-        streaming = False
-        try:
-            result = await run_in_threadpool(lambda: call(req, pin=pin))
-            streaming = isinstance(result, Stream)
-        finally:
-            if not streaming:
-                with stats.lock:
-                    stats.in_flight -= 1
-        with stats.lock:
-            stats.served += 1
-        return respond(result, extra)
+def add_completion_routes(app: Any, st: AppState) -> None:
+    """POST /v1/chat/completions and /v1/completions."""
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
-        return await run(request, "chat")
+        return await answer(st, request, "chat")
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
-        return await run(request, "completion")
+        return await answer(st, request, "completion")
 
-    def model_cards() -> list[dict[str, Any]]:
-        cur = backend.version
-        if cur is None:
-            return []
-        created = int(cur.manifest.get("created_at") or started)
-        return [{"id": "agentsleep", "object": "model", "created": created, "owned_by": "agentsleep",
-                 "root": cur.name, "parent": None},
-                {"id": cur.name, "object": "model", "created": created, "owned_by": "agentsleep",
-                 "root": cur.name, "parent": cur.parent}]
+
+def add_model_routes(app: Any, st: AppState) -> None:
+    """GET /v1/models and /v1/models/{id}: "agentsleep" (the current version) and the version's name."""
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
-        check_auth(request)
-        return {"object": "list", "data": model_cards()}
+        st.check_auth(request)
+        return {"object": "list", "data": st.model_cards()}
 
     @app.get("/v1/models/{model_id}")
     async def model(model_id: str, request: Request) -> Any:
-        check_auth(request)
-        for card in model_cards():
+        st.check_auth(request)
+        for card in st.model_cards():
             if card["id"] == model_id:
                 return card
         raise ModelNotFound(f"model '{model_id}' does not exist here; see GET /v1/models")
 
+
+def add_health_route(app: Any, st: AppState) -> None:
+    """GET /health (no auth): 200 while a version answers, 503 otherwise."""
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+
     @app.get("/health")
     async def health() -> Any:
+        backend, watcher, registry = st.backend, st.watcher, st.registry
         b = await run_in_threadpool(backend.health)
         cur = backend.version
         target = watcher.target if watcher else (registry.current_name() if registry else None)
@@ -358,14 +312,111 @@ def create_app(backend: Backend, *, registry: Registry | None = None, watcher: R
             status = "degraded"
         body = {"status": status, "version": cur.name if cur else None, "registry_current": target,
                 "following": bool(cur and target and cur.name == target), "backend_name": backend.name,
-                "backend": b, "uptime_s": round(time.time() - started, 1), "requests": stats.snapshot()}
+                "backend": b, "uptime_s": round(time.monotonic() - st.started_mono, 1),
+                "requests": st.stats.snapshot()}
         if watcher:
             body["swapping"] = watcher.swapping
             body["error"] = watcher.error
             body["swaps"] = [r.to_dict() for r in list(watcher.reports)[-10:]]
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    return app
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request body as JSON: at most `limit` bytes (413 beyond), UTF-8, well-formed (400 otherwise)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise TooLarge(f"request body of {int(declared)} bytes is over the limit of {limit} "
+                               "(serve.max_request_bytes)", code="request_too_large")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise TooLarge(f"request body is over the limit of {limit} bytes (serve.max_request_bytes)",
+                           code="request_too_large")
+    if not buf:
+        raise BadRequest("the request body is empty; send a JSON object")
+    try:
+        return json.loads(bytes(buf).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the request body is not UTF-8 (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise BadRequest(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+
+
+async def answer(st: AppState, request: Request, kind: str) -> Any:
+    """One completion request: checked, parsed, memories injected, answered by the backend."""
+    from starlette.concurrency import run_in_threadpool
+
+    st.check_auth(request)
+    body = await read_json(request, st.cfg.max_request_bytes)
+    req = parse(ChatRequest if kind == "chat" else CompletionRequest, body)
+    pin = st.resolve_model(req.model)
+    if req.temperature is None:
+        req.temperature = 0.0  # deterministic by default (documented in protocol.py)
+    if req.limit() is None and st.default_max_tokens:
+        req.max_tokens = st.default_max_tokens  # the same default length from both backends
+    extra = await recall_into(st, req) if kind == "chat" else None
+    call = st.backend.chat if kind == "chat" else st.backend.completion
+    st.stats.begin()
+    streaming = False
+    try:
+        result = await run_in_threadpool(lambda: call(req, pin=pin))
+        streaming = isinstance(result, Stream)
+    finally:
+        if not streaming:
+            st.stats.end()
+    st.stats.answered()
+    return respond(st, result, extra)
+
+
+async def recall_into(st: AppState, req: ChatRequest) -> dict[str, Any] | None:
+    """Recall memories for the last user turn and put them into `req`; what was used, for the answer."""
+    from starlette.concurrency import run_in_threadpool
+
+    use = req.use_memory if req.use_memory is not None else st.cfg.inject_memories
+    if not use or st.recall is None:
+        return None
+    query = next((m.text() for m in reversed(req.messages) if m.role == "user"), "")
+    if not query.strip():
+        return None
+    try:
+        mems = await run_in_threadpool(st.recall, query, req.memory_k or st.memory_k)
+        return {"memories_used": inject_memories(req, mems)}
+    except Exception as e:  # noqa: BLE001 - answer without memories rather than fail
+        log.warning("memory recall failed, answering without memories: %s", e)
+        return {"memories_used": [], "memory_error": str(e)[:200]}
+
+
+def respond(st: AppState, result: dict[str, Any] | Stream, extra: dict[str, Any] | None) -> Any:
+    """A JSON answer, or a server-sent-event stream; both name the version that produced them."""
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    if isinstance(result, Stream):
+        result.on_close(st.stats.end)
+        return StreamingResponse(relay(result), media_type="text/event-stream",
+                                 headers={"X-Agentsleep-Version": result.version or "", "Cache-Control": "no-cache"})
+    if extra:
+        result["agentsleep"] = extra
+    return JSONResponse(result, headers={"X-Agentsleep-Version": str(result.get("model", ""))})
+
+
+async def relay(stream: Stream) -> AsyncIterator[bytes]:
+    """A backend's stream, read in a worker thread; cancelled when the client goes away."""
+    from starlette.concurrency import run_in_threadpool
+
+    done = object()
+    try:
+        while True:
+            chunk = await run_in_threadpool(next, stream, done)
+            if chunk is done:
+                break
+            yield chunk
+    finally:
+        stream.cancel()
 
 
 class ServerThread:
@@ -389,11 +440,8 @@ class ServerThread:
 
     def start(self, timeout: float = 30) -> "ServerThread":
         self.thread.start()
-        deadline = time.time() + timeout
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("HTTP server did not start")
-            time.sleep(0.02)
+        if not wait_until(lambda: self.server.started, timeout, interval=0.02, stop=lambda: not self.thread.is_alive()):
+            raise RuntimeError("HTTP server did not start")
         return self
 
     def stop(self) -> None:
@@ -437,7 +485,7 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
     kind = backend or cfg.backend
     host = host or cfg.host
     port = port if port is not None else cfg.port
-    if not _is_loopback(host) and not cfg.api_key:
+    if exposed_without_key(host, [cfg.api_key]):
         log.warning("serving on %s without serve.api_key: anyone who can reach this port can use the model", host)
     check_listen(host, port)  # fail now, not after a minute of starting vLLM
     registry = home.registry
@@ -464,6 +512,11 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
     failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
     if failure:
         raise ModelError(f"the {kind} backend did not start: {failure}")
+
+
+def exposed_without_key(host: str, keys: list[str | None]) -> bool:
+    """True when other machines can reach `host` ("" means every interface) and some home has no API key."""
+    return not is_loopback(host) and not all(keys)
 
 
 def check_listen(host: str, port: int) -> None:
