@@ -57,3 +57,85 @@ def test_grow_refuses_other_architectures(tmp_path):
         grow(m, 1)
     with pytest.raises(ModelError):
         grow(m, 0)
+
+
+def _layer_of(name: str) -> int | None:
+    return int(name.split(".layers.")[1].split(".")[0]) if ".layers." in name else None
+
+
+def _grown(tiny, blocks=2):
+    model, tok = load(str(tiny))
+    new = grow(model, blocks)
+    assert new == [2, 4]  # one block in the middle of the 3-layer model, one at the top
+    return model, tok, new
+
+
+def test_grown_blocks_receive_the_gradient_and_old_blocks_get_no_expert(tiny):
+    """One optimizer step of the expert a sleep attaches after growth (lora_config with the new layers, as
+    the pipeline passes the grow manifest's new_layers): the new blocks' output projections get a non-zero
+    gradient and move, the old blocks carry no LoRA at all, and no base weight changes."""
+    from peft import get_peft_model
+
+    from agentsleep.config import SeedConfig
+    from agentsleep.sleep.objective import lora_config
+    from agentsleep.sleep.tensors import ce_picked, collate, encode, forward_picked
+
+    model, tok, new = _grown(tiny)
+    torch.manual_seed(0)
+    pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4), new))
+    lora = {n: p for n, p in pm.named_parameters() if "lora_" in n}
+    assert {_layer_of(n) for n in lora} == set(new)  # no expert on the old blocks 0, 1, 3
+    assert all(p.requires_grad for p in lora.values())
+    assert not [n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n]
+    base = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" not in n}
+    start = {n: p.detach().clone() for n, p in lora.items()}
+
+    batch = collate([encode(tok, "What is my dog's name?", "Biscuit, a beagle."),
+                     encode(tok, "", "The user's dog is a beagle called Biscuit.")], tok.pad_token_id)
+    opt = torch.optim.AdamW(list(lora.values()), lr=1e-3)
+    pm.train()
+    loss = ce_picked(*forward_picked(pm, batch)[:2])
+    opt.zero_grad()
+    loss.backward()
+    for i in new:  # the zeroed o_proj/down_proj are what the new block writes to the residual stream through
+        for proj in ("self_attn.o_proj", "mlp.down_proj"):
+            g = lora[f"base_model.model.model.layers.{i}.{proj}.lora_B.default.weight"].grad
+            assert g is not None and g.abs().sum() > 0, (i, proj)
+    opt.step()
+    moved = {n for n, p in lora.items() if not torch.equal(p.detach(), start[n])}
+    assert {n for n in moved if ".o_proj.lora_B" in n or ".down_proj.lora_B" in n} == \
+        {f"base_model.model.model.layers.{i}.{proj}.lora_B.default.weight" for i in new
+         for proj in ("self_attn.o_proj", "mlp.down_proj")}
+    # two more steps and every LoRA tensor of the new blocks has moved: the gradient reaches q/k/v and
+    # gate/up once the output projections are no longer zero
+    for _ in range(2):
+        loss = ce_picked(*forward_picked(pm, batch)[:2])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    unmoved = sorted(n for n, p in lora.items() if torch.equal(p.detach(), start[n]))
+    assert not unmoved, unmoved
+    assert all(torch.equal(p.detach(), base[n]) for n, p in pm.named_parameters() if "lora_" not in n)
+
+
+def test_seeding_after_growth_changes_only_the_new_blocks(tiny):
+    """seed() with the grow manifest's new layers (what the sleep pipeline passes): merged, the expert
+    changed the new blocks' zeroed output projections and left every old block's weights as they were."""
+    from agentsleep.config import SeedConfig
+    from agentsleep.sleep.seed import seed
+    from agentsleep.sleep.types import Dream, Memory
+
+    model, tok, new = _grown(tiny)
+    grown = {n: p.detach().clone() for n, p in model.named_parameters()}
+    mem = [Memory("e1", "The user's dog is a beagle called Biscuit.")]
+    cfg = SeedConfig(lora_r=4, epochs=3, min_steps=0, batch_size=2, replay_prompts=0, min_dreams_per_episode=0)
+    pm, stats = seed(model, tok, [Dream("e1", "What is my dog's name?", "Biscuit")], mem, cfg, layers=new)
+    assert stats.steps >= 3
+    merged = {n: p.detach() for n, p in pm.merge_and_unload().named_parameters()}
+    assert merged.keys() == grown.keys()
+    changed = {n for n in grown if not torch.equal(merged[n], grown[n])}
+    assert changed and {_layer_of(n) for n in changed} == set(new), sorted(changed)
+    for i in new:
+        for proj in ("self_attn.o_proj", "mlp.down_proj"):
+            w = merged[f"model.layers.{i}.{proj}.weight"]
+            assert w.abs().sum() > 0, (i, proj)  # was exactly zero after growth
