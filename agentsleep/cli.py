@@ -87,7 +87,7 @@ def remember(text: str = typer.Argument(..., help="The memory, or '-' to read it
 
 
 @app.command()
-def recall(query: str, k: int = typer.Option(4, "-k", help="How many memories."),
+def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How many memories (default: memory.recall_k)."),
            kind: Optional[str] = typer.Option(None), session: Optional[str] = typer.Option(None),
            since: Optional[str] = typer.Option(None, help="ISO date/time."),
            as_json: bool = typer.Option(False, "--json")) -> None:
@@ -108,7 +108,8 @@ def recall(query: str, k: int = typer.Option(4, "-k", help="How many memories.")
 
 @app.command()
 def ask(question: str, no_memory: bool = typer.Option(False, "--no-memory", help="Closed-book: answer from the weights alone."),
-        k: int = typer.Option(4, "-k"), max_new_tokens: Optional[int] = typer.Option(None),
+        k: Optional[int] = typer.Option(None, "-k", help="Memories in the prompt (default: memory.recall_k)."),
+        max_new_tokens: Optional[int] = typer.Option(None, help="Answer length in tokens (default: model.max_new_tokens)."),
         as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer a question with the current model version."""
     with _home(writable=False) as h:
@@ -276,10 +277,11 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
 
 @app.command()
 def migrate(to: str = typer.Option(..., "--to", help="embedded | server"),
-            host: str = typer.Option("127.0.0.1", help="Chroma server host (--to server)."),
-            port: int = typer.Option(8000, min=1, max=65535, help="Chroma server port (--to server)."),
-            collection: Optional[str] = typer.Option(None, help="Target collection (default: the current one)."),
-            token: Optional[str] = typer.Option(None, envvar="AGENTSLEEP_CHROMA_TOKEN", help="Chroma server auth token."),
+            host: Optional[str] = typer.Option(None, help="Chroma server host (--to server; default: memory.host)."),
+            port: Optional[int] = typer.Option(None, min=1, max=65535, help="Chroma server port (--to server; default: memory.port)."),
+            collection: Optional[str] = typer.Option(None, help="Target collection (default: memory.collection)."),
+            token: Optional[str] = typer.Option(None, envvar="AGENTSLEEP_CHROMA_TOKEN",
+                                                help="Chroma server auth token (default: memory.token)."),
             as_json: bool = typer.Option(False, "--json")) -> None:
     """Move this home's episodes to another store (embedded <-> Chroma server), verified, nothing lost."""
     from .config import MemoryConfig
@@ -288,19 +290,22 @@ def migrate(to: str = typer.Option(..., "--to", help="embedded | server"),
     if to not in ("embedded", "server"):
         raise InputError(f"migrate: --to must be 'embedded' or 'server', got '{to}'")
     with _home() as h:
-        target = MemoryConfig(**{**h.config.memory.model_dump(), "backend": to, "host": host, "port": port,
-                                 "collection": collection or h.config.memory.collection, "token": token})
+        mem = h.config.memory
+        target = MemoryConfig(**{**mem.model_dump(), "backend": to, "host": host or mem.host,
+                                 "port": mem.port if port is None else port,
+                                 "collection": collection or mem.collection, "token": token or mem.token})
         r = run_migrate(h, target)
     _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} episodes from {r['from']} to {r['to']} "
                                         f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"))
 
 
 @app.command()
-def grow(blocks: int = typer.Option(1, help="Identity-initialised decoder blocks to insert."),
+def grow(blocks: Optional[int] = typer.Option(None, min=1, max=64,
+                                             help="Identity-initialised decoder blocks to insert (default: sleep.grow_blocks)."),
          as_json: bool = typer.Option(False, "--json")) -> None:
     """Add capacity: a new version with extra blocks that compute the same function."""
     with _home(writable=False) as h:
-        v = h.grow(blocks)
+        v = h.grow(h.config.sleep.grow_blocks if blocks is None else blocks)
     m = v.manifest
     _emit(as_json, {"version": v.name, "layers": m["layers"], "new_layers": m["new_layers"], "parameters": m["parameters"]},
           lambda: out.print(f"{v.name}: {m['layers']['before']} -> {m['layers']['after']} layers "
@@ -344,15 +349,17 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
                                                               for k, v in results.items()}, default=str)))
 
 
-# ---- serve commands (owned by the serving work; keep edits inside this block) ----
+# -- serving ------------------------------------------------------------------
+
 @app.command()
 def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transformers | vllm (default: serve.backend)."),
-          host: Optional[str] = typer.Option(None, help="Address to listen on (default: serve.host, 127.0.0.1)."),
-          port: Optional[int] = typer.Option(None, help="Port (default: serve.port, 8421)."),
+          host: Optional[str] = typer.Option(None, help="Address to listen on (default: serve.host)."),
+          port: Optional[int] = typer.Option(None, help="Port (default: serve.port)."),
           vllm_url: Optional[str] = typer.Option(None, "--vllm-url", help="Attach to a running vLLM server instead of starting one."),
           vllm_arg: list[str] = typer.Option([], "--vllm-arg", help="Extra vLLM server argument, repeatable (e.g. --vllm-arg=--enforce-eager)."),
           no_memory: bool = typer.Option(False, "--no-memory", help="Do not inject memories unless a request asks (use_memory: true)."),
-          poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to check the registry for a new version.")) -> None:
+          poll_seconds: Optional[float] = typer.Option(None, "--poll-seconds",
+                                                       help="Seconds between registry checks (default: serve.poll_seconds).")) -> None:
     """Serve the current model version over an OpenAI-compatible API (/v1/chat/completions,
     /v1/completions, /v1/models, /health); follows every promotion without downtime."""
     import logging
@@ -363,12 +370,14 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
         raise InputError(f"--backend {backend!r}: use transformers or vllm")
     if port is not None and not 1 <= port <= 65535:
         raise InputError(f"--port {port}: must be 1-65535")
-    if poll_seconds <= 0:
+    if poll_seconds is not None and poll_seconds <= 0:
         raise InputError("--poll-seconds must be positive")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     with _home(writable=False) as h:
+        if poll_seconds is None:
+            poll_seconds = h.config.serve.poll_seconds
         if vllm_url:
             h.config.serve.vllm_url = vllm_url
         serve_home(h, backend=backend, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
@@ -378,32 +387,51 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
 
 @app.command("serve-homes")
 def serve_homes_cmd(homes: list[Path] = typer.Argument(..., help="Agent home directories sharing one base model."),
-                    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
-                    port: int = typer.Option(8421, min=1, max=65535, help="Port."),
+                    host: Optional[str] = typer.Option(None, help="Address to listen on (default: the homes' serve.host)."),
+                    port: Optional[int] = typer.Option(None, min=1, max=65535, help="Port (default: the homes' serve.port)."),
                     max_lora_rank: Optional[int] = typer.Option(None, "--max-lora-rank", min=1, max=512,
                                                                 help="Largest composed adapter (default 4 x seed.lora_r)."),
                     vllm_arg: list[str] = typer.Option([], "--vllm-arg", help="Extra vLLM server argument, repeatable."),
                     no_memory: bool = typer.Option(False, "--no-memory", help="Do not inject memories unless a request asks."),
-                    poll_seconds: float = typer.Option(0.5, "--poll-seconds", help="How often to check each registry.")) -> None:
+                    poll_seconds: Optional[float] = typer.Option(None, "--poll-seconds",
+                                                                 help="Seconds between checks of each registry (default: the homes' serve.poll_seconds).")) -> None:
     """Serve many homes from ONE vLLM server: their shared base model plus each home's sleeps as its
     own LoRA adapter (multi-LoRA). Ask a home with "model": "<home directory name>"."""
     import logging
 
     from .serving.homes import serve_homes
 
-    if poll_seconds <= 0:
+    if poll_seconds is not None and poll_seconds <= 0:
         raise InputError("--poll-seconds must be positive")
+    roots = [Path(h).expanduser() for h in homes]
+    host = _homes_serve_setting(roots, "host", host)
+    port = _homes_serve_setting(roots, "port", port)
+    poll_seconds = _homes_serve_setting(roots, "poll_seconds", poll_seconds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    serve_homes([Path(h).expanduser() for h in homes], host=host, port=port, poll_s=poll_seconds,
+    serve_homes(roots, host=host, port=port, poll_s=poll_seconds,
                 vllm_args=list(vllm_arg), max_lora_rank=max_lora_rank, use_memory=False if no_memory else None,
                 say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
-# ---- end serve commands ----
+def _homes_serve_setting(roots: list[Path], field: str, given: Any) -> Any:
+    """A `serve` setting of one server shared by several homes: the option when given, else
+    the value the homes' configs agree on."""
+    if given is not None:
+        return given
+    from .config import Config
 
-# ---- daemon commands (owned by the daemon work; keep edits inside this block) ----
+    seen: dict[Any, list[str]] = {}
+    for r in roots:
+        seen.setdefault(getattr(Config.load(r / "config.toml").serve, field), []).append(r.name)
+    if len(seen) > 1:
+        which = "; ".join(f"{', '.join(names)}: {v}" for v, names in seen.items())
+        raise InputError(f"serve-homes: the homes set different serve.{field} ({which}); pass --{field.replace('_', '-')}")
+    return next(iter(seen))
+
+
+# -- daemon -------------------------------------------------------------------
 
 def load_daemon():
     """The agentsleep.daemon package (the repo's daemon/ folder), imported on demand."""
@@ -569,8 +597,6 @@ def daemon_sleep_worker(result: Path = typer.Option(..., help="Where to write th
 
 
 app.add_typer(daemon_app, name="daemon")
-
-# ---- end daemon commands ----
 
 
 def _fmt(x: Any) -> str:

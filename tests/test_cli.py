@@ -169,3 +169,31 @@ def test_config_holds_only_what_the_home_sets(tmp_path, env, monkeypatch):
                        "serve": {"api_key": "***"}}
     human = run_cli("config", "--changed", home=home, env=env)
     assert "lr = 0.0005" in human.out and "sekrit" not in human.out
+
+
+def test_options_default_to_the_homes_config(tmp_path, env):
+    """An option left out reads the home's config (config.py holds every default): `-k` is memory.recall_k,
+    `grow --blocks` is sleep.grow_blocks."""
+    home = tmp_path / "h"
+    assert run_cli("init", home=home, env=env).code == 0
+    with open(home / "config.toml", "a") as f:
+        f.write("\n[memory]\nrecall_k = 2\n\n[sleep]\ngrow_blocks = 2\n")
+    for text in ("The user's favourite tea is jasmine.", "Project Falcon launches in February.",
+                 "The cat is called Miso.", "The office is on the fourth floor."):
+        assert run_cli("remember", text, home=home, env=env).code == 0
+    assert len(run_cli("recall", "what tea do I like", "--json", home=home, env=env).json()) == 2
+    assert len(run_cli("recall", "what tea do I like", "-k", "3", "--json", home=home, env=env).json()) == 3
+    a = run_cli("ask", "What tea do I like?", "--json", "--max-new-tokens", "2", home=home, env=env).json()
+    assert len(a["memories_used"]) == 2
+    r = run_cli("grow", "--json", home=home, env=env)
+    assert r.code == 0, r.err
+    assert r.json()["layers"]["after"] - r.json()["layers"]["before"] == 2
+
+
+def test_serve_homes_listens_where_the_homes_agree(tmp_path):
+    """serve-homes runs one server for all its homes: without --port their serve.port must agree."""
+    for name, port in (("ann", 8500), ("ben", 8501)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.toml").write_text(f"[serve]\nport = {port}\n")
+    msg = run_cli("serve-homes", str(tmp_path / "ann"), str(tmp_path / "ben")).one_line_error()
+    assert "different serve.port (ann: 8500; ben: 8501)" in msg and "--port" in msg
