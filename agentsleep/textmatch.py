@@ -1,16 +1,40 @@
-"""Answer matching shared by the dream filters, the gate and the benchmarks."""
+"""Answer matching shared by the dream filters, the gate and the benchmarks.
+
+Works on any script: words are Unicode letters and digits, Latin and Greek
+accents are ignored ("café" matches "cafe"), and Chinese and Japanese text,
+written without spaces, counts each ideograph or kana as a word.
+"""
 from __future__ import annotations
 
 import re
+import unicodedata
 
 STOP = frozenset("""a an the of to in on at for by with and or is are was were be been it its this that these
 those my your his her their our i you he she we they me him them do does did what who where when which how why
 whose whom as from into about than then so if not no yes s""".split())
 
 
+# Han ideographs, hiragana, katakana (and their extensions, half-width forms): no spaces between words
+_UNSPACED = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
+_NOT_WORD = re.compile(r"[^\w' ]+|_")
+
+
+def _strip_latin_accents(text: str) -> str:
+    """Drop the accents on Latin and Greek letters ("café", "λέγεται" are often typed without them);
+    scripts whose marks tell letters apart (Cyrillic й/и, Devanagari, kana) keep theirs."""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFD", text):
+        if unicodedata.combining(ch) and out and out[-1] < "\u0400":
+            continue
+        out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
 def normalize(text: str) -> str:
-    text = text.lower().replace("’", "'")
-    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    text = unicodedata.normalize("NFKC", text).replace("’", "'")
+    text = _strip_latin_accents(text).casefold()
+    text = _UNSPACED.sub(lambda m: f" {m.group(0)} ", text)
+    text = _NOT_WORD.sub(" ", text)
     return re.sub(r"\s+", " ", text).strip()
 
 

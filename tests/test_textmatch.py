@@ -1,0 +1,37 @@
+"""Answer matching in any language: the gate and the dream filters read every episode with it."""
+import re
+
+from hypothesis import given, strategies as st
+
+from agentsleep.textmatch import contains_answer, grounded, normalize, tokens, trivial
+
+
+def _ascii_rule(text: str) -> str:
+    """The ASCII behaviour every recorded benchmark figure was measured with."""
+    text = text.lower().replace("’", "'")
+    return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9' ]+", " ", text)).strip()
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
+def test_ascii_text_normalizes_as_before(text):
+    assert normalize(text) == _ascii_rule(text)
+
+
+def test_cyrillic_and_greek_are_words_not_blanks():
+    assert normalize("Мой врач — доктор Иванов.") == "мой врач доктор иванов"
+    assert contains_answer("Ваш врач — доктор Иванов.", "Иванов")
+    assert not contains_answer("Ваш врач — доктор Петров.", "Иванов")
+    assert grounded("доктор Иванов", "Мой врач — доктор Иванов.")
+    assert tokens("Η γάτα μου λέγεται Μίλο") == ["η", "γατα", "μου", "λεγεται", "μιλο"]
+
+
+def test_latin_accents_neither_split_words_nor_block_a_match():
+    assert tokens("Je bois un café à Zürich") == ["je", "bois", "un", "cafe", "a", "zurich"]
+    assert contains_answer("You live in Zurich.", "Zürich") and contains_answer("Lives in Zürich", "Zurich")
+    assert trivial("What café in São Paulo?", "Sao Paulo")
+
+
+def test_chinese_and_japanese_count_each_character():
+    assert contains_answer("あなたは東京に住んでいます。", "東京")
+    assert not contains_answer("あなたは大阪に住んでいます。", "東京")
+    assert contains_answer("我的医生是王医生", "王医生") and not contains_answer("我的医生是李医生", "王医生")
