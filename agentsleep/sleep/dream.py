@@ -1,6 +1,6 @@
 """Dream: the model, reading a memory, writes questions and answers about it.
 
-What works on a small model (measured, NOTES.md): few-shot chat (two worked
+What works on a small model (docs/EXPERIMENTS.md): few-shot chat (two worked
 note -> Q/A turns), variety from question stems prefilled into the answer
 ("Q: Where") rather than from temperature, greedy decoding, then strict
 filters: the answer must appear in the memory, must not be given away by the
@@ -75,8 +75,8 @@ _WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|
 
 def typed_stem(span: str) -> str:
     """The question word a forward question about `span` starts with: "When" for a date, month or
-    weekday, else "Which" (measured on the bench facts: "Q: Which" with the answer shown writes
-    "Which language is Project Heron written in?", where a bare "Q:" writes a reverse question)."""
+    weekday, else "Which". The prefill steers a small writer to a forward question ("Which language
+    is Project Heron written in?") where a bare "Q:" tends to ask the reverse one."""
     return "When" if _WHEN.search(span) else "Which"
 
 
@@ -171,7 +171,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
             else:
                 disagreed.append(d)
                 dropped["teacher-disagrees"] += 1
-        # The teacher is a weak judge (NOTES.md): a memory it rejects every item of would
+        # The teacher is a weak judge (it echoes questions, accepts invented values): a memory it rejects every item of would
         # otherwise get no dreams at all; keep its grounded items rather than nothing.
         covered = {d.episode_id for d in agreed}
         for d in disagreed:

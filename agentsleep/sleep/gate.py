@@ -103,7 +103,7 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
 
     The recall gain asked for is capped by the headroom (1 - before): when the pre-sleep model already
     answers every probe, a sleep cannot show a gain, and rejecting it would leave its episodes waiting
-    forever (measured on LoCoMo: probes 1.00 -> 1.00). Retention and drift still decide then."""
+    forever. Retention and drift still decide then."""
     failed, reasons = [], []  # `failed` names the checks (policies such as grow_on_reject read it)
     need = min(cfg.min_recall_gain, max(0.0, 1.0 - before))
     if not n_probes:

@@ -139,11 +139,8 @@ def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
 
 def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
     """What an earlier episode is rehearsed with besides its raw text: its `per_episode` most
-    valuable trained dreams. `agentsleep bench sleep`: retention after sleep 2 went from 53%
-    (8 of 20 episodes, every dream) to 93% (all 20, raw text + best dream). A one-off
-    experiment (sleep 2 only, fixed dreams, one seed) chose among variants: every dream kept
-    100% but new facts fell 0.65 -> 0.50; raw text only kept 60%; raw text + best dream
-    trains 24% fewer steps than every dream."""
+    valuable trained dreams: enough to hold the old answer in place without crowding out the new
+    facts, as rehearsing every dream would (docs/EXPERIMENTS.md compares the variants)."""
     by_episode: dict[str, list[Dream]] = {}
     for d in dreams:
         if d.episode_id in episode_ids and d.kind != "perspective":

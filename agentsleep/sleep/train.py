@@ -18,6 +18,7 @@ import contextlib
 import math
 import random
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -25,7 +26,7 @@ import torch
 from ..config import SeedConfig
 from ..errors import SleepError
 from ..progress import Progress, silent
-from .objective import Interrupted, SeedStats, soft_ce
+from .objective import Interrupted, Item, SeedStats, soft_ce
 from .tensors import ce_picked, collate, encode, forward_picked, kl_picked, picked
 
 
@@ -48,9 +49,8 @@ class Student(torch.nn.Module):
 
 
 def cpu_has_bf16() -> bool:
-    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast seeded about 1.2x faster in the
-    sleep-2 experiment of docs/ARCHITECTURE.md (2 EPYC cores: 314 -> 259 s). Other CPUs were not
-    measured, so "auto" keeps them in fp32."""
+    """Native bf16 matmuls (AVX512-BF16 or AMX). Only there does bf16 autocast pay on a CPU
+    (docs/EXPERIMENTS.md); "auto" keeps other CPUs in fp32."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
@@ -115,39 +115,73 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
         acc.free_memory()
 
 
-def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_stop, t0):
-    rank, world = acc.process_index, acc.num_processes
-    dev0 = next(pm.parameters()).device
-    rng = random.Random(cfg.seed)  # the same order on every process: each takes its share of each batch
-    params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    rows = {id(it): encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in items}
-    schedule: list[list] = []  # every micro-batch of every epoch, then grouped into optimizer steps
+def step_groups(items: list[Item], cfg: SeedConfig, rng: random.Random) -> list[list[list[Item]]]:
+    """Every micro-batch of every epoch (shuffled by `rng`), grouped into optimizer steps.
+
+    Adam moves each weight by about lr per step, so a sleep's learning grows with its step count:
+    a small sleep gets extra epochs up to seed.min_steps instead of learning next to nothing."""
     per_epoch = max(1, math.ceil(len(items) / cfg.batch_size))
-    # Adam moves each weight by about lr per step, so a sleep's learning grows with its step count:
-    # a small sleep gets extra epochs up to seed.min_steps instead of learning next to nothing
     epochs = max(cfg.epochs, math.ceil(cfg.min_steps * cfg.grad_accum / per_epoch))
+    schedule: list[list[Item]] = []
     for _ in range(epochs):
         order = items[:]
         rng.shuffle(order)
         schedule += [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
-    groups = [schedule[g:g + cfg.grad_accum] for g in range(0, len(schedule), cfg.grad_accum)]
-    total = len(groups)
-    warm = max(1, int(total * cfg.warmup_frac))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
-    student, opt = acc.prepare(Student(pm), opt)  # the scheduler steps once per optimizer step, by hand
-    dev = dev0
-    stats = SeedStats(items=len(items), processes=world)
-    w_off = cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda)
-    replay_rng = random.Random(cfg.seed + 2)
-    by_item = cfg.sft_average == "item"
+    return [schedule[g:g + cfg.grad_accum] for g in range(0, len(schedule), cfg.grad_accum)]
 
-    def share(seq: list) -> tuple[list, float]:
+
+def warmup_then_linear(opt: torch.optim.Optimizer, total: int, warmup_frac: float):
+    warm = max(1, int(total * warmup_frac))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+
+
+@dataclass
+class _Loop:
+    """What every micro-step of one training run reads (the same on every process)."""
+
+    pm: Any
+    tok: Any
+    cfg: SeedConfig
+    acc: Any
+    student: Any
+    rows: dict[int, tuple[list[int], list[int]]]   # id(item) -> encoded (ids, labels)
+    stats: SeedStats
+    replay_rows: list
+    extra_terms: Callable[[Any, int, list[Item]], dict[str, tuple[torch.Tensor, float]]] | None
+    replay_rng: random.Random
+    dev: torch.device
+
+    @property
+    def rank(self) -> int:
+        return self.acc.process_index
+
+    @property
+    def world(self) -> int:
+        return self.acc.num_processes
+
+    @property
+    def w_off(self) -> float:
+        c = self.cfg
+        return c.w_distill * c.alpha * (1 - c.on_policy_lambda)
+
+    @property
+    def by_item(self) -> bool:
+        return self.cfg.sft_average == "item"
+
+    def share(self, seq: list) -> tuple[list, float]:
         """This process's part of a list every process holds; a process with no part still joins the backward."""
-        mine = seq[rank::world]
+        mine = seq[self.rank::self.world]
         return (mine, 1.0) if mine else (seq[:1], 0.0)
 
-    def micro_step(batch: list, n_group: int, n_soft: int, n_micro: int, micro: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    def denominators(self, group: list[list[Item]]) -> tuple[int, int]:
+        """The step's hard-label denominator (its answer tokens, or its items) and its soft-target items."""
+        n_group = sum(1 if self.by_item else _n_labels(self.rows[id(it)]) for batch in group for it in batch)
+        n_soft = sum(it.soft is not None for batch in group for it in batch)
+        return n_group, n_soft
+
+    def micro_step(self, batch: list[Item], n_group: int, n_soft: int, n_micro: int,
+                   micro: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """This process's share of one micro-batch: (terms for the log, loss to backpropagate).
 
         Losses are sums over this process's tokens (the hard-label loss: over its
@@ -155,73 +189,92 @@ def _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_
         whole optimizer step (all micro-batches, all processes), times the process
         count that DDP's gradient averaging divides by again.
         """
-        mine, on = share(batch)
-        b = collate([rows[id(it)] for it in mine], tok.pad_token_id, dev)
+        cfg, world = self.cfg, self.world
+        mine, on = self.share(batch)
+        b = collate([self.rows[id(it)] for it in mine], self.tok.pad_token_id, self.dev)
         terms: dict[str, torch.Tensor] = {}
         logits = None
-        if w_off > 0:
-            logits = student(b, full=True)
+        if self.w_off > 0:
+            logits = self.student(b, full=True)
             sel, tgt, row = picked(logits, b["labels"])
         else:
-            sel, tgt, row = student(b)
-        sft_sum = ce_picked(sel, tgt, "item_sum" if by_item else "sum", row, len(mine)) * on
+            sel, tgt, row = self.student(b)
+        sft_sum = ce_picked(sel, tgt, "item_sum" if self.by_item else "sum", row, len(mine)) * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
             d_off = soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
             if d_off is not None:
                 terms["distill_off"] = d_off.detach() / max(sum(it.soft is not None for it in mine), 1)
-                loss = loss + w_off * d_off * on * world / max(n_soft, 1)
-        stats.tokens += sum(len(rows[id(it)][0]) for it in batch)
-        if replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
-            drawn = replay_rng.sample(list(replay_rows), min(cfg.replay_per_step, len(replay_rows)))
-            mine_r, on_r = share(drawn)
-            rb = collate(mine_r, tok.pad_token_id, dev)
-            with torch.no_grad(), pm.disable_adapter():
-                t_sel = forward_picked(pm, rb)[0]
-            s_sel = student(rb)[0]
-            kl_sum = kl_picked(t_sel.float(), s_sel.float(), reduction="sum") * on_r
-            terms["replay_kl"] = kl_sum.detach() / max(len(s_sel), 1)
-            loss = loss + cfg.w_replay * kl_sum * world / max(sum(_n_labels(r) for r in drawn), 1) / n_micro
-            stats.tokens += sum(len(r[0]) for r in drawn)
-        if extra_terms is not None:
-            for k, (v, w) in extra_terms(pm, micro, batch).items():
+                loss = loss + self.w_off * d_off * on * world / max(n_soft, 1)
+        self.stats.tokens += sum(len(self.rows[id(it)][0]) for it in batch)
+        if self.replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
+            kl_sum, n_mine, n_labels = self.replay_kl()
+            terms["replay_kl"] = kl_sum.detach() / max(n_mine, 1)
+            loss = loss + cfg.w_replay * kl_sum * world / max(n_labels, 1) / n_micro
+        if self.extra_terms is not None:
+            for k, (v, w) in self.extra_terms(self.pm, micro, batch).items():
                 terms[k] = v.detach()
                 loss = loss + w * v / n_micro
         return terms, loss
 
-    step = micro = 0
+    def replay_kl(self) -> tuple[torch.Tensor, int, int]:
+        """KL(pre-sleep || student) summed over this process's share of a few generic answers, the
+        positions it summed, and the labels of all of them (every process draws the same ones)."""
+        drawn = self.replay_rng.sample(list(self.replay_rows), min(self.cfg.replay_per_step, len(self.replay_rows)))
+        mine, on = self.share(drawn)
+        rb = collate(mine, self.tok.pad_token_id, self.dev)
+        with torch.no_grad(), self.pm.disable_adapter():
+            t_sel = forward_picked(self.pm, rb)[0]
+        s_sel = self.student(rb)[0]
+        self.stats.tokens += sum(len(r[0]) for r in drawn)
+        kl_sum = kl_picked(t_sel.float(), s_sel.float(), reduction="sum") * on
+        return kl_sum, len(s_sel), sum(_n_labels(r) for r in drawn)
+
+    def log_step(self, logged: dict[str, torch.Tensor], n_group: int) -> None:
+        """What every process computed, as one number: the total carries the process count already
+        (mean over processes); the hard-label loss is a token sum (summed, over the step's tokens)."""
+        vals = torch.stack([logged[k] for k in sorted(logged)]).to(self.dev)
+        vals = self.acc.reduce(vals, "sum") if self.world > 1 else vals
+        for name, v in zip(sorted(logged), vals.tolist()):
+            if name == "sft_sum":
+                self.stats.losses.setdefault("sft", []).append(v / max(n_group, 1))
+            else:
+                self.stats.losses.setdefault(name, []).append(v / self.world)
+
+
+def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, replay_rows: list, extra_terms,
+           progress: Progress, should_stop: Callable[[], bool], t0: float) -> SeedStats:
+    dev = next(pm.parameters()).device
+    groups = step_groups(items, cfg, random.Random(cfg.seed))  # the same order on every process
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rows = {id(it): encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in items}
+    sched = warmup_then_linear(opt, len(groups), cfg.warmup_frac)  # stepped once per optimizer step, by hand
+    student, opt = acc.prepare(Student(pm), opt)
+    loop = _Loop(pm, tok, cfg, acc, student, rows, SeedStats(items=len(items), processes=acc.num_processes),
+                 list(replay_rows), extra_terms, random.Random(cfg.seed + 2), dev)
+    micro = 0
     pm.train()
-    for group in groups:
+    for step, group in enumerate(groups):
         if should_stop():
-            raise Interrupted(f"stopped during seeding at step {step}/{total}")
-        # the hard-label loss's denominator: the step's answer tokens, or its items
-        n_group = sum(1 if by_item else _n_labels(rows[id(it)]) for batch in group for it in batch)
-        n_soft = sum(it.soft is not None for batch in group for it in batch)
+            raise Interrupted(f"stopped during seeding at step {step}/{len(groups)}")
+        n_group, n_soft = loop.denominators(group)
         logged: dict[str, torch.Tensor] = {}
         for k, batch in enumerate(group):
             last = k == len(group) - 1
             with (contextlib.nullcontext() if last else acc.no_sync(student)), acc.autocast():
-                terms, loss = micro_step(batch, n_group, n_soft, len(group), micro)
+                terms, loss = loop.micro_step(batch, n_group, n_soft, len(group), micro)
                 acc.backward(loss)
             micro += 1
             terms["total"] = loss.detach()
             for name, v in terms.items():
                 logged[name] = logged.get(name, 0.0) + v.float() / (1 if name in ("total", "sft_sum") else len(group))
-        # what every process computed, as one number: the total carries the process count already
-        # (mean over processes); the hard-label loss is a token sum (summed, over the step's tokens)
-        vals = torch.stack([logged[k] for k in sorted(logged)]).to(dev)
-        vals = acc.reduce(vals, "sum") if world > 1 else vals
-        for name, v in zip(sorted(logged), vals.tolist()):
-            if name == "sft_sum":
-                stats.losses.setdefault("sft", []).append(v / max(n_group, 1))
-            else:
-                stats.losses.setdefault(name, []).append(v / world)
+        loop.log_step(logged, n_group)
         acc.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
-        step += 1
-        progress("seed", step, total, f"loss {stats.losses['total'][-1]:.3f}")
-    stats.steps, stats.seconds = step, round(time.time() - t0, 1)
-    return stats
+        progress("seed", step + 1, len(groups), f"loss {loop.stats.losses['total'][-1]:.3f}")
+    loop.stats.steps, loop.stats.seconds = len(groups), round(time.time() - t0, 1)
+    return loop.stats
