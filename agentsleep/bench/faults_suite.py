@@ -48,15 +48,56 @@ def _child(root: Path, fsize_limit: int | None = None) -> subprocess.Popen:
 
 
 def _stage(root: Path) -> str | None:
+    j = _journal(root)
+    return j.get("stage") if j else None
+
+
+def _journal(root: Path) -> dict[str, Any] | None:
+    """The newest sleep's journal, or None."""
     js = sorted((root / "sleeps").glob("*/journal.json"), key=lambda p: p.stat().st_mtime)
     try:
-        return json.loads(js[-1].read_text())["stage"] if js else None
-    except (OSError, ValueError, KeyError):
+        return json.loads(js[-1].read_text()) if js else None
+    except (OSError, ValueError):
         return None
 
 
-def check(root: Path, expect_versions: list[str], expect_current: str, n_episodes: int) -> list[str]:
-    """What is wrong with the home after a fault (empty = survived)."""
+PUBLISH_FAILED = "publish: writing the new version failed"
+
+
+def publish_failure_problems(returncode: int | None, out: str, err: str, journal: dict[str, Any] | None) -> list[str]:
+    """What is wrong with a sleep run on a full disk, from its exit, output and journal (empty = it failed
+    where it must: writing the new version in the publish stage, with publish's own error)."""
+    if returncode == 0:
+        return [f"the sleep did not fail on the full disk (exit 0: {out.strip()[-80:] or 'no output'})"]
+    if journal is None:
+        return ["the sleep left no journal: it failed before its stages ran"]
+    problems = []
+    if journal.get("stage") != "publish":
+        problems.append(f"the sleep failed in stage {journal.get('stage')!r}, not in publish")
+    if journal.get("status") != "failed":
+        problems.append(f"the journal says {journal.get('status')!r}, not 'failed'")
+    if PUBLISH_FAILED not in err and PUBLISH_FAILED not in str(journal.get("error", "")):
+        last = (err.strip().splitlines() or [""])[-1]
+        problems.append(f"the error is not publish's write failure: {last[-160:]!r}")
+    return problems
+
+
+def disk_full(root: Path, versions: list[str], current: str, n_episodes: int,
+              fsize_limit: int = 64 * 1024 * 1024) -> tuple[list[str], str]:
+    """A sleep whose writes past `fsize_limit` fail (EFBIG, like a full disk): the journals fit, the merged
+    weights (hundreds of MB) do not. It must fail in publish, and the home must be as before and still
+    serve `current`. Returns (problems, note)."""
+    p = _child(root, fsize_limit=fsize_limit)
+    out, err = p.communicate(timeout=900)
+    last = (err.strip().splitlines() or [""])[-1]
+    problems = publish_failure_problems(p.returncode, out, err, _journal(root))
+    problems += check(root, versions, current, n_episodes, serves=True)
+    return problems, f"(exit {p.returncode}: {last[-160:]})"
+
+
+def check(root: Path, expect_versions: list[str], expect_current: str, n_episodes: int, serves: bool = False) -> list[str]:
+    """What is wrong with the home after a fault (empty = survived). With `serves`, the home must also
+    answer a question with `expect_current`."""
     from ..models.embedded import checksum_dir
 
     problems = []
@@ -81,6 +122,10 @@ def check(root: Path, expect_versions: list[str], expect_current: str, n_episode
         marked = [e.id for e in eps if e.consolidated_in]
         if marked:  # no fault may mark an episode consolidated: only a promoted version does
             problems.append(f"{len(marked)} episodes marked consolidated without a promoted version")
+        if serves:
+            answered_by = h.ask("What is my dog's name?", use_memory=False, max_new_tokens=8)["model_version"]
+            if answered_by != expect_current:
+                problems.append(f"answered by {answered_by}, not {expect_current}")
     return problems
 
 
@@ -94,9 +139,10 @@ def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
         versions, current = h.registry.names(), h.registry.current_name()
     rows: list[dict[str, Any]] = []
 
-    def record(fault: str, problems: list[str], note: str = "") -> None:
-        rows.append({"fault": fault, "survived": not problems, "problems": problems, "note": note})
-        say(f"faults: {fault}: {'survived' if not problems else 'FAILED ' + '; '.join(problems)} {note}")
+    def record(fault: str, problems: list[str], note: str = "", skipped: str | None = None) -> None:
+        rows.append(row(fault, problems, note, skipped))
+        say(f"faults: {fault}: " + (f"skipped ({skipped})" if skipped else
+                                    f"{'survived' if not problems else 'FAILED ' + '; '.join(problems)} {note}"))
 
     for stage in STAGES:  # kill -9 once the sleep has entered each stage
         p = _child(root)
@@ -113,10 +159,7 @@ def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
         note = "" if reached else f"(sleep ended before reaching {stage}: {p.stdout.read().strip() or p.stderr.read()[-200:]})"
         record(f"kill -9 during {stage}", check(root, versions, current, len(FACTS)) if reached else ["stage not reached"], note)
 
-    p = _child(root, fsize_limit=64 * 1024 * 1024)  # journals fit; the merged weights (hundreds of MB) do not
-    _, err = p.communicate(timeout=900)
-    last = (err.strip().splitlines() or [""])[-1]
-    record("disk full during publish", check(root, versions, current, len(FACTS)), f"(exit {p.returncode}: {last[-160:]})")
+    record("disk full during publish", *disk_full(root, versions, current, len(FACTS)))
 
     record_chroma(root, out_dir, record)
     record_vllm(root, record, say)
@@ -125,10 +168,25 @@ def run(out_dir: Path, *, say=print, progress=None) -> dict[str, Any]:
         rep = h.sleep()
         ok = rep.status == "promoted" and len(h.episodes(unconsolidated_only=True)) == 0
     record("recovery: clean sleep after the faults", [] if ok else [f"status {rep.status}: {rep.reasons}"])
-    injected = len(rows) - 1
-    res = {"rows": rows, "faults_injected": injected, "survived": sum(r["survived"] for r in rows[:-1]),
-           "episodes_lost": 0 if all(r["survived"] for r in rows) else None, "recovered": rows[-1]["survived"]}
-    res["targets"] = {"every fault survived": res["survived"] == injected, "recovered": res["recovered"]}
+    return summarize(rows)
+
+
+def row(fault: str, problems: list[str], note: str = "", skipped: str | None = None) -> dict[str, Any]:
+    """One line of the table. A fault that could not be injected here (vLLM missing) keeps its row,
+    marked skipped with the reason, and counts neither as injected nor as survived."""
+    if skipped:
+        return {"fault": fault, "survived": None, "problems": [], "note": "", "skipped": skipped}
+    return {"fault": fault, "survived": not problems, "problems": problems, "note": note}
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts and targets from the rows; the last row is the recovery sleep."""
+    faults = [r for r in rows[:-1] if not r.get("skipped")]
+    ran = faults + rows[-1:]
+    res = {"rows": rows, "faults_injected": len(faults), "survived": sum(bool(r["survived"]) for r in faults),
+           "skipped": [r["fault"] for r in rows if r.get("skipped")],
+           "episodes_lost": 0 if all(r["survived"] for r in ran) else None, "recovered": bool(rows[-1]["survived"])}
+    res["targets"] = {"every fault survived": res["survived"] == len(faults), "recovered": res["recovered"]}
     return res
 
 
@@ -170,7 +228,8 @@ def record_chroma(root: Path, out_dir: Path, record) -> None:
 
 def record_vllm(root: Path, record, say=print) -> None:
     """A managed vLLM server killed (-9, whole process group) while serving: the supervisor
-    restarts it on the same version and the next request is answered, the same way."""
+    restarts it on the same version and the next request is answered, the same way. Without
+    vLLM the row is recorded as skipped, with the reason."""
     from ..errors import AgentsleepError
     from ..serving.protocol import ChatRequest
     from ..serving.vllm_backend import VLLMBackend
@@ -179,7 +238,7 @@ def record_vllm(root: Path, record, say=print) -> None:
         try:
             backend = VLLMBackend.for_home(h)
         except AgentsleepError as e:
-            say(f"faults: vLLM server killed while serving: not run ({e})")
+            record("vLLM server killed while serving", [], skipped=f"vLLM not available: {e}")
             return
         req = ChatRequest(messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0.0)
         problems: list[str] = []
@@ -206,9 +265,14 @@ def record_vllm(root: Path, record, say=print) -> None:
 
 
 def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
+    skipped = res.get("skipped") or []
     lines = [f"Faults injected {res['faults_injected']}, survived {res['survived']}, episodes lost "
-             f"{res['episodes_lost'] if res['episodes_lost'] is not None else 'see below'}, recovered: {res['recovered']}.", "",
+             f"{res['episodes_lost'] if res['episodes_lost'] is not None else 'see below'}, recovered: {res['recovered']}"
+             + (f"; skipped {len(skipped)} ({', '.join(skipped)})." if skipped else "."), "",
              "| fault | survived | detail |", "|---|---|---|"]
     for r in res["rows"]:
-        lines.append(f"| {r['fault']} | {'yes' if r['survived'] else 'NO'} | {'; '.join(r['problems']) or r['note']} |")
+        if r.get("skipped"):
+            lines.append(f"| {r['fault']} | skipped | {r['skipped']} |")
+        else:
+            lines.append(f"| {r['fault']} | {'yes' if r['survived'] else 'NO'} | {'; '.join(r['problems']) or r['note']} |")
     return "\n".join(lines) + "\n"
