@@ -58,3 +58,11 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
             report.update_doc(docs, key, mod.markdown(res, docs.parent), header)
         results[key] = res
     return results
+
+
+def data_file(name: str) -> Path:
+    """An evaluation data set the suites read: `name` under $AGENTSLEEP_BENCH_DATA (a folder,
+    default ./data). The data sets are not shipped; a suite whose file is missing says so and skips."""
+    import os
+
+    return Path(os.environ.get("AGENTSLEEP_BENCH_DATA") or "data") / name

@@ -1,4 +1,4 @@
-"""LoCoMo long-term conversational memory (../shared/data/locomo_dev.json).
+"""LoCoMo long-term conversational memory (locomo_dev.json under $AGENTSLEEP_BENCH_DATA).
 
 Each turn of a conversation is remembered as an episode (kind "turn", session
 id, speaker and date in the text, dia_id in provenance). Measured:
@@ -29,11 +29,10 @@ from ..home import Home
 from ..models import generate as gen
 from ..textmatch import f1
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "locomo_dev.json"
-
-
 def find_data(path: Path | None = None) -> Path | None:
-    for p in (path, DATA, Path("../shared/data/locomo_dev.json")):
+    from . import data_file
+
+    for p in (path, data_file("locomo_dev.json")):
         if p and p.is_file():
             return p
     return None
@@ -77,7 +76,7 @@ def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int
                          f"got {sleep_sessions} and {sleep_episodes_cap}")
     src = find_data(data)
     if src is None:
-        say("locomo: ../shared/data/locomo_dev.json not found; skipped")
+        say("locomo: locomo_dev.json not found (set AGENTSLEEP_BENCH_DATA to the folder holding it); skipped")
         return {"skipped": "dataset not found"}
     convs = _load(src)
     if isinstance(convs, str):

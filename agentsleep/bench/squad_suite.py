@@ -20,7 +20,6 @@ from ..models.loader import load
 from ..textmatch import contains_answer, f1, normalize
 from ..progress import silent
 
-DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "squad_dev.json"
 PUBLISHED = [  # accuracy %, single passage / continued pretraining n=200 where two numbers are given
     ("Sleep paper, Qwen2.5-7B-class", "base 31.9/31.9; passage fine-tune 33.4/32.0; sleep without dreaming 35.7/36.2; "
                                       "SEAL 46.7/43.2; Sleep 48.1/44.3"),
@@ -43,9 +42,11 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
     from ..sleep.types import Memory
     from .sleep_suite import train_lora
 
-    src = data or DATA
+    from . import data_file
+
+    src = data or data_file("squad_dev.json")
     if not src.is_file():
-        say(f"squad: {src} not found; skipped")
+        say(f"squad: {src} not found (set AGENTSLEEP_BENCH_DATA to the folder holding it); skipped")
         return {"skipped": "dataset not found"}
     items = json.loads(src.read_text())[:passages]
     mems = [Memory(f"p{i}", it["context"]) for i, it in enumerate(items)]
