@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
-from agentsleep.memory.chroma_server import chroma_executable, free_port  # noqa: E402,F401
+from agentsleep.memory.chroma_server import chroma_executable  # noqa: E402,F401
+from agentsleep.procs import free_port  # noqa: E402,F401
 from agentsleep.memory.chroma_server import stop as stop_process  # noqa: E402
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import subprocess
 import sys
 import uuid
@@ -37,6 +36,7 @@ from agentsleep.adapters.langchain import (  # noqa: E402
 )
 from agentsleep.config import Config, MemoryConfig  # noqa: E402
 from agentsleep.home import Home  # noqa: E402
+from agentsleep.procs import free_port  # noqa: E402
 
 FACT = "Alice's daughter is called Maya and she loves astronomy."
 
@@ -55,17 +55,11 @@ def sid() -> str:
     return "s-" + uuid.uuid4().hex[:8]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def dead_home(tmp_path_factory):
     """A home whose store is a Chroma server that is not running."""
     root = tmp_path_factory.mktemp("lc-dead") / "home"
-    Home.init(root, config=Config(memory=MemoryConfig(backend="server", port=_free_port())))
+    Home.init(root, config=Config(memory=MemoryConfig(backend="server", port=free_port())))
     h = Home.open(root)
     yield h
     h.close()

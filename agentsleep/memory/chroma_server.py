@@ -2,20 +2,12 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from ..errors import StoreUnavailableError
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from ..procs import free_port, terminate_group, wait_until
 
 
 def chroma_executable() -> str:
@@ -49,29 +41,25 @@ def start(path: Path, log: Path, port: int | None = None, timeout: float = 60.0,
         cmd = [chroma_executable(), "run", "--path", str(path), "--host", host, "--port", str(port)]
         env = None
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + timeout
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True)  # its own process group: stop() takes its children too
     url = f"http://{host}:{port}/api/v2/heartbeat"
-    while True:
-        if proc.poll() is not None:
-            raise StoreUnavailableError(f"chroma server exited with {proc.returncode}: "
-                                        f"{log.read_text(errors='replace')[-500:]}")
+
+    def answers() -> bool:
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
-                return proc, host, port
+            return httpx.get(url, timeout=1.0).status_code == 200
         except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            stop(proc)
-            raise StoreUnavailableError(f"chroma server did not answer {url} within {timeout:.0f} s")
-        time.sleep(0.2)
+            return False
+
+    if wait_until(answers, timeout, interval=0.2, stop=lambda: proc.poll() is not None):
+        return proc, host, port
+    if proc.poll() is not None:
+        raise StoreUnavailableError(f"chroma server exited with {proc.returncode}: "
+                                    f"{log.read_text(errors='replace')[-500:]}")
+    stop(proc)
+    raise StoreUnavailableError(f"chroma server did not answer {url} within {timeout:.0f} s")
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+    """SIGTERM the server's process group, SIGKILL it after 10 s."""
+    terminate_group(proc, grace=10.0)
