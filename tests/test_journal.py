@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_stop_flag_catches_sigint_as_well_as_sigterm():
 def _night(tmp_path) -> pipeline.Night:
     plan = SleepPlan("s5", "v0000", [Memory("e1", "text")])
     j = Journal(tmp_path, "s5")
-    return pipeline.Night(home=None, plan=plan, journal=j, stop=lambda: False, say=pipeline.silent, started_at=0.0)
+    return pipeline.Night(home=SimpleNamespace(root=tmp_path), plan=plan, journal=j, stop=lambda: False, say=pipeline.silent, started_at=0.0)
 
 
 def test_stage_loop_runs_in_order_skips_what_does_not_apply_and_stops_at_an_early_report(tmp_path, monkeypatch):
@@ -95,3 +96,30 @@ def test_stage_loop_runs_in_order_skips_what_does_not_apply_and_stops_at_an_earl
     assert ran == ["load", "dream"]
     assert rep.status == Status.REJECTED and rep.reasons == ["dream ended it"] and set(rep.timings) == {"load", "dream"}
     assert [s["stage"] for s in json.loads((n.journal.dir / "journal.json").read_text())["stages"]] == ["load", "dream"]
+
+
+def test_a_rejected_night_leaves_the_dream_writer_as_it_was(tmp_path, monkeypatch):
+    """ReST's improved writer waits beside the current one; only a promoted sleep adopts it."""
+    from agentsleep.config import SleepConfig
+    from agentsleep.models.loader import load
+    from agentsleep.sleep import rest
+    from agentsleep.sleep.types import DreamSet
+    from tiny import tiny_model_dir
+
+    model, tok = load(str(tiny_model_dir(tmp_path / "models")))
+    mem = [Memory("e1", "The user's dog is a beagle called Biscuit.")]
+    ds = DreamSet([Dream("e1", "What is the dog called?", "Biscuit"),
+                   Dream("e1", "What breed is the dog?", "beagle", held_out=True)])
+    monkeypatch.setattr(rest, "score_candidates", lambda m, t, cases, *a, **k: [(c, 1.0) for _, cs in cases for c in cs])
+    cfg = SleepConfig.model_validate({"rest": {"rounds": 1, "writer_steps": 1}})
+    root = tmp_path / "home"
+    current, pending = rest.writer_adapter_dir(root), rest.pending_writer_dir(root)
+
+    assert rest.rest_em(model, tok, mem, ds, cfg, root)["rest_winners"] == 1
+    assert (pending / "adapter_config.json").is_file() and not current.exists()
+    assert rest.settle_writer(root, promoted=False) is False
+    assert not pending.exists() and not current.exists()  # rejected: the writer never changed
+
+    rest.rest_em(model, tok, mem, ds, cfg, root)
+    assert rest.settle_writer(root, promoted=True) is True
+    assert (current / "adapter_config.json").is_file() and not pending.exists()

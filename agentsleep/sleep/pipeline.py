@@ -30,7 +30,7 @@ from .journal import Journal, read_dreams
 from .lock import sleep_lock
 from .objective import Interrupted, SeedStats
 from .publish import publish
-from .rest import rest_em, with_writer, writer_adapter_dir
+from .rest import rest_em, settle_writer, with_writer, writer_adapter_dir
 from .seed import seed
 from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
@@ -298,6 +298,8 @@ STAGES: tuple[tuple[str, Callable[[Night], SleepReport | None], Callable[[Night]
 def _outcome(n: Night) -> SleepReport:
     """The report of a sleep that ran every stage: promoted, or rejected by the gate."""
     status = Status.PROMOTED if _promoted(n) else Status.REJECTED
+    if settle_writer(n.home.root, promoted=status is Status.PROMOTED):
+        n.rest_stats["rest_writer_adopted"] = True
     if status is Status.PROMOTED and n.cfg.keep_versions:
         n.home.registry.prune(n.cfg.keep_versions)
     return n.report(status, n.verdict.reasons, metrics=n.metrics(), dreams=n.dream_info())
@@ -365,6 +367,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
                 journal.finish(status=Status.FAILED, error=f"{type(e).__name__}: {e}")
                 raise
             finally:
+                settle_writer(home.root, promoted=False)  # no-op after _outcome; drops it on any error
                 if n.engine is not None:
                     n.engine.close()
         rep = _finalize(rep, plan)
@@ -381,5 +384,6 @@ def _run_stages(n: Night) -> SleepReport:
             early = stage(n)
         if early is not None:
             early.timings = dict(n.journal.timings)  # including the stage that ended it
+            settle_writer(n.home.root, promoted=False)
             return early
     return _outcome(n)

@@ -6,6 +6,9 @@ the episode's held-out probe answer becomes more likely closed-book. M-step:
 the dream writer (a LoRA adapter kept in the home, used while dreaming) is
 fine-tuned on the winners. The writer improves from sleep to sleep; this
 sleep's training data is unchanged, so a bad round cannot hurt the version.
+The improved writer waits beside the current one and replaces it only when
+the sleep is promoted (`settle_writer`): a night the gate rejects teaches the
+writer nothing.
 """
 from __future__ import annotations
 
@@ -25,7 +28,36 @@ from .types import Dream, DreamSet, Memory
 
 
 def writer_adapter_dir(home_root: Path) -> Path:
+    """The dream writer every sleep starts from."""
     return home_root / "registry" / "writer"
+
+
+def pending_writer_dir(home_root: Path) -> Path:
+    """This sleep's improved writer, until the gate has spoken."""
+    return home_root / "registry" / "writer.next"
+
+
+def settle_writer(home_root: Path, promoted: bool) -> bool:
+    """Adopt the pending writer when the sleep was promoted, else drop it; True if one was adopted."""
+    pending, current = pending_writer_dir(home_root), writer_adapter_dir(home_root)
+    if not (pending / "adapter_config.json").is_file():
+        shutil.rmtree(pending, ignore_errors=True)
+        return False
+    if not promoted:
+        shutil.rmtree(pending, ignore_errors=True)
+        return False
+    _replace_dir(pending, current)
+    return True
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move `src` to `dst`, replacing it; a crash leaves the old `dst` or the new one (or `dst`.old)."""
+    old = dst.with_name(dst.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if dst.exists():
+        dst.rename(old)
+    src.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
@@ -99,12 +131,15 @@ def score_candidates(model: Any, tok: Any, cases: list[tuple[Dream, list[Dream]]
     return out
 
 
-def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str], cfg: SleepConfig, adapter_dir: Path) -> None:
-    """M-step: fine-tune the writer adapter on winning (note -> dream) pairs; save atomically."""
+def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str], cfg: SleepConfig, adapter_dir: Path,
+               start_from: Path | None = None) -> None:
+    """M-step: fine-tune the writer adapter (from `start_from`, default `adapter_dir`, or a fresh one)
+    on winning (note -> dream) pairs; save it to `adapter_dir` atomically."""
     from peft import PeftModel, get_peft_model
 
-    if (adapter_dir / "adapter_config.json").is_file():
-        pm = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    start_from = start_from or adapter_dir
+    if (start_from / "adapter_config.json").is_file():
+        pm = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
     else:
         pm = get_peft_model(model, _small_lora())
     try:
@@ -115,16 +150,10 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
             rows.append(encode(tok, prompt, f"{rest}\nA: {d.answer}"))
         params = [p for p in pm.parameters() if p.requires_grad]
         _train(pm, params, rows, cfg.rest.writer_steps, cfg.rest.writer_lr, tok.pad_token_id)
-        tmp = adapter_dir.with_name("writer.tmp")
+        tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         pm.save_pretrained(str(tmp))
-        # save_pretrained nests non-default adapter names; flatten to one adapter dir
-        old = adapter_dir.with_name("writer.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if adapter_dir.exists():
-            adapter_dir.rename(old)
-        tmp.rename(adapter_dir)
-        shutil.rmtree(old, ignore_errors=True)
+        _replace_dir(tmp, adapter_dir)
     finally:
         pm.unload()
 
@@ -135,6 +164,8 @@ def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: Sle
     text = {m.id: m.text for m in memories}
     stats = {"rest_candidates": 0, "rest_winners": 0, "rest_mean_gain": 0.0}
     gains: list[float] = []
+    current, pending = writer_adapter_dir(home_root), pending_writer_dir(home_root)
+    shutil.rmtree(pending, ignore_errors=True)  # a pending writer of a sleep that died is never adopted
     for _ in range(cfg.rest.rounds):
         cases = []
         probes = ds.probes[:]
@@ -151,6 +182,7 @@ def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: Sle
         stats["rest_candidates"] += len(scored)
         stats["rest_winners"] += len(winners)
         if winners and not should_stop():
-            fit_writer(model, tok, winners, text, cfg, writer_adapter_dir(home_root))
+            start = pending if (pending / "adapter_config.json").is_file() else current
+            fit_writer(model, tok, winners, text, cfg, pending, start_from=start)
     stats["rest_mean_gain"] = round(sum(gains) / len(gains), 4) if gains else 0.0
     return stats
