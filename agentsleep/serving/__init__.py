@@ -7,5 +7,7 @@
     vllm/                    vLLM server processes, routing, swaps, restarts, shared-base lanes
     protocol.py              request validation (chat, completions; use_memory, memory_k)
     server.py                FastAPI app, RegistryWatcher (follows CURRENT), `agentsleep serve`
+    homes.py                 `agentsleep serve-homes`: many homes behind one endpoint and one vLLM
+    auth.py                  the bearer-token check both endpoints use
     loadtest.py              swaps under continuous load; swap_benchmark() for the bench command
 """

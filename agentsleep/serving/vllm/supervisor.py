@@ -34,9 +34,11 @@ Swap kinds, cheapest first (`plan()` picks one):
   starts on the new version beside the old one, is health-checked, new
   requests switch to it in one step, and the old one is drained and stopped.
 
-A monitor thread restarts a managed server that dies (on the version it was
-serving); requests wait for it instead of failing, and `health()` reports
-the restart. Managed servers bind to 127.0.0.1 only: the development
+The kinds are the `SwapKind` table below. Requests get their route through
+the `Gate` (routing.py) and a monitor thread restarts a managed server that
+dies, on the version it was serving (restarts.py: giving up after
+`max_restarts` deaths within `restart_window_s`); requests wait for it instead
+of failing, and `health()` reports the restart. Managed servers bind to 127.0.0.1 only: the development
 endpoints (/pause, /collective_rpc, adapter loading) must never be reachable
 from outside the machine, and the HTTP layer of `agentsleep serve` never
 forwards them.
