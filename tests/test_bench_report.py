@@ -171,13 +171,15 @@ def test_scaling_shapes_are_buildable():
 
 
 def test_continual_suite_lines_and_capacity_table(tmp_path, monkeypatch):
-    """K=2 sleeps of 2 facts on a tiny model: the three lines, growth adds a block, a table and a plot."""
+    """K=2 sleeps of 2 facts on a tiny model: the three lines, growth adds a block, a table and a plot.
+    No sleep can be promoted (the tiny random model writes no parseable dreams, and the gate is set so that
+    no expert could pass it either: no drift allowed, every probe to be learned), so every sleep must be
+    rejected and leave its version serving, and the report must say why."""
     from agentsleep.bench import continual_suite
     from tiny import tiny_model_dir
 
     for k, v in {"MODEL__BASE": str(tiny_model_dir(tmp_path)), "SLEEP__SEED__EPOCHS": "2", "SLEEP__REST__ROUNDS": "0",
-                 "SLEEP__GATE__MIN_RECALL_GAIN": "-1", "SLEEP__GATE__MIN_RETENTION": "0",
-                 "SLEEP__GATE__MAX_DRIFT_KL": "1000"}.items():
+                 "SLEEP__GATE__MIN_RECALL_GAIN": "1", "SLEEP__GATE__MAX_DRIFT_KL": "0"}.items():
         monkeypatch.setenv(f"AGENTSLEEP_{k}", v)
     res = continual_suite.run(tmp_path / "c", n_facts=2, k=2, say=lambda m: None)
     lines = res["lines"]
@@ -187,9 +189,29 @@ def test_continual_suite_lines_and_capacity_table(tmp_path, monkeypatch):
     assert lines["sleep"][0] == {k: v for k, v in lines["sleep + growth"][0].items() if k != "grow_seconds"}
     grown, plain = lines["sleep + growth"][1], lines["sleep"][1]
     assert grown["parameters_m"] > plain["parameters_m"] and grown["grow_seconds"] > 0
-    assert all(p["status"] in ("promoted", "rejected") for p in lines["sleep"])  # a tiny model may dream nothing usable
+    slept = lines["sleep"] + lines["sleep + growth"][1:]
+    assert [p["status"] for p in slept] == ["rejected"] * 3
+    assert all(p["reasons"] for p in slept), slept
+    # a rejected sleep leaves the version before it serving: the base, or the grown one on the growth line
+    assert [p["version"] for p in lines["sleep"]] == ["v0000", "v0000"] and grown["version"] == "v0001"
     md = continual_suite.markdown(res, tmp_path)
-    assert "| sleep + growth | 2 |" in md and (tmp_path / "bench_continual.png").stat().st_size > 1000
+    assert "| sleep + growth | 2 | rejected (4) |" in md and (tmp_path / "bench_continual.png").stat().st_size > 1000
+    notes = md.split("Not promoted:")[1]
+    for p in slept:
+        assert f"sleep {p['after_set']}: rejected: {'; '.join(p['reasons'])}" in notes
+    assert "| naive fine-tuning | 2 | merged |" in md
+
+
+def test_continual_report_says_nothing_when_every_sleep_promoted(tmp_path):
+    from agentsleep.bench.continual_suite import markdown
+
+    pt = {"after_set": 1, "accuracy": [0.8], "recall_all": 0.8, "drift_kl": 0.05, "seconds": 10.0,
+          "status": "promoted", "reasons": ["recall 0.00 -> 0.80, retention n/a, drift KL 0.050"], "version": "v0001"}
+    res = {"k": 1, "facts_per_sleep": 10, "before": [0.0], "seed_steps_per_baseline_set": 48,
+           "lines": {"sleep": [pt], "sleep + growth": [pt], "naive fine-tuning": [
+               {"after_set": 1, "accuracy": [0.5], "recall_all": 0.5, "drift_kl": 0.2}]}}
+    md = markdown(res, tmp_path)
+    assert "| sleep | 1 | promoted |" in md and "Not promoted" not in md
 
 
 def test_results_file_records_versions_config_and_seeds_without_secrets(tmp_path, monkeypatch):

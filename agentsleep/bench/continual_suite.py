@@ -24,7 +24,8 @@ from .sleep_suite import closed_book, naive_continual
 SETS = (SET_A, SET_B, SET_C)
 
 
-def _point(home: Home, sets: list[list[Fact]], ref: Any, drift: list, seconds: float, status: str) -> dict[str, Any]:
+def _point(home: Home, sets: list[list[Fact]], ref: Any, drift: list, seconds: float, status: str,
+           reasons: list[str] = ()) -> dict[str, Any]:
     from ..sleep.gate import drift_kl
 
     live = home.engine.live
@@ -32,16 +33,17 @@ def _point(home: Home, sets: list[list[Fact]], ref: Any, drift: list, seconds: f
     return {"after_set": len(sets), "accuracy": acc, "recall_all": round(sum(a * len(s) for a, s in zip(acc, sets))
                                                                         / sum(len(s) for s in sets), 3),
             "drift_kl": round(drift_kl(live.model, live.tok, drift, ref=ref), 4), "seconds": round(seconds, 1),
-            "status": status, "version": live.version.name,
+            "status": status, "reasons": list(reasons), "version": live.version.name,
             "parameters_m": round(sum(p.numel() for p in live.model.parameters()) / 1e6, 1)}
 
 
-def _sleep_next(home: Home, facts: list[Fact], progress) -> tuple[float, str]:
+def _sleep_next(home: Home, facts: list[Fact], progress) -> tuple[float, str, list[str]]:
+    """Remember `facts` and sleep: (seconds, status, the sleep report's reasons)."""
     for f in facts:
         home.remember(f.text, source="bench")
     t = time.time()
     rep = home.sleep(progress=progress)
-    return time.time() - t, rep.status
+    return time.time() - t, rep.status, list(rep.reasons)
 
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 10, k: int = 3) -> dict[str, Any]:
@@ -60,8 +62,8 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 10, k: int = 
         drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, cfg.seed.replay_prompts,
                                                 cfg.gate.drift_prompts)["drift"]]
         res["before"] = [closed_book(ref, tok, s)[0] for s in sets]
-        seconds, status = _sleep_next(home, sets[0], progress)
-        first = _point(home, sets[:1], ref, drift, seconds, status)
+        seconds, status, reasons = _sleep_next(home, sets[0], progress)
+        first = _point(home, sets[:1], ref, drift, seconds, status, reasons)
         res["lines"]["sleep"].append(first)
         say(f"continual: sleep 1 {status}: {first['accuracy']}")
         steps = int(home.registry.current().manifest.get("metrics", {}).get("seed_steps") or 60)
@@ -75,8 +77,8 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 10, k: int = 
                     t = time.time()
                     home.grow(1)
                     grow_s = time.time() - t
-                seconds, status = _sleep_next(home, sets[j], progress)
-                p = _point(home, sets[:j + 1], ref, drift, seconds, status)
+                seconds, status, reasons = _sleep_next(home, sets[j], progress)
+                p = _point(home, sets[:j + 1], ref, drift, seconds, status, reasons)
                 p["grow_seconds"] = round(grow_s, 1)
                 res["lines"][line].append(p)
                 say(f"continual: {line}, sleep {j + 1} {status}: {p['accuracy']} (drift {p['drift_kl']})")
@@ -118,16 +120,21 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     png = plot(res, docs_dir / "bench_continual.png")
     head = ("| method | after set | sleep | accuracy per set | recall, all facts | drift KL | parameters (M) | seconds |\n"
             "|---|---|---|---|---|---|---|---|\n")
-    rows = []
+    rows, why = [], []
     for name, pts in res["lines"].items():
         for p in pts:
+            status = p.get("status", "merged")
+            if status != "promoted" and p.get("reasons"):  # a sleep that was not promoted says why, under the table
+                why.append(f"- {name}, sleep {p['after_set']}: {status}: {'; '.join(p['reasons'])}")
+                status = f"{status} ({len(why)})"
             secs = p.get("seconds", "")
             if p.get("grow_seconds"):
                 secs = f"{secs} (+{p['grow_seconds']} grow)"
-            rows.append(f"| {name} | {p['after_set']} | {p.get('status', 'merged')} | {' / '.join(f'{a:.2f}' for a in p['accuracy'])} | "
+            rows.append(f"| {name} | {p['after_set']} | {status} | {' / '.join(f'{a:.2f}' for a in p['accuracy'])} | "
                         f"{p['recall_all']:.2f} | {p['drift_kl']} | {p.get('parameters_m', '')} | {secs} |")
     return (f"{res['k']} sleeps of {res['facts_per_sleep']} facts each (disjoint sets), embedded SmolLM2; before any "
             f"sleep: {' / '.join(f'{a:.2f}' for a in res['before'])}. The growth line shares sleep 1 and grows one "
             f"block before each later sleep; naive fine-tuning uses {res['seed_steps_per_baseline_set']} LoRA steps per "
-            f"set (sleep 1's seeding steps). A rejected sleep leaves the previous version serving (the reason is in its sleep "
-            f"report), so its row repeats the accuracy before it.\n\n{head}" + "\n".join(rows) + f"\n\n![continual]({png.name})\n")
+            f"set (sleep 1's seeding steps). A rejected sleep leaves the previous version serving (its reasons, numbered, are "
+            f"under the table), so its row repeats the accuracy before it.\n\n{head}" + "\n".join(rows) + "\n\n"
+            + ("Not promoted:\n\n" + "\n".join(why) + "\n\n" if why else "") + f"![continual]({png.name})\n")
