@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgress
 
 
 class Progress(Protocol):
@@ -20,7 +21,7 @@ class Progress(Protocol):
 class StageProgress:
     def __init__(self, enabled: bool = True, console: Console | None = None):
         self.enabled = enabled
-        self._p = Progress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
+        self._p = RichProgress(TextColumn("[bold]{task.description:<8}"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TextColumn("{task.fields[note]}"),
                            console=console or Console(stderr=True), transient=False) if enabled else None
         self._tasks: dict[str, Any] = {}
