@@ -343,7 +343,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
         raise InputError(f"bench: unknown suite '{suite}'; use quick, all or one of {', '.join(SUITES)}")
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
-        results = run_suites(names, out_dir, docs=docs if docs and str(docs) else None, say=say, progress=prog,
+        results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,
                              options={"sleep": {"n_facts": facts}} if facts else None, quick=suite == "quick")
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
