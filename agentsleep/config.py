@@ -24,7 +24,6 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import EnvSettingsSource
-from pydantic_settings.sources.utils import parse_env_vars
 
 from .errors import ConfigError
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 
@@ -77,7 +76,7 @@ def test_stop_flag_catches_sigint_as_well_as_sigterm():
 def _night(tmp_path) -> pipeline.Night:
     plan = SleepPlan("s5", "v0000", [Memory("e1", "text")])
     j = Journal(tmp_path, "s5")
-    return pipeline.Night(home=SimpleNamespace(root=tmp_path), plan=plan, journal=j, stop=lambda: False, say=pipeline.silent, started_at=0.0)
+    return pipeline.Night(home=None, plan=plan, journal=j, stop=lambda: False, say=pipeline.silent, started_at=0.0)
 
 
 def test_stage_loop_runs_in_order_skips_what_does_not_apply_and_stops_at_an_early_report(tmp_path, monkeypatch):

@@ -93,8 +93,9 @@ class Journal:
         atomic_write_json(self.dir / "journal.json", self.data)
 
 
-def write_report(sleep_dir: Path, report: SleepReport) -> None:
-    atomic_write_json(Path(sleep_dir) / "report.json", json.loads(report.to_json()))
+def write_report(sleep_dir: Path, report: SleepReport, **extra: Any) -> None:
+    """`report.json`: the report, plus `extra` fields (the stage a killed sleep died in)."""
+    atomic_write_json(Path(sleep_dir) / "report.json", {**json.loads(report.to_json()), **extra})
 
 
 def read_dreams(sleep_dir: Path) -> list[Dream]:
@@ -169,9 +170,7 @@ def _report_ended(journal_path: Path, j: dict[str, Any], why: str) -> None:
     report = SleepReport(sleep_id=j.get("sleep_id") or journal_path.parent.name, status=Status(status),
                          version=serving, parent_version=j.get("parent_version") or serving or "", episodes=[],
                          reasons=[why], duration_s=max(0.0, now - started), started_at=started, finished_at=now)
-    data = json.loads(report.to_json())
-    data["stage"] = j.get("stage")
-    atomic_write_json(journal_path.parent / "report.json", data)
+    write_report(journal_path.parent, report, stage=j.get("stage"))
 
 
 def sweep_staging(home: Path, *, own_pid: int | None = None) -> int:

@@ -367,7 +367,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
                 journal.finish(status=Status.FAILED, error=f"{type(e).__name__}: {e}")
                 raise
             finally:
-                settle_writer(home.root, promoted=False)  # no-op after _outcome; drops it on any error
+                settle_writer(home.root, promoted=False)  # a sleep that ended early or failed: drop ReST's writer
                 if n.engine is not None:
                     n.engine.close()
         rep = _finalize(rep, plan)
@@ -384,6 +384,5 @@ def _run_stages(n: Night) -> SleepReport:
             early = stage(n)
         if early is not None:
             early.timings = dict(n.journal.timings)  # including the stage that ended it
-            settle_writer(n.home.root, promoted=False)
             return early
     return _outcome(n)
