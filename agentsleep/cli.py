@@ -385,6 +385,22 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
                    say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
+@app.command("mcp")
+def mcp_cmd(transport: str = typer.Option("stdio", "--transport", help="stdio | http (streamable HTTP at /mcp)."),
+            host: str = typer.Option("127.0.0.1", help="With --transport http: address to listen on."),
+            port: int = typer.Option(8765, min=1, max=65535, help="With --transport http: port."),
+            sleep_fn: Optional[str] = typer.Option(None, "--sleep-fn", hidden=True)) -> None:
+    """Serve this home over the Model Context Protocol: tools remember, recall, forget, sleep_now,
+    status, ask; resources: the latest sleep report and the version history (needs agentsleep[mcp])."""
+    import logging
+
+    from .serving.mcp import run as run_mcp
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    run_mcp(State.home_path, transport=transport, host=host, port=port, sleep_fn=sleep_fn,
+            say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
+
+
 @app.command("serve-homes")
 def serve_homes_cmd(homes: list[Path] = typer.Argument(..., help="Agent home directories sharing one base model."),
                     host: Optional[str] = typer.Option(None, help="Address to listen on (default: the homes' serve.host)."),
