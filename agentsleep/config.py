@@ -47,6 +47,25 @@ class MemoryConfig(_Section):
     chunk_chars: int = Field(800, ge=100, description="Texts longer than this many characters are split into linked chunks.")
     max_text_chars: int = Field(200_000, ge=1, description="Texts longer than this many characters are refused.")
     recall_k: int = Field(4, ge=1, le=100, description="Memories returned by `recall` and injected into a prompt when no k is given.")
+    hybrid: bool = Field(True, description="Fuse the lexical (SQLite FTS5 BM25) ranking with the dense one; false = dense only.")
+    dense_weight: float = Field(1.0, ge=0, description="Weight of the dense (MiniLM cosine) ranking in reciprocal-rank fusion.")
+    lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in reciprocal-rank fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant: a hit at rank r adds weight / (rrf_k + r).")
+    candidates: int = Field(50, ge=1, le=1000, description="Hits taken from each index (dense, lexical) before fusing, in episodes.")
+    lexical_context_weight: float = Field(0.3, ge=0, description="BM25 weight of a turn's session neighbours' words "
+                                          "(its own words weigh 1), so a reply is found by its question's words.")
+    lexical_entity_weight: float = Field(0.5, ge=0, description="BM25 weight of a turn's speaker and capitalised names.")
+    speaker_boost: float = Field(0.2, ge=0, description="A hit whose speaker the query names scores (1 + this) times its fused score.")
+    time_boost: float = Field(0.5, ge=0, description="A hit whose event time lies in a time the query names (\"last week\", "
+                              "\"in May 2023\") scores (1 + this) times its fused score; 0 ignores time words.")
+    neighbours: int = Field(0, ge=0, le=20, description="Turns before and after each hit in its session that recall attaches "
+                            "as context (and prompts show), in turns.")
+    rerank: Literal["off", "cross-encoder", "lm"] = Field("off", description="Rerank the fused top candidates: off; "
+                                                          "cross-encoder (rerank_model = a local sentence-transformers "
+                                                          "CrossEncoder directory); lm (the home's base model's yes/no logits).")
+    rerank_model: str = Field("", description="Directory of the cross-encoder (rerank = cross-encoder) or of a causal LM "
+                              "(rerank = lm; empty = model.base).")
+    rerank_candidates: int = Field(20, ge=1, le=200, description="Fused hits the reranker rescores, in episodes.")
 
 
 class ModelConfig(_Section):
@@ -59,8 +78,8 @@ class ModelConfig(_Section):
 class DreamConfig(_Section):
     per_episode: int = Field(12, ge=1, le=64, description="m: dreams written per episode, one per question stem (`stems` in order, "
                              "cycled when m exceeds them), besides the answer-first ones.")
-    stems: list[str] = Field(default_factory=lambda: ["What", "Who", "Where", "When", "Which", "How", "What is the user",
-                                                      "Who is the user", "Where does the user", "In which", "What kind of",
+    stems: list[str] = Field(default_factory=lambda: ["What", "Who", "Where", "When", "Which", "How", "What is",
+                                                      "Who is", "Where does", "In which", "What kind of",
                                                       "What is the name of"],
                              description="Question stems prefilled into the writer's answer, one dream per stem: the "
                                          "phrasing varies by stem, not by sampling temperature.")
@@ -145,6 +164,9 @@ class GateConfig(_Section):
                                   "so that forgetting is read from more than a few questions.")
     max_drift_kl: float = Field(0.3, ge=0, description="Largest mean per-token KL(pre || post), in nats, on generic prompts.")
     drift_prompts: int = Field(12, ge=1, description="Generic prompts the drift KL is computed on.")
+    min_probes: int = Field(8, ge=0, description="Probes the recall check needs: when fewer held-out dreams pass the "
+                            "trust check (grounded, teacher agrees), fill-in-the-blank probes built from the episodes' "
+                            "own text make up the rest (sleep/probes.py).")
 
 
 class PolicyConfig(_Section):

@@ -170,7 +170,7 @@ class Home:
         return {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
 
     def forget(self, episode_id: str | None = None, *, query: str | None = None, k: int = 1,
-               fallback: bool = False) -> dict[str, Any]:
+               fallback: bool = False, namespace: str = "default") -> dict[str, Any]:
         """Forget exactly: delete from the store AND schedule the weights to be rebuilt without it.
 
         The next sleep starts again from the last version that predates the earliest
@@ -183,7 +183,7 @@ class Home:
 
         if (episode_id is None) == (query is None):
             raise InputError("forget: give an episode id or --query, not both")
-        targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k)]
+        targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)]
         if not targets:
             raise InputError(f"forget: nothing matches {query!r}")
         with sleep_lock(self.root, what="forget"):
@@ -234,19 +234,19 @@ class Home:
             return self._engine
 
     def ask(self, question: str, *, use_memory: bool = True, k: int | None = None,
-            max_new_tokens: int | None = None) -> dict[str, Any]:
+            max_new_tokens: int | None = None, namespace: str = "default") -> dict[str, Any]:
         """Answer with the current version; by default with the top-k memories in the prompt."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("ask: the question is empty")
         memories, memory_error = [], None
         if use_memory:
             try:  # the store being down must not silence the agent: answer from the weights, say so
-                memories = self.recall(question, k) if self.store.count() else []
+                memories = self.recall(question, k, namespace=namespace) if self.store.count() else []
             except StoreUnavailableError as e:
                 memory_error = str(e)
                 log.warning("answering without memories: %s", e)
         eng = self.engine
-        answer = eng.answer(question, [m.text for m in memories], max_new_tokens=max_new_tokens)
+        answer = eng.answer(question, [m.prompt_text() for m in memories], max_new_tokens=max_new_tokens)
         out = {"answer": answer, "model_version": eng.version.name, "memories_used": [m.id for m in memories]}
         if memory_error:
             out["memory_error"] = memory_error

@@ -176,16 +176,17 @@ def test_native_tools_with_a_tool_template(models, tmp_path):
 def test_with_sleep_on_the_tiny_model(home):
     sid = "s-" + uuid.uuid4().hex[:8]
     home.remember("The spare key is under the blue flowerpot.")
+    shown = home.episodes()[0].prompt_text()  # "[5 May 2025] The spare key ...": prompts show when
     spy = SpyBackend(home)
     agent = with_sleep(SleepChatModel(backend=spy), home=home, k=1, session_id=sid)
     r = agent.invoke("Where is the spare key?")
-    assert "What you remember:\n- The spare key is under the blue flowerpot." in spy.prompts[-1]
+    assert f"What you remember:\n- {shown}" in spy.prompts[-1] and shown.endswith("] The spare key is under the blue flowerpot.")
     # the prompt is exactly the one Home.ask builds (the layout sleep trains with)
     from agentsleep.models import generate as gen
 
     tok = home.engine.live.tok
     assert spy.prompts[-1] == gen.chat(tok, "Where is the spare key?",
-                                       system=gen.memory_system(["The spare key is under the blue flowerpot."]))
+                                       system=gen.memory_system([shown]))
     [turn] = [e for e in home.episodes(session=sid) if e.kind == "turn"]
     assert turn.text == f"User: Where is the spare key?\nAssistant: {r.content.strip()}"
     streamed = "".join(c.content for c in agent.stream("Where is the spare key?"))
@@ -213,7 +214,7 @@ def test_embedded_smollm2_agent_with_memory(tmp_path):
         agent = with_sleep(llm, home=h, session_id="it")
         r = agent.invoke("What is the name of Alice's daughter?")
         assert r.response_metadata["model_version"] == "v0000" and r.content.strip()
-        assert "- Alice's daughter is called Maya." in spy.prompts[-1]
+        assert "] Alice's daughter is called Maya." in spy.prompts[-1]  # "- [date] ...": prompts show when
         # the in-context answer of a 135M model is not checked: whether it says "Maya" is the model's business
         streamed = "".join(c.content for c in agent.stream("What is the name of Alice's daughter?"))
         assert streamed == r.content

@@ -49,14 +49,19 @@ def format_memories_system(episodes: list) -> str:
     """The default for placement="system": the same memory prompt the sleep trains with."""
     from agentsleep.models.generate import memory_system
 
-    return memory_system([e.text for e in episodes]) or ""
+    return memory_system([_shown(e) for e in episodes]) or ""
+
+
+def _shown(e) -> str:
+    """An episode as a prompt shows it: with its date (and speaker), as Home.ask does."""
+    return e.prompt_text() if hasattr(e, "prompt_text") else e.text
 
 
 def format_memories_list(episodes: list) -> str:
     """The default for placement="human"/"key": a short bulleted block."""
     if not episodes:
         return ""
-    return "What you remember:\n" + "\n".join(f"- {e.text.strip()}" for e in episodes)
+    return "What you remember:\n" + "\n".join(f"- {_shown(e).strip()}" for e in episodes)
 
 
 # -- callbacks: tool runs ----------------------------------------------------------

@@ -3,15 +3,36 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 import uuid
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ..errors import InputError
+
 EpisodeKind = Literal["turn", "fact", "observation", "tool"]
 KINDS: tuple[str, ...] = ("turn", "fact", "observation", "tool")
 Trust = Literal["trusted", "untrusted"]
+
+
+DEFAULT_NAMESPACE = "default"
+NAMESPACE_MAX_CHARS = 200
+
+
+def check_namespace(namespace: Any, what: str = "namespace") -> str:
+    """A namespace is a hard partition (user / agent / conversation): a non-empty string of at most
+    200 characters without control characters, so it can be stored and filtered on exactly."""
+    if not isinstance(namespace, str):
+        raise InputError(f"{what} must be a string, got {type(namespace).__name__}")
+    if not namespace:
+        raise InputError(f"{what} is empty; use '{DEFAULT_NAMESPACE}' or a name such as 'user:alice'")
+    if len(namespace) > NAMESPACE_MAX_CHARS:
+        raise InputError(f"{what} is {len(namespace)} characters, over the limit of {NAMESPACE_MAX_CHARS}")
+    if any(unicodedata.category(c) == "Cc" for c in namespace):
+        raise InputError(f"{what} {namespace[:40]!r} contains control characters")
+    return namespace
 
 
 def new_episode_id() -> str:
@@ -43,6 +64,13 @@ class Episode(BaseModel):
     chunk_count: int = 1
     content_hash: str = ""
     provenance: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    # Hard partition recall never crosses; records stored before namespaces read as "default".
+    namespace: str = DEFAULT_NAMESPACE
+    # When it happened (the caller's date, e.g. a conversation's session date); else when remembered.
+    event_time: datetime | None = None
+    speaker: str | None = None
+    # Neighbouring turns of the same session, attached by recall(neighbours=N); never stored.
+    context: list["Episode"] = Field(default_factory=list)
     # Filled from the consolidation ledger when read; not stored in Chroma.
     consolidated_in: str | None = None
     score: float | None = None
@@ -58,7 +86,13 @@ class Episode(BaseModel):
             "chunk_index": self.chunk_index,
             "chunk_count": self.chunk_count,
             "content_hash": self.content_hash,
+            "namespace": self.namespace,
+            "event_ts": (self.event_time or self.created_at).timestamp(),
         }
+        if self.event_time is not None:
+            md["event_at"] = self.event_time.isoformat()
+        if self.speaker is not None:
+            md["speaker"] = self.speaker
         if self.session is not None:
             md["session"] = self.session
         if self.parent_id is not None:
@@ -70,17 +104,35 @@ class Episode(BaseModel):
     @classmethod
     def from_record(cls, id: str, text: str, md: dict[str, Any], score: float | None = None) -> "Episode":
         prov = {k[5:]: v for k, v in md.items() if k.startswith("prov_")}
+        created = datetime.fromisoformat(md["created_at"])
         return cls(
             id=id, text=text, kind=md.get("kind", "fact"), source=md.get("source", "user"),
-            session=md.get("session"), created_at=datetime.fromisoformat(md["created_at"]),
+            session=md.get("session"), created_at=created,
             trust=md.get("trust", "trusted"), parent_id=md.get("parent_id"),
             chunk_index=int(md.get("chunk_index", 0)), chunk_count=int(md.get("chunk_count", 1)),
             content_hash=md.get("content_hash", ""), provenance=prov, score=score,
+            namespace=md.get("namespace") or DEFAULT_NAMESPACE, speaker=md.get("speaker"),
+            event_time=datetime.fromisoformat(md["event_at"]) if md.get("event_at") else created,
         )
+
+    def when(self) -> datetime:
+        return self.event_time or self.created_at
+
+    def prompt_text(self) -> str:
+        """The memory as put into a prompt: its event date first (temporal questions need it), the
+        speaker when known and not already at the text's start."""
+        body = self.text
+        if self.speaker and not body.startswith(f"{self.speaker}:"):
+            body = f"{self.speaker}: {body}"
+        t = self.when()
+        return f"[{t.strftime('%d %B %Y').lstrip('0')}] {body}"
 
     def public(self) -> dict[str, Any]:
         """JSON-ready dict for the CLI and APIs."""
-        return self.model_dump(mode="json", exclude_none=True)
+        d = self.model_dump(mode="json", exclude_none=True)
+        if not d.get("context"):
+            d.pop("context", None)
+        return d
 
 
 class RememberResult(BaseModel):

@@ -4,8 +4,10 @@ Records are copied with their stored embeddings (no re-embedding, so recall
 ranks exactly as before), ids and metadata unchanged; the consolidation
 ledger is keyed by episode id and stays where it is. The copy is verified
 (every source id present in the target with the same content hash) before
-the home's config.toml is switched, atomically. The source is left intact:
-delete it yourself once you trust the target.
+the home's config.toml is switched, atomically. The lexical index (SQLite,
+beside the ledger) is rebuilt from the copied records so it matches the new
+store exactly. The source is left intact: delete it yourself once you trust
+the target.
 """
 from __future__ import annotations
 
@@ -37,7 +39,8 @@ def migrate(home, target: MemoryConfig, progress=None) -> dict[str, Any]:
     raw = _records(src)
     ids = list(raw["ids"])
     home.close()  # an embedded target takes the writer lock of <home>/memory
-    dst = EpisodeStore(target, home.root / "memory", writable=True)
+    # sync=False: the lexical index still describes the source until the copy is verified
+    dst = EpisodeStore(target, home.root / "memory", writable=True, sync=False)
     try:
         have = dst._call("read ids", dst._coll.get, ids=ids or None, include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
         existing = dict(zip(have["ids"], have["metadatas"]))
@@ -58,10 +61,14 @@ def migrate(home, target: MemoryConfig, progress=None) -> dict[str, Any]:
         if bad:
             raise StoreUnavailableError(f"migrate: {len(bad)} episodes did not arrive intact (e.g. {bad[0]}); "
                                         "the home still uses its old store")
+        lex = dst.sync_lexical(force=True)
+        if lex["indexed"] != len(ids):
+            raise StoreUnavailableError(f"migrate: the lexical index holds {lex['indexed']} of {len(ids)} episodes; "
+                                        "the home still uses its old store")
     finally:
         dst.close()
     _switch_config(home.root / "config.toml", target)
-    return {"episodes": len(ids), "copied": len(todo), "already_there": len(existing),
+    return {"episodes": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
             "from": _describe(src_cfg), "to": _describe(target)}
 
 

@@ -19,8 +19,10 @@ from filelock import FileLock, Timeout
 
 from ..config import MemoryConfig
 from ..errors import AgentsleepError, HomeError, InputError, StoreLockedError, StoreUnavailableError
-from .episode import KINDS, Episode, RememberResult, chunk_text, content_hash, new_episode_id, utcnow
+from .episode import (DEFAULT_NAMESPACE, KINDS, Episode, RememberResult, check_namespace, chunk_text, content_hash,
+                      new_episode_id, utcnow)
 from .ledger import Ledger
+from .lexical import SCHEMA_VERSION, Filters, LexicalIndex, Row, query_terms
 
 CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
 # Chunks are embedded and added this many at a time: bounded memory per call,
@@ -29,9 +31,16 @@ ADD_BATCH = 256
 
 
 class EpisodeStore:
-    """remember / recall / get / list / delete / count over one Chroma collection."""
+    """remember / recall / get / list / delete / count over one Chroma collection and its lexical index.
 
-    def __init__(self, cfg: MemoryConfig, root: Path, *, writable: bool = True):
+    Every write goes to both indexes (Chroma first, then the SQLite FTS5 index
+    in lexical.sqlite); a failure in either rolls the other back. Opening a
+    writable store brings the lexical index in step with Chroma when they
+    disagree (an older store, a crash between the two writes), and gives
+    records stored before namespaces their "default" namespace.
+    """
+
+    def __init__(self, cfg: MemoryConfig, root: Path, *, writable: bool = True, sync: bool = True):
         self.cfg = cfg
         self.root = root
         self.writable = writable
@@ -40,6 +49,8 @@ class EpisodeStore:
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.ledger = Ledger(root / "ledger.sqlite")
+            self.lexical = LexicalIndex(root / "lexical.sqlite", ctx_weight=cfg.lexical_context_weight,
+                                        ent_weight=cfg.lexical_entity_weight)
         except OSError as e:
             raise HomeError(f"memory store {root}: cannot create ({e.strerror}); check permissions or pass another --home") from None
         except Exception as e:  # sqlite3.OperationalError on a read-only dir
@@ -48,6 +59,44 @@ class EpisodeStore:
             self._acquire_writer()
         self._gen_seen = self._generation()
         self._open()
+        self._reranker: Any = None
+        if sync and writable:
+            try:
+                self.sync_lexical()
+            except BaseException:
+                self.close()
+                raise
+        # A store never synced (older, opened read-only) holds only "default" episodes and no lexical rows.
+        self._legacy = self.lexical.get_meta("schema") != SCHEMA_VERSION
+
+    # -- the lexical index --------------------------------------------------
+    def sync_lexical(self, *, force: bool = False) -> dict[str, int]:
+        """Make the lexical index hold exactly Chroma's records (and give old records a namespace and an
+        event time). Cheap when they already agree: one count on each side."""
+        self._require_writer()
+        n = int(self._call("count", self._coll.count))
+        if not force and self.lexical.get_meta("schema") == SCHEMA_VERSION and self.lexical.count() == n:
+            return {"records": n, "backfilled": 0, "indexed": 0}
+        raw = self._call("read all", self._coll.get, include=["documents", "metadatas"])
+        fix_ids, fix_mds = [], []
+        for i, md in zip(raw["ids"], raw["metadatas"]):
+            if "namespace" not in md or "event_ts" not in md:
+                md = {**md, "namespace": md.get("namespace") or DEFAULT_NAMESPACE,
+                      "event_ts": md.get("event_ts", md.get("created_ts", 0.0))}
+                fix_ids.append(i)
+                fix_mds.append(md)
+        for s in range(0, len(fix_ids), CHROMA_MAX_BATCH):
+            self._call("backfill", self._coll.update, ids=fix_ids[s:s + CHROMA_MAX_BATCH],
+                       metadatas=fix_mds[s:s + CHROMA_MAX_BATCH])
+        fixed = dict(zip(fix_ids, fix_mds))
+        rows = [_row(i, doc, fixed.get(i, md)) for i, doc, md in zip(raw["ids"], raw["documents"], raw["metadatas"])]
+        rows.sort(key=lambda r: (r.event_ts, r.created_ts, r.id))
+        self.lexical.rebuild(rows)
+        self.lexical.set_meta("schema", SCHEMA_VERSION)
+        self._legacy = False
+        if fix_ids:
+            self._bump()
+        return {"records": len(rows), "backfilled": len(fix_ids), "indexed": len(rows)}
 
     # -- connection -----------------------------------------------------
     def _open(self) -> None:
@@ -192,8 +241,11 @@ class EpisodeStore:
     # -- API ------------------------------------------------------------
     def remember(self, text: str, *, kind: str = "fact", source: str = "user", session: str | None = None,
                  trust: str = "trusted", provenance: dict[str, Any] | None = None,
-                 created_at: datetime | None = None) -> RememberResult:
-        """Store a memory. Exact duplicates are detected and not stored twice."""
+                 created_at: datetime | None = None, namespace: str = DEFAULT_NAMESPACE,
+                 event_time: datetime | None = None, speaker: str | None = None) -> RememberResult:
+        """Store a memory in `namespace`. Exact duplicates (same namespace) are detected and not stored twice.
+
+        `event_time` is when it happened (e.g. the date of the conversation); it defaults to now."""
         self._require_writer()
         if not isinstance(text, str):
             raise InputError(f"remember: text must be a string, got {type(text).__name__}")
@@ -207,10 +259,16 @@ class EpisodeStore:
             raise InputError(f"remember: unknown kind '{kind}'; use one of {', '.join(KINDS)}")
         if trust not in ("trusted", "untrusted"):
             raise InputError(f"remember: trust must be 'trusted' or 'untrusted', got '{trust}'")
+        check_namespace(namespace, "remember: namespace")
+        if event_time is not None and not isinstance(event_time, datetime):
+            raise InputError(f"remember: event_time must be a datetime, got {type(event_time).__name__}")
+        if speaker is not None and (not isinstance(speaker, str) or not speaker.strip() or len(speaker) > 200):
+            raise InputError("remember: speaker must be a non-empty string of at most 200 characters")
         text = text.strip()
         h = content_hash(text)
         self._fresh()
-        found = self._call("duplicate check", self._coll.get, where={"content_hash": h}, limit=1, include=["metadatas"])
+        found = self._call("duplicate check", self._coll.get, where={"$and": [{"content_hash": h}, {"namespace": namespace}]},
+                           limit=1, include=["metadatas"])
         if found["ids"]:
             md = found["metadatas"][0]
             root = md.get("parent_id") or found["ids"][0]
@@ -218,19 +276,21 @@ class EpisodeStore:
         pieces = chunk_text(text, self.cfg.chunk_chars)
         root = new_episode_id()
         ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
-        now = created_at or utcnow()
-        if now.tzinfo is None:  # naive = UTC, as in the `since` filter
-            now = now.replace(tzinfo=timezone.utc)
+        now = _utc(created_at or utcnow())
+        when = _utc(event_time or now)
         prov = {k: v for k, v in (provenance or {}).items() if isinstance(v, (str, int, float, bool))}
         eps = [Episode(id=i, text=p, kind=kind, source=source, session=session, created_at=now, trust=trust,
                        parent_id=None if len(pieces) == 1 else root, chunk_index=n, chunk_count=len(pieces),
-                       content_hash=h, provenance=prov) for n, (i, p) in enumerate(zip(ids, pieces))]
+                       content_hash=h, provenance=prov, namespace=namespace, event_time=when,
+                       speaker=speaker.strip() if speaker else None)
+               for n, (i, p) in enumerate(zip(ids, pieces))]
         try:
             step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
             for s in range(0, len(eps), step):
                 batch = eps[s:s + step]
                 self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
                            metadatas=[e.to_metadata() for e in batch])
+            self.lexical.add([_row(e.id, e.text, e.to_metadata()) for e in eps])
         except BaseException:
             # Without this, a retry would find the first chunks' content_hash
             # and report a duplicate of a memory that was never fully stored.
@@ -238,33 +298,138 @@ class EpisodeStore:
                 self._coll.delete(ids=ids)
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
+            try:
+                self.lexical.delete(ids)
+            except Exception:  # noqa: BLE001
+                pass
             raise
         finally:
             self._bump()
         return RememberResult(id=root, chunk_ids=ids, duplicate=False, kind=kind, chars=len(text))
 
-    def recall(self, query: str, k: int | None = None, *, kind: str | None = None, source: str | None = None,
-               session: str | None = None, since: datetime | None = None, trust: str | None = None) -> list[Episode]:
-        """Top-k episodes by cosine similarity to `query`, optionally filtered."""
+    def recall(self, query: str, k: int | None = None, *, namespace: str = DEFAULT_NAMESPACE, kind: str | None = None,
+               source: str | None = None, session: str | None = None, since: datetime | None = None,
+               until: datetime | None = None, trust: str | None = None, speaker: str | None = None,
+               neighbours: int | None = None, rerank: bool | None = None, now: datetime | None = None,
+               hybrid: bool | None = None) -> list[Episode]:
+        """Top-k episodes of one namespace for `query`: dense (MiniLM cosine) and lexical (BM25) rankings fused
+        by reciprocal rank, with boosts for a speaker or name the query mentions and for event times inside a
+        time the query names ("last week", "in May 2023"; relative to `now`). Filters are hard: recall never
+        returns an episode of another namespace or outside since <= event time < until.
+
+        `score` is the cosine similarity to the query (the order is the fused one). `neighbours` turns either
+        side of each hit in its session come along in `Episode.context` (default memory.neighbours)."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("recall: query is empty")
         k = self.cfg.recall_k if k is None else k
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InputError(f"recall: k must be at least 1, got {k}")
+        check_namespace(namespace, "recall: namespace")
+        window = self.cfg.neighbours if neighbours is None else neighbours
+        if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 20:
+            raise InputError(f"recall: neighbours must be 0..20, got {window}")
+        since, until = _utc(since) if since else None, _utc(until) if until else None
+        if since and until and since >= until:
+            raise InputError("recall: since must be earlier than until")
         self._fresh()
+        if self._legacy and namespace != DEFAULT_NAMESPACE:
+            return []  # an older store not yet synced holds only the default namespace
+        filt = Filters(namespace=None if self._legacy else namespace, kind=kind, source=source, session=session,
+                       trust=trust, speaker=speaker, since_ts=since.timestamp() if since else None,
+                       until_ts=until.timestamp() if until else None)
+        if kind and kind not in KINDS:
+            raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
+        where = _where_filters(filt)
         n = self.count()
         if n == 0:
             return []
-        where = _where(kind=kind, source=source, session=session, since=since, trust=trust)
-        res = self._call("query", self._coll.query, query_texts=[query], n_results=min(k, n), where=where,
+        use_lex = (self.cfg.hybrid if hybrid is None else hybrid) and not self._legacy
+        rr = self.cfg.rerank != "off" if rerank is None else rerank
+        pool = max(k, self.cfg.candidates, self.cfg.rerank_candidates if rr else 0)
+        qvec = self._embed_query(query)
+        res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=min(pool, n), where=where,
                          include=["documents", "metadatas", "distances"])
+        recs: dict[str, tuple[str, dict]] = {}
+        cos: dict[str, float] = {}
+        dense = res["ids"][0]
+        for i, doc, md, dist in zip(dense, res["documents"][0], res["metadatas"][0], res["distances"][0]):
+            recs[i] = (doc, md)
+            cos[i] = round(1.0 - float(dist), 4)
+        lex = [i for i, _ in self.lexical.search(query, pool, filt)] if use_lex else []
+        order = self._fuse(query, dense, lex, recs, now=now)
+        missing = [i for i in order[:pool] if i not in recs]
+        if missing:
+            got = self._call("get", self._coll.get, ids=missing, include=["documents", "metadatas", "embeddings"])
+            for i, doc, md, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
+                if _matches(md, filt):  # the lexical row agrees; Chroma has the last word
+                    recs[i] = (doc, md)
+                    cos[i] = round(float(sum(a * b for a, b in zip(qvec, emb))), 4)
+        order = [i for i in order if i in recs]
+        if rr and order:
+            m = max(k, self.cfg.rerank_candidates)
+            order = self._rerank(query, order[:m], recs) + order[m:]
+        order = order[:k]
+        led = self.ledger.versions_of(order)
         out = []
-        led = self.ledger.versions_of(res["ids"][0])
-        for i, doc, md, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
-            ep = Episode.from_record(i, doc, md, score=round(1.0 - float(dist), 4))
+        for i in order:
+            ep = Episode.from_record(i, recs[i][0], recs[i][1], score=cos.get(i))
             ep.consolidated_in = led.get(i)
             out.append(ep)
+        if window and out:
+            self._attach_neighbours(out, window)
         return out
+
+    def _embed_query(self, query: str) -> list[float]:
+        from .embedder import MiniLMEmbedding
+
+        return [float(x) for x in MiniLMEmbedding(self.cfg.embedder)([query])[0]]
+
+    def _fuse(self, query: str, dense: list[str], lex: list[str], recs: dict[str, tuple[str, dict]],
+              now: datetime | None) -> list[str]:
+        """Weighted reciprocal-rank fusion, then multiplicative boosts (speaker / name mentioned, time named)."""
+        c = self.cfg
+        score: dict[str, float] = {}
+        for w, ranking in ((c.dense_weight, dense), (c.lexical_weight, lex)):
+            for r, i in enumerate(ranking, 1):
+                score[i] = score.get(i, 0.0) + w / (c.rrf_k + r)
+        if not score:
+            return []
+        words = set(query_terms(query))
+        from .timeparse import time_window
+
+        win = time_window(query, now) if c.time_boost else None
+        lo, hi = (win[0].timestamp(), win[1].timestamp()) if win else (None, None)
+        for i in score:
+            if i not in recs:
+                continue
+            md = recs[i][1]
+            boost = 1.0
+            sp = md.get("speaker")
+            if c.speaker_boost and sp and sp.lower() in words:
+                boost += c.speaker_boost
+            if win and lo <= float(md.get("event_ts", md.get("created_ts", 0.0))) < hi:
+                boost += c.time_boost
+            score[i] *= boost
+        return sorted(score, key=lambda i: -score[i])
+
+    def _rerank(self, query: str, ids: list[str], recs: dict[str, tuple[str, dict]]) -> list[str]:
+        from .rerank import make_reranker
+
+        if self._reranker is None:
+            self._reranker = make_reranker(self.cfg)
+        docs = [Episode.from_record(i, recs[i][0], recs[i][1]).prompt_text() for i in ids]
+        scores = self._reranker.score(query, docs)
+        return [i for _, i in sorted(zip(scores, ids), key=lambda t: -t[0])]
+
+    def _attach_neighbours(self, hits: list[Episode], window: int) -> None:
+        near = self.lexical.neighbours([h.id for h in hits], window)
+        want = list(dict.fromkeys(j for js in near.values() for j in js))
+        if not want:
+            return
+        got = self._call("get", self._coll.get, ids=want, include=["documents", "metadatas"])
+        byid = {i: Episode.from_record(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
+        for h in hits:
+            h.context = [byid[j] for j in near.get(h.id, []) if j in byid and byid[j].namespace == h.namespace]
 
     def get(self, episode_id: str) -> Episode:
         """One episode by id; a chunked memory's id returns its reassembled text."""
@@ -284,10 +449,17 @@ class EpisodeStore:
         return ep
 
     def list(self, *, since: datetime | None = None, kind: str | None = None, session: str | None = None,
-             unconsolidated_only: bool = False, limit: int | None = None) -> list[Episode]:
-        """Episodes (chunks included) oldest first."""
+             unconsolidated_only: bool = False, limit: int | None = None,
+             namespace: str | None = None) -> list[Episode]:
+        """Episodes (chunks included) oldest first; of one namespace, or of all when `namespace` is None
+        (the sleep consolidates every namespace: one model per home)."""
         self._fresh()
-        where = _where(kind=kind, session=session, since=since)
+        if namespace is not None:
+            check_namespace(namespace, "list: namespace")
+            if self._legacy and namespace != DEFAULT_NAMESPACE:
+                return []
+        where = _where(kind=kind, session=session, since=since,
+                       namespace=None if self._legacy else namespace)
         res = self._call("list", self._coll.get, where=where, include=["documents", "metadatas"])
         led = self.ledger.versions_of()
         forgotten = self.ledger.forgotten()
@@ -311,8 +483,11 @@ class EpisodeStore:
         ids += self._call("get", self._coll.get, where={"parent_id": episode_id})["ids"]
         if not ids:
             raise InputError(f"no episode with id '{episode_id}'")
-        self._call("delete", self._coll.delete, ids=ids)
-        self._bump()
+        try:
+            self._call("delete", self._coll.delete, ids=ids)
+        finally:  # whatever Chroma did, the words must not outlive the episode
+            self.lexical.delete(ids)
+            self._bump()
         return ids
 
     def count(self) -> int:
@@ -331,8 +506,45 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
-def _where(*, kind=None, source=None, session=None, since=None, trust=None) -> dict | None:
+def _utc(t: datetime) -> datetime:
+    """Naive datetimes are UTC, as in the `since` filter."""
+    if not isinstance(t, datetime):
+        raise InputError(f"expected a datetime, got {type(t).__name__}")
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def _row(i: str, doc: str, md: dict[str, Any]) -> Row:
+    created = float(md.get("created_ts", 0.0))
+    return Row(id=i, namespace=md.get("namespace") or DEFAULT_NAMESPACE, kind=md.get("kind", "fact"),
+               source=md.get("source", "user"), session=md.get("session"), trust=md.get("trust", "trusted"),
+               created_ts=created, event_ts=float(md.get("event_ts", created)), speaker=md.get("speaker"), text=doc or "")
+
+
+def _matches(md: dict[str, Any], f: Filters) -> bool:
+    for key in ("namespace", "kind", "source", "session", "trust", "speaker"):
+        want = getattr(f, key)
+        if want is not None and (md.get(key) or (DEFAULT_NAMESPACE if key == "namespace" else None)) != want:
+            return False
+    ts = float(md.get("event_ts", md.get("created_ts", 0.0)))
+    return not ((f.since_ts is not None and ts < f.since_ts) or (f.until_ts is not None and ts >= f.until_ts))
+
+
+def _where_filters(f: Filters) -> dict | None:
+    conds: list[dict] = [{k: getattr(f, k)} for k in ("namespace", "kind", "source", "session", "trust", "speaker")
+                         if getattr(f, k) is not None]
+    if f.since_ts is not None:
+        conds.append({"event_ts": {"$gte": f.since_ts}})
+    if f.until_ts is not None:
+        conds.append({"event_ts": {"$lt": f.until_ts}})
+    if not conds:
+        return None
+    return conds[0] if len(conds) == 1 else {"$and": conds}
+
+
+def _where(*, kind=None, source=None, session=None, since=None, trust=None, namespace=None) -> dict | None:
     conds: list[dict] = []
+    if namespace:
+        conds.append({"namespace": namespace})
     if kind:
         if kind not in KINDS:
             raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")

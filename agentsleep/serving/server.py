@@ -165,7 +165,8 @@ class _Stats:
 
 def inject_memories(req: ChatRequest, memories: list[Any]) -> list[str]:
     """Put the recalled memories into the system turn (merged with one the client sent)."""
-    texts = [m if isinstance(m, str) else getattr(m, "text", str(m)) for m in memories]
+    texts = [m if isinstance(m, str) else m.prompt_text() if hasattr(m, "prompt_text") else getattr(m, "text", str(m))
+             for m in memories]
     ids = [getattr(m, "id", None) for m in memories]
     block = memory_system(texts)
     if not block:

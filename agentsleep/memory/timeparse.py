@@ -1,0 +1,76 @@
+"""Time words in a query ("yesterday", "last week", "in May 2023") as a window of event times.
+
+Recall uses the window as a soft boost, not a filter: a question about "May"
+may be answered by a turn dated 30 April, and a wrong guess must not hide it.
+Explicit filters (since / until) are hard; these hints are not.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+MONTHS = {m: i for i, m in enumerate(
+    "january february march april may june july august september october november december".split(), 1)}
+MONTHS.update({m[:3]: i for m, i in list(MONTHS.items())})
+MONTHS.pop("may", None)  # "may" alone is usually the verb; "in May" / "May 2023" are caught below
+_MONTH_RE = "|".join(sorted(MONTHS, key=len, reverse=True))
+_UNITS = {"day": 1, "week": 7, "month": 30, "year": 365}
+
+
+def _month(year: int, month: int) -> tuple[datetime, datetime]:
+    start = datetime(year, month, 1, tzinfo=timezone.utc)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+    return start, end
+
+
+def _day(d: datetime) -> datetime:
+    return d.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def time_window(query: str, now: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """The [start, end) window of event times a query refers to, or None when it names no time."""
+    now = now or datetime.now(timezone.utc)
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=timezone.utc)
+    q = query.lower()
+    today = _day(now)
+    if re.search(r"\byesterday\b|\blast night\b", q):
+        return today - timedelta(days=1), today
+    if re.search(r"\btoday\b|\bthis morning\b|\btonight\b", q):
+        return today, today + timedelta(days=1)
+    m = re.search(r"\b(\d+|a|an|one|two|three|four|five|six)\s+(day|week|month|year)s?\s+ago\b", q)
+    if m:
+        n = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}.get(m.group(1))
+        days = (n if n is not None else int(m.group(1))) * _UNITS[m.group(2)]
+        centre = today - timedelta(days=days)
+        half = timedelta(days=max(1, days // 4))
+        return centre - half, centre + half + timedelta(days=1)
+    m = re.search(r"\b(last|this|past)\s+(week|month|year|weekend)\b", q)
+    if m:
+        unit = m.group(2)
+        if unit == "weekend":
+            sat = today - timedelta(days=(today.weekday() - 5) % 7 + (7 if m.group(1) == "last" else 0))
+            return sat, sat + timedelta(days=2)
+        if unit == "week":
+            start = today - timedelta(days=today.weekday())
+            return (start - timedelta(days=7), start) if m.group(1) == "last" else (start, start + timedelta(days=7))
+        if unit == "month":
+            if m.group(1) == "last":
+                y, mo = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
+                return _month(y, mo)
+            return _month(now.year, now.month)
+        y = now.year - (m.group(1) == "last")
+        return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+    m = (re.search(rf"\b(?:in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b(?:,?\s+(\d{{4}}))?", q)
+         or re.search(rf"\b(may|{_MONTH_RE})\s+(\d{{4}})\b", q))
+    if m:
+        mo = MONTHS.get(m.group(1), 5)
+        if m.group(2):
+            return _month(int(m.group(2)), mo)
+        y = now.year if mo <= now.month else now.year - 1
+        return _month(y, mo)
+    m = re.search(r"\b(?:in|during|of)\s+((?:19|20)\d\d)\b", q)
+    if m:
+        y = int(m.group(1))
+        return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+    return None

@@ -1,0 +1,169 @@
+"""Namespaces, event times, the lexical index and hybrid recall, against real Chroma and real MiniLM.
+
+A namespace is a hard partition: these tests store near-identical texts in
+several namespaces and check that recall, list and duplicates never cross.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from agentsleep.config import MemoryConfig
+from agentsleep.errors import AgentsleepError, InputError
+from agentsleep.memory.episode import Episode
+from agentsleep.memory.lexical import entities, query_terms
+from agentsleep.memory.store import EpisodeStore
+from agentsleep.memory.timeparse import time_window
+
+UTC = timezone.utc
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    yield s
+    s.close()
+
+
+def test_namespaces_never_cross_whatever_the_similarity(store):
+    text = "Alice has a grey cat called Tom who sleeps on the piano."
+    a = store.remember(text, namespace="user:alice")
+    b = store.remember(text, namespace="user:bob")
+    assert not b.duplicate and a.id != b.id  # the same words in another namespace are another memory
+    store.remember("Bob keeps bees on the roof of his flat.", namespace="user:bob")
+    for q in (text, "cat", "Tom piano grey", "bees"):  # exact text, keyword and meaning
+        alice = store.recall(q, k=10, namespace="user:alice")
+        assert [e.id for e in alice] == [a.id] and all(e.namespace == "user:alice" for e in alice)
+        assert {e.namespace for e in store.recall(q, k=10, namespace="user:bob")} == {"user:bob"}
+    assert store.recall(text, k=10) == []  # the default namespace is a namespace too
+    assert store.recall(text, k=10, namespace="user:carol") == []
+    assert {e.namespace for e in store.list(namespace="user:bob")} == {"user:bob"}
+    assert len(store.list()) == 3  # the sleep reads every namespace
+    assert store.remember(text, namespace="user:alice").duplicate
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 201, "a\nb", "tab\there", 7, None])
+def test_bad_namespaces_are_refused_with_one_line(store, bad):
+    calls = [lambda: store.remember("some text", namespace=bad), lambda: store.recall("q", namespace=bad)]
+    if bad is not None:  # list(namespace=None) lists every namespace
+        calls.append(lambda: store.list(namespace=bad))
+    for call in calls:
+        with pytest.raises(InputError) as ei:
+            call()
+        assert "namespace" in str(ei.value) and "\n" not in str(ei.value)
+    assert store.count() == 0
+
+
+def test_forgotten_episode_is_found_by_neither_keyword_nor_meaning(store):
+    keep = store.remember("The spare key is under the blue flowerpot.", namespace="n")
+    gone = store.remember("Zephyrine's locker code is 4471, kept in the quartermaster ledger.", namespace="n")
+    assert store.recall("Zephyrine locker", k=5, namespace="n")[0].id == gone.id
+    store.delete(gone.id)
+    assert store.lexical.ids() == {keep.id}
+    for q in ("Zephyrine", "4471 quartermaster", "What is the code of the locker?"):
+        assert gone.id not in [e.id for e in store.recall(q, k=5, namespace="n")]
+        assert gone.id not in [e.id for e in store.recall(q, k=5, namespace="n", hybrid=False)]
+    assert [i for i, _ in store.lexical.search("Zephyrine 4471", 10, _all())] == []
+
+
+def _all():
+    from agentsleep.memory.lexical import Filters
+    return Filters()
+
+
+def test_lexical_finds_rare_words_dense_ranks_low(store):
+    filler = [f"We talked about the weather and the garden on day {i}." for i in range(30)]
+    for f in filler:
+        store.remember(f, namespace="n")
+    target = store.remember("Order number QX-7781 shipped via Kestrel Freight.", namespace="n")
+    hits = store.recall("Kestrel", k=3, namespace="n")
+    assert hits[0].id == target.id
+    assert -1.0 <= hits[0].score <= 1.0  # score stays the cosine similarity
+
+
+def test_event_time_filters_boost_and_prompt_text(store):
+    may = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
+    june = datetime(2023, 6, 20, tzinfo=UTC)
+    a = store.remember("Melanie ran a charity race for mental health.", event_time=may, speaker="Melanie", session="s1")
+    b = store.remember("Melanie ran a charity race for the animal shelter.", event_time=june, speaker="Melanie", session="s2")
+    c = store.remember("Caroline went to a support group.", session="s2")  # event time = now
+    assert store.get(a.id).event_time == may and store.get(c.id).event_time is not None
+    assert [e.id for e in store.recall("charity race", k=5, since=june, until=june + timedelta(days=1))] == [b.id]
+    assert [e.id for e in store.recall("charity race", k=5, until=june)] == [a.id]
+    assert {e.id for e in store.recall("race", k=5, since=may, until=june + timedelta(days=1))} == {a.id, b.id}
+    # a time the query names boosts, it does not filter
+    assert store.recall("Which charity race did Melanie run in June 2023?", k=2)[0].id == b.id
+    assert store.recall("Which charity race did Melanie run in May 2023?", k=2)[0].id == a.id
+    assert store.get(a.id).prompt_text() == "[8 May 2023] Melanie: Melanie ran a charity race for mental health."
+    with pytest.raises(InputError):
+        store.recall("race", since=june, until=may)
+
+
+def test_neighbours_bring_the_question_with_the_reply(store):
+    turns = [("Caroline", "Hey Mel! Guess what, I went to a pottery class yesterday."),
+             ("Melanie", "Which one did you go to?"),
+             ("Caroline", "The one at the community centre on Elm Street."),
+             ("Melanie", "Nice, I should try it.")]
+    ids = [store.remember(t, speaker=s, session="conv:1", kind="turn", namespace="c").id for s, t in turns]
+    store.remember("An unrelated note about taxes.", session="conv:2", namespace="c")
+    hit = store.recall("community centre Elm Street", k=1, namespace="c", neighbours=1)[0]
+    assert hit.id == ids[2] and [e.id for e in hit.context] == [ids[1], ids[3]]
+    assert store.recall("community centre Elm Street", k=1, namespace="c")[0].context == []
+
+
+def test_old_store_without_namespaces_reads_as_default_and_is_upgraded(tmp_path):
+    cfg = MemoryConfig()
+    s = EpisodeStore(cfg, root=tmp_path / "memory")
+    old = Episode(id="ep-old0000000000001", text="The boiler was serviced by Nordheat in March.",
+                  created_at=datetime(2024, 3, 2, tzinfo=UTC), content_hash="h1")
+    md = {k: v for k, v in old.to_metadata().items() if k not in ("namespace", "event_ts")}
+    s._coll.add(ids=[old.id], documents=[old.text], metadatas=[md])  # as a store written before namespaces
+    s.lexical.rebuild([])
+    s.lexical.set_meta("schema", "1")
+    s.close()
+    ro = EpisodeStore(cfg, root=tmp_path / "memory", writable=False)
+    assert [e.id for e in ro.recall("boiler service", k=3)] == [old.id]
+    assert ro.recall("boiler service", k=3, namespace="other") == []
+    assert ro.get(old.id).namespace == "default"
+    ro.close()
+    s = EpisodeStore(cfg, root=tmp_path / "memory")  # the writer brings both indexes in step
+    assert s._coll.get(ids=[old.id])["metadatas"][0]["namespace"] == "default"
+    assert s.lexical.ids() == {old.id}
+    assert [e.id for e in s.recall("Nordheat", k=3)] == [old.id]
+    assert s.get(old.id).event_time == old.created_at
+    s.close()
+
+
+def test_writer_reopen_repairs_a_lexical_index_out_of_step(tmp_path):
+    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    ids = [s.remember(f"note {i} about the harbour", namespace="n").id for i in range(3)]
+    s.lexical.delete(ids[:1])  # as after a crash between the two writes
+    s.close()
+    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    assert s.lexical.ids() == set(ids)
+    s.close()
+
+
+def test_query_helpers():
+    assert query_terms("When did Caroline go to the LGBTQ support group?") == ["caroline", "lgbtq", "support", "group"]
+    assert entities("Yesterday I met Caroline at the Elm Street cafe.") == ["Caroline", "Elm", "Street"]
+    now = datetime(2023, 7, 12, tzinfo=UTC)
+    assert time_window("what did I do last week?", now) == (datetime(2023, 7, 3, tzinfo=UTC), datetime(2023, 7, 10, tzinfo=UTC))
+    assert time_window("anything in May?", now)[0] == datetime(2023, 5, 1, tzinfo=UTC)
+    assert time_window("in December", now)[0] == datetime(2022, 12, 1, tzinfo=UTC)
+    assert time_window("yesterday", now) == (datetime(2023, 7, 11, tzinfo=UTC), now)
+    assert time_window("I may go", now) is None and time_window("what is my cat called", now) is None
+
+
+def test_home_forwards_namespaces(tmp_path):
+    from agentsleep.home import Home
+
+    with Home.open(tmp_path / "home") as h:
+        r = h.remember("Dana's favourite tea is sencha.", namespace="user:dana", speaker="Dana")
+        assert [e.id for e in h.recall("tea", namespace="user:dana")] == [r.id]
+        assert h.recall("tea") == [] and len(h.episodes(namespace="user:dana")) == 1
+        assert h.forget(query="tea", namespace="user:dana")["forgotten"] == [r.id]
+        assert h.recall("sencha", namespace="user:dana") == []
+        with pytest.raises(AgentsleepError):
+            h.recall("tea", namespace="")
