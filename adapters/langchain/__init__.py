@@ -15,11 +15,15 @@ Pieces:
   EpisodeRetriever                BaseRetriever over the episode store
   EpisodeChatMessageHistory       BaseChatMessageHistory whose messages are episodes
   SleepChatModel                  BaseChatModel on the current model version, streaming, tool calling
+  SleepMiddleware                 LangChain v1 agent middleware (create_agent): recall before the model,
+                                  record after the agent (needs `langchain`; imported on first use)
   ChatBackend, InProcessBackend, CallableBackend, Completion   pluggable generation backends
   MEMORY_ERROR_EVENT              custom callback event sent when memory is unavailable
 
 Only langchain-core is needed; langchain / langgraph agents work when installed but are optional.
 """
+from typing import Any
+
 from ._common import MEMORY_ERROR_EVENT, resolve_home
 from .chat_model import (
     TOOL_SYSTEM,
@@ -40,3 +44,15 @@ __all__ = [
     "format_memories_list", "format_memories_system", "parse_tool_calls", "resolve_home", "template_supports_tools",
     "with_sleep",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """SleepMiddleware needs the `langchain` package: import it only when asked for."""
+    if name in ("SleepMiddleware", "SleepState"):
+        try:
+            from . import middleware
+        except ImportError as e:
+            raise ImportError(f"agentsleep.adapters.langchain.{name} needs langchain: "
+                              f"pip install 'agentsleep[langchain]' ({e})") from None
+        return getattr(middleware, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

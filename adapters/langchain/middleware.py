@@ -1,0 +1,232 @@
+"""SleepMiddleware: episodic memory for LangChain v1 agents (``langchain.agents.create_agent``).
+
+    from langchain.agents import create_agent
+    from agentsleep.adapters.langchain import SleepMiddleware
+
+    agent = create_agent(model, tools, middleware=[SleepMiddleware(home, k=4, namespace="alice")])
+    agent.invoke({"messages": [("user", "What is my daughter's name?")]},
+                 {"configurable": {"session_id": "chat-1"}})
+
+Before the agent runs, the top-k memories for the user's latest message are
+recalled once; every model call of that run gets them in its system message
+(the request is changed, the thread's state is not, so a checkpointer never
+stores them). After the agent step the exchange is recorded: one ``turn``
+episode ("User: ...\\nAssistant: ...") and one ``tool`` episode per tool run
+(read from the messages of this run: the model's tool calls and their results).
+
+Per call, ``config["configurable"]`` may set ``session_id``, ``namespace``,
+``use_memory`` and ``record``, as for :func:`with_sleep`. Memory failures take
+with_sleep's path: the agent goes on without memories (or without recording),
+a warning is logged on ``agentsleep.adapters.langchain`` and the custom
+callback event ``agentsleep_memory_error`` is sent.
+
+Needs the ``langchain`` package (``pip install 'agentsleep[langchain]'``).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any, Awaitable, Callable, Optional
+
+from langchain.agents.middleware.types import AgentMiddleware, AgentState, ModelRequest, PrivateStateAttr
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage, ToolMessage
+from typing_extensions import NotRequired
+
+from ._common import MEMORY_ERROR_EVENT, content_text, describe, logger, resolve_home, warn_failure
+from .wrapper import MemoryUnavailable, _last_human, _tool_text, format_memories_system
+
+ADAPTER = "langchain.middleware"
+
+
+class SleepState(AgentState):
+    """The agent's state plus this run's recalled memories (private: not in the agent's input or output)."""
+
+    agentsleep_memories: NotRequired[Annotated[list[dict[str, Any]], PrivateStateAttr]]
+
+
+class _Recalled:
+    """What the model prompt needs of an episode (the formatter takes objects with .text / .id)."""
+
+    def __init__(self, d: dict[str, Any]):
+        self.id, self.text, self.score = d.get("id", ""), d.get("text", ""), d.get("score")
+
+
+class SleepMiddleware(AgentMiddleware[SleepState, Any]):
+    """Recall before the model, record after the agent (see the module docstring)."""
+
+    state_schema = SleepState
+
+    def __init__(self, home: Any = None, *, k: int = 4, namespace: Optional[str] = None,
+                 session_id: Optional[str] = None, use_memory: bool = True, record: bool = True,
+                 record_tools: bool = True, source: str = "user", tool_trust: Any = "untrusted",
+                 min_score: Optional[float] = None, recall_filters: Optional[dict[str, Any]] = None,
+                 format_memories: Optional[Callable[[list], str]] = None,
+                 on_memory_error: Optional[Callable[[str, BaseException], Any]] = None,
+                 retry_after: float = 30.0):
+        """home: a Home, a path (opened once per process) or None ($AGENTSLEEP_HOME). k: memories per
+        run. namespace: the hard partition recalled from and recorded into (None: the store's default).
+        The other options mean what they mean for with_sleep."""
+        super().__init__()
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        if namespace is not None and (not isinstance(namespace, str) or not namespace.strip()):
+            raise ValueError(f"namespace must be a non-empty string or None, got {namespace!r}")
+        self.home, self.k, self.namespace, self.session_id = home, k, namespace, session_id
+        self.use_memory, self.record, self.record_tools = use_memory, record, record_tools
+        self.source, self.tool_trust, self.min_score = source, tool_trust, min_score
+        self.recall_filters = dict(recall_filters or {})
+        self.format_memories = format_memories or format_memories_system
+        self.on_memory_error = on_memory_error
+        self.retry_after = retry_after
+        self._down_until = 0.0
+        self._down_error = ""
+
+    # -- options per call -------------------------------------------------------------
+    def _opts(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {}
+        try:
+            from langgraph.config import get_config
+
+            conf = get_config().get("configurable") or {}
+        except RuntimeError:  # not inside a run
+            pass
+        return {"session": conf.get("session_id", self.session_id), "namespace": conf.get("namespace", self.namespace),
+                "use_memory": bool(conf.get("use_memory", self.use_memory)), "record": bool(conf.get("record", self.record))}
+
+    # -- memory, with failures reported -------------------------------------------------
+    def _check_up(self) -> None:
+        if time.monotonic() < self._down_until:
+            raise MemoryUnavailable(f"memory skipped: it failed moments ago ({self._down_error}); "
+                                    f"next try in {self._down_until - time.monotonic():.0f} s")
+
+    def _failed(self, stage: str, err: BaseException) -> dict[str, str]:
+        from agentsleep.errors import InputError
+
+        data = warn_failure(stage, err)
+        if self.retry_after > 0 and not isinstance(err, (MemoryUnavailable, InputError)):
+            self._down_until = time.monotonic() + self.retry_after
+            self._down_error = describe(err)
+        if self.on_memory_error is not None:
+            try:
+                self.on_memory_error(stage, err)
+            except Exception:  # noqa: BLE001 - the hook must not break the agent
+                pass
+        return data
+
+    def _emit(self, data: dict[str, str]) -> None:
+        from langchain_core.callbacks import dispatch_custom_event
+
+        try:
+            dispatch_custom_event(MEMORY_ERROR_EVENT, data)
+        except Exception as e:  # noqa: BLE001 - no run to report to, or a broken handler
+            logger.warning("agentsleep: could not dispatch %s to callbacks (%s)", MEMORY_ERROR_EVENT, describe(e))
+
+    async def _aemit(self, data: dict[str, str]) -> None:
+        from langchain_core.callbacks import adispatch_custom_event
+
+        try:
+            await adispatch_custom_event(MEMORY_ERROR_EVENT, data)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("agentsleep: could not dispatch %s to callbacks (%s)", MEMORY_ERROR_EVENT, describe(e))
+
+    def _ns(self, opts: dict[str, Any]) -> dict[str, Any]:
+        return {"namespace": opts["namespace"]} if opts["namespace"] is not None else {}
+
+    def _recall(self, query: Optional[str], opts: dict[str, Any]) -> list[dict[str, Any]]:
+        if not opts["use_memory"] or not query or not query.strip():
+            return []
+        self._check_up()
+        eps = resolve_home(self.home).recall(query, self.k, **self.recall_filters, **self._ns(opts))
+        if self.min_score is not None:
+            eps = [e for e in eps if e.score is None or e.score >= self.min_score]
+        return [{"id": e.id, "text": e.text, "score": e.score} for e in eps]
+
+    def _record(self, messages: list[BaseMessage], memories: list[dict[str, Any]], opts: dict[str, Any]) -> list[str]:
+        query, answer, tools = exchange(messages)
+        if not opts["record"] or (not (query and query.strip()) and not (self.record_tools and tools)):
+            return []
+        self._check_up()
+        home = resolve_home(self.home)
+        prov = {"adapter": ADAPTER, "memories_used": ",".join(m["id"] for m in memories)[:500]}
+        common = {"session": opts["session"], "provenance": prov, **self._ns(opts)}
+        ids = []
+        if self.record_tools:
+            for run in tools:
+                trust = self.tool_trust(run["name"]) if callable(self.tool_trust) else self.tool_trust
+                ids.append(home.remember(_tool_text(run), kind="tool", source=f"tool:{run['name']}", trust=trust,
+                                         **common).id)
+        if query and query.strip():
+            text = f"User: {query.strip()}" + (f"\nAssistant: {answer.strip()}" if answer and answer.strip() else "")
+            ids.append(home.remember(text, kind="turn", source=self.source, **common).id)
+        return ids
+
+    # -- hooks ------------------------------------------------------------------------------
+    def before_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
+        opts = self._opts()
+        try:
+            mems = self._recall(_last_human(list(state.get("messages") or []))[1], opts)
+        except Exception as e:  # noqa: BLE001 - reported, then the agent goes on without memories
+            self._emit(self._failed("recall", e))
+            mems = []
+        return {"agentsleep_memories": mems}
+
+    async def abefore_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
+        opts = self._opts()
+        try:
+            mems = await asyncio.to_thread(self._recall, _last_human(list(state.get("messages") or []))[1], opts)
+        except Exception as e:  # noqa: BLE001
+            await self._aemit(self._failed("recall", e))
+            mems = []
+        return {"agentsleep_memories": mems}
+
+    def _with_memories(self, request: ModelRequest) -> ModelRequest:
+        mems = (request.state or {}).get("agentsleep_memories") or []
+        block = self.format_memories([_Recalled(m) for m in mems]) if mems else ""
+        if not block:
+            return request
+        sys_msg = request.system_message
+        text = f"{content_text(sys_msg.content)}\n\n{block}" if sys_msg is not None and sys_msg.content else block
+        return request.override(system_message=SystemMessage(content=text))
+
+    def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
+        return handler(self._with_memories(request))
+
+    async def awrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
+        return await handler(self._with_memories(request))
+
+    def after_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
+        opts = self._opts()
+        try:
+            self._record(list(state.get("messages") or []), state.get("agentsleep_memories") or [], opts)
+        except Exception as e:  # noqa: BLE001
+            self._emit(self._failed("record", e))
+        return None
+
+    async def aafter_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
+        opts = self._opts()
+        try:
+            await asyncio.to_thread(self._record, list(state.get("messages") or []),
+                                    state.get("agentsleep_memories") or [], opts)
+        except Exception as e:  # noqa: BLE001
+            await self._aemit(self._failed("record", e))
+        return None
+
+
+def exchange(messages: list[BaseMessage]) -> tuple[Optional[str], Optional[str], list[dict[str, Any]]]:
+    """This run's part of the thread: the user's latest message, the final answer, the tool runs."""
+    i, query = _last_human(messages)
+    tail = messages[i + 1:] if i >= 0 else list(messages)
+    calls: dict[str, dict[str, Any]] = {}
+    tools: list[dict[str, Any]] = []
+    answer = None
+    for m in tail:
+        if isinstance(m, AIMessage):
+            for tc in m.tool_calls or []:
+                calls[tc.get("id") or ""] = {"name": tc.get("name") or "tool", "input": tc.get("args") or {}}
+            text = content_text(m.content)
+            if text.strip() and not m.tool_calls:
+                answer = text
+        elif isinstance(m, ToolMessage) and getattr(m, "status", "success") != "error":
+            call = calls.get(m.tool_call_id or "", {"name": m.name or "tool", "input": {}})
+            tools.append({**call, "output": m})
+    return query, answer, tools
