@@ -190,6 +190,22 @@ def test_with_a_checkpointer_only_the_new_turn_is_recorded(home, sid):
     assert sorted(e.kind for e in _session(home, sid)) == ["tool", "turn", "turn"]
 
 
+def test_namespaces_are_hard_partitions(home, sid):
+    spy = Spy()
+    agent = _agent(home, namespace="user:bob")
+    out = agent.invoke({"messages": [("user", "What is my daughter's name?")]}, {"callbacks": [spy],
+                       "configurable": {"session_id": sid}})
+    assert out["messages"][-1].content == "I do not know."            # Alice's fact is in "default"
+    assert FACT not in spy.prompts[0][0].content
+    [turn] = home.episodes(session=sid, namespace="user:bob")
+    assert turn.namespace == "user:bob" and home.episodes(session=sid, namespace="default") == []
+    # per call: this run reads and writes Alice's namespace
+    out = agent.invoke({"messages": [("user", "Tell me my daughter's name.")]},
+                       {"configurable": {"session_id": sid, "namespace": "default"}})
+    assert out["messages"][-1].content == "Her name is Maya."
+    assert [e.text for e in home.episodes(session=sid, namespace="default")] == ["User: Tell me my daughter's name.\nAssistant: Her name is Maya."]
+
+
 class _BrokenHome:
     def recall(self, *a, **kw):
         from agentsleep.errors import StoreUnavailableError

@@ -85,6 +85,11 @@ def test_round_trip_over_stdio_and_bad_input_loses_nothing(home):
             only = _data(await c.call_tool("recall", {"query": "shed key", "k": 2, "session": "s1"}))["memories"]
             assert [h["id"] for h in only] == [kept["id"]]
             assert _data(await c.call_tool("recall", {"query": "shed key", "since": "2999-01-01"}))["memories"] == []
+            assert len(_data(await c.call_tool("recall", {"query": "shed key", "until": "2999-01-01"}))["memories"]) == 2
+            bobs = _data(await c.call_tool("remember", {"text": "Bob keeps bees.", "namespace": "user:bob"}))
+            assert _data(await c.call_tool("recall", {"query": "bees", "namespace": "user:bob"}))["memories"][0]["id"] == bobs["id"]
+            assert bobs["id"] not in [h["id"] for h in _data(await c.call_tool("recall", {"query": "bees", "k": 5}))["memories"]]
+            assert _data(await c.call_tool("forget", {"query": "bees", "namespace": "user:bob"}))["forgotten"] == [bobs["id"]]
 
             # bad input: one clear line each, nothing stored or deleted
             assert _error(await c.call_tool("remember", {"text": ""})).startswith("remember: bad argument (text:")
@@ -97,6 +102,8 @@ def test_round_trip_over_stdio_and_bad_input_loses_nothing(home):
             assert "no sleep 'x'" in _error(await c.call_tool("status", {"sleep_id": "x"}))
             assert "max_episodes" in _error(await c.call_tool("sleep_now", {"max_episodes": 0}))
             assert "question" in _error(await c.call_tool("ask", {"question": ""}))
+            assert "namespace is empty" in _error(await c.call_tool("recall", {"query": "key", "namespace": " "}))
+            assert "control characters" in _error(await c.call_tool("remember", {"text": "x", "namespace": "a\x07"}))
             st = _data(await c.call_tool("status", {}))
             assert st["episodes"] == 2 and st["writable"] and st["sleeps_running"] == []
 

@@ -45,10 +45,14 @@ class SleepState(AgentState):
 
 
 class _Recalled:
-    """What the model prompt needs of an episode (the formatter takes objects with .text / .id)."""
+    """What the model prompt needs of an episode, back from the state (the formatters take episode-like objects)."""
 
     def __init__(self, d: dict[str, Any]):
         self.id, self.text, self.score = d.get("id", ""), d.get("text", ""), d.get("score")
+        self._prompt = d.get("prompt") or self.text
+
+    def prompt_text(self) -> str:
+        return self._prompt
 
 
 class SleepMiddleware(AgentMiddleware[SleepState, Any]):
@@ -139,7 +143,8 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         eps = resolve_home(self.home).recall(query, self.k, **self.recall_filters, **self._ns(opts))
         if self.min_score is not None:
             eps = [e for e in eps if e.score is None or e.score >= self.min_score]
-        return [{"id": e.id, "text": e.text, "score": e.score} for e in eps]
+        return [{"id": e.id, "text": e.text, "score": e.score,
+                 "prompt": e.prompt_text() if hasattr(e, "prompt_text") else e.text} for e in eps]
 
     def _record(self, messages: list[BaseMessage], memories: list[dict[str, Any]], opts: dict[str, Any]) -> list[str]:
         query, answer, tools = exchange(messages)

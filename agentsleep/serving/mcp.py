@@ -3,7 +3,7 @@
     agentsleep mcp                                  # stdio, for desktop clients and agent frameworks
     agentsleep mcp --transport http --port 8765     # streamable HTTP on 127.0.0.1, at /mcp
 
-Tools: remember, recall (kind / session / namespace / since filters), forget, sleep_now
+Tools: remember, recall (kind / session / namespace / since / until filters), forget, sleep_now
 (returns at once with a sleep id; follow it with status), status, ask (with memory or
 closed-book). Resources: ``agentsleep://sleeps/latest`` (the latest sleep report) and
 ``agentsleep://history`` (the version history).
@@ -127,10 +127,12 @@ class MemoryServer:
             return self.home.remember(text, **kw).model_dump(mode="json")
 
     def recall(self, query: str, k: int = 4, kind: str | None = None, session: str | None = None,
-               namespace: str | None = None, since: str | None = None) -> dict[str, Any]:
+               namespace: str | None = None, since: str | None = None, until: str | None = None) -> dict[str, Any]:
         filters: dict[str, Any] = {"kind": kind, "session": session}
         if since is not None:
             filters["since"] = _iso("since", since)
+        if until is not None:
+            filters["until"] = _iso("until", until)
         if namespace is not None:
             filters["namespace"] = _namespace(namespace)
         with self._store_lock:
@@ -138,10 +140,11 @@ class MemoryServer:
         return {"memories": [e.public() for e in eps]}
 
     def forget(self, episode_id: str | None = None, query: str | None = None, k: int = 1,
-               fallback: bool = False) -> dict[str, Any]:
+               fallback: bool = False, namespace: str | None = None) -> dict[str, Any]:
         self._writable("forget")
+        ns = {"namespace": _namespace(namespace)} if namespace is not None else {}
         with self._store_lock:
-            return self.home.forget(episode_id, query=query, k=k, fallback=fallback)
+            return self.home.forget(episode_id, query=query, k=k, fallback=fallback, **ns)
 
     def sleep_now(self, max_episodes: int | None = None) -> dict[str, Any]:
         from agentsleep.daemon import SleepJob, SubprocessSleep, daemon_info, submit_request
@@ -222,9 +225,10 @@ class MemoryServer:
         return st
 
     def ask(self, question: str, use_memory: bool = True, k: int | None = None,
-            max_new_tokens: int | None = None) -> dict[str, Any]:
+            max_new_tokens: int | None = None, namespace: str | None = None) -> dict[str, Any]:
+        ns = {"namespace": _namespace(namespace)} if namespace is not None else {}
         with self._model_lock:
-            return self.home.ask(question, use_memory=use_memory, k=k, max_new_tokens=max_new_tokens)
+            return self.home.ask(question, use_memory=use_memory, k=k, max_new_tokens=max_new_tokens, **ns)
 
     def latest_report(self) -> str:
         reports = sorted((self.root / "sleeps").glob("*/report.json"))
@@ -278,15 +282,18 @@ class MemoryServer:
                                       untrusted=untrusted)
 
         @srv.tool(description="The k memories closest in meaning to the query, best first. Filters: kind, "
-                              "session, namespace (never crossed), since (ISO date/time).")
+                              "session, namespace (a hard partition: never crossed; default 'default'), "
+                              "since / until (ISO date/time of the event, since <= t < until).")
         def recall(query: Query, k: K = 4, kind: Opt = None, session: Opt = None,
-                   namespace: Opt = None, since: Opt = None) -> dict:
-            return guard(me.recall)(query=query, k=k, kind=kind, session=session, namespace=namespace, since=since)
+                   namespace: Opt = None, since: Opt = None, until: Opt = None) -> dict:
+            return guard(me.recall)(query=query, k=k, kind=kind, session=session, namespace=namespace, since=since,
+                                    until=until)
 
         @srv.tool(description="Delete a memory by episode id, or the best match(es) of a query, and schedule "
                               "the weights to be rebuilt without it at the next sleep.")
-        def forget(episode_id: Opt = None, query: Opt = None, k: K = 1, fallback: bool = False) -> dict:
-            return guard(me.forget)(episode_id=episode_id, query=query, k=k, fallback=fallback)
+        def forget(episode_id: Opt = None, query: Opt = None, k: K = 1, fallback: bool = False,
+                   namespace: Opt = None) -> dict:
+            return guard(me.forget)(episode_id=episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
 
         @srv.tool(description="Start consolidating the waiting memories into the weights. Returns at once with "
                               "a sleep_id; call status with it to follow the sleep.")
@@ -300,8 +307,10 @@ class MemoryServer:
 
         @srv.tool(description="Answer with the home's current model version: with the top-k memories in the "
                               "prompt, or closed-book (use_memory=false) from the weights alone.")
-        def ask(question: Query, use_memory: bool = True, k: OptK = None, max_new_tokens: Tokens = None) -> dict:
-            return guard(me.ask)(question=question, use_memory=use_memory, k=k, max_new_tokens=max_new_tokens)
+        def ask(question: Query, use_memory: bool = True, k: OptK = None, max_new_tokens: Tokens = None,
+                namespace: Opt = None) -> dict:
+            return guard(me.ask)(question=question, use_memory=use_memory, k=k, max_new_tokens=max_new_tokens,
+                                 namespace=namespace)
 
         @srv.resource(LATEST_REPORT_URI, name="latest-sleep-report", mime_type="application/json",
                       description="The report of the latest sleep: status, version, gate metrics, reasons.")
@@ -320,8 +329,9 @@ class MemoryServer:
 
 
 def _namespace(ns: str) -> str:
+    """The store checks the rest (length, control characters); a blank name is refused here."""
     if not isinstance(ns, str) or not ns.strip():
-        raise InputError("namespace: give a non-empty name (or leave it out for the default namespace)")
+        raise InputError("namespace is empty; leave it out for the default namespace or give a name such as 'user:alice'")
     return ns
 
 
