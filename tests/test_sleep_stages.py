@@ -20,7 +20,9 @@ from agentsleep.sleep.lock import sleep_lock
 from agentsleep.sleep.publish import publish
 from agentsleep.sleep.objective import imitate_reward
 from agentsleep.sleep.seed import seed
-from agentsleep.sleep.types import Dream, Memory
+from agentsleep.sleep.probes import checked, cloze
+from agentsleep.sleep.types import Dream, Memory, Probe
+from agentsleep.sleep.voice import user_question, user_view
 from agentsleep.textmatch import contains_answer, grounded, trivial
 from tiny import tiny_model_dir
 
@@ -40,15 +42,48 @@ def test_parse_dream_output():
     assert dream_mod.parse("How", " long?\nA: " + "x" * 200) is None
 
 
-def test_first_person_paraphrases():
-    fp = dream_mod.first_person
-    assert fp("What is the user's favourite tea?") == "What is my favourite tea?"
-    assert fp("Which instrument does the user play?") == "Which instrument do I play?"
-    assert fp("What is the user allergic to?") == "What am I allergic to?"
-    assert fp("Who is the dog?") is None
-    ds = dream_mod.with_perspectives([Dream("e1", "Where does the user live?", "Porto"),
-                                      Dream("e1", "Where is the user's car?", "garage", held_out=True)])
-    assert [(d.question, d.kind) for d in ds[2:]] == [("Where do I live?", "perspective")]
+def test_questions_are_written_in_the_users_voice():
+    uq = user_question
+    assert uq("What is the user's favourite tea?") == "What is my favourite tea?"
+    assert uq("Which instrument does the user play?") == "Which instrument do I play?"
+    assert uq("What is the user allergic to?") == "What am I allergic to?"
+    assert uq("What is your manager called?") == "What is my manager called?"
+    assert uq("Are you allergic to nuts?") == "Am I allergic to nuts?"
+    assert uq("Who told you about it?") == "Who told me about it?"
+    assert uq("Who is the dog?") == "Who is the dog?"
+
+
+def test_memories_are_read_from_the_users_side_whoever_said_them():
+    assert user_view("Noted: your flight to Lima leaves at 9:40.", "assistant") == "Noted: my flight to Lima leaves at 9:40."
+    assert user_view("I've booked your table, you are all set.", "assistant") == "You've booked my table, I am all set."
+    assert user_view("I'll remind you on Friday.", "assistant") == "You'll remind me on Friday."
+    assert user_view("My manager is Ana.", "user") == "My manager is Ana."  # the user's own words stay
+    assert user_view("The user prefers window seats.") == "I prefer window seats."
+    assert user_view("The user's dog is Biscuit.", "tool:crm") == "My dog is Biscuit."
+    assert user_view("Ana leads procurement.", "assistant") == "Ana leads procurement."  # nobody to swap
+    assert Memory("e", "Your gate code is 5519.", speaker="assistant").view == "My gate code is 5519."
+
+
+def test_probe_check_drops_what_the_memory_does_not_say(tiny):
+    """Invented answers, give-aways and unknown episodes never reach the gate; what is left must
+    still pass the teacher (a random tiny model agrees with nothing)."""
+    model, tok = load(tiny)
+    texts = {"e1": "My manager is Rosalind Achterberg."}
+    probes = [Probe("e1", "How did the office get moved?", "by truck"),            # made up
+              Probe("e1", "Is Rosalind Achterberg my manager?", "Rosalind Achterberg"),  # gives it away
+              Probe("e9", "Who is my manager?", "Rosalind"),                      # no such episode
+              Probe("e1", "Who do I report to?", "Achterberg")]
+    kept, dropped = checked(model, tok, probes, texts)
+    assert kept == [] and dropped == {"ungrounded": 1, "trivial": 1, "unknown-episode": 1, "teacher-disagrees": 1}
+
+
+def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
+    mems = [Memory("a", "Noted: your flight to Lima leaves at 9:40 on 3 March.", speaker="assistant"),
+            Memory("b", "Maya."), Memory("c", "Our office moved to the Lindqvist Building last month.")]
+    ps = cloze(mems, 10)
+    assert [(p.episode_id, p.answer) for p in ps] == [("a", "3 March"), ("c", "Lindqvist Building"), ("a", "9:40"), ("c", "month")]
+    assert ps[0].question.endswith("Noted: my flight to Lima leaves at 9:40 on ___") and ps[0].kind == "cloze"
+    assert len(cloze(mems, 1)) == 1 and cloze([], 5) == []
 
 
 def test_answer_spans_pick_dates_numbers_names_and_the_last_word():
@@ -243,7 +278,7 @@ def test_forward_picked_equals_full_logits(tiny):
 def test_rehearsal_takes_each_earlier_episodes_best_dreams():
     from agentsleep.sleep.pipeline import rehearsal
 
-    ds = [Dream("a", "Q1?", "x", value=1.0), Dream("a", "Q2?", "y", value=3.0), Dream("a", "Q2 mine?", "y", kind="perspective", value=9.0),
+    ds = [Dream("a", "Q1?", "x", value=1.0), Dream("a", "Q2?", "y", value=3.0), 
           Dream("b", "Q3?", "z", value=2.0), Dream("c", "Q4?", "w", value=5.0)]
     assert [d.question for d in rehearsal(ds, {"a", "b"}, 1)] == ["Q2?", "Q3?"]
     assert [d.question for d in rehearsal(ds, {"a"}, 2)] == ["Q2?", "Q1?"]
@@ -288,11 +323,17 @@ def test_pipeline_nothing_to_do_dry_run_and_lock(tiny, tmp_path):
     with sleep_lock(h.root):
         with pytest.raises(SleepLockedError, match=f"pid {os.getpid()}"):
             h.sleep()
-    # the tiny random model writes no usable dreams: a clean rejection, nothing consolidated
+    # the tiny random model writes no usable dreams: a clean rejection, nothing consolidated, and the episode
+    # it could make nothing of is set aside with its reason instead of being retaken every night
     rep = h.sleep()
-    assert rep.status == "rejected" and "no usable dreams" in rep.reasons[0]
+    assert rep.status == "rejected" and "no usable dreams" in rep.reasons[0] and "set aside" in rep.reasons[1]
     assert h.registry.current_name() == "v0000"
-    assert len(h.store.list(unconsolidated_only=True)) == 2
+    dog = [e for e in h.episodes() if "beagle" in e.text][0]
+    assert rep.dreams["skipped"] == {dog.id: rep.dreams["skipped"][dog.id]} and "filters" in rep.dreams["skipped"][dog.id]
+    assert dog.consolidated_in == f"skipped:{rep.sleep_id}" and h.registry.current_name() == "v0000"
+    assert [e.trust for e in h.store.list(unconsolidated_only=True)] == ["untrusted"]  # held back by the policy
+    assert h.sleep().status == "nothing-to-do"  # nothing left to retake
+    assert h.recall("beagle", 1)[0].id == dog.id  # still remembered awake
     assert json.loads((h.root / "sleeps" / rep.sleep_id / "journal.json").read_text())["status"] == "rejected"
 
 
@@ -371,7 +412,9 @@ def test_gate_decision_caps_the_gain_at_the_headroom():
     assert decide(cfg, 7, 0.98, 0.98, None, 0.1)[0] == ["recall_gain"]  # headroom 0.02: a gain of 0 is not enough
     assert decide(cfg, 7, 1.0, 0.9, None, 0.1)[0] == ["recall_gain"]  # known before, forgotten after
     assert decide(cfg, 7, 1.0, 1.0, 0.5, 0.9)[0] == ["retention", "drift"]
-    assert decide(cfg, 0, 0.0, 0.0, None, 0.1)[0] == ["no_probes"]
+    failed, reasons = decide(cfg, 0, 0.0, 0.0, None, 0.1)  # nothing measurable is no evidence against the sleep
+    assert failed == [] and "retention and drift alone" in reasons[0]
+    assert decide(cfg, 0, 0.0, 0.0, 0.5, 0.1)[0] == ["retention"]
 
 
 def test_rest_training_in_micro_batches_equals_one_batch(tiny):

@@ -7,12 +7,16 @@ their own block of docs/BENCHMARKS.md, so every number there comes from a run.
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import InputError
+
 SUITES = {  # name -> (module, section title)
     "sleep": ("sleep_suite", "Sleep: facts consolidated per sleep, closed-book"),
+    "phrasing": ("phrasing_suite", "Phrasing: facts as agents hear them (first person, third person, the assistant's replies)"),
     "squad": ("squad_suite", "SQuAD knowledge incorporation (closed-book)"),
     "locomo": ("locomo_suite", "LoCoMo: long-term conversational memory"),
     "serve": ("serve_suite", "Serving: hot-swap under load"),
@@ -44,11 +48,17 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
         mod_name, title = SUITES[name]
         mod = importlib.import_module(f".{mod_name}", __name__)
         opts = {**(QUICK_OPTIONS.get(name, {}) if quick else {}), **(options or {}).get(name, {})}
+        takes = inspect.signature(mod.run).parameters
+        extra = [k for k in opts if k not in takes]
+        if extra:
+            raise InputError(f"bench {name}: does not take {', '.join(extra)}")
         key = name  # a smaller run gets its own block and never overwrites the full one
         if quick:
             key, title = f"{name}-quick", f"{title} (quick profile)"
         elif opts.get("n_facts") not in (None, 20):
             key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
+        if opts.get("dev"):
+            key, title = f"{key}-dev", f"{title}, development set"
         t = time.time()
         res = mod.run(out_dir / key, say=say, progress=progress or silent, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)

@@ -24,6 +24,7 @@ from typing import Any
 
 from ..config import Config
 from ..home import Home
+from ..sleep.types import SKIPPED
 
 FACTS = ["The user's dog is a beagle called Biscuit.", "The user's dentist is Dr. Okafor.",
          "The user's wifi network is named OrangeFox."]
@@ -119,7 +120,7 @@ def check(root: Path, expect_versions: list[str], expect_current: str, n_episode
         eps = h.episodes()
         if len(eps) != n_episodes:
             problems.append(f"{n_episodes - len(eps)} episodes lost")
-        marked = [e.id for e in eps if e.consolidated_in]
+        marked = [e.id for e in eps if e.consolidated_in and not e.consolidated_in.startswith(SKIPPED)]
         if marked:  # no fault may mark an episode consolidated: only a promoted version does
             problems.append(f"{len(marked)} episodes marked consolidated without a promoted version")
         if serves:

@@ -36,7 +36,8 @@ def score(model: Any, tok: Any, qs: list[dict], contexts: list[str] | None = Non
 
 
 def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=silent,
-        model_path: str = "embedded") -> dict[str, Any]:
+        model_path: str = "embedded", offset: int = 0, count: int | None = None) -> dict[str, Any]:
+    """`count` passages (default `passages`) from `offset` on: tune on passages 0-499, test on 500-999."""
     from ..sleep.dream import dream
     from ..sleep.seed import seed
     from ..sleep.types import Memory
@@ -48,12 +49,15 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
     if not src.is_file():
         say(f"squad: {src} not found (set AGENTSLEEP_BENCH_DATA to the folder holding it); skipped")
         return {"skipped": "dataset not found"}
-    items = json.loads(src.read_text())[:passages]
+    items = json.loads(src.read_text())[offset:offset + (count or passages)]
+    if not items:
+        say(f"squad: {src} has no passages from offset {offset}; skipped")
+        return {"skipped": f"no passages from offset {offset}"}
     mems = [Memory(f"p{i}", it["context"]) for i, it in enumerate(items)]
     qs = [q for it in items for q in it["questions"]]
     ctx = [it["context"] for it in items for _ in it["questions"]]
     cfg = Config().sleep
-    res: dict[str, Any] = {"passages": len(items), "questions": len(qs), "methods": {}}
+    res: dict[str, Any] = {"passages": len(items), "offset": offset, "data": str(src), "questions": len(qs), "methods": {}}
     model, tok = load(model_path)
     res["methods"]["base (closed-book)"] = score(model, tok, qs)
     res["methods"]["passage in context (ceiling)"] = score(model, tok, qs, ctx)

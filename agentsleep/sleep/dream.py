@@ -21,6 +21,7 @@ from ..textmatch import STOP, contains_answer, f1, grounded, tokens, trivial
 from ..progress import Progress, silent
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
+from .voice import user_question
 
 INSTRUCTION = "Write one question about this note and its short answer.\nNote: {note}"
 EXAMPLES = [
@@ -120,13 +121,13 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     """m candidate dreams per memory, one per question stem, plus one or two per likely answer
     (batched greedy). A job is (memory, the stem its completion continues, its label, prompt)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
-    jobs = [(m, s, s, writer_prompt(tok, m.text, s)) for m in memories for s in stems]
+    jobs = [(m, s, s, writer_prompt(tok, m.view, s)) for m in memories for s in stems]
     for m in memories:
-        for a in answer_spans(m.text, cfg.answer_spans):
-            jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.text, a)))
+        for a in answer_spans(m.view, cfg.answer_spans):
+            jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.view, a)))
             if cfg.typed_answer_questions:
                 t = typed_stem(a)
-                jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.text, a, t)))
+                jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.view, a, t)))
     done = [0]
 
     def tick(n: int) -> None:
@@ -138,13 +139,14 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     dreams = []
     for (m, s, label, _), o in zip(jobs, outs):
         qa = parse(s, o)
+        qa = (user_question(qa[0]), qa[1]) if qa else None
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     return dreams
 
 
 def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: DreamConfig,
                   progress: Progress = silent) -> tuple[list[Dream], dict[str, int]]:
-    text = {m.id: m.text for m in memories}
+    text = {m.id: m.view for m in memories}
     dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "conflicting": 0, "teacher-disagrees": 0}
     kept: list[Dream] = []
     for d in dreams:
@@ -196,35 +198,6 @@ def _drop_conflicts(kept: list[Dream], dropped: dict[str, int]) -> list[Dream]:
     return out
 
 
-_PERSPECTIVE = [  # third person (how memories are written) -> first person (how the user asks)
-    (r"\b[Tt]he user's\b", "my"), (r"\b[Dd]oes the user\b", "do I"), (r"\b[Ii]s the user\b", "am I"), (r"\b[Hh]as the user\b", "have I"),
-    (r"\b[Dd]id the user\b", "did I"), (r"\b[Ww]as the user\b", "was I"), (r"\bthe user is\b", "I am"),
-    (r"\bthe user has\b", "I have"), (r"\bthe user was\b", "I was"),
-    (r"\bthe user\b", "me"),
-]
-
-
-def first_person(question: str) -> str | None:
-    """The user's own phrasing of a question about 'the user' (agents store memories in the
-    third person; users ask in the first). None when the question is not about the user."""
-    if not re.search(r"\bthe user\b", question, re.I):
-        return None
-    q = question
-    for pat, rep in _PERSPECTIVE:
-        q = re.sub(pat, rep, q)
-    return q[0].upper() + q[1:]
-
-
-def with_perspectives(dreams: list[Dream]) -> list[Dream]:
-    """Add a first-person paraphrase of every trained dream that asks about the user."""
-    out = list(dreams)
-    for d in dreams:
-        q = None if d.held_out else first_person(d.question)
-        if q and q != d.question:
-            out.append(Dream(d.episode_id, q, d.answer, stem=d.stem, kind="perspective", value=d.value))
-    return out
-
-
 def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int = 0) -> list[Dream]:
     """Per memory: hold out probes, keep the top-k by learning value plus b at random."""
     nll = batched_nll(model, tok, [(student_prompt(tok, d.question), d.answer) for d in kept])
@@ -242,8 +215,9 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
         items = sorted(items, key=lambda d: -d.value)
         probes: list[Dream] = []
         if len(items) >= min_items and cfg.probes_per_episode:
-            n = min(cfg.probes_per_episode, len(items) - 1)
-            probes = rng.sample(items[1:], n)  # never the single most valuable item
+            pool = [d for d in items[1:] if d.kind == "qa"] or items[1:]  # the teacher agreed with these
+            n = min(cfg.probes_per_episode, len(pool))
+            probes = rng.sample(pool, n)  # never the single most valuable item
             for p in probes:
                 p.held_out = True
         rest = [d for d in items if not d.held_out]
@@ -261,6 +235,5 @@ def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, see
     kept, dropped = filter_dreams(g, tok, written, memories, cfg, progress)
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
-    chosen = with_perspectives(chosen)
     progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
     return DreamSet(chosen, written=len(written), dropped=dropped)

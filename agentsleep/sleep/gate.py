@@ -106,9 +106,8 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
     forever. Retention and drift still decide then."""
     failed, reasons = [], []  # `failed` names the checks (policies such as grow_on_reject read it)
     need = min(cfg.min_recall_gain, max(0.0, 1.0 - before))
-    if not n_probes:
-        failed.append("no_probes")
-        reasons.append("no held-out probes: the dreams gave nothing to test recall on")
+    if not n_probes:  # nothing to measure recall on is no evidence against the sleep (sleep/probes.py)
+        reasons.append("no probe could be built from these episodes: decided on retention and drift alone")
     elif after - before < need:
         failed.append("recall_gain")
         reasons.append(f"recall gain {after - before:+.2f} is below gate.min_recall_gain {need:.2f}")

@@ -10,6 +10,7 @@ and episodes are marked consolidated only after it.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import signal
@@ -29,11 +30,12 @@ from .generic_prompts import DRIFT, REPLAY
 from .journal import Journal, read_dreams
 from .lock import sleep_lock
 from .objective import Interrupted, SeedStats
+from .probes import checked, cloze
 from .publish import publish
 from .rest import rest_em, settle_writer, with_writer, writer_adapter_dir
 from .seed import seed
 from .select import new_sleep_id, save_rebuild, select
-from .types import Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
+from .types import SKIPPED, Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
 
 
 class _StopFlag:
@@ -143,7 +145,7 @@ def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> l
     facts, as rehearsing every dream would (docs/EXPERIMENTS.md compares the variants)."""
     by_episode: dict[str, list[Dream]] = {}
     for d in dreams:
-        if d.episode_id in episode_ids and d.kind != "perspective":
+        if d.episode_id in episode_ids:
             by_episode.setdefault(d.episode_id, []).append(d)
     return [d for ds in by_episode.values() for d in sorted(ds, key=lambda d: -d.value)[:per_episode]]
 
@@ -177,6 +179,7 @@ class Night:
     pm: Any = None                            # the model with this sleep's expert
     seed_stats: SeedStats | None = None
     probes: list[Probe] = field(default_factory=list)
+    probe_dropped: dict[str, int] = field(default_factory=dict)
     verdict: Verdict | None = None
     version: Version | None = None            # published
 
@@ -229,8 +232,20 @@ def write_dreams(n: Night) -> SleepReport | None:
     ds = n.dreams
     why = (f"no usable dreams: all {ds.written} written items failed the filters "
            f"({', '.join(f'{k} {v}' for k, v in ds.dropped.items() if v)}); nothing to learn")
-    return n.report(Status.REJECTED, [why], dreams={"written": ds.written, "dropped": ds.dropped},
+    skipped = set_aside(n, "none of the questions written about it passed the filters (grounded, not giving the "
+                           "answer away, answered by the model reading it)")
+    return n.report(Status.REJECTED, [why, f"{len(skipped)} episode(s) set aside so that they do not hold later "
+                                           "sleeps back; they stay in the store and in recall"],
+                    dreams={"written": ds.written, "dropped": ds.dropped, "skipped": skipped},
                     metrics={"dreams_written": ds.written, "dreams_kept": 0})
+
+
+def set_aside(n: Night, reason: str) -> dict[str, str]:
+    """Mark this sleep's episodes as skipped, with the reason: a sleep that can make nothing of them
+    would otherwise retake them (oldest first) every night and never get to the newer ones."""
+    ids = [m.id for m in n.plan.memories]
+    n.home.store.ledger.mark(ids, SKIPPED + n.plan.sleep_id, n.plan.sleep_id)
+    return {i: reason for i in ids}
 
 
 def improve_writer(n: Night) -> None:
@@ -260,9 +275,35 @@ def judge(n: Night) -> None:
     if n.engine is not None:
         n.engine.resume()
     cfg = n.cfg
-    n.probes = [d.probe() for d in n.dreams.probes]
+    n.probes, notes = trusted_probes(n)
     earlier = n.earlier_probes + _retention_sample(n.earlier_dreams, cfg.gate.retention_dreams)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine)
+    n.verdict.reasons += notes
+    n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
+                             probes_cloze=sum(p.kind == "cloze" for p in n.probes),
+                             probes_dropped=n.probe_dropped)
+
+
+def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
+    """The held-out dreams the pre-sleep model, reading their memory, answers as written; topped up
+    to gate.min_probes with blanks in the episodes' own text. Notes say when the top-up was needed."""
+    need = n.cfg.gate.min_probes
+    texts = {m.id: m.view for m in n.plan.memories}
+    with contextlib.ExitStack() as stack:
+        if n.engine is None:
+            stack.enter_context(n.pm.disable_adapter())
+            teacher = n.pm
+        else:
+            teacher = n.engine.with_lora(None)
+        probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
+    notes = []
+    if len(probes) < need:
+        extra = cloze(n.plan.memories, need - len(probes))
+        dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
+        notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}), fewer than gate.min_probes "
+                     f"{need}: {len(extra)} fill-in-the-blank probes from the episodes' text were added")
+        probes += extra
+    return probes, notes
 
 
 def publish_version(n: Night) -> None:

@@ -161,7 +161,7 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
 def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: SleepConfig, home_root: Path,
             progress: Progress = silent, should_stop=lambda: False) -> dict[str, Any]:
     rng = random.Random(cfg.seed.seed)
-    text = {m.id: m.text for m in memories}
+    text = {m.id: m.view for m in memories}
     stats = {"rest_candidates": 0, "rest_winners": 0, "rest_mean_gain": 0.0}
     gains: list[float] = []
     current, pending = writer_adapter_dir(home_root), pending_writer_dir(home_root)

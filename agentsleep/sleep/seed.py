@@ -50,12 +50,12 @@ def balanced(dreams: list[Dream], at_least: int) -> list[Dream]:
 
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
                 min_dreams: int = 0) -> list[Item]:
-    text = {m.id: m.text for m in memories}
+    text = {m.id: m.view for m in memories}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
                   d.episode_id) for d in balanced(dreams, min_dreams)]
     if include_raw:
-        items += [Item("", m.text, None, m.id) for m in memories for _ in range(raw_repeats)]
+        items += [Item("", m.view, None, m.id) for m in memories for _ in range(raw_repeats)]
     return items
 
 

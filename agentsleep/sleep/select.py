@@ -71,8 +71,8 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
         sleep_id=sleep_id,
         parent_version=parent,
         rebuild=bool(rebuild),
-        memories=[Memory(e.id, e.text) for e in chosen],
-        replay=[Memory(e.id, e.text, replay=True) for e in replay],
+        memories=[Memory(e.id, e.text, speaker=e.source) for e in chosen],
+        replay=[Memory(e.id, e.text, replay=True, speaker=e.source) for e in replay],
         excluded=excluded,
         waiting_after=len(allowed) - len(chosen),
     )

@@ -7,6 +7,9 @@ from enum import Enum
 from typing import Any
 
 
+SKIPPED = "skipped:"  # the ledger's mark for an episode a sleep set aside ("skipped:<sleep id>"), not a version name
+
+
 class Status(str, Enum):
     """How a sleep ended (or that it is still running), as its report and journal say it."""
 
@@ -25,11 +28,19 @@ class Status(str, Enum):
 
 @dataclass
 class Memory:
-    """One episode as the sleep sees it: an id and its text."""
+    """One episode as the sleep sees it: an id, its text as said, and who said it."""
 
     id: str
     text: str
     replay: bool = False  # consolidated earlier; rehearsed, not newly learned
+    speaker: str = "user"  # the episode's source: "assistant" turns are read from the user's side
+
+    @property
+    def view(self) -> str:
+        """The text in the user's voice (sleep/voice.py): what the writer, teacher and student read."""
+        from .voice import user_view
+
+        return user_view(self.text, self.speaker)
 
 
 @dataclass
@@ -58,11 +69,12 @@ class Probe:
     episode_id: str
     question: str
     answer: str
+    kind: str = "dream"  # "dream": a held-out dream the gate checked; "cloze": a blank in the episode's own text
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Probe":
         """A probe as a version manifest stores it."""
-        return cls(str(d.get("episode_id", "")), str(d["question"]), str(d["answer"]))
+        return cls(str(d.get("episode_id", "")), str(d["question"]), str(d["answer"]), str(d.get("kind", "dream")))
 
 
 @dataclass

@@ -1,0 +1,182 @@
+"""Phrasing benchmark: facts told the way agents hear them, closed-book after one sleep.
+
+Three voices (bench/phrasings.py, the held-out test sets): the user in the first
+person, third-person statements, and the assistant's own replies (stored with
+source "assistant", as an agent records its turns). `dev=True` runs development
+variants of bench/facts.py instead; tune on those, never on the test sets.
+
+Per voice and seed, in a fresh home on the same base weights:
+1. remember the facts as they were said; closed-book before, and with the fact in context;
+2. one sleep (default config, seed.seed = the seed); closed-book after; the gate's verdict and drift;
+3. plain LoRA on the raw text with the sleep's own schedule (warmup, linear decay, gradient
+   clipping at 1.0) and step count, the best of three learning rates (lr/3, lr, 3 lr);
+4. the same dreams, plain SFT: a LoRA trained with plain cross-entropy on the dreams the sleep
+   trained on (no raw text, no distillation, no replay, no ReST, no gate), same schedule.
+Figures are mean, min and max over the seeds.
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..home import Home
+from ..progress import silent
+from .facts import SET_A, Fact
+from .phrasings import SETS
+from .sleep_suite import closed_book
+
+SOURCE = {"first_person": "user", "third_person": "user", "assistant": "assistant"}
+LR_SWEEP = (1 / 3, 1.0, 3.0)
+
+
+def dev_sets(n: int = 20) -> dict[str, list[Fact]]:
+    """Development variants of the development set (bench/facts.py SET_A), one per voice."""
+    from ..sleep.voice import _SWAP, _swap_persons, from_the_user
+
+    first = [Fact(from_the_user(f.text), f.question, f.answer) for f in SET_A[:n]]
+    said = [Fact("Noted: " + _swap_persons(f.text[:1].lower() + f.text[1:], _SWAP), f.question, f.answer) for f in first]
+    return {"first_person": first, "third_person": list(SET_A[:n]), "assistant": said}
+
+
+def plain_sft(model: Any, tok: Any, pairs: list[tuple[str, str]], cfg, steps: int, lr: float, seed: int = 0,
+              progress=silent) -> Any:
+    """A LoRA of the sleep's shape trained with plain CE on (prompt, target) pairs, with the sleep's
+    schedule: warmup then linear decay, gradients clipped at 1.0. Returns the peft model."""
+    import random
+
+    import torch
+    from peft import get_peft_model
+
+    from ..sleep.objective import lora_config
+    from ..sleep.tensors import ce_picked, collate, encode, forward_picked
+    from ..sleep.train import warmup_then_linear
+
+    torch.manual_seed(seed)
+    pm = get_peft_model(model, lora_config(cfg))
+    params = [p for p in pm.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    sched = warmup_then_linear(opt, steps, cfg.warmup_frac)
+    rows = [encode(tok, p, t, cfg.max_seq_len) for p, t in pairs]
+    rng = random.Random(seed)
+    pm.train()
+    for s in range(steps):
+        batch = collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id)
+        loss = ce_picked(*forward_picked(pm, batch)[:2])
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
+    pm.eval()
+    return pm
+
+
+def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines: bool, say, progress) -> dict[str, Any]:
+    from ..models.loader import load
+    from ..sleep.dream import student_prompt
+    from ..sleep.journal import read_dreams
+
+    shutil.rmtree(root, ignore_errors=True)
+    Home.init(root)
+    out: dict[str, Any] = {"seed": seed}
+    with Home.open(root) as home:
+        home.config.sleep.seed.seed = seed
+        for f in facts:
+            home.remember(f.text, source=source, kind="turn" if source == "assistant" else "fact")
+        live = home.engine.live
+        out["before"], _ = closed_book(live.model, live.tok, facts)
+        out["in_context"], _ = closed_book(live.model, live.tok, facts, [f.text for f in facts])
+        base = live.version
+        t = time.time()
+        rep = home.sleep(progress=progress)
+        out["sleep_seconds"] = round(time.time() - t, 1)
+        out["status"] = str(rep.status)
+        out["drift_kl"] = rep.metrics.get("drift_kl")
+        out["gate"] = {k: rep.metrics.get(k) for k in ("recall_before", "recall_after", "probes", "probes_trusted",
+                                                       "probes_cloze")}
+        live = home.engine.live
+        out["sleep"], answers = closed_book(live.model, live.tok, facts)
+        out["answers"] = [{"q": f.question, "gold": f.answer, "pred": a} for f, a in zip(facts, answers)]
+        say(f"  seed {seed}: {rep.status} in {out['sleep_seconds']:.0f} s; closed-book {out['before']:.2f} -> "
+            f"{out['sleep']:.2f} (in context {out['in_context']:.2f})")
+        if not baselines:
+            return out
+        cfg = home.config.sleep.seed
+        steps = int(rep.metrics.get("seed_steps") or 48)
+        dreams = [d for d in read_dreams(root / "sleeps" / rep.sleep_id) if not d.held_out]
+        lrs = {}
+        for mult in LR_SWEEP:
+            model, tok = load(base.weights)
+            pm = plain_sft(model, tok, [("", f.text) for f in facts], cfg, steps, cfg.lr * mult, seed, progress)
+            lrs[f"{cfg.lr * mult:.2g}"] = closed_book(pm, tok, facts)[0]
+        out["plain_lora_by_lr"] = lrs
+        out["plain_lora"] = max(lrs.values())
+        if dreams:
+            model, tok = load(base.weights)
+            pm = plain_sft(model, tok, [(student_prompt(tok, d.question), d.answer) for d in dreams], cfg, steps,
+                           cfg.lr, seed, progress)
+            out["same_dreams_sft"] = closed_book(pm, tok, facts)[0]
+        say(f"  seed {seed}: plain LoRA {out['plain_lora']:.2f} (by lr {lrs}), same dreams SFT "
+            f"{out.get('same_dreams_sft', 0):.2f}")
+    return out
+
+
+def _stats(xs: list[float]) -> dict[str, float]:
+    return {"mean": round(statistics.mean(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)} if xs else {}
+
+
+def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tuple[str, ...] | None = None,
+        dev: bool = False, n_facts: int | None = None, baselines: bool = True) -> dict[str, Any]:
+    sets = dev_sets() if dev else dict(SETS)
+    voices = tuple(voices or sets)
+    unknown = [v for v in voices if v not in sets]
+    if unknown:
+        raise InputError(f"phrasing suite: unknown voice {unknown[0]!r}; use {', '.join(sets)}")
+    res: dict[str, Any] = {"set": "development (bench/facts.py variants)" if dev else "test (bench/phrasings.py)",
+                           "seeds": seeds, "voices": {}}
+    for v in voices:
+        facts = sets[v][:n_facts] if n_facts else sets[v]
+        say(f"phrasing: {v}, {len(facts)} facts, {seeds} seed(s)")
+        runs = [one_run(out_dir / f"{v}-seed{s}", facts, SOURCE[v], s, baselines=baselines, say=say, progress=progress)
+                for s in range(seeds)]
+        row = {"facts": len(facts), "runs": runs}
+        for key in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl"):
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            if vals:
+                row[key] = _stats(vals)
+        row["promoted"] = sum(r["status"] == "promoted" for r in runs)
+        res["voices"][v] = row
+    res["targets"] = targets(res)
+    return res
+
+
+def targets(res: dict[str, Any]) -> dict[str, bool]:
+    out = {}
+    for v, row in res["voices"].items():
+        out[f"{v}_recall_at_least_0.80"] = row.get("sleep", {}).get("mean", 0) >= 0.80
+        if "plain_lora" in row:
+            out[f"{v}_beats_plain_lora_by_0.15"] = row["sleep"]["mean"] - row["plain_lora"]["mean"] >= 0.15
+        out[f"{v}_under_10_min_per_20_facts"] = row.get("sleep_seconds", {}).get("max", 1e9) * 20 / row["facts"] <= 600
+    return out
+
+
+def markdown(res: dict[str, Any], docs_dir: Path) -> str:
+    def cell(row, key):
+        s = row.get(key)
+        return f"{s['mean']:.2f} ({s['min']:.2f}-{s['max']:.2f})" if s else "-"
+
+    lines = [f"Facts from the **{res['set']}**, {res['seeds']} seed(s): mean (min-max) closed-book recall on "
+             "paraphrased questions.", "",
+             "| voice | facts | before | in context | sleep | plain LoRA (best lr) | same dreams, plain SFT | "
+             "promoted | sleep s | drift KL |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for v, row in res["voices"].items():
+        lines.append(f"| {v} | {row['facts']} | {cell(row, 'before')} | {cell(row, 'in_context')} | {cell(row, 'sleep')} | "
+                     f"{cell(row, 'plain_lora')} | {cell(row, 'same_dreams_sft')} | {row['promoted']}/{len(row['runs'])} | "
+                     f"{cell(row, 'sleep_seconds')} | {cell(row, 'drift_kl')} |")
+    lines += ["", "Targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in res.get("targets", {}).items())]
+    return "\n".join(lines)

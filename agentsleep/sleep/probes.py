@@ -1,0 +1,77 @@
+"""Probes the gate can trust.
+
+A held-out dream is only a fair test of what a sleep learned when it asks for
+what the memory actually says. The writer is a small model and invents
+("How did the building get moved?" with a made-up answer), so the gate does
+not take its held-out items on faith: it keeps a probe only when
+
+- its answer is in the memory, every content word of it (grounded),
+- the question does not give the answer away, and
+- the teacher (the pre-sleep model reading the memory) answers it with that answer.
+
+When fewer than `gate.min_probes` survive, the gate adds probes built from the
+episodes' own text, a blank where a name, number or date stood ("Fill in the
+blank from memory: My manager is ___"), which need no writer at all. The report
+says how many of each kind decided.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from ..models import generate as gen
+from ..textmatch import contains_answer, f1, grounded, tokens, trivial
+from .dream import answer_spans, teacher_prompt
+from .types import Memory, Probe
+
+CLOZE = "Fill in the blank from what you know: {prefix} ___"
+
+
+def checked(model: Any, tok: Any, probes: list[Probe], memories: dict[str, str],
+            batch_size: int = 24) -> tuple[list[Probe], dict[str, int]]:
+    """The probes worth asking, and why the others were dropped. `model` must be the pre-sleep
+    model (the teacher): it reads each probe's memory and must give the probe's answer."""
+    dropped = {"ungrounded": 0, "trivial": 0, "teacher-disagrees": 0, "unknown-episode": 0}
+    keep: list[Probe] = []
+    for p in probes:
+        text = memories.get(p.episode_id)
+        if text is None:
+            dropped["unknown-episode"] += 1
+        elif not grounded(p.answer, text, min_share=1.0):
+            dropped["ungrounded"] += 1
+        elif trivial(p.question, p.answer):
+            dropped["trivial"] += 1
+        else:
+            keep.append(p)
+    if keep:
+        answers = gen.generate(model, tok, [teacher_prompt(tok, p.question, memories[p.episode_id]) for p in keep],
+                               max_new_tokens=24, batch_size=batch_size)
+        agreed = [p for p, a in zip(keep, answers) if contains_answer(a, p.answer) or f1(a, p.answer) >= 0.5]
+        dropped["teacher-disagrees"] = len(keep) - len(agreed)
+        keep = agreed
+    return keep, {k: v for k, v in dropped.items() if v}
+
+
+def cloze(memories: list[Memory], n: int, per_memory: int = 2) -> list[Probe]:
+    """Up to `n` fill-in-the-blank probes from the episodes' text (user's voice): the text up to a
+    likely answer (a date, number or name), which must follow at least three words. Taken round-robin
+    over the memories, so that a few long ones do not decide for all."""
+    per: list[list[Probe]] = []
+    for m in memories:
+        text = re.sub(r"\s+", " ", m.view).strip()
+        found = []
+        for span in answer_spans(text, per_memory + 2):
+            at = text.find(span)
+            prefix = text[:at].strip()
+            if at <= 0 or len(tokens(prefix)) < 3 or not tokens(span):
+                continue
+            found.append(Probe(m.id, CLOZE.format(prefix=prefix[-300:]), span, kind="cloze"))
+            if len(found) >= per_memory:
+                break
+        per.append(found)
+    out: list[Probe] = []
+    for i in range(per_memory):
+        for found in per:
+            if i < len(found) and len(out) < n:
+                out.append(found[i])
+    return out

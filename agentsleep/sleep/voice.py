@@ -1,0 +1,114 @@
+"""Voice: every memory is dreamed about from the user's point of view.
+
+The user asks tomorrow in the first person ("Who is my manager?"), whoever
+said the fact today: the user ("My manager is Ana"), the assistant ("Noted:
+your manager is Ana"), or an agent writing notes about "the user". The
+student learns the questions it is trained on, so the sleep rewrites each
+memory into the user's voice before the writer reads it, and writes every
+dream question in that voice too. Statements about other people ("Ana leads
+procurement") have no person to swap and pass through unchanged.
+
+These are grammatical person swaps (I <-> you, the user -> I), not rules
+about any particular fact.
+"""
+from __future__ import annotations
+
+import re
+
+ASSISTANT_SPEAKERS = frozenset({"assistant", "agent", "ai", "bot", "model"})
+
+# The assistant's words, seen from the user: "you" is me, "I" is you.
+_SWAP = {
+    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself",
+    "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd",
+    "you": "I", "your": "my", "yours": "mine", "yourself": "myself",
+    "you're": "I'm", "you've": "I've", "you'll": "I'll", "you'd": "I'd",
+}
+# "you" after these words is an object ("remind you", "for you"): "me", not "I".
+_OBJECT_AFTER = frozenset("""to for with at from about of on in by than like call tell told remind reminded give gave
+send sent ask asked help helped let thank thanks see saw meet met email emailed text texted book booked pick join
+invite invited bring brought show showed owe owes cost costs pay paid love loves know knows""".split())
+_BE = {("I", "are"): "am", ("I", "were"): "was", ("you", "am"): "are", ("you", "was"): "were"}
+_WORD = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)?|[^A-Za-z]+")
+
+# An agent's notes about "the user", in the user's own words.
+_THE_USER = [
+    (r"\b[Tt]he user's\b", "my"), (r"\b([Dd])oes the user\b", r"\1o I"), (r"\b([Dd]id|[Ww]ill|[Cc]an|[Ss]hould|[Ww]ould) the user\b", r"\1 I"),
+    (r"\b[Ii]s the user\b", "am I"), (r"\b[Hh]as the user\b", "have I"), (r"\b[Ww]as the user\b", "was I"),
+    (r"\b[Tt]he user is\b", "I am"), (r"\b[Tt]he user has\b", "I have"), (r"\b[Tt]he user was\b", "I was"),
+    (r"\b[Tt]he user (\w+)s\b(?!')", r"I \1"),  # "the user prefers" -> "I prefer"
+    (r"(^|[.!?]\s+)[Tt]he user\b", r"\1I"), (r"\bthe user\b", "me"),
+]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:] if s else s
+
+
+def _swap_persons(text: str, pairs: dict[str, str]) -> str:
+    """Replace pronouns word by word (one pass, so I -> you and you -> I do not undo each other),
+    then fix the verb ("you are" -> "I am") and the object case ("remind you" -> "remind me")."""
+    parts = _WORD.findall(text)
+    out: list[str] = []
+    prev_word = ""
+    for i, p in enumerate(parts):
+        low = p.lower().replace("\u2019", "'")
+        if p[:1].isalpha() and low in pairs:
+            rep = pairs[low]
+            if low == "you" and (prev_word in _OBJECT_AFTER or _clause_end(parts, i)):
+                rep = "me"
+            sentence_start = not "".join(out).strip() or "".join(out).rstrip()[-1] in ".!?:\"'"
+            if p[:1].isupper() and not rep.startswith("I") and (not low.startswith("i") or sentence_start):
+                rep = _cap(rep)
+            p = rep
+        out.append(p)
+        if p[:1].isalpha():
+            prev_word = low
+    swapped = "".join(out)
+    for (subj, verb), fix in _BE.items():
+        swapped = re.sub(rf"\b({subj}) {verb}\b", rf"\1 {fix}", swapped, flags=0 if subj == "I" else re.I)
+    swapped = re.sub(r"\b([Aa])re I\b", r"\1m I", swapped)       # "Are you ...?" -> "Am I ...?"
+    swapped = re.sub(r"\b([Ww])ere I\b", r"\1as I", swapped)
+    swapped = re.sub(r"\b([Aa])m you\b", r"\1re you", swapped)
+    swapped = re.sub(r"\b([Ww])as you\b", r"\1ere you", swapped)
+    return swapped
+
+
+def _clause_end(parts: list[str], i: int) -> bool:
+    """No word follows before punctuation: "... for you." / "... told you, ..." is an object."""
+    for p in parts[i + 1:]:
+        if p[:1].isalpha():
+            return False
+        if p.strip():
+            return True
+    return True
+
+
+def from_the_user(text: str) -> str:
+    """'The user's manager is Ana' -> 'My manager is Ana'."""
+    if not re.search(r"\bthe user\b", text, re.I):
+        return text
+    for pat, rep in _THE_USER:
+        text = re.sub(pat, rep, text)
+    return _cap(text)
+
+
+def user_view(text: str, speaker: str | None = None) -> str:
+    """The memory as the user would tell it: the assistant's words with I and you swapped, and
+    notes about "the user" in the first person. The user's own words are kept as they are."""
+    if (speaker or "").lower() in ASSISTANT_SPEAKERS:
+        text = _cap(_swap_persons(text, _SWAP))
+    return from_the_user(text)
+
+
+_YOU_TO_I = {k: v for k, v in _SWAP.items() if k.startswith("you")}
+
+
+def user_question(question: str) -> str:
+    """A dream question in the user's voice: a writer that answers the note back to the user
+    ("What is your manager's name?") or about "the user" is turned into the question the user
+    will ask ("What is my manager's name?")."""
+    q = question
+    if re.search(r"\byou", q, re.I):
+        q = _swap_persons(q, _YOU_TO_I)
+    return _cap(from_the_user(q))
