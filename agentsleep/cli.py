@@ -324,12 +324,18 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | all (= full)"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | all (= full)"),
           quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): under 15 minutes on 2 CPU cores."),
           full: bool = typer.Option(False, "--full", help="Every suite at full size (hours on CPU)."),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
           facts: Optional[int] = typer.Option(None, min=1, max=20, help="Facts per sleep in the sleep suite (default 20; 10 and one sleep in quick)."),
+          data: Optional[Path] = typer.Option(None, "--data", help="squad / locomo: the data file (default: under $AGENTSLEEP_BENCH_DATA)."),
+          offset: int = typer.Option(0, "--offset", min=0, help="squad / locomo: skip this many passages or conversations."),
+          count: Optional[int] = typer.Option(None, "--count", min=1, help="squad / locomo: take this many passages or conversations."),
+          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice (default 3)."),
+          voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
+          dev: bool = typer.Option(False, "--dev", help="phrasing: the development variants instead of the held-out test facts."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
     from .bench import QUICK, SUITES, run_suites
@@ -341,10 +347,20 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     names = list(QUICK) if suite == "quick" else list(SUITES) if suite == "all" else [suite]
     if any(n not in SUITES for n in names):
         raise InputError(f"bench: unknown suite '{suite}'; use quick, all or one of {', '.join(SUITES)}")
+    if data is not None and not data.is_file():
+        raise InputError(f"bench --data {data}: no such file")
+    options: dict[str, dict] = {"sleep": {"n_facts": facts}} if facts else {}
+    sliced = {k: v for k, v in (("data", data), ("offset", offset), ("count", count)) if v}
+    for name in ("squad", "locomo"):
+        if sliced:
+            options[name] = dict(sliced)
+    phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
+    if phrasing:
+        options["phrasing"] = phrasing
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,
-                             options={"sleep": {"n_facts": facts}} if facts else None, quick=suite == "quick")
+                             options=options or None, quick=suite == "quick")
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
 
