@@ -32,3 +32,38 @@ def test_langchain_agent_example_end_to_end(tmp_path):
     assert re.search(r"  - recall \d\.\d\d -> \d\.\d\d.*drift KL \d", asleep), asleep
     # the agent now answers from the promoted version, without reloading anything
     assert closed.count("agent [v0001]>") == 2 and "agent [v0000]>" not in closed
+
+
+def _run_example(name: str, home: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    p = subprocess.run([sys.executable, str(EXAMPLES / name), "--home", str(home)], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
+
+
+def test_langchain_middleware_example(tmp_path):
+    pytest.importorskip("langchain.agents")
+    out = _run_example("langchain_middleware.py", tmp_path / "home")
+    assert "agent> From memory: [" in out and "Maya" in out.split("user> What is the weather")[0]
+    assert "agent> It is sunny and 24 C in Lisbon." in out
+    assert "bob> What is my daughter's name?\nagent> I don't know yet." in out       # another namespace
+    recorded = out.split("episodes recorded for Alice")[1]
+    assert recorded.count("[turn]") == 2 and recorded.count("[tool]") == 1
+
+
+def test_langgraph_store_example(tmp_path):
+    pytest.importorskip("langmem")
+    out = _run_example("langgraph_store.py", tmp_path / "home")
+    assert "alice> Recall: what is my pet afraid of?\nagent> I remember: My cat Pixel is afraid of thunderstorms." in out
+    assert "bob> Recall: what is my pet afraid of?\nagent> Nothing about that yet." in out
+    assert "'via': 'langgraph.store'" in out and "the next sleep would take it: True" in out
+
+
+def test_mcp_server_example(tmp_path):
+    pytest.importorskip("mcp")
+    out = _run_example("mcp_server.py", tmp_path / "home")
+    assert "tools: remember, recall, forget, sleep_now, status, ask" in out
+    kept, gone = re.search(r"remembered: (ep-\w+) (ep-\w+)", out).groups()
+    assert f"forget: ['{gone}']" in out and "status: 1 episodes, 1 waiting, serving v0000" in out
+    assert "bad input -> recall: bad argument (k:" in out
