@@ -75,12 +75,19 @@ def remember(text: str = typer.Argument(..., help="The memory, or '-' to read it
              source: str = typer.Option("user", help="Where it came from (e.g. user, web, tool:search)."),
              session: Optional[str] = typer.Option(None, help="Conversation/session id."),
              untrusted: bool = typer.Option(False, help="Mark as untrusted: recalled, but not consolidated by default."),
+             namespace: str = typer.Option("default", "--namespace", help="Hard partition (user / agent / conversation) recall never crosses."),
+             event_time: Optional[str] = typer.Option(None, "--event-time", help="When it happened, ISO date/time (default: now)."),
+             speaker: Optional[str] = typer.Option(None, "--speaker", help="Who said it."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Store a memory (an episode)."""
+    from .home import parse_since
+
     if text == "-":
         text = _read_stdin()
+    when = parse_since(event_time, "--event-time")
     with _home() as h:
-        r = h.remember(text, kind=kind, source=source, session=session, trust="untrusted" if untrusted else "trusted")
+        r = h.remember(text, kind=kind, source=source, session=session, trust="untrusted" if untrusted else "trusted",
+                       namespace=namespace, event_time=when, speaker=speaker)
     _emit(as_json, r.model_dump(), lambda: out.print(
         f"{'already remembered' if r.duplicate else 'remembered'} {r.id}"
         + (f" ({len(r.chunk_ids)} chunks)" if len(r.chunk_ids) > 1 else "")))
@@ -89,19 +96,24 @@ def remember(text: str = typer.Argument(..., help="The memory, or '-' to read it
 @app.command()
 def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How many memories (default: memory.recall_k)."),
            kind: Optional[str] = typer.Option(None), session: Optional[str] = typer.Option(None),
-           since: Optional[str] = typer.Option(None, help="ISO date/time."),
+           since: Optional[str] = typer.Option(None, help="Only memories whose event time is at or after this ISO date/time."),
+           until: Optional[str] = typer.Option(None, help="Only memories whose event time is before this ISO date/time."),
+           namespace: str = typer.Option("default", "--namespace", help="The partition to search (never crossed)."),
+           neighbours: Optional[int] = typer.Option(None, "--neighbours", min=0, max=20,
+                                                    help="Turns either side of each hit to bring along (default: memory.neighbours)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
-    """Search memories by meaning."""
+    """Search memories by meaning and words (hybrid), within one namespace."""
     from .home import parse_since
 
+    lo, hi = parse_since(since), parse_since(until, "--until")
     with _home(writable=False) as h:
-        eps = h.recall(query, k, kind=kind, session=session, since=parse_since(since))
+        eps = h.recall(query, k, kind=kind, session=session, since=lo, until=hi, namespace=namespace, neighbours=neighbours)
     rows = [e.public() for e in eps]
 
     def human() -> None:
         t = Table("score", "id", "kind", "text", "sleep")
         for e in eps:
-            t.add_row(f"{e.score:.3f}", e.id, e.kind, e.text[:90], e.consolidated_in or "-")
+            t.add_row("-" if e.score is None else f"{e.score:.3f}", e.id, e.kind, e.prompt_text()[:90], e.consolidated_in or "-")
         out.print(t if eps else "no memories yet")
     _emit(as_json, rows, human)
 
@@ -110,10 +122,11 @@ def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How man
 def ask(question: str, no_memory: bool = typer.Option(False, "--no-memory", help="Closed-book: answer from the weights alone."),
         k: Optional[int] = typer.Option(None, "-k", help="Memories in the prompt (default: memory.recall_k)."),
         max_new_tokens: Optional[int] = typer.Option(None, help="Answer length in tokens (default: model.max_new_tokens)."),
+        namespace: str = typer.Option("default", "--namespace", help="The partition memories come from."),
         as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer a question with the current model version."""
     with _home(writable=False) as h:
-        r = h.ask(question, use_memory=not no_memory, k=k, max_new_tokens=max_new_tokens)
+        r = h.ask(question, use_memory=not no_memory, k=k, max_new_tokens=max_new_tokens, namespace=namespace)
     _emit(as_json, r, lambda: out.print(f"{r['answer']}\n[dim]({r['model_version']}, {len(r['memories_used'])} memories)[/]"))
 
 
@@ -239,10 +252,11 @@ def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to 
            query: Optional[str] = typer.Option(None, "--query", help="Forget the best match(es) of this query instead."),
            k: int = typer.Option(1, "-k", help="With --query: how many matches."),
            fallback: bool = typer.Option(False, help="Serve the last clean version right away."),
+           namespace: str = typer.Option("default", "--namespace", help="With --query: the partition searched."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Forget exactly: from the store now, from the weights at the next sleep."""
     with _home() as h:
-        r = h.forget(episode_id, query=query, k=k, fallback=fallback)
+        r = h.forget(episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
     _emit(as_json, r, lambda: out.print(
         f"forgot {len(r['forgotten'])} episode(s)" + (f"; versions {', '.join(r['versions_holding_it'])} still hold it: "
                                                       f"the next sleep rebuilds from {r['rebuild_from']}" if r['versions_holding_it'] else "")

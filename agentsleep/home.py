@@ -414,10 +414,11 @@ def _pending_forget(root: Path) -> dict[str, Any] | None:
     return None if not plan else {"versions_holding_forgotten_data": plan["versions"], "next_sleep_rebuilds_from": plan["from"]}
 
 
-def parse_since(value: str | None) -> datetime | None:
+def parse_since(value: str | None, flag: str = "--since") -> datetime | None:
+    """An ISO date/time from the command line (naive = UTC, as the store reads it)."""
     if not value:
         return None
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise InputError(f"--since {value!r}: not an ISO date/time (e.g. 2026-11-25 or 2026-11-25T14:00)") from None
+        raise InputError(f"{flag} {value!r}: not an ISO date/time (e.g. 2026-11-25 or 2026-11-25T14:00)") from None

@@ -482,3 +482,21 @@ def test_with_sleep_around_sleep_chat_model(home, sid):
     assert backend.calls[0]["messages"][0]["role"] == "system" and FACT in backend.calls[0]["messages"][0]["content"]
     assert turns(home, sid)[0].text == "User: Who is my daughter?\nAssistant: Maya."
     assert isinstance(CallableBackend(lambda m, **k: "x").generate([]), Completion)
+
+
+def test_namespaces_through_with_sleep_and_the_retriever(home, sid):
+    spy = Spy()
+    home.remember("Noor's locker code is 5512.", namespace=f"user:noor-{sid}")
+    home.remember("Sam's locker code is 9034.", namespace=f"user:sam-{sid}")
+    agent = with_sleep(FakeListChatModel(responses=["ok"] * 3), home=home, k=3, session_id=sid,
+                       namespace=f"user:noor-{sid}")
+    agent.invoke("What is my locker code?", {"callbacks": [spy]})
+    system = spy.prompts[0][0].content
+    assert "5512" in system and "9034" not in system
+    agent.invoke("And my other code?", {"callbacks": [spy], "configurable": {"namespace": f"user:sam-{sid}"}})
+    system = spy.prompts[1][0].content
+    assert "9034" in system and "5512" not in system
+    assert {e.namespace for e in home.episodes(session=sid)} == {f"user:noor-{sid}", f"user:sam-{sid}"}
+    docs = EpisodeRetriever(home=home, k=5, namespace=f"user:sam-{sid}").invoke("locker code")
+    assert {d.metadata["namespace"] for d in docs} == {f"user:sam-{sid}"} and "9034" in docs[0].page_content
+    assert EpisodeRetriever(home=home, k=5, namespace=f"user:nobody-{sid}").invoke("locker code") == []

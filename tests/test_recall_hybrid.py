@@ -167,3 +167,26 @@ def test_home_forwards_namespaces(tmp_path):
         assert h.recall("sencha", namespace="user:dana") == []
         with pytest.raises(AgentsleepError):
             h.recall("tea", namespace="")
+
+
+def test_cli_namespaces_and_time_filters(tmp_path):
+    from cli_helpers import run_cli
+
+    home = tmp_path / "home"
+    assert run_cli("init", "--json", home=home).code == 0
+    r = run_cli("remember", "Priya moved to Lisbon for a new job.", "--namespace", "user:priya", "--speaker", "Priya",
+                "--event-time", "2023-05-08T13:56", "--json", home=home)
+    assert r.code == 0, r.err
+    rid = r.json()["id"]
+    assert run_cli("remember", "Priya moved to Lisbon for a new job.", "--json", home=home).json()["duplicate"] is False
+    hits = run_cli("recall", "Lisbon", "--namespace", "user:priya", "--since", "2023-05-01", "--until", "2023-06-01",
+                   "--json", home=home).json()
+    assert [h["id"] for h in hits] == [rid] and hits[0]["namespace"] == "user:priya" and hits[0]["speaker"] == "Priya"
+    assert hits[0]["event_time"].startswith("2023-05-08T13:56")
+    assert run_cli("recall", "Lisbon", "--namespace", "user:priya", "--since", "2023-06-01", "--json", home=home).json() == []
+    assert "namespace" in run_cli("recall", "Lisbon", "--namespace", "", home=home).one_line_error()
+    assert "--until" in run_cli("recall", "Lisbon", "--until", "next tuesday", home=home).one_line_error()
+    f = run_cli("forget", "--query", "Lisbon", "--namespace", "user:priya", "--json", home=home).json()
+    assert f["forgotten"] == [rid]
+    assert run_cli("recall", "Lisbon", "--namespace", "user:priya", "--json", home=home).json() == []
+    assert len(run_cli("recall", "Lisbon", "--json", home=home).json()) == 1  # the default namespace's copy stays

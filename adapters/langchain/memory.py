@@ -19,7 +19,10 @@ def episode_document(ep: Any) -> Document:
     """An Episode as a Document: text as page_content, the rest as metadata."""
     md = {"id": ep.id, "kind": ep.kind, "source": ep.source, "trust": ep.trust,
           "created_at": ep.created_at.isoformat() if ep.created_at else None}
-    for key in ("session", "score", "consolidated_in", "parent_id"):
+    md["namespace"] = getattr(ep, "namespace", "default")
+    if getattr(ep, "event_time", None) is not None:
+        md["event_time"] = ep.event_time.isoformat()
+    for key in ("session", "score", "consolidated_in", "parent_id", "speaker"):
         val = getattr(ep, key, None)
         if val is not None:
             md[key] = val
@@ -29,8 +32,9 @@ def episode_document(ep: Any) -> Document:
 class EpisodeRetriever(BaseRetriever):
     """Top-k episodes for a query, as Documents (metadata: id, kind, source, session, score, ...).
 
-    ``home`` is a Home, a path, or None ($AGENTSLEEP_HOME). Filters (``kind``,
-    ``source``, ``session``, ``trust``) are passed to ``Home.recall``;
+    ``home`` is a Home, a path, or None ($AGENTSLEEP_HOME). ``namespace`` is the
+    hard partition searched (a user, an agent, a conversation; never crossed).
+    Filters (``kind``, ``source``, ``session``, ``trust``, ``since``, ``until``) are passed to ``Home.recall``;
     ``min_score`` drops weak matches. With ``on_error="warn"`` a store that
     cannot be reached gives no documents, a logged warning and an
     ``agentsleep_memory_error`` callback event instead of an exception.
@@ -42,6 +46,9 @@ class EpisodeRetriever(BaseRetriever):
     source: str | None = None
     session: str | None = None
     trust: str | None = None
+    namespace: str = "default"
+    since: Any = None
+    until: Any = None
     min_score: float | None = None
     on_error: Literal["raise", "warn"] = "raise"
 
@@ -49,7 +56,8 @@ class EpisodeRetriever(BaseRetriever):
 
     def _filters(self) -> dict[str, Any]:
         return {k: v for k, v in (("kind", self.kind), ("source", self.source), ("session", self.session),
-                                  ("trust", self.trust)) if v is not None}
+                                  ("trust", self.trust), ("namespace", self.namespace), ("since", self.since),
+                                  ("until", self.until)) if v is not None}
 
     def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
         try:

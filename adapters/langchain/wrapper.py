@@ -203,6 +203,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
     k: int = 4
     placement: Any = "system"
     session_id: Optional[str] = None
+    namespace: Optional[str] = None
     memory_key: str = "memories"
     query_key: Optional[str] = None
     format_memories: Optional[Callable[[list], str]] = None
@@ -243,6 +244,11 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         conf = (config or {}).get("configurable") or {}
         return (conf.get("session_id", self.session_id), bool(conf.get("use_memory", self.inject)),
                 bool(conf.get("record", self.record)))
+
+    def _namespace(self, config: Optional[RunnableConfig]) -> dict[str, Any]:
+        """The hard partition of this call (configurable "namespace", else the wrapper's), as recall/remember kwargs."""
+        ns = ((config or {}).get("configurable") or {}).get("namespace", self.namespace)
+        return {} if ns is None else {"namespace": ns}
 
     # the query and the injection
     def query_of(self, value: Any) -> Optional[str]:
@@ -332,11 +338,11 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
             self._down_until = time.monotonic() + self.retry_after
             self._down_error = describe(err)
 
-    def _recall(self, query: Optional[str], use_memory: bool) -> list:
+    def _recall(self, query: Optional[str], use_memory: bool, ns: Optional[dict[str, Any]] = None) -> list:
         if not use_memory or not query or not query.strip():
             return []
         self._check_up()
-        eps = resolve_home(self.home).recall(query, self.k, **self.recall_filters)
+        eps = resolve_home(self.home).recall(query, self.k, **{**self.recall_filters, **(ns or {})})
         if self.min_score is not None:
             eps = [e for e in eps if e.score is None or e.score >= self.min_score]
         return eps
@@ -345,7 +351,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         return self.tool_trust(name) if callable(self.tool_trust) else self.tool_trust
 
     def _record(self, query: Optional[str], answer: Optional[str], tools: list[dict[str, Any]],
-                session: Optional[str], memories: list) -> list[str]:
+                session: Optional[str], memories: list, ns: Optional[dict[str, Any]] = None) -> list[str]:
         if not (query and query.strip()) and not (self.record_tools and tools):
             return []
         self._check_up()
@@ -355,13 +361,13 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         if self.record_tools:
             for run in tools:
                 r = home.remember(_tool_text(run), kind="tool", source=f"tool:{run['name']}", session=session,
-                                  trust=self._trust_for(run["name"]), provenance=prov)
+                                  trust=self._trust_for(run["name"]), provenance=prov, **(ns or {}))
                 ids.append(r.id)
         if query and query.strip():
             text = f"User: {query.strip()}"
             if answer and answer.strip():
                 text += f"\nAssistant: {answer.strip()}"
-            r = home.remember(text, kind="turn", source=self.source, session=session, provenance=prov)
+            r = home.remember(text, kind="turn", source=self.source, session=session, provenance=prov, **(ns or {}))
             ids.append(r.id)
         return ids
 
@@ -384,18 +390,19 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         query = self.query_of(value)
         memories: list = []
         try:
-            memories = self._recall(query, use_memory)
+            memories = self._recall(query, use_memory, self._namespace(config))
         except Exception as e:  # noqa: BLE001 - reported, then the agent goes on without memories
             emit_failure(run_manager, "recall", e)
             self._failed("recall", e)
         new_value = self.inject_into(value, memories) if (use_memory or self.placement == "key") else value
         return new_value, query, memories, session, record
 
-    def _after(self, run_manager: Any, query, answer, recorder: _ToolRecorder, session, memories, record) -> None:
+    def _after(self, run_manager: Any, query, answer, recorder: _ToolRecorder, session, memories, record,
+               config: Optional[RunnableConfig] = None) -> None:
         if not record:
             return
         try:
-            self._record(query, answer, recorder.finished, session, memories)
+            self._record(query, answer, recorder.finished, session, memories, self._namespace(config))
         except Exception as e:  # noqa: BLE001
             emit_failure(run_manager, "record", e)
             self._failed("record", e)
@@ -404,7 +411,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         recorder = _ToolRecorder()
         new_value, query, memories, session, record = self._before(value, run_manager, config)
         out = self.bound.invoke(new_value, self._child(run_manager, config, recorder), **kwargs)
-        self._after(run_manager, query, _last_ai_text(out), recorder, session, memories, record)
+        self._after(run_manager, query, _last_ai_text(out), recorder, session, memories, record, config)
         return out
 
     def invoke(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Any:  # noqa: A002
@@ -418,7 +425,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         for chunk in self.bound.stream(new_value, self._child(run_manager, config, recorder), **kwargs):
             acc.add(chunk)
             yield chunk
-        self._after(run_manager, query, acc.answer(), recorder, session, memories, record)
+        self._after(run_manager, query, acc.answer(), recorder, session, memories, record, config)
 
     def stream(self, input: Any, config: Optional[RunnableConfig] = None, **kwargs: Any) -> Iterator[Any]:  # noqa: A002
         yield from self._transform_stream_with_config(iter([input]), self._transform, config, **kwargs)
@@ -432,7 +439,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         query = self.query_of(value)
         memories: list = []
         try:
-            memories = await run_in_executor(config, self._recall, query, use_memory)
+            memories = await run_in_executor(config, self._recall, query, use_memory, self._namespace(config))
         except Exception as e:  # noqa: BLE001
             await aemit_failure(run_manager, "recall", e)
             self._failed("recall", e)
@@ -443,7 +450,8 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         if not record:
             return
         try:
-            await run_in_executor(config, self._record, query, answer, recorder.finished, session, memories)
+            await run_in_executor(config, self._record, query, answer, recorder.finished, session, memories,
+                                  self._namespace(config))
         except Exception as e:  # noqa: BLE001
             await aemit_failure(run_manager, "record", e)
             self._failed("record", e)
@@ -497,7 +505,7 @@ async def _amerge_input(inputs: AsyncIterator[Any]) -> Any:
 
 
 def with_sleep(runnable: Runnable, *, home: Any = None, k: int = 4, placement: Placement = "system",
-               session_id: Optional[str] = None, **options: Any) -> SleepRunnable:
+               session_id: Optional[str] = None, namespace: Optional[str] = None, **options: Any) -> SleepRunnable:
     """Wrap `runnable` (a chat model, chain or agent) with episodic memory from `home`.
 
     home        a Home, a path (opened once per process and shared), or None ($AGENTSLEEP_HOME).
@@ -513,6 +521,9 @@ def with_sleep(runnable: Runnable, *, home: Any = None, k: int = 4, placement: P
                   always set, "" when there is nothing to inject;
                 a callable ``(input, episodes) -> new input`` for anything else.
     session_id  stored on every episode (per call: config={"configurable": {"session_id": ...}}).
+    namespace   the hard partition (a user, an agent, a conversation) memories are recalled from and
+                recorded into; recall never crosses it (per call: {"configurable": {"namespace": ...}};
+                None = the store's "default").
 
     Other options (SleepRunnable fields): memory_key, query_key (where the user's text is in
     a dict input), format_memories (``episodes -> str``), min_score, recall_filters (e.g.
@@ -532,4 +543,5 @@ def with_sleep(runnable: Runnable, *, home: Any = None, k: int = 4, placement: P
         raise ValueError(f"placement must be 'system', 'human', 'key' or a callable, got {placement!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
-    return SleepRunnable(bound=runnable, home=home, k=k, placement=placement, session_id=session_id, **options)
+    return SleepRunnable(bound=runnable, home=home, k=k, placement=placement, session_id=session_id,
+                         namespace=namespace, **options)
