@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 import uuid
@@ -204,6 +205,28 @@ def test_namespaces_are_hard_partitions(home, sid):
                        {"configurable": {"session_id": sid, "namespace": "default"}})
     assert out["messages"][-1].content == "Her name is Maya."
     assert [e.text for e in home.episodes(session=sid, namespace="default")] == ["User: Tell me my daughter's name.\nAssistant: Her name is Maya."]
+
+
+def test_a_bad_namespace_fails_the_call_before_anything_happens(home, sid):
+    from agentsleep.errors import InputError
+
+    spy = Spy()
+    with pytest.raises(InputError, match="namespace .* contains control characters"):
+        _agent(home).invoke({"messages": [("user", "Hello?")]},
+                            {"callbacks": [spy], "configurable": {"session_id": sid, "namespace": "bad\x07"}})
+    assert spy.prompts == [] and home.episodes(session=sid) == []
+
+
+def test_without_langchain_the_adapter_still_imports_and_says_what_to_install(tmp_path):
+    fake = tmp_path / "langchain"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'langchain'\")\n")
+    code = ("import agentsleep.adapters.langchain as a\n"
+            "try:\n    a.SleepMiddleware\nexcept ImportError as e:\n    print(e)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "needs langchain: pip install 'agentsleep[langchain]'" in r.stdout
 
 
 class _BrokenHome:

@@ -222,3 +222,34 @@ def test_streamable_http_needs_the_serve_api_key(tmp_path):
     assert "refusing to listen on 0.0.0.0 without serve.api_key" in r.one_line_error()
     r = run_cli("mcp", "--transport", "carrier-pigeon", home=root)
     assert "use stdio or http" in r.one_line_error()
+
+
+def test_sleep_now_is_handed_to_the_daemon_when_one_runs(tmp_path):
+    from agentsleep.daemon import Daemon
+    from agentsleep.serving.mcp import MemoryServer
+
+    root = tmp_path / "h"
+    Home.init(root, config=Config.model_validate({"daemon": {"cron": "", "threshold_episodes": 10**9}}))
+    ran = []
+    d = Daemon([root], sleep_fn=lambda job: ran.append(job.reason) or {"status": "nothing-to-do"},
+               heartbeat_s=0.2, request_poll_s=0.1).start()
+    srv = MemoryServer(Home.open(root))
+    try:
+        out = srv.sleep_now()
+        assert out["via"] == "daemon" and out["state"] == "queued" and out["sleep_id"].startswith("req-")
+        deadline = time.monotonic() + 30
+        while (st := srv.status(out["sleep_id"]))["state"] != "done":
+            assert time.monotonic() < deadline, st
+            time.sleep(0.1)
+        assert st["result"]["status"] == "nothing-to-do" and ran == ["on-demand"]
+    finally:
+        d.stop()
+        srv.close()
+
+
+def test_without_the_sdk_the_command_says_what_to_install(tmp_path):
+    fake = tmp_path / "fake" / "mcp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError(\"No module named 'mcp'\")\n")
+    r = run_cli("mcp", home=tmp_path / "h", env={"PYTHONPATH": str(fake.parent)})
+    assert "needs the MCP SDK: install agentsleep with its mcp extra (or pip install mcp)" in r.one_line_error()

@@ -15,7 +15,8 @@ episode ("User: ...\\nAssistant: ...") and one ``tool`` episode per tool run
 (read from the messages of this run: the model's tool calls and their results).
 
 Per call, ``config["configurable"]`` may set ``session_id``, ``namespace``,
-``use_memory`` and ``record``, as for :func:`with_sleep`. Memory failures take
+``use_memory`` and ``record``, as for :func:`with_sleep`; a namespace the store
+would refuse fails the call at once (InputError), before the agent does anything. Memory failures take
 with_sleep's path: the agent goes on without memories (or without recording),
 a warning is logged on ``agentsleep.adapters.langchain`` and the custom
 callback event ``agentsleep_memory_error`` is sent.
@@ -94,7 +95,12 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
             conf = get_config().get("configurable") or {}
         except RuntimeError:  # not inside a run
             pass
-        return {"session": conf.get("session_id", self.session_id), "namespace": conf.get("namespace", self.namespace),
+        ns = conf.get("namespace", self.namespace)
+        if ns is not None:  # a bad namespace fails the call before the agent runs: nothing half-recorded
+            from agentsleep.memory.episode import check_namespace
+
+            check_namespace(ns, "SleepMiddleware: configurable namespace")
+        return {"session": conf.get("session_id", self.session_id), "namespace": ns,
                 "use_memory": bool(conf.get("use_memory", self.use_memory)), "record": bool(conf.get("record", self.record))}
 
     # -- memory, with failures reported -------------------------------------------------

@@ -57,7 +57,9 @@ def _sdk() -> Any:
     try:
         from mcp.server import mcpserver
     except ImportError:
-        raise AgentsleepError("agentsleep mcp needs the MCP SDK: pip install 'agentsleep[mcp]'") from None
+        # no square brackets: the CLI prints errors as rich markup
+        raise AgentsleepError("agentsleep mcp needs the MCP SDK: install agentsleep with its mcp extra "
+                              "(or pip install mcp)") from None
     return mcpserver
 
 
