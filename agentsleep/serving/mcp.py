@@ -153,6 +153,9 @@ class MemoryServer:
         from agentsleep.sleep.journal import running_journals
 
         with self._runs_lock:
+            for r in self._runs.values():
+                if r.via == "daemon" and r.result is None:
+                    self.sleep_status(r.id)  # picks up the daemon's answer
             mine = [r for r in self._runs.values() if r.running()]
             if mine:
                 return {"sleep_id": mine[0].id, "state": "running", "note": "a sleep started here is still running"}
@@ -298,7 +301,9 @@ class MemoryServer:
             return guard(me.forget)(episode_id=episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
 
         @srv.tool(description="Start consolidating the waiting memories into the weights. Returns at once with "
-                              "a sleep_id; call status with it to follow the sleep.")
+                              "a sleep_id; call status with it to follow the sleep (its 'journal' is the sleep's "
+                              "own id, as in the sleep report). Without a daemon the sleep runs in a worker "
+                              "process of this server and stops, cleanly, if the server exits.")
         def sleep_now(max_episodes: MaxEpisodes = None) -> dict:
             return guard(me.sleep_now)(max_episodes=max_episodes)
 
