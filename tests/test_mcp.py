@@ -86,6 +86,13 @@ def test_round_trip_over_stdio_and_bad_input_loses_nothing(home):
             assert [h["id"] for h in only] == [kept["id"]]
             assert _data(await c.call_tool("recall", {"query": "shed key", "since": "2999-01-01"}))["memories"] == []
             assert len(_data(await c.call_tool("recall", {"query": "shed key", "until": "2999-01-01"}))["memories"]) == 2
+            old = _data(await c.call_tool("remember", {"text": "Bob moved to Leeds.", "namespace": "user:bob",
+                                                       "event_time": "2024-05-01T10:00", "speaker": "Bob"}))
+            hits = _data(await c.call_tool("recall", {"query": "Where did Bob move?", "namespace": "user:bob",
+                                                      "until": "2025-01-01"}))["memories"]
+            assert [(h["id"], h["speaker"]) for h in hits] == [(old["id"], "Bob")]
+            assert _data(await c.call_tool("forget", {"episode_id": old["id"]}))["forgotten"] == [old["id"]]
+            assert "event_time" in _error(await c.call_tool("remember", {"text": "x", "event_time": "soonish"}))
             bobs = _data(await c.call_tool("remember", {"text": "Bob keeps bees.", "namespace": "user:bob"}))
             assert _data(await c.call_tool("recall", {"query": "bees", "namespace": "user:bob"}))["memories"][0]["id"] == bobs["id"]
             assert bobs["id"] not in [h["id"] for h in _data(await c.call_tool("recall", {"query": "bees", "k": 5}))["memories"]]

@@ -119,12 +119,15 @@ class MemoryServer:
 
     # -- the tools' bodies (plain methods: tested directly and through the SDK) ----------
     def remember(self, text: str, kind: str = "fact", source: str = "user", session: str | None = None,
-                 namespace: str | None = None, untrusted: bool = False) -> dict[str, Any]:
+                 namespace: str | None = None, untrusted: bool = False, event_time: str | None = None,
+                 speaker: str | None = None) -> dict[str, Any]:
         self._writable("remember")
-        kw: dict[str, Any] = {"kind": kind, "source": source, "session": session,
+        kw: dict[str, Any] = {"kind": kind, "source": source, "session": session, "speaker": speaker,
                               "trust": "untrusted" if untrusted else "trusted", "provenance": {"via": "mcp"}}
         if namespace is not None:
             kw["namespace"] = _namespace(namespace)
+        if event_time is not None:
+            kw["event_time"] = _iso("event_time", event_time)
         with self._store_lock:
             return self.home.remember(text, **kw).model_dump(mode="json")
 
@@ -279,12 +282,14 @@ class MemoryServer:
                     raise ToolError(msg if msg.startswith(f"{fn.__name__}:") else f"{fn.__name__}: {msg}") from None
             return call
 
-        @srv.tool(description="Store a memory (a fact, a turn, an observation, a tool result). Exact duplicates "
-                              "are not stored twice. Returns its episode id.")
+        @srv.tool(description="Store a memory (kind: fact, turn, observation or tool) in a namespace (default "
+                              "'default'), with when it happened (event_time, ISO; default now) and who said it "
+                              "(speaker). Exact duplicates are not stored twice. Returns its episode id.")
         def remember(text: Text, kind: str = "fact", source: str = "user", session: Opt = None,
-                     namespace: Opt = None, untrusted: bool = False) -> dict:
+                     namespace: Opt = None, untrusted: bool = False, event_time: Opt = None,
+                     speaker: Opt = None) -> dict:
             return guard(me.remember)(text=text, kind=kind, source=source, session=session, namespace=namespace,
-                                      untrusted=untrusted)
+                                      untrusted=untrusted, event_time=event_time, speaker=speaker)
 
         @srv.tool(description="The k memories closest in meaning to the query, best first. Filters: kind, "
                               "session, namespace (a hard partition: never crossed; default 'default'), "
