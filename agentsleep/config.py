@@ -208,6 +208,9 @@ class SleepConfig(_Section):
     grow_every: int = Field(0, ge=0, description="Growth policy: insert new blocks before every Nth sleep since the last growth (0 = off).")
     grow_on_reject: bool = Field(False, description="Growth policy: insert new blocks after a sleep rejected for recall or retention.")
     grow_blocks: int = Field(1, ge=1, le=64, description="Decoder blocks one growth inserts (automatic, or `agentsleep grow` without --blocks).")
+    max_grown_blocks: int = Field(8, ge=0, description="Automatic growth (grow_every / grow_on_reject) stops once the serving "
+                                  "lineage holds this many inserted blocks, so that a run of rejected nights cannot grow "
+                                  "the model without bound; `agentsleep grow` is not limited.")
     keep_versions: int = Field(0, ge=0, description="0 keeps every version; N prunes all but the N newest (never current).")
 
 

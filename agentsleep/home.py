@@ -283,6 +283,10 @@ class Home:
                 since += 1
             if since < cfg.grow_every:
                 return None
+        grown = sum(len(v.manifest.get("new_layers") or []) for v in self.registry.lineage() if v.manifest.get("kind") == "grow")
+        if grown + cfg.grow_blocks > cfg.max_grown_blocks:
+            return (f"no growth ({why}): the lineage already holds {grown} inserted blocks and sleep.max_grown_blocks "
+                    f"is {cfg.max_grown_blocks}")
         try:
             v = self.grow(cfg.grow_blocks)
         except AgentsleepError as e:
