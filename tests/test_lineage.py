@@ -137,3 +137,17 @@ def test_growth_policy_on_reject_reads_which_check_failed(tiny, tmp_path, monkey
         assert not grown and h.registry.names() == ["v0000"]
     assert len(h.store.list(unconsolidated_only=True)) == 1  # a rejected sleep keeps its episode waiting
     h.close()
+
+
+def test_growth_on_reject_stops_at_max_grown_blocks(tiny, tmp_path, monkeypatch):
+    """A run of rejected nights cannot grow the model without bound: once the lineage holds
+    sleep.max_grown_blocks inserted blocks, the policy says so and adds none."""
+    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    h = _home(tmp_path, tiny, grow_on_reject=True, max_grown_blocks=1, **FAST,
+              gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})
+    h.remember("The user's locker code is 4417.")
+    assert h.sleep().status == "rejected" and h.registry.current().manifest["kind"] == "grow"
+    rep = h.sleep()
+    assert rep.status == "rejected" and any("max_grown_blocks is 1" in r for r in rep.reasons), rep.reasons
+    assert h.registry.current().manifest["layers"] == {"before": 3, "after": 4}  # still the one grown block
+    h.close()

@@ -64,6 +64,31 @@ def test_memories_are_read_from_the_users_side_whoever_said_them():
     assert Memory("e", "Your gate code is 5519.", speaker="assistant").view == "My gate code is 5519."
 
 
+def test_conversation_turns_become_speaker_resolved_dated_notes(tmp_path):
+    """A named speaker's "I" is that person, and a date the caller gave heads the note (LoCoMo-style
+    sessions); a memory remembered now carries no date, so facts are not dreamed as events."""
+    from datetime import datetime, timezone
+
+    from agentsleep.memory.episode import Episode
+    from agentsleep.sleep.select import memory
+    from agentsleep.sleep.voice import about_the_user, note
+
+    assert about_the_user("I take the 7:15 bus and I usually carry my umbrella.") == \
+        "The user takes the 7:15 bus and the user usually carries the user's umbrella."
+    assert about_the_user("I went to my sister's party; I'm tired.", who="Caroline") == \
+        "Caroline went to Caroline's sister's party; Caroline is tired."
+    assert note("Caroline: I went to a support group yesterday.", "user", who="Caroline", when="8 May 2023") == \
+        "On 8 May 2023, Caroline went to a support group yesterday."
+    said = datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    now = datetime.now(timezone.utc)
+    turn = Episode(id="t1", text="I painted a lake.", kind="turn", source="user", speaker="Melanie", event_time=said,
+                   created_at=now)
+    m = memory(turn)
+    assert (m.who, m.when) == ("Melanie", "8 May 2023") and m.view == "On 8 May 2023, Melanie painted a lake."
+    fact = Episode(id="f1", text="Noted: your dog is Biscuit.", source="assistant", event_time=now, created_at=now)
+    assert memory(fact).when is None and memory(fact).view == "Noted: my dog is Biscuit."
+
+
 def test_probe_check_drops_what_the_memory_does_not_say(tiny):
     """Invented answers, give-aways and unknown episodes never reach the gate; what is left must
     still pass the teacher (a random tiny model agrees with nothing)."""
@@ -438,3 +463,20 @@ def test_rest_training_in_micro_batches_equals_one_batch(tiny):
     moved = max(float(p.abs().max()) for p in out[0])
     assert moved > 0
     assert max(float((a - b).abs().max()) for a, b in zip(*out)) < 1e-5
+
+
+def test_long_texts_are_trained_whole_in_pieces_not_cut(tiny):
+    """A document longer than seed.max_seq_len becomes several raw-text items that together hold
+    every word (encode would otherwise keep only its last max_seq_len tokens)."""
+    from agentsleep.sleep.seed import build_items, token_chunks
+
+    _, tok = load(tiny)
+    doc = " ".join(f"Sentence {i} says that the harbour crane number {i} lifts {i * 7} tonnes." for i in range(60))
+    pieces = token_chunks(tok, doc, 64)
+    assert len(pieces) > 3 and all(len(tok(p, add_special_tokens=False)["input_ids"]) <= 64 for p in pieces)
+    assert " ".join(pieces).split() == doc.split()
+    assert token_chunks(tok, "Short note.", 64) == ["Short note."]
+    one_long_sentence = "word " * 300
+    assert " ".join(token_chunks(tok, one_long_sentence, 50)).split() == one_long_sentence.split()
+    items = build_items(tok, [], [Memory("d", doc)], include_raw=True, max_tokens=66)
+    assert [it.target for it in items] == pieces and {it.memory_id for it in items} == {"d"}

@@ -2,7 +2,7 @@
 
 ``<home>/sleeps/<sleep_id>/`` holds ``journal.json`` (kept up to date while the
 sleep runs: status, the stage being run, each stage's lap time and peak RSS),
-``dreams.jsonl`` and, when the sleep ends, ``report.json``. This module is the
+``dreams.jsonl`` and, when the sleep ends, ``report.json`` and ``report.html``. This module is the
 only writer of those files, for the pipeline and the daemon alike.
 
 A journal still saying ``running`` whose process is gone belongs to a sleep
@@ -96,6 +96,9 @@ class Journal:
 def write_report(sleep_dir: Path, report: SleepReport, **extra: Any) -> None:
     """`report.json`: the report, plus `extra` fields (the stage a killed sleep died in)."""
     atomic_write_json(Path(sleep_dir) / "report.json", {**json.loads(report.to_json()), **extra})
+    from .report_html import write_html  # report.html for people; a failure to draw is logged, never raised
+
+    write_html(Path(sleep_dir))
 
 
 def read_dreams(sleep_dir: Path) -> list[Dream]:

@@ -276,7 +276,9 @@ def judge(n: Night) -> None:
         n.engine.resume()
     cfg = n.cfg
     n.probes, notes = trusted_probes(n)
-    earlier = n.earlier_probes + _retention_sample(n.earlier_dreams, cfg.gate.retention_dreams)
+    rehearsed = {(d.episode_id, d.question) for d in n.rehearsed}  # trained on tonight: no test of memory
+    earlier = n.earlier_probes + _retention_sample([d for d in n.earlier_dreams if (d.episode_id, d.question) not in rehearsed],
+                                                   cfg.gate.retention_dreams)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine)
     n.verdict.reasons += notes
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),

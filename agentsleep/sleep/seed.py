@@ -20,6 +20,8 @@ need generation, so they run every `on_policy_every` steps.
 """
 from __future__ import annotations
 
+import re
+
 from typing import Any, Callable
 
 import torch
@@ -48,14 +50,49 @@ def balanced(dreams: list[Dream], at_least: int) -> list[Dream]:
     return train + extra
 
 
+def token_chunks(tok: Any, text: str, max_tokens: int) -> list[str]:
+    """`text` in pieces of at most `max_tokens` tokens, cut between sentences (between words when a
+    sentence alone is longer): training sequences are cut to seed.max_seq_len, and a long document
+    must be learned whole, not only its last part."""
+    def n(t: str) -> int:
+        return len(tok(t, add_special_tokens=False)["input_ids"])
+
+    if n(text) <= max_tokens:
+        return [text]
+    units: list[str] = []
+    for sent in re.split(r"(?<=[.!?])\s+", text.strip()):
+        if n(sent) <= max_tokens:
+            units.append(sent)
+            continue
+        words, cur = sent.split(), []
+        for w in words:
+            if cur and n(" ".join(cur + [w])) > max_tokens:
+                units.append(" ".join(cur))
+                cur = []
+            cur.append(w)
+        if cur:
+            units.append(" ".join(cur))
+    out, cur = [], ""
+    for u in units:
+        if cur and n(f"{cur} {u}") > max_tokens:
+            out.append(cur)
+            cur = u
+        else:
+            cur = f"{cur} {u}".strip()
+    if cur:
+        out.append(cur)
+    return out
+
+
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
-                min_dreams: int = 0) -> list[Item]:
+                min_dreams: int = 0, max_tokens: int = 256) -> list[Item]:
     text = {m.id: m.view for m in memories}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
                   d.episode_id) for d in balanced(dreams, min_dreams)]
     if include_raw:
-        items += [Item("", m.view, None, m.id) for m in memories for _ in range(raw_repeats)]
+        items += [Item("", piece, None, m.id) for m in memories for piece in token_chunks(tok, m.view, max_tokens - 2)
+                  for _ in range(raw_repeats)]
     return items
 
 
@@ -70,7 +107,8 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     """
     from peft import get_peft_model
 
-    items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode)
+    items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode,
+                        cfg.max_seq_len)
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]

@@ -39,6 +39,15 @@ def save_rebuild(root: Path, plan: dict | None) -> None:
     atomic_write_json(p, plan)
 
 
+def memory(e, replay: bool = False) -> Memory:
+    """An episode as the sleep reads it: who said it, and its date when the caller gave one (an event
+    time more than a minute from when it was remembered)."""
+    when = None
+    if e.event_time is not None and abs((e.event_time - e.created_at).total_seconds()) > 60:
+        when = e.event_time.strftime("%d %B %Y").lstrip("0")
+    return Memory(e.id, e.text, replay=replay, speaker=e.source, who=e.speaker, when=when)
+
+
 def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None, seed: int = 0) -> SleepPlan:
     cfg = home.config.sleep
     limit = max_episodes or cfg.max_episodes
@@ -71,8 +80,8 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
         sleep_id=sleep_id,
         parent_version=parent,
         rebuild=bool(rebuild),
-        memories=[Memory(e.id, e.text, speaker=e.source) for e in chosen],
-        replay=[Memory(e.id, e.text, replay=True, speaker=e.source) for e in replay],
+        memories=[memory(e) for e in chosen],
+        replay=[memory(e, replay=True) for e in replay],
         excluded=excluded,
         waiting_after=len(allowed) - len(chosen),
     )

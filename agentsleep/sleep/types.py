@@ -34,13 +34,15 @@ class Memory:
     text: str
     replay: bool = False  # consolidated earlier; rehearsed, not newly learned
     speaker: str = "user"  # the episode's source: "assistant" turns are read from the user's side
+    who: str | None = None   # a named speaker (a conversation's "Caroline"): their "I" is them
+    when: str | None = None  # when it happened, where the caller said so ("8 May 2023")
 
     @property
     def view(self) -> str:
-        """The text in the user's voice (sleep/voice.py): what the writer, teacher and student read."""
-        from .voice import user_view
+        """The note the writer, teacher and student read (sleep/voice.py): who said it resolved, dated."""
+        from .voice import note
 
-        return user_view(self.text, self.speaker)
+        return note(self.text, self.speaker, who=self.who, when=self.when)
 
 
 @dataclass

@@ -111,4 +111,93 @@ def user_question(question: str) -> str:
     q = question
     if re.search(r"\byou", q, re.I):
         q = _swap_persons(q, _YOU_TO_I)
-    return _cap(from_the_user(q))
+    q = from_the_user(q)
+    for pat, rep in _AGREE:
+        q = re.sub(pat, rep, q)
+    return _cap(q)
+
+
+_AGREE = [(r"\b([Dd])oes I\b", r"\1o I"), (r"\b([Ii])s I\b", "am I"), (r"\b([Hh])as I\b", r"\1ave I"),
+          (r"\bI is\b", "I am"), (r"\bI has\b", "I have"), (r"\bI does\b", "I do")]
+
+
+# ---- the third person: how an agent's notes about the user read, and how the writer reads best ----
+_IRREGULAR_PAST = frozenset("""was were had did went came took gave got made saw said told thought knew found left felt
+kept met ran sat stood grew began brought bought caught taught fought sought spent sent lent built held heard paid
+read wrote rode drove spoke broke chose froze stole woke wore tore swore bore lost led fed fled bled met shot lit
+slept wept swept dealt meant hung won sang rang drank sank swam threw flew drew knew blew forgot became
+moved""".split())
+_MODAL = frozenset("can could will would shall should may might must".split())
+_ADVERB = frozenset("also still never always often usually just really only even already sometimes rarely "
+                    "mostly actually generally normally".split())
+_CONTRACTED = {"i'm": "the user is", "i've": "the user has", "i'll": "the user will", "i'd": "the user would",
+               "we're": "the user is", "we've": "the user has", "we'll": "the user will", "we'd": "the user would"}
+_POSSESSIVE = {"my": "the user's", "our": "the user's", "mine": "the user's", "ours": "the user's"}
+_OBJECT = {"me": "the user", "us": "the user", "myself": "the user", "ourselves": "the user"}
+_BE_HAVE = {"am": "is", "are": "is", "have": "has", "do": "does", "was": "was", "were": "was", "don't": "doesn't",
+            "haven't": "hasn't", "aren't": "isn't", "wasn't": "wasn't", "weren't": "wasn't"}
+
+
+def _third_singular(verb: str) -> str:
+    """'take' -> 'takes', 'carry' -> 'carries', 'watch' -> 'watches'; past forms, modals and -ing stay."""
+    low = verb.lower()
+    if low in _BE_HAVE:
+        return _BE_HAVE[low]
+    if low in _MODAL or low in _IRREGULAR_PAST or low.endswith(("ed", "ing", "n't")) or not low.isalpha():
+        return verb
+    if low.endswith("y") and len(low) > 2 and low[-2] not in "aeiou":
+        return verb[:-1] + "ies"
+    if low.endswith(("s", "sh", "ch", "x", "z", "o")):
+        return verb + "es"
+    return verb + "s"
+
+
+def about_the_user(text: str, speaker: str | None = None, who: str = "the user") -> str:
+    """The memory as a note about "the user" (the user's "I, my, we, our" and the assistant's "you,
+    your"), with the verbs agreeing: "I take the 7:15 ferry" -> "The user takes the 7:15 ferry". A
+    small writer asks sharper questions about such notes, and the teacher cannot mistake whose
+    manager or flight it is. Text about other people passes through unchanged."""
+    if (speaker or "").lower() in ASSISTANT_SPEAKERS:
+        text = _swap_persons(text, {**_SWAP})  # now in the user's own words
+    parts = _WORD.findall(text)
+    out: list[str] = []
+    subject_pending = False
+    for i, p in enumerate(parts):
+        low = p.lower().replace("\u2019", "'")
+        if not p[:1].isalpha():
+            out.append(p)
+            continue
+        if subject_pending and low not in _ADVERB:
+            p = _third_singular(p)
+            subject_pending = False
+        elif low in _CONTRACTED:
+            p = _CONTRACTED[low].replace("the user", who)
+        elif low in ("i", "we"):
+            p, subject_pending = who, True
+        elif low in _POSSESSIVE:
+            p = f"{who}'s"
+        elif low in _OBJECT:
+            p = who
+        out.append(p)
+    s = "".join(out)
+    return re.sub(rf"(^|[.!?]\s+){re.escape(who)}", lambda m: m.group(1) + _cap(who), s)
+
+
+USER_SPEAKERS = frozenset({"user", "human", "me"})
+
+
+def note(text: str, speaker: str | None = None, *, who: str | None = None, when: str | None = None) -> str:
+    """What the sleep reads for one episode. A named speaker's "I" is that person ("Caroline went to
+    ..."); otherwise the text from the user's side (`user_view`). Dated when the caller gave a date,
+    so that "when did ...?" has an answer to learn."""
+    if who and who.lower() not in USER_SPEAKERS | ASSISTANT_SPEAKERS:
+        body = about_the_user(re.sub(rf"^\s*{re.escape(who)}\s*:\s*", "", text), who=who)
+    else:
+        body = user_view(text, "assistant" if (who or "").lower() in ASSISTANT_SPEAKERS else speaker)
+    if not when:
+        return body
+    first = body.split(" ", 1)[0]
+    return f"On {when}, {first.lower() + body[len(first):] if first in _LOWER_AFTER_DATE else body}"
+
+
+_LOWER_AFTER_DATE = frozenset("The My A An Our Your This That It We They He She You".split())
