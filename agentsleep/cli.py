@@ -35,6 +35,26 @@ def _home(writable: bool = True):
     return Home.open(State.home_path, writable=writable)
 
 
+def _server():
+    """A client for the `agentsleep serve` running for this home, or None (see agentsleep/client.py)."""
+    from .client import find, home_root
+
+    return find(home_root(State.home_path))
+
+
+def _via_server(method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    """The answer of the running server, or None when there is none (the command then runs here)."""
+    from .client import ServerGone
+
+    c = _server()
+    if c is None:
+        return None
+    try:
+        return c.call(method, path, body)
+    except ServerGone:
+        return None
+
+
 def _emit(as_json: bool, data: Any, human) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, default=str, ensure_ascii=False) + "\n")
@@ -80,17 +100,21 @@ def remember(text: str = typer.Argument(..., help="The memory, or '-' to read it
              speaker: Optional[str] = typer.Option(None, "--speaker", help="Who said it."),
              as_json: bool = typer.Option(False, "--json")) -> None:
     """Store a memory (an episode)."""
-    from .home import parse_since
-
     if text == "-":
         text = _read_stdin()
-    when = parse_since(event_time, "--event-time")
-    with _home() as h:
-        r = h.remember(text, kind=kind, source=source, session=session, trust="untrusted" if untrusted else "trusted",
-                       namespace=namespace, event_time=when, speaker=speaker)
-    _emit(as_json, r.model_dump(), lambda: out.print(
-        f"{'already remembered' if r.duplicate else 'remembered'} {r.id}"
-        + (f" ({len(r.chunk_ids)} chunks)" if len(r.chunk_ids) > 1 else "")))
+    r = _via_server("POST", "/remember", {"text": text, "kind": kind, "source": source, "session": session,
+                                         "untrusted": untrusted, "namespace": namespace, "event_time": event_time,
+                                         "speaker": speaker})
+    if r is None:
+        from .home import parse_since
+
+        when = parse_since(event_time, "--event-time")
+        with _home() as h:
+            r = h.remember(text, kind=kind, source=source, session=session, trust="untrusted" if untrusted else "trusted",
+                           namespace=namespace, event_time=when, speaker=speaker).model_dump()
+    _emit(as_json, r, lambda: out.print(
+        f"{'already remembered' if r['duplicate'] else 'remembered'} {r['id']}"
+        + (f" ({len(r['chunk_ids'])} chunks)" if len(r['chunk_ids']) > 1 else "")))
 
 
 @app.command()
@@ -103,14 +127,21 @@ def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How man
                                                     help="Turns either side of each hit to bring along (default: memory.neighbours)."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Search memories by meaning and words (hybrid), within one namespace."""
-    from .home import parse_since
+    rows = _via_server("POST", "/recall", {"query": query, "k": k, "kind": kind, "session": session, "since": since,
+                                           "until": until, "namespace": namespace, "neighbours": neighbours})
+    if rows is None:
+        from .home import parse_since
 
-    lo, hi = parse_since(since), parse_since(until, "--until")
-    with _home(writable=False) as h:
-        eps = h.recall(query, k, kind=kind, session=session, since=lo, until=hi, namespace=namespace, neighbours=neighbours)
-    rows = [e.public() for e in eps]
+        lo, hi = parse_since(since), parse_since(until, "--until")
+        with _home(writable=False) as h:
+            eps = h.recall(query, k, kind=kind, session=session, since=lo, until=hi, namespace=namespace,
+                           neighbours=neighbours)
+        rows = [e.public() for e in eps]
 
     def human() -> None:
+        from .memory.episode import Episode
+
+        eps = [Episode.model_validate(r) for r in rows]
         t = Table("score", "id", "kind", "text", "sleep")
         for e in eps:
             t.add_row("-" if e.score is None else f"{e.score:.3f}", e.id, e.kind, e.prompt_text()[:90], e.consolidated_in or "-")
@@ -125,21 +156,29 @@ def ask(question: str, no_memory: bool = typer.Option(False, "--no-memory", help
         namespace: str = typer.Option("default", "--namespace", help="The partition memories come from."),
         as_json: bool = typer.Option(False, "--json")) -> None:
     """Answer a question with the current model version."""
-    with _home(writable=False) as h:
-        r = h.ask(question, use_memory=not no_memory, k=k, max_new_tokens=max_new_tokens, namespace=namespace)
+    r = _via_server("POST", "/ask", {"question": question, "no_memory": no_memory, "k": k,
+                                     "max_new_tokens": max_new_tokens, "namespace": namespace})
+    if r is None:
+        with _home(writable=False) as h:
+            r = h.ask(question, use_memory=not no_memory, k=k, max_new_tokens=max_new_tokens, namespace=namespace)
     _emit(as_json, r, lambda: out.print(f"{r['answer']}\n[dim]({r['model_version']}, {len(r['memories_used'])} memories)[/]"))
 
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Counts, the current model version and where things live."""
-    with _home(writable=False) as h:
-        s = h.status()
+    """Counts, the current model version and where things live; cli_path says whether a running
+    `agentsleep serve` answered (server) or this process did (local)."""
+    s = _via_server("GET", "/status")
+    if s is None:
+        with _home(writable=False) as h:
+            s = h.status()
+        s.update(cli_path="local", server=None)
 
     def human() -> None:
         t = Table(show_header=False)
         for key in ("home", "episodes", "unconsolidated", "current_version", "versions", "base_model", "memory_backend"):
             t.add_row(key, str(s[key]))
+        t.add_row("cli_path", s["cli_path"] + (f" ({s['server']})" if s.get("server") else ""))
         t.add_row("last_sleep", json.dumps(s["last_sleep"]) if s["last_sleep"] else "never")
         out.print(t)
     _emit(as_json, s, human)
@@ -182,9 +221,56 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at mos
                 raise AgentsleepError(f"the daemon stopped before finishing request {rid}; see `agentsleep daemon status`")
             _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
             return
+        res = _sleep_via_server(max_episodes, as_json)
+        if res is not None:
+            _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
+            return
     with _home(writable=False) as h, StageProgress(enabled=not as_json, console=err) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
+
+
+def _sleep_via_server(max_episodes: Optional[int], as_json: bool) -> Optional[dict]:
+    """sleep-now through a running `agentsleep serve` (it runs the sleep in a worker process)."""
+    from .client import ServerGone, wait_sleep
+
+    c = _server()
+    if c is None:
+        return None
+    try:
+        run = c.call("POST", "/sleep", {"max_episodes": max_episodes})
+    except ServerGone:
+        return None
+    if not as_json:
+        err.print(f"the server at {c.url} started this sleep ({run['sleep_id']}); waiting for it...")
+    seen: list[Any] = [None]
+
+    def show(s: dict) -> None:
+        stage = s.get("stage") or (s.get("progress") or {}).get("stage")
+        if not as_json and stage and stage != seen[0]:
+            seen[0] = stage
+            err.print(f"  stage {stage}")
+    return wait_sleep(c, run["sleep_id"], on_progress=show)
+
+
+@app.command()
+def report(sleep_id: str = typer.Argument("latest", help="A sleep id, or 'latest'."),
+           open_it: bool = typer.Option(False, "--open", help="Open it in the web browser."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """The path of a sleep's report.html (what it consolidated, held back, dreamt; recall, loss, drift)."""
+    from .home import default_home
+    from .serving.ui import report_path
+
+    root = Path(State.home_path or default_home()).expanduser()
+    if not root.is_dir():
+        raise InputError(f"report: home {root} does not exist")
+    p = report_path(root, sleep_id)
+    if open_it:
+        import webbrowser
+
+        if not webbrowser.open(p.resolve().as_uri()):
+            raise InputError(f"report: no web browser to open {p}; open the file yourself")
+    _emit(as_json, {"sleep_id": p.parent.name, "report": str(p)}, lambda: out.print(str(p), highlight=False, soft_wrap=True))
 
 
 @app.command()
@@ -255,8 +341,11 @@ def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to 
            namespace: str = typer.Option("default", "--namespace", help="With --query: the partition searched."),
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Forget exactly: from the store now, from the weights at the next sleep."""
-    with _home() as h:
-        r = h.forget(episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
+    r = _via_server("POST", "/forget", {"episode_id": episode_id, "query": query, "k": k, "fallback": fallback,
+                                        "namespace": namespace})
+    if r is None:
+        with _home() as h:
+            r = h.forget(episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
     _emit(as_json, r, lambda: out.print(
         f"forgot {len(r['forgotten'])} episode(s)" + (f"; versions {', '.join(r['versions_holding_it'])} still hold it: "
                                                       f"the next sleep rebuilds from {r['rebuild_from']}" if r['versions_holding_it'] else "")
@@ -405,13 +494,19 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    with _home(writable=False) as h:
+    from .serving.mcp import open_home
+    from .serving.ui import HomeAPI
+
+    h, read_only = open_home(State.home_path)  # the home's writer while it runs (the CLI then comes here)
+    if read_only:
+        err.print(read_only, highlight=False, soft_wrap=True)
+    with h:
         if poll_seconds is None:
             poll_seconds = h.config.serve.poll_seconds
         if vllm_url:
             h.config.serve.vllm_url = vllm_url
         serve_home(h, backend=backend, host=host, port=port, poll_s=poll_seconds, vllm_args=list(vllm_arg),
-                   use_memory=False if no_memory else None,
+                   use_memory=False if no_memory else None, api=HomeAPI(h, read_only_reason=read_only),
                    say=lambda msg: err.print(msg, highlight=False, soft_wrap=True))
 
 
@@ -656,13 +751,7 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import warnings
 
-    warnings.filterwarnings("ignore")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
+    warnings.filterwarnings("ignore")  # (transformers reads the variables above when it is imported: no import here)
 
 
 def main() -> None:

@@ -474,9 +474,13 @@ def make_backend(kind: str, home: Any, *, vllm_url: str | None = None, vllm_api_
 
 def serve_home(home: Any, *, backend: str | None = None, host: str | None = None, port: int | None = None,
                poll_s: float = 0.5, vllm_args: list[str] | None = None, say: Callable[[str], None] | None = None,
-               use_memory: bool | None = None) -> None:
+               use_memory: bool | None = None, api: Any = None) -> None:
     """Serve a home until interrupted: listen at once (/health says "starting"), start the backend on
-    CURRENT, then follow the pointer. Raises ModelError if the backend cannot start at all."""
+    CURRENT, then follow the pointer. Raises ModelError if the backend cannot start at all.
+    `api` (a ui.HomeAPI, which `agentsleep serve` passes) adds the home's own routes and dashboard and
+    writes <home>/serve.json, so the CLI sends its commands here instead of loading everything itself."""
+    import contextlib
+
     from ..errors import ModelError
 
     say = say or (lambda m: log.info(m))
@@ -496,6 +500,11 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
 
     app = create_app(b, registry=registry, watcher=watcher, recall=home_recall(home), serve_cfg=cfg,
                      memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
+    if api is not None:
+        api.url = url_for(local_host(host), port)
+        api.mount(app, cfg.api_key)
+        if getattr(b, "engine", None) is not None:
+            home._engine = b.engine  # `ask` through the server answers with the model already loaded
 
     def boot(url: str) -> None:
         first = registry.current()
@@ -510,7 +519,8 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
         b.close()
 
     say(f"listening at {url_for(host, port)} (GET /health); starting the {kind} backend on {registry.current_name()}...")
-    failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
+    with api.serve_file() if api is not None else contextlib.nullcontext():
+        failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
     if failure:
         raise ModelError(f"the {kind} backend did not start: {failure}")
 
@@ -528,6 +538,11 @@ def check_listen(host: str, port: int) -> None:
             probe.bind((host, port))
     except OSError as e:
         raise InputError(f"cannot listen on {host}:{port} ({e.strerror}); pass another --port or --host") from None
+
+
+def local_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host`."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
 def url_for(host: str, port: int) -> str:

@@ -1,0 +1,191 @@
+"""The CLI through a running `agentsleep serve` (a real server process, real Chroma, a tiny real model):
+same JSON and errors as without it, the server as the store's one writer, no heavy imports, the API key."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cli_helpers import run_cli
+from tiny import tiny_model_dir
+
+pytestmark = pytest.mark.timeout(300)
+KEY = "fast-cli-key"
+HEAVY = ("torch", "transformers", "chromadb", "sentence_transformers")
+
+
+def fast_sleep_config(base: str) -> str:
+    """config.toml: a tiny model and a sleep small enough for tests."""
+    return f"""
+[model]
+base = "{base}"
+max_new_tokens = 4
+[serve]
+api_key = "{KEY}"
+[sleep.dream]
+per_episode = 2
+stems = ["What", "Who"]
+answer_spans = 0
+keep_top_k = 2
+keep_random = 0
+probes_per_episode = 1
+max_new_tokens = 16
+batch_size = 8
+[sleep.seed]
+epochs = 1
+min_steps = 0
+batch_size = 4
+max_seq_len = 96
+replay_prompts = 2
+replay_per_step = 1
+on_policy_every = 1000
+lora_r = 4
+lora_alpha = 8
+[sleep.rest]
+rounds = 0
+[sleep.gate]
+drift_prompts = 2
+"""
+
+
+def start_server(home: Path, env: dict, port: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "agentsleep.cli", "--home", str(home), "serve", "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=open(home.parent / "serve.log", "wb"))
+    deadline = time.time() + 180
+    while True:
+        assert proc.poll() is None, (home.parent / "serve.log").read_text()
+        assert time.time() < deadline, "serve did not come up"
+        try:
+            if (home / "serve.json").exists() and \
+                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    from conftest import free_port
+
+    root = tmp_path_factory.mktemp("fast")
+    tiny = tiny_model_dir(root / "models")
+    home = root / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(fast_sleep_config(str(tiny)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env.pop("AGENTSLEEP_HOME", None)
+    port = free_port()
+    proc = start_server(home, env, port)
+    yield home, port, tiny
+    stop_server(proc)
+    assert not (home / "serve.json").exists(), "serve.json outlived the server"
+
+
+@pytest.fixture()
+def local_home(served, tmp_path):
+    """A second home with the same settings and no server: the local path."""
+    home = tmp_path / "local"
+    home.mkdir()
+    (home / "config.toml").write_text((served[0] / "config.toml").read_text())
+    return home
+
+
+def test_commands_go_through_the_server_with_the_same_json(served, local_home):
+    from agentsleep.errors import StoreLockedError
+    from agentsleep.home import Home
+
+    home, port, _ = served
+    st = run_cli("status", "--json", home=home)
+    assert st.code == 0, st.err
+    assert st.json()["cli_path"] == "server" and st.json()["server"] == f"http://127.0.0.1:{port}"
+    local = run_cli("status", "--json", home=local_home).json()
+    assert local["cli_path"] == "local" and local["server"] is None and set(local) == set(st.json())
+
+    fact = "The spare key to the garden shed is under the blue flower pot."
+    r = run_cli("remember", fact, "--session", "s1", "--json", home=home)
+    assert r.code == 0, r.err
+    lr = run_cli("remember", fact, "--session", "s1", "--json", home=local_home).json()
+    assert r.json() == {**lr, "id": r.json()["id"], "chunk_ids": [r.json()["id"]]}
+    again = run_cli("remember", fact, "--session", "s1", "--json", home=home).json()
+    assert again["duplicate"] is True and again["id"] == r.json()["id"]
+    # the server holds the store: this process could not open it for writing, so the CLI did not either
+    with pytest.raises(StoreLockedError):
+        Home.open(home).store  # noqa: B018
+
+    hits = run_cli("recall", "where is the shed key", "--json", home=home).json()
+    local_hits = run_cli("recall", "where is the shed key", "--json", home=local_home).json()
+    assert hits[0]["id"] == r.json()["id"] and set(hits[0]) == set(local_hits[0])
+    human = run_cli("recall", "where is the shed key", home=home)
+    assert r.json()["id"] in human.out
+
+    a = run_cli("ask", "Where is the key?", "--json", home=home)
+    assert a.code == 0, a.err
+    assert set(a.json()) == {"answer", "model_version", "memories_used"} and r.json()["id"] in a.json()["memories_used"]
+
+    # errors: the same line and exit code as without a server
+    for args in (("recall", "x", "--since", "soon"), ("forget", "ep-nope"), ("remember", "   ")):
+        via, here = run_cli(*args, home=home), run_cli(*args, home=local_home)
+        assert via.code == here.code != 0 and via.one_line_error() == here.one_line_error(), (via.err, here.err)
+
+    f = run_cli("forget", r.json()["id"], "--json", home=home)
+    assert f.code == 0, f.err
+    assert f.json()["forgotten"] == [r.json()["id"]]
+    assert all(h["id"] != r.json()["id"] for h in run_cli("recall", "shed key", "--json", home=home).json())
+
+
+def test_the_server_path_imports_nothing_heavy(served):
+    home, _, _ = served
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    for args in (["status", "--json"], ["recall", "garden", "--json"], ["--help"]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "agentsleep.cli", "--home", str(home), *args],
+                           capture_output=True, text=True, env=env, timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        loaded = {line.rsplit("|", 1)[-1].strip() for line in p.stderr.splitlines() if line.startswith("import time:")}
+        assert not {m for m in loaded if m.split(".")[0] in HEAVY}, args
+
+
+def test_api_key_and_a_stale_serve_file(served, local_home):
+    home, port, _ = served
+    url = f"http://127.0.0.1:{port}"
+    assert httpx.get(url + "/agentsleep/status").status_code == 401
+    assert httpx.get(url + "/ui").status_code == 401
+    assert httpx.get(url + "/agentsleep/status", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
+    wrong = run_cli("status", "--json", home=home, env={"AGENTSLEEP_SERVE__API_KEY": "nope"})
+    assert wrong.code == 1 and "API key" in wrong.one_line_error()
+    # a server killed hard leaves serve.json behind: its dead pid sends the CLI down the local path
+    (local_home / "serve.json").write_text(json.dumps({"pid": 2**22 + 12345, "url": url, "started_at": time.time()}))
+    assert run_cli("status", "--json", home=local_home).json()["cli_path"] == "local"
+
+
+def test_sleep_now_through_the_server_writes_a_readable_report(served):
+    home, _, _ = served
+    run_cli("remember", "Alice's daughter is called Maya and she is seven years old.", home=home)
+    r = run_cli("sleep-now", "--json", home=home, timeout=240)
+    assert r.code == 0, r.err
+    res = r.json()
+    assert {"sleep_id", "status", "version", "metrics", "timings", "dreams", "excluded"} <= set(res)
+    page = home / "sleeps" / res["sleep_id"] / "report.html"
+    assert page.is_file()
+    rep = run_cli("report", "latest", "--json", home=home).json()
+    assert rep == {"sleep_id": res["sleep_id"], "report": str(page)}
+    import base64
+    import re
+
+    pngs = [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page.read_text())]
+    assert pngs and all(p.startswith(b"\x89PNG") and len(p) > 1000 for p in pngs)
