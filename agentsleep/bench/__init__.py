@@ -25,6 +25,7 @@ SUITES = {  # name -> (module, section title)
     "retrieval": ("retrieval_suite", "Retrieval latency: 1k, 10k, 100k episodes"),
     "continual": ("continual_suite", "Continual learning: K sleeps, retention, drift and capacity (growth on/off)"),
     "scaling": ("scaling_suite", "Sleep cost vs episodes (embedded model, this CPU)"),
+    "cli": ("cli_suite", "CLI latency: cold, and through a running `agentsleep serve`"),
 }
 QUICK = ("sleep", "locomo", "serve")
 

@@ -147,9 +147,9 @@ async function sleepNow() {
       $("sleep-progress").textContent = `running: stage ${s.stage || p.stage || "starting"}` + (p.total ? ` ${p.done}/${p.total}` : "") + (p.note ? ` ${p.note}` : "");
     }
   } finally {
+    await loadSleeps().catch(() => {});
+    await loadSummary().catch(() => {});
     $("sleep-now").disabled = false;
-    await loadSleeps();
-    await loadSummary();
   }
 }
 
