@@ -198,3 +198,23 @@ def test_sleep_now_through_the_server_writes_a_readable_report(served):
 
     pngs = [base64.b64decode(m) for m in re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", page.read_text())]
     assert pngs and all(p.startswith(b"\x89PNG") and len(p) > 1000 for p in pngs)
+
+
+def test_without_a_key_the_home_api_answers_this_machine_only(tmp_path):
+    from starlette.testclient import TestClient
+
+    from agentsleep.home import Home
+    from agentsleep.serving.server import create_app
+    from agentsleep.serving.ui import HomeAPI
+
+    with Home.open(tmp_path / "h", writable=False) as home:
+        app = create_app(None)
+        HomeAPI(home).mount(app, None)
+        far = TestClient(app, client=("10.1.2.3", 5000))
+        assert far.post("/agentsleep/forget", json={"episode_id": "ep-x"}).status_code == 401
+        assert far.get("/ui").status_code == 401
+        near = TestClient(app, client=("127.0.0.1", 5000))
+        assert near.get("/agentsleep/capabilities").json() == {"writable": False, "read_only_reason": "this server opened the home read-only"}
+        assert near.get("/ui").status_code == 200
+        bad = near.post("/agentsleep/remember", json={"text": "x"})  # read-only: the same one-line error the CLI shows
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "InputError"

@@ -230,8 +230,16 @@ def error_body(e: BaseException) -> dict[str, Any]:
 
 
 def check_key(request: Request, key: str | None) -> None:
-    """Bearer header, or the dashboard's cookie; raises Unauthorized (401) otherwise."""
+    """Bearer header, or the dashboard's cookie; raises Unauthorized (401) otherwise. Without a key
+    only this machine may use these routes (they remember, forget and roll back)."""
     if not key:
+        from ..procs import is_loopback
+        from .backend import Unauthorized
+
+        client = request.client.host if request.client else ""
+        if client and not is_loopback(client):
+            raise Unauthorized(f"the home API answers other machines only with serve.api_key set (request from {client})",
+                               code="invalid_api_key")
         return
     cookie = request.cookies.get(COOKIE, "")
     if cookie and hmac.compare_digest(cookie.encode(), key.encode()):
