@@ -50,6 +50,7 @@ class Client:
                 raise ServerGone(str(e)) from None
             resp = conn.getresponse()
             data = resp.read()
+            _record_timing(path, resp.getheader("Server-Timing"))
         except OSError as e:
             raise errors.AgentsleepError(f"the server at {self.url} did not answer ({e}); "
                                          "check `agentsleep serve`, or stop it to run commands locally") from None
@@ -62,6 +63,20 @@ class Client:
         if resp.status >= 400:
             raise as_error(out, resp.status, self.url)
         return out
+
+
+def _record_timing(path: str, header: str | None) -> None:
+    """With AGENTSLEEP_TIMING_FILE set (`bench cli` sets it), append the server's own time for this
+    request, in seconds: the benchmark subtracts it from the command's wall time."""
+    out = os.environ.get("AGENTSLEEP_TIMING_FILE")
+    if not out or not header or "dur=" not in header:
+        return
+    try:
+        ms = float(header.split("dur=", 1)[1].split(";", 1)[0].split(",", 1)[0])
+        with open(out, "a", encoding="utf-8") as f:
+            f.write(f"{path} {ms / 1000:.4f}\n")
+    except (ValueError, OSError):
+        pass
 
 
 def as_error(body: Any, status: int, url: str) -> errors.AgentsleepError:

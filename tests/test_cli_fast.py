@@ -58,16 +58,20 @@ def start_server(home: Path, env: dict, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "agentsleep.cli", "--home", str(home), "serve", "--port", str(port)],
                             env=env, stdout=subprocess.DEVNULL, stderr=open(home.parent / "serve.log", "wb"))
     deadline = time.time() + 180
-    while True:
-        assert proc.poll() is None, (home.parent / "serve.log").read_text()
-        assert time.time() < deadline, "serve did not come up"
-        try:
-            if (home / "serve.json").exists() and \
-                    httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
+    try:
+        while True:
+            assert proc.poll() is None, (home.parent / "serve.log").read_text()
+            assert time.time() < deadline, "serve did not come up"
+            try:
+                if (home / "serve.json").exists() and \
+                        httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+    except BaseException:
+        stop_server(proc)
+        raise
 
 
 def stop_server(proc: subprocess.Popen) -> None:

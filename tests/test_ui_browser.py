@@ -53,7 +53,13 @@ class Browser:
         return self.cmd("POST", "/element", {"using": "css selector", "value": css})
 
     def click(self, css: str) -> None:
-        self.cmd("POST", f"/element/{self.find(css)[ELEMENT]}/click", {})
+        for _ in range(20):  # a list re-rendered between finding and clicking: find it again
+            r = self.http.post(f"/session/{self.sid}/element/{self.find(css)[ELEMENT]}/click", json={})
+            if r.status_code != 404 or r.json()["value"].get("error") != "stale element reference":
+                self._ok(r)
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{css} kept going stale")
 
     def type(self, css: str, text: str) -> None:
         self.cmd("POST", f"/element/{self.find(css)[ELEMENT]}/value", {"text": text})

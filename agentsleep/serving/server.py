@@ -505,10 +505,13 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
         api.mount(app, cfg.api_key)
         if getattr(b, "engine", None) is not None:
             home._engine = b.engine  # `ask` through the server answers with the model already loaded
+            api.model_ready.clear()  # ...once boot has loaded it (see HomeAPI.model_ready)
 
     def boot(url: str) -> None:
         first = registry.current()
         rep = b.start(first)
+        if api is not None:
+            api.model_ready.set()
         watcher.record(rep)
         watcher.start()
         say(f"ready: serving {first.name} with {kind} at {url}/v1 (model 'agentsleep'), "

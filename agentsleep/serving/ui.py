@@ -29,6 +29,7 @@ import json
 import logging
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -59,6 +60,9 @@ class HomeAPI:
         self.store_lock = self.mcp._store_lock
         self.model_lock = self.mcp._model_lock
         self.url: str | None = None
+        self.model_ready = threading.Event()  # cleared by serve_home until its backend has loaded the model:
+        # two threads importing transformers at once can fail, and embedding imports it too
+        self.model_ready.set()
         # The store's calls run on one thread of their own with one torch thread: a query or a memory
         # embeds in ~15 ms that way, but took ~0.5 s with two threads on a busy two-core machine (the
         # threads wait for each other at every op). They are serialised by the store lock anyway.
@@ -99,6 +103,8 @@ class HomeAPI:
 
     def ask(self, b: dict[str, Any]) -> dict[str, Any]:
         q = _req(b, "question", str)
+        if not self.model_ready.wait(timeout=600):  # the server shares its model with ask: load it once
+            raise AgentsleepError("ask: the server's model is still loading; retry shortly")
         with self.model_lock:
             return self.home.ask(q, use_memory=not b.get("no_memory"), k=b.get("k"),
                                  max_new_tokens=b.get("max_new_tokens"), namespace=b.get("namespace", "default"))
@@ -255,12 +261,16 @@ def mount(app: Any, api: HomeAPI, api_key: str | None) -> None:
     import asyncio
 
     def one_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        # the first embedding imports transformers too: not while boot imports it for the model
+        if not api.model_ready.wait(timeout=600):
+            raise AgentsleepError("the server is still loading its model; retry shortly")
         if "torch" in sys.modules:
             sys.modules["torch"].set_num_threads(1)  # this thread only (see HomeAPI.store_pool)
         return fn(*args)
 
     async def call(request: Request, fn: Callable[..., Any], *args: Any, body: bool = False, store: bool = False) -> Any:
         check_key(request, api_key)
+        t0 = time.perf_counter()
         try:
             if body:
                 raw = await request.body()
@@ -278,7 +288,9 @@ def mount(app: Any, api: HomeAPI, api_key: str | None) -> None:
         except AgentsleepError as e:
             code = 400 if getattr(e, "exit_code", 1) == 2 else 409
             return JSONResponse(error_body(e), status_code=code)
-        return JSONResponse(json.loads(json.dumps(res, default=str, ensure_ascii=False)))
+        # the server's own time, so `bench cli` can tell the CLI's share from the work's (e.g. generation)
+        timing = {"Server-Timing": f"app;dur={(time.perf_counter() - t0) * 1000:.1f}"}
+        return JSONResponse(json.loads(json.dumps(res, default=str, ensure_ascii=False)), headers=timing)
 
     @app.get(f"{PREFIX}/status")
     async def status(request: Request) -> Any:

@@ -30,12 +30,15 @@ const fmt = (x, d = 2) => (x === null || x === undefined) ? "-" : (typeof x === 
 const when = (t) => t ? String(t).replace("T", " ").slice(0, 19) : "-";
 
 // -- episodes --
+let episodeRequests = 0;
 async function loadEpisodes() {
   const p = new URLSearchParams();
   const f = {q: $("search").value, kind: $("f-kind").value, source: $("f-source").value, session: $("f-session").value,
     namespace: $("f-namespace").value, since: $("f-since").value, until: $("f-until").value};
   for (const [k, v] of Object.entries(f)) if (v) p.set(k, v);
+  const seq = ++episodeRequests;
   const data = await api("GET", "/episodes?" + p.toString());
+  if (seq !== episodeRequests) return;  // a newer search was sent meanwhile: it draws the list
   const rows = $("episode-rows");
   rows.replaceChildren();
   for (const e of data.episodes) {
