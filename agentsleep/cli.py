@@ -439,6 +439,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice (default 3)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
           dev: bool = typer.Option(False, "--dev", help="phrasing: the development variants instead of the held-out test facts."),
+          retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
     from .bench import QUICK, SUITES, run_suites
@@ -457,6 +458,8 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     for name in ("squad", "locomo"):
         if sliced:
             options[name] = dict(sliced)
+    if retrieval_only:
+        options.setdefault("locomo", {})["retrieval_only"] = True
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
     if phrasing:
         options["phrasing"] = phrasing

@@ -50,14 +50,19 @@ class MemoryConfig(_Section):
     hybrid: bool = Field(True, description="Fuse the lexical (SQLite FTS5 BM25) ranking with the dense one; false = dense only.")
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense (MiniLM cosine) ranking in reciprocal-rank fusion.")
     lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in reciprocal-rank fusion.")
-    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank fusion constant: a hit at rank r adds weight / (rrf_k + r).")
+    rrf_k: int = Field(10, ge=1, description="Reciprocal-rank fusion constant: a hit at rank r adds weight / (rrf_k + r).")
     candidates: int = Field(50, ge=1, le=1000, description="Hits taken from each index (dense, lexical) before fusing, in episodes.")
     lexical_context_weight: float = Field(0.3, ge=0, description="BM25 weight of a turn's session neighbours' words "
                                           "(its own words weigh 1), so a reply is found by its question's words.")
-    lexical_entity_weight: float = Field(0.5, ge=0, description="BM25 weight of a turn's speaker and capitalised names.")
-    speaker_boost: float = Field(0.2, ge=0, description="A hit whose speaker the query names scores (1 + this) times its fused score.")
+    lexical_entity_weight: float = Field(0.0, ge=0, description="BM25 weight of a turn's speaker and capitalised names.")
+    speaker_boost: float = Field(0.0, ge=0, description="A hit whose speaker the query names scores (1 + this) times its fused score.")
     time_boost: float = Field(0.5, ge=0, description="A hit whose event time lies in a time the query names (\"last week\", "
                               "\"in May 2023\") scores (1 + this) times its fused score; 0 ignores time words.")
+    neighbour_weight: float = Field(0.3, ge=0, description="A candidate also scores this share of the best fused score of "
+                                    "the turns just before and after it in its session (a question and its answer rise together).")
+    dense_context_turns: int = Field(0, ge=0, le=4, description="Turns before a new one in its session embedded with it "
+                                     "(the dense vector then means the turn in its place), in turns; 0 = the turn alone. "
+                                     "Applies to memories remembered after it is set.")
     neighbours: int = Field(0, ge=0, le=20, description="Turns before and after each hit in its session that recall attaches "
                             "as context (and prompts show), in turns.")
     rerank: Literal["off", "cross-encoder", "lm"] = Field("off", description="Rerank the fused top candidates: off; "

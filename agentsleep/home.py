@@ -135,6 +135,10 @@ class Home:
     def remember(self, text: str, **kw: Any) -> RememberResult:
         return self.store.remember(text, **kw)
 
+    def remember_many(self, items: list[dict[str, Any]]) -> list[RememberResult]:
+        """Many memories at once (each a dict of remember's arguments): one embedding batch."""
+        return self.store.remember_many(items)
+
     def recall(self, query: str, k: int | None = None, **filters: Any) -> list[Episode]:
         return self.store.recall(query, k, **filters)
 

@@ -190,3 +190,31 @@ def test_cli_namespaces_and_time_filters(tmp_path):
     assert f["forgotten"] == [rid]
     assert run_cli("recall", "Lisbon", "--namespace", "user:priya", "--json", home=home).json() == []
     assert len(run_cli("recall", "Lisbon", "--json", home=home).json()) == 1  # the default namespace's copy stays
+
+
+def test_remember_many_is_remember_in_bulk(store):
+    items = [dict(text=f"Turn {i}: we discussed the lighthouse at Skerry Point.", session="s", speaker="Ana",
+                  namespace="c", kind="turn") for i in range(5)]
+    items.append(dict(text="Turn 0: we discussed the lighthouse at Skerry Point.", namespace="c"))  # duplicate
+    res = store.remember_many(items)
+    assert [r.duplicate for r in res] == [False] * 5 + [True] and res[5].id == res[0].id
+    assert store.count() == 5 and store.lexical.count() == 5
+    with pytest.raises(InputError):  # one bad item: nothing is stored
+        store.remember_many([dict(text="fine", namespace="c"), dict(text="bad", namespace="")])
+    assert store.count() == 5
+    assert store.lexical.adjacent([res[2].id])[res[2].id] == (res[1].id, res[3].id)
+
+
+def test_lm_reranker_reorders_only_the_candidates(tmp_path):
+    from tiny import tiny_model_dir
+
+    cfg = MemoryConfig(rerank="lm", rerank_model=str(tiny_model_dir(tmp_path)), rerank_candidates=3)
+    s = EpisodeStore(cfg, root=tmp_path / "memory")
+    try:
+        ids = {s.remember(t).id for t in ("The red kite nests in the oak.", "Tea is at four.", "The kite is red.",
+                                          "Trains run hourly.")}
+        hits = s.recall("What colour is the kite?", k=4)
+        assert {h.id for h in hits} == ids and len(hits) == 4
+        assert [h.id for h in s.recall("What colour is the kite?", k=4, rerank=False)] != []
+    finally:
+        s.close()

@@ -21,6 +21,7 @@ import json
 import random
 import shutil
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,78 @@ def _load(src: Path) -> dict[str, Any] | str:
     return convs
 
 
-def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int = 40, say=print,
+def parse_date(value: str) -> datetime | None:
+    """A LoCoMo session date ("1:56 pm on 8 May, 2023", or "8 May 2023") as UTC, or None."""
+    v = " ".join(str(value).replace(",", " ").split())
+    for fmt in ("%I:%M %p on %d %B %Y", "%I:%M %p on %d %b %Y", "%d %B %Y", "%d %b %Y", "%B %d %Y", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(v, fmt).replace(tzinfo=timezone.utc)
+        except ValueError:
+            continue
+    return None
+
+
+def turn_records(conv: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every turn as the standard protocol stores it: the words said (a shared photo's caption kept as
+    "[shares ...]", as LoCoMo's own RAG baselines read it), the speaker and session date as metadata."""
+    out = []
+    for sess in sessions(conv):
+        when = parse_date(conv.get(f"{sess}_date_time", ""))
+        for t in conv[sess]:
+            text = str(t.get("text", "")).strip()
+            if t.get("blip_caption"):
+                text = f"{text} [shares {t['blip_caption']}]".strip()
+            if text:
+                out.append({"dia_id": t["dia_id"], "session": sess, "speaker": t.get("speaker"), "when": when,
+                            "text": text})
+    return out
+
+
+KS = (1, 5, 10, 20)
+
+
+def _score(qas: list[tuple[str, dict]], recall_fn, ks) -> tuple[dict[str, Any], list[float]]:
+    """recall@k of the evidence dia_ids per category group, and the recall latencies."""
+    groups: dict[str, dict[int, list[float]]] = {g: {k: [] for k in ks} for g in ("1-4", "5", "1", "2", "3", "4")}
+    lat = []
+    for cid, qa in qas:
+        ev = set(qa.get("evidence") or [])
+        t = time.perf_counter()
+        dias = recall_fn(cid, qa["question"], max(ks))
+        lat.append(time.perf_counter() - t)
+        cat = str(qa.get("category"))
+        for k in ks:
+            r = len(ev & set(dias[:k])) / len(ev)
+            groups["5" if cat == "5" else "1-4"][k].append(r)
+            if cat in groups and cat != "5":
+                groups[cat][k].append(r)
+    out = {g: {k: round(sum(v) / len(v), 3) for k, v in byk.items()} if byk[ks[0]] else None
+           for g, byk in groups.items()}
+    out["questions"] = {g: len(byk[ks[0]]) for g, byk in groups.items()}
+    return out, lat
+
+
+def _pct(lat: list[float], q: float) -> float | None:
+    lat = sorted(lat)
+    return round(1000 * lat[min(len(lat) - 1, int(len(lat) * q))], 1) if lat else None
+
+
+def run(out_dir: Path, *, conversations: int | None = None, ks=KS, answer_sample: int = 40, say=print,
         data: Path | None = None, progress=None, sleep_sessions: int = 2,
-        sleep_episodes_cap: int = 64) -> dict[str, Any]:
+        sleep_episodes_cap: int = 64, offset: int = 0, count: int | None = None, retrieval_only: bool = False,
+        legacy: bool = True, memory: dict[str, Any] | None = None) -> dict[str, Any]:
+    """LoCoMo's standard protocol: each conversation in a namespace of its own (one home), every turn
+    an episode with its speaker and session date; recall@k of the evidence turns per category group.
+
+    `offset` / `count` (or `conversations`, the old name for count) pick conversations in file order;
+    `legacy` also measures the old protocol (all conversations in one partition, the date and speaker
+    folded into the text, dense only) for comparison; `retrieval_only` skips the answer sample and the
+    sleeps; `memory` overrides memory.* settings (e.g. {"hybrid": False}) for an ablation."""
     if sleep_sessions < 0 or sleep_episodes_cap < 1:
         raise InputError(f"locomo: sleep_sessions must be >= 0 and sleep_episodes_cap >= 1, "
                          f"got {sleep_sessions} and {sleep_episodes_cap}")
+    if retrieval_only:
+        answer_sample, sleep_sessions = 0, 0
     src = find_data(data)
     if src is None:
         say("locomo: locomo_dev.json not found (set AGENTSLEEP_BENCH_DATA to the folder holding it); skipped")
@@ -82,46 +149,50 @@ def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int
     if isinstance(convs, str):
         say(f"locomo: {convs}; skipped")
         return {"skipped": convs}
-    ids = list(convs)[:conversations]
+    n = count if count is not None else conversations
+    ids = list(convs)[offset:offset + n if n is not None else None]
+    if not ids:
+        raise InputError(f"locomo: no conversations at offset {offset} (the file holds {len(convs)})")
+    ks = tuple(sorted(set(ks)))
     root = out_dir / "home"
     shutil.rmtree(root, ignore_errors=True)
-    res: dict[str, Any] = {"conversations": ids, "k": list(ks)}
-    hits = {k: [] for k in ks}
-    hits5 = {k: [] for k in ks}
-    latencies = []
+    res: dict[str, Any] = {"conversations": ids, "k": list(ks), "protocol": "namespace per conversation"}
+    qas = [(cid, qa) for cid in ids for qa in convs[cid].get("qa", []) if qa.get("evidence") and qa.get("question")]
     qa_pool = []
     with Home.open(root) as home:
+        for key, value in (memory or {}).items():
+            setattr(home.config.memory, key, value)
         t = time.time()
         n_turns = 0
+        last: dict[str, datetime | None] = {}
+        items = []
         for cid in ids:
-            for dia, sess, text in turns(convs[cid]):
-                home.remember(text, kind="turn", session=f"{cid}:{sess}", source="locomo",
-                              provenance={"dia_id": dia, "conversation": cid})
-                n_turns += 1
+            for r in turn_records(convs[cid]):
+                items.append(dict(text=r["text"], kind="turn", session=f"{cid}:{r['session']}", source="locomo",
+                                  provenance={"dia_id": r["dia_id"], "conversation": cid}, namespace=f"locomo:{cid}",
+                                  event_time=r["when"], speaker=r["speaker"]))
+                last[cid] = r["when"] or last.get(cid)
+        home.remember_many(items)  # one batch: the same episodes as one remember per turn, minutes faster
+        n_turns = len(items)
         res["turns"], res["remember_seconds"] = n_turns, round(time.time() - t, 1)
-        for cid in ids:
-            for qa in convs[cid].get("qa", []):
-                ev = set(qa.get("evidence") or [])
-                if not ev:
-                    continue
-                t = time.time()
-                got = home.recall(qa["question"], max(ks))
-                latencies.append(time.time() - t)
-                got = [e for e in got if e.provenance.get("conversation") == cid] or got
-                dias = [e.provenance.get("dia_id") for e in got]
-                for k in ks:
-                    r = len(ev & set(dias[:k])) / len(ev)
-                    (hits5 if qa.get("category") == 5 else hits)[k].append(r)
-                if qa.get("category") != 5 and "answer" in qa:
-                    qa_pool.append((qa, [e.text for e in got[:5]]))
+
+        def recall_ns(cid: str, question: str, k: int) -> list[str]:
+            got = home.recall(question, k, namespace=f"locomo:{cid}", now=last.get(cid))
+            return [e.provenance.get("dia_id") for e in got]
+
+        scores, lat = _score(qas, recall_ns, ks)
+        res["by_category"] = scores
         for k in ks:
-            res[f"recall@{k}"] = round(sum(hits[k]) / max(len(hits[k]), 1), 3)
-            res[f"recall@{k}_cat5"] = round(sum(hits5[k]) / max(len(hits5[k]), 1), 3) if hits5[k] else None
-        res["questions"] = len(hits[ks[0]])
-        lat = sorted(latencies)
-        res["recall_latency_ms_p50"] = round(1000 * lat[len(lat) // 2], 1) if lat else None
-        res["recall_latency_ms_p99"] = round(1000 * lat[int(len(lat) * 0.99)], 1) if lat else None
+            res[f"recall@{k}"] = scores["1-4"][k] if scores["1-4"] else None
+            res[f"recall@{k}_cat5"] = scores["5"][k] if scores["5"] else None
+        res["questions"] = scores["questions"]["1-4"]
+        res["questions_cat5"] = scores["questions"]["5"]
+        res["recall_latency_ms_p50"], res["recall_latency_ms_p99"] = _pct(lat, 0.5), _pct(lat, 0.99)
         if answer_sample:
+            for cid, qa in qas:
+                if qa.get("category") != 5 and "answer" in qa:
+                    qa_pool.append((qa, [e.prompt_text() for e in
+                                         home.recall(qa["question"], 5, namespace=f"locomo:{cid}", now=last.get(cid))]))
             rng = random.Random(0)
             sample = rng.sample(qa_pool, min(answer_sample, len(qa_pool)))
             live = home.engine.live
@@ -131,13 +202,41 @@ def run(out_dir: Path, *, conversations: int = 2, ks=(5, 10), answer_sample: int
             res["answer_f1_retrieval"] = round(sum(f1(a, str(q["answer"])) for a, (q, _) in zip(rag, sample)) / len(sample), 3)
             res["answer_f1_closed_book"] = round(sum(f1(a, str(q["answer"])) for a, (q, _) in zip(cb, sample)) / len(sample), 3)
             res["answer_sample"] = len(sample)
-    say(f"locomo: recall@{ks[0]} {res[f'recall@{ks[0]}']}, recall@{ks[-1]} {res[f'recall@{ks[-1]}']} over "
-        f"{res['questions']} questions; answer F1 retrieval {res.get('answer_f1_retrieval')} vs closed-book "
-        f"{res.get('answer_f1_closed_book')}")
+    say(f"locomo: recall@{', @'.join(map(str, ks))} (categories 1-4) "
+        f"{', '.join(str(res[f'recall@{k}']) for k in ks)} over {res['questions']} questions")
+    if legacy:
+        res["legacy"] = legacy_protocol(out_dir / "legacy-home", convs, ids, qas, ks)
+        say(f"locomo: old protocol (one partition, dense only) recall@{ks[-2] if len(ks) > 1 else ks[0]} "
+            f"{res['legacy'][f'recall@{ks[-2] if len(ks) > 1 else ks[0]}']}")
     if sleep_sessions and ids:
         res["sleep"] = sleep_variant(out_dir / "sleep-home", convs[ids[0]], ids[0], sleep_sessions,
                                      sleep_episodes_cap, say=say, progress=progress)
     return res
+
+
+def legacy_protocol(root: Path, convs: dict[str, Any], ids: list[str], qas: list[tuple[str, dict]],
+                    ks) -> dict[str, Any]:
+    """The protocol before namespaces: every conversation in one partition, "[date] speaker: text" as the
+    episode, dense recall only, a conversation's hits kept when there are any (as the suite did)."""
+    shutil.rmtree(root, ignore_errors=True)
+    with Home.open(root) as home:
+        home.config.memory.hybrid = False
+        home.config.memory.speaker_boost = 0.0
+        home.config.memory.time_boost = 0.0
+        home.remember_many([dict(text=text, kind="turn", session=f"{cid}:{sess}", source="locomo",
+                                 provenance={"dia_id": dia, "conversation": cid})
+                            for cid in ids for dia, sess, text in turns(convs[cid])])
+
+        def recall_one(cid: str, question: str, k: int) -> list[str]:
+            got = home.recall(question, k)
+            got = [e for e in got if e.provenance.get("conversation") == cid] or got
+            return [e.provenance.get("dia_id") for e in got]
+
+        scores, lat = _score(qas, recall_one, ks)
+    out: dict[str, Any] = {f"recall@{k}": scores["1-4"][k] if scores["1-4"] else None for k in ks}
+    out.update({f"recall@{k}_cat5": scores["5"][k] if scores["5"] else None for k in ks})
+    out["recall_latency_ms_p50"] = _pct(lat, 0.5)
+    return out
 
 
 SLEEP_K = 5  # turns in the prompt for retrieval only and both, as in the retrieval sample
@@ -221,13 +320,26 @@ def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     ks = res["k"]
     rows = [(f"evidence recall@{k} (categories 1-4)", res[f"recall@{k}"]) for k in ks]
     rows += [(f"evidence recall@{k} (category 5, adversarial)", res[f"recall@{k}_cat5"]) for k in ks]
-    rows += [("answer token-F1, retrieval (top-5 turns in context)", res.get("answer_f1_retrieval")),
-             ("answer token-F1, closed-book base model", res.get("answer_f1_closed_book")),
-             ("recall latency p50 / p99 (ms)", f"{res['recall_latency_ms_p50']} / {res['recall_latency_ms_p99']}"),
+    cats = res.get("by_category") or {}
+    for c in ("1", "2", "3", "4"):
+        if cats.get(c):
+            rows.append((f"category {c} recall@{'/'.join(map(str, ks))} ({cats['questions'][c]} questions)",
+                         " / ".join(str(cats[c][k] if k in cats[c] else cats[c].get(str(k))) for k in ks)))
+    leg = res.get("legacy")
+    if leg:
+        rows.append((f"old protocol (one partition, date and speaker in the text, dense only) recall@{'/'.join(map(str, ks))}",
+                     " / ".join(str(leg.get(f"recall@{k}")) for k in ks)))
+    if "answer_f1_retrieval" in res:
+        rows += [("answer token-F1, retrieval (top-5 turns in context)", res.get("answer_f1_retrieval")),
+                 ("answer token-F1, closed-book base model", res.get("answer_f1_closed_book"))]
+    rows += [("recall latency p50 / p99 (ms)", f"{res['recall_latency_ms_p50']} / {res['recall_latency_ms_p99']}"),
              ("turns remembered / seconds", f"{res['turns']} / {res['remember_seconds']}")]
     body = "\n".join(f"| {a} | {b} |" for a, b in rows)
-    return (f"Conversations {', '.join(res['conversations'])}; {res['questions']} questions with evidence; "
-            f"answer F1 on a sample of {res.get('answer_sample')}.\n\n| measure | value |\n|---|---|\n{body}\n"
+    proto = (" Each conversation in a namespace of its own; speaker and session date stored as metadata."
+             if res.get("protocol") else "")
+    sample = f"; answer F1 on a sample of {res.get('answer_sample')}" if res.get("answer_sample") else ""
+    return (f"Conversations {', '.join(res['conversations'])}; {res['questions']} questions with evidence"
+            f"{sample}.{proto}\n\n| measure | value |\n|---|---|\n{body}\n"
             + (sleep_markdown(res["sleep"]) if "sleep" in res else ""))
 
 

@@ -1,12 +1,14 @@
 """Retrieval latency: `recall` p50/p99 at 1k, 10k and 100k episodes, embedded and server Chroma.
 
 What is timed is the real awake path: `EpisodeStore.recall` (query embedding
-with MiniLM, the Chroma HNSW query with its metadata, the ledger join), one
-query at a time, k = memory.recall_k. To reach 100k episodes in minutes on two
+with MiniLM, the Chroma HNSW query with its namespace filter, the SQLite FTS5
+BM25 query, reciprocal-rank fusion, the ledger join), one query at a time,
+k = memory.recall_k. To reach 100k episodes in minutes on two
 cores the store is filled in bulk: the texts are LoCoMo turns (numbered, so
 all distinct) and their embeddings are the MiniLM embeddings of up to
-`unique` real turns plus small Gaussian noise, renormalised. Filling is not
-`remember` and its time is reported separately as bulk insert time.
+`unique` real turns plus small Gaussian noise, renormalised; the same rows go
+into the lexical index. Filling is not `remember` and its time is reported
+separately as bulk insert time.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ def _fill(store, texts: list[str], base, start: int, stop: int, say) -> float:
     import numpy as np
 
     from ..memory.episode import Episode, content_hash, utcnow
+    from ..memory.store import _row
 
     rng = np.random.default_rng(start)
     t = time.time()
@@ -51,6 +54,7 @@ def _fill(store, texts: list[str], base, start: int, stop: int, say) -> float:
                        content_hash=content_hash(d)) for i, d in zip(idx, docs)]
         store._coll.add(ids=[e.id for e in eps], documents=docs, metadatas=[e.to_metadata() for e in eps],
                         embeddings=emb.tolist())
+        store.lexical.add([_row(e.id, e.text, e.to_metadata()) for e in eps])
         say(f"retrieval: {store.cfg.backend} filled to {idx[-1] + 1:,}")
     return time.time() - t
 
@@ -71,6 +75,7 @@ def _latency(store, queries: list[str], k: int) -> dict[str, float]:
 
 def run(out_dir: Path, *, sizes=SIZES, backends=("embedded", "server"), queries: int = 200, unique: int = 3000,
         say=print, progress=None) -> dict[str, Any]:
+    """Latency per (backend, size); `sizes` and `backends` may be narrowed (e.g. sizes=(10_000,))."""
     from ..config import MemoryConfig
     from ..memory.embedder import MiniLMEmbedding
     from ..memory.store import EpisodeStore
@@ -110,7 +115,8 @@ def run(out_dir: Path, *, sizes=SIZES, backends=("embedded", "server"), queries:
 
 
 def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
-    lines = ["`EpisodeStore.recall` one query at a time (MiniLM query embedding + Chroma HNSW + ledger join); "
+    lines = ["`EpisodeStore.recall` one query at a time (MiniLM query embedding + Chroma HNSW with the namespace "
+             "filter + SQLite FTS5 BM25 + reciprocal-rank fusion + ledger join; both indexes filled); "
              f"{res['rows'][0]['queries'] if res['rows'] else 0} queries per point, after one warm-up query. "
              "Bulk insert fills the store directly (not `remember`).", "",
              "| backend | episodes | k | p50 ms | p99 ms | mean ms | bulk insert s |", "|---|---:|---:|---:|---:|---:|---:|"]

@@ -215,7 +215,8 @@ class LexicalIndex:
         with self._conn() as c:
             return {r[0] for r in c.execute("SELECT id FROM docs")}
 
-    def search(self, query: str, limit: int, filters: Filters) -> list[tuple[str, float]]:
+    def search(self, query: str, limit: int, filters: Filters, *, ctx_weight: float | None = None,
+               ent_weight: float | None = None) -> list[tuple[str, float]]:
         """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`."""
         terms = query_terms(query)
         if not terms:
@@ -226,10 +227,34 @@ class LexicalIndex:
                f"WHERE fts MATCH ? AND {cond} ORDER BY s LIMIT ?")
         with self._conn() as c:
             try:
-                rows = c.execute(sql, [self.ctx_weight, self.ent_weight, match, *args, limit]).fetchall()
+                rows = c.execute(sql, [self.ctx_weight if ctx_weight is None else ctx_weight,
+                                       self.ent_weight if ent_weight is None else ent_weight, match, *args, limit]).fetchall()
             except sqlite3.OperationalError:  # a query FTS5 cannot parse finds nothing lexically
                 return []
         return [(i, -float(s)) for i, s in rows]
+
+    def adjacent(self, ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """id -> (the turn before it, the turn after it) in its session, for these ids (one query)."""
+        if not ids:
+            return {}
+        with self._conn() as c:
+            q = ",".join("?" * len(ids))
+            keys = c.execute(f"SELECT DISTINCT namespace, session FROM docs WHERE id IN ({q}) AND session IS NOT NULL",
+                             ids).fetchall()
+            out: dict[str, tuple[str | None, str | None]] = {}
+            for ns, sess in keys:
+                rows = [r[0] for r in c.execute("SELECT id FROM docs WHERE namespace = ? AND session = ? ORDER BY rowid",
+                                                (ns, sess))]
+                for n, i in enumerate(rows):
+                    out[i] = (rows[n - 1] if n else None, rows[n + 1] if n + 1 < len(rows) else None)
+        return out
+
+    def last_in_session(self, namespace: str, session: str, n: int) -> list[str]:
+        """The texts of the last `n` rows of a session, oldest first (speaker-prefixed when known)."""
+        with self._conn() as c:
+            rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? ORDER BY rowid DESC LIMIT ?",
+                             (namespace, session, n)).fetchall()
+        return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
 
     def neighbours(self, ids: list[str], window: int) -> dict[str, list[str]]:
         """id -> the ids of up to `window` turns before and after it in its session (turn order), itself excluded."""

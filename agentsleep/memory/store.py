@@ -246,7 +246,83 @@ class EpisodeStore:
         """Store a memory in `namespace`. Exact duplicates (same namespace) are detected and not stored twice.
 
         `event_time` is when it happened (e.g. the date of the conversation); it defaults to now."""
+        return self.remember_many([dict(text=text, kind=kind, source=source, session=session, trust=trust,
+                                        provenance=provenance, created_at=created_at, namespace=namespace,
+                                        event_time=event_time, speaker=speaker)])[0]
+
+    def remember_many(self, items: list[dict[str, Any]]) -> list[RememberResult]:
+        """`remember` for many memories at once (each a dict of remember's arguments), in order: one
+        embedding batch, one duplicate check and one lexical transaction instead of one per memory.
+        Every item is validated before anything is stored; a failure stores none of them."""
         self._require_writer()
+        if not isinstance(items, list):
+            raise InputError(f"remember_many: expected a list of dicts, got {type(items).__name__}")
+        prepared = [self._prepare(it if isinstance(it, dict) else {"text": it}) for it in items]
+        if not prepared:
+            return []
+        self._fresh()
+        hashes = list(dict.fromkeys(p["hash"] for p in prepared))
+        have: dict[tuple[str, str], tuple[str, str]] = {}
+        for s in range(0, len(hashes), 500):
+            found = self._call("duplicate check", self._coll.get, where={"content_hash": {"$in": hashes[s:s + 500]}},
+                               include=["metadatas"])
+            for i, md in zip(found["ids"], found["metadatas"]):
+                key = (md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE)
+                have.setdefault(key, (md.get("parent_id") or i, md.get("kind", "fact")))
+        results: list[RememberResult] = []
+        eps: list[Episode] = []
+        for p in prepared:
+            key = (p["hash"], p["namespace"])
+            if key in have:
+                root, kind = have[key]
+                results.append(RememberResult(id=root, chunk_ids=[], duplicate=True, kind=kind, chars=len(p["text"])))
+                continue
+            pieces = chunk_text(p["text"], self.cfg.chunk_chars)
+            root = new_episode_id()
+            ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
+            eps += [Episode(id=i, text=piece, kind=p["kind"], source=p["source"], session=p["session"],
+                            created_at=p["created_at"], trust=p["trust"], parent_id=None if len(pieces) == 1 else root,
+                            chunk_index=n, chunk_count=len(pieces), content_hash=p["hash"], provenance=p["provenance"],
+                            namespace=p["namespace"], event_time=p["event_time"], speaker=p["speaker"])
+                    for n, (i, piece) in enumerate(zip(ids, pieces))]
+            have[key] = (root, p["kind"])
+            results.append(RememberResult(id=root, chunk_ids=ids, duplicate=False, kind=p["kind"], chars=len(p["text"])))
+        if not eps:
+            return results
+        all_ids = [e.id for e in eps]
+        try:
+            vecs = self._embed_documents(eps)
+            step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
+            for s in range(0, len(eps), step):
+                batch = eps[s:s + step]
+                self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
+                           metadatas=[e.to_metadata() for e in batch], embeddings=vecs[s:s + step])
+            self.lexical.add([_row(e.id, e.text, e.to_metadata()) for e in eps])
+        except BaseException:
+            # Without this, a retry would find the first chunks' content_hash
+            # and report a duplicate of a memory that was never fully stored.
+            try:
+                self._coll.delete(ids=all_ids)
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            try:
+                self.lexical.delete(all_ids)
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        finally:
+            self._bump()
+        return results
+
+    def _prepare(self, it: dict[str, Any]) -> dict[str, Any]:
+        """One remember call's arguments, checked and normalised (one-line InputErrors)."""
+        unknown = set(it) - {"text", "kind", "source", "session", "trust", "provenance", "created_at", "namespace",
+                             "event_time", "speaker"}
+        if unknown:
+            raise InputError(f"remember: unknown argument(s) {', '.join(sorted(unknown))}")
+        text, kind, trust = it.get("text"), it.get("kind") or "fact", it.get("trust") or "trusted"
+        namespace = it.get("namespace", DEFAULT_NAMESPACE)
+        event_time, speaker = it.get("event_time"), it.get("speaker")
         if not isinstance(text, str):
             raise InputError(f"remember: text must be a string, got {type(text).__name__}")
         if not text.strip():
@@ -265,47 +341,31 @@ class EpisodeStore:
         if speaker is not None and (not isinstance(speaker, str) or not speaker.strip() or len(speaker) > 200):
             raise InputError("remember: speaker must be a non-empty string of at most 200 characters")
         text = text.strip()
-        h = content_hash(text)
-        self._fresh()
-        found = self._call("duplicate check", self._coll.get, where={"$and": [{"content_hash": h}, {"namespace": namespace}]},
-                           limit=1, include=["metadatas"])
-        if found["ids"]:
-            md = found["metadatas"][0]
-            root = md.get("parent_id") or found["ids"][0]
-            return RememberResult(id=root, chunk_ids=[], duplicate=True, kind=md.get("kind", kind), chars=len(text))
-        pieces = chunk_text(text, self.cfg.chunk_chars)
-        root = new_episode_id()
-        ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
-        now = _utc(created_at or utcnow())
-        when = _utc(event_time or now)
-        prov = {k: v for k, v in (provenance or {}).items() if isinstance(v, (str, int, float, bool))}
-        eps = [Episode(id=i, text=p, kind=kind, source=source, session=session, created_at=now, trust=trust,
-                       parent_id=None if len(pieces) == 1 else root, chunk_index=n, chunk_count=len(pieces),
-                       content_hash=h, provenance=prov, namespace=namespace, event_time=when,
-                       speaker=speaker.strip() if speaker else None)
-               for n, (i, p) in enumerate(zip(ids, pieces))]
-        try:
-            step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
-            for s in range(0, len(eps), step):
-                batch = eps[s:s + step]
-                self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
-                           metadatas=[e.to_metadata() for e in batch])
-            self.lexical.add([_row(e.id, e.text, e.to_metadata()) for e in eps])
-        except BaseException:
-            # Without this, a retry would find the first chunks' content_hash
-            # and report a duplicate of a memory that was never fully stored.
-            try:
-                self._coll.delete(ids=ids)
-            except Exception:  # noqa: BLE001 - the original error is the one to report
-                pass
-            try:
-                self.lexical.delete(ids)
-            except Exception:  # noqa: BLE001
-                pass
-            raise
-        finally:
-            self._bump()
-        return RememberResult(id=root, chunk_ids=ids, duplicate=False, kind=kind, chars=len(text))
+        now = _utc(it.get("created_at") or utcnow())
+        prov = {k: v for k, v in (it.get("provenance") or {}).items() if isinstance(v, (str, int, float, bool))}
+        return {"text": text, "hash": content_hash(text), "kind": kind, "source": it.get("source") or "user",
+                "session": it.get("session"), "trust": trust, "provenance": prov, "created_at": now,
+                "namespace": namespace, "event_time": _utc(event_time or now),
+                "speaker": speaker.strip() if speaker else None}
+
+    def _embed_documents(self, eps: list[Episode]) -> list[list[float]]:
+        """Dense vectors of what a turn means in its place: the speaker's name before the words (questions
+        name people), and with memory.dense_context_turns the turns before it in its session."""
+        from .embedder import MiniLMEmbedding
+
+        n_ctx = self.cfg.dense_context_turns
+        texts, recent = [], {}
+        for e in eps:
+            body = e.text if not e.speaker or e.text.startswith(f"{e.speaker}:") else f"{e.speaker}: {e.text}"
+            ctx = ""
+            if n_ctx and e.session is not None:
+                key = (e.namespace, e.session)
+                if key not in recent:
+                    recent[key] = self.lexical.last_in_session(e.namespace, e.session, n_ctx)
+                ctx = "\n".join(recent[key][-n_ctx:])
+                recent[key] = (recent[key] + [body])[-n_ctx:]
+            texts.append(f"{ctx}\n{body}" if ctx else body)
+        return [[float(x) for x in v] for v in MiniLMEmbedding(self.cfg.embedder)(texts)]
 
     def recall(self, query: str, k: int | None = None, *, namespace: str = DEFAULT_NAMESPACE, kind: str | None = None,
                source: str | None = None, session: str | None = None, since: datetime | None = None,
@@ -355,7 +415,8 @@ class EpisodeStore:
         for i, doc, md, dist in zip(dense, res["documents"][0], res["metadatas"][0], res["distances"][0]):
             recs[i] = (doc, md)
             cos[i] = round(1.0 - float(dist), 4)
-        lex = [i for i, _ in self.lexical.search(query, pool, filt)] if use_lex else []
+        lex = [i for i, _ in self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
+                                                 ent_weight=self.cfg.lexical_entity_weight)] if use_lex else []
         order = self._fuse(query, dense, lex, recs, now=now)
         missing = [i for i in order[:pool] if i not in recs]
         if missing:
@@ -410,6 +471,13 @@ class EpisodeStore:
             if win and lo <= float(md.get("event_ts", md.get("created_ts", 0.0))) < hi:
                 boost += c.time_boost
             score[i] *= boost
+        if c.neighbour_weight and not self._legacy:
+            # a turn next to a strong hit is likely part of the same exchange (the question and its answer)
+            adj = self.lexical.adjacent(list(score))
+            base = dict(score)
+            for i, (before, after) in adj.items():
+                if i in score:
+                    score[i] += c.neighbour_weight * max(base.get(before, 0.0), base.get(after, 0.0))
         return sorted(score, key=lambda i: -score[i])
 
     def _rerank(self, query: str, ids: list[str], recs: dict[str, tuple[str, dict]]) -> list[str]:
