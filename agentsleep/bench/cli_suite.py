@@ -76,6 +76,7 @@ def run(out_dir: Path, *, say: Callable[[str], None] = print, progress: Any = No
     from ..procs import free_port
     from .report import provenance
 
+    load_before = os.getloadavg()[0]
     home = out_dir / "home"
     shutil.rmtree(home, ignore_errors=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -131,7 +132,9 @@ def run(out_dir: Path, *, say: Callable[[str], None] = print, progress: Any = No
     med = lambda xs: round(statistics.median(xs), 3)  # noqa: E731
     res: dict[str, Any] = {"runs": runs, "cold_runs": cold_runs, "cold": {k: med(v) for k, v in cold.items()},
                            "warm": {k: med(v) for k, v in warm.items()}, "cli_share": {k: med(v) for k, v in share.items()},
-                           "raw": {"cold": cold, "warm": warm, "cli_share": share}, **provenance()}
+                           "raw": {"cold": cold, "warm": warm, "cli_share": share},
+                           "load_average": {"start": round(load_before, 2), "end": round(os.getloadavg()[0], 2)},
+                           **provenance()}
     measured = {"warm_remember_s": res["warm"]["remember"], "warm_recall_s": res["warm"]["recall"],
                 "warm_ask_overhead_s": res["cli_share"]["ask"], "cold_remember_s": res["cold"]["remember"]}
     res["targets"] = {k: {"value": v, "target": TARGETS[k], "met": v <= TARGETS[k]} for k, v in measured.items()}
@@ -149,4 +152,7 @@ def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
             f"| command | cold (no server) | warm (through `agentsleep serve`) | warm, less the server's own time |\n"
             f"|---|---|---|---|\n{rows}\n\n"
             f"The last column is the CLI's share (process start, imports, the request): for `ask` that is the "
-            f"wall time less the server's time for the request, generation included.\n\nTargets:\n{t}\n")
+            f"wall time less the server's time for the request, generation included. The machine's load "
+            f"average (1 min) was {res['load_average']['start']} at the start and {res['load_average']['end']} at the end "
+            f"(other processes shared its cores; `help`, which does no work, shows the floor of a process start "
+            f"here).\n\nTargets:\n{t}\n")
