@@ -125,3 +125,44 @@ def test_sleep_on_vllm_generation_writes_the_same_dreams(tmp_path):
         model, tok = load(h.registry.get("v0000").weights)
     ref = dream(model, tok, [Memory(e.id, e.text) for e in eps], cfg.sleep.dream, seed=cfg.sleep.seed.seed)
     assert kept and sorted((d["question"], d["answer"]) for d in kept) == sorted((d.question, d.answer) for d in ref.dreams)
+
+
+def test_gate_promotes_a_sleep_that_learned_when_its_probes_are_junk(tmp_path, monkeypatch):
+    """The writer's held-out items are replaced by junk (questions the memories do not answer, with
+    invented gold answers): the old gate measured 0 -> 0 on them and rejected the night. The gate now
+    checks each probe against its memory and the teacher, drops all of them, says so, and decides on
+    blanks in the episodes' own text, where the learning shows: promoted, and the facts are known
+    closed-book."""
+    from agentsleep.sleep import pipeline
+    from agentsleep.sleep.types import Dream
+    from agentsleep.textmatch import contains_answer
+
+    real = pipeline.dream
+
+    def with_junk_probes(*a, **kw):
+        ds = real(*a, **kw)
+        eps = sorted({d.episode_id for d in ds.dreams})
+        junk = [Dream(e, q, gold, held_out=True) for e in eps for q, gold in
+                (("How did the building get moved?", "on a flatbed truck"),
+                 ("Why was the meeting cancelled?", "because of the snowstorm"))]
+        ds.dreams = ds.train + junk
+        return ds
+
+    monkeypatch.setattr(pipeline, "dream", with_junk_probes)
+    qa = {"My dog is a beagle called Biscuit.": ("What is my dog's name?", "Biscuit"),
+          "My dentist is Dr. Okafor.": ("Who is my dentist?", "Okafor"),
+          "My wifi network is named OrangeFox.": ("What is my wifi network called?", "OrangeFox"),
+          "My manager is called Ingrid Solberg.": ("Who is my manager?", "Ingrid")}
+    root = Home.init(tmp_path / "home", config=Config())
+    with Home.open(root) as h:
+        for text in qa:
+            h.remember(text)
+        rep = h.sleep()
+        m = rep.metrics
+        assert m["probes_dropped"]["ungrounded"] == 2 * len(qa) and m["probes_trusted"] == 0, m
+        assert m["probes_cloze"] >= len(qa) and any("fill-in-the-blank" in r for r in rep.reasons), rep.reasons
+        assert rep.status == "promoted", rep.reasons
+        man = h.registry.get(rep.version).manifest
+        assert {p["kind"] for p in man["probes"]} == {"cloze"}  # what the next sleeps' retention check re-asks
+        known = [contains_answer(h.ask(q, use_memory=False, max_new_tokens=24)["answer"], a) for q, a in qa.values()]
+        assert sum(known) >= 3, known

@@ -61,7 +61,8 @@ def test_memories_are_read_from_the_users_side_whoever_said_them():
     assert user_view("The user prefers window seats.") == "I prefer window seats."
     assert user_view("The user's dog is Biscuit.", "tool:crm") == "My dog is Biscuit."
     assert user_view("Ana leads procurement.", "assistant") == "Ana leads procurement."  # nobody to swap
-    assert Memory("e", "Your gate code is 5519.", speaker="assistant").view == "My gate code is 5519."
+    assert Memory("e", "Your gate code is 5519.", speaker="assistant").view == "The user's gate code is 5519."
+    assert Memory("e", "I take the 7:15 ferry.").view == "The user takes the 7:15 ferry."  # a note about the user
 
 
 def test_conversation_turns_become_speaker_resolved_dated_notes(tmp_path):
@@ -86,7 +87,7 @@ def test_conversation_turns_become_speaker_resolved_dated_notes(tmp_path):
     m = memory(turn)
     assert (m.who, m.when) == ("Melanie", "8 May 2023") and m.view == "On 8 May 2023, Melanie painted a lake."
     fact = Episode(id="f1", text="Noted: your dog is Biscuit.", source="assistant", event_time=now, created_at=now)
-    assert memory(fact).when is None and memory(fact).view == "Noted: my dog is Biscuit."
+    assert memory(fact).when is None and memory(fact).view == "Noted: the user's dog is Biscuit."
 
 
 def test_probe_check_drops_what_the_memory_does_not_say(tiny):
@@ -107,7 +108,7 @@ def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
             Memory("b", "Maya."), Memory("c", "Our office moved to the Lindqvist Building last month.")]
     ps = cloze(mems, 10)
     assert [(p.episode_id, p.answer) for p in ps] == [("a", "3 March"), ("c", "Lindqvist Building"), ("a", "9:40"), ("c", "month")]
-    assert ps[0].question.endswith("Noted: my flight to Lima leaves at 9:40 on ___") and ps[0].kind == "cloze"
+    assert ps[0].question.endswith("Noted: the user's flight to Lima leaves at 9:40 on ___") and ps[0].kind == "cloze"
     assert len(cloze(mems, 1)) == 1 and cloze([], 5) == []
 
 

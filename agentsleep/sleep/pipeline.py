@@ -197,6 +197,7 @@ class Night:
         ds, stats, timings = self.dreams, self.seed_stats, self.journal.timings
         return {**self.verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
                 "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
+                "loss_curve": {k: [round(float(x), 4) for x in v] for k, v in stats.losses.items()},
                 "seconds_per_episode": round(sum(timings.values()) / max(len(self.plan.memories), 1), 1),
                 "peak_rss_mb": dict(self.journal.peak_mb),
                 "dreams_kept": len(ds.train), "dreams_written": ds.written,

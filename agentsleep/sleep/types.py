@@ -156,7 +156,7 @@ class SleepReport:
         if self.metrics:
             t = Table("metric", "value", title="gate")
             for k, v in self.metrics.items():
-                if k not in ("peak_rss_mb", "sample_answers", "gate_failed"):  # shown with the timings / in --json
+                if k not in ("peak_rss_mb", "sample_answers", "gate_failed", "loss_curve", "probes_dropped"):  # shown with the timings / in --json
                     t.add_row(k, f"{v:.3f}" if isinstance(v, float) else str(v))
             console.print(t)
         if self.timings:

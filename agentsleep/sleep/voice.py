@@ -187,13 +187,16 @@ USER_SPEAKERS = frozenset({"user", "human", "me"})
 
 
 def note(text: str, speaker: str | None = None, *, who: str | None = None, when: str | None = None) -> str:
-    """What the sleep reads for one episode. A named speaker's "I" is that person ("Caroline went to
-    ..."); otherwise the text from the user's side (`user_view`). Dated when the caller gave a date,
-    so that "when did ...?" has an answer to learn."""
+    """What the sleep reads for one episode: a note about the person it concerns, the way an agent
+    writes notes ("The user's manager is Ana", "Caroline went to ..."). Whose "I" and "you" it is
+    is resolved here, once: the model reading "My manager is Ana" in its context may take "my" for its
+    own (measured on the development set: 0.75 closed-book with first-person facts in context, 0.95
+    with the same facts about "the user"). Dated when the caller gave a date, so that "when did ...?"
+    has an answer to learn."""
     if who and who.lower() not in USER_SPEAKERS | ASSISTANT_SPEAKERS:
         body = about_the_user(re.sub(rf"^\s*{re.escape(who)}\s*:\s*", "", text), who=who)
     else:
-        body = user_view(text, "assistant" if (who or "").lower() in ASSISTANT_SPEAKERS else speaker)
+        body = about_the_user(text, "assistant" if (who or "").lower() in ASSISTANT_SPEAKERS else speaker)
     if not when:
         return body
     first = body.split(" ", 1)[0]
