@@ -31,6 +31,18 @@ CREATE TABLE IF NOT EXISTS forgotten (
 """
 
 
+@contextmanager
+def connect(path: Path) -> Iterator[sqlite3.Connection]:
+    """One autocommit WAL connection, closed on exit. sqlite3's own `with connection` only commits:
+    it never closes, so every call leaked a connection (and its WAL handles) until GC."""
+    c = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        c.execute("PRAGMA journal_mode=WAL")
+        yield c
+    finally:
+        c.close()
+
+
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
@@ -38,16 +50,8 @@ class Ledger:
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        # sqlite3's own `with connection` only commits: it never closes, so
-        # every call leaked a connection (and its WAL handles) until GC.
-        c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            c.execute("PRAGMA journal_mode=WAL")
-            yield c
-        finally:
-            c.close()
+    def _conn(self):
+        return connect(self.path)
 
     def mark(self, episode_ids: list[str], version: str, sleep_id: str) -> None:
         """Record that `version` absorbed these episodes (one transaction)."""

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from .ledger import connect
 
 SCHEMA_VERSION = "2"
 _IN_BATCH = 500
@@ -123,14 +124,8 @@ class LexicalIndex:
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
-    @contextmanager
-    def _conn(self) -> Iterator[sqlite3.Connection]:
-        c = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
-            c.execute("PRAGMA journal_mode=WAL")
-            yield c
-        finally:
-            c.close()
+    def _conn(self):
+        return connect(self.path)
 
     # -- meta ---------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
