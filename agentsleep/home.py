@@ -182,6 +182,7 @@ class Home:
         ones. Until then `status` lists the versions still holding forgotten data;
         `fallback=True` serves that clean version immediately.
         """
+        from .memory import supersede
         from .sleep.lock import sleep_lock
         from .sleep.select import load_rebuild, save_rebuild
 
@@ -197,6 +198,7 @@ class Home:
             ledger = self.store.ledger
             held = ledger.versions_of(removed)
             ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
+            supersede.drop(ledger.path, removed)  # an episode superseded only by a forgotten one is current again
             lineage = self.registry.lineage()
             names = [v.name for v in lineage]
             holders = {v.name for v in lineage if set(v.manifest.get("episode_ids", [])) & set(removed)}
@@ -383,6 +385,7 @@ class Home:
                       "registry": str(reg.root), "sleeps": str(self.root / "sleeps"), "logs": str(self.root / "logs")},
             "last_sleep": _last_sleep(self.root / "sleeps"),
             "pending_forget": _pending_forget(self.root),
+            "superseded": _superseded(self.store),
         }
 
 
@@ -413,6 +416,13 @@ def _last_sleep(d: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return {k: r.get(k) for k in ("sleep_id", "status", "version", "finished_at")}
+
+
+def _superseded(store: EpisodeStore) -> dict[str, str]:
+    """Episodes a newer one states another value for (old id -> new id): recallable, no longer rehearsed."""
+    from .memory.supersede import superseded
+
+    return superseded(store.ledger.path)
 
 
 def _pending_forget(root: Path) -> dict[str, Any] | None:

@@ -73,6 +73,8 @@ class Episode(BaseModel):
     context: list["Episode"] = Field(default_factory=list)
     # Filled from the consolidation ledger when read; not stored in Chroma.
     consolidated_in: str | None = None
+    # The id of a newer episode that states another value for the same thing (memory/supersede.py); not stored in Chroma.
+    superseded_by: str | None = None
     score: float | None = None
 
     def to_metadata(self) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from .episode import (DEFAULT_NAMESPACE, KINDS, Episode, RememberResult, check_n
                       new_episode_id, utcnow)
 from .ledger import Ledger
 from .lexical import SCHEMA_VERSION, Filters, LexicalIndex, Row, query_terms
+from .supersede import superseded
 
 CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
 # Chunks are embedded and added this many at a time: bounded memory per call,
@@ -431,10 +432,12 @@ class EpisodeStore:
             order = self._rerank(query, order[:m], recs) + order[m:]
         order = order[:k]
         led = self.ledger.versions_of(order)
+        sup = superseded(self.ledger.path, order)
         out = []
         for i in order:
             ep = Episode.from_record(i, recs[i][0], recs[i][1], score=cos.get(i))
             ep.consolidated_in = led.get(i)
+            ep.superseded_by = sup.get(i)
             out.append(ep)
         if window and out:
             self._attach_neighbours(out, window)
@@ -514,6 +517,7 @@ class EpisodeStore:
             ep.text = "".join(d for _, d, _ in parts)
             ep.parent_id, ep.chunk_index = None, 0
         ep.consolidated_in = self.ledger.versions_of([ep.id]).get(ep.id)
+        ep.superseded_by = superseded(self.ledger.path, [ep.id]).get(ep.id)
         return ep
 
     def list(self, *, since: datetime | None = None, kind: str | None = None, session: str | None = None,
@@ -531,17 +535,40 @@ class EpisodeStore:
         res = self._call("list", self._coll.get, where=where, include=["documents", "metadatas"])
         led = self.ledger.versions_of()
         forgotten = self.ledger.forgotten()
+        sup = superseded(self.ledger.path)
         eps = []
         for i, doc, md in zip(res["ids"], res["documents"], res["metadatas"]):
             if i in forgotten:
                 continue
             ep = Episode.from_record(i, doc, md)
             ep.consolidated_in = led.get(i)
+            ep.superseded_by = sup.get(i)
             if unconsolidated_only and ep.consolidated_in:
                 continue
             eps.append(ep)
         eps.sort(key=lambda e: (e.created_at, e.id))
         return eps[:limit] if limit else eps
+
+    def similar(self, episode_id: str, k: int, *, namespace: str) -> list[tuple[Episode, float]]:
+        """The `k` episodes of `namespace` nearest to a stored one (its own stored vector, cosine), itself
+        excluded: the candidates an updated fact may supersede (memory/supersede.py)."""
+        self._fresh()
+        got = self._call("get", self._coll.get, ids=[episode_id], include=["embeddings"])
+        if not got["ids"]:
+            raise InputError(f"no episode with id '{episode_id}'")
+        res = self._call("query", self._coll.query, query_embeddings=[[float(x) for x in got["embeddings"][0]]],
+                         n_results=min(k + 1, max(self.count(), 1)), where={"namespace": namespace},
+                         include=["documents", "metadatas", "distances"])
+        ids = [i for i in res["ids"][0] if i != episode_id]
+        led = self.ledger.versions_of(ids)
+        out = []
+        for i, doc, md, dist in zip(res["ids"][0], res["documents"][0], res["metadatas"][0], res["distances"][0]):
+            if i == episode_id:
+                continue
+            ep = Episode.from_record(i, doc, md)
+            ep.consolidated_in = led.get(i)
+            out.append((ep, round(1.0 - float(dist), 4)))
+        return out[:k]
 
     def delete(self, episode_id: str) -> list[str]:
         """Delete an episode (and its chunks). Returns the ids removed."""

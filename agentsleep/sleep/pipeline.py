@@ -390,6 +390,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
     sleep_id = new_sleep_id()
     with sleep_lock(home.root):
         home.registry.sweep_staging()
+        from ..memory.supersede import detect as detect_updates  # newer values supersede consolidated ones
+        updated = detect_updates(home.store, home.store.list(unconsolidated_only=True)) if not dry_run else []
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
         early = _without_work(plan, dry_run, started_at)
         if early is not None:
@@ -415,6 +417,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
                 if n.engine is not None:
                     n.engine.close()
         rep = _finalize(rep, plan)
+        rep.reasons += [f"{new} supersedes {old} (similarity {sim:.2f}): {old} is no longer rehearsed"
+                        for old, new, sim in updated]
         rep.timings["total"] = round(rep.duration_s, 1)
         journal.finish(rep)
         return rep

@@ -73,6 +73,7 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
     if rebuild:
         lineage -= set(rebuild["versions"])
     earlier = [e for e in home.store.list() if e.consolidated_in and e.consolidated_in in lineage]
+    earlier = [e for e in earlier if not e.superseded_by]  # a newer episode changed its value: not rehearsed
     sleep_id = sleep_id or new_sleep_id()
     rng = random.Random(f"{seed}:{sleep_id}")  # a different sample each sleep when not all fit
     replay = rng.sample(earlier, min(cfg.replay_episodes, len(earlier)))

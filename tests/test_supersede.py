@@ -1,0 +1,104 @@
+"""Updated facts: a newer episode that states another value supersedes the consolidated one (real Chroma, MiniLM)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agentsleep.config import Config
+from agentsleep.home import Home
+from agentsleep.memory.embedder import MiniLMEmbedding
+from agentsleep.memory.supersede import contradicts, superseded
+from agentsleep.sleep.select import select
+from tiny import tiny_model_dir
+
+# Written for this test (not the benchmark's facts): (earlier, newer, does the newer change the earlier's value)
+PAIRS = [
+    ("I live in Porto.", "We moved from Porto to Lisbon last month.", True),
+    ("My favourite drink is espresso.", "My favourite drink is green tea these days.", True),
+    ("I work as a nurse at the city hospital.", "I left nursing and now work as a teacher.", True),
+    ("My gym is FitZone on Main Street.", "I cancelled FitZone; my gym is now Peak Athletics.", True),
+    ("Our car is a grey Honda Civic.", "We sold the Civic and our car is a Kia Niro now.", True),
+    ("My phone number ends in 4410.", "I got a new phone number ending in 8823.", True),
+    ("I go swimming on Tuesday mornings.", "I go swimming on Friday mornings now.", True),
+    ("My boss is called Henrietta.", "Henrietta left, and my boss is now called Raymond.", True),
+    ("My dog weighs 12 kilos.", "My dog weighs 15 kilos now.", True),
+    ("I am vegetarian.", "I started eating fish again, so I am pescatarian now.", True),
+    ("I live in Porto.", "My sister lives in Lisbon.", False),
+    ("I live in Porto.", "I live in Porto, near the river.", False),
+    ("My favourite drink is espresso.", "My favourite food is lasagne.", False),
+    ("I go swimming on Tuesday mornings.", "I play squash on Thursday evenings.", False),
+    ("My boss is called Henrietta.", "My boss Henrietta likes early meetings.", False),
+    ("Our car is a grey Honda Civic.", "Our neighbour's car is a red Ford.", False),
+    ("I work as a nurse at the city hospital.", "My husband works as a chef.", False),
+    ("My dog weighs 12 kilos.", "My cat weighs 4 kilos.", False),
+    ("I am vegetarian.", "I am allergic to walnuts.", False),
+    ("My gym is FitZone on Main Street.", "The bakery on Main Street sells rye bread.", False),
+    ("My phone number ends in 4410.", "My office extension is 212.", False),
+    ("I have two brothers.", "My brothers both live in Leeds.", False),
+]
+
+
+def test_detection_precision_on_written_pairs():
+    emb = MiniLMEmbedding()
+    vecs = np.array(emb([t for o, n, _ in PAIRS for t in (o, n)]))
+    said = [contradicts(o, n, float(vecs[2 * i] @ vecs[2 * i + 1])) for i, (o, n, _) in enumerate(PAIRS)]
+    truth = [y for _, _, y in PAIRS]
+    tp = sum(s and y for s, y in zip(said, truth))
+    precision, recall = tp / max(sum(said), 1), tp / sum(truth)
+    print(f"supersede rule: precision {precision:.2f}, recall {recall:.2f} on {len(PAIRS)} pairs")
+    assert precision >= 0.9 and recall >= 0.7, (precision, recall)
+    assert not contradicts("I live in Porto.", "We moved to Lisbon.", 0.2)  # far apart: never
+
+
+@pytest.fixture()
+def home(tmp_path):
+    cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}})
+    Home.init(tmp_path / "home", config=cfg)
+    with Home.open(tmp_path / "home") as h:
+        yield h
+
+
+def _consolidate(h: Home, ids: list[str]) -> None:
+    h.store.ledger.mark(ids, h.registry.current_name(), "s-test")
+
+
+def test_newer_value_supersedes_leaves_rehearsal_stays_recallable(home):
+    from agentsleep.memory.supersede import detect
+
+    old = home.remember("I live in Porto.").id
+    other = home.remember("My dog weighs 12 kilos.").id
+    _consolidate(home, [old, other])
+    assert {m.id for m in select(home).replay} == {old, other}
+    new = home.remember("We moved from Porto to Lisbon last month.").id
+    unrelated = home.remember("My sister lives in Lisbon.").id
+    found = detect(home.store, home.store.list(unconsolidated_only=True))
+    assert [(o, n) for o, n, _ in found] == [(old, new)]
+    assert detect(home.store, home.store.list(unconsolidated_only=True)) == []  # recorded once
+    assert home.get(old).superseded_by == new and home.get(unrelated).superseded_by is None
+    hit = [e for e in home.recall("Where do I live?", 5) if e.id == old]
+    assert hit and hit[0].superseded_by == new                 # still recallable, marked
+    assert home.status()["superseded"] == {old: new}
+    plan = select(home)
+    assert {m.id for m in plan.replay} == {other}              # the stale value is not rehearsed
+    assert {m.id for m in plan.memories} == {new, unrelated}
+
+
+def test_forget_either_episode_is_exact(home):
+    from agentsleep.memory.supersede import detect
+
+    old = home.remember("My favourite drink is espresso.").id
+    _consolidate(home, [old])
+    new = home.remember("My favourite drink is green tea these days.").id
+    detect(home.store, home.store.list(unconsolidated_only=True))
+    assert superseded(home.store.ledger.path) == {old: new}
+    home.forget(new)                                            # the update is forgotten: the old value is current again
+    assert superseded(home.store.ledger.path) == {} and home.get(old).superseded_by is None
+    assert old in {m.id for m in select(home).replay}
+    newer = home.remember("My favourite drink is green tea these days.").id
+    detect(home.store, home.store.list(unconsolidated_only=True))
+    assert superseded(home.store.ledger.path) == {old: newer}
+    home.forget(old)                                            # the superseded one is forgotten: no record names it
+    assert superseded(home.store.ledger.path) == {}
+    with pytest.raises(Exception, match="no episode"):
+        home.get(old)
+    assert home.get(newer).superseded_by is None
