@@ -117,7 +117,8 @@ class Home:
     def registry(self) -> Registry:
         with self._lock:
             if self._registry is None:
-                self._registry = Registry(self.root / "registry", base_model=self.config.model.base)
+                self._registry = Registry(self.root / "registry", base_model=self.config.model.base,
+                                          snapshot_every=self.config.sleep.snapshot_every)
             return self._registry
 
     def close(self) -> None:
@@ -214,6 +215,7 @@ class Home:
                     tainted = sorted(set(tainted) | set(plan["versions"]))
                 save_rebuild(self.root, {"from": clean, "versions": tainted, "forgotten": removed})
                 if fallback:
+                    self.registry.materialise(clean)
                     self.registry.set_current(clean)
                     with self._lock:
                         if self._engine is not None:
@@ -326,6 +328,7 @@ class Home:
         from .sleep.lock import sleep_lock
 
         with sleep_lock(self.root):
+            self.registry.materialise(version)  # rebuilt and checked before CURRENT moves
             v = self.registry.set_current(version)
             keep = {x.name for x in self.registry.lineage(version)}
             ledger = self.store.ledger
@@ -341,24 +344,29 @@ class Home:
 
     def grow(self, blocks: int = 1) -> Version:
         """Publish a version with `blocks` identity-initialised decoder blocks (same function,
-        more capacity); the next sleep trains only the new blocks."""
-        from .models.growth import grow, layer_count
-        from .models.loader import load
+        more capacity); the next sleep trains only the new blocks. The version stores which parent
+        block each layer copies (no weights) unless a snapshot is due."""
+        from .models import deltas
+        from .models.growth import grow, layer_count, layer_map
+        from .models.loader import load, resolve
         from .sleep.lock import sleep_lock
+        from .sleep.publish import write_version
 
         with sleep_lock(self.root, what="grow"):
             parent = self.registry.current()
-            model, tok = load(parent.weights, dtype=self.config.model.dtype, device="cpu")
+            src = Path(resolve(parent.weights, progress=lambda m: None))
+            model, tok = load(str(src), dtype=self.config.model.dtype, device="cpu")
             before = layer_count(model)
             new_layers = grow(model, blocks)
+            lmap = layer_map(new_layers, layer_count(model))
+            sd = deltas.regrow(deltas.load_state(src), lmap)
             staging = self.registry.new_staging()
             try:
-                model.save_pretrained(str(staging))
-                tok.save_pretrained(str(staging))
-                v = self.registry.commit(staging, {
+                v = write_version(self.registry, staging, src, sd, {
                     "parent": parent.name, "kind": "grow", "new_layers": new_layers,
                     "layers": {"before": before, "after": layer_count(model)},
-                    "parameters": sum(p.numel() for p in model.parameters())})
+                    "parameters": sum(p.numel() for p in model.parameters())},
+                    {"layers": lmap}, tok=tok, config=model.config)
             except BaseException:
                 import shutil
 

@@ -63,5 +63,19 @@ def grow(model: Any, n_new: int) -> list[int]:
     return new_idx
 
 
+def layer_map(new_idx: list[int], n_layers: int) -> list[list[Any]]:
+    """For each layer of the grown model, where it comes from: ``["keep", j]`` (the parent's layer j) or
+    ``["copy", j]`` (a copy of j with o_proj/down_proj zeroed, as `grow` inserts). A grown version
+    stores this map instead of weights (models/deltas.regrow replays it)."""
+    out, src = [], -1
+    for i in range(n_layers):
+        if i in new_idx:
+            out.append(["copy", src])
+        else:
+            src += 1
+            out.append(["keep", src])
+    return out
+
+
 def layer_count(model: Any) -> int:
     return len(_layers(model))

@@ -21,9 +21,17 @@ def _weight_files(d: Path) -> list[Path]:
 
 
 def shape(version: Version) -> dict[str, Any]:
-    """Layer count and parameter count of a version (from config.json and safetensors headers)."""
-    d = Path(version.weights)
+    """Layer count and parameter count of a version (from config.json and safetensors headers; for a
+    delta version from its own config.json and manifest, so `history` rebuilds nothing)."""
     out: dict[str, Any] = {"layers": None, "parameters": None}
+    if version.is_delta:
+        try:
+            out["layers"] = json.loads((version.path / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        except (OSError, ValueError):
+            pass
+        out["parameters"] = version.manifest.get("parameters")
+        return out
+    d = Path(version.weights)
     try:
         out["layers"] = json.loads((d / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
     except (OSError, ValueError):

@@ -3,15 +3,20 @@
 Layout (under ``<home>/registry``)::
 
     versions/v0000/manifest.json     the base model (a reference, no weights)
-    versions/v0001/                  merged safetensors + tokenizer + adapter/ + manifest.json
+    versions/v0001/                  adapter/ + delta.json + config + tokenizer + manifest.json (a delta)
+    versions/v0010/                  the same plus merged safetensors (a snapshot, every snapshot_every)
     staging/<tmp>/                   a version being written (never read)
+    cache/<name>/                    a delta version's rebuilt weights (derived, may be deleted)
     CURRENT                          "v0001\n", replaced atomically
 
 Why this is crash-safe: a version is written entirely inside ``staging/``,
 its manifest last, then renamed into ``versions/`` (one atomic rename), and
 only then does ``CURRENT`` flip (write a temp file, fsync, ``os.replace``).
 A crash at any point leaves either the old pointer or the new complete
-version. Leftover staging directories are swept on open.
+version. Leftover staging directories are swept on open. Delta versions
+(models/deltas.py) are rebuilt into ``cache/`` on first load, checked against
+the digest in their manifest; versions written before deltas hold full weights
+and load as they always did.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ class Version:
     name: str
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    registry_base: str | None = field(default=None, repr=False, compare=False)  # what v0000 stands for
 
     @property
     def parent(self) -> str | None:
@@ -47,8 +53,17 @@ class Version:
 
     @property
     def weights(self) -> str:
-        """A loadable model: this directory, or for the base version the configured base."""
+        """A loadable model: this directory, the configured base for v0000, or for a delta version
+        its rebuilt weights in the registry's cache (built on first use, checked against the manifest)."""
+        if self.manifest.get("storage") == "delta":
+            from .deltas import materialise
+
+            return str(materialise(self.name, self.path, self.manifest, self.registry_base))
         return self.manifest.get("base_model") or str(self.path)
+
+    @property
+    def is_delta(self) -> bool:
+        return self.manifest.get("storage") == "delta"
 
     @property
     def is_base(self) -> bool:
@@ -56,10 +71,12 @@ class Version:
 
 
 class Registry:
-    def __init__(self, root: Path, base_model: str):
-        """`base_model` is what v0000 stands for (the resolved config.model.base)."""
+    def __init__(self, root: Path, base_model: str, snapshot_every: int = 10):
+        """`base_model` is what v0000 stands for (the resolved config.model.base); a published version
+        stores full weights when it would otherwise be the `snapshot_every`-th delta in a row."""
         self.root = root
         self.base_model = base_model
+        self.snapshot_every = snapshot_every
         self.versions_dir = root / "versions"
         self.staging_dir = root / "staging"
         try:
@@ -100,7 +117,7 @@ class Registry:
             raise RegistryError(f"version {name}: unreadable manifest ({e})") from None
         if name == BASE_VERSION:  # v0000 is "the configured base": it follows config model.base
             manifest = {**manifest, "base_model": self.base_model}
-        return Version(name, path, manifest)
+        return Version(name, path, manifest, registry_base=self.base_model)
 
     def current_name(self) -> str:
         try:
@@ -144,7 +161,22 @@ class Registry:
             raise RegistryError(f"registry: cannot publish {name} ({e.strerror}); the current version is unchanged") from None
         if make_current:
             self.set_current(name)
-        return Version(name, dest, manifest)
+        return Version(name, dest, manifest, registry_base=self.base_model)
+
+    def deltas_since_snapshot(self, name: str) -> int:
+        """How many delta versions a rebuild of `name` applies (0 for a full version or the base)."""
+        n, v = 0, self.get(name)
+        while v.is_delta and v.parent:
+            n, v = n + 1, self.get(v.parent)
+        return n
+
+    def snapshot_due(self, parent: str) -> bool:
+        """Whether a version published on `parent` should store full weights (every snapshot_every)."""
+        return self.deltas_since_snapshot(parent) + 1 >= self.snapshot_every
+
+    def materialise(self, name: str) -> Path:
+        """Rebuild `name`'s weights now (checked against its manifest); its directory."""
+        return Path(self.get(name).weights)
 
     def set_current(self, name: str) -> Version:
         v = self.get(name)  # validates it exists and is complete
@@ -156,14 +188,25 @@ class Registry:
         return sweep_staging(self.staging_dir)
 
     def prune(self, keep: int) -> list[str]:
-        """Delete all but the `keep` newest versions; never the base, current, or its lineage."""
+        """Delete all but the `keep` newest versions; never the base, current, or its lineage, nor a
+        version a kept delta version is rebuilt from."""
         if keep <= 0:
             return []
         protected = {v.name for v in self.lineage()} | {BASE_VERSION}
         names = [n for n in self.names() if n not in protected]
-        doomed = names[:-keep] if len(names) > keep else []
+        kept = (set(names[-keep:]) if names else set()) | protected
+        for n in list(kept):  # a delta needs every ancestor back to its snapshot
+            v = self.get(n)
+            while v.is_delta and v.parent:
+                kept.add(v.parent)
+                v = self.get(v.parent)
+        doomed = [n for n in names if n not in kept]
         for n in doomed:
             shutil.rmtree(self.versions_dir / n, ignore_errors=True)
+        if doomed:
+            from .deltas import evict
+
+            evict(self.root, drop=set(doomed))
         return doomed
 
 
