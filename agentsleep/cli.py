@@ -427,7 +427,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | cli | all (= full)"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | cli | nights | all (= full)"),
           quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): under 15 minutes on 2 CPU cores."),
           full: bool = typer.Option(False, "--full", help="Every suite at full size (hours on CPU)."),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
@@ -436,7 +436,9 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           data: Optional[Path] = typer.Option(None, "--data", help="squad / locomo: the data file (default: under $AGENTSLEEP_BENCH_DATA)."),
           offset: int = typer.Option(0, "--offset", min=0, help="squad / locomo: skip this many passages or conversations."),
           count: Optional[int] = typer.Option(None, "--count", min=1, help="squad / locomo: take this many passages or conversations."),
-          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice (default 3)."),
+          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice; nights: seeds (default 3)."),
+          nights: Optional[int] = typer.Option(None, "--nights", min=1, max=20, help="nights: how many nights (default 5)."),
+          facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
           dev: bool = typer.Option(False, "--dev", help="phrasing: the development variants instead of the held-out test facts."),
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
@@ -463,6 +465,9 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
     if phrasing:
         options["phrasing"] = phrasing
+    nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night)) if v}
+    if nightly:
+        options["nights"] = nightly
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=err) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,

@@ -26,6 +26,7 @@ SUITES = {  # name -> (module, section title)
     "continual": ("continual_suite", "Continual learning: K sleeps, retention, drift and capacity (growth on/off)"),
     "scaling": ("scaling_suite", "Sleep cost vs episodes (embedded model, this CPU)"),
     "cli": ("cli_suite", "CLI latency: cold, and through a running `agentsleep serve`"),
+    "nights": ("nights_suite", "Night after night: facts told each day, one sleep a night, every fact asked each morning"),
 }
 QUICK = ("sleep", "locomo", "serve")
 
@@ -58,6 +59,9 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
             key, title = f"{name}-quick", f"{title} (quick profile)"
         elif opts.get("n_facts") not in (None, 20):
             key, title = f"{name}-{opts['n_facts']}", f"{title} ({opts['n_facts']} facts per sleep)"
+        if name == "nights" and (opts.get("nights", 5), opts.get("facts_per_night", 8)) != (5, 8):
+            n_k = f"{opts.get('nights', 5)}x{opts.get('facts_per_night', 8)}"
+            key, title = f"{key}-{n_k}", f"{title} ({n_k})"
         if opts.get("dev"):
             key, title = f"{key}-dev", f"{title}, development set"
         t = time.time()

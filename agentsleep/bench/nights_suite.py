@@ -1,0 +1,244 @@
+"""Night after night: N nights of K new first-person facts, one `home.sleep()` a night, every fact asked each morning.
+
+Per seed, a fresh home on the default config (sleep.seed.seed = the seed) and the fact set written for
+this suite (bench/night_facts.py, never used for tuning). Night n: remember the night's K facts (and,
+from night 3 on, one statement that changes an earlier fact's value), then one sleep. Each morning,
+closed-book on the paraphrased questions with the serving version:
+- accuracy per night's set (the night-by-set matrix), with each fact's current answer (an updated
+  fact's new value); cumulative recall over every fact told so far;
+- retention: each set's accuracy over its first-morning level (the morning after its night);
+- updated facts: the share of updates already slept on that get the new value (and the old one);
+- drift KL against the base version on the gate's generic prompts, and the sleep's own gate metrics;
+- disk: the registry's growth that night, and as a share of the base model's size;
+- seconds of the sleep, its status and reasons.
+Figures over seeds are mean, min and max.
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..progress import silent
+from .night_facts import NIGHTS, UPDATES, NightFact, Update
+
+TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
+
+
+def _size(p: Path) -> int:
+    """Bytes under `p` (hard links counted once: versions may share files)."""
+    seen, total = set(), 0
+    for f in p.rglob("*"):
+        try:
+            st = f.lstat()
+        except OSError:
+            continue
+        if f.is_file() and not f.is_symlink() and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def schedule(nights: int, k: int) -> list[tuple[list[NightFact], Update | None]]:
+    """What is told each night: its K facts, and from night 3 on the oldest update whose fact was told
+    (an earlier night's fact among the first K) and not yet changed."""
+    if not 1 <= nights <= len(NIGHTS):
+        raise InputError(f"bench nights: --nights must be 1..{len(NIGHTS)}, got {nights}")
+    if not 1 <= k <= len(NIGHTS[0]):
+        raise InputError(f"bench nights: --facts-per-night must be 1..{len(NIGHTS[0])}, got {k}")
+    used: set[tuple[int, int]] = set()
+    out = []
+    for n in range(nights):
+        upd = None
+        if n >= 2:
+            upd = next((u for u in UPDATES if u.night < n and u.index < k and (u.night, u.index) not in used), None)
+            if upd:
+                used.add((upd.night, upd.index))
+        out.append((list(NIGHTS[n][:k]), upd))
+    return out
+
+
+def _current(plan, upto: int) -> list[list[NightFact]]:
+    """Each set told by night `upto` with its facts' current answers (updates told by then applied)."""
+    sets = [list(facts) for facts, _ in plan[:upto + 1]]
+    for _, u in plan[:upto + 1]:
+        if u is not None:
+            old = sets[u.night][u.index]
+            sets[u.night][u.index] = NightFact(u.text, old.question, u.answer)
+    return sets
+
+
+def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[str, Any]:
+    from ..config import Config
+    from ..home import Home
+    from ..models.loader import load, resolve
+    from ..sleep.gate import drift_kl
+    from ..sleep.pipeline import generic_pool
+    from ..textmatch import contains_answer
+    from .sleep_suite import closed_book
+
+    shutil.rmtree(root, ignore_errors=True)
+    Home.init(root, config=Config.model_validate(_merge(config, {"sleep": {"seed": {"seed": seed}}})))
+    mornings: list[dict[str, Any]] = []
+    first: list[float] = []
+    with Home.open(root) as home:
+        base = home.registry.current()
+        base_bytes = _size(Path(resolve(base.weights, progress=lambda m: None)))
+        ref, tok = load(base.weights)
+        gcfg = home.config.sleep
+        drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, gcfg.seed.replay_prompts,
+                                                gcfg.gate.drift_prompts)["drift"]]
+        for n, (facts, upd) in enumerate(plan):
+            items = [{"text": f.text, "source": "user"} for f in facts]
+            if upd is not None:
+                items.append({"text": upd.text, "source": "user"})
+            home.remember_many(items)
+            before = _size(home.registry.root)
+            t = time.time()
+            rep = home.sleep(progress=progress)
+            seconds = time.time() - t
+            disk = _size(home.registry.root) - before
+            live = home.engine.live
+            sets = _current(plan, n)
+            acc = [round(closed_book(live.model, live.tok, s)[0], 3) for s in sets]
+            first.append(acc[n])
+            told = sum(len(s) for s in sets)
+            updates = [(u, plan[u.night][0][u.index]) for _, u in plan[:n + 1] if u is not None]
+            upd_new = upd_old = None
+            if updates:
+                answers = closed_book(live.model, live.tok, [NightFact(u.text, f.question, u.answer) for u, f in updates])[1]
+                upd_new = round(sum(contains_answer(a, u.answer) for a, (u, _) in zip(answers, updates)) / len(updates), 3)
+                upd_old = round(sum(contains_answer(a, f.answer) for a, (_, f) in zip(answers, updates)) / len(updates), 3)
+            m = rep.metrics or {}
+            mornings.append({
+                "night": n + 1, "status": str(rep.status), "reasons": list(rep.reasons), "sleep_id": rep.sleep_id,
+                "version": live.version.name, "seconds": round(seconds, 1), "accuracy": acc,
+                "recall": round(sum(a * len(s) for a, s in zip(acc, sets)) / told, 3), "told": told,
+                "retention": [round(a / f0, 3) if f0 else None for a, f0 in zip(acc, first)],
+                "updated": upd_new, "updated_old_value": upd_old, "updates": len(updates),
+                "update_told": upd.text if upd else None,
+                "drift_base": round(drift_kl(live.model, live.tok, drift, ref=ref), 4),
+                "gate_drift": m.get("drift_kl"), "gate_failed": m.get("gate_failed"),
+                "disk_bytes": disk, "disk_share": round(disk / max(base_bytes, 1), 4),
+            })
+            say(f"nights: seed {seed}, night {n + 1} {rep.status} in {seconds:.0f} s: recall {mornings[-1]['recall']:.2f}, "
+                f"sets {acc}, updated {upd_new}, disk {disk / 1e6:.1f} MB")
+        max_kl = home.config.sleep.gate.max_drift_kl
+        del ref
+    return {"seed": seed, "mornings": mornings, "base_bytes": base_bytes, "max_drift_kl": max_kl}
+
+
+def _spread(xs: list[float | None]) -> dict[str, float] | None:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return None
+    return {"mean": round(statistics.fmean(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)}
+
+
+def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per_night: int = 8, seeds: int = 3,
+        config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config` overrides the default config (tests use a tiny model); the benchmark runs without it."""
+    if not 1 <= seeds <= 10:
+        raise InputError(f"bench nights: --seeds must be 1..10, got {seeds}")
+    plan = schedule(nights, facts_per_night)
+    runs = [_one_seed(out_dir / f"seed-{s}" / "home", s, plan, config or {}, say, progress) for s in range(seeds)]
+    per_night = []
+    for n in range(nights):
+        ms = [r["mornings"][n] for r in runs]
+        per_night.append({
+            "night": n + 1, "promoted": sum(m["status"] == "promoted" for m in ms), "seeds": len(ms),
+            "recall": _spread([m["recall"] for m in ms]),
+            "min_retention": _spread([min((x for x in m["retention"] if x is not None), default=None) for m in ms]),
+            "updated": _spread([m["updated"] for m in ms]), "drift_base": _spread([m["drift_base"] for m in ms]),
+            "disk_share": _spread([m["disk_share"] for m in ms]), "seconds": _spread([m["seconds"] for m in ms]),
+            "matrix_row": [round(statistics.fmean(m["accuracy"][j] for m in ms), 3) for j in range(n + 1)],
+        })
+    last = [r["mornings"][-1] for r in runs]
+    max_kl = runs[0]["max_drift_kl"]
+    targets = {
+        "every_night_promoted": all(m["status"] == "promoted" for r in runs for m in r["mornings"]),
+        "recall": _spread([m["recall"] for m in last]),
+        "min_retention": _spread([min((x for x in m["retention"] if x is not None), default=None) for m in last]),
+        "updated": _spread([m["updated"] for m in last]),
+        "drift_base_within_gate": all(m["drift_base"] <= max_kl for m in last),
+        "max_disk_share": max(m["disk_share"] for r in runs for m in r["mornings"]),
+    }
+    targets["met"] = bool(targets["every_night_promoted"] and targets["recall"]
+                          and targets["recall"]["min"] >= TARGETS["recall"]
+                          and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
+                          and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
+                          and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
+    return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "per_night": per_night,
+            "runs": runs, "targets": targets, "max_drift_kl": max_kl, "base_bytes": runs[0]["base_bytes"]}
+
+
+def plot(res: dict[str, Any], path: Path) -> Path:
+    """The night-by-set matrix (mean over seeds): row = morning after night n, column = the set told on night j."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = res["nights"]
+    grid = np.full((n, n), np.nan)
+    for i, row in enumerate(res["per_night"]):
+        grid[i, :len(row["matrix_row"])] = row["matrix_row"]
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.5 * n))
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+    for i in range(n):
+        for j in range(i + 1):
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if grid[i, j] < 0.6 else "black")
+    ax.set(xlabel="set (night told)", ylabel="morning after night", xticks=range(n), yticks=range(n),
+           xticklabels=range(1, n + 1), yticklabels=range(1, n + 1),
+           title=f"closed-book accuracy, mean of {res['seeds']} seeds")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fmt(s: dict[str, float] | None, pct: bool = False) -> str:
+    if not s:
+        return "n/a"
+    f = (lambda x: f"{100 * x:.1f}%") if pct else (lambda x: f"{x:.2f}")
+    return f"{f(s['mean'])} ({f(s['min'])}-{f(s['max'])})" if s["min"] != s["max"] else f(s["mean"])
+
+
+def markdown(res: dict[str, Any], docs_dir: Path) -> str:
+    png = plot(res, docs_dir / f"bench_nights_{res['nights']}x{res['facts_per_night']}.png")
+    rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
+            f"{_fmt(p['updated'])} | {_fmt(p['drift_base'])} | {_fmt(p['disk_share'], pct=True)} | {_fmt(p['seconds'])} |"
+            for p in res["per_night"]]
+    why = [f"- seed {r['seed']}, night {m['night']}: {m['status']}: {'; '.join(m['reasons'])}"
+           for r in res["runs"] for m in r["mornings"] if m["status"] != "promoted"]
+    t = res["targets"]
+    checks = [
+        f"- every night promoted: {'yes' if t['every_night_promoted'] else 'no'}",
+        f"- cumulative recall after night {res['nights']}: {_fmt(t['recall'])} (target >= {TARGETS['recall']})",
+        f"- lowest set against its first-morning level: {_fmt(t['min_retention'])} (target >= {TARGETS['retention']})",
+        f"- updated facts giving the new value: {_fmt(t['updated'])} (target >= {TARGETS['updated']})",
+        f"- drift against base within gate.max_drift_kl {res['max_drift_kl']}: {'yes' if t['drift_base_within_gate'] else 'no'}",
+        f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
+    ]
+    return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts (bench/night_facts.py, written for this "
+            f"suite and never used for tuning), from night 3 on one update of an earlier fact a night; one `sleep()` a "
+            f"night on a fresh home with the default config; {res['seeds']} seeds, mean (min-max). Every fact told so far "
+            "is asked closed-book each morning with its paraphrased question and its current answer.\n\n"
+            "| night | promoted | cumulative recall | lowest set vs first morning | updated facts, new value | "
+            "drift KL vs base | disk (share of base) | seconds |\n|---|---|---|---|---|---|---|---|\n"
+            + "\n".join(rows) + "\n\nTargets after the last night:\n\n" + "\n".join(checks) + "\n\n"
+            + ("Not promoted:\n\n" + "\n".join(why) + "\n\n" if why else "")
+            + f"![night-by-set matrix]({png.name})\n")

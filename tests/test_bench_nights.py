@@ -1,0 +1,62 @@
+"""`bench nights` end to end on a tiny random model: 3 nights of 2 facts (an update on night 3), real sleeps."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentsleep.bench import nights_suite
+from agentsleep.bench.night_facts import NIGHTS
+from agentsleep.errors import InputError
+from tiny import tiny_model_dir
+
+
+def _config(model: str) -> dict:
+    return {"model": {"base": model},
+            "sleep": {"dream": {"per_episode": 1, "stems": ["What"], "answer_spans": 0, "max_new_tokens": 8, "batch_size": 8},
+                      "seed": {"epochs": 1, "min_steps": 0, "batch_size": 4, "max_seq_len": 96, "replay_prompts": 2,
+                               "lora_r": 4, "lora_alpha": 8},
+                      "rest": {"rounds": 0}, "gate": {"drift_prompts": 2}}}
+
+
+def test_schedule_updates_an_earlier_fact_from_night_three():
+    plan = nights_suite.schedule(5, 8)
+    assert [u is None for _, u in plan] == [True, True, False, False, False]
+    targets = [(u.night, u.index) for _, u in plan if u]
+    assert len(set(targets)) == 3 and all(t[0] < n for t, n in zip(targets, (2, 3, 4)))
+    cur = nights_suite._current(plan, 4)
+    u = plan[2][1]
+    assert cur[u.night][u.index].answer == u.answer and cur[u.night][u.index].question == NIGHTS[u.night][u.index].question
+    with pytest.raises(InputError, match="--nights"):
+        nights_suite.schedule(21, 8)
+    with pytest.raises(InputError, match="--facts-per-night"):
+        nights_suite.schedule(3, 9)
+
+
+def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
+    from agentsleep.home import Home
+    from agentsleep.bench.sleep_suite import closed_book
+
+    cfg = _config(str(tiny_model_dir(tmp_path / "models")))
+    res = nights_suite.run(tmp_path / "out", say=lambda m: None, nights=3, facts_per_night=2, seeds=1, config=cfg)
+    [run] = res["runs"]
+    assert [m["night"] for m in run["mornings"]] == [1, 2, 3]
+    home_dir = tmp_path / "out" / "seed-0" / "home"
+    for m in run["mornings"]:
+        rep = json.loads((home_dir / "sleeps" / m["sleep_id"] / "report.json").read_text())
+        assert rep["status"] == m["status"] and m["seconds"] > 0            # each morning follows a real sleep
+        assert len(m["accuracy"]) == m["night"] and m["told"] == 2 * m["night"]
+        assert all(0 <= a <= 1 for a in m["accuracy"]) and m["disk_bytes"] >= 0 and m["drift_base"] >= 0
+        if m["status"] != "promoted":
+            assert m["reasons"]
+    assert run["mornings"][2]["update_told"] and run["mornings"][2]["updates"] == 1
+    assert run["mornings"][2]["updated"] is not None and run["mornings"][1]["updated"] is None
+    with Home.open(home_dir) as h:  # the last morning's figures are the serving version's answers
+        live = h.engine.live
+        sets = nights_suite._current(nights_suite.schedule(3, 2), 2)
+        assert run["mornings"][2]["accuracy"] == [round(closed_book(live.model, live.tok, s)[0], 3) for s in sets]
+    assert [len(p["matrix_row"]) for p in res["per_night"]] == [1, 2, 3]
+    assert set(res["targets"]) >= {"every_night_promoted", "recall", "min_retention", "updated", "max_disk_share", "met"}
+    md = nights_suite.markdown(res, tmp_path)
+    assert "| 3 | " in md and "Targets after the last night" in md
+    assert (tmp_path / "bench_nights_3x2.png").stat().st_size > 1000
