@@ -71,51 +71,52 @@ def _grown(tiny, blocks=2):
 
 
 def test_grown_blocks_receive_the_gradient_and_old_blocks_get_no_expert(tiny):
-    """One optimizer step of the expert a sleep attaches after growth (lora_config with the new layers, as
-    the pipeline passes the grow manifest's new_layers): the new blocks' output projections get a non-zero
-    gradient and move, the old blocks carry no LoRA at all, and no base weight changes."""
+    """The expert a sleep attaches after growth (lora_config with the new layers, as the pipeline passes
+    the grow manifest's new_layers): attached, the grown model computes what the base did; the old
+    blocks carry no LoRA; the first step already trains both LoRA factors of the new blocks' zeroed
+    output projections, and after one step every LoRA tensor of a new block (q/k/v, gate/up included)
+    gets a non-zero gradient. No base weight changes."""
     from peft import get_peft_model
 
     from agentsleep.config import SeedConfig
     from agentsleep.sleep.objective import lora_config
     from agentsleep.sleep.tensors import ce_picked, collate, encode, forward_picked
 
+    base, tok = load(str(tiny))
     model, tok, new = _grown(tiny)
+    batch = collate([encode(tok, "What is my dog's name?", "Biscuit, a beagle."),
+                     encode(tok, "", "The user's dog is a beagle called Biscuit.")], tok.pad_token_id)
     torch.manual_seed(0)
     pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4), new))
+    with torch.no_grad():
+        want = base(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        got = pm(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (got - want).abs().max().item() < 1e-5  # same function with the expert attached
     lora = {n: p for n, p in pm.named_parameters() if "lora_" in n}
     assert {_layer_of(n) for n in lora} == set(new)  # no expert on the old blocks 0, 1, 3
     assert all(p.requires_grad for p in lora.values())
     assert not [n for n, p in pm.named_parameters() if p.requires_grad and "lora_" not in n]
-    base = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" not in n}
-    start = {n: p.detach().clone() for n, p in lora.items()}
-
-    batch = collate([encode(tok, "What is my dog's name?", "Biscuit, a beagle."),
-                     encode(tok, "", "The user's dog is a beagle called Biscuit.")], tok.pad_token_id)
+    base_w = {n: p.detach().clone() for n, p in pm.named_parameters() if "lora_" not in n}
     opt = torch.optim.AdamW(list(lora.values()), lr=1e-3)
     pm.train()
-    loss = ce_picked(*forward_picked(pm, batch)[:2])
-    opt.zero_grad()
-    loss.backward()
-    for i in new:  # the zeroed o_proj/down_proj are what the new block writes to the residual stream through
-        for proj in ("self_attn.o_proj", "mlp.down_proj"):
-            g = lora[f"base_model.model.model.layers.{i}.{proj}.lora_B.default.weight"].grad
-            assert g is not None and g.abs().sum() > 0, (i, proj)
-    opt.step()
-    moved = {n for n, p in lora.items() if not torch.equal(p.detach(), start[n])}
-    assert {n for n in moved if ".o_proj.lora_B" in n or ".down_proj.lora_B" in n} == \
-        {f"base_model.model.model.layers.{i}.{proj}.lora_B.default.weight" for i in new
-         for proj in ("self_attn.o_proj", "mlp.down_proj")}
-    # two more steps and every LoRA tensor of the new blocks has moved: the gradient reaches q/k/v and
-    # gate/up once the output projections are no longer zero
-    for _ in range(2):
+
+    def step():
         loss = ce_picked(*forward_picked(pm, batch)[:2])
         opt.zero_grad()
         loss.backward()
-        opt.step()
-    unmoved = sorted(n for n, p in lora.items() if torch.equal(p.detach(), start[n]))
-    assert not unmoved, unmoved
-    assert all(torch.equal(p.detach(), base[n]) for n, p in pm.named_parameters() if "lora_" not in n)
+        return {n: float(p.grad.abs().sum()) if p.grad is not None else 0.0 for n, p in lora.items()}
+
+    g0 = step()
+    for i in new:  # what the new block writes to the residual stream through: both factors learn at once
+        for proj in ("self_attn.o_proj", "mlp.down_proj"):
+            for f in ("A", "B"):
+                assert g0[f"base_model.model.model.layers.{i}.{proj}.lora_{f}.default.weight"] > 0, (i, proj, f)
+    opt.step()
+    g1 = step()
+    dead = sorted(n for n, g in g1.items() if not g > 0)
+    assert not dead, dead
+    opt.step()
+    assert all(torch.equal(p.detach(), base_w[n]) for n, p in pm.named_parameters() if "lora_" not in n)
 
 
 def test_seeding_after_growth_changes_only_the_new_blocks(tiny):
