@@ -52,12 +52,20 @@ class SeedStats:
 
 
 def lora_config(cfg: SeedConfig, layers: list[int] | None = None):
-    """This sleep's expert. After growth, `layers` limits it to the new blocks (new capacity only)."""
+    """This sleep's expert. After growth, `layers` limits it to the new blocks (new capacity only).
+
+    A new block's o_proj and down_proj are zero (models/growth.py), so with LoRA's usual B = 0 its
+    q/k/v/gate/up experts get no gradient until the output projections have moved, and the output
+    projections' own A none until their B has. On new blocks the expert therefore starts from
+    peft's orthogonal initialisation: A and B both non-zero with B @ A = 0, so the model still
+    computes the same function and every LoRA tensor of a new block is trained from the first
+    steps (tests/test_growth.py). It needs an even rank; an odd one keeps B = 0."""
     from peft import LoraConfig
 
+    init = "orthogonal" if layers and cfg.lora_r % 2 == 0 else True
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.target_modules), bias="none", task_type="CAUSAL_LM",
-                      layers_to_transform=layers or None)
+                      layers_to_transform=layers or None, init_lora_weights=init)
 
 
 @torch.no_grad()
