@@ -102,3 +102,19 @@ def test_forget_either_episode_is_exact(home):
     with pytest.raises(Exception, match="no episode"):
         home.get(old)
     assert home.get(newer).superseded_by is None
+
+
+def test_restated_questions_take_the_new_value_only():
+    from agentsleep.sleep.dream import restated
+    from agentsleep.sleep.types import Dream
+
+    views = {"ep-new": "The user sold the Mazda and drives a white Toyota now."}
+    asked = [("ep-new", Dream("ep-old", "What car do I drive?", "Mazda")),
+             ("ep-new", Dream("ep-old", "Which brand is my car?", "Mazda")),
+             ("ep-new", Dream("ep-old", "What colour is my car?", "red")),
+             ("ep-new", Dream("ep-old", "What car do I drive?", "Mazda"))]
+    answers = ["A white Toyota.", "You drive a Mazda", "It is purple", "Toyota"]
+    got = restated(asked, answers, views)
+    # the old value, an answer the new episode does not support and a repeated question are dropped
+    assert [(d.episode_id, d.question, d.answer, d.kind) for d in got] == [
+        ("ep-new", "What car do I drive?", "A white Toyota", "update")]

@@ -28,10 +28,13 @@ from .night_facts import NIGHTS, UPDATES, NightFact, Update
 TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
 
 
-def _size(p: Path) -> int:
-    """Bytes under `p` (hard links counted once: versions may share files)."""
+def _size(p: Path, skip: str = "cache") -> int:
+    """Bytes under `p` (hard links counted once: versions may share files), without its `skip` folder
+    (the registry's cache of rebuilt weights: regenerable, not what a version stores)."""
     seen, total = set(), 0
     for f in p.rglob("*"):
+        if f.relative_to(p).parts[0] == skip:
+            continue
         try:
             st = f.lstat()
         except OSError:

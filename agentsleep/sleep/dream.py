@@ -226,6 +226,32 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     return out
 
 
+def restated(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str]) -> list[Dream]:
+    """Keep the teacher's answers to a superseded episode's questions that come from the episode that
+    superseded it (grounded in it) and no longer give the old answer: one per question."""
+    out, seen = [], set()
+    for (new, d), a in zip(asked, answers):
+        a = a.strip().split("\n")[0].strip().rstrip(".").strip()
+        if not a or len(a) > 120 or (new, d.question) in seen:
+            continue
+        if not grounded(a, views[new]) or contains_answer(a, d.answer):
+            continue
+        seen.add((new, d.question))
+        out.append(Dream(new, d.question, a, stem="(update)", kind="update"))
+    return out
+
+
+def restate(model: Any, tok: Any, asked: list[tuple[str, Dream]], views: dict[str, str], cfg: DreamConfig) -> list[Dream]:
+    """An updated fact: the questions the superseded episode was trained on (`asked`: (new episode id,
+    old dream)), answered by the teacher reading the new episode, become dreams of the new episode, so
+    that the sleep trains the new value against the questions that used to give the old one."""
+    if not asked:
+        return []
+    answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, views[new]) for new, d in asked],
+                           max_new_tokens=24, batch_size=cfg.batch_size)
+    return restated(asked, answers, views)
+
+
 def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress: Progress = silent,
           generator: Any = None) -> DreamSet:
     """Write, filter and choose. `generator` (a VllmGenerator set to the same weights and writer

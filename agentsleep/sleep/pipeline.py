@@ -68,8 +68,12 @@ class _StopFlag:
         return self.set
 
 
-def _earlier(home, lineage: list[Version]) -> tuple[list[Probe], list[Dream]]:
-    """Probes of earlier sleeps in this lineage, and their trained dreams (for rehearsal)."""
+def _earlier(home, lineage: list[Version], superseded_too: bool = False) -> tuple[list[Probe], list[Dream]]:
+    """Probes of earlier sleeps in this lineage, and their trained dreams (for rehearsal); not those of
+    superseded episodes (a newer one changed their value: the old answer is no longer a memory to keep)."""
+    from ..memory.supersede import superseded
+
+    gone = set(superseded(home.store.ledger.path)) if not superseded_too else set()
     probes, dreams = [], []
     for v in lineage:
         probes += [Probe.from_dict(p) for p in v.manifest.get("probes", [])]
@@ -79,7 +83,24 @@ def _earlier(home, lineage: list[Version]) -> tuple[list[Probe], list[Dream]]:
                 if not d.held_out:
                     d.replay = True
                     dreams.append(d)
-    return probes, dreams
+    return [p for p in probes if p.episode_id not in gone], [d for d in dreams if d.episode_id not in gone]
+
+
+def restate_updates(n: Night) -> None:
+    """An updated fact: the superseded episode's trained questions, answered by the teacher reading the
+    episode that superseded it, are trained tonight with the new value (saved with the night's dreams)."""
+    from ..memory.supersede import superseding
+    from .dream import restate
+
+    pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
+    if not pairs:
+        return
+    olds = {o: new for new, os in pairs.items() for o in os}
+    asked = [(olds[d.episode_id], d) for d in _earlier(n.home, n.lineage, superseded_too=True)[1] if d.episode_id in olds]
+    extra = restate(n.model, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream)
+    if extra:
+        n.dreams.dreams += extra
+        n.journal.write_dreams(n.dreams.dreams)
 
 
 def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_drift: int,
@@ -332,6 +353,7 @@ def _promoted(n: Night) -> bool:
 STAGES: tuple[tuple[str, Callable[[Night], SleepReport | None], Callable[[Night], bool] | None], ...] = (
     ("load", load_parent, None),
     ("dream", write_dreams, None),
+    ("update", restate_updates, None),
     ("rest", improve_writer, lambda n: bool(n.cfg.rest.rounds and n.dreams.probes) and not n.stop()),
     ("seed", seed_expert, None),
     ("gate", judge, None),
