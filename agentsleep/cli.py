@@ -144,7 +144,8 @@ def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How man
         eps = [Episode.model_validate(r) for r in rows]
         t = Table("score", "id", "kind", "text", "sleep")
         for e in eps:
-            t.add_row("-" if e.score is None else f"{e.score:.3f}", e.id, e.kind, e.prompt_text()[:90], e.consolidated_in or "-")
+            sup = f" (superseded by {e.superseded_by})" if e.superseded_by else ""
+            t.add_row("-" if e.score is None else f"{e.score:.3f}", e.id, e.kind, e.prompt_text()[:90], (e.consolidated_in or "-") + sup)
         out.print(t if eps else "no memories yet")
     _emit(as_json, rows, human)
 
@@ -180,6 +181,9 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
             t.add_row(key, str(s[key]))
         t.add_row("cli_path", s["cli_path"] + (f" ({s['server']})" if s.get("server") else ""))
         t.add_row("last_sleep", json.dumps(s["last_sleep"]) if s["last_sleep"] else "never")
+        if s.get("superseded"):  # old id -> the newer episode that changed its value
+            t.add_row("superseded", ", ".join(f"{o} by {n}" for o, n in list(s["superseded"].items())[:5])
+                      + (f" (+{len(s['superseded']) - 5} more)" if len(s["superseded"]) > 5 else ""))
         out.print(t)
     _emit(as_json, s, human)
 

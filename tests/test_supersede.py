@@ -9,6 +9,7 @@ from agentsleep.home import Home
 from agentsleep.memory.embedder import MiniLMEmbedding
 from agentsleep.memory.supersede import contradicts, superseded
 from agentsleep.sleep.select import select
+from cli_helpers import run_cli
 from tiny import tiny_model_dir
 
 # Written for this test (not the benchmark's facts): (earlier, newer, does the newer change the earlier's value)
@@ -81,6 +82,9 @@ def test_newer_value_supersedes_leaves_rehearsal_stays_recallable(home):
     plan = select(home)
     assert {m.id for m in plan.replay} == {other}              # the stale value is not rehearsed
     assert {m.id for m in plan.memories} == {new, unrelated}
+    rows = run_cli("recall", "Where do I live?", "--json", home=home.root).json()
+    assert {r["id"]: r.get("superseded_by") for r in rows}[old] == new
+    assert run_cli("status", "--json", home=home.root).json()["superseded"] == {old: new}
 
 
 def test_forget_either_episode_is_exact(home):
