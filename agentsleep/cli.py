@@ -185,7 +185,21 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
             t.add_row("superseded", ", ".join(f"{o} by {n}" for o, n in list(s["superseded"].items())[:5])
                       + (f" (+{len(s['superseded']) - 5} more)" if len(s["superseded"]) > 5 else ""))
         out.print(t)
+        _print_held_back(s.get("held_back") or [])
     _emit(as_json, s, human)
+
+
+def _print_held_back(rows: list[dict]) -> None:
+    """Episodes whose consolidation failed: backed off or set aside, and why (`agentsleep retry` releases them)."""
+    if not rows:
+        return
+    t = Table("episode", "state", "failures", "failed", "last reason", title="held back from consolidation "
+              "(agentsleep retry <id>|--all releases)")
+    for r in rows[:20]:
+        t.add_row(r["episode_id"], r["state"], str(r["failures"]), r["failed"], r["reason"][:100])
+    out.print(t)
+    if len(rows) > 20:
+        out.print(f"... and {len(rows) - 20} more (--json lists them all)")
 
 
 @app.command("config")
@@ -282,6 +296,7 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
     """Model versions of this home, oldest first."""
     with _home(writable=False) as h:
         rows = h.history()
+        held = h.held_back()
 
     def label(r: dict) -> str:
         m = r["metrics"]
@@ -300,6 +315,7 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
         for r in rows:  # oldest first: a parent is always placed before its children
             nodes[r["version"]] = (nodes.get(r["parent"]) or roots).add(label(r))
         out.print(roots)
+        _print_held_back(held)
     _emit(as_json, rows, human)
 
 
@@ -354,6 +370,19 @@ def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to 
         f"forgot {len(r['forgotten'])} episode(s)" + (f"; versions {', '.join(r['versions_holding_it'])} still hold it: "
                                                       f"the next sleep rebuilds from {r['rebuild_from']}" if r['versions_holding_it'] else "")
         + f"; serving {r['serving']}"))
+
+
+@app.command()
+def retry(episode_ids: Optional[list[str]] = typer.Argument(None, help="Episode ids held back (see `agentsleep status`)."),
+          all_: bool = typer.Option(False, "--all", help="Release every held-back episode."),
+          as_json: bool = typer.Option(False, "--json")) -> None:
+    """Release episodes that consolidation set aside or backed off: the next sleep takes them afresh."""
+    if bool(episode_ids) == all_:
+        raise InputError("retry: give episode ids or --all (not both)")
+    with _home(writable=False) as h:
+        released = h.retry(None if all_ else list(episode_ids))
+    _emit(as_json, {"released": released}, lambda: out.print(
+        f"released {len(released)} episode(s): the next sleep takes them" if released else "nothing was held back"))
 
 
 @app.command()

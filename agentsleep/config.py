@@ -164,7 +164,10 @@ class RestConfig(_Section):
 class GateConfig(_Section):
     min_recall_gain: float = Field(0.05, description="Promote only if probe recall (a share, 0-1) rises at least this much "
                                    "(at most the headroom 1 - recall before).")
-    min_retention: float = Field(0.9, ge=0, le=1, description="Earlier sleeps' probes must keep this share of their accuracy.")
+    min_retention: float = Field(0.9, ge=0, le=1, description="Cumulative retention: of the earlier facts (probes and sampled "
+                                 "dreams) answered when first consolidated (the ledger's per-probe record), the sleep must "
+                                 "keep this share answered, counted (at least loss_allowance may be lost); a sleep that "
+                                 "loses none of them beyond its parent passes, so a home past the bound is not stuck.")
     retention_dreams: int = Field(32, ge=0, description="Trained dreams of earlier sleeps checked alongside their held-out probes, "
                                   "so that forgetting is read from more than a few questions.")
     max_drift_kl: float = Field(0.3, ge=0, description="Largest mean per-token KL(pre || post), in nats, on generic prompts.")
@@ -172,6 +175,14 @@ class GateConfig(_Section):
     min_probes: int = Field(8, ge=0, description="Probes the recall check needs: when fewer held-out dreams pass the "
                             "trust check (grounded, teacher agrees), fill-in-the-blank probes built from the episodes' "
                             "own text make up the rest (sleep/probes.py).")
+    loss_per_gain: float = Field(0.5, ge=0, description="Net-knowledge check: facts lost tonight (earlier probes answered "
+                                 "before, not after) may be at most this share of the facts gained, and always "
+                                 "loss_allowance; a count, so that one probe never decides.")
+    loss_allowance: int = Field(1, ge=0, description="Facts a sleep may lose whatever it gained (net and retention checks), "
+                                "so that one probe never flips the verdict.")
+    max_base_drift_kl: float = Field(1.0, ge=0, description="Largest mean per-token KL(base || post), in nats, on the base "
+                                     "model's own answers to the drift prompts (top-k of its distribution, cached once): "
+                                     "drift accumulated over the lineage, checked once it is longer than one sleep.")
 
 
 class PolicyConfig(_Section):
@@ -220,6 +231,11 @@ class SleepConfig(_Section):
     snapshot_every: int = Field(10, ge=1, description="A published version stores only its expert (the LoRA delta, about "
                                 "1-2% of the model) and is rebuilt from the nearest full snapshot when loaded; every Nth "
                                 "version in a row stores the merged weights in full. 1 stores every version in full.")
+    retry_backoff: int = Field(1, ge=0, description="Sleeps an episode sits out after its second failed attempt (a rejected "
+                               "or empty sleep), doubling with each further failure; the first failure is retried at the "
+                               "next sleep with another seed and more rehearsal. Waiting episodes never hold others back.")
+    quarantine_after: int = Field(4, ge=0, description="Failed attempts after which an episode is set aside (it stays in the "
+                                  "store and in recall; `agentsleep retry` releases it). 0 never sets aside after rejections.")
 
 
 class ServeConfig(_Section):

@@ -268,7 +268,7 @@ class Home:
         grown = None if dry_run else self._grow_if_due(f"every {self.config.sleep.grow_every} sleeps")
         report = run_sleep(self, max_episodes=max_episodes, dry_run=dry_run, progress=progress)
         if report.status == "rejected" and self.config.sleep.grow_on_reject and \
-                {"recall_gain", "retention"} & set(report.metrics.get("gate_failed") or ()):
+                {"recall_gain", "retention", "net"} & set(report.metrics.get("gate_failed") or ()):
             grown = self._grow_if_due("after a sleep rejected for recall or retention", force=True)
         if grown:
             report.reasons.append(grown)
@@ -394,7 +394,33 @@ class Home:
             "last_sleep": _last_sleep(self.root / "sleeps"),
             "pending_forget": _pending_forget(self.root),
             "superseded": _superseded(self.store),
+            "held_back": self.held_back(),
         }
+
+    def held_back(self) -> list[dict[str, Any]]:
+        """Episodes whose consolidation failed and that wait out a backoff or are set aside, with why:
+        each failed attempt counts per episode (sleep.retry_backoff, sleep.quarantine_after)."""
+        ledger = self.store.ledger
+        now = ledger.sleeps()
+        rows = []
+        for a in sorted(ledger.attempts().values(), key=lambda a: (-a.quarantined, a.episode_id)):
+            state = ("set aside" if a.quarantined else
+                     f"waits {a.wait_until - now} more sleep(s)" if a.wait_until > now else "retried at the next sleep")
+            rows.append({"episode_id": a.episode_id, "state": state, "failures": a.failures, "failed": a.failed,
+                         "last_sleep": a.sleep_id, "reason": a.reason})
+        return rows
+
+    def retry(self, episode_ids: list[str] | None = None) -> list[str]:
+        """Release set-aside or backed-off episodes (all with None): the next sleep takes them afresh."""
+        if episode_ids is not None:
+            held = {r["episode_id"] for r in self.held_back()}
+            for e in episode_ids:
+                if e not in held:
+                    raise InputError(f"episode {e!r} is not held back (see `agentsleep status`); nothing to retry")
+        from .sleep.lock import sleep_lock
+
+        with sleep_lock(self.root, what="retry"):  # not while a sleep is counting the same attempts
+            return self.store.ledger.release(episode_ids)
 
 
 def _probe_writable(root: Path) -> None:

@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 _IN_BATCH = 500  # SQLite's default limit on bound variables is 999 (older builds)
@@ -28,7 +29,57 @@ CREATE TABLE IF NOT EXISTS forgotten (
     at         REAL NOT NULL,
     reason     TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS probe (
+    probe_id   TEXT PRIMARY KEY,
+    episode_id TEXT NOT NULL,
+    question   TEXT NOT NULL,
+    answer     TEXT NOT NULL,
+    since      TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS probe_result (
+    probe_id TEXT NOT NULL,
+    version  TEXT NOT NULL,
+    hit      INTEGER NOT NULL,
+    at       REAL NOT NULL,
+    PRIMARY KEY (probe_id, version)
+);
+CREATE TABLE IF NOT EXISTS attempt (
+    episode_id TEXT PRIMARY KEY,
+    failures   INTEGER NOT NULL,
+    wait_until INTEGER NOT NULL,
+    sleep_id   TEXT NOT NULL,
+    failed     TEXT NOT NULL DEFAULT '',
+    reason     TEXT NOT NULL DEFAULT '',
+    at         REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS counter (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
 """
+
+CANDIDATE = "candidate:"  # probe results of a sleep's expert before the gate has spoken: "candidate:<sleep id>"
+SKIPPED = "skipped:"      # the consolidation mark of a set-aside (quarantined) episode: "skipped:<sleep id>"
+
+
+def probe_id(question: str, answer: str) -> str:
+    """A probe's stable id: the same question and answer are the same fact in every sleep and manifest."""
+    import hashlib
+
+    return hashlib.sha256(f"{question.strip()}\x1f{answer.strip()}".encode()).hexdigest()[:20]
+
+
+@dataclass
+class Attempt:
+    """An episode's failed consolidations: how many, until which sleep it waits, and why it failed last."""
+
+    episode_id: str
+    failures: int
+    wait_until: int       # the sleep count (`Ledger.sleeps()`) from which it may be taken again
+    sleep_id: str         # the last sleep that failed with it
+    failed: str           # the checks that failed ("retention,recall_gain"), or "no_dreams"
+    reason: str
+    quarantined: bool = False
 
 
 @contextmanager
@@ -98,3 +149,126 @@ class Ledger:
     def forgotten(self) -> dict[str, float]:
         with self._conn() as c:
             return dict(c.execute("SELECT episode_id, at FROM forgotten").fetchall())
+
+    # -- the per-probe record: what each version answered (the gate's memory across nights) --------
+
+    def record_probes(self, probes: list[tuple[str, str, str, str]]) -> None:
+        """Register probes as (probe id, episode id, question, answer); the first registration stays."""
+        with self._conn() as c:
+            c.executemany("INSERT OR IGNORE INTO probe (probe_id, episode_id, question, answer) VALUES (?,?,?,?)",
+                          probes)
+
+    def set_probe_since(self, since: dict[str, str]) -> None:
+        """probe id -> the version that consolidated its fact, where not known yet (the first one stays)."""
+        with self._conn() as c:
+            c.executemany("UPDATE probe SET since = ? WHERE probe_id = ? AND since = ''",
+                          [(v, p) for p, v in since.items()])
+
+    def probe_since(self, probe_ids: list[str]) -> dict[str, str]:
+        return {p: s for p, s in self._select("SELECT probe_id, since FROM probe", "probe_id", probe_ids) if s}
+
+    def record_results(self, version: str, hits: dict[str, bool]) -> None:
+        """Whether `version` (or CANDIDATE + sleep id) answered each probe; a re-measure replaces the row."""
+        now = time.time()
+        with self._conn() as c:
+            c.executemany("INSERT OR REPLACE INTO probe_result VALUES (?,?,?,?)",
+                          [(p, version, int(h), now) for p, h in hits.items()])
+
+    def name_candidate(self, sleep_id: str, version: str) -> None:
+        """A promoted sleep's candidate results become the published version's."""
+        with self._conn() as c:
+            c.execute("UPDATE OR REPLACE probe_result SET version = ? WHERE version = ?", (version, CANDIDATE + sleep_id))
+
+    def results(self, probe_ids: list[str]) -> dict[str, dict[str, bool]]:
+        """probe id -> {version: answered}."""
+        out: dict[str, dict[str, bool]] = {}
+        for p, v, h in self._select("SELECT probe_id, version, hit FROM probe_result", "probe_id", probe_ids):
+            out.setdefault(p, {})[v] = bool(h)
+        return out
+
+    def _select(self, q: str, col: str, ids: list[str]) -> list[tuple]:
+        ids = list(dict.fromkeys(ids))
+        rows: list[tuple] = []
+        with self._conn() as c:
+            for s in range(0, len(ids), _IN_BATCH):
+                part = ids[s:s + _IN_BATCH]
+                rows += c.execute(q + f" WHERE {col} IN ({','.join('?' * len(part))})", part).fetchall()
+        return rows
+
+    # -- attempts: per-episode backoff and quarantine, so that a failing episode holds nobody back ------
+
+    def sleeps(self) -> int:
+        """How many sleeps have run in this home (the clock backoff is counted in)."""
+        with self._conn() as c:
+            row = c.execute("SELECT value FROM counter WHERE name = 'sleeps'").fetchone()
+        return int(row[0]) if row else 0
+
+    def tick(self) -> int:
+        """One more sleep has run; returns the new count."""
+        with self._conn() as c:
+            c.execute("INSERT INTO counter VALUES ('sleeps', 1) ON CONFLICT(name) DO UPDATE SET value = value + 1")
+            return int(c.execute("SELECT value FROM counter WHERE name = 'sleeps'").fetchone()[0])
+
+    def attempts(self, episode_ids: list[str] | None = None) -> dict[str, Attempt]:
+        """episode id -> its failed attempts (only episodes that failed since they last succeeded)."""
+        q = "SELECT episode_id, failures, wait_until, sleep_id, failed, reason FROM attempt"
+        if episode_ids is None:
+            with self._conn() as c:
+                rows = c.execute(q).fetchall()
+        else:
+            rows = self._select(q, "episode_id", episode_ids)
+        marks = self.versions_of([r[0] for r in rows]) if rows else {}
+        return {r[0]: Attempt(*r, quarantined=marks.get(r[0], "").startswith(SKIPPED)) for r in rows}
+
+    def fail(self, episode_ids: list[str], sleep_id: str, failed: str, reason: str, *, now_sleep: int,
+             backoff: int, quarantine_after: int, quarantine_now: bool = False) -> dict[str, Attempt]:
+        """Count one failed attempt for each episode: it waits `backoff * 2**(failures - 2)` sleeps from its
+        second failure on (the first is retried at once, with a changed plan), and after `quarantine_after`
+        failures (or at once with `quarantine_now`) it is set aside as SKIPPED + sleep id until released."""
+        now = time.time()
+        prev = self.attempts(episode_ids)
+        out: dict[str, Attempt] = {}
+        for e in dict.fromkeys(episode_ids):
+            k = (prev[e].failures if e in prev else 0) + 1
+            wait = 0 if k < 2 else backoff * 2 ** min(k - 2, 16)
+            out[e] = Attempt(e, k, now_sleep + 1 + wait, sleep_id, failed, reason,
+                             quarantined=quarantine_now or (quarantine_after > 0 and k >= quarantine_after))
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany("INSERT OR REPLACE INTO attempt VALUES (?,?,?,?,?,?,?)",
+                              [(a.episode_id, a.failures, a.wait_until, a.sleep_id, a.failed, a.reason, now)
+                               for a in out.values()])
+                c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
+                              [(a.episode_id, SKIPPED + sleep_id, sleep_id, now) for a in out.values() if a.quarantined])
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        return out
+
+    def succeed(self, episode_ids: list[str]) -> None:
+        """Consolidated at last: their failed attempts are history."""
+        with self._conn() as c:
+            for s in range(0, len(episode_ids), _IN_BATCH):
+                part = episode_ids[s:s + _IN_BATCH]
+                c.execute(f"DELETE FROM attempt WHERE episode_id IN ({','.join('?' * len(part))})", part)
+
+    def release(self, episode_ids: list[str] | None = None) -> list[str]:
+        """Give set-aside or backed-off episodes (all with None) a fresh start: the next sleep takes them.
+        Returns the ids released."""
+        with self._conn() as c:
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                held = [r[0] for r in c.execute("SELECT episode_id FROM attempt")]
+                held += [r[0] for r in c.execute("SELECT episode_id FROM consolidation WHERE version LIKE ?",
+                                                 (SKIPPED + "%",))]
+                ids = [e for e in dict.fromkeys(held) if episode_ids is None or e in set(episode_ids)]
+                for e in ids:
+                    c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
+                    c.execute("DELETE FROM consolidation WHERE episode_id = ? AND version LIKE ?", (e, SKIPPED + "%"))
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        return ids

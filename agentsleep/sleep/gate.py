@@ -1,17 +1,25 @@
-"""Gate: promote only a version that learned and did not forget.
+"""Gate: promote only a version that gained knowledge on balance and did not forget.
 
 Measured in the same run, on the same weights, with and without the expert
 (peft's disable_adapter is the exact pre-sleep model):
 - recall: closed-book accuracy on this sleep's held-out probes, before/after;
-- retention: accuracy on earlier sleeps' probes plus a sample of their trained
-  dreams, after / before;
+- net knowledge: facts gained (any probe answered after and not before) against
+  facts lost (answered before, not after), as counts with an allowance, so one
+  probe never decides;
+- retention, cumulative: of the earlier facts answered when they were first
+  consolidated (the ledger's per-probe record), how many the expert still
+  answers; a ratio to the parent alone would compound night after night;
 - drift: mean per-token KL(pre || post) on the pre-sleep model's own answers
-  to generic prompts kept apart from the training replay prompts.
+  to generic prompts kept apart from the training replay prompts, and
+  KL(base || post) on the base model's answers (a cached top-k reference), so
+  that drift cannot accumulate unseen over a long lineage.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,6 +38,79 @@ def closed_book_accuracy(model: Any, tok: Any, probes: list[Probe], batch_size: 
     answers = gen.answers(model, tok, [p.question for p in probes], batch_size=batch_size)
     hits = [contains_answer(a, p.answer) for a, p in zip(answers, probes)]
     return sum(hits) / len(hits), answers
+
+
+def _hits(answers: list[str], probes: list[Probe]) -> list[bool]:
+    return [contains_answer(a, p.answer) for a, p in zip(answers, probes)]
+
+
+@dataclass
+class Counts:
+    """The gate's counts over individual facts (probes), the evidence `decide` weighs.
+
+    gained: probes (this sleep's and earlier ones) answered after and not before; lost: earlier probes answered
+    before and not after; known_first: earlier probes answered when first consolidated; lost_first_before /
+    lost_first_after: of those, how many the parent / the expert no longer answers."""
+
+    gained: int = 0
+    lost: int = 0
+    known_first: int = 0
+    lost_first_before: int = 0
+    lost_first_after: int = 0
+
+
+def count(new_before: list[bool], new_after: list[bool], old_before: list[bool], old_after: list[bool],
+          first: list[bool | None]) -> Counts:
+    """Counts from per-probe hits; `first[i]` is earlier probe i's level when first consolidated (None: unknown,
+    the parent's answer stands in for it)."""
+    c = Counts()
+    c.gained = sum(a and not b for b, a in zip(new_before, new_after)) + sum(a and not b for b, a in zip(old_before, old_after))
+    c.lost = sum(b and not a for b, a in zip(old_before, old_after))
+    for b, a, f in zip(old_before, old_after, first):
+        if b if f is None else f:
+            c.known_first += 1
+            c.lost_first_before += not b
+            c.lost_first_after += not a
+    return c
+
+
+@torch.no_grad()
+def drift_reference(model: Any, tok: Any, pool: list[tuple[str, str]], k: int = 32, batch_size: int = 8) -> dict[str, Any]:
+    """The base model's top-k log-probabilities on its own answers to the drift prompts: enough to read
+    KL(base || any later version) without keeping or loading the base again (k=32 of a 49k vocabulary
+    hold almost all of a greedy answer's mass; a few hundred KB, computed once per home)."""
+    dev = next(model.parameters()).device
+    idx, logp = [], []
+    for i in range(0, len(pool), batch_size):
+        b = collate([encode(tok, p, a) for p, a in pool[i:i + batch_size]], tok.pad_token_id, dev)
+        lp = torch.log_softmax(forward_picked(model, b)[0].float(), -1)
+        v, j = lp.topk(min(k, lp.shape[-1]), dim=-1)
+        idx.append(j.cpu())
+        logp.append(v.cpu())
+    return {"pool": [list(x) for x in pool], "idx": torch.cat(idx) if idx else torch.zeros(0, k, dtype=torch.long),
+            "logp": torch.cat(logp) if logp else torch.zeros(0, k)}
+
+
+@torch.no_grad()
+def drift_from_reference(model: Any, tok: Any, ref: dict[str, Any], batch_size: int = 8) -> float:
+    """Mean per-token KL(base || model) on the reference's tokens, over the base's top-k and the rest of the
+    vocabulary as one outcome (a lower bound of the full KL; equal to it as the base's top-k holds its mass)."""
+    pool = [tuple(x) for x in ref["pool"]]
+    if not pool:
+        return 0.0
+    dev = next(model.parameters()).device
+    pos, total = 0, 0.0
+    for i in range(0, len(pool), batch_size):
+        b = collate([encode(tok, p, a) for p, a in pool[i:i + batch_size]], tok.pad_token_id, dev)
+        lq = torch.log_softmax(forward_picked(model, b)[0].float(), -1)
+        m = lq.shape[0]
+        j, lp = ref["idx"][pos:pos + m].to(dev), ref["logp"][pos:pos + m].to(dev)
+        lq = lq.gather(-1, j)
+        p_rest = (1 - lp.exp().sum(-1)).clamp(min=1e-12)  # the rest of the vocabulary as one outcome:
+        q_rest = (1 - lq.exp().sum(-1)).clamp(min=1e-12)  # a lower bound of the full KL, never negative
+        total += float((lp.exp() * (lp - lq)).sum() + (p_rest * (p_rest.log() - q_rest.log())).sum())
+        pos += m
+    return total / max(pos, 1)
 
 
 @torch.no_grad()
@@ -55,8 +136,14 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
 
 
 def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift_pool: list[tuple[str, str]],
-             cfg: GateConfig, progress: Progress = silent, generator: Any = None) -> Verdict:
+             cfg: GateConfig, progress: Progress = silent, generator: Any = None,
+             first: list[bool | None] | None = None, base_ref: dict[str, Any] | None = None) -> Verdict:
     """Measure before (adapter disabled) and after (adapter on), then decide.
+
+    `first[i]`: whether earlier probe i was answered when its fact was first consolidated (the ledger's
+    record; None or no list: unknown, the parent's answer stands in). `base_ref`: the base model's
+    drift reference (`drift_reference`), for drift against the base. The verdict's `hits` hold every
+    probe's answer before and after, for the ledger.
 
     With `generator` (a VllmGenerator on the pre-sleep weights) the probes are
     answered by vLLM: before on the base weights, after with the new expert
@@ -66,22 +153,27 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     with contextlib.ExitStack() as stack:
         if generator is None:
             with pm.disable_adapter():
-                before, _ = closed_book_accuracy(pm, tok, probes)
-                old_before, _ = closed_book_accuracy(pm, tok, earlier)
+                before, ans_b = closed_book_accuracy(pm, tok, probes)
+                old_before, old_b = closed_book_accuracy(pm, tok, earlier)
             after_model = pm
         else:
             expert = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentsleep-expert-"))
             pm.save_pretrained(expert)
-            before, _ = closed_book_accuracy(generator.with_lora(None), tok, probes)
-            old_before, _ = closed_book_accuracy(generator, tok, earlier)
+            before, ans_b = closed_book_accuracy(generator.with_lora(None), tok, probes)
+            old_before, old_b = closed_book_accuracy(generator, tok, earlier)
             after_model = generator.with_lora(expert)
             stack.callback(generator.with_lora, None)  # the engine goes back to the base weights, whatever happens
         say("gate", 1, 3, "probes after")
         after, answers = closed_book_accuracy(after_model, tok, probes)
-        old_after, _ = closed_book_accuracy(after_model, tok, earlier)
+        old_after, old_a = closed_book_accuracy(after_model, tok, earlier)
     say("gate", 2, 3, "drift")
     kl = drift_kl(pm, tok, drift_pool[:cfg.drift_prompts])
+    base_kl = None if base_ref is None else drift_from_reference(pm, tok, base_ref)
     say("gate", 3, 3, "done")
+    hits = {"before": _hits(ans_b, probes), "after": _hits(answers, probes),
+            "earlier_before": _hits(old_b, earlier), "earlier_after": _hits(old_a, earlier)}
+    counts = count(hits["before"], hits["after"], hits["earlier_before"], hits["earlier_after"],
+                   first if first is not None else [None] * len(earlier))
     retention = None if not earlier or old_before == 0 else old_after / old_before
     metrics: dict[str, Any] = {
         "probes": len(probes), "recall_before": round(before, 4), "recall_after": round(after, 4),
@@ -89,21 +181,38 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
         "earlier_before": round(old_before, 4) if earlier else None,
         "earlier_after": round(old_after, 4) if earlier else None,
         "retention": None if retention is None else round(retention, 4), "drift_kl": round(kl, 4),
+        "facts_gained": counts.gained, "facts_lost": counts.lost, "facts_known_first": counts.known_first,
+        "facts_lost_since_first": counts.lost_first_after,
+        "retention_first": round(1 - counts.lost_first_after / counts.known_first, 4) if counts.known_first else None,
+        "drift_kl_base": None if base_kl is None else round(base_kl, 4),
     }
-    failed, reasons = decide(cfg, len(probes), before, after, retention, kl)
+    failed, reasons = decide(cfg, len(probes), before, after, retention, kl, counts=counts, base_kl=base_kl)
     metrics["gate_failed"] = failed
     ok = not failed
     metrics["sample_answers"] = [{"q": p.question, "gold": p.answer, "pred": a} for p, a in zip(probes[:5], answers[:5])]
-    return Verdict(ok, reasons, metrics)
+    return Verdict(ok, reasons, metrics, hits=hits)
+
+
+def allowed_losses(cfg: GateConfig, c: Counts) -> tuple[int, int]:
+    """(facts a sleep may lose tonight for what it gained, earlier facts that may be lost since first consolidated)."""
+    net = max(cfg.loss_allowance, math.floor(cfg.loss_per_gain * c.gained + 1e-9))
+    cumulative = max(cfg.loss_allowance, math.floor((1 - cfg.min_retention) * c.known_first + 1e-9))
+    return net, cumulative
 
 
 def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retention: float | None,
-           kl: float) -> tuple[list[str], list[str]]:
+           kl: float, *, counts: Counts | None = None, base_kl: float | None = None) -> tuple[list[str], list[str]]:
     """The verdict from the measurements: (names of the failed checks, reasons for the report).
 
     The recall gain asked for is capped by the headroom (1 - before): when the pre-sleep model already
     answers every probe, a sleep cannot show a gain, and rejecting it would leave its episodes waiting
-    forever. Retention and drift still decide then."""
+    forever. Retention and drift still decide then.
+
+    With `counts` (the pipeline always has them) forgetting is judged on facts, not on a ratio one
+    probe flips: tonight's losses against tonight's gains ("net"), and the earlier facts lost since
+    they were first consolidated against gate.min_retention, both with gate.loss_allowance; a sleep
+    that loses no more first-level facts than its parent had already lost passes the cumulative check.
+    Without counts, `retention` (after / before on earlier probes) is the check, as a ratio."""
     failed, reasons = [], []  # `failed` names the checks (policies such as grow_on_reject read it)
     need = min(cfg.min_recall_gain, max(0.0, 1.0 - before))
     if not n_probes:  # nothing to measure recall on is no evidence against the sleep (sleep/probes.py)
@@ -111,14 +220,36 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
     elif after - before < need:
         failed.append("recall_gain")
         reasons.append(f"recall gain {after - before:+.2f} is below gate.min_recall_gain {need:.2f}")
-    if retention is not None and retention < cfg.min_retention:
-        failed.append("retention")
-        reasons.append(f"retention {retention:.3f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
+    if counts is None:
+        if retention is not None and retention < cfg.min_retention:
+            failed.append("retention")
+            reasons.append(f"retention {retention:.3f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
+    else:
+        net, cumulative = allowed_losses(cfg, counts)
+        if counts.lost > net:
+            failed.append("net")
+            reasons.append(f"lost {counts.lost} earlier facts for {counts.gained} gained: more than the {net} allowed "
+                           f"(gate.loss_per_gain {cfg.loss_per_gain:g} x gained, at least gate.loss_allowance "
+                           f"{cfg.loss_allowance})")
+        if counts.lost_first_after > cumulative and counts.lost_first_after > counts.lost_first_before:
+            failed.append("retention")
+            reasons.append(f"{counts.lost_first_after} of {counts.known_first} earlier facts answered when first "
+                           f"consolidated are lost (the parent had lost {counts.lost_first_before}): more than the "
+                           f"{cumulative} gate.min_retention {cfg.min_retention:.2f} allows")
     if kl > cfg.max_drift_kl:
         failed.append("drift")
         reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
+    if base_kl is not None and base_kl > cfg.max_base_drift_kl:
+        failed.append("base_drift")
+        reasons.append(f"drift from the base model KL {base_kl:.3f} exceeds gate.max_base_drift_kl "
+                       f"{cfg.max_base_drift_kl:.3f}")
     if not failed:
         known = " (the probes were already known: no gain to show)" if need < cfg.min_recall_gain else ""
-        reasons.append(f"recall {before:.2f} -> {after:.2f}{known}, retention "
-                       f"{'n/a' if retention is None else f'{retention:.2f}'}, drift KL {kl:.3f}")
+        if counts is None:
+            kept = f"retention {'n/a' if retention is None else f'{retention:.2f}'}"
+        else:
+            kept = (f"facts gained {counts.gained}, lost {counts.lost}, earlier facts kept "
+                    f"{counts.known_first - counts.lost_first_after}/{counts.known_first} of their first level")
+        base = "" if base_kl is None else f", from base {base_kl:.3f}"
+        reasons.append(f"recall {before:.2f} -> {after:.2f}{known}, {kept}, drift KL {kl:.3f}{base}")
     return failed, reasons

@@ -21,11 +21,12 @@ from typing import Any, Callable
 
 from ..atomic import atomic_write_json
 from ..errors import AgentsleepError
+from ..memory.ledger import CANDIDATE, probe_id
 from ..models.loader import load
 from ..models.registry import Version
 from ..progress import Progress, silent
 from .dream import dream
-from .gate import evaluate
+from .gate import drift_reference, evaluate
 from .generic_prompts import DRIFT, REPLAY
 from .journal import Journal, read_dreams
 from .lock import sleep_lock
@@ -35,7 +36,7 @@ from .publish import publish
 from .rest import rest_em, settle_writer, with_writer, writer_adapter_dir
 from .seed import seed
 from .select import new_sleep_id, save_rebuild, select
-from .types import SKIPPED, Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
+from .types import Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
 
 
 class _StopFlag:
@@ -203,10 +204,12 @@ class Night:
     probe_dropped: dict[str, int] = field(default_factory=dict)
     verdict: Verdict | None = None
     version: Version | None = None            # published
+    retry: dict[str, Any] = field(default_factory=dict)  # how a retried batch's plan was changed (retry_config)
+    sleep_cfg: Any = None                     # the sleep settings for this night (changed on a retry)
 
     @property
     def cfg(self):
-        return self.home.config.sleep
+        return self.sleep_cfg or self.home.config.sleep
 
     def report(self, status: Status, reasons: list[str], **kw: Any) -> SleepReport:
         return SleepReport(sleep_id=self.plan.sleep_id, status=status, parent_version=self.plan.parent_version,
@@ -222,7 +225,8 @@ class Night:
                 "seconds_per_episode": round(sum(timings.values()) / max(len(self.plan.memories), 1), 1),
                 "peak_rss_mb": dict(self.journal.peak_mb),
                 "dreams_kept": len(ds.train), "dreams_written": ds.written,
-                "generator": "vllm" if self.engine is not None else "transformers", **self.rest_stats}
+                "generator": "vllm" if self.engine is not None else "transformers",
+                **({"retry": self.retry} if self.retry else {}), **self.rest_stats}
 
     def dream_info(self) -> dict[str, Any]:
         ds = self.dreams
@@ -263,11 +267,63 @@ def write_dreams(n: Night) -> SleepReport | None:
 
 
 def set_aside(n: Night, reason: str) -> dict[str, str]:
-    """Mark this sleep's episodes as skipped, with the reason: a sleep that can make nothing of them
-    would otherwise retake them (oldest first) every night and never get to the newer ones."""
+    """Mark this sleep's episodes as skipped (SKIPPED + sleep id), with the reason: a sleep that can make
+    nothing of them would otherwise retake them (oldest first) every night and never get to the newer
+    ones. The same quarantine as repeated rejections (`record_failure`); `agentsleep retry` releases both."""
     ids = [m.id for m in n.plan.memories]
-    n.home.store.ledger.mark(ids, SKIPPED + n.plan.sleep_id, n.plan.sleep_id)
+    cfg = n.cfg
+    n.home.store.ledger.fail(ids, n.plan.sleep_id, "no_dreams", reason, now_sleep=n.plan.clock,
+                             backoff=cfg.retry_backoff, quarantine_after=cfg.quarantine_after, quarantine_now=True)
     return {i: reason for i in ids}
+
+
+def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[list[str], dict[str, str]]:
+    """A rejected night: each of its episodes counts one failed attempt. The first is retried at the next
+    sleep with a changed plan (`retry_config`); later ones wait out a growing backoff; after
+    sleep.quarantine_after they are set aside. Returns (report lines, set-aside episode -> reason)."""
+    cfg, plan = n.cfg, n.plan
+    if plan.rebuild or not plan.memories:  # a rebuild after `forget` is retried as a whole until it succeeds
+        return [], {}
+    why = "; ".join(reasons)[:500]
+    out = n.home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, ",".join(failed) or "rejected",
+                                   why, now_sleep=plan.clock, backoff=cfg.retry_backoff,
+                                   quarantine_after=cfg.quarantine_after)
+    quarantined = {e: f"set aside after {a.failures} failed attempts; last: {a.reason}" for e, a in out.items()
+                   if a.quarantined}
+    retried = [a for a in out.values() if not a.quarantined]
+    now = [a for a in retried if a.wait_until <= plan.clock + 1]
+    lines = []
+    if now:
+        lines.append(f"{len(now)} episode(s) will be retried at the next sleep with a changed plan (another seed, "
+                     "more rehearsal or more steps)")
+    if len(retried) > len(now):
+        waits = sorted({a.wait_until - plan.clock - 1 for a in retried if a.wait_until > plan.clock + 1})
+        lines.append(f"{len(retried) - len(now)} episode(s) failed again and sit out the next "
+                     f"{'/'.join(map(str, waits))} sleep(s) (sleep.retry_backoff {cfg.retry_backoff}); other "
+                     "episodes proceed")
+    if quarantined:
+        lines.append(f"{len(quarantined)} episode(s) set aside after {cfg.quarantine_after} failed attempts "
+                     "(sleep.quarantine_after); they stay in the store and in recall; `agentsleep retry` releases them")
+    return lines, quarantined
+
+
+def retry_config(cfg: Any, plan: SleepPlan) -> tuple[Any, dict[str, Any]]:
+    """The plan for a retried batch: never the same night twice. Another seed (from the attempt number) for
+    the dreams kept and the expert; more rehearsal after forgetting (net, retention, drift), more steps
+    after too little recall gain. Returns (the sleep settings, what changed) - unchanged on a first try."""
+    k = plan.attempt
+    if not k:
+        return cfg, {}
+    failed = set(filter(None, plan.retry_failed.split(",")))
+    seed_upd: dict[str, Any] = {"seed": cfg.seed.seed + 1009 * k}
+    upd: dict[str, Any] = {}
+    if failed & {"net", "retention", "drift", "base_drift"}:
+        upd["replay_dreams"] = min(16, cfg.replay_dreams + 2 * k)
+    if "recall_gain" in failed:
+        seed_upd["min_steps"] = int(cfg.seed.min_steps * (1 + 0.5 * k))
+        seed_upd["epochs"] = int(cfg.seed.epochs * (1 + 0.5 * k))
+    new = cfg.model_copy(update={**upd, "seed": cfg.seed.model_copy(update=seed_upd)})
+    return new, {"attempt": k, "after": plan.retry_failed, **upd, **seed_upd}
 
 
 def improve_writer(n: Night) -> None:
@@ -298,14 +354,92 @@ def judge(n: Night) -> None:
         n.engine.resume()
     cfg = n.cfg
     n.probes, notes = trusted_probes(n)
-    rehearsed = {(d.episode_id, d.question) for d in n.rehearsed}  # trained on tonight: no test of memory
-    earlier = n.earlier_probes + _retention_sample([d for d in n.earlier_dreams if (d.episode_id, d.question) not in rehearsed],
-                                                   cfg.gate.retention_dreams)
-    n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine)
+    earlier = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams)
+    first = first_levels(n, earlier)
+    n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
+                         first=first, base_ref=base_reference(n))
+    record_answers(n, earlier)
     n.verdict.reasons += notes
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
                              probes_cloze=sum(p.kind == "cloze" for p in n.probes),
                              probes_dropped=n.probe_dropped)
+
+
+def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:
+    """What the gate re-asks of earlier sleeps: their probes plus a seeded sample of `n` trained dreams,
+    never one rehearsed tonight (trained on tonight: no test of memory), each fact once."""
+    trained = {(d.episode_id, d.question) for d in rehearsed}
+    items = probes + _retention_sample([d for d in dreams if (d.episode_id, d.question) not in trained], n)
+    return list({probe_id(p.question, p.answer): p for p in items}.values())
+
+
+def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:
+    """Whether each earlier probe was answered when its fact was first consolidated: the answer recorded
+    for the first version of this lineage, from the one that consolidated its episode on, that was
+    asked it (None when no version of the lineage has been; the gate then takes the parent's answer)."""
+    ledger = n.home.store.ledger
+    order = {v.name: i for i, v in enumerate(n.home.registry.lineage(n.parent.name))}
+    origin: dict[str, str] = {}
+    for v in n.lineage:  # base first: an episode's first version in the lineage
+        for e in v.manifest.get("episode_ids") or []:
+            origin.setdefault(e, v.name)
+    ids = [probe_id(p.question, p.answer) for p in earlier]
+    ledger.record_probes([(i, p.episode_id, p.question, p.answer) for i, p in zip(ids, earlier)])
+    ledger.set_probe_since({i: origin[p.episode_id] for i, p in zip(ids, earlier) if p.episode_id in origin})
+    since, results = ledger.probe_since(ids), ledger.results(ids)
+    out: list[bool | None] = []
+    for i in ids:
+        start = order.get(since.get(i, ""), 0)
+        seen = sorted((order[v], hit) for v, hit in results.get(i, {}).items() if v in order and order[v] >= start)
+        out.append(seen[0][1] if seen else None)
+    return out
+
+
+def record_answers(n: Night, earlier: list[Probe]) -> None:
+    """The per-probe record: the parent's answers, and the expert's as this sleep's candidate (named after
+    the version if it is published)."""
+    h, ledger = n.verdict.hits, n.home.store.ledger
+    ledger.record_probes([(probe_id(p.question, p.answer), p.episode_id, p.question, p.answer) for p in n.probes])
+    ids = [probe_id(p.question, p.answer) for p in n.probes]
+    old = [probe_id(p.question, p.answer) for p in earlier]
+    if not h:
+        return
+    ledger.record_results(n.parent.name, {**dict(zip(ids, h["before"])), **dict(zip(old, h["earlier_before"]))})
+    ledger.record_results(CANDIDATE + n.plan.sleep_id, {**dict(zip(ids, h["after"])), **dict(zip(old, h["earlier_after"]))})
+
+
+def base_reference(n: Night) -> dict[str, Any] | None:
+    """The base model's drift reference (gate.drift_reference), cached in the registry: computed on the
+    pre-sleep model when the parent is the base (nearly free), else once by loading the base. None on
+    the first sleep: there drift from the parent is drift from the base."""
+    import torch
+
+    reg, cfg = n.home.registry, n.cfg.gate
+    base = reg.lineage(n.parent.name)[0]
+    path = reg.root / "cache" / f"{base.name}-drift-ref.pt"
+    ref = None
+    try:
+        ref = torch.load(path, weights_only=True)
+        if len(ref["pool"]) < min(cfg.drift_prompts, len(n.drift_pool)):
+            ref = None
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError):
+        ref = None
+    if ref is None:
+        n.say("gate", 0, 3, "base drift reference")
+        if n.parent.name == base.name:
+            with n.pm.disable_adapter():
+                ref = drift_reference(n.pm, n.tok, n.drift_pool[:cfg.drift_prompts])
+        else:
+            model_cfg = n.home.config.model
+            bm, btok = load(base.weights, dtype=model_cfg.dtype, device=model_cfg.device)
+            pool = generic_pool(bm, btok, reg, base.name, 0, cfg.drift_prompts)["drift"]
+            ref = drift_reference(bm, btok, [tuple(x) for x in pool])
+            del bm
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ref, tmp)
+        tmp.replace(path)
+    return None if n.parent.name == base.name else ref
 
 
 def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
@@ -340,7 +474,11 @@ def publish_version(n: Night) -> None:
                 "excluded": plan.excluded, "probes": [asdict(p) for p in n.probes], "metrics": n.metrics(),
                 "timings": dict(n.journal.timings), "config": cfg.model_dump(), "model": home.config.model.base}
     n.version = publish(n.pm, n.tok, home.registry, manifest, should_stop=n.stop)
-    home.store.ledger.mark([m.id for m in plan.memories], n.version.name, plan.sleep_id)
+    ledger = home.store.ledger
+    ledger.mark([m.id for m in plan.memories], n.version.name, plan.sleep_id)
+    ledger.succeed([m.id for m in plan.memories])
+    ledger.name_candidate(plan.sleep_id, n.version.name)
+    ledger.set_probe_since({probe_id(p.question, p.answer): n.version.name for p in n.probes})
     if plan.rebuild:
         save_rebuild(home.root, None)
 
@@ -368,7 +506,13 @@ def _outcome(n: Night) -> SleepReport:
         n.rest_stats["rest_writer_adopted"] = True
     if status is Status.PROMOTED and n.cfg.keep_versions:
         n.home.registry.prune(n.cfg.keep_versions)
-    return n.report(status, n.verdict.reasons, metrics=n.metrics(), dreams=n.dream_info())
+    reasons, info = list(n.verdict.reasons), n.dream_info()
+    if status is Status.REJECTED:
+        lines, quarantined = record_failure(n, n.verdict.metrics.get("gate_failed") or [], n.verdict.reasons)
+        reasons += lines
+        if quarantined:
+            info["skipped"] = quarantined
+    return n.report(status, reasons, metrics=n.metrics(), dreams=info)
 
 
 def _stoppable(progress: Progress, stop: Callable[[], bool]) -> Progress:
@@ -398,6 +542,10 @@ def _without_work(plan: SleepPlan, dry_run: bool, started_at: float) -> SleepRep
 def _finalize(rep: SleepReport, plan: SleepPlan) -> SleepReport:
     if plan.excluded:  # every report says what the policy held back
         rep.reasons.append(plan.excluded_note())
+    if plan.backed_off or plan.quarantined:
+        rep.reasons.append(f"{plan.backed_off} episode(s) wait out a backoff after a failed attempt, "
+                           f"{plan.quarantined} are set aside (`agentsleep status` says why; `agentsleep retry` "
+                           "releases them)")
     rep.excluded = plan.excluded
     rep.finished_at = time.time()
     rep.duration_s = rep.finished_at - rep.started_at
@@ -415,12 +563,17 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
         from ..memory.supersede import detect as detect_updates  # newer values supersede consolidated ones
         updated = detect_updates(home.store, home.store.list(unconsolidated_only=True)) if not dry_run else []
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
+        if not dry_run:
+            home.store.ledger.tick()  # the clock episodes' backoff is counted in
         early = _without_work(plan, dry_run, started_at)
         if early is not None:
             return _finalize(early, plan)
         journal = Journal(home.root, sleep_id, plan.parent_version)
         with _StopFlag() as stop:
             n = Night(home, plan, journal, stop, _stoppable(progress, stop), started_at)
+            n.sleep_cfg, n.retry = retry_config(home.config.sleep, plan)
+            if n.retry:
+                n.say("select", 0, 1, f"retry {plan.attempt}: {n.retry}")
             try:
                 rep = _run_stages(n)
             except (Interrupted, InterruptedError, KeyboardInterrupt) as e:

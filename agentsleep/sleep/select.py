@@ -68,7 +68,13 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
             excluded.setdefault(why, []).append(e.id)
         else:
             allowed.append(e)
-    chosen = allowed[:limit]  # oldest first: nothing starves
+    ledger = home.store.ledger
+    attempts = ledger.attempts([e.id for e in allowed]) if allowed else {}
+    now = ledger.sleeps()
+    ready = [e for e in allowed if rebuild or e.id not in attempts or attempts[e.id].wait_until <= now]
+    chosen = ready[:limit]  # oldest first: nothing starves; an episode waiting out a backoff holds nobody back
+    tried = [attempts[e.id] for e in chosen if e.id in attempts]
+    last = max(tried, key=lambda a: a.failures, default=None)
     lineage = {v.name for v in home.registry.lineage(parent)}
     if rebuild:
         lineage -= set(rebuild["versions"])
@@ -85,4 +91,9 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
         replay=[memory(e, replay=True) for e in replay],
         excluded=excluded,
         waiting_after=len(allowed) - len(chosen),
+        attempt=last.failures if last else 0,
+        retry_failed=last.failed if last else "",
+        backed_off=len(allowed) - len(ready),
+        quarantined=sum(a.quarantined for a in ledger.attempts().values()),
+        clock=now,
     )

@@ -7,7 +7,7 @@ from enum import Enum
 from typing import Any
 
 
-SKIPPED = "skipped:"  # the ledger's mark for an episode a sleep set aside ("skipped:<sleep id>"), not a version name
+from ..memory.ledger import SKIPPED  # noqa: F401  the ledger's mark for a set-aside episode ("skipped:<sleep id>")
 
 
 class Status(str, Enum):
@@ -62,6 +62,11 @@ class SleepPlan:
         return f"{n} episode(s) held back by the consolidation policy ({parts}); see sleep.policy and sleep.consolidate_untrusted"
     waiting_after: int = 0  # unconsolidated episodes left for the next sleep
     rebuild: bool = False   # after `forget`: rebuilding from a clean version
+    attempt: int = 0        # most earlier failed attempts of any chosen episode: a retry changes the plan by it
+    retry_failed: str = ""  # the checks the last failed attempt failed ("retention", "recall_gain", ...)
+    backed_off: int = 0     # episodes waiting out a backoff after a failed attempt (not chosen, not blocking)
+    quarantined: int = 0    # episodes set aside after repeated failures (`agentsleep retry` releases them)
+    clock: int = 0          # sleeps run before this one (the ledger's count): backoff is measured in sleeps
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class Verdict:
     promote: bool
     reasons: list[str]
     metrics: dict[str, Any]
+    hits: dict[str, list[bool]] = field(default_factory=dict)  # per probe: answered before / after (the ledger's record)
 
 
 @dataclass

@@ -1,0 +1,105 @@
+"""No stalls: a rejected night's episodes are retried with a changed plan, then back off per episode,
+then are set aside after sleep.quarantine_after failures; the others proceed; `retry` releases them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentsleep.config import Config
+from agentsleep.errors import InputError
+from agentsleep.home import Home
+from agentsleep.memory.ledger import SKIPPED, Ledger
+from agentsleep.sleep.pipeline import Night, record_failure, retry_config
+from agentsleep.sleep.select import select
+from cli_helpers import run_cli
+from tiny import tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory.mktemp("models"))
+
+
+def test_each_episode_backs_off_then_is_set_aside(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    kw = dict(backoff=1, quarantine_after=4)
+    waits = []
+    for k in range(4):
+        now = led.sleeps()
+        a = led.fail(["e1"], f"s{k}", "retention", f"reason {k}", now_sleep=now, **kw)["e1"]
+        waits.append(a.wait_until - now - 1)  # sleeps it sits out
+        led.tick()
+    # the first failure is retried at once, then 1, 2 sleeps out; the fourth sets it aside
+    assert waits[:3] == [0, 1, 2] and a.failures == 4 and a.quarantined
+    assert led.versions_of(["e1"]) == {"e1": SKIPPED + "s3"}
+    assert led.attempts()["e1"].quarantined and led.attempts()["e1"].reason == "reason 3"
+    led.fail(["e2"], "s9", "net", "x", now_sleep=led.sleeps(), **kw)
+    assert led.release(["e1"]) == ["e1"] and led.versions_of(["e1"]) == {} and "e1" not in led.attempts()
+    assert led.release() == ["e2"] and led.attempts() == {}
+
+
+def _home(tmp_path, tiny, **sleep):
+    cfg = Config.model_validate({"model": {"base": str(tiny)}, "sleep": sleep})
+    return Home.open(Home.init(tmp_path / "home", config=cfg))
+
+
+def test_backed_off_episodes_do_not_block_the_cap_and_retries_change_the_plan(tiny, tmp_path):
+    h = _home(tmp_path, tiny, max_episodes=2, retry_backoff=2, quarantine_after=3)
+    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(4)]
+    plan = select(h)
+    assert [m.id for m in plan.memories] == ids[:2] and plan.attempt == 0
+    n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
+    lines, quarantined = record_failure(n, ["retention"], ["lost 5 earlier facts for 8 gained"])
+    assert quarantined == {} and "2 episode(s) will be retried at the next sleep with a changed plan" in lines[0]
+    h.store.ledger.tick()
+    # first retry: the same two, with another seed and more rehearsal
+    plan = select(h)
+    assert [m.id for m in plan.memories] == ids[:2] and (plan.attempt, plan.retry_failed) == (1, "retention")
+    cfg, changed = retry_config(h.config.sleep, plan)
+    assert cfg.seed.seed != h.config.sleep.seed.seed and cfg.replay_dreams == h.config.sleep.replay_dreams + 2
+    assert changed["attempt"] == 1 and h.config.sleep.replay_dreams == 3  # the home's settings are untouched
+    n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
+    lines, _ = record_failure(n, ["recall_gain"], ["recall gain +0.00"])
+    assert "sit out the next 2 sleep(s)" in lines[0]
+    h.store.ledger.tick()
+    # the two wait out their backoff: the cap of 2 goes to the others
+    plan = select(h)
+    assert [m.id for m in plan.memories] == ids[2:] and plan.backed_off == 2 and plan.attempt == 0
+    held = {r["episode_id"]: r for r in h.status()["held_back"]}
+    assert held[ids[0]]["state"] == "waits 2 more sleep(s)" and held[ids[0]]["failed"] == "recall_gain"
+    h.store.ledger.tick()
+    h.store.ledger.tick()
+    plan = select(h)
+    assert [m.id for m in plan.memories] == ids[:2] and plan.attempt == 2
+    cfg, changed = retry_config(h.config.sleep, plan)
+    assert cfg.seed.min_steps > h.config.sleep.seed.min_steps and changed["after"] == "recall_gain"
+    n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
+    lines, quarantined = record_failure(n, ["net"], ["lost 3 earlier facts for 2 gained"])
+    assert set(quarantined) == set(ids[:2]) and "set aside after 3 failed attempts" in lines[-1]
+    assert "lost 3 earlier facts" in quarantined[ids[0]]
+    # set aside: out of the sleep, still in the store and in recall, released by retry
+    assert {m.id for m in select(h).memories} == set(ids[2:]) and select(h).quarantined == 2
+    assert h.recall("locker 0 code", 4)[0].text.startswith("The user's locker")
+    with pytest.raises(InputError, match="not held back"):
+        h.retry([ids[3]])
+    assert h.retry([ids[0]]) == [ids[0]]
+    assert [m.id for m in select(h).memories] == [ids[0], ids[2]]  # oldest first again
+    assert h.retry() == [ids[1]] and h.held_back() == []
+
+
+def test_cli_shows_why_and_releases(tiny, tmp_path):
+    h = _home(tmp_path, tiny, quarantine_after=1)
+    e = h.remember("The user's gate code is 5519.").id
+    plan = select(h)
+    record_failure(Night(h, plan, None, lambda: False, lambda *a: None, 0.0), ["net"], ["lost 4 for 1 gained"])
+    h.close()
+    st = run_cli("status", "--json", home=h.root)
+    assert st.code == 0 and st.json()["held_back"][0]["episode_id"] == e
+    human = run_cli("status", home=h.root).out
+    assert "held back from consolidation" in human and "set aside" in human and "lost 4 for 1 gained" in human
+    assert "lost 4 for 1 gained" in run_cli("history", home=h.root).out
+    assert "give episode ids or --all" in run_cli("retry", home=h.root).one_line_error()
+    r = run_cli("retry", "--all", "--json", home=h.root)
+    assert r.code == 0 and r.json() == {"released": [e]}
+    assert json.loads(run_cli("status", "--json", home=h.root).out)["held_back"] == []
