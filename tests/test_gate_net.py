@@ -174,3 +174,15 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
     asked = n.probes + earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, 4)
     got = h.store.ledger.results([probe_id(p.question, p.answer) for p in asked])
     assert len(got) == len(asked) and all(set(r) == {"v0002", CANDIDATE + "s3"} for r in got.values())
+
+
+def test_forgetting_an_episode_drops_its_probes_from_the_record(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    led.record_probes([("p1", "e1", "What is my PIN?", "4471"), ("p2", "e2", "Which city?", "Porto")])
+    led.record_results("v0001", {"p1": True, "p2": True})
+    led.fail(["e1"], "s1", "net", "x", now_sleep=0, backoff=1, quarantine_after=3)
+    led.forget(["e1"], reason="by id")
+    assert led.results(["p1", "p2"]) == {"p2": {"v0001": True}} and led.attempts() == {}
+    import sqlite3
+
+    assert sqlite3.connect(tmp_path / "l.sqlite").execute("SELECT count(*) FROM probe WHERE answer = '4471'").fetchone() == (0,)

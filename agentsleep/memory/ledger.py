@@ -142,9 +142,22 @@ class Ledger:
             return [r[0] for r in c.execute("SELECT episode_id FROM consolidation WHERE version = ?", (version,))]
 
     def forget(self, episode_ids: list[str], reason: str = "") -> None:
+        """Record the forgetting, and drop what the ledger held of these episodes' text (their probes' questions
+        and answers, with every version's answers to them) and their failed attempts."""
         now = time.time()
         with self._conn() as c:
-            c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
+                for e in episode_ids:
+                    c.execute("DELETE FROM probe_result WHERE probe_id IN (SELECT probe_id FROM probe WHERE episode_id = ?)",
+                              (e,))
+                    c.execute("DELETE FROM probe WHERE episode_id = ?", (e,))
+                    c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
 
     def forgotten(self) -> dict[str, float]:
         with self._conn() as c:
