@@ -328,7 +328,8 @@ def test_publish_writes_version_with_adapter(tiny, tmp_path):
     assert reg.current_name() == v.name == "v0001"
     assert (v.path / "adapter" / "adapter_config.json").is_file()
     man = json.loads((v.path / "manifest.json").read_text())
-    assert "model.safetensors" in man["checksums"] and man["episode_ids"] == ["e1"]
+    assert man["storage"] == "delta" and "delta.json" in man["checksums"] and man["weights_sha256"]  # no weights copy
+    assert man["episode_ids"] == ["e1"]
     m2, _ = load(v.weights)
     assert sum(p.numel() for p in m2.parameters()) == sum(p.numel() for p in load(str(tiny))[0].parameters())
 

@@ -1,8 +1,8 @@
 """Adapter-sized versions: a version stores what its sleep changed; full weights are rebuilt on demand.
 
 A delta version's directory holds ``delta.json`` (what to apply to the parent's weights), the
-sleep's LoRA under ``adapter/`` (for a grown version: a map of which parent block each layer is),
-``config.json`` and the tokenizer; no weights. Every ``snapshot_every`` versions (and on demand)
+sleep's LoRA under ``adapter/`` (for a grown version: a map of which parent block each layer is)
+and ``config.json``; no weights and no tokenizer (a lineage shares its snapshot's). Every ``snapshot_every`` versions (and on demand)
 a version also stores its merged safetensors, so a rebuild starts from the nearest snapshot
 ancestor (or the base) and applies at most that many deltas, in order.
 
@@ -32,7 +32,7 @@ from ..errors import RegistryError
 DELTA_FILE = "delta.json"
 READY = "materialised.json"
 CACHE_DIR = "cache"
-CACHE_KEEP = 3  # materialised versions kept besides CURRENT's (most recently used first)
+CACHE_KEEP = 2  # materialised versions kept besides CURRENT's (most recently used first)
 ZEROED = ("self_attn.o_proj", "mlp.down_proj")  # what growth zeroes in a copied block (models/growth.py)
 _LAYER = re.compile(r"^(.*?\.layers\.)(\d+)(\..*)$")
 _SMALL = ("config.json", "generation_config.json")  # model files beside the weights (the tokenizer is copied too)
@@ -165,11 +165,12 @@ def read_delta(version_dir: Path) -> dict[str, Any]:
         raise RegistryError(f"version {version_dir.name}: unreadable {DELTA_FILE} ({e})") from None
 
 
-def copy_model_files(src: Path, dst: Path) -> None:
-    """config, generation config and tokenizer: the small files a loader reads beside the weights."""
+def copy_model_files(src: Path, dst: Path, *, tokenizer: bool = True) -> None:
+    """config, generation config and (with `tokenizer`) the tokenizer: the small files a loader reads
+    beside the weights."""
     for p in Path(src).iterdir():
-        if p.is_file() and (p.name in _SMALL or p.name.startswith(("tokenizer", "special_tokens", "chat_template",
-                                                                        "vocab", "merges", "added_tokens"))):
+        if p.is_file() and (p.name in _SMALL or tokenizer and p.name.startswith(
+                ("tokenizer", "special_tokens", "chat_template", "vocab", "merges", "added_tokens"))):
             shutil.copy2(p, dst / p.name)
 
 
@@ -208,17 +209,18 @@ def materialise(name: str, path: Path, manifest: dict[str, Any], base_model: str
         if (out / READY).is_file():
             return out
         _sweep_tmp(cache)
-        sd = rebuild(name, path, manifest, base_model)
-        write_cache(cache, name, path, sd, manifest.get("weights_sha256"))
+        sd, sources = rebuild(name, path, manifest, base_model)
+        write_cache(cache, name, sources, sd, manifest.get("weights_sha256"))
     finally:
         lock.release()
     evict(root, keep={name})
     return out
 
 
-def rebuild(name: str, path: Path, manifest: dict[str, Any], base_model: str | None = None) -> dict[str, Any]:
-    """`name`'s merged weights: the nearest snapshot ancestor (or a cached one) plus the deltas in order;
-    checked against the manifest's digest."""
+def rebuild(name: str, path: Path, manifest: dict[str, Any],
+            base_model: str | None = None) -> tuple[dict[str, Any], list[Path]]:
+    """`name`'s merged weights: the nearest snapshot ancestor (or a cached one) plus the deltas in order,
+    checked against the manifest's digest; and the directories its model files come from, in order."""
     root = path.parent.parent
     chain: list[tuple[Path, dict[str, Any]]] = []
     d, m = path, manifest
@@ -248,17 +250,19 @@ def rebuild(name: str, path: Path, manifest: dict[str, Any], base_model: str | N
         raise RegistryError(f"version {name}: the rebuilt weights do not match the checksum in its manifest "
                             f"(rebuilt from {start.name}); the version cannot be restored exactly. Roll back to a "
                             "version stored in full (its manifest says storage 'full') or to the base")
-    return sd
+    return sd, [start] + [vd for vd, _ in reversed(chain)]
 
 
-def write_cache(cache: Path, name: str, version_dir: Path, sd: dict[str, Any], sha: str | None) -> Path:
-    """Write `sd` as `name`'s materialised directory (temp dir, then one rename). Caller holds the lock."""
+def write_cache(cache: Path, name: str, sources: list[Path], sd: dict[str, Any], sha: str | None) -> Path:
+    """Write `sd` as `name`'s materialised directory (temp dir, then one rename), with the model files of
+    `sources` (the snapshot's tokenizer and config, then each delta's config). Caller holds the lock."""
     out = cache / name
     tmp = cache / f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         write_weights(sd, tmp)
-        copy_model_files(version_dir, tmp)
+        for src in sources:
+            copy_model_files(src, tmp)
         (tmp / READY).write_text(json.dumps({"version": name, "weights_sha256": sha, "at": time.time()}))
         if out.exists():  # an incomplete entry (no READY) left by a crash
             shutil.rmtree(out, ignore_errors=True)
@@ -270,7 +274,7 @@ def write_cache(cache: Path, name: str, version_dir: Path, sd: dict[str, Any], s
     return out
 
 
-def seed_cache(root: Path, name: str, version_dir: Path, sd: dict[str, Any], sha: str | None) -> None:
+def seed_cache(root: Path, name: str, sources: list[Path], sd: dict[str, Any], sha: str | None) -> None:
     """Put weights just computed (at publish) in the cache, so serving the new version rebuilds nothing."""
     from filelock import FileLock
 
@@ -279,7 +283,7 @@ def seed_cache(root: Path, name: str, version_dir: Path, sd: dict[str, Any], sha
         cache.mkdir(exist_ok=True)
         with FileLock(str(cache / f"{name}.lock")):
             if not (cache / name / READY).is_file():
-                write_cache(cache, name, version_dir, sd, sha)
+                write_cache(cache, name, sources, sd, sha)
     except (OSError, RegistryError):
         return  # only a cache: the version rebuilds on first load
     evict(root, keep={name})

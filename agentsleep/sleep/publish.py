@@ -54,10 +54,10 @@ def write_version(registry: Registry, staging: Path, parent_dir: Path, sd: dict[
     """Finish a staged version whose merged weights are `sd`: delta.json, model files, the weights when a
     snapshot is due, the digest; commit, and seed the cache so serving it rebuilds nothing."""
     full = registry.snapshot_due(manifest["parent"]) if snapshot is None else snapshot
-    deltas.copy_model_files(parent_dir, staging)
+    deltas.copy_model_files(parent_dir, staging, tokenizer=False)
     if config is not None:  # a grown model: its own config.json
         config.save_pretrained(str(staging))
-    if tok is not None:
+    if full and tok is not None:  # a delta shares its snapshot's tokenizer
         tok.save_pretrained(str(staging))
     (staging / deltas.DELTA_FILE).write_text(json.dumps({"format": 1, **delta}, indent=1), encoding="utf-8")
     if full:
@@ -68,7 +68,7 @@ def write_version(registry: Registry, staging: Path, parent_dir: Path, sd: dict[
                 "stored_bytes": deltas.disk_bytes(staging)}
     v = _commit(registry, staging, manifest, should_stop)
     if not full:
-        deltas.seed_cache(registry.root, v.name, v.path, sd, sha)
+        deltas.seed_cache(registry.root, v.name, [parent_dir, v.path], sd, sha)
     return v
 
 
