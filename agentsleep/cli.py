@@ -303,7 +303,9 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
         size = f"{r['layers']} layers, {r['parameters'] / 1e6:.1f}M" if r.get("parameters") else f"{r['layers']} layers"
         what = {"base": "base", "grow": "grown"}.get(r["kind"], f"sleep {r['sleep_id']}, {r['episodes']} episodes, "
                                                                f"recall {_fmt(m.get('recall_before'))}->{_fmt(m.get('recall_after'))}, "
-                                                               f"retention {_fmt(m.get('retention'))}, drift {_fmt(m.get('drift_kl'))}")
+                                                               f"retention {_fmt(m.get('retention'))}, drift {_fmt(m.get('drift_kl'))}"
+                                                               + (f", facts +{m['facts_gained']}/-{m['facts_lost']}"
+                                                                  if "facts_gained" in m else ""))
         cur = " [bold green]<- current[/]" if r["current"] else ""
         return f"[bold]{r['version']}[/] {what} ({size}){cur}"
 

@@ -37,6 +37,9 @@ def test_each_episode_backs_off_then_is_set_aside(tmp_path):
     led.fail(["e2"], "s9", "net", "x", now_sleep=led.sleeps(), **kw)
     assert led.release(["e1"]) == ["e1"] and led.versions_of(["e1"]) == {} and "e1" not in led.attempts()
     assert led.release() == ["e2"] and led.attempts() == {}
+    led.mark(["old"], SKIPPED + "s0", "s0")  # set aside before attempts were counted: shown and released alike
+    assert led.attempts()["old"].quarantined and led.attempts(["old"])["old"].sleep_id == "s0"
+    assert led.release(["old"]) == ["old"] and led.versions_of(["old"]) == {}
 
 
 def _home(tmp_path, tiny, **sleep):

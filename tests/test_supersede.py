@@ -109,16 +109,20 @@ def test_forget_either_episode_is_exact(home):
 
 
 def test_restated_questions_take_the_new_value_only():
-    from agentsleep.sleep.dream import restated
+    from agentsleep.sleep.dream import new_values, pick_restated, restate_options
     from agentsleep.sleep.types import Dream
 
-    views = {"ep-new": "The user sold the Mazda and drives a white Toyota now."}
+    old, new = "The user drives a red Mazda.", "The user sold the Mazda and drives a white Toyota now."
+    assert new_values(new, old) == ["Toyota"]                  # the old value and "now" are not new values
+    views, old_views = {"ep-new": new}, {"ep-old": old}
     asked = [("ep-new", Dream("ep-old", "What car do I drive?", "Mazda")),
              ("ep-new", Dream("ep-old", "Which brand is my car?", "Mazda")),
-             ("ep-new", Dream("ep-old", "What colour is my car?", "red")),
              ("ep-new", Dream("ep-old", "What car do I drive?", "Mazda"))]
-    answers = ["A white Toyota.", "You drive a Mazda", "It is purple", "Toyota"]
-    got = restated(asked, answers, views)
-    # the old value, an answer the new episode does not support and a repeated question are dropped
+    answers = ["A white Toyota.", "You drive a Mazda", "It is purple"]
+    options = restate_options(asked, answers, views, old_views)
+    # the teacher's answer joins when grounded in the new note; one giving the old value or unsupported does not
+    assert options == [["Toyota", "A white Toyota"], ["Toyota"], ["Toyota"]]
+    got = pick_restated(asked, options, [[0.9, 0.4], [0.5], [0.1]])
     assert [(d.episode_id, d.question, d.answer, d.kind) for d in got] == [
-        ("ep-new", "What car do I drive?", "A white Toyota", "update")]
+        ("ep-new", "What car do I drive?", "A white Toyota", "update"),  # the likelier; the repeated question once
+        ("ep-new", "Which brand is my car?", "Toyota", "update")]

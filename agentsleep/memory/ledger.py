@@ -231,7 +231,15 @@ class Ledger:
         else:
             rows = self._select(q, "episode_id", episode_ids)
         marks = self.versions_of([r[0] for r in rows]) if rows else {}
-        return {r[0]: Attempt(*r, quarantined=marks.get(r[0], "").startswith(SKIPPED)) for r in rows}
+        out = {r[0]: Attempt(*r, quarantined=marks.get(r[0], "").startswith(SKIPPED)) for r in rows}
+        q = "SELECT episode_id, sleep_id FROM consolidation WHERE version LIKE ?"
+        with self._conn() as c:  # set aside before attempts were counted: shown and released the same way
+            skipped = c.execute(q, (SKIPPED + "%",)).fetchall()
+        wanted = None if episode_ids is None else set(episode_ids)
+        for e, sid in skipped:
+            if e not in out and (wanted is None or e in wanted):
+                out[e] = Attempt(e, 1, 0, sid, "no_dreams", "set aside by an earlier sleep", quarantined=True)
+        return out
 
     def fail(self, episode_ids: list[str], sleep_id: str, failed: str, reason: str, *, now_sleep: int,
              backoff: int, quarantine_after: int, quarantine_now: bool = False) -> dict[str, Attempt]:

@@ -226,30 +226,61 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     return out
 
 
-def restated(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str]) -> list[Dream]:
-    """Keep the teacher's answers to a superseded episode's questions that come from the episode that
-    superseded it (grounded in it) and no longer give the old answer: one per question."""
-    out, seen = [], set()
-    for (new, d), a in zip(asked, answers):
-        a = a.strip().split("\n")[0].strip().rstrip(".").strip()
-        if not a or len(a) > 120 or (new, d.question) in seen:
-            continue
-        if not grounded(a, views[new]) or contains_answer(a, d.answer):
-            continue
-        seen.add((new, d.question))
-        out.append(Dream(new, d.question, a, stem="(update)", kind="update"))
+_NOT_VALUES = frozenset("now days day month week year today new anymore instead again these those".split())
+
+
+def new_values(new: str, old: str) -> list[str]:
+    """The likely answers of the new note (answer_spans) that the old note does not state: its new value
+    ("The user moved from Porto to Lisbon last month." after "The user lives in Porto." -> Lisbon)."""
+    seen = set(tokens(old))
+    out = []
+    for span in answer_spans(new, 6):
+        words = tokens(span)
+        if words and not any(w in seen for w in words) and not all(w in _NOT_VALUES or w in STOP for w in words):
+            out.append(span)
     return out
 
 
-def restate(model: Any, tok: Any, asked: list[tuple[str, Dream]], views: dict[str, str], cfg: DreamConfig) -> list[Dream]:
+def restate_options(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str],
+                    old_views: dict[str, str]) -> list[list[str]]:
+    """Per superseded question, the candidate new answers: the new note's new values, and the teacher's
+    own answer when grounded in the new note; none that still gives the old answer."""
+    out = []
+    for (new, d), a in zip(asked, answers):
+        opts = new_values(views[new], old_views.get(d.episode_id, d.answer))
+        a = a.strip().split("\n")[0].strip().rstrip(".").strip()
+        if a and len(a) <= 120 and grounded(a, views[new]) and not trivial(d.question, a):
+            opts.append(a)
+        out.append([o for o in dict.fromkeys(opts) if not contains_answer(o, d.answer)])
+    return out
+
+
+def pick_restated(asked: list[tuple[str, Dream]], options: list[list[str]], nll: list[list[float]]) -> list[Dream]:
+    """For each question (once), the candidate the teacher reading the new note finds likeliest."""
+    out, seen = [], set()
+    for (new, d), opts, scores in zip(asked, options, nll):
+        if not opts or (new, d.question) in seen:
+            continue
+        seen.add((new, d.question))
+        best = min(zip(scores, opts))[1]
+        out.append(Dream(new, d.question, best, stem="(update)", kind="update"))
+    return out
+
+
+def restate(model: Any, tok: Any, asked: list[tuple[str, Dream]], views: dict[str, str], cfg: DreamConfig,
+            old_views: dict[str, str] | None = None) -> list[Dream]:
     """An updated fact: the questions the superseded episode was trained on (`asked`: (new episode id,
-    old dream)), answered by the teacher reading the new episode, become dreams of the new episode, so
-    that the sleep trains the new value against the questions that used to give the old one."""
+    old dream)) get the new value, so that the sleep trains it against the questions that gave the old
+    one. Candidates are the new note's new values and the teacher's answer reading it; the teacher's
+    likelihood picks one. `old_views`: the superseded episodes' notes, by id."""
     if not asked:
         return []
-    answers = gen.generate(model, tok, [teacher_prompt(tok, d.question, views[new]) for new, d in asked],
-                           max_new_tokens=24, batch_size=cfg.batch_size)
-    return restated(asked, answers, views)
+    prompts = [teacher_prompt(tok, d.question, views[new]) for new, d in asked]
+    answers = gen.generate(model, tok, prompts, max_new_tokens=24, batch_size=cfg.batch_size)
+    options = restate_options(asked, answers, views, old_views or {})
+    flat = [(p, o) for p, opts in zip(prompts, options) for o in opts]
+    scores = iter(batched_nll(model, tok, flat) if flat else [])
+    return pick_restated(asked, options, [[next(scores) for _ in opts] for opts in options])
 
 
 def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress: Progress = silent,

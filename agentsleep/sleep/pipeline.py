@@ -92,13 +92,15 @@ def restate_updates(n: Night) -> None:
     episode that superseded it, are trained tonight with the new value (saved with the night's dreams)."""
     from ..memory.supersede import superseding
     from .dream import restate
+    from .select import memory
 
     pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
     if not pairs:
         return
     olds = {o: new for new, os in pairs.items() for o in os}
     asked = [(olds[d.episode_id], d) for d in _earlier(n.home, n.lineage, superseded_too=True)[1] if d.episode_id in olds]
-    extra = restate(n.model, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream)
+    old_views = {o: memory(n.home.store.get(o)).view for o in {d.episode_id for _, d in asked}}
+    extra = restate(n.model, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream, old_views)
     if extra:
         n.dreams.dreams += extra
         n.journal.write_dreams(n.dreams.dreams)
@@ -388,8 +390,8 @@ def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:
     ledger.set_probe_since({i: origin[p.episode_id] for i, p in zip(ids, earlier) if p.episode_id in origin})
     since, results = ledger.probe_since(ids), ledger.results(ids)
     out: list[bool | None] = []
-    for i in ids:
-        start = order.get(since.get(i, ""), 0)
+    for i, p in zip(ids, earlier):
+        start = order.get(origin.get(p.episode_id) or since.get(i, ""), 0)
         seen = sorted((order[v], hit) for v, hit in results.get(i, {}).items() if v in order and order[v] >= start)
         out.append(seen[0][1] if seen else None)
     return out
