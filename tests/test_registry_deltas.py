@@ -103,6 +103,23 @@ def test_rollback_rebuilds_and_checks_and_a_corrupt_delta_is_refused(tiny, tmp_p
             h.rollback(v2.name)
         assert h.registry.current_name() == v1.name  # CURRENT did not move
         assert not list((h.registry.root / deltas.CACHE_DIR).glob(".tmp-*"))
+        assert h.ask("Hello", use_memory=False, max_new_tokens=2)["model_version"] == v1.name  # served, rebuilt
+
+
+def test_snapshot_on_demand(tiny, tmp_path):
+    with _home(tiny, tmp_path) as h:
+        v1, _, _ = _sleep(h, 1)
+        v2, _, _ = _sleep(h, 2)
+        assert h.registry.deltas_since_snapshot(v2.name) == 2
+        s1 = h.registry.snapshot(v1.name)
+        assert s1.manifest["storage"] == "full" and (s1.path / "model.safetensors").is_file()
+        assert (s1.path / "tokenizer.json").is_file() and h.registry.deltas_since_snapshot(v2.name) == 1
+        shutil.rmtree(h.registry.root / deltas.CACHE_DIR)
+        assert deltas.digest(deltas.load_state(s1.weights)) == v1.manifest["weights_sha256"]
+        assert deltas.digest(deltas.load_state(h.registry.materialise(v2.name))) == v2.manifest["weights_sha256"]
+        pm, tok = _expert(h.registry.current(), 9)  # and at publish time
+        v3 = publish(pm, tok, h.registry, {"parent": v2.name, "kind": "sleep"}, snapshot=True)
+        assert v3.manifest["storage"] == "full" and h.registry.deltas_since_snapshot(v3.name) == 0
 
 
 def test_two_loaders_build_a_version_once(tiny, tmp_path):

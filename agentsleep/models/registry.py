@@ -178,6 +178,38 @@ class Registry:
         """Rebuild `name`'s weights now (checked against its manifest); its directory."""
         return Path(self.get(name).weights)
 
+    def snapshot(self, name: str) -> Version:
+        """Store delta version `name`'s merged weights in its own directory (on demand), so rebuilds of it
+        and its descendants start there. The weights are written first and the manifest last, so a crash
+        leaves a delta version with spare files, which loads as before."""
+        from .deltas import copy_model_files, digest, load_state
+        from .embedded import checksum_dir
+
+        v = self.get(name)
+        if not v.is_delta:
+            return v
+        src = self.materialise(name)
+        sd = load_state(src)
+        if digest(sd) != v.manifest.get("weights_sha256"):
+            raise RegistryError(f"version {name}: its cached weights do not match its manifest; not snapshotted")
+        tmp = v.path / f".snapshot-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            for f in src.glob("*.safetensors"):
+                shutil.copy2(f, tmp / f.name)
+            copy_model_files(src, tmp)
+            for f in tmp.iterdir():
+                os.replace(f, v.path / f.name)
+        except OSError as e:
+            raise RegistryError(f"version {name}: cannot store its weights ({e.strerror}); it stays a delta") from None
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        manifest = dict(v.manifest)
+        manifest.update(storage="full", checksums={k: x["sha256"] for k, x in checksum_dir(v.path).items()
+                                                   if k != "manifest.json"})
+        atomic_write_text(v.path / "manifest.json", json.dumps(manifest, indent=1, default=str))
+        return self.get(name)
+
     def set_current(self, name: str) -> Version:
         v = self.get(name)  # validates it exists and is complete
         atomic_write_text(self.root / "CURRENT", name + "\n")
