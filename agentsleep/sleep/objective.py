@@ -129,10 +129,10 @@ def on_policy(pm: Any, tok: Any, items: list[Item], rng: random.Random, n: int, 
 
 def _embed(texts: list[str]) -> torch.Tensor:
     """MiniLM sentence embeddings: the episode store's model, loaded once per process."""
-    from ..memory.embedder import embedded_model_path, sentence_model
+    from ..memory.embedder import embedded_model_path
+    from ..memory.encoders import encoder
 
-    model = sentence_model(embedded_model_path())
-    return model.encode(texts, convert_to_tensor=True, normalize_embeddings=True, show_progress_bar=False)
+    return torch.from_numpy(encoder(embedded_model_path()).encode(texts))
 
 
 def imitate_reward(completion: str, reference: str, g: float, lev_threshold: float) -> float:
