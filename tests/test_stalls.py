@@ -106,3 +106,38 @@ def test_cli_shows_why_and_releases(tiny, tmp_path):
     r = run_cli("retry", "--all", "--json", home=h.root)
     assert r.code == 0 and r.json() == {"released": [e]}
     assert json.loads(run_cli("status", "--json", home=h.root).out)["held_back"] == []
+
+
+def _grounded_writer(model, tok, memories, cfg, progress=None):
+    """Grounded dreams per memory (a random tiny model writes none, and the gate would never be reached)."""
+    from agentsleep.sleep.types import Dream
+
+    out = []
+    for m in memories:
+        words = m.text.rstrip(".").split()
+        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
+                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
+                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
+    return out
+
+
+def test_a_night_the_gate_rejects_is_retried_changed_then_set_aside(tiny, tmp_path, monkeypatch):
+    """End to end on the tiny model: the gate rejects (a recall gain no sleep can show); the next sleep
+    retakes the episode with another seed and more steps, and says so; after sleep.quarantine_after
+    failures it is set aside with the reason, and the sleep after that has nothing to do."""
+    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    h = _home(tmp_path, tiny, quarantine_after=2, seed={"replay_prompts": 2, "epochs": 1, "min_steps": 2},
+              rest={"rounds": 0}, dream={"per_episode": 3, "teacher_agreement": False},
+              gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})
+    e = h.remember("The user's locker code is 4417.").id
+    first = h.sleep()
+    assert first.status == "rejected" and "retry" not in first.metrics
+    assert any("1 episode(s) will be retried at the next sleep" in r for r in first.reasons), first.reasons
+    second = h.sleep()
+    assert second.status == "rejected" and second.episodes == [e]
+    retry = second.metrics["retry"]
+    assert retry["attempt"] == 1 and retry["after"] == "recall_gain" and retry["min_steps"] == 3
+    assert retry["seed"] != h.config.sleep.seed.seed and second.dreams["skipped"][e].startswith("set aside after 2")
+    assert h.sleep().status == "nothing-to-do" and h.held_back()[0]["state"] == "set aside"
+    assert h.retry() == [e] and h.sleep(dry_run=True).episodes == [e]
+    h.close()
