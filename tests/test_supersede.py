@@ -126,3 +126,48 @@ def test_restated_questions_take_the_new_value_only():
     assert [(d.episode_id, d.question, d.answer, d.kind) for d in got] == [
         ("ep-new", "What car do I drive?", "A white Toyota", "update"),  # the likelier; the repeated question once
         ("ep-new", "Which brand is my car?", "Toyota", "update")]
+
+
+def _grounded_writer(model, tok, memories, cfg, progress=None):
+    """Grounded dreams per memory (a random tiny model writes none, and no sleep would promote)."""
+    from agentsleep.sleep.types import Dream
+
+    out = []
+    for m in memories:
+        words = m.view.rstrip(".").split()
+        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
+                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
+                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
+    return out
+
+
+def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(tmp_path, monkeypatch):
+    """Two real sleeps on the tiny model (the gate opened: what is checked is what the update night
+    trains): the second detects the update, rehearses nothing of the old episode, and trains its
+    questions with the new value; the old episode stays consolidated in the first version."""
+    import json
+
+    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}, "sleep": {
+        "seed": {"replay_prompts": 2, "epochs": 1, "min_steps": 1}, "rest": {"rounds": 0},
+        "dream": {"per_episode": 3, "teacher_agreement": False},
+        "gate": {"drift_prompts": 2, "min_recall_gain": -1.0, "max_drift_kl": 1000, "max_base_drift_kl": 1000,
+                 "min_retention": 0.0, "loss_allowance": 1000, "min_probes": 0}}})
+    with Home.open(Home.init(tmp_path / "home", config=cfg)) as h:
+        old = h.remember("I live in Porto.").id
+        first = h.sleep()
+        assert first.status == "promoted", first.reasons
+        new = h.remember("We moved from Porto to Lisbon last month.").id
+        second = h.sleep()
+        assert second.status == "promoted", second.reasons
+        assert any(f"{new} supersedes {old}" in r for r in second.reasons), second.reasons
+        man = h.registry.get(second.version).manifest
+        assert old not in man["replay_ids"] and man["episode_ids"] == [new]
+        dreams = [json.loads(x) for x in (h.root / "sleeps" / second.sleep_id / "dreams.jsonl").read_text().splitlines()]
+        update = [(d["episode_id"], d["question"], d["answer"]) for d in dreams if d["kind"] == "update"]
+        before = [json.loads(x) for x in (h.root / "sleeps" / first.sleep_id / "dreams.jsonl").read_text().splitlines()]
+        asked = {d["question"] for d in before if d["episode_id"] == old and not d["held_out"]}
+        # each of the old episode's trained questions once, now with the new value (the old answers: Porto, user)
+        assert update and {q for _, q, _ in update} >= asked and {e for e, _, _ in update} == {new}
+        assert {a for _, _, a in update} == {"Lisbon"} and len(update) == len({q for _, q, _ in update})
+        assert h.get(old).superseded_by == new and h.get(old).consolidated_in == first.version

@@ -88,8 +88,8 @@ def _earlier(home, lineage: list[Version], superseded_too: bool = False) -> tupl
 
 
 def restate_updates(n: Night) -> None:
-    """An updated fact: the superseded episode's trained questions, answered by the teacher reading the
-    episode that superseded it, are trained tonight with the new value (saved with the night's dreams)."""
+    """An updated fact: the superseded episode's questions (its trained dreams and its probes) are trained
+    tonight with the new value (dream.restate; saved with the night's dreams)."""
     from ..memory.supersede import superseding
     from .dream import restate
     from .select import memory
@@ -98,7 +98,9 @@ def restate_updates(n: Night) -> None:
     if not pairs:
         return
     olds = {o: new for new, os in pairs.items() for o in os}
-    asked = [(olds[d.episode_id], d) for d in _earlier(n.home, n.lineage, superseded_too=True)[1] if d.episode_id in olds]
+    probes, dreams = _earlier(n.home, n.lineage, superseded_too=True)  # its trained dreams and held-out probes
+    asked = [(olds[d.episode_id], d) for d in dreams + [Dream(p.episode_id, p.question, p.answer) for p in probes]
+             if d.episode_id in olds]
     old_views = {o: memory(n.home.store.get(o)).view for o in {d.episode_id for _, d in asked}}
     extra = restate(n.model, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream, old_views)
     if extra:
