@@ -186,3 +186,15 @@ def test_full_copy_versions_of_old_homes_still_load(tiny, tmp_path):
         shutil.rmtree(h.registry.root / deltas.CACHE_DIR)
         assert deltas.digest(deltas.load_state(h.registry.materialise(v2.name))) == v2.manifest["weights_sha256"]
         assert h.registry.deltas_since_snapshot(v2.name) == 1
+
+
+def test_an_adapter_the_merge_cannot_replay_is_stored_in_full(tiny, tmp_path):
+    from peft import get_peft_model
+
+    with _home(tiny, tmp_path) as h:
+        model, tok = load(str(tiny))
+        cfg = lora_config(SeedConfig(lora_r=4))
+        cfg.use_dora = True  # DoRA rescales columns: not a sum of B @ A
+        v = publish(get_peft_model(model, cfg), tok, h.registry, {"parent": "v0000", "kind": "sleep"})
+        assert v.manifest["storage"] == "full" and v.weights == str(v.path)
+        assert load(v.weights)[0].config.num_hidden_layers == 3

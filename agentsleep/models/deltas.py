@@ -78,19 +78,20 @@ def plain_lora(adapter_dir: Path) -> bool:
         return False
     return (str(cfg.get("peft_type", "LORA")).upper() == "LORA" and not cfg.get("use_dora")
             and cfg.get("bias", "none") == "none" and not cfg.get("lora_bias") and not cfg.get("fan_in_fan_out")
+            and not cfg.get("rank_pattern") and not cfg.get("alpha_pattern") and not cfg.get("target_parameters")
+            and not cfg.get("modules_to_save")
             and (adapter_dir / "adapter_model.safetensors").is_file())
 
 
 def merge_lora(sd: dict[str, Any], adapter_dir: Path) -> dict[str, Any]:
     """`sd` with the peft adapter in `adapter_dir` merged in: the one deterministic merge (see module doc).
-
-    Tensors the adapter stores whole (peft's modules_to_save) replace the parent's."""
+    Publish uses it only for adapters `plain_lora` accepts, and stores anything else in full."""
     import torch
     from safetensors.torch import load_file
 
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    r_default, a_default = int(cfg["r"]), float(cfg.get("lora_alpha", cfg["r"]))
-    ranks, alphas = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    r = int(cfg["r"])
+    scale = float(cfg.get("lora_alpha", r)) / (r ** 0.5 if cfg.get("use_rslora") else r)
     ad = load_file(str(adapter_dir / "adapter_model.safetensors"))
     out = dict(sd)
     pairs: dict[str, dict[str, Any]] = {}
@@ -99,10 +100,8 @@ def merge_lora(sd: dict[str, Any], adapter_dir: Path) -> dict[str, Any]:
         m = re.match(r"^(.*)\.lora_([AB])\.weight$", name)
         if m:
             pairs.setdefault(m.group(1), {})[m.group(2)] = t
-        else:  # a whole tensor (modules_to_save)
-            if name not in sd:
-                raise RegistryError(f"adapter {adapter_dir}: tensor {name} is not in the parent's weights")
-            out[name] = t.to(sd[name].dtype).contiguous()
+        else:
+            raise RegistryError(f"adapter {adapter_dir}: {name} is not a LoRA factor; it cannot be replayed")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -110,15 +109,11 @@ def merge_lora(sd: dict[str, Any], adapter_dir: Path) -> dict[str, Any]:
             key = mod + ".weight"
             if key not in sd or set(ab) != {"A", "B"}:
                 raise RegistryError(f"adapter {adapter_dir}: LoRA on {mod} does not match the parent's weights")
-            short = mod.split(".")[-1]
-            r = next((int(v) for k, v in ranks.items() if mod.endswith(k)), r_default)
-            alpha = next((float(v) for k, v in alphas.items() if mod.endswith(k)), a_default)
-            scale = alpha / (r ** 0.5 if cfg.get("use_rslora") else r)
             w = sd[key]
             delta = ab["B"].to(torch.float64) @ ab["A"].to(torch.float64)
             if delta.shape != w.shape:
                 raise RegistryError(f"adapter {adapter_dir}: LoRA on {mod} has shape {tuple(delta.shape)}, "
-                                    f"the weight {tuple(w.shape)} ({short})")
+                                    f"the weight {tuple(w.shape)}")
             out[key] = (w.to(torch.float64) + scale * delta).to(w.dtype).contiguous()
     finally:
         torch.set_num_threads(threads)
