@@ -495,8 +495,8 @@ def _promoted(n: Night) -> bool:
 STAGES: tuple[tuple[str, Callable[[Night], SleepReport | None], Callable[[Night], bool] | None], ...] = (
     ("load", load_parent, None),
     ("dream", write_dreams, None),
-    ("update", restate_updates, None),
     ("rest", improve_writer, lambda n: bool(n.cfg.rest.rounds and n.dreams.probes) and not n.stop()),
+    ("update", restate_updates, None),  # after ReST: the writer never learns from questions it did not write
     ("seed", seed_expert, None),
     ("gate", judge, None),
     ("publish", publish_version, _promoted),
@@ -565,7 +565,9 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
     with sleep_lock(home.root):
         home.registry.sweep_staging()
         from ..memory.supersede import detect as detect_updates  # newer values supersede consolidated ones
-        updated = detect_updates(home.store, home.store.list(unconsolidated_only=True)) if not dry_run else []
+        # the oldest waiting episodes, those this sleep can take (a bulk import is checked a sleep's worth at a time)
+        window = 2 * (max_episodes or home.config.sleep.max_episodes)
+        updated = [] if dry_run else detect_updates(home.store, home.store.list(unconsolidated_only=True)[:window])
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
         if not dry_run:
             home.store.ledger.tick()  # the clock episodes' backoff is counted in
