@@ -313,7 +313,8 @@ class Home:
                         "sleep_id": m.get("sleep_id"), "created_at": m.get("created_at"),
                         "episodes": len(m.get("episode_ids", [])), "metrics": m.get("metrics", {}),
                         "kind": m.get("kind", "sleep") if not v.is_base else "base",
-                        "expert": (v.path / "adapter").is_dir(), **shape(v)})
+                        "expert": (v.path / "adapter").is_dir(), **shape(v),
+                        "storage": None if v.is_base else m.get("storage", "full")})
         return out
 
     def diff(self, a: str, b: str | None = None) -> dict[str, Any]:

@@ -79,7 +79,9 @@ def test_delta_versions_are_small_and_rebuild_exactly(tiny, tmp_path):
         m4, _ = load(h.registry.get(v4.name).weights)
         with torch.no_grad():
             assert torch.allclose(m4(**ids4).logits, want4, atol=1e-4)
-        assert h.history()[-1]["layers"] == 3 and h.history()[1]["parameters"] == v1.manifest["parameters"]
+        rows = h.history()
+        assert rows[-1]["layers"] == 3 and rows[1]["parameters"] == v1.manifest["parameters"]
+        assert [r["storage"] for r in rows] == [None, "delta", "delta", "full", "delta"]
 
 
 def test_rollback_rebuilds_and_checks_and_a_corrupt_delta_is_refused(tiny, tmp_path):
