@@ -128,6 +128,8 @@ def test_two_loaders_build_a_version_once(tiny, tmp_path):
     with _home(tiny, tmp_path) as h:
         v1, _, _ = _sleep(h, 1)
         shutil.rmtree(h.registry.root / deltas.CACHE_DIR)
+        crashed = h.registry.root / deltas.CACHE_DIR / f".tmp-{v1.name}-999999999-0123abcd"  # a rebuilder killed mid-write
+        crashed.mkdir(parents=True)
         out, errs = [], []
 
         def go():
@@ -141,6 +143,7 @@ def test_two_loaders_build_a_version_once(tiny, tmp_path):
         assert not errs and len(set(out)) == 1
         ready = json.loads((h.registry.root / deltas.CACHE_DIR / v1.name / deltas.READY).read_text())
         assert ready["weights_sha256"] == v1.manifest["weights_sha256"]
+        assert not crashed.exists()
 
 
 def test_grown_version_is_a_layer_map_and_prune_keeps_what_deltas_need(tiny, tmp_path):
