@@ -51,6 +51,17 @@ def test_detection_precision_on_written_pairs():
     assert not contradicts("I live in Porto.", "We moved to Lisbon.", 0.2)  # far apart: never
 
 
+def test_readers_never_create_the_table(tmp_path):
+    import sqlite3
+
+    from agentsleep.memory.ledger import Ledger
+
+    led = Ledger(tmp_path / "ledger.sqlite")
+    assert superseded(led.path) == {}
+    with sqlite3.connect(led.path) as c:  # a read-only home's reader wrote nothing
+        assert not c.execute("SELECT name FROM sqlite_master WHERE name = 'superseded'").fetchall()
+
+
 @pytest.fixture()
 def home(tmp_path):
     cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}})

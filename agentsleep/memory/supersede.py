@@ -16,6 +16,7 @@ leaves rehearsal. Records live in the ledger's SQLite file; forgetting either ep
 from __future__ import annotations
 
 import re
+import sqlite3
 import time
 from pathlib import Path
 
@@ -95,10 +96,15 @@ def record(path: Path, old_id: str, new_id: str, similarity: float) -> None:
 
 
 def superseded(path: Path, episode_ids: list[str] | None = None) -> dict[str, str]:
-    """old episode id -> the id of the episode that superseded it."""
-    _ensure(path)
-    with connect(path) as c:
-        rows = c.execute("SELECT episode_id, by FROM superseded").fetchall()
+    """old episode id -> the id of the episode that superseded it (none in a ledger that never had one:
+    readers of a read-only home never create the table)."""
+    try:
+        with connect(path) as c:
+            rows = c.execute("SELECT episode_id, by FROM superseded").fetchall()
+    except sqlite3.OperationalError as e:
+        if "no such table" not in str(e):
+            raise
+        return {}
     want = None if episode_ids is None else set(episode_ids)
     return {o: n for o, n in rows if want is None or o in want}
 
