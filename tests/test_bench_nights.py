@@ -46,6 +46,7 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
         rep = json.loads((home_dir / "sleeps" / m["sleep_id"] / "report.json").read_text())
         assert rep["status"] == m["status"] and m["seconds"] > 0            # each morning follows a real sleep
         assert len(m["accuracy"]) == m["night"] and m["told"] == 2 * m["night"]
+        assert m["remembered"] == m["told"] + m["updates"] and 0 <= m["consolidated"] <= m["remembered"]
         assert all(0 <= a <= 1 for a in m["accuracy"]) and m["disk_bytes"] >= 0 and m["drift_base"] >= 0
         if m["status"] != "promoted":
             assert m["reasons"]

@@ -15,6 +15,7 @@ Figures over seeds are mean, min and max.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import statistics
 import time
@@ -123,7 +124,10 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
                 upd_new = round(sum(contains_answer(a, u.answer) for a, (u, _) in zip(answers, updates)) / len(updates), 3)
                 upd_old = round(sum(contains_answer(a, f.answer) for a, (_, f) in zip(answers, updates)) / len(updates), 3)
             m = rep.metrics or {}
+            eps = home.store.list()
             mornings.append({
+                "consolidated": sum(bool(e.consolidated_in) and not e.consolidated_in.startswith("skipped:") for e in eps),
+                "remembered": len(eps),
                 "night": n + 1, "status": str(rep.status), "reasons": list(rep.reasons), "sleep_id": rep.sleep_id,
                 "version": live.version.name, "seconds": round(seconds, 1), "accuracy": acc,
                 "recall": round(sum(a * len(s) for a, s in zip(acc, sets)) / told, 3), "told": told,
@@ -162,6 +166,7 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
         per_night.append({
             "night": n + 1, "promoted": sum(m["status"] == "promoted" for m in ms), "seeds": len(ms),
             "recall": _spread([m["recall"] for m in ms]),
+            "consolidated": _spread([m["consolidated"] / max(m["remembered"], 1) for m in ms]),
             "min_retention": _spread([min((x for x in m["retention"] if x is not None), default=None) for m in ms]),
             "updated": _spread([m["updated"] for m in ms]), "drift_base": _spread([m["drift_base"] for m in ms]),
             "disk_share": _spread([m["disk_share"] for m in ms]), "seconds": _spread([m["seconds"] for m in ms]),
@@ -182,7 +187,7 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
                           and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
                           and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
                           and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
-    return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "per_night": per_night,
+    return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "per_night": per_night,
             "runs": runs, "targets": targets, "max_drift_kl": max_kl, "base_bytes": runs[0]["base_bytes"]}
 
 
@@ -198,7 +203,7 @@ def plot(res: dict[str, Any], path: Path) -> Path:
     grid = np.full((n, n), np.nan)
     for i, row in enumerate(res["per_night"]):
         grid[i, :len(row["matrix_row"])] = row["matrix_row"]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.5 * n))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.2 + 0.6 * n), max(3.5, 1.0 + 0.5 * n)))
     im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
     for i in range(n):
         for j in range(i + 1):
@@ -206,7 +211,8 @@ def plot(res: dict[str, Any], path: Path) -> Path:
                     color="white" if grid[i, j] < 0.6 else "black")
     ax.set(xlabel="set (night told)", ylabel="morning after night", xticks=range(n), yticks=range(n),
            xticklabels=range(1, n + 1), yticklabels=range(1, n + 1),
-           title=f"closed-book accuracy, mean of {res['seeds']} seeds")
+           )
+    ax.set_title(f"closed-book accuracy, mean of {res['seeds']} seed(s)", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -223,7 +229,8 @@ def _fmt(s: dict[str, float] | None, pct: bool = False) -> str:
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     png = plot(res, docs_dir / f"bench_nights_{res['nights']}x{res['facts_per_night']}.png")
-    rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
+    rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p.get('consolidated'), pct=True)} | "
+            f"{_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
             f"{_fmt(p['updated'])} | {_fmt(p['drift_base'])} | {_fmt(p['disk_share'], pct=True)} | {_fmt(p['seconds'])} |"
             for p in res["per_night"]]
     why = [f"- seed {r['seed']}, night {m['night']}: {m['status']}: {'; '.join(m['reasons'])}"
@@ -239,10 +246,11 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     ]
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts (bench/night_facts.py, written for this "
             f"suite and never used for tuning), from night 3 on one update of an earlier fact a night; one `sleep()` a "
-            f"night on a fresh home with the default config; {res['seeds']} seeds, mean (min-max). Every fact told so far "
+            f"night on a fresh home with {'the default config' if not res.get('config') else 'config overrides ' + json.dumps(res['config'])}; {res['seeds']} seeds, mean (min-max). Every fact told so far "
             "is asked closed-book each morning with its paraphrased question and its current answer.\n\n"
-            "| night | promoted | cumulative recall | lowest set vs first morning | updated facts, new value | "
-            "drift KL vs base | disk (share of base) | seconds |\n|---|---|---|---|---|---|---|---|\n"
+            "| night | promoted | episodes consolidated | cumulative recall | lowest set vs first morning | "
+            "updated facts, new value | drift KL vs base | disk (share of base) | seconds |\n"
+            "|---|---|---|---|---|---|---|---|---|\n"
             + "\n".join(rows) + "\n\nTargets after the last night:\n\n" + "\n".join(checks) + "\n\n"
             + ("Not promoted:\n\n" + "\n".join(why) + "\n\n" if why else "")
             + f"![night-by-set matrix]({png.name})\n")
