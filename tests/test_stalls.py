@@ -87,6 +87,11 @@ def test_backed_off_episodes_do_not_block_the_cap_and_retries_change_the_plan(ti
     assert h.retry([ids[0]]) == [ids[0]]
     assert [m.id for m in select(h).memories] == [ids[0], ids[2]]  # oldest first again
     assert h.retry() == [ids[1]] and h.held_back() == []
+    h.store.ledger.fail(ids, "s9", "net", "x", now_sleep=h.store.ledger.sleeps(), backoff=1, quarantine_after=0)
+    h.store.ledger.fail(ids, "s9", "net", "x", now_sleep=h.store.ledger.sleeps(), backoff=1, quarantine_after=0)
+    rep = h.sleep()  # everything waits: nothing to do, and the report says why
+    assert rep.status == "nothing-to-do" and "not waiting out a backoff" in rep.reasons[0]
+    assert "4 episode(s) wait out a backoff" in rep.reasons[1]
 
 
 def test_cli_shows_why_and_releases(tiny, tmp_path):

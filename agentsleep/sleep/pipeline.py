@@ -534,7 +534,8 @@ def _without_work(plan: SleepPlan, dry_run: bool, started_at: float) -> SleepRep
         return None
     if not plan.memories:
         status, episodes, why = (Status.NOTHING_TO_DO, [],
-                                 "no unconsolidated episodes the consolidation policy allows")
+                                 "no unconsolidated episodes the consolidation policy allows"
+                                 + (" that are not waiting out a backoff" if plan.backed_off else ""))
     else:
         status, episodes = Status.DRY_RUN, [m.id for m in plan.memories]
         why = (f"would consolidate {len(plan.memories)} episodes, rehearse {len(plan.replay)}; "
