@@ -60,6 +60,23 @@ class MemoryConfig(_Section):
                               "\"in May 2023\") scores (1 + this) times its fused score; 0 ignores time words.")
     neighbour_weight: float = Field(0.3, ge=0, description="A candidate also scores this share of the best fused score of "
                                     "the turns just before and after it in its session (a question and its answer rise together).")
+    lexical_skip_speakers: bool = Field(False, description="Leave the names of the speakers among the dense hits out of "
+                                        "the BM25 query (a name in a question says who said it, in a turn it marks "
+                                        "the other speaker addressing them); no extra cost.")
+    context_dense_weight: float = Field(0.0, ge=0, description="Weight of a ranking of the candidates by the query's cosine "
+                                        "to each one's view in its place (its vector plus context_view_mix times its "
+                                        "session neighbours' stored vectors) in reciprocal-rank fusion; 0 = off (on: one "
+                                        "more SQLite query and one Chroma get per recall, no extra embedding).")
+    context_view_mix: float = Field(1.0, ge=0, le=4, description="Share of each neighbour's vector in a candidate's "
+                                    "context view (context_dense_weight).")
+    keyword_dense_weight: float = Field(0.0, ge=0, description="Weight of a second dense ranking, of the query's content "
+                                        "words alone (question and stop words out), in reciprocal-rank fusion; 0 = off "
+                                        "(on: one more query embedding and one more Chroma query per recall).")
+    session_weight: float = Field(0.0, ge=0, description="A candidate also scores this share of the summed fused scores of "
+                                  "the best `session_top` other candidates in its session (a session about the query "
+                                  "lifts its turns); 0 = off (on: one SQLite query per recall).")
+    session_top: int = Field(3, ge=1, le=50, description="Other candidates of a session whose scores lift a candidate "
+                             "(session_weight), in episodes.")
     dense_context_turns: int = Field(0, ge=0, le=4, description="Turns before a new one in its session embedded with it "
                                      "(the dense vector then means the turn in its place), in turns; 0 = the turn alone. "
                                      "Applies to memories remembered after it is set.")

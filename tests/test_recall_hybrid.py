@@ -218,3 +218,55 @@ def test_lm_reranker_reorders_only_the_candidates(tmp_path):
         assert [h.id for h in s.recall("What colour is the kite?", k=4, rerank=False)] != []
     finally:
         s.close()
+
+
+def test_session_weight_lifts_a_hit_whose_session_mates_score(store):
+    a, b, c = (store.remember(t, session=s, kind="turn", namespace="n").id
+               for t, s in (("first turn", "s1"), ("second turn", "s1"), ("an aside", "s2")))
+    ranking = [(1.0, [a, c, b])]  # c outranks b on its own
+    store.cfg.neighbour_weight = 0.0
+    assert store._fuse("q", ranking, {}, now=None) == [a, c, b]
+    store.cfg.session_weight = 0.5  # b's session-mate a is the best hit: b rises above c
+    assert store._fuse("q", ranking, {}, now=None) == [a, b, c]
+    store.cfg.session_weight = 0.0
+
+
+def test_keyword_dense_list_is_the_content_words_embedded(store):
+    texts = ["Maria painted a sunset over the lake last summer.", "What did you paint, Maria?",
+             "The lake froze early this winter.", "Painting classes start on Monday.", "Did you go to the lake?"]
+    for t in texts:
+        store.remember(t, namespace="n")
+    store.remember("Maria painted a sunset over the lake last summer.", namespace="other")
+    q = "What did Maria paint at the lake?"
+    store.cfg.dense_weight, store.cfg.lexical_weight, store.cfg.neighbour_weight = 0.0, 0.0, 0.0
+    store.cfg.keyword_dense_weight = 1.0
+    only_words = store.recall(q, k=5, namespace="n")
+    store.cfg.dense_weight, store.cfg.keyword_dense_weight = 1.0, 0.0
+    dense_words = store.recall(" ".join(query_terms(q)), k=5, namespace="n")
+    assert [e.id for e in only_words] == [e.id for e in dense_words]
+    assert all(e.namespace == "n" and e.score is not None for e in only_words)
+
+
+def test_lexical_skip_speakers_leaves_the_speakers_names_out_of_bm25(store):
+    turns = [("Ben", "Ana, did you see the lighthouse?"), ("Ana", "I say the lighthouse is loveliest at dawn."),
+             ("Ben", "Ana! Ana! Lunch is ready, Ana.")]
+    ids = [store.remember(t, speaker=s, session="s", kind="turn", namespace="n").id for s, t in turns]
+    store.cfg.dense_weight, store.cfg.neighbour_weight = 0.0, 0.0  # the lexical ranking alone orders the hits
+    assert store.recall("What did Ana say?", k=1, namespace="n")[0].id == ids[2]  # the name finds Ben's turn
+    store.cfg.lexical_skip_speakers = True
+    assert store.recall("What did Ana say?", k=1, namespace="n")[0].id == ids[1]
+    assert store.recall("Ana", k=1, namespace="n")[0].id == ids[2]  # nothing else left: the name is kept
+
+
+def test_context_view_ranks_a_reply_by_the_question_before_it(store):
+    a = [store.remember(t, session="s1", kind="turn", namespace="n").id
+         for t in ("Did you enjoy the opera in Vienna?", "Yes, it was wonderful, we cried at the end.")]
+    b = [store.remember(t, session="s2", kind="turn", namespace="n").id
+         for t in ("The plumber fixed the kitchen sink on Tuesday.", "Yes, it was wonderful, we cried at the end!")]
+    q = store._embed_query("the opera in Vienna")
+    store.cfg.context_view_mix = 1.0
+    assert store._context_ranking(q, [b[1], a[1]]) == [a[1], b[1]]
+    store.cfg.context_dense_weight = 1.0
+    hits = store.recall("the opera in Vienna", k=4, namespace="n")
+    assert {e.id for e in hits} == set(a + b) and hits[0].id == a[0]
+    assert store.recall("the opera in Vienna", k=4, namespace="other") == []

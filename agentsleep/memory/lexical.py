@@ -211,9 +211,11 @@ class LexicalIndex:
             return {r[0] for r in c.execute("SELECT id FROM docs")}
 
     def search(self, query: str, limit: int, filters: Filters, *, ctx_weight: float | None = None,
-               ent_weight: float | None = None) -> list[tuple[str, float]]:
-        """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`."""
+               ent_weight: float | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+        """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`
+        (less the lower-case words in `skip`, unless nothing else is left)."""
         terms = query_terms(query)
+        terms = [t for t in terms if t not in skip] or terms
         if not terms:
             return []
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
@@ -242,6 +244,18 @@ class LexicalIndex:
                                                 (ns, sess))]
                 for n, i in enumerate(rows):
                     out[i] = (rows[n - 1] if n else None, rows[n + 1] if n + 1 < len(rows) else None)
+        return out
+
+    def session_of(self, ids: list[str]) -> dict[str, tuple[str, str]]:
+        """id -> (namespace, session) for those of these ids that have a session (one query per 500 ids)."""
+        out: dict[str, tuple[str, str]] = {}
+        with self._conn() as c:
+            for s in range(0, len(ids), _IN_BATCH):
+                part = ids[s:s + _IN_BATCH]
+                q = ",".join("?" * len(part))
+                for i, ns, sess in c.execute(f"SELECT id, namespace, session FROM docs WHERE id IN ({q}) "
+                                             "AND session IS NOT NULL", part):
+                    out[i] = (ns, sess)
         return out
 
     def last_in_session(self, namespace: str, session: str, n: int) -> list[str]:

@@ -416,9 +416,24 @@ class EpisodeStore:
         for i, doc, md, dist in zip(dense, res["documents"][0], res["metadatas"][0], res["distances"][0]):
             recs[i] = (doc, md)
             cos[i] = round(1.0 - float(dist), 4)
+        skip: set[str] = set()
+        if self.cfg.lexical_skip_speakers:
+            # a speaker's name in the query says who said it; in a turn's words it mostly marks the other
+            # speaker addressing them, so as a BM25 term it finds the wrong side of the conversation
+            skip = {str(md["speaker"]).lower() for _, md in recs.values() if md.get("speaker")}
         lex = [i for i, _ in self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
-                                                 ent_weight=self.cfg.lexical_entity_weight)] if use_lex else []
-        order = self._fuse(query, dense, lex, recs, now=now)
+                                                 ent_weight=self.cfg.lexical_entity_weight, skip=skip)] if use_lex else []
+        lists = [(self.cfg.dense_weight, dense), (self.cfg.lexical_weight, lex)]
+        words = " ".join(query_terms(query))
+        if self.cfg.keyword_dense_weight and words and words != query.strip().lower():
+            # the query's content words alone, embedded: a question's form ("what did ... do") pulls its
+            # vector toward other questions; its words alone sit nearer the statements that answer it
+            kres = self._call("query", self._coll.query, query_embeddings=[self._embed_query(words)],
+                              n_results=min(pool, n), where=where, include=[])
+            lists.append((self.cfg.keyword_dense_weight, kres["ids"][0]))
+        if self.cfg.context_dense_weight and not self._legacy:
+            lists.append((self.cfg.context_dense_weight, self._context_ranking(qvec, [i for _, r in lists for i in r])))
+        order = self._fuse(query, lists, recs, now=now)
         missing = [i for i in order[:pool] if i not in recs]
         if missing:
             got = self._call("get", self._coll.get, ids=missing, include=["documents", "metadatas", "embeddings"])
@@ -443,17 +458,44 @@ class EpisodeStore:
             self._attach_neighbours(out, window)
         return out
 
+    def _context_ranking(self, qvec: list[float], cands: list[str]) -> list[str]:
+        """The candidates ranked by the query's cosine to each one's view in its place: its stored vector plus
+        `context_view_mix` times those of the turns just before and after it in its session (stored vectors,
+        no new embedding: one SQLite query and one Chroma get per recall)."""
+        import numpy as np
+
+        cands = list(dict.fromkeys(cands))
+        if not cands:
+            return []
+        adj = self.lexical.adjacent(cands)
+        need = list(dict.fromkeys(cands + [j for pair in adj.values() for j in pair if j]))
+        got = self._call("get", self._coll.get, ids=need, include=["embeddings"])
+        vec = {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
+        q = np.asarray(qvec, dtype=np.float32)
+        mix = self.cfg.context_view_mix
+        score = {}
+        for i in cands:
+            if i not in vec:
+                continue
+            v = vec[i].copy()
+            for j in adj.get(i, (None, None)):
+                if j in vec:
+                    v += mix * vec[j]
+            score[i] = float(q @ v) / (float(np.linalg.norm(v)) or 1.0)
+        return sorted(score, key=lambda i: -score[i])
+
     def _embed_query(self, query: str) -> list[float]:
         from .embedder import MiniLMEmbedding
 
         return [float(x) for x in MiniLMEmbedding(self.cfg.embedder)([query])[0]]
 
-    def _fuse(self, query: str, dense: list[str], lex: list[str], recs: dict[str, tuple[str, dict]],
+    def _fuse(self, query: str, lists: list[tuple[float, list[str]]], recs: dict[str, tuple[str, dict]],
               now: datetime | None) -> list[str]:
-        """Weighted reciprocal-rank fusion, then multiplicative boosts (speaker / name mentioned, time named)."""
+        """Weighted reciprocal-rank fusion of (weight, ranking) lists, then multiplicative boosts (speaker /
+        name mentioned, time named), then lifts from a hit's neighbours and from its session's other hits."""
         c = self.cfg
         score: dict[str, float] = {}
-        for w, ranking in ((c.dense_weight, dense), (c.lexical_weight, lex)):
+        for w, ranking in lists:
             for r, i in enumerate(ranking, 1):
                 score[i] = score.get(i, 0.0) + w / (c.rrf_k + r)
         if not score:
@@ -481,6 +523,20 @@ class EpisodeStore:
             for i, (before, after) in adj.items():
                 if i in score:
                     score[i] += c.neighbour_weight * max(base.get(before, 0.0), base.get(after, 0.0))
+        if c.session_weight and not self._legacy:
+            # a session where several candidates score is about the query: its hits lift one another
+            # (the best `session_top` other candidates of the same session add this share of their scores)
+            of = self.lexical.session_of(list(score))
+            base = dict(score)
+            members: dict[tuple[str, str], list[float]] = {}
+            for i, key in of.items():
+                members.setdefault(key, []).append(base[i])
+            for key in members:
+                members[key].sort(reverse=True)
+            for i, key in of.items():
+                others = list(members[key])
+                others.remove(base[i])
+                score[i] += c.session_weight * sum(others[:c.session_top])
         return sorted(score, key=lambda i: -score[i])
 
     def _rerank(self, query: str, ids: list[str], recs: dict[str, tuple[str, dict]]) -> list[str]:
