@@ -44,7 +44,8 @@ def test_real_sleep_promotes_and_rolls_back(tmp_path):
         assert h.ask("What is my dog's name?", use_memory=False)["model_version"] == "v0001"
         man = json.loads((h.registry.get("v0001").path / "manifest.json").read_text())
         assert man["parent"] == "v0000" and sorted(man["episode_ids"]) == sorted(ids)
-        assert man["probes"] and "model.safetensors" in man["checksums"]
+        # an adapter-sized version: the expert and its checksum, no weights copy (models/deltas.py)
+        assert man["probes"] and man["storage"] == "delta" and "delta.json" in man["checksums"] and man["weights_sha256"]
         assert {e.consolidated_in for e in h.episodes() if e.id != planted} == {"v0001"}
         # The planted instruction was offered to the sleep; the consolidation policy (sleep/policy.py, applied
         # by sleep/select.py) is what holds it back: flagged as an injection, it is neither dreamed about nor
