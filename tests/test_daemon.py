@@ -392,3 +392,19 @@ def test_many_homes_queue_under_a_concurrency_limit(tmp_path, daemons):
     assert [c.home for c in rec.calls] == [h.resolve() for h in homes]  # first come, first served
     with pytest.raises(Exception, match="max_concurrent"):
         Daemon([homes[0]], max_concurrent=0)
+
+
+def test_episodes_backing_off_are_not_counted_as_waiting(tmp_path, daemons):
+    """The real probe (no stand-in): an episode waiting out a backoff after failed sleeps does not count
+    towards the threshold, or a threshold daemon would sleep on it again at once and run its backoff down."""
+    root = make_home(tmp_path)
+    with Home.open(root) as h:
+        ids = [h.remember(t).id for t in ("I keep bees.", "My sister is called Ines.", "Our boat is green.")]
+        led = h.store.ledger
+        led.fail(ids[:1], "s1", "retention", "lost old facts", now_sleep=led.sleeps(), backoff=2, quarantine_after=4)
+        led.fail(ids[:1], "s2", "retention", "lost old facts", now_sleep=led.sleeps(), backoff=2, quarantine_after=4)
+        assert led.attempts()[ids[0]].wait_until > led.sleeps()
+    d = daemons(root, sleep_fn=Recorder())
+    slot = next(iter(d.slots.values()))
+    waiting, newest = d.probe(slot)
+    assert waiting == 2 and newest is not None
