@@ -60,7 +60,7 @@ class MemoryConfig(_Section):
                               "\"in May 2023\") scores (1 + this) times its fused score; 0 ignores time words.")
     neighbour_weight: float = Field(0.3, ge=0, description="A candidate also scores this share of the best fused score of "
                                     "the turns just before and after it in its session (a question and its answer rise together).")
-    lexical_skip_speakers: bool = Field(False, description="Leave the names of the speakers among the dense hits out of "
+    lexical_skip_speakers: bool = Field(True, description="Leave the names of the speakers among the dense hits out of "
                                         "the BM25 query (a name in a question says who said it, in a turn it marks "
                                         "the other speaker addressing them); no extra cost.")
     context_dense_weight: float = Field(0.0, ge=0, description="Weight of a ranking of the candidates by the query's cosine "
@@ -69,6 +69,12 @@ class MemoryConfig(_Section):
                                         "more SQLite query and one Chroma get per recall, no extra embedding).")
     context_view_mix: float = Field(1.0, ge=0, le=4, description="Share of each neighbour's vector in a candidate's "
                                     "context view (context_dense_weight).")
+    feedback_weight: float = Field(0.0, ge=0, description="Weight of a pseudo-relevance-feedback dense ranking (the query "
+                                   "vector moved toward the first `feedback_docs` fused hits' vectors, searched again) in "
+                                   "reciprocal-rank fusion; 0 = off (on: one more Chroma get and query per recall).")
+    feedback_docs: int = Field(3, ge=1, le=20, description="First fused hits whose vectors move the feedback query, in episodes.")
+    feedback_mix: float = Field(1.0, ge=0, le=4, description="Weight of the hits' mean vector against the query's own "
+                                "(unit length) in the feedback query.")
     keyword_dense_weight: float = Field(0.0, ge=0, description="Weight of a second dense ranking, of the query's content "
                                         "words alone (question and stop words out), in reciprocal-rank fusion; 0 = off "
                                         "(on: one more query embedding and one more Chroma query per recall).")

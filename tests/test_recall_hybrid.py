@@ -252,6 +252,7 @@ def test_lexical_skip_speakers_leaves_the_speakers_names_out_of_bm25(store):
              ("Ben", "Ana! Ana! Lunch is ready, Ana.")]
     ids = [store.remember(t, speaker=s, session="s", kind="turn", namespace="n").id for s, t in turns]
     store.cfg.dense_weight, store.cfg.neighbour_weight = 0.0, 0.0  # the lexical ranking alone orders the hits
+    store.cfg.lexical_skip_speakers = False
     assert store.recall("What did Ana say?", k=1, namespace="n")[0].id == ids[2]  # the name finds Ben's turn
     store.cfg.lexical_skip_speakers = True
     assert store.recall("What did Ana say?", k=1, namespace="n")[0].id == ids[1]
@@ -270,3 +271,20 @@ def test_context_view_ranks_a_reply_by_the_question_before_it(store):
     hits = store.recall("the opera in Vienna", k=4, namespace="n")
     assert {e.id for e in hits} == set(a + b) and hits[0].id == a[0]
     assert store.recall("the opera in Vienna", k=4, namespace="other") == []
+
+
+def test_feedback_ranking_moves_the_query_toward_the_first_hits(store):
+    texts = ["The ferry to the island leaves at noon.", "Island ferries are cancelled in storms.",
+             "My sister bakes sourdough bread.", "Sourdough needs a starter fed daily."]
+    ids = [store.remember(t, namespace="n").id for t in texts]
+    store.remember("The ferry to the island leaves at noon.", namespace="other")
+    q = store._embed_query("ferry island")
+    where = {"namespace": "n"}
+    plain = store._call("query", store._coll.query, query_embeddings=[q], n_results=4, where=where, include=[])["ids"][0]
+    store.cfg.feedback_mix = 0.0  # no feedback: the plain dense ranking
+    assert store._feedback_ranking(q, [ids[2]], 4, 5, where) == plain
+    store.cfg.feedback_mix = 4.0  # fed back a bread turn, the query drifts to bread
+    moved = store._feedback_ranking(q, [ids[2]], 4, 5, where)
+    assert set(moved) == set(ids) and moved[0] == ids[2] and plain[0] != ids[2]
+    store.cfg.feedback_weight = 0.5
+    assert {e.namespace for e in store.recall("ferry island", k=5, namespace="n")} == {"n"}

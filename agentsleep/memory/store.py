@@ -434,6 +434,10 @@ class EpisodeStore:
         if self.cfg.context_dense_weight and not self._legacy:
             lists.append((self.cfg.context_dense_weight, self._context_ranking(qvec, [i for _, r in lists for i in r])))
         order = self._fuse(query, lists, recs, now=now)
+        if self.cfg.feedback_weight and order:
+            lists.append((self.cfg.feedback_weight, self._feedback_ranking(qvec, order[:self.cfg.feedback_docs],
+                                                                           pool, n, where)))
+            order = self._fuse(query, lists, recs, now=now)
         missing = [i for i in order[:pool] if i not in recs]
         if missing:
             got = self._call("get", self._coll.get, ids=missing, include=["documents", "metadatas", "embeddings"])
@@ -457,6 +461,22 @@ class EpisodeStore:
         if window and out:
             self._attach_neighbours(out, window)
         return out
+
+    def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, n: int, where: dict | None) -> list[str]:
+        """Pseudo-relevance feedback (Rocchio): the query's vector moved toward the mean of the first fused hits'
+        stored vectors, searched again; finds turns that share the hits' topic but not the question's words
+        (one Chroma get and one Chroma query per recall, no new embedding)."""
+        import numpy as np
+
+        got = self._call("get", self._coll.get, ids=top, include=["embeddings"])
+        if not got["ids"]:
+            return []
+        q = np.asarray(qvec, dtype=np.float32)
+        v = q + self.cfg.feedback_mix * np.mean(np.asarray(got["embeddings"], dtype=np.float32), axis=0)
+        v /= float(np.linalg.norm(v)) or 1.0
+        res = self._call("query", self._coll.query, query_embeddings=[v.tolist()], n_results=min(pool, n),
+                         where=where, include=[])
+        return res["ids"][0]
 
     def _context_ranking(self, qvec: list[float], cands: list[str]) -> list[str]:
         """The candidates ranked by the query's cosine to each one's view in its place: its stored vector plus
