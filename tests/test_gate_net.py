@@ -10,7 +10,8 @@ from agentsleep.home import Home
 from agentsleep.memory.ledger import CANDIDATE, Ledger, probe_id
 from agentsleep.models.loader import load
 from agentsleep.sleep.gate import Counts, count, decide, drift_kl, drift_from_reference, drift_reference
-from agentsleep.sleep.pipeline import Night, earlier_items, first_levels, record_answers
+from agentsleep.sleep.evidence import earlier_items, first_levels, record_answers
+from agentsleep.sleep.pipeline import Night
 from agentsleep.sleep.types import Dream, Probe, SleepPlan, Verdict
 from tiny import tiny_model_dir
 

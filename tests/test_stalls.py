@@ -8,7 +8,8 @@ from agentsleep.config import Config
 from agentsleep.errors import InputError
 from agentsleep.home import Home
 from agentsleep.memory.ledger import SKIPPED, Ledger
-from agentsleep.sleep.pipeline import Night, record_failure, retry_config
+from agentsleep.sleep.pipeline import Night
+from agentsleep.sleep.retry import record_failure, retry_config
 from agentsleep.sleep.select import select
 from cli_helpers import run_cli
 from tiny import tiny_model_dir

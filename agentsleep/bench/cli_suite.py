@@ -60,6 +60,7 @@ def _round(home: Path, env: dict[str, str], times: dict[str, list[float]], i: in
     """One run of every command; `share` gets each command's wall time minus the server's time."""
     import json
 
+    eid = ""  # the episode `remember` stored this round: `forget` removes it
     for name, args in _commands(i) + [("forget", [])]:
         if name == "forget":
             args = ["forget", eid, "--json"]

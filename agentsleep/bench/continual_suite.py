@@ -48,7 +48,7 @@ def _sleep_next(home: Home, facts: list[Fact], progress) -> tuple[float, str, li
 
 def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 10, k: int = 3) -> dict[str, Any]:
     from ..models.loader import load
-    from ..sleep.pipeline import generic_pool
+    from ..sleep.generic_prompts import generic_pool
 
     sets = [s[:n_facts] for s in SETS[:k]]
     root, root_g = out_dir / "home", out_dir / "home-growth"

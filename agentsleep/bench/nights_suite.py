@@ -87,7 +87,7 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
     from ..home import Home
     from ..models.loader import load, resolve
     from ..sleep.gate import drift_kl
-    from ..sleep.pipeline import generic_pool
+    from ..sleep.generic_prompts import generic_pool
     from ..textmatch import contains_answer
     from .sleep_suite import closed_book
 

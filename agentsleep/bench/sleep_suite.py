@@ -67,7 +67,7 @@ def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progre
     and drift from the base on the gate's generic prompts."""
     from ..models.loader import load
     from ..sleep.gate import drift_kl
-    from ..sleep.pipeline import generic_pool
+    from ..sleep.generic_prompts import generic_pool
 
     ref, tok = load(base.weights)
     model, _ = load(base.weights)

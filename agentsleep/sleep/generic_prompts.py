@@ -4,6 +4,14 @@ REPLAY prompts feed the KL(pre-sleep || student) term during training; DRIFT
 prompts are kept apart and only measured by the gate, so the gate does not
 grade the student on what it was regularised on.
 """
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ..atomic import atomic_write_json
+from ..progress import Progress, silent
+
 REPLAY = [
     "What is the capital of France?", "How many days are in a leap year?", "Name three primary colors.",
     "What is photosynthesis?", "Write a haiku about the sea.", "Give me a tip for sleeping better.",
@@ -49,3 +57,32 @@ DRIFT = [
     "Suggest a weekend activity for a family.", "What is electricity?", "Write a thank-you note to a teacher.",
     "What is the smallest prime number?", "Why do leaves change color in the fall?",
 ]
+
+
+def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_drift: int,
+                 progress: Progress = silent) -> dict[str, list]:
+    """The pre-sleep model's own greedy answers to the generic prompts the replay term and the
+    gate's drift check will use (no more: generation is the cost), cached per version."""
+    from ..models import generate as gen
+
+    cache = registry.root / "cache" / f"{version}-generic.json"
+    try:
+        data = json.loads(cache.read_text())
+        if len(data["replay"]) >= n_replay and len(data["drift"]) >= n_drift:
+            return {"replay": data["replay"][:n_replay], "drift": data["drift"][:n_drift]}
+    except (OSError, ValueError, KeyError):
+        pass
+    prompts = REPLAY[:n_replay] + DRIFT[:n_drift]
+    rendered = [gen.chat(tok, p) for p in prompts]
+    done = [0]
+
+    def tick(k: int) -> None:
+        done[0] += k
+        progress("replay", done[0], len(prompts), "pre-sleep answers")
+
+    answers = gen.generate(model, tok, rendered, max_new_tokens=48, batch_size=24, progress=tick)
+    pairs = [[r, a] for r, a in zip(rendered, answers)]
+    data = {"replay": pairs[:n_replay], "drift": pairs[n_replay:]}
+    cache.parent.mkdir(exist_ok=True)
+    atomic_write_json(cache, data)
+    return data

@@ -1,7 +1,10 @@
 """One sleep: select -> load -> dream -> (ReST-EM) -> seed -> gate -> publish.
 
 `run_sleep` selects the episodes, then runs the stages in order over one
-`Night`, the small context they share. Each stage reads what earlier stages
+`Night` (sleep/night.py), the small context they share. What the gate is
+given to judge lives in sleep/evidence.py; what happens to the episodes of a
+night that failed (retry with a changed plan, backoff, set aside) in
+sleep/retry.py. Each stage reads what earlier stages
 left on it and adds its own result (plain data from sleep/types.py); a stage
 that ends the sleep early returns its report. The journal (sleep/journal.py)
 records each stage as it runs, so an interrupted sleep is recognisable
@@ -10,33 +13,31 @@ and episodes are marked consolidated only after it.
 """
 from __future__ import annotations
 
-import contextlib
-import json
-import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Callable
 
-from ..atomic import atomic_write_json
 from ..errors import AgentsleepError
-from ..memory.ledger import CANDIDATE, probe_id
+from ..memory.ledger import probe_id
 from ..models.loader import load
 from ..models.registry import Version
 from ..progress import Progress, silent
 from .dream import dream
-from .gate import drift_reference, evaluate
-from .generic_prompts import DRIFT, REPLAY
+from .evidence import base_reference, earlier_items, first_levels, record_answers, trusted_probes
+from .gate import evaluate
+from .generic_prompts import generic_pool
 from .journal import Journal, read_dreams
 from .lock import sleep_lock
-from .objective import Interrupted, SeedStats
-from .probes import checked, cloze
+from .night import Night
+from .objective import Interrupted
 from .publish import publish
 from .rest import rest_em, settle_writer, with_writer, writer_adapter_dir
 from .seed import seed
+from .retry import record_failure, retry_config, set_aside
 from .select import new_sleep_id, save_rebuild, select
-from .types import Dream, DreamSet, Probe, SleepPlan, SleepReport, Status, Verdict
+from .types import Dream, Probe, SleepPlan, SleepReport, Status
 
 
 class _StopFlag:
@@ -108,35 +109,6 @@ def restate_updates(n: Night) -> None:
         n.journal.write_dreams(n.dreams.dreams)
 
 
-def generic_pool(model: Any, tok: Any, registry, version: str, n_replay: int, n_drift: int,
-                 progress: Progress = silent) -> dict[str, list]:
-    """The pre-sleep model's own greedy answers to the generic prompts the replay term and the
-    gate's drift check will use (no more: generation is the cost), cached per version."""
-    from ..models import generate as gen
-
-    cache = registry.root / "cache" / f"{version}-generic.json"
-    try:
-        data = json.loads(cache.read_text())
-        if len(data["replay"]) >= n_replay and len(data["drift"]) >= n_drift:
-            return {"replay": data["replay"][:n_replay], "drift": data["drift"][:n_drift]}
-    except (OSError, ValueError, KeyError):
-        pass
-    prompts = REPLAY[:n_replay] + DRIFT[:n_drift]
-    rendered = [gen.chat(tok, p) for p in prompts]
-    done = [0]
-
-    def tick(k: int) -> None:
-        done[0] += k
-        progress("replay", done[0], len(prompts), "pre-sleep answers")
-
-    answers = gen.generate(model, tok, rendered, max_new_tokens=48, batch_size=24, progress=tick)
-    pairs = [[r, a] for r, a in zip(rendered, answers)]
-    data = {"replay": pairs[:n_replay], "drift": pairs[n_replay:]}
-    cache.parent.mkdir(exist_ok=True)
-    atomic_write_json(cache, data)
-    return data
-
-
 def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
     """The vLLM engine for this sleep's generation (sleep.generator), or None for transformers.
 
@@ -176,68 +148,6 @@ def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> l
     return [d for ds in by_episode.values() for d in sorted(ds, key=lambda d: -d.value)[:per_episode]]
 
 
-def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
-    """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
-    return [d.probe() for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
-
-
-@dataclass
-class Night:
-    """What the stages of one sleep share. Each stage fills in its part."""
-
-    home: Any
-    plan: SleepPlan
-    journal: Journal
-    stop: Callable[[], bool]
-    say: Progress
-    started_at: float
-    parent: Version | None = None
-    model: Any = None
-    tok: Any = None
-    lineage: list[Version] = field(default_factory=list)
-    engine: Any = None                        # the vLLM generation engine, when sleep.generator asks for one
-    dreams: DreamSet | None = None
-    rest_stats: dict[str, Any] = field(default_factory=dict)
-    rehearsed: list[Dream] = field(default_factory=list)
-    drift_pool: list[tuple[str, str]] = field(default_factory=list)
-    earlier_probes: list[Probe] = field(default_factory=list)
-    earlier_dreams: list[Dream] = field(default_factory=list)
-    pm: Any = None                            # the model with this sleep's expert
-    seed_stats: SeedStats | None = None
-    probes: list[Probe] = field(default_factory=list)
-    probe_dropped: dict[str, int] = field(default_factory=dict)
-    verdict: Verdict | None = None
-    version: Version | None = None            # published
-    retry: dict[str, Any] = field(default_factory=dict)  # how a retried batch's plan was changed (retry_config)
-    sleep_cfg: Any = None                     # the sleep settings for this night (changed on a retry)
-
-    @property
-    def cfg(self):
-        return self.sleep_cfg or self.home.config.sleep
-
-    def report(self, status: Status, reasons: list[str], **kw: Any) -> SleepReport:
-        return SleepReport(sleep_id=self.plan.sleep_id, status=status, parent_version=self.plan.parent_version,
-                           started_at=self.started_at, episodes=[m.id for m in self.plan.memories],
-                           version=self.version.name if self.version else self.plan.parent_version,
-                           reasons=reasons, timings=dict(self.journal.timings), **kw)
-
-    def metrics(self) -> dict[str, Any]:
-        ds, stats, timings = self.dreams, self.seed_stats, self.journal.timings
-        return {**self.verdict.metrics, "seed_steps": stats.steps, "seed_loss": stats.mean(),
-                "seed_tokens_per_s": round(stats.tokens / max(stats.seconds, 1e-9), 1),
-                "loss_curve": {k: [round(float(x), 4) for x in v] for k, v in stats.losses.items()},
-                "seconds_per_episode": round(sum(timings.values()) / max(len(self.plan.memories), 1), 1),
-                "peak_rss_mb": dict(self.journal.peak_mb),
-                "dreams_kept": len(ds.train), "dreams_written": ds.written,
-                "generator": "vllm" if self.engine is not None else "transformers",
-                **({"retry": self.retry} if self.retry else {}), **self.rest_stats}
-
-    def dream_info(self) -> dict[str, Any]:
-        ds = self.dreams
-        return {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
-                "rehearsed": len(self.rehearsed), "dropped": ds.dropped}
-
-
 # ---- the stages: each takes the Night; one that ends the sleep early returns its report ----
 
 def load_parent(n: Night) -> None:
@@ -268,66 +178,6 @@ def write_dreams(n: Night) -> SleepReport | None:
                                            "sleeps back; they stay in the store and in recall"],
                     dreams={"written": ds.written, "dropped": ds.dropped, "skipped": skipped},
                     metrics={"dreams_written": ds.written, "dreams_kept": 0})
-
-
-def set_aside(n: Night, reason: str) -> dict[str, str]:
-    """Mark this sleep's episodes as skipped (SKIPPED + sleep id), with the reason: a sleep that can make
-    nothing of them would otherwise retake them (oldest first) every night and never get to the newer
-    ones. The same quarantine as repeated rejections (`record_failure`); `agentsleep retry` releases both."""
-    ids = [m.id for m in n.plan.memories]
-    cfg = n.cfg
-    n.home.store.ledger.fail(ids, n.plan.sleep_id, "no_dreams", reason, now_sleep=n.plan.clock,
-                             backoff=cfg.retry_backoff, quarantine_after=cfg.quarantine_after, quarantine_now=True)
-    return {i: reason for i in ids}
-
-
-def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[list[str], dict[str, str]]:
-    """A rejected night: each of its episodes counts one failed attempt. The first is retried at the next
-    sleep with a changed plan (`retry_config`); later ones wait out a growing backoff; after
-    sleep.quarantine_after they are set aside. Returns (report lines, set-aside episode -> reason)."""
-    cfg, plan = n.cfg, n.plan
-    if plan.rebuild or not plan.memories:  # a rebuild after `forget` is retried as a whole until it succeeds
-        return [], {}
-    why = "; ".join(reasons)[:500]
-    out = n.home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, ",".join(failed) or "rejected",
-                                   why, now_sleep=plan.clock, backoff=cfg.retry_backoff,
-                                   quarantine_after=cfg.quarantine_after)
-    quarantined = {e: f"set aside after {a.failures} failed attempts; last: {a.reason}" for e, a in out.items()
-                   if a.quarantined}
-    retried = [a for a in out.values() if not a.quarantined]
-    now = [a for a in retried if a.wait_until <= plan.clock + 1]
-    lines = []
-    if now:
-        lines.append(f"{len(now)} episode(s) will be retried at the next sleep with a changed plan (another seed, "
-                     "more rehearsal or more steps)")
-    if len(retried) > len(now):
-        waits = sorted({a.wait_until - plan.clock - 1 for a in retried if a.wait_until > plan.clock + 1})
-        lines.append(f"{len(retried) - len(now)} episode(s) failed again and sit out the next "
-                     f"{'/'.join(map(str, waits))} sleep(s) (sleep.retry_backoff {cfg.retry_backoff}); other "
-                     "episodes proceed")
-    if quarantined:
-        lines.append(f"{len(quarantined)} episode(s) set aside after {cfg.quarantine_after} failed attempts "
-                     "(sleep.quarantine_after); they stay in the store and in recall; `agentsleep retry` releases them")
-    return lines, quarantined
-
-
-def retry_config(cfg: Any, plan: SleepPlan) -> tuple[Any, dict[str, Any]]:
-    """The plan for a retried batch: never the same night twice. Another seed (from the attempt number) for
-    the dreams kept and the expert; more rehearsal after forgetting (net, retention, drift), more steps
-    after too little recall gain. Returns (the sleep settings, what changed) - unchanged on a first try."""
-    k = plan.attempt
-    if not k:
-        return cfg, {}
-    failed = set(filter(None, plan.retry_failed.split(",")))
-    seed_upd: dict[str, Any] = {"seed": cfg.seed.seed + 1009 * k}
-    upd: dict[str, Any] = {}
-    if failed & {"net", "retention", "drift", "base_drift"}:
-        upd["replay_dreams"] = min(16, cfg.replay_dreams + 2 * k)
-    if "recall_gain" in failed:
-        seed_upd["min_steps"] = int(cfg.seed.min_steps * (1 + 0.5 * k))
-        seed_upd["epochs"] = int(cfg.seed.epochs * (1 + 0.5 * k))
-    new = cfg.model_copy(update={**upd, "seed": cfg.seed.model_copy(update=seed_upd)})
-    return new, {"attempt": k, "after": plan.retry_failed, **upd, **seed_upd}
 
 
 def improve_writer(n: Night) -> None:
@@ -367,105 +217,6 @@ def judge(n: Night) -> None:
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
                              probes_cloze=sum(p.kind == "cloze" for p in n.probes),
                              probes_dropped=n.probe_dropped)
-
-
-def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:
-    """What the gate re-asks of earlier sleeps: their probes plus a seeded sample of `n` trained dreams,
-    never one rehearsed tonight (trained on tonight: no test of memory), each fact once."""
-    trained = {(d.episode_id, d.question) for d in rehearsed}
-    items = probes + _retention_sample([d for d in dreams if (d.episode_id, d.question) not in trained], n)
-    return list({probe_id(p.question, p.answer): p for p in items}.values())
-
-
-def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:
-    """Whether each earlier probe was answered when its fact was first consolidated: the answer recorded
-    for the first version of this lineage, from the one that consolidated its episode on, that was
-    asked it (None when no version of the lineage has been; the gate then takes the parent's answer)."""
-    ledger = n.home.store.ledger
-    order = {v.name: i for i, v in enumerate(n.home.registry.lineage(n.parent.name))}
-    origin: dict[str, str] = {}
-    for v in n.lineage:  # base first: an episode's first version in the lineage
-        for e in v.manifest.get("episode_ids") or []:
-            origin.setdefault(e, v.name)
-    ids = [probe_id(p.question, p.answer) for p in earlier]
-    ledger.record_probes([(i, p.episode_id, p.question, p.answer) for i, p in zip(ids, earlier)])
-    ledger.set_probe_since({i: origin[p.episode_id] for i, p in zip(ids, earlier) if p.episode_id in origin})
-    since, results = ledger.probe_since(ids), ledger.results(ids)
-    out: list[bool | None] = []
-    for i, p in zip(ids, earlier):
-        start = order.get(origin.get(p.episode_id) or since.get(i, ""), 0)
-        seen = sorted((order[v], hit) for v, hit in results.get(i, {}).items() if v in order and order[v] >= start)
-        out.append(seen[0][1] if seen else None)
-    return out
-
-
-def record_answers(n: Night, earlier: list[Probe]) -> None:
-    """The per-probe record: the parent's answers, and the expert's as this sleep's candidate (named after
-    the version if it is published)."""
-    h, ledger = n.verdict.hits, n.home.store.ledger
-    ledger.record_probes([(probe_id(p.question, p.answer), p.episode_id, p.question, p.answer) for p in n.probes])
-    ids = [probe_id(p.question, p.answer) for p in n.probes]
-    old = [probe_id(p.question, p.answer) for p in earlier]
-    if not h:
-        return
-    ledger.record_results(n.parent.name, {**dict(zip(ids, h["before"])), **dict(zip(old, h["earlier_before"]))})
-    ledger.record_results(CANDIDATE + n.plan.sleep_id, {**dict(zip(ids, h["after"])), **dict(zip(old, h["earlier_after"]))})
-
-
-def base_reference(n: Night) -> dict[str, Any] | None:
-    """The base model's drift reference (gate.drift_reference), cached in the registry: computed on the
-    pre-sleep model when the parent is the base (nearly free), else once by loading the base. None on
-    the first sleep: there drift from the parent is drift from the base."""
-    import torch
-
-    reg, cfg = n.home.registry, n.cfg.gate
-    base = reg.lineage(n.parent.name)[0]
-    path = reg.root / "cache" / f"{base.name}-drift-ref.pt"
-    ref = None
-    try:
-        ref = torch.load(path, weights_only=True)
-        if len(ref["pool"]) < min(cfg.drift_prompts, len(n.drift_pool)):
-            ref = None
-    except (OSError, RuntimeError, KeyError, ValueError, EOFError):
-        ref = None
-    if ref is None:
-        n.say("gate", 0, 3, "base drift reference")
-        if n.parent.name == base.name:
-            with n.pm.disable_adapter():
-                ref = drift_reference(n.pm, n.tok, n.drift_pool[:cfg.drift_prompts])
-        else:
-            model_cfg = n.home.config.model
-            bm, btok = load(base.weights, dtype=model_cfg.dtype, device=model_cfg.device)
-            pool = generic_pool(bm, btok, reg, base.name, 0, cfg.drift_prompts)["drift"]
-            ref = drift_reference(bm, btok, [tuple(x) for x in pool])
-            del bm
-        path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(ref, tmp)
-        tmp.replace(path)
-    return None if n.parent.name == base.name else ref
-
-
-def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
-    """The held-out dreams the pre-sleep model, reading their memory, answers as written; topped up
-    to gate.min_probes with blanks in the episodes' own text. Notes say when the top-up was needed."""
-    need = n.cfg.gate.min_probes
-    texts = {m.id: m.view for m in n.plan.memories}
-    with contextlib.ExitStack() as stack:
-        if n.engine is None:
-            stack.enter_context(n.pm.disable_adapter())
-            teacher = n.pm
-        else:
-            teacher = n.engine.with_lora(None)
-        probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
-    notes = []
-    if len(probes) < need:
-        extra = cloze(n.plan.memories, need - len(probes))
-        dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
-        notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}), fewer than gate.min_probes "
-                     f"{need}: {len(extra)} fill-in-the-blank probes from the episodes' text were added")
-        probes += extra
-    return probes, notes
 
 
 def publish_version(n: Night) -> None:

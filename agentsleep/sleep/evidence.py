@@ -1,0 +1,127 @@
+"""What the gate judges a night on, and the per-probe record it keeps across versions.
+
+- `trusted_probes`: this night's held-out dreams that the pre-sleep model, reading their memory,
+  answers as written, topped up with blanks cut from the episodes' own text (sleep/probes.py);
+- `earlier_items`: what is re-asked of earlier sleeps, never an item rehearsed tonight;
+- `first_levels`: whether each of those was answered when its fact was first consolidated (the
+  cumulative retention bound reads it);
+- `base_reference`: the base model's drift reference, cached, for the bound on drift from the base;
+- `record_answers`: the parent's and the candidate's answers, into the ledger.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Any
+
+from ..memory.ledger import CANDIDATE, probe_id
+from ..models.loader import load
+from .gate import drift_reference
+from .generic_prompts import generic_pool
+from .probes import checked, cloze
+from .night import Night
+from .types import Dream, Probe
+
+
+def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
+    """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
+    return [d.probe() for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
+
+
+def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:
+    """What the gate re-asks of earlier sleeps: their probes plus a seeded sample of `n` trained dreams,
+    never one rehearsed tonight (trained on tonight: no test of memory), each fact once."""
+    trained = {(d.episode_id, d.question) for d in rehearsed}
+    items = probes + _retention_sample([d for d in dreams if (d.episode_id, d.question) not in trained], n)
+    return list({probe_id(p.question, p.answer): p for p in items}.values())
+
+
+def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:
+    """Whether each earlier probe was answered when its fact was first consolidated: the answer recorded
+    for the first version of this lineage, from the one that consolidated its episode on, that was
+    asked it (None when no version of the lineage has been; the gate then takes the parent's answer)."""
+    ledger = n.home.store.ledger
+    order = {v.name: i for i, v in enumerate(n.home.registry.lineage(n.parent.name))}
+    origin: dict[str, str] = {}
+    for v in n.lineage:  # base first: an episode's first version in the lineage
+        for e in v.manifest.get("episode_ids") or []:
+            origin.setdefault(e, v.name)
+    ids = [probe_id(p.question, p.answer) for p in earlier]
+    ledger.record_probes([(i, p.episode_id, p.question, p.answer) for i, p in zip(ids, earlier)])
+    ledger.set_probe_since({i: origin[p.episode_id] for i, p in zip(ids, earlier) if p.episode_id in origin})
+    since, results = ledger.probe_since(ids), ledger.results(ids)
+    out: list[bool | None] = []
+    for i, p in zip(ids, earlier):
+        start = order.get(origin.get(p.episode_id) or since.get(i, ""), 0)
+        seen = sorted((order[v], hit) for v, hit in results.get(i, {}).items() if v in order and order[v] >= start)
+        out.append(seen[0][1] if seen else None)
+    return out
+
+
+def record_answers(n: Night, earlier: list[Probe]) -> None:
+    """The per-probe record: the parent's answers, and the expert's as this sleep's candidate (named after
+    the version if it is published)."""
+    h, ledger = n.verdict.hits, n.home.store.ledger
+    ledger.record_probes([(probe_id(p.question, p.answer), p.episode_id, p.question, p.answer) for p in n.probes])
+    ids = [probe_id(p.question, p.answer) for p in n.probes]
+    old = [probe_id(p.question, p.answer) for p in earlier]
+    if not h:
+        return
+    ledger.record_results(n.parent.name, {**dict(zip(ids, h["before"])), **dict(zip(old, h["earlier_before"]))})
+    ledger.record_results(CANDIDATE + n.plan.sleep_id, {**dict(zip(ids, h["after"])), **dict(zip(old, h["earlier_after"]))})
+
+
+def base_reference(n: Night) -> dict[str, Any] | None:
+    """The base model's drift reference (gate.drift_reference), cached in the registry: computed on the
+    pre-sleep model when the parent is the base (nearly free), else once by loading the base. None on
+    the first sleep: there drift from the parent is drift from the base."""
+    import torch
+
+    reg, cfg = n.home.registry, n.cfg.gate
+    base = reg.lineage(n.parent.name)[0]
+    path = reg.root / "cache" / f"{base.name}-drift-ref.pt"
+    ref = None
+    try:
+        ref = torch.load(path, weights_only=True)
+        if len(ref["pool"]) < min(cfg.drift_prompts, len(n.drift_pool)):
+            ref = None
+    except (OSError, RuntimeError, KeyError, ValueError, EOFError):
+        ref = None
+    if ref is None:
+        n.say("gate", 0, 3, "base drift reference")
+        if n.parent.name == base.name:
+            with n.pm.disable_adapter():
+                ref = drift_reference(n.pm, n.tok, n.drift_pool[:cfg.drift_prompts])
+        else:
+            model_cfg = n.home.config.model
+            bm, btok = load(base.weights, dtype=model_cfg.dtype, device=model_cfg.device)
+            pool = generic_pool(bm, btok, reg, base.name, 0, cfg.drift_prompts)["drift"]
+            ref = drift_reference(bm, btok, [tuple(x) for x in pool])
+            del bm
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(ref, tmp)
+        tmp.replace(path)
+    return None if n.parent.name == base.name else ref
+
+
+def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
+    """The held-out dreams the pre-sleep model, reading their memory, answers as written; topped up
+    to gate.min_probes with blanks in the episodes' own text. Notes say when the top-up was needed."""
+    need = n.cfg.gate.min_probes
+    texts = {m.id: m.view for m in n.plan.memories}
+    with contextlib.ExitStack() as stack:
+        if n.engine is None:
+            stack.enter_context(n.pm.disable_adapter())
+            teacher = n.pm
+        else:
+            teacher = n.engine.with_lora(None)
+        probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
+    notes = []
+    if len(probes) < need:
+        extra = cloze(n.plan.memories, need - len(probes))
+        dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
+        notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}), fewer than gate.min_probes "
+                     f"{need}: {len(extra)} fill-in-the-blank probes from the episodes' text were added")
+        probes += extra
+    return probes, notes
