@@ -235,7 +235,8 @@ class SleepConfig(_Section):
         "'auto' uses a CUDA build of vLLM when model.device is CUDA and falls back to transformers otherwise. "
         "Training and logit scoring stay on transformers.")
     replay_episodes: int = Field(32, ge=0, description="Earlier consolidated episodes rehearsed alongside (raw text + "
-                                 "replay_dreams of their dreams); a new sample each sleep when more exist.")
+                                 "replay_dreams of their dreams), a fixed budget however long the history: first those "
+                                 "the serving version missed when the gate last asked, then the least recently rehearsed.")
     replay_dreams: int = Field(3, ge=0, le=16, description="Most valuable trained dreams rehearsed per earlier episode: more "
                                "protects earlier sleeps more and slows new learning (`sleep/pipeline.rehearsal`).")
     consolidate_untrusted: bool = Field(False, description="Untrusted sources (e.g. web tool output) stay out of the weights unless set.")

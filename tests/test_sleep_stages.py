@@ -311,6 +311,33 @@ def test_rehearsal_takes_each_earlier_episodes_best_dreams():
     assert rehearsal(ds, {"a", "b"}, 0) == []
 
 
+def test_rehearsal_order_puts_missed_memories_first_then_the_least_recently_rehearsed(tmp_path):
+    """Spaced repetition on a fixed budget: what the serving version missed comes first, then what was
+    rehearsed longest ago; the per-probe record the gate keeps says what was missed."""
+    import random
+    from types import SimpleNamespace
+
+    from agentsleep.memory.ledger import Ledger, probe_id
+    from agentsleep.models.registry import Version
+    from agentsleep.sleep.select import rehearsal_order
+
+    chain = [Version("v0000", tmp_path, {}),
+             Version("v0001", tmp_path, {"episode_ids": ["a", "b", "c", "d"]}),
+             Version("v0002", tmp_path, {"episode_ids": ["e"], "replay_ids": ["a", "b"]}),
+             Version("v0003", tmp_path, {"episode_ids": ["f"], "replay_ids": ["c"]})]
+    eps = [SimpleNamespace(id=i) for i in "abcdef"]
+    led = Ledger(tmp_path / "ledger.sqlite")
+    led.record_probes([(probe_id("Q?", i), i, "Q?", i) for i in "abcdef"])
+    led.record_results("v0003", {probe_id("Q?", "e"): False, probe_id("Q?", "c"): True, probe_id("Q?", "a"): True})
+    led.record_results("v0002", {probe_id("Q?", "b"): False})  # an older version's miss: not this one's
+    at_risk = led.missed_by("v0003")
+    assert at_risk == {"e"}
+    order = [e.id for e in rehearsal_order(eps, chain, at_risk, random.Random(0))]
+    # e (missed) first; d (last seen in v0001); a, b (rehearsed in v0002) in either order; c, f (v0003) last
+    assert order[0] == "e" and order[1] == "d" and set(order[2:4]) == {"a", "b"} and set(order[4:]) == {"c", "f"}
+    assert len({tuple(e.id for e in rehearsal_order(eps, chain, at_risk, random.Random(k))) for k in range(20)}) > 1
+
+
 def test_imitate_reward_prefers_the_real_continuation():
     ref = "is a beagle called Biscuit."
     assert imitate_reward(ref, ref, 0.5, 0.6) > 0.99

@@ -199,6 +199,14 @@ class Ledger:
             out.setdefault(p, {})[v] = bool(h)
         return out
 
+    def missed_by(self, version: str) -> set[str]:
+        """Episodes with a probe that `version` was asked and missed (the gate records every version's
+        answers to the items it re-asks): the memories at risk, rehearsed first (sleep/select.py)."""
+        q = "SELECT DISTINCT p.episode_id FROM probe p JOIN probe_result r ON r.probe_id = p.probe_id " \
+            "WHERE r.version = ? AND r.hit = 0"
+        with self._conn() as c:
+            return {r[0] for r in c.execute(q, (version,))}
+
     def _select(self, q: str, col: str, ids: list[str]) -> list[tuple]:
         ids = list(dict.fromkeys(ids))
         rows: list[tuple] = []

@@ -48,6 +48,21 @@ def memory(e, replay: bool = False) -> Memory:
     return Memory(e.id, e.text, replay=replay, speaker=e.source, who=e.speaker, when=when)
 
 
+def rehearsal_order(earlier: list, chain: list, at_risk: set[str], rng: random.Random) -> list:
+    """Earlier episodes in the order they are rehearsed (spaced repetition on a fixed budget): first those
+    the serving version missed when the gate last asked (`at_risk`), then the least recently rehearsed.
+
+    Cost: one ledger query for the parent's recorded misses plus the lineage's manifests, which select
+    reads anyway; the rehearsal itself is sleep.replay_episodes episodes a night however long the
+    history, so each one comes round about every len(earlier) / replay_episodes nights."""
+    last: dict[str, int] = {}
+    for i, v in enumerate(chain):  # base first: the latest version that consolidated or rehearsed it wins
+        for e in list(v.manifest.get("episode_ids") or []) + list(v.manifest.get("replay_ids") or []):
+            last[e] = i
+    keyed = [(e.id not in at_risk, last.get(e.id, -1), rng.random(), e) for e in earlier]
+    return [k[-1] for k in sorted(keyed, key=lambda k: k[:3])]
+
+
 def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None, seed: int = 0) -> SleepPlan:
     cfg = home.config.sleep
     limit = max_episodes or cfg.max_episodes
@@ -75,14 +90,15 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
     chosen = ready[:limit]  # oldest first: nothing starves; an episode waiting out a backoff holds nobody back
     tried = [attempts[e.id] for e in chosen if e.id in attempts]
     last = max(tried, key=lambda a: a.failures, default=None)
-    lineage = {v.name for v in home.registry.lineage(parent)}
+    chain = home.registry.lineage(parent)
     if rebuild:
-        lineage -= set(rebuild["versions"])
+        chain = [v for v in chain if v.name not in set(rebuild["versions"])]
+    lineage = {v.name for v in chain}
     earlier = [e for e in home.store.list() if e.consolidated_in and e.consolidated_in in lineage]
     earlier = [e for e in earlier if not e.superseded_by]  # a newer episode changed its value: not rehearsed
     sleep_id = sleep_id or new_sleep_id()
-    rng = random.Random(f"{seed}:{sleep_id}")  # a different sample each sleep when not all fit
-    replay = rng.sample(earlier, min(cfg.replay_episodes, len(earlier)))
+    rng = random.Random(f"{seed}:{sleep_id}")  # ties broken differently each sleep
+    replay = rehearsal_order(earlier, chain, ledger.missed_by(parent), rng)[:cfg.replay_episodes]
     return SleepPlan(
         sleep_id=sleep_id,
         parent_version=parent,
