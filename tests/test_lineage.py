@@ -7,7 +7,7 @@ from agentsleep.models.loader import load
 from agentsleep.sleep.publish import publish
 from agentsleep.sleep.objective import lora_config
 from cli_helpers import run_cli
-from tiny import tiny_model_dir
+from tiny import grounded_writer, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -101,18 +101,6 @@ def test_growth_policy_refusal_is_reported_not_raised(tmp_path):
         assert h.registry.names() == ["v0000"]
 
 
-def _grounded_writer(model, tok, memories, cfg, progress=None):
-    """Three grounded dreams per memory: a random tiny model writes none, and the gate is never reached."""
-    from agentsleep.sleep.types import Dream
-
-    out = []
-    for m in memories:
-        words = m.text.rstrip(".").split()
-        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
-                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
-                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
-    return out
-
 
 FAST = {"seed": {"replay_prompts": 4, "epochs": 1, "min_steps": 0}, "rest": {"rounds": 0},
         "dream": {"per_episode": 3, "teacher_agreement": False}}
@@ -123,7 +111,7 @@ FAST = {"seed": {"replay_prompts": 4, "epochs": 1, "min_steps": 0}, "rest": {"ro
 def test_growth_policy_on_reject_reads_which_check_failed(tiny, tmp_path, monkeypatch, gate, grows):
     """grow_on_reject grows after a sleep rejected for recall (fresh capacity may help), not after one
     rejected for drift (more capacity would not)."""
-    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
     h = _home(tmp_path, tiny, grow_on_reject=True, **FAST, gate={"drift_prompts": 2, **gate})
     h.remember("The user's locker code is 4417.")
     rep = h.sleep()
@@ -142,7 +130,7 @@ def test_growth_policy_on_reject_reads_which_check_failed(tiny, tmp_path, monkey
 def test_growth_on_reject_stops_at_max_grown_blocks(tiny, tmp_path, monkeypatch):
     """A run of rejected nights cannot grow the model without bound: once the lineage holds
     sleep.max_grown_blocks inserted blocks, the policy says so and adds none."""
-    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
     h = _home(tmp_path, tiny, grow_on_reject=True, max_grown_blocks=1, **FAST,
               gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})
     h.remember("The user's locker code is 4417.")

@@ -12,7 +12,7 @@ from agentsleep.sleep.pipeline import Night
 from agentsleep.sleep.retry import record_failure, retry_config
 from agentsleep.sleep.select import select
 from cli_helpers import run_cli
-from tiny import tiny_model_dir
+from tiny import grounded_writer, tiny_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -111,24 +111,12 @@ def test_cli_shows_why_and_releases(tiny, tmp_path):
         assert again.status()["held_back"] == [] and [m.id for m in select(again).memories] == [e]
 
 
-def _grounded_writer(model, tok, memories, cfg, progress=None):
-    """Grounded dreams per memory (a random tiny model writes none, and the gate would never be reached)."""
-    from agentsleep.sleep.types import Dream
-
-    out = []
-    for m in memories:
-        words = m.text.rstrip(".").split()
-        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
-                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
-                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
-    return out
-
 
 def test_a_night_the_gate_rejects_is_retried_changed_then_set_aside(tiny, tmp_path, monkeypatch):
     """End to end on the tiny model: the gate rejects (a recall gain no sleep can show); the next sleep
     retakes the episode with another seed and more steps, and says so; after sleep.quarantine_after
     failures it is set aside with the reason, and the sleep after that has nothing to do."""
-    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
     h = _home(tmp_path, tiny, quarantine_after=2, seed={"replay_prompts": 2, "epochs": 1, "min_steps": 2},
               rest={"rounds": 0}, dream={"per_episode": 3, "teacher_agreement": False},
               gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})

@@ -1,6 +1,8 @@
 """Updated facts: a newer episode that states another value supersedes the consolidated one (real Chroma, MiniLM)."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from agentsleep.memory.embedder import MiniLMEmbedding
 from agentsleep.memory.supersede import contradicts, superseded
 from agentsleep.sleep.select import select
 from cli_helpers import run_cli
-from tiny import tiny_model_dir
+from tiny import grounded_writer, tiny_model_dir
 
 # Written for this test (not the benchmark's facts): (earlier, newer, does the newer change the earlier's value)
 PAIRS = [
@@ -139,18 +141,6 @@ def test_restated_questions_take_the_new_value_only():
         ("ep-new", "Which brand is my car?", "Toyota", "update")]
 
 
-def _grounded_writer(model, tok, memories, cfg, progress=None):
-    """Grounded dreams per memory (a random tiny model writes none, and no sleep would promote)."""
-    from agentsleep.sleep.types import Dream
-
-    out = []
-    for m in memories:
-        words = m.view.rstrip(".").split()
-        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
-                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
-                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
-    return out
-
 
 def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(tmp_path, monkeypatch):
     """Two real sleeps on the tiny model (the gate opened: what is checked is what the update night
@@ -158,7 +148,7 @@ def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(t
     questions with the new value; the old episode stays consolidated in the first version."""
     import json
 
-    monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.dream.write", functools.partial(grounded_writer, view=True))
     cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}, "sleep": {
         "seed": {"replay_prompts": 2, "epochs": 1, "min_steps": 1}, "rest": {"rounds": 0},
         "dream": {"per_episode": 3, "teacher_agreement": False},

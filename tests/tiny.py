@@ -37,3 +37,18 @@ def save_model_dir(model, tok, out: Path) -> Path:
     tok.save_pretrained(str(tmp))
     tmp.rename(out)
     return out
+
+
+def grounded_writer(model, tok, memories, cfg, progress=None, *, view: bool = False):
+    """A stand-in for the dream writer (monkeypatch agentsleep.sleep.dream.write): three grounded dreams per
+    memory, cut from its text (or its third-person `view`). A random tiny model writes no usable question,
+    so without it no tiny-model sleep would reach the gate."""
+    from agentsleep.sleep.types import Dream
+
+    out = []
+    for m in memories:
+        words = (m.view if view else m.text).rstrip(".").split()
+        out += [Dream(m.id, "What is the last word of the note?", words[-1], stem="What"),
+                Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
+                Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
+    return out
