@@ -406,7 +406,7 @@ class Home:
         rows = []
         for a in sorted(ledger.attempts().values(), key=lambda a: (-a.quarantined, a.episode_id)):
             state = ("set aside" if a.quarantined else
-                     f"waits {a.wait_until - now} more sleep(s)" if a.wait_until > now else "retried at the next sleep")
+                     f"waits {a.wait_until - now} more sleep(s)" if a.waiting(now) else "retried at the next sleep")
             rows.append({"episode_id": a.episode_id, "state": state, "failures": a.failures, "failed": a.failed,
                          "last_sleep": a.sleep_id, "reason": a.reason})
         return rows

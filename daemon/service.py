@@ -468,9 +468,9 @@ class Daemon:
         if self.probe_fn is not None:
             return self.probe_fn(slot.root)
         eps = slot.home.store.list(unconsolidated_only=True)
-        ledger = slot.home.store.ledger  # episodes waiting out a backoff after failed sleeps do not count
-        clock = ledger.sleeps()          # (a sleep that finds only them would run down their backoff)
-        backing_off = {a.episode_id for a in ledger.attempts().values() if a.wait_until > clock}
+        # episodes waiting out a backoff after failed sleeps do not count (a sleep that finds only them
+        # would run their backoff down)
+        backing_off = slot.home.store.ledger.backing_off([e.id for e in eps]) if eps else set()
         eps = [e for e in eps if e.id not in backing_off]
         if not slot.consolidate_untrusted:
             eps = [e for e in eps if e.trust == "trusted"]

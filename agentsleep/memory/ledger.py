@@ -81,6 +81,10 @@ class Attempt:
     reason: str
     quarantined: bool = False
 
+    def waiting(self, now: int) -> bool:
+        """Still waiting out its backoff at sleep count `now` (not yet due again)."""
+        return self.wait_until > now
+
 
 @contextmanager
 def connect(path: Path) -> Iterator[sqlite3.Connection]:
@@ -248,6 +252,12 @@ class Ledger:
             if e not in out and (wanted is None or e in wanted):
                 out[e] = Attempt(e, 1, 0, sid, "no_dreams", "set aside by an earlier sleep", quarantined=True)
         return out
+
+    def backing_off(self, episode_ids: list[str] | None = None) -> set[str]:
+        """Episodes waiting out a backoff after failed sleeps (not yet due again): a sleep skips them, and
+        the daemon does not count them as waiting."""
+        now = self.sleeps()
+        return {e for e, a in self.attempts(episode_ids).items() if a.waiting(now)}
 
     def fail(self, episode_ids: list[str], sleep_id: str, failed: str, reason: str, *, now_sleep: int,
              backoff: int, quarantine_after: int, quarantine_now: bool = False) -> dict[str, Attempt]:

@@ -20,11 +20,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-from .ledger import connect
+from .ledger import SKIPPED, connect
 
 SIMILARITY = 0.55  # cosine of MiniLM vectors; tuned on the pairs in tests/test_supersede.py
 CANDIDATES = 5     # nearest earlier episodes looked at per new one
-SKIPPED = "skipped:"  # the ledger's mark for an episode a sleep set aside (sleep/types.py), not a version
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS superseded (

@@ -86,7 +86,7 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
     ledger = home.store.ledger
     attempts = ledger.attempts([e.id for e in allowed]) if allowed else {}
     now = ledger.sleeps()
-    ready = [e for e in allowed if rebuild or e.id not in attempts or attempts[e.id].wait_until <= now]
+    ready = [e for e in allowed if rebuild or e.id not in attempts or not attempts[e.id].waiting(now)]
     chosen = ready[:limit]  # oldest first: nothing starves; an episode waiting out a backoff holds nobody back
     tried = [attempts[e.id] for e in chosen if e.id in attempts]
     last = max(tried, key=lambda a: a.failures, default=None)
