@@ -14,15 +14,44 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from .errors import AgentsleepError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Episodic memory and a sleep cycle for LLM agents.")
-out = Console()
-err = Console(stderr=True)
+
+
+class _LazyConsole:
+    """rich's Console, made on first use: a `--json` command never imports rich (about 0.05 s)."""
+
+    def __init__(self, **kw: Any):
+        object.__setattr__(self, "_kw", kw)
+        object.__setattr__(self, "_console", None)
+
+    def _get(self) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            object.__setattr__(self, "_console", Console(**self._kw))
+        return self._console
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._get(), name, value)
+
+
+def Table(*columns: Any, **kw: Any) -> Any:  # noqa: N802 - rich's Table, imported when a table is printed
+    from rich.table import Table as RichTable
+
+    return RichTable(*columns, **kw)
+
+
+out = _LazyConsole()
+err = _LazyConsole(stderr=True)
+# The commands that must answer at once: parsed without typer's validators (quickargs.py)
+QUICK_COMMANDS = ("remember", "recall", "ask", "status", "forget", "sleep-now")
 
 
 class State:
@@ -802,6 +831,13 @@ def main() -> None:
     t0 = time.time()
     _quiet_libraries()
     try:
+        from .quickargs import parse
+
+        quick = parse(app, sys.argv[1:], QUICK_COMMANDS)
+        if quick is not None:
+            State.home_path, command, kwargs = quick
+            command(**kwargs)
+            sys.exit(0)
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except AgentsleepError as e:
