@@ -28,7 +28,9 @@ class _LazyConsole:
         object.__setattr__(self, "_kw", kw)
         object.__setattr__(self, "_console", None)
 
-    def _get(self) -> Any:
+    @property
+    def real(self) -> Any:
+        """The rich Console itself, for what needs one (progress displays, the demo)."""
         if self._console is None:
             from rich.console import Console
 
@@ -36,10 +38,10 @@ class _LazyConsole:
         return self._console
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
+        return getattr(self.real, name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._get(), name, value)
+        setattr(self.real, name, value)
 
 
 def Table(*columns: Any, **kw: Any) -> Any:  # noqa: N802 - rich's Table, imported when a table is printed
@@ -272,7 +274,7 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at mos
         if res is not None:
             _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
             return
-    with _home(writable=False) as h, StageProgress(enabled=not as_json, console=err) as prog:
+    with _home(writable=False) as h, StageProgress(enabled=not as_json, console=err.real) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
 
@@ -485,7 +487,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
     """Remember facts, ask closed-book, sleep, ask again: the whole idea in a few minutes."""
     from .demo import run_demo
 
-    res = run_demo(State.home_path, fresh=not keep, console=None if as_json else out)
+    res = run_demo(State.home_path, fresh=not keep, console=None if as_json else out.real)
     if as_json:
         _emit(True, res, lambda: None)
 
@@ -533,7 +535,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     if nightly:
         options["nights"] = nightly
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
-    with StageProgress(enabled=not as_json, console=err) as prog:
+    with StageProgress(enabled=not as_json, console=err.real) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,
                              options=options or None, quick=suite == "quick")
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
