@@ -100,6 +100,22 @@ def test_newer_value_supersedes_leaves_rehearsal_stays_recallable(home):
     assert run_cli("status", "--json", home=home.root).json()["superseded"] == {old: new}
 
 
+def test_an_update_told_before_the_same_sleep_holds_the_old_value_back(home):
+    """Both values arrive before one sleep: the older is superseded all the same, and held back from
+    consolidation (a night never trains both), while it stays in the store and in recall."""
+    from agentsleep.memory.supersede import detect
+
+    old = home.remember("I live in Porto.").id
+    other = home.remember("My dog weighs 12 kilos.").id
+    new = home.remember("We moved from Porto to Lisbon last month.").id
+    found = detect(home.store, home.store.list(unconsolidated_only=True))
+    assert [(o, n) for o, n, _ in found] == [(old, new)]
+    plan = select(home)
+    assert {m.id for m in plan.memories} == {other, new}
+    assert plan.excluded == {"superseded": [old]} and "superseded 1" in plan.excluded_note()
+    assert home.get(old).consolidated_in is None and old in [e.id for e in home.recall("Where do I live?", 5)]
+
+
 def test_forget_either_episode_is_exact(home):
     from agentsleep.memory.supersede import detect
 

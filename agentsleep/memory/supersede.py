@@ -2,8 +2,8 @@
 
 Detected when a sleep starts, over the episodes it is about to consolidate, not at `remember`: the
 awake path stays one embedding and one write (bulk imports of 100k episodes pay nothing), and the
-check runs once per episode, against what is consolidated by then. Candidates are earlier,
-consolidated episodes of the same namespace, source and speaker whose stored vectors are close
+check runs once per episode, against what is consolidated by then. Candidates are earlier
+episodes, consolidated or waiting for the same sleep, of the same namespace, source and speaker whose stored vectors are close
 (cosine >= SIMILARITY); a candidate is superseded when the two texts are about the same holder
 (both "I/we", or the old one's "my/our X" named in the new one) and the new one says something the
 old did not while the old value is gone from it or said to have changed ("left", "now", "moved"),
@@ -11,7 +11,8 @@ not when the new one only adds detail. The rule is lexical and generic; its prec
 tests/test_supersede.py.
 
 A superseded episode stays in the store and in recall (marked with the id that superseded it); it
-leaves rehearsal. Records live in the ledger's SQLite file; forgetting either episode drops them.
+leaves rehearsal, and one that was never consolidated is held back from consolidation (the policy's
+"superseded" reason), so that a night never trains both values. Records live in the ledger's SQLite file; forgetting either episode drops them.
 """
 from __future__ import annotations
 
@@ -135,6 +136,7 @@ def detect(store, episodes: list) -> list[tuple[str, str, float]]:
         return []
     path = store.ledger.path
     done = superseded(path)
+    waiting = {e.id for e in episodes}
     found = []
     for ep in episodes:
         for old, sim in store.similar(ep.id, CANDIDATES, namespace=ep.namespace):
@@ -142,8 +144,8 @@ def detect(store, episodes: list) -> list[tuple[str, str, float]]:
                 continue
             if (old.source, old.speaker) != (ep.source, ep.speaker):
                 continue
-            if not old.consolidated_in or old.consolidated_in.startswith(SKIPPED):
-                continue
+            if old.id not in waiting and (not old.consolidated_in or old.consolidated_in.startswith(SKIPPED)):
+                continue  # an earlier value is either consolidated or told before this same sleep
             if contradicts(old.text, ep.text, sim):
                 record(path, old.id, ep.id, sim)
                 done[old.id] = ep.id

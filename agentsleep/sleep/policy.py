@@ -4,7 +4,10 @@ A memory written into the weights is permanent and invisible, so consolidation
 is opt-out for anything doubtful: untrusted sources stay in the store (and in
 retrieval) but out of sleeps unless configured, and text that addresses the
 model with instructions ("always answer X", "ignore previous instructions")
-is flagged and held back unless `sleep.policy.allow_injection` is set.
+is flagged and held back unless `sleep.policy.allow_injection` is set. An
+episode a newer one superseded before it was consolidated ("I live in Porto",
+then "we moved to Lisbon" the same day) is held back too: a night never trains
+both values (memory/supersede.py).
 """
 from __future__ import annotations
 
@@ -41,4 +44,6 @@ def exclusion(episode: Any, sleep_cfg: Any) -> str | None:
         return "pattern denied"
     if not pol.allow_injection and injection_flags(episode.text):
         return "injection"
+    if getattr(episode, "superseded_by", None):
+        return "superseded"  # a newer episode told another value before this one was consolidated
     return None
