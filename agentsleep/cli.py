@@ -169,15 +169,18 @@ def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How man
                            neighbours=neighbours)
         rows = [e.public() for e in eps]
 
-    def human() -> None:
-        from .memory.episode import Episode
-
-        eps = [Episode.model_validate(r) for r in rows]
-        t = Table("score", "id", "kind", "text", "sleep")
-        for e in eps:
-            sup = f" (superseded by {e.superseded_by})" if e.superseded_by else ""
-            t.add_row("-" if e.score is None else f"{e.score:.3f}", e.id, e.kind, e.prompt_text()[:90], (e.consolidated_in or "-") + sup)
-        out.print(t if eps else "no memories yet")
+    def human() -> None:  # from the JSON rows as they are: no episode model to import (0.15 s)
+        t = Table()
+        for col in ("score", "id", "kind", "when", "text", "sleep"):
+            t.add_column(col, no_wrap=col in ("score", "id", "when"))  # an id stays whole: it is what forget takes
+        for r in rows:
+            sup = f" (superseded by {r['superseded_by']})" if r.get("superseded_by") else ""
+            who = r.get("speaker")
+            text = r["text"] if not who or r["text"].startswith(f"{who}:") else f"{who}: {r['text']}"
+            t.add_row("-" if r.get("score") is None else f"{r['score']:.3f}", r["id"], r["kind"],
+                      str(r.get("event_time") or r.get("created_at") or "")[:10], text[:90],
+                      (r.get("consolidated_in") or "-") + sup)
+        out.print(t if rows else "no memories yet")
     _emit(as_json, rows, human)
 
 
@@ -274,7 +277,7 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at mos
         if res is not None:
             _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
             return
-    with _home(writable=False) as h, StageProgress(enabled=not as_json, console=err.real) as prog:
+    with _home(writable=False) as h, StageProgress(enabled=not as_json, console=None if as_json else err.real) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
 
@@ -535,7 +538,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     if nightly:
         options["nights"] = nightly
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
-    with StageProgress(enabled=not as_json, console=err.real) as prog:
+    with StageProgress(enabled=not as_json, console=None if as_json else err.real) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,
                              options=options or None, quick=suite == "quick")
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
@@ -848,6 +851,9 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print(f"interrupted after {time.time() - t0:.0f} s; nothing was half-written")
         sys.exit(130)
+    except BrokenPipeError:  # `agentsleep recall ... --json | head`: the reader left; say nothing more (as typer does)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:

@@ -6,8 +6,8 @@ run, and importing pydantic's validation layer for that costs about 0.1 s: a thi
 that must answer at once, `parse` reads the same typer declarations (the `typer.Option` /
 `typer.Argument` defaults of the command's function) and binds argv to them directly.
 
-It handles only what those commands use: options and arguments of type str, int, float, bool or
-Path (or Optional of one), flags, `--name=value`, `--` and the global `--home`. Anything else
+It handles only what those commands use: options and arguments of type str, int, float or bool
+(or Optional of one), flags, `--name=value`, `--` and the global `--home`. Anything else
 (an unknown option, `--help`, a value that does not convert or is out of range, a feature such
 as callbacks or envvars on an option) returns None, and typer parses the command as usual, with
 its own messages. tests/test_quickargs.py checks that both parsers give the same values.
@@ -21,7 +21,7 @@ import typing
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-SIMPLE = (str, int, float, bool, Path)
+SIMPLE = (str, int, float, bool)  # (a Path option's checks - exists, dir_okay... - are typer's: it parses those)
 # typer features this parser does not implement: a parameter using one goes through typer
 UNSUPPORTED = ("callback", "is_eager", "envvar", "parser", "click_type", "default_factory", "prompt", "count",
                "exists", "resolve_path", "clamp", "flag_value", "is_flag", "autocompletion", "shell_complete")
@@ -57,6 +57,8 @@ class _Param:
             self.flags["--no-" + name.replace("_", "-")] = False  # typer's implicit --x/--no-x
 
     def convert(self, raw: str) -> Any:
+        if self.kind in (int, float) and not raw.isascii():
+            raise ValueError("non-ASCII digits")  # int("٣") is 3 in Python; typer refuses it
         value = self.kind(raw)  # ValueError for a bad int/float: the caller falls back to typer
         lo, hi = getattr(self.info, "min", None), getattr(self.info, "max", None)
         if (lo is not None and value < lo) or (hi is not None and value > hi):
@@ -65,7 +67,8 @@ class _Param:
 
 
 def _simple_type(annotation: Any) -> type | None:
-    """str/int/float/bool/Path, also inside Optional[...]; None for anything else."""
+    """str/int/float/bool, also inside Optional[...]; None for anything else (Annotated[...] included:
+    its typer.Option would be in the annotation, not in the default this parser reads)."""
     if annotation in SIMPLE:
         return annotation
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -76,7 +79,7 @@ def _simple_type(annotation: Any) -> type | None:
 
 
 def _params(fn: Callable) -> list[_Param] | None:
-    hints = typing.get_type_hints(fn)
+    hints = typing.get_type_hints(fn, include_extras=True)
     out = []
     for p in inspect.signature(fn).parameters.values():
         info, kind = p.default, _simple_type(hints.get(p.name))
@@ -107,7 +110,7 @@ def _bind(params: list[_Param], args: list[str]) -> dict[str, Any] | None:
             p = positional.pop(0)
             values[p.name] = p.convert(tok)
             continue
-        name, eq, inline = tok.partition("=")
+        name, eq, inline = tok.partition("=") if tok.startswith("--") else (tok, "", "")  # click: -k=3 is "=3"
         p = next((q for q in params if name in q.flags or name in q.names), None)
         if p is None or p.name in values:
             return None  # unknown (or --help), or given twice: typer decides

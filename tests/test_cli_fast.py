@@ -3,6 +3,7 @@ same JSON and errors as without it, the server as the store's one writer, no hea
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_commands_go_through_the_server_with_the_same_json(served, local_home):
     local_hits = run_cli("recall", "where is the shed key", "--json", home=local_home).json()
     assert hits[0]["id"] == r.json()["id"] and set(hits[0]) == set(local_hits[0])
     human = run_cli("recall", "where is the shed key", home=home)
-    assert r.json()["id"] in human.out
+    assert r.json()["id"] in human.out and re.search(r"\b\d{4}-\d{2}-\d{2}\b", human.out)  # the "when" column
 
     a = run_cli("ask", "Where is the key?", "--json", home=home)
     assert a.code == 0, a.err

@@ -24,7 +24,8 @@ SAME = [
 TYPER = [["recall", "--help"], ["recall"], ["recall", "q", "-k", "three"], ["recall", "q", "--neighbours", "21"],
          ["recall", "q", "--nope"], ["recall", "q", "--json", "--json"], ["recall", "q", "extra"],
          ["remember", "x", "--untrusted=yes"], ["--verbose", "status"], ["history", "--json"], [],
-         ["recall", "q", "-k"]]
+         ["recall", "q", "-k"], ["recall", "q", "-k=3"], ["recall", "q", "-k", "\u0663"],
+         ["sleep-now", "--max-episodes", "\uff15"]]
 
 
 def typer_binding(argv):
@@ -61,3 +62,24 @@ def test_every_quick_command_takes_the_quick_path():
     for name in QUICK_COMMANDS:
         argv = [name] + (["x"] if name in ("remember", "recall", "ask") else [])
         assert parse(app, argv, QUICK_COMMANDS) is not None, name
+
+
+def test_a_reader_that_leaves_early_gets_no_internal_error(tmp_path):
+    """`agentsleep status --json | head -0`: the write fails with EPIPE; the command exits 1 and says
+    nothing more (typer's behaviour on its own path), not "internal error: BrokenPipeError"."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTSLEEP_NO_SERVER": "1"}
+    subprocess.run([sys.executable, "-m", "agentsleep.cli", "--home", str(home), "init"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    r, w = os.pipe()
+    os.close(r)  # the reader is gone before anything is written
+    try:
+        p = subprocess.run([sys.executable, "-m", "agentsleep.cli", "--home", str(home), "status", "--json"],
+                           env=env, stdout=w, stderr=subprocess.PIPE, timeout=300)
+    finally:
+        os.close(w)
+    assert p.returncode == 1 and p.stderr.decode().strip() == ""
