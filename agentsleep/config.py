@@ -51,6 +51,12 @@ class MemoryConfig(_Section):
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense (MiniLM cosine) ranking in reciprocal-rank fusion.")
     lexical_weight: float = Field(1.0, ge=0, description="Weight of the lexical (BM25) ranking in reciprocal-rank fusion.")
     rrf_k: int = Field(10, ge=1, description="Reciprocal-rank fusion constant: a hit at rank r adds weight / (rrf_k + r).")
+    fusion: Literal["rrf", "max"] = Field("rrf", description="rrf: weighted reciprocal-rank fusion of the rankings; max: "
+                                          "score-aware, each ranking's own scores (cosine, BM25) scaled to 0..1 over its "
+                                          "candidates and weighted, a candidate taking its best plus fusion_both_bonus "
+                                          "times its second best.")
+    fusion_both_bonus: float = Field(0.1, ge=0, le=1, description="fusion = max: share of a candidate's second-best "
+                                     "scaled score added to its best (found by both indexes).")
     candidates: int = Field(50, ge=1, le=1000, description="Hits taken from each index (dense, lexical) before fusing, in episodes.")
     lexical_context_weight: float = Field(0.3, ge=0, description="BM25 weight of a turn's session neighbours' words "
                                           "(its own words weigh 1), so a reply is found by its question's words.")

@@ -94,6 +94,15 @@ def test_locomo_sleeps_sessions_in_order_and_scores_four_variants(tmp_path, loco
     assert "weights only" not in locomo_suite.markdown(old)
 
 
+def test_session_recall_counts_distinct_sessions():
+    from agentsleep.bench.locomo_suite import session_recall
+
+    ranked = ["D1:1", "D1:2", "D2:5", "D1:3", "D3:1", "D4:2"]
+    assert session_recall({"D3:9"}, ranked, k=3) == 1.0       # a turn of D3 is in the first 3 sessions
+    assert session_recall({"D4:2"}, ranked, k=3) == 0.0       # D4 is the 4th distinct session
+    assert session_recall({"D2:1", "D9:1"}, ranked, k=10) == 0.5
+
+
 def test_locomo_without_sleeps_and_bad_input(tmp_path, locomo_data):
     from agentsleep.bench import locomo_suite
     from agentsleep.errors import InputError
@@ -102,6 +111,9 @@ def test_locomo_without_sleeps_and_bad_input(tmp_path, locomo_data):
                            sleep_sessions=0)
     assert "sleep" not in res and not (tmp_path / "l" / "sleep-home").exists()
     assert "| weights only |" not in locomo_suite.markdown(res)
+    sr = res["session_recall"]  # the unit published figures count, beside the turn-level measure
+    assert sr["k"] == 10 and 0 <= sr["all"] <= 1 and 0 <= sr["1-4"] <= 1
+    assert "session-level recall@10" in locomo_suite.markdown(res)
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     assert locomo_suite.run(tmp_path / "b", data=bad, say=lambda m: None)["skipped"].startswith("dataset ")

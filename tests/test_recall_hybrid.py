@@ -288,3 +288,27 @@ def test_feedback_ranking_moves_the_query_toward_the_first_hits(store):
     assert set(moved) == set(ids) and moved[0] == ids[2] and plain[0] != ids[2]
     store.cfg.feedback_weight = 0.5
     assert {e.namespace for e in store.recall("ferry island", k=5, namespace="n")} == {"n"}
+
+
+def test_max_fusion_keeps_a_clear_lexical_winner_ahead():
+    """Score-aware fusion: the rankings' own scores decide, scaled per ranking; found by both adds a bonus."""
+    from agentsleep.memory.store import max_fusion
+
+    dense = ["a", "b", "c"]                       # cosines close together: no clear winner
+    lex = ["c", "d"]                              # BM25: c far ahead of d
+    s = max_fusion([(1.0, dense), (1.0, lex)], [{"a": 0.52, "b": 0.51, "c": 0.50}, {"c": 9.0, "d": 1.0}], 0.1)
+    assert s["c"] == pytest.approx(1.0)           # best scaled score (lexical 1.0) + 0.1 x dense 0.0
+    assert s["a"] == pytest.approx(1.0) and s["d"] == 0.0 and s["b"] == pytest.approx(0.5)
+    s = max_fusion([(1.0, dense), (2.0, lex)], [{"a": 0.52, "b": 0.51, "c": 0.50}, {"c": 9.0, "d": 1.0}], 0.1)
+    assert max(s, key=s.get) == "c"               # weights scale each ranking
+    s = max_fusion([(1.0, ["x", "y"])], [], 0.0)  # a ranking without scores counts by rank
+    assert s["x"] > s["y"]
+
+
+def test_fusion_max_is_a_config_choice(store):
+    for f in [f"We talked about the weather and the garden on day {i}." for i in range(30)]:
+        store.remember(f, namespace="n")
+    target = store.remember("Order number QX-7781 shipped via Kestrel Freight.", namespace="n")
+    store.cfg.fusion = "max"
+    hits = store.recall("Kestrel", k=3, namespace="n")
+    assert hits[0].id == target.id and -1.0 <= hits[0].score <= 1.0

@@ -421,9 +421,11 @@ class EpisodeStore:
             # a speaker's name in the query says who said it; in a turn's words it mostly marks the other
             # speaker addressing them, so as a BM25 term it finds the wrong side of the conversation
             skip = {str(md["speaker"]).lower() for _, md in recs.values() if md.get("speaker")}
-        lex = [i for i, _ in self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
-                                                 ent_weight=self.cfg.lexical_entity_weight, skip=skip)] if use_lex else []
+        lex_hits = self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
+                                       ent_weight=self.cfg.lexical_entity_weight, skip=skip) if use_lex else []
+        lex = [i for i, _ in lex_hits]
         lists = [(self.cfg.dense_weight, dense), (self.cfg.lexical_weight, lex)]
+        own_scores = [cos, dict(lex_hits)]  # what fusion = "max" reads; the rankings added below have none
         words = " ".join(query_terms(query))
         if self.cfg.keyword_dense_weight and words and words != query.strip().lower():
             # the query's content words alone, embedded: a question's form ("what did ... do") pulls its
@@ -433,11 +435,11 @@ class EpisodeStore:
             lists.append((self.cfg.keyword_dense_weight, kres["ids"][0]))
         if self.cfg.context_dense_weight and not self._legacy:
             lists.append((self.cfg.context_dense_weight, self._context_ranking(qvec, [i for _, r in lists for i in r])))
-        order = self._fuse(query, lists, recs, now=now)
+        order = self._fuse(query, lists, recs, now=now, scores=own_scores)
         if self.cfg.feedback_weight and order:
             lists.append((self.cfg.feedback_weight, self._feedback_ranking(qvec, order[:self.cfg.feedback_docs],
                                                                            pool, n, where)))
-            order = self._fuse(query, lists, recs, now=now)
+            order = self._fuse(query, lists, recs, now=now, scores=own_scores)
         missing = [i for i in order[:pool] if i not in recs]
         if missing:
             got = self._call("get", self._coll.get, ids=missing, include=["documents", "metadatas", "embeddings"])
@@ -510,14 +512,18 @@ class EpisodeStore:
         return [float(x) for x in MiniLMEmbedding(self.cfg.embedder)([query])[0]]
 
     def _fuse(self, query: str, lists: list[tuple[float, list[str]]], recs: dict[str, tuple[str, dict]],
-              now: datetime | None) -> list[str]:
-        """Weighted reciprocal-rank fusion of (weight, ranking) lists, then multiplicative boosts (speaker /
-        name mentioned, time named), then lifts from a hit's neighbours and from its session's other hits."""
+              now: datetime | None, scores: list[dict[str, float]] | None = None) -> list[str]:
+        """Fusion of (weight, ranking) lists (memory.fusion: reciprocal rank, or `max_fusion` on the rankings'
+        own `scores`), then multiplicative boosts (speaker / name mentioned, time named), then lifts from a
+        hit's neighbours and from its session's other hits."""
         c = self.cfg
         score: dict[str, float] = {}
-        for w, ranking in lists:
-            for r, i in enumerate(ranking, 1):
-                score[i] = score.get(i, 0.0) + w / (c.rrf_k + r)
+        if c.fusion == "max":
+            score = max_fusion(lists, scores or [], c.fusion_both_bonus)
+        else:
+            for w, ranking in lists:
+                for r, i in enumerate(ranking, 1):
+                    score[i] = score.get(i, 0.0) + w / (c.rrf_k + r)
         if not score:
             return []
         words = set(query_terms(query))
@@ -689,6 +695,30 @@ def _row(i: str, doc: str, md: dict[str, Any]) -> Row:
     return Row(id=i, namespace=md.get("namespace") or DEFAULT_NAMESPACE, kind=md.get("kind", "fact"),
                source=md.get("source", "user"), session=md.get("session"), trust=md.get("trust", "trusted"),
                created_ts=created, event_ts=float(md.get("event_ts", created)), speaker=md.get("speaker"), text=doc or "")
+
+
+def max_fusion(lists: list[tuple[float, list[str]]], scores: list[dict[str, float]], bonus: float) -> dict[str, float]:
+    """Score-aware fusion: each ranking's own scores (cosine, BM25; by rank for a ranking without scores)
+    min-max scaled to 0..1 over its candidates and weighted; a candidate takes its best scaled score plus
+    `bonus` times its second best. Unlike reciprocal rank, a clear BM25 winner stays ahead of a dense
+    runner-up, whose cosines are all close together."""
+    per: dict[str, list[float]] = {}
+    for j, (w, ranking) in enumerate(lists):
+        if not ranking:
+            continue
+        own = scores[j] if j < len(scores) else {}
+        if own and all(i in own for i in ranking):
+            lo, hi = min(own[i] for i in ranking), max(own[i] for i in ranking)
+            scaled = {i: (own[i] - lo) / (hi - lo) if hi > lo else 1.0 for i in ranking}
+        else:
+            scaled = {i: 1.0 - r / len(ranking) for r, i in enumerate(ranking)}
+        for i in ranking:
+            per.setdefault(i, []).append(w * scaled[i])
+    out = {}
+    for i, v in per.items():
+        v.sort(reverse=True)
+        out[i] = v[0] + (bonus * v[1] if len(v) > 1 else 0.0)
+    return out
 
 
 def _matches(md: dict[str, Any], f: Filters) -> bool:
