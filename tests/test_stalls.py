@@ -95,6 +95,28 @@ def test_backed_off_episodes_do_not_block_the_cap_and_retries_change_the_plan(ti
     assert "4 episode(s) wait out a backoff" in rep.reasons[1]
 
 
+def test_a_retry_rehearses_first_what_the_rejected_night_forgot(tiny, tmp_path):
+    """The rejected night's expert answered the retention sample too (its results stay in the ledger as
+    candidate:<sleep id>): the retry puts the earlier episodes it missed first in the rehearsal budget."""
+    from agentsleep.memory.ledger import CANDIDATE, probe_id
+
+    h = _home(tmp_path, tiny, replay_episodes=2)
+    old = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(6)]
+    h.store.ledger.mark(old, h.registry.current_name(), "s-old")
+    new = h.remember("The user's bike is green.").id
+    plan = select(h)
+    n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
+    record_failure(n, ["net"], ["lost 3 earlier facts for 2 gained"])
+    led = h.store.ledger
+    led.record_probes([(probe_id("Q?", e), e, "Q?", e) for e in old])
+    led.record_results(CANDIDATE + plan.sleep_id, {probe_id("Q?", old[4]): False, probe_id("Q?", old[5]): False,
+                                                   probe_id("Q?", old[0]): True})
+    led.tick()
+    retry = select(h)
+    assert [m.id for m in retry.memories] == [new] and retry.attempt == 1
+    assert {m.id for m in retry.replay} == {old[4], old[5]}
+
+
 def test_cli_shows_why_and_releases(tiny, tmp_path):
     h = _home(tmp_path, tiny, quarantine_after=1)
     e = h.remember("The user's gate code is 5519.").id

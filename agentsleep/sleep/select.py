@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 from ..atomic import atomic_write_json
+from ..memory.ledger import CANDIDATE
 from .policy import exclusion
 from .types import Memory, SleepPlan
 
@@ -50,7 +51,8 @@ def memory(e, replay: bool = False) -> Memory:
 
 def rehearsal_order(earlier: list, chain: list, at_risk: set[str], rng: random.Random) -> list:
     """Earlier episodes in the order they are rehearsed (spaced repetition on a fixed budget): first those
-    the serving version missed when the gate last asked (`at_risk`), then the least recently rehearsed.
+    the serving version missed when the gate last asked, and on a retry those the rejected night's expert
+    missed (`at_risk`), then the least recently rehearsed.
 
     Cost: one ledger query for the parent's recorded misses plus the lineage's manifests, which select
     reads anyway; the rehearsal itself is sleep.replay_episodes episodes a night however long the
@@ -98,7 +100,10 @@ def select(home, *, max_episodes: int | None = None, sleep_id: str | None = None
     earlier = [e for e in earlier if not e.superseded_by]  # a newer episode changed its value: not rehearsed
     sleep_id = sleep_id or new_sleep_id()
     rng = random.Random(f"{seed}:{sleep_id}")  # ties broken differently each sleep
-    replay = rehearsal_order(earlier, chain, ledger.missed_by(parent), rng)[:cfg.replay_episodes]
+    at_risk = ledger.missed_by(parent)
+    for failed_night in {a.sleep_id for a in tried}:  # a retry rehearses first what the rejected night forgot
+        at_risk |= ledger.missed_by(CANDIDATE + failed_night)
+    replay = rehearsal_order(earlier, chain, at_risk, rng)[:cfg.replay_episodes]
     return SleepPlan(
         sleep_id=sleep_id,
         parent_version=parent,
