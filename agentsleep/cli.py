@@ -496,7 +496,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 
 @app.command()
-def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | cli | nights | all (= full)"),
+def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | cli | nights | languages | all (= full)"),
           quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): under 15 minutes on 2 CPU cores."),
           full: bool = typer.Option(False, "--full", help="Every suite at full size (hours on CPU)."),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),

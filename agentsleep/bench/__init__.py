@@ -27,6 +27,7 @@ SUITES = {  # name -> (module, section title)
     "scaling": ("scaling_suite", "Sleep cost vs episodes (embedded model, this CPU)"),
     "cli": ("cli_suite", "CLI latency: cold, and through a running `agentsleep serve`"),
     "nights": ("nights_suite", "Night after night: facts told each day, one sleep a night, every fact asked each morning"),
+    "languages": ("languages_suite", "Other languages: facts in Spanish, German, Russian and Japanese"),
 }
 QUICK = ("sleep", "locomo", "serve")
 
