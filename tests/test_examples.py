@@ -15,7 +15,8 @@ def test_langchain_agent_example_end_to_end(tmp_path):
     # a small sleep (CPU budget) on the real embedded SmolLM2; the recipe itself is measured by `agentsleep bench`
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "AGENTSLEEP_SLEEP__REST__ROUNDS": "0",
            "AGENTSLEEP_SLEEP__SEED__EPOCHS": "3", "AGENTSLEEP_SLEEP__SEED__MIN_STEPS": "0", "AGENTSLEEP_SLEEP__SEED__REPLAY_PROMPTS": "16",
-           "AGENTSLEEP_SLEEP__GATE__DRIFT_PROMPTS": "6", "AGENTSLEEP_SLEEP__GATE__MIN_RECALL_GAIN": "-1"}
+           "AGENTSLEEP_SLEEP__GATE__DRIFT_PROMPTS": "6", "AGENTSLEEP_SLEEP__GATE__MIN_RECALL_GAIN": "-1",
+           "AGENTSLEEP_SLEEP__DREAM__PER_EPISODE": "6", "AGENTSLEEP_SLEEP__DREAM__ANSWER_SPANS": "0"}
     p = subprocess.run([sys.executable, str(EXAMPLES / "langchain_agent.py"), "--home", str(tmp_path / "home")],
                        capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
