@@ -285,6 +285,8 @@ class DaemonConfig(_Section):
     threshold_episodes: int | None = Field(200, ge=0, description="Sleep when this many episodes wait (0 = off).")
     idle_minutes: float | None = Field(None, gt=0, description="Sleep after this many minutes with no new episode (if any wait).")
     check_seconds: float = Field(60.0, gt=0, description="Seconds between checks of the threshold and idle triggers.")
+    serve: bool = Field(False, description="Keep an `agentsleep serve` running for the home (on serve.host/serve.port, "
+                        "restarted if it exits), so CLI commands go through it and answer at once.")
 
 
 class Config(_Section):

@@ -147,6 +147,7 @@ class _Slot:
     config_mtime: float | None = None
     prev_state: dict[str, Any] = field(default_factory=dict)     # state.json as the last daemon left it
     tag: str = ""                    # unique logger suffix
+    server: Any = None               # the HomeServer kept running when [daemon] serve = true
 
     @property
     def key(self) -> str:
@@ -366,6 +367,8 @@ class Daemon:
 
     def _release_all(self) -> None:
         for slot in self.slots.values():
+            if slot.server is not None:
+                slot.server.stop()
             if slot.home is not None:
                 try:
                     slot.home.close()
@@ -658,11 +661,24 @@ class Daemon:
     def _heartbeat(self) -> None:
         for slot in list(self.slots.values()):
             self._maybe_reload_config(slot)
+            if self.state == "running":
+                self._keep_server(slot)
             if slot.cfg.threshold_episodes is None and slot.cfg.idle_minutes is None and not slot.last_probe:
                 self._probe(slot)  # status shows what waits even without a check job
             if self.state == "running":
                 self._save_state(slot)
             self._write_status(slot)
+
+    def _keep_server(self, slot: _Slot) -> None:
+        """[daemon] serve: keep the home's `agentsleep serve` running (daemon/server.py); stop it when unset."""
+        from .server import HomeServer
+
+        if slot.cfg.serve:
+            slot.server = slot.server or HomeServer(slot.root, slot.log)
+            slot.server.keep()
+        elif slot.server is not None:
+            slot.server.stop()
+            slot.server = None
 
     def _maybe_reload_config(self, slot: _Slot) -> None:
         m = _mtime(slot.root / "config.toml")
@@ -739,6 +755,7 @@ class Daemon:
             "counters": dict(slot.counters),
             "health": {"ok": not problems and self.state == "running", "problems": problems},
             "log": str(slot.root / "logs" / "daemon.log"),
+            "server": slot.server.public() if slot.server is not None else None,
         }
 
     def _write_status(self, slot: _Slot) -> None:

@@ -223,3 +223,36 @@ def test_without_a_key_the_home_api_answers_this_machine_only(tmp_path):
         assert near.get("/ui").status_code == 200
         bad = near.post("/agentsleep/remember", json={"text": "x"})  # read-only: the same one-line error the CLI shows
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "InputError"
+
+
+def test_a_daemon_with_serve_keeps_a_server_the_cli_goes_through(tmp_path):
+    """[daemon] serve = true: the daemon keeps `agentsleep serve` running for its home, so the CLI's
+    commands answer through it; the server goes when the daemon stops."""
+    from conftest import free_port
+
+    from agentsleep.cli import load_daemon
+    from agentsleep.client import find
+    from agentsleep.home import Home
+
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    cfg = fast_sleep_config(str(tiny_model_dir(tmp_path / "models"))).replace("[serve]\n", f"[serve]\nport = {port}\n")
+    (home / "config.toml").write_text(cfg + '\n[daemon]\nserve = true\ncron = ""\nthreshold_episodes = 0\n')
+    Home.init(home)  # keeps this config.toml
+    d = load_daemon().Daemon([home], heartbeat_s=0.5).start()
+    try:
+        deadline = time.time() + 240
+        while find(home) is None:
+            assert time.time() < deadline, (home / "logs" / "serve.log").read_text()[-2000:]
+            time.sleep(0.5)
+        st = run_cli("status", "--json", home=home)  # the key comes from the home's config
+        assert st.code == 0, st.err
+        assert st.json()["cli_path"] == "server"
+        server = d.status()["server"]
+        assert server["running"] and server["pid"]
+        r = run_cli("remember", "The spare key is under the blue pot.", "--json", home=home)
+        assert r.code == 0 and not r.json()["duplicate"]
+    finally:
+        d.stop()
+    assert find(home) is None and not (home / "serve.json").exists()
