@@ -312,3 +312,21 @@ def test_fusion_max_is_a_config_choice(store):
     store.cfg.fusion = "max"
     hits = store.recall("Kestrel", k=3, namespace="n")
     assert hits[0].id == target.id and -1.0 <= hits[0].score <= 1.0
+
+
+def test_namespace_only_dense_search_skips_chromas_filter_scan_and_stays_hard(store):
+    """The dense candidates of a namespace-only recall come from an unfiltered search over-fetched and kept
+    by namespace (Chroma's filtered search scans the whole namespace); a namespace too small to fill them
+    falls back to the filtered search. Either way: the same candidates, never another namespace's."""
+    for i in range(70):
+        store.remember(f"Team note {i}: the garden shed key is kept in drawer {i}.", namespace="big")
+    small = [store.remember(f"Private: my shed key is under flower pot {i}.", namespace="small").id for i in range(3)]
+    qvec = store._embed_query("where is the shed key")
+    n = store.count()
+    # k 50: everything fetched at once; k 5: 20 fetched, "small" cannot fill 5 from them and falls back
+    for ns, k, want in (("big", 50, 50), ("small", 50, 3), ("big", 5, 5), ("small", 5, 3)):
+        got = store._dense_query(qvec, k, {"namespace": ns}, n)
+        ref = store._coll.query(query_embeddings=[qvec], n_results=k, where={"namespace": ns}, include=["metadatas"])
+        assert len(got["ids"][0]) == want and set(got["ids"][0]) == set(ref["ids"][0])
+        assert {md["namespace"] for md in got["metadatas"][0]} == {ns}
+    assert {e.id for e in store.recall("where is the shed key", 5, namespace="small")} == set(small)

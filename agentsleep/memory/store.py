@@ -29,6 +29,7 @@ CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
 # Chunks are embedded and added this many at a time: bounded memory per call,
 # and a failure part-way is rolled back so a retry is not taken for a duplicate.
 ADD_BATCH = 256
+DENSE_OVERFETCH = 4  # unfiltered dense hits asked per wanted one when only the namespace filters (_dense_query)
 
 
 class EpisodeStore:
@@ -408,8 +409,7 @@ class EpisodeStore:
         rr = self.cfg.rerank != "off" if rerank is None else rerank
         pool = max(k, self.cfg.candidates, self.cfg.rerank_candidates if rr else 0)
         qvec = self._embed_query(query)
-        res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=min(pool, n), where=where,
-                         include=["documents", "metadatas", "distances"])
+        res = self._dense_query(qvec, min(pool, n), where, n)
         recs: dict[str, tuple[str, dict]] = {}
         cos: dict[str, float] = {}
         dense = res["ids"][0]
@@ -463,6 +463,24 @@ class EpisodeStore:
         if window and out:
             self._attach_neighbours(out, window)
         return out
+
+    def _dense_query(self, qvec: list[float], n_results: int, where: dict | None, total: int) -> dict[str, Any]:
+        """The dense candidates. Chroma's filtered search scans every episode its filter matches (measured at
+        30k episodes in one namespace: ~100 ms; unfiltered HNSW: ~5 ms). When the only filter is the namespace,
+        ask unfiltered for DENSE_OVERFETCH times as many and keep the namespace's (the same metadata test
+        as the filter's); when fewer than `n_results` of them are in it, run the filtered search (a small
+        namespace among large ones: a short scan)."""
+        inc = ["documents", "metadatas", "distances"]
+        if where is not None and set(where) == {"namespace"}:
+            m = min(total, n_results * DENSE_OVERFETCH)
+            res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=m, include=inc)
+            keep = [j for j, md in enumerate(res["metadatas"][0])
+                    if (md.get("namespace") or DEFAULT_NAMESPACE) == where["namespace"]]
+            if len(keep) >= n_results or m >= total:
+                keep = keep[:n_results]
+                return {k: [[res[k][0][j] for j in keep]] for k in ("ids", "documents", "metadatas", "distances")}
+        return self._call("query", self._coll.query, query_embeddings=[qvec], n_results=n_results, where=where,
+                          include=inc)
 
     def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, n: int, where: dict | None) -> list[str]:
         """Pseudo-relevance feedback (Rocchio): the query's vector moved toward the mean of the first fused hits'
