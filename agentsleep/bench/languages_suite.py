@@ -44,13 +44,13 @@ FACTS: dict[str, list[Fact]] = {
 RECALL_K = 5
 
 
-def _state(h: Home, episode_id: str, excluded: dict[str, list[str]]) -> tuple[str, str]:
-    """(state, reason): consolidated in a version, set aside or backing off (with the ledger's reason),
-    excluded by the policy (with its rule), or waiting with no reason (what must never happen)."""
+def _state(h: Home, episode_id: str, held: dict[str, dict], excluded: dict[str, set[str]]) -> tuple[str, str]:
+    """(state, reason): consolidated in a version, set aside or backing off (with the ledger's reason,
+    `held`: Home.held_back() by episode), excluded by the policy (with its rule), or waiting with no
+    reason (what must never happen)."""
     from ..memory.ledger import SKIPPED
 
     mark = h.get(episode_id).consolidated_in or ""
-    held = {r["episode_id"]: r for r in h.held_back()}
     if mark and not mark.startswith(SKIPPED):
         return "consolidated", mark
     if episode_id in held:
@@ -79,19 +79,20 @@ def run(out_dir: Path, *, say: Callable[[str], None] = print, progress: Any = No
         for (lang, f), i in zip(facts, ids):
             hits = [e.id for e in h.recall(f.question, RECALL_K)]
             found.append({"lang": lang, "rank": hits.index(i) + 1 if i in hits else None})
-        excluded: dict[str, list[str]] = {}
+        excluded: dict[str, set[str]] = {}
         try:
             for n in (1, 2):  # the second has nothing new: a stall would show as the same batch taken again
                 say(f"languages: sleep {n}")
                 t = time.time()
                 rep = h.sleep(progress=progress)
                 for why, xs in (rep.excluded or {}).items():
-                    excluded.setdefault(why, []).extend(x for x in xs if x not in excluded.get(why, []))
+                    excluded.setdefault(why, set()).update(xs)
                 res["sleeps"].append({"status": rep.status, "episodes": len(rep.episodes), "version": rep.version,
                                       "seconds": round(time.time() - t, 1), "reasons": list(rep.reasons)[:6]})
         except Exception as e:  # noqa: BLE001 - what the suite measures: record it, then report
             res["crashed"] = f"{type(e).__name__}: {e}"
-        states = [_state(h, i, excluded) for i in ids]
+        held = {r["episode_id"]: r for r in h.held_back()}
+        states = [_state(h, i, held, excluded) for i in ids]
         live = h.engine.live
         from .sleep_suite import closed_book
 
