@@ -38,8 +38,13 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", text).strip()
 
 
+_ORDINAL = re.compile(r"\b(\d+)(?:st|nd|rd|th)\b")
+
+
 def tokens(text: str) -> list[str]:
-    return normalize(text).replace("'s", "").split()
+    """Words, with "'s" dropped and English ordinals read as their number ("the 9th of September" and
+    "September 9" say the same date)."""
+    return _ORDINAL.sub(r"\1", normalize(text).replace("'s", "")).split()
 
 
 def content_tokens(text: str) -> list[str]:

@@ -12,8 +12,8 @@ import pytest
 from agentsleep.config import MemoryConfig
 from agentsleep.errors import AgentsleepError, InputError
 from agentsleep.memory.episode import Episode
-from agentsleep.memory.lexical import entities, query_terms
-from agentsleep.memory.store import EpisodeStore
+from agentsleep.memory.lexical import Filters, entities, query_terms
+from agentsleep.memory.store import EpisodeStore, _where_filters
 from agentsleep.memory.timeparse import time_window
 
 UTC = timezone.utc
@@ -281,10 +281,11 @@ def test_feedback_ranking_moves_the_query_toward_the_first_hits(store):
     q = store._embed_query("ferry island")
     where = {"namespace": "n"}
     plain = store._call("query", store._coll.query, query_embeddings=[q], n_results=4, where=where, include=[])["ids"][0]
+    filt = Filters(namespace="n")
     store.cfg.feedback_mix = 0.0  # no feedback: the plain dense ranking
-    assert store._feedback_ranking(q, [ids[2]], 4, 5, where) == plain
+    assert store._feedback_ranking(q, [ids[2]], 4, where, filt, {}) == plain
     store.cfg.feedback_mix = 4.0  # fed back a bread turn, the query drifts to bread
-    moved = store._feedback_ranking(q, [ids[2]], 4, 5, where)
+    moved = store._feedback_ranking(q, [ids[2]], 4, where, filt, {})
     assert set(moved) == set(ids) and moved[0] == ids[2] and plain[0] != ids[2]
     store.cfg.feedback_weight = 0.5
     assert {e.namespace for e in store.recall("ferry island", k=5, namespace="n")} == {"n"}
@@ -314,19 +315,47 @@ def test_fusion_max_is_a_config_choice(store):
     assert hits[0].id == target.id and -1.0 <= hits[0].score <= 1.0
 
 
-def test_namespace_only_dense_search_skips_chromas_filter_scan_and_stays_hard(store):
-    """The dense candidates of a namespace-only recall come from an unfiltered search over-fetched and kept
-    by namespace (Chroma's filtered search scans the whole namespace); a namespace too small to fill them
-    falls back to the filtered search. Either way: the same candidates, never another namespace's."""
+def test_dense_search_skips_chromas_filter_scan_and_stays_hard(store):
+    """The dense candidates come from an unfiltered search over-fetched (ids and distances only) and kept
+    when the lexical index's filter fields pass (Chroma's filtered search scans the whole namespace); a
+    namespace or filter too narrow to fill them falls back to the filtered search. Either way: the same
+    candidates as Chroma's filtered search, never another namespace's."""
     for i in range(70):
-        store.remember(f"Team note {i}: the garden shed key is kept in drawer {i}.", namespace="big")
+        store.remember(f"Team note {i}: the garden shed key is kept in drawer {i}.", namespace="big",
+                       kind="turn" if i % 10 == 0 else "fact")
     small = [store.remember(f"Private: my shed key is under flower pot {i}.", namespace="small").id for i in range(3)]
     qvec = store._embed_query("where is the shed key")
-    n = store.count()
     # k 50: everything fetched at once; k 5: 20 fetched, "small" cannot fill 5 from them and falls back
-    for ns, k, want in (("big", 50, 50), ("small", 50, 3), ("big", 5, 5), ("small", 5, 3)):
-        got = store._dense_query(qvec, k, {"namespace": ns}, n)
-        ref = store._coll.query(query_embeddings=[qvec], n_results=k, where={"namespace": ns}, include=["metadatas"])
-        assert len(got["ids"][0]) == want and set(got["ids"][0]) == set(ref["ids"][0])
-        assert {md["namespace"] for md in got["metadatas"][0]} == {ns}
+    for ns, kind, k, want in (("big", None, 50, 50), ("small", None, 50, 3), ("big", None, 5, 5), ("small", None, 5, 3),
+                              ("big", "turn", 5, 5), ("big", "turn", 50, 7)):
+        filt = Filters(namespace=ns, kind=kind)
+        ids, cos, meta = store._dense(qvec, k, _where_filters(filt), filt)
+        ref = store._coll.query(query_embeddings=[qvec], n_results=k, where=_where_filters(filt),
+                                include=["metadatas", "distances"])
+        assert len(ids) == want and set(ids) == set(ref["ids"][0])
+        assert all(cos[i] == pytest.approx(1.0 - d, abs=1e-3) for i, d in zip(ref["ids"][0], ref["distances"][0]))
+        assert {meta[i]["namespace"] for i in ids} == {ns}
     assert {e.id for e in store.recall("where is the shed key", 5, namespace="small")} == set(small)
+    assert {e.kind for e in store.recall("where is the shed key", 5, namespace="big", kind="turn")} == {"turn"}
+
+
+def test_bm25_leaves_out_words_most_rows_hold_in_a_large_store(tmp_path):
+    """A word in more than lexical_common_share of the rows (and in more than 1,000) is left out of the BM25
+    query while other words remain: it weighs little and costs the most. A small store is never pruned,
+    and a query of only common words still finds them."""
+    from agentsleep.memory.lexical import COMMON_FLOOR, LexicalIndex, Row
+
+    lex = LexicalIndex(tmp_path / "lex.sqlite")
+    n = COMMON_FLOOR + 500
+    rows = [Row(f"c{i}", "default", "turn", "user", None, "trusted", float(i), float(i), None,
+                f"we talked about the weather again, day {i}") for i in range(n)]
+    rows += [Row("rare", "default", "turn", "user", None, "trusted", 0.0, 0.0, None, "a kestrel nested on the roof")]
+    lex.add(rows)
+    f = Filters(namespace="default")
+    pruned = lex.search("the weather and the kestrel", 5, f, common_share=0.02)
+    assert [i for i, _ in pruned] == ["rare"]                       # "weather" (every row) left out
+    full = lex.search("the weather and the kestrel", 5, f, common_share=0.0)
+    assert full[0][0] == "rare" and len(full) == 5                  # off: weather rows fill the rest
+    assert len(lex.search("weather", 5, f, common_share=0.02)) == 5  # nothing else to ask: kept
+    assert len(lex.search("weather kestrel", 5, f, common_share=1.0)) == 5  # under the share: kept
+    lex.close()

@@ -53,6 +53,21 @@ def test_questions_are_written_in_the_users_voice():
     assert uq("Who is the dog?") == "Who is the dog?"
 
 
+def test_trained_dreams_are_asked_in_both_voices_and_probes_in_one():
+    d = [Dream("e1", "What is the name of the user's daughter?", "Maya", value=2.0),
+         Dream("e1", "What is your manager called?", "Ingrid"),
+         Dream("e2", "Where is Project Heron hosted?", "Oslo"),
+         Dream("e1", "Which tea does the user like?", "jasmine", held_out=True)]
+    out = dream_mod.in_both_voices(d)
+    qs = [(x.question, x.kind, x.held_out) for x in out]
+    assert qs == [("What is the name of the user's daughter?", "qa", False),
+                  ("What is the name of my daughter?", "voice", False),   # the user's own words, same answer
+                  ("What is my manager called?", "qa", False),            # asked back to the user: one voice
+                  ("Where is Project Heron hosted?", "qa", False),        # nobody's voice to change
+                  ("Which tea does the user like?", "qa", True)]          # a probe is asked once
+    assert out[1].answer == "Maya" and out[1].value == 2.0 and out[1].episode_id == "e1"
+
+
 def test_memories_are_read_from_the_users_side_whoever_said_them():
     assert user_view("Noted: your flight to Lima leaves at 9:40.", "assistant") == "Noted: my flight to Lima leaves at 9:40."
     assert user_view("I've booked your table, you are all set.", "assistant") == "You've booked my table, I am all set."

@@ -35,3 +35,11 @@ def test_chinese_and_japanese_count_each_character():
     assert contains_answer("あなたは東京に住んでいます。", "東京")
     assert not contains_answer("あなたは大阪に住んでいます。", "東京")
     assert contains_answer("我的医生是王医生", "王医生") and not contains_answer("我的医生是李医生", "王医生")
+
+
+def test_ordinals_read_as_their_number():
+    """A writer that says "September 9" about "the 9th of September" is grounded; "9" is not "19"."""
+    assert tokens("on the 21st, 2nd and 9th") == ["on", "the", "21", "2", "and", "9"]
+    assert grounded("September 9", "The user's anniversary is on the 9th of September.")
+    assert contains_answer("It is due on 30 June.", "30th") and not contains_answer("It is due on 3 June.", "30th")
+    assert tokens("9th-floor 1st") == ["9", "floor", "1"] and tokens("4thly") == ["4thly"]

@@ -15,9 +15,12 @@ turn order used to attach neighbouring turns to a hit.
 """
 from __future__ import annotations
 
+import os
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,15 +120,57 @@ class Filters:
         return (" AND ".join(conds) or "1"), args
 
 
+COMMON_FLOOR = 1000  # a query word is left out as common only when more rows than this hold it (_uncommon)
+
+
+def _phrase(term: str) -> str:
+    return '"' + term.replace('"', '""') + '"'
+
+
+_META_COLS = "d.namespace, d.speaker, d.session, d.event_ts, d.created_ts"
+
+
+def _meta(r) -> dict:
+    return {"namespace": r[0], "speaker": r[1], "session": r[2], "event_ts": r[3], "created_ts": r[4]}
+
+
 class LexicalIndex:
     def __init__(self, path: Path, *, ctx_weight: float = 0.3, ent_weight: float = 0.5):
         self.path = path
         self.ctx_weight, self.ent_weight = ctx_weight, ent_weight
+        self._local = threading.local()  # each thread's read connection
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
         with self._conn() as c:
             c.executescript(_SCHEMA)
 
     def _conn(self):
         return connect(self.path)
+
+    @contextmanager
+    def _read(self):
+        """This thread's read connection, kept open (opening one per query cost about 0.2 ms, and a recall
+        makes several; recall's lexical query runs in a thread of its own). Autocommit WAL: each query reads
+        the latest committed state, whoever wrote it; a forked child opens its own."""
+        c = getattr(self._local, "conn", None)
+        if c is None or self._local.pid != os.getpid():
+            c = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+            c.execute("PRAGMA journal_mode=WAL")
+            self._local.conn, self._local.pid = c, os.getpid()
+            with self._readers_lock:
+                self._readers.append(c)
+        yield c
+
+    def close(self) -> None:
+        """Close every thread's read connection (a later query opens a new one)."""
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for c in readers:
+            try:
+                c.close()
+            except sqlite3.Error:
+                pass
+        self._local = threading.local()
 
     # -- meta ---------------------------------------------------------------
     def get_meta(self, key: str) -> str | None:
@@ -211,30 +256,68 @@ class LexicalIndex:
             return {r[0] for r in c.execute("SELECT id FROM docs")}
 
     def search(self, query: str, limit: int, filters: Filters, *, ctx_weight: float | None = None,
-               ent_weight: float | None = None, skip: set[str] | frozenset[str] = frozenset()) -> list[tuple[str, float]]:
+               ent_weight: float | None = None, skip: set[str] | frozenset[str] = frozenset(),
+               meta: dict[str, dict] | None = None, common_share: float = 0.0) -> list[tuple[str, float]]:
         """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`
-        (less the lower-case words in `skip`, unless nothing else is left)."""
+        (less the lower-case words in `skip`, and less the common words `_uncommon` leaves out, unless
+        nothing else is left). `meta`, when given, receives each hit's fusion metadata (as `meta()` returns it)."""
         terms = query_terms(query)
         terms = [t for t in terms if t not in skip] or terms
         if not terms:
             return []
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         cond, args = filters.sql()
-        sql = (f"SELECT d.id, bm25(fts, 1.0, ?, ?) AS s FROM fts JOIN docs d ON d.rowid = fts.rowid "
+        sql = (f"SELECT d.id, bm25(fts, 1.0, ?, ?) AS s, {_META_COLS} FROM fts JOIN docs d ON d.rowid = fts.rowid "
                f"WHERE fts MATCH ? AND {cond} ORDER BY s LIMIT ?")
-        with self._conn() as c:
+        with self._read() as c:
             try:
+                match = " OR ".join(_phrase(t) for t in self._uncommon(c, terms, common_share))
                 rows = c.execute(sql, [self.ctx_weight if ctx_weight is None else ctx_weight,
                                        self.ent_weight if ent_weight is None else ent_weight, match, *args, limit]).fetchall()
             except sqlite3.OperationalError:  # a query FTS5 cannot parse finds nothing lexically
                 return []
-        return [(i, -float(s)) for i, s in rows]
+        if meta is not None:
+            meta.update((r[0], _meta(r[2:])) for r in rows)
+        return [(r[0], -float(r[1])) for r in rows]
+
+    @staticmethod
+    def _uncommon(c: sqlite3.Connection, terms: list[str], share: float) -> list[str]:
+        """`terms` less those found in more than `share` of the rows and in more than COMMON_FLOOR rows,
+        unless that leaves none. Such words weigh little in BM25 (idf about ln(1/share)) and cost the most:
+        BM25 scores, joins and sorts every row a query word matches. Each count stops at the threshold, so
+        the check costs at most that many doclist entries per word; stores under COMMON_FLOOR / share rows
+        are never pruned."""
+        if share <= 0 or len(terms) < 2:
+            return terms
+        n = c.execute("SELECT max(rowid) FROM docs").fetchone()[0] or 0
+        cap = max(COMMON_FLOOR, int(share * n))
+        if n <= cap:
+            return terms
+        keep = [t for t in terms if c.execute("SELECT count(*) FROM (SELECT 1 FROM fts WHERE fts MATCH ? LIMIT ?)",
+                                              (_phrase(t), cap + 1)).fetchone()[0] <= cap]
+        return keep or terms
+
+    def meta(self, ids: list[str], filters: Filters) -> tuple[dict[str, dict], set[str]]:
+        """(id -> {namespace, speaker, session, event_ts, created_ts} for those of `ids` that pass `filters`,
+        the ids this index holds at all), one query per 500 ids: how recall keeps the dense hits of one
+        namespace, and what fusion's boosts read, without asking Chroma for metadata."""
+        cond, args = filters.sql()
+        out: dict[str, dict] = {}
+        known: set[str] = set()
+        with self._read() as c:
+            for s in range(0, len(ids), _IN_BATCH):
+                part = ids[s:s + _IN_BATCH]
+                q = ",".join("?" * len(part))
+                for r in c.execute(f"SELECT d.id, {_META_COLS}, ({cond}) FROM docs d WHERE d.id IN ({q})", [*args, *part]):
+                    known.add(r[0])
+                    if r[-1]:
+                        out[r[0]] = _meta(r[1:-1])
+        return out, known
 
     def adjacent(self, ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
         """id -> (the turn before it, the turn after it) in its session, for these ids (one query)."""
         if not ids:
             return {}
-        with self._conn() as c:
+        with self._read() as c:
             q = ",".join("?" * len(ids))
             keys = c.execute(f"SELECT DISTINCT namespace, session FROM docs WHERE id IN ({q}) AND session IS NOT NULL",
                              ids).fetchall()
@@ -249,7 +332,7 @@ class LexicalIndex:
     def session_of(self, ids: list[str]) -> dict[str, tuple[str, str]]:
         """id -> (namespace, session) for those of these ids that have a session (one query per 500 ids)."""
         out: dict[str, tuple[str, str]] = {}
-        with self._conn() as c:
+        with self._read() as c:
             for s in range(0, len(ids), _IN_BATCH):
                 part = ids[s:s + _IN_BATCH]
                 q = ",".join("?" * len(part))
@@ -260,7 +343,7 @@ class LexicalIndex:
 
     def last_in_session(self, namespace: str, session: str, n: int) -> list[str]:
         """The texts of the last `n` rows of a session, oldest first (speaker-prefixed when known)."""
-        with self._conn() as c:
+        with self._read() as c:
             rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? ORDER BY rowid DESC LIMIT ?",
                              (namespace, session, n)).fetchall()
         return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
@@ -270,7 +353,7 @@ class LexicalIndex:
         out: dict[str, list[str]] = {}
         if window < 1:
             return out
-        with self._conn() as c:
+        with self._read() as c:
             for i in ids:
                 r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (i,)).fetchone()
                 if r is None or r[2] is None:

@@ -29,7 +29,7 @@ CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
 # Chunks are embedded and added this many at a time: bounded memory per call,
 # and a failure part-way is rolled back so a retry is not taken for a duplicate.
 ADD_BATCH = 256
-DENSE_OVERFETCH = 4  # unfiltered dense hits asked per wanted one when only the namespace filters (_dense_query)
+DENSE_OVERFETCH = 4  # unfiltered dense hits asked per wanted one, kept when they pass the filters (_dense)
 
 
 class EpisodeStore:
@@ -62,6 +62,8 @@ class EpisodeStore:
         self._gen_seen = self._generation()
         self._open()
         self._reranker: Any = None
+        self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
+        self._pool: Any = None    # the lexical query's thread (_side)
         if sync and writable:
             try:
                 self.sync_lexical()
@@ -175,6 +177,10 @@ class EpisodeStore:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not mask the real error
                 pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.lexical.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -402,27 +408,31 @@ class EpisodeStore:
         if kind and kind not in KINDS:
             raise InputError(f"unknown kind '{kind}'; use one of {', '.join(KINDS)}")
         where = _where_filters(filt)
-        n = self.count()
-        if n == 0:
-            return []
         use_lex = (self.cfg.hybrid if hybrid is None else hybrid) and not self._legacy
         rr = self.cfg.rerank != "off" if rerank is None else rerank
         pool = max(k, self.cfg.candidates, self.cfg.rerank_candidates if rr else 0)
+        lex_meta: dict[str, dict] = {}
+
+        def lexical(skip: set[str]) -> list[tuple[str, float]]:
+            lex_meta.clear()
+            return self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
+                                       ent_weight=self.cfg.lexical_entity_weight, skip=skip, meta=lex_meta,
+                                       common_share=self.cfg.lexical_common_share)
+
+        # the BM25 query runs beside the query embedding and the dense search (SQLite and ONNX release the GIL)
+        pending = self._side().submit(lexical, set()) if use_lex else None
         qvec = self._embed_query(query)
-        res = self._dense_query(qvec, min(pool, n), where, n)
-        recs: dict[str, tuple[str, dict]] = {}
-        cos: dict[str, float] = {}
-        dense = res["ids"][0]
-        for i, doc, md, dist in zip(dense, res["documents"][0], res["metadatas"][0], res["distances"][0]):
-            recs[i] = (doc, md)
-            cos[i] = round(1.0 - float(dist), 4)
-        skip: set[str] = set()
-        if self.cfg.lexical_skip_speakers:
+        # meta: id -> the fields fusion reads (speaker, times) for candidates known to pass the filters
+        dense, cos, meta = self._dense(qvec, pool, where, filt)
+        lex_hits = pending.result() if pending else []
+        if use_lex and self.cfg.lexical_skip_speakers:
             # a speaker's name in the query says who said it; in a turn's words it mostly marks the other
-            # speaker addressing them, so as a BM25 term it finds the wrong side of the conversation
-            skip = {str(md["speaker"]).lower() for _, md in recs.values() if md.get("speaker")}
-        lex_hits = self.lexical.search(query, pool, filt, ctx_weight=self.cfg.lexical_context_weight,
-                                       ent_weight=self.cfg.lexical_entity_weight, skip=skip) if use_lex else []
+            # speaker addressing them, so as a BM25 term it finds the wrong side of the conversation: asked
+            # again without the dense hits' speakers when the query names one
+            skip = {str(meta[i]["speaker"]).lower() for i in dense if meta[i].get("speaker")}
+            if skip & set(query_terms(query)):
+                lex_hits = lexical(skip)
+        meta.update(lex_meta)
         lex = [i for i, _ in lex_hits]
         lists = [(self.cfg.dense_weight, dense), (self.cfg.lexical_weight, lex)]
         own_scores = [cos, dict(lex_hits)]  # what fusion = "max" reads; the rankings added below have none
@@ -430,26 +440,19 @@ class EpisodeStore:
         if self.cfg.keyword_dense_weight and words and words != query.strip().lower():
             # the query's content words alone, embedded: a question's form ("what did ... do") pulls its
             # vector toward other questions; its words alone sit nearer the statements that answer it
-            kres = self._call("query", self._coll.query, query_embeddings=[self._embed_query(words)],
-                              n_results=min(pool, n), where=where, include=[])
-            lists.append((self.cfg.keyword_dense_weight, kres["ids"][0]))
+            lists.append((self.cfg.keyword_dense_weight, self._dense(self._embed_query(words), pool, where, filt, meta)[0]))
         if self.cfg.context_dense_weight and not self._legacy:
             lists.append((self.cfg.context_dense_weight, self._context_ranking(qvec, [i for _, r in lists for i in r])))
-        order = self._fuse(query, lists, recs, now=now, scores=own_scores)
+        order = self._fuse(query, lists, meta, now=now, scores=own_scores)
         if self.cfg.feedback_weight and order:
             lists.append((self.cfg.feedback_weight, self._feedback_ranking(qvec, order[:self.cfg.feedback_docs],
-                                                                           pool, n, where)))
-            order = self._fuse(query, lists, recs, now=now, scores=own_scores)
-        missing = [i for i in order[:pool] if i not in recs]
-        if missing:
-            got = self._call("get", self._coll.get, ids=missing, include=["documents", "metadatas", "embeddings"])
-            for i, doc, md, emb in zip(got["ids"], got["documents"], got["metadatas"], got["embeddings"]):
-                if _matches(md, filt):  # the lexical row agrees; Chroma has the last word
-                    recs[i] = (doc, md)
-                    cos[i] = round(float(sum(a * b for a, b in zip(qvec, emb))), 4)
+                                                                           pool, where, filt, meta)))
+            order = self._fuse(query, lists, meta, now=now, scores=own_scores)
+        order = [i for i in order if i in meta]
+        m = max(k, self.cfg.rerank_candidates) if rr else k
+        recs = self._records(order, m, filt, qvec, cos)
         order = [i for i in order if i in recs]
         if rr and order:
-            m = max(k, self.cfg.rerank_candidates)
             order = self._rerank(query, order[:m], recs) + order[m:]
         order = order[:k]
         led = self.ledger.versions_of(order)
@@ -464,25 +467,94 @@ class EpisodeStore:
             self._attach_neighbours(out, window)
         return out
 
-    def _dense_query(self, qvec: list[float], n_results: int, where: dict | None, total: int) -> dict[str, Any]:
-        """The dense candidates. Chroma's filtered search scans every episode its filter matches (measured at
-        30k episodes in one namespace: ~100 ms; unfiltered HNSW: ~5 ms). When the only filter is the namespace,
-        ask unfiltered for DENSE_OVERFETCH times as many and keep the namespace's (the same metadata test
-        as the filter's); when fewer than `n_results` of them are in it, run the filtered search (a small
-        namespace among large ones: a short scan)."""
-        inc = ["documents", "metadatas", "distances"]
-        if where is not None and set(where) == {"namespace"}:
-            m = min(total, n_results * DENSE_OVERFETCH)
-            res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=m, include=inc)
-            keep = [j for j, md in enumerate(res["metadatas"][0])
-                    if (md.get("namespace") or DEFAULT_NAMESPACE) == where["namespace"]]
-            if len(keep) >= n_results or m >= total:
-                keep = keep[:n_results]
-                return {k: [[res[k][0][j] for j in keep]] for k in ("ids", "documents", "metadatas", "distances")}
-        return self._call("query", self._coll.query, query_embeddings=[qvec], n_results=n_results, where=where,
-                          include=inc)
+    def _dense(self, qvec: list[float], n: int, where: dict | None, filt: Filters,
+               meta: dict[str, dict] | None = None) -> tuple[list[str], dict[str, float], dict[str, dict]]:
+        """The `n` nearest episodes that pass the filters: (ids best first, id -> cosine, id -> fusion
+        metadata; `meta` is filled in place when given).
 
-    def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, n: int, where: dict | None) -> list[str]:
+        Chroma's filtered search scans every episode its filter matches (measured at 30k episodes in one
+        namespace: ~100 ms; unfiltered HNSW: ~5 ms), and returning metadata costs more than the search. So
+        ask unfiltered, for ids and distances only, DENSE_OVERFETCH times as many, and keep those the
+        lexical index (in step with Chroma, holding the same filter fields) says pass; when fewer than `n`
+        do and the collection holds more, run the filtered search (a small namespace among large ones: a
+        short scan). A store whose lexical index is not yet synced reads Chroma's metadata instead."""
+        meta = {} if meta is None else meta
+        if self._legacy:
+            res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=n, where=where,
+                             include=["metadatas", "distances"])
+            ids = res["ids"][0]
+            meta.update((i, md) for i, md in zip(ids, res["metadatas"][0]))
+            return ids, {i: round(1.0 - float(d), 4) for i, d in zip(ids, res["distances"][0])}, meta
+        m = n * DENSE_OVERFETCH
+        res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=m, include=["distances"])
+        ids, dist = res["ids"][0], res["distances"][0]
+        ok = self._passing(ids, filt)
+        keep = [(i, d) for i, d in zip(ids, dist) if i in ok]
+        if len(keep) < n and len(ids) >= m:
+            res = self._call("query", self._coll.query, query_embeddings=[qvec], n_results=n, where=where,
+                             include=["distances"])
+            ok = self._passing(res["ids"][0], filt)
+            keep = [(i, d) for i, d in zip(res["ids"][0], res["distances"][0]) if i in ok]
+        keep = keep[:n]
+        meta.update((i, ok[i]) for i, _ in keep)
+        return [i for i, _ in keep], {i: round(1.0 - float(d), 4) for i, d in keep}, meta
+
+    def _side(self):
+        """A one-thread pool for the lexical query that runs beside the dense one (made on first use)."""
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentsleep-lexical")
+        return self._pool
+
+    def _passing(self, ids: list[str], filt: Filters) -> dict[str, dict]:
+        """id -> fusion metadata for those of `ids` that pass the filters, read from the lexical index; ids
+        it does not hold (another home writing to the same Chroma server collection) from Chroma."""
+        ok, known = self.lexical.meta(ids, filt)
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            got = self._call("get", self._coll.get, ids=unknown, include=["metadatas"])
+            ok.update((i, md) for i, md in zip(got["ids"], got["metadatas"]) if _matches(md, filt))
+        return ok
+
+    def _records(self, order: list[str], m: int, filt: Filters, qvec: list[float],
+                 cos: dict[str, float]) -> dict[str, tuple[str, dict]]:
+        """id -> (document, Chroma metadata) for the first `m` of `order` that Chroma holds and whose metadata
+        passes the filters (Chroma has the last word over the lexical rows), fetched `m` at a time; the
+        cosine of those only the lexical ranking found comes from their stored vectors."""
+        recs: dict[str, tuple[str, dict]] = {}
+        start = 0
+        while len(recs) < m and start < len(order):
+            part = order[start:start + m]
+            start += m
+            need = [i for i in part if i not in cos]
+            got = self._call("get", self._coll.get, ids=part, include=["documents", "metadatas"])
+            for i, doc, md in zip(got["ids"], got["documents"], got["metadatas"]):
+                if _matches(md, filt):
+                    recs[i] = (doc, md)
+            cos.update(self._cosines(qvec, [i for i in need if i in recs]))
+        return recs
+
+    def _cosines(self, qvec: list[float], ids: list[str]) -> dict[str, float]:
+        """The query's cosine to these stored episodes: from their stored vectors, or, where Chroma's Python
+        server cannot return vectors (its `get` fails serialising them), from a query over these ids
+        (slower: it scans)."""
+        if not ids:
+            return {}
+        if self._vectors_ok:
+            try:
+                got = self._call("get", self._coll.get, ids=ids, include=["embeddings"])
+                return {i: round(float(sum(a * b for a, b in zip(qvec, e))), 4) for i, e in zip(got["ids"], got["embeddings"])}
+            except StoreUnavailableError:
+                if self.cfg.backend != "server":
+                    raise
+                self._vectors_ok = False
+        got = self._call("query", self._coll.query, query_embeddings=[qvec], ids=ids, n_results=len(ids),
+                         include=["distances"])
+        return {i: round(1.0 - float(d), 4) for i, d in zip(got["ids"][0], got["distances"][0])}
+
+    def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, where: dict | None, filt: Filters,
+                          meta: dict[str, dict]) -> list[str]:
         """Pseudo-relevance feedback (Rocchio): the query's vector moved toward the mean of the first fused hits'
         stored vectors, searched again; finds turns that share the hits' topic but not the question's words
         (one Chroma get and one Chroma query per recall, no new embedding)."""
@@ -494,9 +566,7 @@ class EpisodeStore:
         q = np.asarray(qvec, dtype=np.float32)
         v = q + self.cfg.feedback_mix * np.mean(np.asarray(got["embeddings"], dtype=np.float32), axis=0)
         v /= float(np.linalg.norm(v)) or 1.0
-        res = self._call("query", self._coll.query, query_embeddings=[v.tolist()], n_results=min(pool, n),
-                         where=where, include=[])
-        return res["ids"][0]
+        return self._dense(v.tolist(), pool, where, filt, meta)[0]
 
     def _context_ranking(self, qvec: list[float], cands: list[str]) -> list[str]:
         """The candidates ranked by the query's cosine to each one's view in its place: its stored vector plus
@@ -529,7 +599,7 @@ class EpisodeStore:
 
         return [float(x) for x in MiniLMEmbedding(self.cfg.embedder)([query])[0]]
 
-    def _fuse(self, query: str, lists: list[tuple[float, list[str]]], recs: dict[str, tuple[str, dict]],
+    def _fuse(self, query: str, lists: list[tuple[float, list[str]]], meta: dict[str, dict],
               now: datetime | None, scores: list[dict[str, float]] | None = None) -> list[str]:
         """Fusion of (weight, ranking) lists (memory.fusion: reciprocal rank, or `max_fusion` on the rankings'
         own `scores`), then multiplicative boosts (speaker / name mentioned, time named), then lifts from a
@@ -550,9 +620,9 @@ class EpisodeStore:
         win = time_window(query, now) if c.time_boost else None
         lo, hi = (win[0].timestamp(), win[1].timestamp()) if win else (None, None)
         for i in score:
-            if i not in recs:
+            if i not in meta:
                 continue
-            md = recs[i][1]
+            md = meta[i]
             boost = 1.0
             sp = md.get("speaker")
             if c.speaker_boost and sp and sp.lower() in words:

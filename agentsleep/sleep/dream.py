@@ -139,7 +139,6 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     dreams = []
     for (m, s, label, _), o in zip(jobs, outs):
         qa = parse(s, o)
-        qa = (user_question(qa[0]), qa[1]) if qa else None
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     return dreams
 
@@ -226,6 +225,27 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
     return out
 
 
+_YOU = re.compile(r"\b(?:you|your|yours|yourself)\b", re.I)
+
+
+def in_both_voices(dreams: list[Dream]) -> list[Dream]:
+    """Every trained dream asked two ways: as the writer asked it about the note ("What is the name of the
+    user's daughter?") and in the user's own voice ("What is the name of my daughter?"). People ask in
+    the first person, agents and tools in the third; a fact trained under one voice is answered under
+    that voice only, and twice the phrasings per fact is what teaches the fact rather than the question's
+    template. A question asked back to the user ("What is your ...?") is kept in the user's voice only:
+    trained as written it would teach the model that the fact is its own. Probes keep one voice."""
+    out: list[Dream] = []
+    for d in dreams:
+        mine = user_question(d.question)
+        if _YOU.search(d.question):
+            d.question = mine  # the writer asked the note back to the user: only the user's voice
+        out.append(d)
+        if not d.held_out and mine != d.question:
+            out.append(Dream(d.episode_id, mine, d.answer, stem=d.stem, kind="voice", value=d.value))
+    return out
+
+
 _NOT_VALUES = frozenset("now days day month week year today new anymore instead again these those".split())
 
 
@@ -292,5 +312,6 @@ def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, see
     kept, dropped = filter_dreams(g, tok, written, memories, cfg, progress)
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
+    chosen = in_both_voices(chosen)
     progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
     return DreamSet(chosen, written=len(written), dropped=dropped)
