@@ -61,15 +61,35 @@ def contains_answer(prediction: str, answer: str) -> bool:
 
 
 def grounded(answer: str, memory: str, min_share: float = 0.6) -> bool:
-    """Most of the answer's content words appear in the memory (not invented).
+    """Most of the answer's content words appear in the memory, and all of its names and numbers do.
 
-    Not all: a small model paraphrases ("named" for "called"); a share keeps
-    those while still rejecting answers the memory does not support."""
+    Not all words: a small model paraphrases ("named" for "called"); a share keeps those while still
+    rejecting answers the memory does not support. But a name or number the memory does not hold is
+    invented ("Maya Chen" from "named Maya", "September 9, 2023" from a date without a year), and one
+    such item teaches the student to confabulate."""
     want = content_tokens(answer)
     if not want:
         return False
     have = set(tokens(memory))
+    if any(w not in have for w in specifics(answer)):
+        return False
     return sum(w in have for w in want) / len(want) >= min_share
+
+
+_CASED_WORD = re.compile(r"\b\w+", re.UNICODE)
+
+
+def specifics(text: str) -> list[str]:
+    """The names and numbers of a text, as tokens: words written with a capital letter (in scripts with
+    case) other than a sentence's first, and words holding a digit."""
+    out: list[str] = []
+    text = unicodedata.normalize("NFKC", text)
+    for m in _CASED_WORD.finditer(text):
+        w = m.group(0)
+        first = not text[:m.start()].strip() or text[:m.start()].rstrip()[-1] in ".!?:"
+        if (w[:1].isupper() and not first) or any(ch.isdigit() for ch in w):
+            out += [t for t in tokens(w) if t not in STOP]
+    return out
 
 
 def trivial(question: str, answer: str) -> bool:

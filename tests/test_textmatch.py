@@ -3,7 +3,7 @@ import re
 
 from hypothesis import given, strategies as st
 
-from agentsleep.textmatch import contains_answer, grounded, normalize, tokens, trivial
+from agentsleep.textmatch import contains_answer, grounded, normalize, specifics, tokens, trivial
 
 
 def _ascii_rule(text: str) -> str:
@@ -43,3 +43,13 @@ def test_ordinals_read_as_their_number():
     assert grounded("September 9", "The user's anniversary is on the 9th of September.")
     assert contains_answer("It is due on 30 June.", "30th") and not contains_answer("It is due on 3 June.", "30th")
     assert tokens("9th-floor 1st") == ["9", "floor", "1"] and tokens("4thly") == ["4thly"]
+
+
+def test_an_answer_with_a_name_or_number_the_memory_lacks_is_not_grounded():
+    memory = "The user's daughter is named Maya."
+    assert grounded("Maya", memory) and grounded("She is named Maya", memory)
+    assert not grounded("Maya's daughter is Maya Chen", memory)          # "Chen" invented
+    date = "The user's anniversary is on the 9th of September."
+    assert grounded("September 9", date) and not grounded("September 9, 2023", date)  # the year invented
+    assert grounded("Every Thursday afternoon", "The weekly team meeting is on Thursday afternoon.")  # sentence start
+    assert specifics("Because she met Ana in 2020. Then Bo left") == ["ana", "2020", "bo"]
