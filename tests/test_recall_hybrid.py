@@ -359,3 +359,4 @@ def test_bm25_leaves_out_words_most_rows_hold_in_a_large_store(tmp_path):
     assert len(lex.search("weather", 5, f, common_share=0.02)) == 5  # nothing else to ask: kept
     assert len(lex.search("weather kestrel", 5, f, common_share=1.0)) == 5  # under the share: kept
     lex.close()
+

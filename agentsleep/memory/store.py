@@ -64,6 +64,7 @@ class EpisodeStore:
         self._reranker: Any = None
         self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
         self._pool: Any = None    # the lexical query's thread (_side)
+        self._pool_pid = 0
         if sync and writable:
             try:
                 self.sync_lexical()
@@ -177,10 +178,11 @@ class EpisodeStore:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not mask the real error
                 pass
-        if self._pool is not None:
+        if getattr(self, "_pool", None) is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=True)
-            self._pool = None
-        self.lexical.close()
+        self._pool = None
+        if hasattr(self, "lexical"):
+            self.lexical.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -501,10 +503,11 @@ class EpisodeStore:
 
     def _side(self):
         """A one-thread pool for the lexical query that runs beside the dense one (made on first use)."""
-        if self._pool is None:
+        if self._pool is None or self._pool_pid != os.getpid():  # a forked child has no thread behind a parent's pool
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentsleep-lexical")
+            self._pool_pid = os.getpid()
         return self._pool
 
     def _passing(self, ids: list[str], filt: Filters) -> dict[str, dict]:
