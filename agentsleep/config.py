@@ -63,7 +63,7 @@ class MemoryConfig(_Section):
     lexical_common_share: float = Field(0.02, ge=0, le=1, description="Query words found in more than this share of the "
                                         "episodes (and in more than 1,000) are left out of the BM25 query while other "
                                         "words remain: they weigh little in BM25 and cost the most (every row a word "
-                                        "matches is scored); stores under 50,000 episodes at 0.02 are never pruned; 0 = off.")
+                                        "matches is scored); a store with fewer than 1,000 / share episodes is never pruned; 0 = off.")
     lexical_entity_weight: float = Field(0.0, ge=0, description="BM25 weight of a turn's speaker and capitalised names.")
     speaker_boost: float = Field(0.0, ge=0, description="A hit whose speaker the query names scores (1 + this) times its fused score.")
     time_boost: float = Field(0.5, ge=0, description="A hit whose event time lies in a time the query names (\"last week\", "
