@@ -48,6 +48,9 @@ class EpisodeStore:
         self.writable = writable
         self._lock: FileLock | None = None
         self._client: Any = None
+        self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
+        self._pool: Any = None    # the lexical query's thread (_side)
+        self._pool_pid = 0
         try:
             root.mkdir(parents=True, exist_ok=True)
             self.ledger = Ledger(root / "ledger.sqlite")
@@ -62,9 +65,6 @@ class EpisodeStore:
         self._gen_seen = self._generation()
         self._open()
         self._reranker: Any = None
-        self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
-        self._pool: Any = None    # the lexical query's thread (_side)
-        self._pool_pid = 0
         if sync and writable:
             try:
                 self.sync_lexical()
@@ -178,11 +178,10 @@ class EpisodeStore:
                 client.close()
             except Exception:  # noqa: BLE001 - closing must not mask the real error
                 pass
-        if getattr(self, "_pool", None) is not None and self._pool_pid == os.getpid():
+        if self._pool is not None and self._pool_pid == os.getpid():
             self._pool.shutdown(wait=True)
         self._pool = None
-        if hasattr(self, "lexical"):
-            self.lexical.close()
+        self.lexical.close()
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -544,16 +543,19 @@ class EpisodeStore:
         (slower: it scans)."""
         if not ids:
             return {}
+        failed = None
         if self._vectors_ok:
             try:
                 got = self._call("get", self._coll.get, ids=ids, include=["embeddings"])
                 return {i: round(float(sum(a * b for a, b in zip(qvec, e))), 4) for i, e in zip(got["ids"], got["embeddings"])}
-            except StoreUnavailableError:
+            except StoreUnavailableError as e:
                 if self.cfg.backend != "server":
                     raise
-                self._vectors_ok = False
+                failed = e
         got = self._call("query", self._coll.query, query_embeddings=[qvec], ids=ids, n_results=len(ids),
                          include=["distances"])
+        if failed is not None:  # the server answers, so it was the vectors it could not return: stop asking
+            self._vectors_ok = False
         return {i: round(1.0 - float(d), 4) for i, d in zip(got["ids"][0], got["distances"][0])}
 
     def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, where: dict | None, filt: Filters,
