@@ -138,21 +138,50 @@ def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tu
     if unknown:
         raise InputError(f"phrasing suite: unknown voice {unknown[0]!r}; use {', '.join(sets)}")
     res: dict[str, Any] = {"set": "development (bench/facts.py variants)" if dev else "test (bench/phrasings.py)",
-                           "seeds": seeds, "voices": {}}
+                           "seeds": seeds, "baselines": baselines, "n_facts": n_facts, "voices": {}}
+    # Each voice's row is saved as soon as it is measured, so a run of some voices (--voice) keeps
+    # the rows other runs measured with the same set, seeds and baselines, and an interrupted run
+    # keeps the voices it finished.
+    saved_path = out_dir / "voices.json"
+    res["voices"] = {v: row for v, row in _saved(saved_path, res).items() if v in sets and v not in voices}
     for v in voices:
         facts = sets[v][:n_facts] if n_facts else sets[v]
         say(f"phrasing: {v}, {len(facts)} facts, {seeds} seed(s)")
         runs = [one_run(out_dir / f"{v}-seed{s}", facts, SOURCE[v], s, baselines=baselines, say=say, progress=progress)
                 for s in range(seeds)]
-        row = {"facts": len(facts), "runs": runs}
+        row = {"facts": len(facts), "runs": runs, "measured": time.strftime("%Y-%m-%d")}
         for key in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl"):
             vals = [r[key] for r in runs if r.get(key) is not None]
             if vals:
                 row[key] = _stats(vals)
         row["promoted"] = sum(r["status"] == "promoted" for r in runs)
         res["voices"][v] = row
+        _save(saved_path, res)
+    res["voices"] = {v: res["voices"][v] for v in sets if v in res["voices"]}
     res["targets"] = targets(res)
     return res
+
+
+def _saved(path: Path, res: dict[str, Any]) -> dict[str, Any]:
+    """Rows an earlier run saved under the same out dir, when it measured the same set the same way."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    same = all(old.get(k) == res[k] for k in ("set", "seeds", "baselines", "n_facts"))
+    return old.get("voices", {}) if same else {}
+
+
+def _save(path: Path, res: dict[str, Any]) -> None:
+    import json
+
+    from ..atomic import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps({k: res[k] for k in ("set", "seeds", "baselines", "n_facts", "voices")}, indent=1,
+                                       default=str))
 
 
 def targets(res: dict[str, Any]) -> dict[str, bool]:
@@ -178,5 +207,8 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         lines.append(f"| {v} | {row['facts']} | {cell(row, 'before')} | {cell(row, 'in_context')} | {cell(row, 'sleep')} | "
                      f"{cell(row, 'plain_lora')} | {cell(row, 'same_dreams_sft')} | {row['promoted']}/{len(row['runs'])} | "
                      f"{cell(row, 'sleep_seconds')} | {cell(row, 'drift_kl')} |")
+    dates = {row.get("measured") for row in res["voices"].values()}
+    if len(dates) > 1:
+        lines += ["", "Rows measured on: " + ", ".join(f"{v} {row.get('measured', '?')}" for v, row in res["voices"].items())]
     lines += ["", "Targets: " + ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in res.get("targets", {}).items())]
     return "\n".join(lines)
