@@ -41,3 +41,58 @@ def test_targets_use_the_recorded_bound_and_fail_on_no_promotion():
     assert not targets(_res(_sleep("rejected", 0.01)))[key]
     assert not targets(_res(_sleep("rejected", 0.01), _sleep("rejected", 0.01), bound=0.3))[key]
     assert not targets(_res(_sleep(drift=0.1), _sleep(drift=0.4), bound=0.3))[key]
+
+
+# ---- bench phrasing: its targets, and rows kept across runs of some voices ----
+
+from agentsleep.bench import phrasing_suite  # noqa: E402
+
+
+def _run(seed, sleep=0.85, lora=0.5, status="promoted", drift=0.04, seconds=440.0):
+    return {"seed": seed, "before": 0.0, "in_context": 0.8, "sleep": sleep, "plain_lora": lora,
+            "same_dreams_sft": 0.7, "sleep_seconds": seconds, "status": status, "drift_kl": drift}
+
+
+def _row(runs, facts=20, measured="2026-12-05"):
+    row = {"facts": facts, "runs": runs, "measured": measured, "promoted": sum(r["status"] == "promoted" for r in runs)}
+    for key in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl"):
+        row[key] = phrasing_suite._stats([r[key] for r in runs])
+    return row
+
+
+def test_phrasing_targets_need_the_margin_every_promotion_and_drift_in_the_gate():
+    ok = phrasing_suite.targets({"voices": {"assistant": _row([_run(0), _run(1)])}})
+    assert all(ok.values()) and len(ok) == 4
+    thin = phrasing_suite.targets({"voices": {"assistant": _row([_run(0, lora=0.75), _run(1, lora=0.75)])}})
+    assert not thin["assistant_beats_plain_lora_by_0.15"]  # +0.10
+    rejected = phrasing_suite.targets({"voices": {"assistant": _row([_run(0), _run(1, status="rejected")])}})
+    assert not rejected["assistant_every_seed_promoted_with_drift_in_gate"]
+    drifted = phrasing_suite.targets({"voices": {"assistant": _row([_run(0), _run(1, drift=0.9)])}})
+    assert not drifted["assistant_every_seed_promoted_with_drift_in_gate"]
+    slow = phrasing_suite.targets({"voices": {"first_person": _row([_run(0, seconds=1300.0)], facts=40)}})
+    assert not slow["first_person_under_10_min_per_20_facts"]  # 650 s per 20 facts
+
+
+def test_phrasing_rows_are_kept_only_from_runs_measured_the_same_way(tmp_path):
+    path = tmp_path / "voices.json"
+    first = {"set": "test (bench/phrasings.py)", "seeds": 3, "baselines": True, "n_facts": None,
+             "voices": {"first_person": _row([_run(0)], facts=40, measured="2026-12-04")}}
+    phrasing_suite._save(path, first)
+    same = {**first, "voices": {}}
+    assert list(phrasing_suite._saved(path, same)) == ["first_person"]
+    for key, other in (("seeds", 1), ("baselines", False), ("n_facts", 5), ("set", "development (bench/facts.py variants)")):
+        assert phrasing_suite._saved(path, {**same, key: other}) == {}, key
+    path.write_text("{not json")
+    assert phrasing_suite._saved(path, same) == {}  # a broken file is a fresh start, never an error
+
+
+def test_phrasing_markdown_says_when_rows_were_measured_on_different_days(tmp_path):
+    res = {"set": "test (bench/phrasings.py)", "seeds": 1,
+           "voices": {"first_person": _row([_run(0)], facts=40, measured="2026-12-04"),
+                      "assistant": _row([_run(0)], measured="2026-12-05")}}
+    res["targets"] = phrasing_suite.targets(res)
+    md = phrasing_suite.markdown(res, tmp_path)
+    assert "| first_person | 40 |" in md and "| assistant | 20 |" in md
+    assert "first_person 2026-12-04, assistant 2026-12-05" in md
+    res["voices"]["first_person"]["measured"] = "2026-12-05"
+    assert "Rows measured on" not in phrasing_suite.markdown(res, tmp_path)

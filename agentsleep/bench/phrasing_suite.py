@@ -185,9 +185,15 @@ def _save(path: Path, res: dict[str, Any]) -> None:
 
 
 def targets(res: dict[str, Any]) -> dict[str, bool]:
+    from ..config import GateConfig
+    from .sleep_suite import drift_within_bound
+
     out = {}
     for v, row in res["voices"].items():
         out[f"{v}_recall_at_least_0.80"] = row.get("sleep", {}).get("mean", 0) >= 0.80
+        sleeps = [{"status": r.get("status"), "metrics": {"drift_kl": r.get("drift_kl")}} for r in row.get("runs", [])]
+        out[f"{v}_every_seed_promoted_with_drift_in_gate"] = (
+            row.get("promoted") == len(sleeps) and drift_within_bound(sleeps, GateConfig().max_drift_kl))
         if "plain_lora" in row:
             out[f"{v}_beats_plain_lora_by_0.15"] = row["sleep"]["mean"] - row["plain_lora"]["mean"] >= 0.15
         out[f"{v}_under_10_min_per_20_facts"] = row.get("sleep_seconds", {}).get("max", 1e9) * 20 / row["facts"] <= 600
