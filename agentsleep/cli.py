@@ -505,7 +505,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           data: Optional[Path] = typer.Option(None, "--data", help="squad / locomo: the data file (default: under $AGENTSLEEP_BENCH_DATA)."),
           offset: int = typer.Option(0, "--offset", min=0, help="squad / locomo: skip this many passages or conversations."),
           count: Optional[int] = typer.Option(None, "--count", min=1, help="squad / locomo: take this many passages or conversations."),
-          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice; nights: seeds (default 3)."),
+          seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice; nights, squad: seeds (default 3)."),
           nights: Optional[int] = typer.Option(None, "--nights", min=1, max=20, help="nights: how many nights (default 5)."),
           facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
@@ -529,6 +529,8 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     for name in ("squad", "locomo"):
         if sliced:
             options[name] = dict(sliced)
+    if seeds:
+        options.setdefault("squad", {})["seeds"] = seeds
     if retrieval_only:
         options.setdefault("locomo", {})["retrieval_only"] = True
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}

@@ -125,6 +125,12 @@ class DreamConfig(_Section):
                               "that the writer is also asked a question about, written to have that answer; 0 turns them off.")
     typed_answer_questions: bool = Field(True, description="Write a second answer-first dream per likely answer, its question "
                                          "prefilled \"When\" for a date and \"Which\" otherwise.")
+    implications: int = Field(0, ge=0, le=16, description="Statements kept per long memory from a list of what follows "
+                              "from it, written by the model reading it and trained as text (SEAL's self-edits; "
+                              "sleep/implications.py); 0 (the default) turns them off: the embedded model's lists "
+                              "swap who did what, which the grounding check cannot see. Try 4 with larger models.")
+    implication_min_chars: int = Field(240, ge=1, description="Memories at least this long (passages, long turns) get "
+                                       "implications; shorter ones are single facts, left to the questions.")
     keep_top_k: int = Field(8, ge=0, description="k: dreams kept per episode by learning value (student loss without context).")
     keep_random: int = Field(1, ge=0, description="b: extra dreams kept per episode at random.")
     probes_per_episode: int = Field(1, ge=0, description="Dreams held out per episode as probes, never trained on.")

@@ -59,14 +59,17 @@ def test_retrieval_suite_small(tmp_path):
     assert "| embedded | 300 |" in md and (tmp_path / "bench_retrieval.png").stat().st_size > 1000
 
 
-def test_squad_suite_runs_every_method(tmp_path):
-    """The SQuAD suite end to end on a tiny random model and one passage in the dataset's format: every
-    method scored, a table; a missing dataset is a clean skip."""
+def test_squad_suite_runs_every_method(tmp_path, monkeypatch):
+    """The SQuAD suite end to end on a tiny random model and one passage in the dataset's format: a home
+    told the passage as a document, one real sleep, every baseline scored per seed, gains and targets,
+    a table; a missing dataset is a clean skip."""
     import json
 
     from agentsleep.bench import squad_suite
-    from tiny import tiny_model_dir
+    from agentsleep.sleep import dream as dream_mod
+    from tiny import grounded_writer, tiny_model_dir
 
+    monkeypatch.setattr(dream_mod, "write", grounded_writer)  # a random tiny model writes no usable question
     passage = {"title": "Beagle", "context": "The beagle is a breed of small scent hound. Beagles were developed in "
                "England around the 1830s for hunting hare. The breed is known for its loud bay and its stamina.",
                "questions": [{"question": q, "answer": a} for q, a in [
@@ -74,15 +77,21 @@ def test_squad_suite_runs_every_method(tmp_path):
                    ("When were beagles developed?", "1830s"), ("What did beagles hunt?", "hare"),
                    ("What is the breed known for?", "its loud bay")]]}
     data = tmp_path / "squad.json"
-    data.write_text(json.dumps([passage]))
-    res = squad_suite.run(tmp_path / "s", passages=1, say=lambda m: None, data=data,
+    data.write_text(json.dumps([passage, {**passage, "title": "Other"}]))
+    res = squad_suite.run(tmp_path / "s", passages=1, seeds=2, say=lambda m: None, data=data,
                           model_path=str(tiny_model_dir(tmp_path)))
-    assert res["passages"] == 1 and res["questions"] == 5
-    assert set(res["methods"]) == {"base (closed-book)", "passage in context (ceiling)", "seeding without dreams",
-                                   "full sleep recipe (dreams + seeding)", "plain LoRA on raw passages"}
-    assert all(0 <= m[k] <= 1 for m in res["methods"].values() for k in ("em", "f1", "contains"))
-    assert res["methods"]["plain LoRA on raw passages"]["steps"] >= 1
-    assert "| plain LoRA on raw passages |" in squad_suite.markdown(res)
+    assert res["passages"] == 1 and res["questions"] == 5 and len(res["runs"]) == 2
+    for r in res["runs"]:
+        assert all(0 <= r[k] <= 1 for k in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft"))
+        assert len(r["plain_lora_by_lr"]) == 3 and r["status"] in ("promoted", "rejected")
+    home = tmp_path / "s" / "seed0"
+    from agentsleep.home import Home
+
+    with Home.open(home) as h:  # the passage was remembered once for its five questions
+        assert [(e.kind, e.text) for e in h.store.list()] == [("fact", passage["context"])]
+    assert set(res["targets"]) == {"sleep_gain_at_least_0.10", "sleep_gain_at_least_1.5x_best_plain_lora"}
+    md = squad_suite.markdown(res)
+    assert "| plain LoRA on raw passages (best of 3 lr) |" in md and "| sleep (default config) |" in md
     assert squad_suite.run(tmp_path, data=tmp_path / "none.json", say=lambda m: None) == {"skipped": "dataset not found"}
 
 

@@ -554,6 +554,16 @@ def test_server_token_auth(tmp_path):
         # found still gets its cosine, from a query over its id
         assert s._cosines(s._embed_query("Who has a peanut allergy?"), [ep]) == {ep: pytest.approx(hit.score, abs=1e-3)}
         assert s._vectors_ok is False
+        # what else reads stored vectors works there too (from the texts embedded again): the updated-fact
+        # check a sleep starts with, and the optional feedback and context rankings
+        cat = s.remember(FACTS[0]).id
+        moved = s.remember("Alice has a grey cat called Tom who now sleeps on the sofa.").id
+        near = s.similar(moved, 2, namespace="default")
+        assert near[0][0].id == cat and near[0][1] > 0.8 and all(e.id != moved for e, _ in near)
+        for knob in ("feedback_weight", "context_dense_weight"):
+            s.cfg = s.cfg.model_copy(update={knob: 1.0})
+            assert s.recall("Who has a peanut allergy?", k=1)[0].id == ep, knob
+            s.cfg = s.cfg.model_copy(update={knob: 0.0})
         s.close()
         for token in (wrong, None):
             with pytest.raises(StoreUnavailableError) as ei:

@@ -63,6 +63,9 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
         if name == "nights" and (opts.get("nights", 5), opts.get("facts_per_night", 8)) != (5, 8):
             n_k = f"{opts.get('nights', 5)}x{opts.get('facts_per_night', 8)}"
             key, title = f"{key}-{n_k}", f"{title} ({n_k})"
+        if name in ("squad", "locomo") and (opts.get("offset") or opts.get("count")):
+            span = f"{opts.get('offset', 0)}+{opts['count']}" if opts.get("count") else f"{opts['offset']}+"
+            key, title = f"{key}-{span}", f"{title} (from {opts.get('offset', 0)}, {opts.get('count') or 'all'})"
         if opts.get("dev"):
             key, title = f"{key}-dev", f"{title}, development set"
         t = time.time()

@@ -76,18 +76,26 @@ def plain_sft(model: Any, tok: Any, pairs: list[tuple[str, str]], cfg, steps: in
     return pm
 
 
-def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines: bool, say, progress) -> dict[str, Any]:
+def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines: bool, say, progress,
+            kind: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One fresh home told the facts' texts (each once: several questions may ask about one passage), one
+    sleep, and the baselines on the same base weights. `config` overrides the default config (tests
+    use a tiny model); `kind` is what the texts are stored as (default: a turn for the assistant's
+    words, else a fact)."""
+    from ..config import Config
     from ..models.loader import load
     from ..sleep.dream import student_prompt
     from ..sleep.journal import read_dreams
+    from ..sleep.seed import token_chunks
+    from .nights_suite import _merge
 
     shutil.rmtree(root, ignore_errors=True)
-    Home.init(root)
+    Home.init(root, config=Config.model_validate(_merge(config or {}, {"sleep": {"seed": {"seed": seed}}})))
+    texts = list(dict.fromkeys(f.text for f in facts))
     out: dict[str, Any] = {"seed": seed}
     with Home.open(root) as home:
-        home.config.sleep.seed.seed = seed
-        for f in facts:
-            home.remember(f.text, source=source, kind="turn" if source == "assistant" else "fact")
+        for t in texts:
+            home.remember(t, source=source, kind=kind or ("turn" if source == "assistant" else "fact"))
         live = home.engine.live
         out["before"], _ = closed_book(live.model, live.tok, facts)
         out["in_context"], _ = closed_book(live.model, live.tok, facts, [f.text for f in facts])
@@ -112,7 +120,8 @@ def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines:
         lrs = {}
         for mult in LR_SWEEP:
             model, tok = load(base.weights)
-            pm = plain_sft(model, tok, [("", f.text) for f in facts], cfg, steps, cfg.lr * mult, seed, progress)
+            pm = plain_sft(model, tok, [("", piece) for t in texts for piece in token_chunks(tok, t, cfg.max_seq_len - 2)],
+                           cfg, steps, cfg.lr * mult, seed, progress)  # long texts whole, as the sleep trains them
             lrs[f"{cfg.lr * mult:.2g}"] = closed_book(pm, tok, facts)[0]
         out["plain_lora_by_lr"] = lrs
         out["plain_lora"] = max(lrs.values())

@@ -1,49 +1,38 @@
-"""Knowledge incorporation on SQuAD passages (the SEAL / Sleep-paper protocol).
+"""Knowledge incorporation on SQuAD passages (the SEAL / Sleep-paper protocol, continued-pretraining form).
 
-The model reads N passages, consolidates them into its weights, then answers
-their questions WITHOUT the passage (closed-book). Side by side, in one run:
-base model, in-context (the ceiling), plain LoRA on the raw passages, seeding
-without dreams (raw text + distillation terms + replay), and the full sleep
-recipe (dreams + seeding). Each method starts from the same base weights.
-Metrics: exact match (normalised) and token F1, plus answer containment.
+N passages are remembered (as facts; a long one in linked chunks) in a fresh home; one sleep (default
+config) consolidates them; then their questions are asked WITHOUT the passage (closed-book). Per seed,
+on the same base weights (bench/phrasing_suite.one_run does the work, as for the phrasing sets):
+- base closed-book, and each passage in context (the ceiling);
+- the sleep (dreams, implications, seeding, gate), as a user gets it;
+- plain LoRA on the raw passages with the sleep's schedule and step count, the best of three learning rates;
+- the same dreams as plain SFT (no raw text, no replay, no gate).
+The measure is answer containment (every content word of the gold answer in the reply), as in the
+acceptance target: the sleep's gain over base at least 0.10 and at least 1.5 times the best plain LoRA's.
+Tune on passages 0-499, test on 500-999 (`--offset 500 --count 30`).
 """
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from ..config import Config
-from ..models import generate as gen
-from ..models.loader import load
-from ..textmatch import contains_answer, f1, normalize
 from ..progress import silent
+from .facts import Fact
 
 PUBLISHED = [  # accuracy %, single passage / continued pretraining n=200 where two numbers are given
     ("Sleep paper, Qwen2.5-7B-class", "base 31.9/31.9; passage fine-tune 33.4/32.0; sleep without dreaming 35.7/36.2; "
                                       "SEAL 46.7/43.2; Sleep 48.1/44.3"),
     ("SEAL paper, Qwen2.5-7B, single passage", "base 32.7; train on passage 33.5; own synthetic data 39.7; SEAL 47.0"),
 ]
+KEYS = ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl")
 
 
-def score(model: Any, tok: Any, qs: list[dict], contexts: list[str] | None = None) -> dict[str, float]:
-    answers = gen.answers(model, tok, [q["question"] for q in qs], memories=[[c] for c in contexts] if contexts else None,
-                          batch_size=16)
-    em = sum(normalize(a) == normalize(q["answer"]) for a, q in zip(answers, qs)) / len(qs)
-    return {"em": round(em, 3), "f1": round(sum(f1(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3),
-            "contains": round(sum(contains_answer(a, q["answer"]) for a, q in zip(answers, qs)) / len(qs), 3)}
-
-
-def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None, progress=silent,
+def run(out_dir: Path, *, passages: int = 8, seeds: int = 3, say=print, data: Path | None = None, progress=silent,
         model_path: str = "embedded", offset: int = 0, count: int | None = None) -> dict[str, Any]:
-    """`count` passages (default `passages`) from `offset` on: tune on passages 0-499, test on 500-999."""
-    from ..sleep.dream import dream
-    from ..sleep.seed import seed
-    from ..sleep.types import Memory
-    from .sleep_suite import train_lora
-
+    """`count` passages (default `passages`) from `offset` on, `seeds` sleeps each from the base."""
     from . import data_file
+    from .phrasing_suite import _stats, one_run
 
     src = data or data_file("squad_dev.json")
     if not src.is_file():
@@ -53,43 +42,47 @@ def run(out_dir: Path, *, passages: int = 8, say=print, data: Path | None = None
     if not items:
         say(f"squad: {src} has no passages from offset {offset}; skipped")
         return {"skipped": f"no passages from offset {offset}"}
-    mems = [Memory(f"p{i}", it["context"]) for i, it in enumerate(items)]
-    qs = [q for it in items for q in it["questions"]]
-    ctx = [it["context"] for it in items for _ in it["questions"]]
-    cfg = Config().sleep
-    res: dict[str, Any] = {"passages": len(items), "offset": offset, "data": str(src), "questions": len(qs), "methods": {}}
-    model, tok = load(model_path)
-    res["methods"]["base (closed-book)"] = score(model, tok, qs)
-    res["methods"]["passage in context (ceiling)"] = score(model, tok, qs, ctx)
-    say(f"squad: base {res['methods']['base (closed-book)']}, in context {res['methods']['passage in context (ceiling)']}")
-
-    t = time.time()
-    ds = dream(model, tok, mems, cfg.dream, progress=progress)
-    res["dream_seconds"], res["dreams"] = round(time.time() - t, 1), {"written": ds.written, "kept": len(ds.dreams),
-                                                                       "dropped": ds.dropped}
-    steps_full = None
-    for name, dreams in (("seeding without dreams", []), ("full sleep recipe (dreams + seeding)", ds.dreams)):
-        t = time.time()
-        pm, stats = seed(model, tok, [d for d in dreams], mems, cfg.seed, progress=progress)
-        pm.eval()
-        res["methods"][name] = {**score(pm, tok, qs), "steps": stats.steps, "seconds": round(time.time() - t, 1)}
-        steps_full = stats.steps
-        model = pm.unload()
-        say(f"squad: {name}: {res['methods'][name]}")
-    t = time.time()
-    pm = train_lora(model, tok, [m.text for m in mems], cfg.seed, steps_full or 20, progress)
-    res["methods"]["plain LoRA on raw passages"] = {**score(pm, tok, qs), "steps": steps_full,
-                                                    "seconds": round(time.time() - t, 1)}
-    say(f"squad: plain LoRA: {res['methods']['plain LoRA on raw passages']}")
+    facts = [Fact(it["context"], q["question"], q["answer"]) for it in items for q in it["questions"]]
+    config = {"model": {"base": model_path}} if model_path != "embedded" else None
+    say(f"squad: {len(items)} passages from {offset}, {len(facts)} questions, {seeds} seed(s)")
+    runs = [one_run(out_dir / f"seed{s}", facts, "user", s, baselines=True, say=say, progress=progress,
+                    kind="fact", config=config) for s in range(seeds)]
+    res: dict[str, Any] = {"passages": len(items), "offset": offset, "data": str(src), "questions": len(facts),
+                           "seeds": seeds, "runs": runs, "promoted": sum(r["status"] == "promoted" for r in runs)}
+    for key in KEYS:
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            res[key] = _stats(vals)
+    for key in ("sleep", "plain_lora"):
+        res[f"{key}_gain"] = _stats([r[key] - r["before"] for r in runs])
+    res["targets"] = targets(res)
     return res
+
+
+def targets(res: dict[str, Any]) -> dict[str, bool]:
+    sleep, lora = res["sleep_gain"]["mean"], res["plain_lora_gain"]["mean"]
+    return {"sleep_gain_at_least_0.10": sleep >= 0.10,
+            "sleep_gain_at_least_1.5x_best_plain_lora": sleep >= 1.5 * max(lora, 0.0) and sleep > 0}
 
 
 def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     if "skipped" in res:
         return f"Skipped: {res['skipped']}."
-    rows = "\n".join(f"| {k} | {v['em']:.3f} | {v['f1']:.3f} | {v['contains']:.3f} |" for k, v in res["methods"].items())
+
+    def cell(key):
+        v = res.get(key)
+        return f"{v['mean']:.3f} ({v['min']:.3f}-{v['max']:.3f})" if v else "-"
+
+    rows = [("base (closed-book)", "before"), ("passage in context (ceiling)", "in_context"),
+            ("sleep (default config)", "sleep"), ("plain LoRA on raw passages (best of 3 lr)", "plain_lora"),
+            ("the same dreams, plain SFT", "same_dreams_sft")]
+    table = "\n".join(f"| {name} | {cell(key)} |" for name, key in rows)
     pub = "\n".join(f"- {a}: {b}" for a, b in PUBLISHED)
-    return (f"{res['passages']} passages, {res['questions']} questions, embedded SmolLM2-135M (closed-book unless noted). "
-            f"Dreams: {res['dreams']['written']} written, {res['dreams']['kept']} kept.\n\n"
-            f"| method | exact match | token F1 | answer contained |\n|---|---|---|---|\n{rows}\n\n"
+    targets_line = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in res.get("targets", {}).items())
+    return (f"{res['passages']} passages from offset {res['offset']}, {res['questions']} questions, embedded "
+            f"SmolLM2-135M, {res['seeds']} seed(s): mean (min-max) share of answers contained in the closed-book "
+            f"reply. Sleeps promoted: {res['promoted']}/{len(res['runs'])}; sleep {cell('sleep_seconds')} s.\n\n"
+            f"| method | answer contained |\n|---|---|\n{table}\n\n"
+            f"Gain over base: sleep {cell('sleep_gain')}, best plain LoRA {cell('plain_lora_gain')}. "
+            f"Targets: {targets_line}\n\n"
             f"Published, larger models (for scale, not comparable at 135M):\n{pub}\n")

@@ -357,12 +357,13 @@ class EpisodeStore:
                 "namespace": namespace, "event_time": _utc(event_time or now),
                 "speaker": speaker.strip() if speaker else None}
 
-    def _embed_documents(self, eps: list[Episode]) -> list[list[float]]:
+    def _embed_documents(self, eps: list[Episode], context: bool = True) -> list[list[float]]:
         """Dense vectors of what a turn means in its place: the speaker's name before the words (questions
-        name people), and with memory.dense_context_turns the turns before it in its session."""
+        name people), and with memory.dense_context_turns the turns before it in its session (new turns only:
+        `context=False` embeds a stored one alone)."""
         from .embedder import MiniLMEmbedding
 
-        n_ctx = self.cfg.dense_context_turns
+        n_ctx = self.cfg.dense_context_turns if context else 0
         texts, recent = [], {}
         for e in eps:
             body = e.text if not e.speaker or e.text.startswith(f"{e.speaker}:") else f"{e.speaker}: {e.text}"
@@ -558,6 +559,28 @@ class EpisodeStore:
             self._vectors_ok = False
         return {i: round(1.0 - float(d), 4) for i, d in zip(got["ids"][0], got["distances"][0])}
 
+    def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
+        """These episodes' stored vectors. Chroma's Python server cannot return vectors (see _cosines): there
+        they are the episodes' texts embedded again, the same vectors unless memory.dense_context_turns
+        embedded a turn with the turns before it."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        failed = None
+        if self._vectors_ok:
+            try:
+                got = self._call("get", self._coll.get, ids=ids, include=["embeddings"])
+                return {i: [float(x) for x in e] for i, e in zip(got["ids"], got["embeddings"])}
+            except StoreUnavailableError as e:
+                if self.cfg.backend != "server":
+                    raise
+                failed = e
+        got = self._call("get", self._coll.get, ids=ids, include=["documents", "metadatas"])
+        if failed is not None:  # the server answers, so it was the vectors it could not return: stop asking
+            self._vectors_ok = False
+        eps = [Episode.from_record(i, doc, md) for i, doc, md in zip(got["ids"], got["documents"], got["metadatas"])]
+        return dict(zip(got["ids"], self._embed_documents(eps, context=False)))
+
     def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, where: dict | None, filt: Filters,
                           meta: dict[str, dict]) -> list[str]:
         """Pseudo-relevance feedback (Rocchio): the query's vector moved toward the mean of the first fused hits'
@@ -565,11 +588,11 @@ class EpisodeStore:
         (one Chroma get and one Chroma query per recall, no new embedding)."""
         import numpy as np
 
-        got = self._call("get", self._coll.get, ids=top, include=["embeddings"])
-        if not got["ids"]:
+        vecs = list(self._vectors(top).values())
+        if not vecs:
             return []
         q = np.asarray(qvec, dtype=np.float32)
-        v = q + self.cfg.feedback_mix * np.mean(np.asarray(got["embeddings"], dtype=np.float32), axis=0)
+        v = q + self.cfg.feedback_mix * np.mean(np.asarray(vecs, dtype=np.float32), axis=0)
         v /= float(np.linalg.norm(v)) or 1.0
         return self._dense(v.tolist(), pool, where, filt, meta)[0]
 
@@ -584,8 +607,7 @@ class EpisodeStore:
             return []
         adj = self.lexical.adjacent(cands)
         need = list(dict.fromkeys(cands + [j for pair in adj.values() for j in pair if j]))
-        got = self._call("get", self._coll.get, ids=need, include=["embeddings"])
-        vec = {i: np.asarray(e, dtype=np.float32) for i, e in zip(got["ids"], got["embeddings"])}
+        vec = {i: np.asarray(e, dtype=np.float32) for i, e in self._vectors(need).items()}
         q = np.asarray(qvec, dtype=np.float32)
         mix = self.cfg.context_view_mix
         score = {}
@@ -728,10 +750,10 @@ class EpisodeStore:
         """The `k` episodes of `namespace` nearest to a stored one (its own stored vector, cosine), itself
         excluded: the candidates an updated fact may supersede (memory/supersede.py)."""
         self._fresh()
-        got = self._call("get", self._coll.get, ids=[episode_id], include=["embeddings"])
-        if not got["ids"]:
+        vec = self._vectors([episode_id]).get(episode_id)
+        if vec is None:
             raise InputError(f"no episode with id '{episode_id}'")
-        res = self._call("query", self._coll.query, query_embeddings=[[float(x) for x in got["embeddings"][0]]],
+        res = self._call("query", self._coll.query, query_embeddings=[vec],
                          n_results=min(k + 1, max(self.count(), 1)), where={"namespace": namespace},
                          include=["documents", "metadatas", "distances"])
         ids = [i for i in res["ids"][0] if i != episode_id]

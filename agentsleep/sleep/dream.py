@@ -19,6 +19,7 @@ from ..config import DreamConfig
 from ..models import generate as gen
 from ..textmatch import STOP, contains_answer, f1, grounded, tokens, trivial
 from ..progress import Progress, silent
+from .implications import implications
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
 from .voice import user_question
@@ -313,5 +314,7 @@ def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, see
     chosen = choose(model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
     chosen = in_both_voices(chosen)
+    implied, implied_written = implications(g, tok, memories, cfg, progress)
     progress("dream", 1, 1, f"{len(chosen)} kept of {len(written)}")
-    return DreamSet(chosen, written=len(written), dropped=dropped)
+    return DreamSet(chosen, written=len(written), dropped=dropped, implications=implied,
+                    implications_written=implied_written)

@@ -71,11 +71,16 @@ class Journal:
         self.data["stages"][-1].update(seconds=self.timings[name], peak_rss_mb=self.peak_mb[name])
         self._save()
 
-    def write_dreams(self, dreams: list[Dream]) -> None:
-        """This sleep's dreams, read back by later sleeps to rehearse what it trained."""
+    def write_dreams(self, dreams: list[Dream], implications: list[tuple[str, str]] | None = None) -> None:
+        """This sleep's dreams, read back by later sleeps to rehearse what it trained, and the implications
+        trained as text (implications.jsonl, for people reading what a sleep learned from)."""
         with open(self.dir / "dreams.jsonl", "w", encoding="utf-8") as f:
             for d in dreams:
                 f.write(json.dumps(asdict(d)) + "\n")
+        if implications is not None:
+            with open(self.dir / "implications.jsonl", "w", encoding="utf-8") as f:
+                for eid, statement in implications:
+                    f.write(json.dumps({"episode_id": eid, "text": statement}) + "\n")
 
     def finish(self, report: SleepReport | None = None, *, status: Status | None = None, **extra: Any) -> None:
         """Close the journal with `report`'s status (and write the report), or with `status` alone

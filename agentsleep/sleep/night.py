@@ -63,10 +63,12 @@ class Night:
                 "seconds_per_episode": round(sum(timings.values()) / max(len(self.plan.memories), 1), 1),
                 "peak_rss_mb": dict(self.journal.peak_mb),
                 "dreams_kept": len(ds.train), "dreams_written": ds.written,
+                **({"implications_kept": len(ds.implications), "implications_written": ds.implications_written}
+                   if ds.implications_written else {}),
                 "generator": "vllm" if self.engine is not None else "transformers",
                 **({"retry": self.retry} if self.retry else {}), **self.rest_stats}
 
     def dream_info(self) -> dict[str, Any]:
         ds = self.dreams
         return {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
-                "rehearsed": len(self.rehearsed), "dropped": ds.dropped}
+                "rehearsed": len(self.rehearsed), "dropped": ds.dropped, "implications": len(ds.implications)}

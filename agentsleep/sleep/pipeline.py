@@ -166,7 +166,7 @@ def write_dreams(n: Night) -> SleepReport | None:
     with with_writer(n.model, writer_dir) as writer:
         n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
                          generator=n.engine)
-    n.journal.write_dreams(n.dreams.dreams)
+    n.journal.write_dreams(n.dreams.dreams, n.dreams.implications)
     if n.dreams.train:
         return None
     ds = n.dreams
@@ -199,7 +199,8 @@ def seed_expert(n: Night) -> None:
     grown = parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None
     n.pm, n.seed_stats = seed(n.model, n.tok, n.dreams.train + n.rehearsed, n.plan.memories + n.plan.replay,
                               cfg.seed, replay_pool=[tuple(x) for x in pools["replay"]], progress=n.say,
-                              should_stop=n.stop, layers=grown, source=str(parent.weights))
+                              should_stop=n.stop, layers=grown, source=str(parent.weights),
+                              notes=n.dreams.implications)
 
 
 def judge(n: Night) -> None:

@@ -85,7 +85,9 @@ def token_chunks(tok: Any, text: str, max_tokens: int) -> list[str]:
 
 
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
-                min_dreams: int = 0, max_tokens: int = 256) -> list[Item]:
+                min_dreams: int = 0, max_tokens: int = 256, notes: list[tuple[str, str]] = ()) -> list[Item]:
+    """Training items: the dreams as questions answered closed-book, and as text (no prompt) the memories
+    and `notes`, the (episode id, statement) implications written about them."""
     text = {m.id: m.view for m in memories}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
@@ -93,12 +95,13 @@ def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_r
     if include_raw:
         items += [Item("", piece, None, m.id) for m in memories for piece in token_chunks(tok, m.view, max_tokens - 2)
                   for _ in range(raw_repeats)]
+    items += [Item("", statement, None, eid) for eid, statement in notes]
     return items
 
 
 def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,
          replay_pool: list[tuple[str, str]] = (), progress: Progress = silent, should_stop: Callable[[], bool] = lambda: False,
-         layers: list[int] | None = None, source: str | None = None):
+         layers: list[int] | None = None, source: str | None = None, notes: list[tuple[str, str]] = ()):
     """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats).
 
     With `cfg.processes > 1` the training runs in `accelerate launch` worker
@@ -108,7 +111,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     from peft import get_peft_model
 
     items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode,
-                        cfg.max_seq_len)
+                        cfg.max_seq_len, notes)
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]

@@ -107,6 +107,8 @@ class DreamSet:
     dreams: list[Dream]                       # kept for training (and probes, held_out=True)
     written: int = 0
     dropped: dict[str, int] = field(default_factory=dict)   # reason -> count
+    implications: list[tuple[str, str]] = field(default_factory=list)  # (episode id, statement), trained as text
+    implications_written: int = 0
 
     @property
     def train(self) -> list[Dream]:
