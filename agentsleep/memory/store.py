@@ -540,46 +540,50 @@ class EpisodeStore:
 
     def _cosines(self, qvec: list[float], ids: list[str]) -> dict[str, float]:
         """The query's cosine to these stored episodes: from their stored vectors, or, where Chroma's Python
-        server cannot return vectors (its `get` fails serialising them), from a query over these ids
-        (slower: it scans)."""
+        server cannot return vectors, from a query over these ids (slower: it scans)."""
         if not ids:
             return {}
-        failed = None
-        if self._vectors_ok:
-            try:
-                got = self._call("get", self._coll.get, ids=ids, include=["embeddings"])
-                return {i: round(float(sum(a * b for a, b in zip(qvec, e))), 4) for i, e in zip(got["ids"], got["embeddings"])}
-            except StoreUnavailableError as e:
-                if self.cfg.backend != "server":
-                    raise
-                failed = e
-        got = self._call("query", self._coll.query, query_embeddings=[qvec], ids=ids, n_results=len(ids),
-                         include=["distances"])
-        if failed is not None:  # the server answers, so it was the vectors it could not return: stop asking
-            self._vectors_ok = False
-        return {i: round(1.0 - float(d), 4) for i, d in zip(got["ids"][0], got["distances"][0])}
+
+        def by_query() -> dict[str, float]:
+            got = self._call("query", self._coll.query, query_embeddings=[qvec], ids=ids, n_results=len(ids),
+                             include=["distances"])
+            return {i: round(1.0 - float(d), 4) for i, d in zip(got["ids"][0], got["distances"][0])}
+
+        return self._with_vectors(ids, lambda vecs: {i: round(float(sum(a * b for a, b in zip(qvec, e))), 4)
+                                                     for i, e in vecs.items()}, by_query)
 
     def _vectors(self, ids: list[str]) -> dict[str, list[float]]:
-        """These episodes' stored vectors. Chroma's Python server cannot return vectors (see _cosines): there
-        they are the episodes' texts embedded again, the same vectors unless memory.dense_context_turns
-        embedded a turn with the turns before it."""
+        """These episodes' stored vectors; where Chroma's Python server cannot return them, the episodes' texts
+        embedded again (the same vectors unless memory.dense_context_turns embedded a turn with the turns
+        before it)."""
         ids = list(dict.fromkeys(ids))
         if not ids:
             return {}
-        failed = None
+
+        def embedded_again() -> dict[str, list[float]]:
+            got = self._call("get", self._coll.get, ids=ids, include=["documents", "metadatas"])
+            eps = [Episode.from_record(i, doc, md) for i, doc, md in zip(got["ids"], got["documents"], got["metadatas"])]
+            return dict(zip(got["ids"], self._embed_documents(eps, context=False)))
+
+        return self._with_vectors(ids, lambda vecs: vecs, embedded_again)
+
+    def _with_vectors(self, ids: list[str], use, fallback):
+        """`use` the stored vectors of these episodes (by id), or, where the Chroma server fails to return them
+        (its Python server fails serialising them), the `fallback`'s answer. The server is marked as one
+        that cannot only when the fallback then works: an outage does not turn the vector path off."""
+        failed = False
         if self._vectors_ok:
             try:
                 got = self._call("get", self._coll.get, ids=ids, include=["embeddings"])
-                return {i: [float(x) for x in e] for i, e in zip(got["ids"], got["embeddings"])}
-            except StoreUnavailableError as e:
+                return use({i: [float(x) for x in e] for i, e in zip(got["ids"], got["embeddings"])})
+            except StoreUnavailableError:
                 if self.cfg.backend != "server":
                     raise
-                failed = e
-        got = self._call("get", self._coll.get, ids=ids, include=["documents", "metadatas"])
-        if failed is not None:  # the server answers, so it was the vectors it could not return: stop asking
+                failed = True
+        out = fallback()
+        if failed:  # the server answers, so it was the vectors it could not return: stop asking
             self._vectors_ok = False
-        eps = [Episode.from_record(i, doc, md) for i, doc, md in zip(got["ids"], got["documents"], got["metadatas"])]
-        return dict(zip(got["ids"], self._embed_documents(eps, context=False)))
+        return out
 
     def _feedback_ranking(self, qvec: list[float], top: list[str], pool: int, where: dict | None, filt: Filters,
                           meta: dict[str, dict]) -> list[str]:
