@@ -139,6 +139,16 @@ def _stats(xs: list[float]) -> dict[str, float]:
     return {"mean": round(statistics.mean(xs), 3), "min": round(min(xs), 3), "max": round(max(xs), 3)} if xs else {}
 
 
+def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, min and max over the seeds of each measure one_run took, and how many sleeps were promoted."""
+    out: dict[str, Any] = {"promoted": sum(r["status"] == "promoted" for r in runs)}
+    for key in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl"):
+        vals = [r[key] for r in runs if r.get(key) is not None]
+        if vals:
+            out[key] = _stats(vals)
+    return out
+
+
 def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tuple[str, ...] | None = None,
         dev: bool = False, n_facts: int | None = None, baselines: bool = True) -> dict[str, Any]:
     sets = dev_sets() if dev else dict(SETS)
@@ -158,13 +168,7 @@ def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tu
         say(f"phrasing: {v}, {len(facts)} facts, {seeds} seed(s)")
         runs = [one_run(out_dir / f"{v}-seed{s}", facts, SOURCE[v], s, baselines=baselines, say=say, progress=progress)
                 for s in range(seeds)]
-        row = {"facts": len(facts), "runs": runs, "measured": time.strftime("%Y-%m-%d")}
-        for key in ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl"):
-            vals = [r[key] for r in runs if r.get(key) is not None]
-            if vals:
-                row[key] = _stats(vals)
-        row["promoted"] = sum(r["status"] == "promoted" for r in runs)
-        res["voices"][v] = row
+        res["voices"][v] = {"facts": len(facts), "runs": runs, "measured": time.strftime("%Y-%m-%d"), **summary(runs)}
         _save(saved_path, res)
     res["voices"] = {v: res["voices"][v] for v in sets if v in res["voices"]}
     res["targets"] = targets(res)

@@ -25,14 +25,13 @@ PUBLISHED = [  # accuracy %, single passage / continued pretraining n=200 where 
                                       "SEAL 46.7/43.2; Sleep 48.1/44.3"),
     ("SEAL paper, Qwen2.5-7B, single passage", "base 32.7; train on passage 33.5; own synthetic data 39.7; SEAL 47.0"),
 ]
-KEYS = ("before", "in_context", "sleep", "plain_lora", "same_dreams_sft", "sleep_seconds", "drift_kl")
 
 
 def run(out_dir: Path, *, passages: int = 8, seeds: int = 3, say=print, data: Path | None = None, progress=silent,
         model_path: str = "embedded", offset: int = 0, count: int | None = None) -> dict[str, Any]:
     """`count` passages (default `passages`) from `offset` on, `seeds` sleeps each from the base."""
     from . import data_file
-    from .phrasing_suite import _stats, one_run
+    from .phrasing_suite import _stats, one_run, summary
 
     src = data or data_file("squad_dev.json")
     if not src.is_file():
@@ -48,11 +47,7 @@ def run(out_dir: Path, *, passages: int = 8, seeds: int = 3, say=print, data: Pa
     runs = [one_run(out_dir / f"seed{s}", facts, "user", s, baselines=True, say=say, progress=progress,
                     kind="fact", config=config) for s in range(seeds)]
     res: dict[str, Any] = {"passages": len(items), "offset": offset, "data": str(src), "questions": len(facts),
-                           "seeds": seeds, "runs": runs, "promoted": sum(r["status"] == "promoted" for r in runs)}
-    for key in KEYS:
-        vals = [r[key] for r in runs if r.get(key) is not None]
-        if vals:
-            res[key] = _stats(vals)
+                           "seeds": seeds, "runs": runs, **summary(runs)}
     for key in ("sleep", "plain_lora"):
         res[f"{key}_gain"] = _stats([r[key] - r["before"] for r in runs])
     res["targets"] = targets(res)
