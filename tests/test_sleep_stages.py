@@ -105,6 +105,17 @@ def test_conversation_turns_become_speaker_resolved_dated_notes(tmp_path):
     assert memory(fact).when is None and memory(fact).view == "Noted: the user's dog is Biscuit."
 
 
+def test_quotations_keep_their_speakers_own_words():
+    """A passage quoting someone ("for us as a league") is not about the user: words inside double
+    quotes are not swapped, the words around them are."""
+    from agentsleep.sleep.voice import note
+
+    assert note('The commissioner said "for us as a league, this is our moment" and I agreed.') == \
+        'The commissioner said "for us as a league, this is our moment" and the user agreed.'
+    assert note("My wife said \u201cI love Lisbon\u201d.") == "The user's wife said \u201cI love Lisbon\u201d."
+    assert note('I said "call me" to Ana.') == 'The user said "call me" to Ana.'
+
+
 def test_probe_check_drops_what_the_memory_does_not_say(tiny):
     """Invented answers, give-aways and unknown episodes never reach the gate; what is left must
     still pass the teacher (a random tiny model agrees with nothing)."""

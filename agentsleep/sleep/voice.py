@@ -152,11 +152,27 @@ def _third_singular(verb: str) -> str:
     return verb + "s"
 
 
+_QUOTED = re.compile(r'("[^"\n]*"|\u201c[^\u201d\n]*\u201d)')
+
+
+def _outside_quotes(text: str, fn) -> str:
+    """`fn` applied to the text outside double quotes: a quotation keeps its speaker's own "I" and
+    "we" (a passage quoting "for us as a league" is not about the user)."""
+    parts = _QUOTED.split(text)
+    return "".join(p if i % 2 else fn(p) for i, p in enumerate(parts))
+
+
 def about_the_user(text: str, speaker: str | None = None, who: str = "the user") -> str:
     """The memory as a note about "the user" (the user's "I, my, we, our" and the assistant's "you,
     your"), with the verbs agreeing: "I take the 7:15 ferry" -> "The user takes the 7:15 ferry". A
     small writer asks sharper questions about such notes, and the teacher cannot mistake whose
-    manager or flight it is. Text about other people passes through unchanged."""
+    manager or flight it is. Text about other people, and words inside double quotes, pass through
+    unchanged."""
+    s = _outside_quotes(text, lambda part: _about(part, speaker, who))
+    return re.sub(rf"(^|[.!?]\s+){re.escape(who)}", lambda m: m.group(1) + _cap(who), s)
+
+
+def _about(text: str, speaker: str | None, who: str) -> str:
     if (speaker or "").lower() in ASSISTANT_SPEAKERS:
         text = _swap_persons(text, {**_SWAP})  # now in the user's own words
     parts = _WORD.findall(text)
@@ -179,8 +195,7 @@ def about_the_user(text: str, speaker: str | None = None, who: str = "the user")
         elif low in _OBJECT:
             p = who
         out.append(p)
-    s = "".join(out)
-    return re.sub(rf"(^|[.!?]\s+){re.escape(who)}", lambda m: m.group(1) + _cap(who), s)
+    return "".join(out)
 
 
 USER_SPEAKERS = frozenset({"user", "human", "me"})
