@@ -509,7 +509,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           nights: Optional[int] = typer.Option(None, "--nights", min=1, max=20, help="nights: how many nights (default 5)."),
           facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
-          dev: bool = typer.Option(False, "--dev", help="phrasing: the development variants instead of the held-out test facts."),
+          dev: bool = typer.Option(False, "--dev", help="phrasing, nights: the development variants instead of the held-out test facts."),
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
@@ -536,7 +536,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
     if phrasing:
         options["phrasing"] = phrasing
-    nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night)) if v}
+    nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night), ("dev", dev)) if v}
     if nightly:
         options["nights"] = nightly
     say = (lambda m: None) if as_json else (lambda m: err.print(m))

@@ -33,6 +33,28 @@ def test_schedule_updates_an_earlier_fact_from_night_three():
         nights_suite.schedule(3, 9)
 
 
+def test_development_nights_are_the_development_facts_in_the_first_person_with_their_own_updates():
+    """`--dev` tunes on bench/facts.py, never on the test set: no fact, question or update is shared."""
+    from agentsleep.bench.facts import SET_A
+    from agentsleep.bench.night_facts import DEV_UPDATES, UPDATES, dev_nights
+
+    dev, test = nights_suite.schedule(7, 8, dev=True), nights_suite.schedule(5, 8)
+    told = [f for facts, _ in dev for f in facts]
+    assert len(told) == 56 and len({f.question for f in told}) == 56          # no question asked twice
+    assert told[0].text == "My daughter is named Maya." and told[0].answer == SET_A[0].answer
+    assert not {f.question for f in told} & {f.question for facts, _ in test for f in facts}
+    assert not {u.text for u in DEV_UPDATES} & {u.text for u in UPDATES}
+    for _, u in dev:
+        if u:
+            old = dev_nights()[u.night][u.index]
+            assert u.answer.lower() not in old.text.lower() and u.answer in u.text
+    cur = nights_suite._current(dev, 6)
+    u = dev[2][1]
+    assert cur[u.night][u.index].answer == u.answer
+    with pytest.raises(InputError, match="1..7 with --dev"):
+        nights_suite.schedule(8, 8, dev=True)
+
+
 def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     from agentsleep.home import Home
     from agentsleep.bench.sleep_suite import closed_book
@@ -61,3 +83,5 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     md = nights_suite.markdown(res, tmp_path)
     assert "| 3 | " in md and "Targets after the last night" in md
     assert (tmp_path / "bench_nights_3x2.png").stat().st_size > 1000
+    md = nights_suite.markdown({**res, "dev": True}, tmp_path)  # a development run says so, with a plot of its own
+    assert "development facts" in md and (tmp_path / "bench_nights_dev_3x2.png").is_file()

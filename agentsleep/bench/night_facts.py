@@ -264,3 +264,30 @@ UPDATES: list[Update] = [
     U(17, 2, "We changed vets; our vet is now at the Oakmere clinic.", "Oakmere"),
     U(18, 4, "Benedikt left, so my physiotherapist is now called Imogen.", "Imogen"),
 ]
+
+
+# ---- the development variant (`bench nights --dev`): tune night-after-night behaviour here, never on the above ----
+# bench/facts.py (the development set) told in the first person, 8 a night, and updates of its facts.
+DEV_UPDATES: list[Update] = [
+    U(0, 4, "I switched dentists; my dentist is Dr. Whitfield now.", "Whitfield"),
+    U(1, 2, "I renamed my wifi network to CopperKite.", "CopperKite"),
+    U(1, 7, "My brother Tomas has moved to Montreal.", "Montreal"),
+    U(2, 3, "I cancelled Ironworks; my gym is Summit Climbing now.", "Summit"),
+    U(3, 6, "My locker code was changed to 5820.", "5820"),
+    U(4, 1, "These days my favourite band is Portishead.", "Portishead"),
+]
+
+
+def dev_nights(k: int = 8) -> list[list[NightFact]]:
+    """bench/facts.py's sets in the first person ("The user's dentist is ..." -> "My dentist is ..."), K a night,
+    without a fact whose question an earlier one already asks (two facts giving "What make is my car?"
+    different answers would be an update that no schedule announced)."""
+    from ..sleep.voice import from_the_user
+    from .facts import SET_A, SET_B, SET_C
+
+    facts, asked = [], set()
+    for f in SET_A + SET_B + SET_C:
+        if f.question not in asked:
+            asked.add(f.question)
+            facts.append(F(from_the_user(f.text), f.question, f.answer))
+    return [facts[i:i + k] for i in range(0, len(facts) - k + 1, k)]

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..progress import silent
-from .night_facts import NIGHTS, UPDATES, NightFact, Update
+from .night_facts import DEV_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
 
 TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
 
@@ -53,22 +53,24 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def schedule(nights: int, k: int) -> list[tuple[list[NightFact], Update | None]]:
+def schedule(nights: int, k: int, dev: bool = False) -> list[tuple[list[NightFact], Update | None]]:
     """What is told each night: its K facts, and from night 3 on the oldest update whose fact was told
-    (an earlier night's fact among the first K) and not yet changed."""
-    if not 1 <= nights <= len(NIGHTS):
-        raise InputError(f"bench nights: --nights must be 1..{len(NIGHTS)}, got {nights}")
-    if not 1 <= k <= len(NIGHTS[0]):
-        raise InputError(f"bench nights: --facts-per-night must be 1..{len(NIGHTS[0])}, got {k}")
+    (an earlier night's fact among the first K) and not yet changed. `dev`: the development facts
+    (bench/facts.py in the first person, 8 a night) and their updates instead of the test set."""
+    facts, updates = (dev_nights(8), DEV_UPDATES) if dev else (NIGHTS, UPDATES)
+    if not 1 <= nights <= len(facts):
+        raise InputError(f"bench nights: --nights must be 1..{len(facts)}{' with --dev' if dev else ''}, got {nights}")
+    if not 1 <= k <= len(facts[0]):
+        raise InputError(f"bench nights: --facts-per-night must be 1..{len(facts[0])}, got {k}")
     used: set[tuple[int, int]] = set()
     out = []
     for n in range(nights):
         upd = None
         if n >= 2:
-            upd = next((u for u in UPDATES if u.night < n and u.index < k and (u.night, u.index) not in used), None)
+            upd = next((u for u in updates if u.night < n and u.index < k and (u.night, u.index) not in used), None)
             if upd:
                 used.add((upd.night, upd.index))
-        out.append((list(NIGHTS[n][:k]), upd))
+        out.append((list(facts[n][:k]), upd))
     return out
 
 
@@ -154,11 +156,12 @@ def _spread(xs: list[float | None]) -> dict[str, float] | None:
 
 
 def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per_night: int = 8, seeds: int = 3,
-        config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`config` overrides the default config (tests use a tiny model); the benchmark runs without it."""
+        config: dict[str, Any] | None = None, dev: bool = False) -> dict[str, Any]:
+    """`config` overrides the default config (tests use a tiny model); the benchmark runs without it.
+    `dev`: the development facts (tune on these), not the held-out test set."""
     if not 1 <= seeds <= 10:
         raise InputError(f"bench nights: --seeds must be 1..10, got {seeds}")
-    plan = schedule(nights, facts_per_night)
+    plan = schedule(nights, facts_per_night, dev)
     runs = [_one_seed(out_dir / f"seed-{s}" / "home", s, plan, config or {}, say, progress) for s in range(seeds)]
     per_night = []
     for n in range(nights):
@@ -187,7 +190,8 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
                           and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
                           and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
                           and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
-    return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "per_night": per_night,
+    return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "dev": dev,
+            "per_night": per_night,
             "runs": runs, "targets": targets, "max_drift_kl": max_kl, "base_bytes": runs[0]["base_bytes"]}
 
 
@@ -228,7 +232,7 @@ def _fmt(s: dict[str, float] | None, pct: bool = False) -> str:
 
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
-    png = plot(res, docs_dir / f"bench_nights_{res['nights']}x{res['facts_per_night']}.png")
+    png = plot(res, docs_dir / f"bench_nights{'_dev' if res.get('dev') else ''}_{res['nights']}x{res['facts_per_night']}.png")
     rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p.get('consolidated'), pct=True)} | "
             f"{_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
             f"{_fmt(p['updated'])} | {_fmt(p['drift_base'])} | {_fmt(p['disk_share'], pct=True)} | {_fmt(p['seconds'])} |"
@@ -244,8 +248,10 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         f"- drift KL against the base within the gate's bound {res['max_drift_kl']}: {'yes' if t['drift_base_within_gate'] else 'no'}",
         f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
     ]
-    return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts (bench/night_facts.py, written for this "
-            f"suite and never used for tuning), from night 3 on one update of an earlier fact a night; one `sleep()` a "
+    facts = ("the development facts (bench/facts.py in the first person; tune on these)" if res.get("dev") else
+             "bench/night_facts.py, written for this suite and never used for tuning")
+    return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
+            f"update of an earlier fact a night; one `sleep()` a "
             f"night on a fresh home with {'the default config' if not res.get('config') else 'config overrides ' + json.dumps(res['config'])}; {res['seeds']} seeds, mean (min-max). Every fact told so far "
             "is asked closed-book each morning with its paraphrased question and its current answer.\n\n"
             "| night | promoted | episodes consolidated | cumulative recall | lowest set vs first morning | "
