@@ -83,5 +83,12 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     md = nights_suite.markdown(res, tmp_path)
     assert "| 3 | " in md and "Targets after the last night" in md
     assert (tmp_path / "bench_nights_3x2.png").stat().st_size > 1000
+    said: list[str] = []  # each seed was saved when it ended: a rerun of the same code and plan reuses it
+    again = nights_suite.run(tmp_path / "out", say=said.append, nights=3, facts_per_night=2, seeds=1, config=cfg)
+    assert any("reusing the result saved" in m for m in said) and again["runs"][0]["mornings"] == run["mornings"]
+    saved = tmp_path / "out" / "seed-0" / "result.json"
+    assert nights_suite._saved_seed(saved, nights_suite._seed_key(3, 2, False, cfg, 0)) is not None
+    assert nights_suite._saved_seed(saved, nights_suite._seed_key(3, 2, True, cfg, 0)) is None   # another plan
+    assert nights_suite._saved_seed(saved, nights_suite._seed_key(3, 2, False, {**cfg, "x": 1}, 0)) is None
     md = nights_suite.markdown({**res, "dev": True}, tmp_path)  # a development run says so, with a plot of its own
     assert "development facts" in md and (tmp_path / "bench_nights_dev_3x2.png").is_file()

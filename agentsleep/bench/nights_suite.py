@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_json
 from ..errors import InputError
 from ..progress import silent
 from .night_facts import DEV_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
@@ -148,6 +149,26 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
     return {"seed": seed, "mornings": mornings, "base_bytes": base_bytes, "max_drift_kl": max_kl}
 
 
+def _seed_key(nights: int, k: int, dev: bool, config: dict, seed: int) -> dict[str, Any]:
+    """What a seed's result depends on: the plan, the config overrides, the seed, and the code (commit and
+    AGENTSLEEP_* overrides, report.provenance). A seed takes about 45 minutes on 2 cores, so each is saved
+    when it ends and a rerun after an interruption starts at the first seed not saved."""
+    from .report import provenance
+
+    p = provenance()
+    return {"nights": nights, "facts_per_night": k, "dev": dev, "config": config, "seed": seed,
+            "commit": p["commit"], "defaults": p["config"]}
+
+
+def _saved_seed(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A seed's saved result when it was measured the same way (an unknown commit never matches)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return old if key["commit"] and old.get("key") == json.loads(json.dumps(key, default=str)) else None
+
+
 def _spread(xs: list[float | None]) -> dict[str, float] | None:
     xs = [x for x in xs if x is not None]
     if not xs:
@@ -162,7 +183,17 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
     if not 1 <= seeds <= 10:
         raise InputError(f"bench nights: --seeds must be 1..10, got {seeds}")
     plan = schedule(nights, facts_per_night, dev)
-    runs = [_one_seed(out_dir / f"seed-{s}" / "home", s, plan, config or {}, say, progress) for s in range(seeds)]
+    runs = []
+    for s in range(seeds):
+        key = _seed_key(nights, facts_per_night, dev, config or {}, s)
+        saved = _saved_seed(out_dir / f"seed-{s}" / "result.json", key)
+        if saved:
+            say(f"nights: seed {s}: reusing the result saved on {saved['measured']} by a run of the same code and plan")
+        else:
+            saved = {**_one_seed(out_dir / f"seed-{s}" / "home", s, plan, config or {}, say, progress),
+                     "measured": time.strftime("%Y-%m-%d"), "key": key}
+            atomic_write_json(out_dir / f"seed-{s}" / "result.json", saved)
+        runs.append(saved)
     per_night = []
     for n in range(nights):
         ms = [r["mornings"][n] for r in runs]
