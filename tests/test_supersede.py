@@ -151,6 +151,9 @@ def test_restated_questions_take_the_new_value_only():
     options = restate_options(asked, answers, views, old_views)
     # the teacher's answer joins when grounded in the new note; one giving the old value or unsupported does not
     assert options == [["Toyota", "A white Toyota"], ["Toyota"], ["Toyota"]]
+    # grounded in the new note, worded unlike the old answer, and still the old value: not an update
+    said = [("ep-new", Dream("ep-old", "What's my car?", "The user drives a red Mazda"))]
+    assert restate_options(said, ["The user drives a Mazda"], views, old_views) == [["Toyota"]]
     got = pick_restated(asked, options, [[0.9, 0.4], [0.5], [0.1]])
     assert [(d.episode_id, d.question, d.answer, d.kind) for d in got] == [
         ("ep-new", "What car do I drive?", "A white Toyota", "update"),  # the likelier; the repeated question once

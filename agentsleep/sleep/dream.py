@@ -265,12 +265,17 @@ def new_values(new: str, old: str) -> list[str]:
 def restate_options(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str],
                     old_views: dict[str, str]) -> list[list[str]]:
     """Per superseded question, the candidate new answers: the new note's new values, and the teacher's
-    own answer when grounded in the new note; none that still gives the old answer."""
+    own answer when grounded in the new note and carrying one of those new values (where the new note
+    has any): "The user drives a Mazda hatchback", read from "I sold the Mazda; I drive a white Toyota
+    now", is grounded and differs from the old answer's wording, yet restates the old value. None that
+    still gives the old answer."""
     out = []
     for (new, d), a in zip(asked, answers):
-        opts = new_values(views[new], old_views.get(d.episode_id, d.answer))
+        news = new_values(views[new], old_views.get(d.episode_id, d.answer))
+        opts = list(news)
         a = a.strip().split("\n")[0].strip().rstrip(".").strip()
-        if a and len(a) <= 120 and grounded(a, views[new]) and not trivial(d.question, a):
+        if (a and len(a) <= 120 and grounded(a, views[new]) and not trivial(d.question, a)
+                and (not news or any(contains_answer(a, v) for v in news))):
             opts.append(a)
         out.append([o for o in dict.fromkeys(opts) if not contains_answer(o, d.answer)])
     return out
