@@ -92,3 +92,7 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     assert nights_suite._saved_seed(saved, nights_suite._seed_key(3, 2, False, {**cfg, "x": 1}, 0)) is None
     md = nights_suite.markdown({**res, "dev": True}, tmp_path)  # a development run says so, with a plot of its own
     assert "development facts" in md and (tmp_path / "bench_nights_dev_3x2.png").is_file()
+    md = nights_suite.markdown({**res, "config": {}, "env": {}}, tmp_path)
+    assert "with the default config" in md                           # AGENTSLEEP_* settings are named when set
+    assert '{"replay_dreams": "6"}' in nights_suite.markdown({**res, "config": {}, "env": {"sleep": {"replay_dreams": "6"}}},
+                                                             tmp_path)

@@ -221,7 +221,12 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
                           and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
                           and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
                           and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
+    import os
+
+    from ..config import env_overrides
+
     return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "dev": dev,
+            "env": env_overrides(os.environ),  # AGENTSLEEP_* settings the homes ran with
             "per_night": per_night,
             "runs": runs, "targets": targets, "max_drift_kl": max_kl, "base_bytes": runs[0]["base_bytes"]}
 
@@ -262,6 +267,12 @@ def _fmt(s: dict[str, float] | None, pct: bool = False) -> str:
     return f"{f(s['mean'])} ({f(s['min'])}-{f(s['max'])})" if s["min"] != s["max"] else f(s["mean"])
 
 
+def _config_note(res: dict[str, Any]) -> str:
+    """'the default config', or the overrides the run used (its own, and AGENTSLEEP_* from the environment)."""
+    parts = [json.dumps(x) for x in (res.get("config"), res.get("env")) if x]
+    return "config overrides " + " and ".join(parts) if parts else "the default config"
+
+
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
     png = plot(res, docs_dir / f"bench_nights{'_dev' if res.get('dev') else ''}_{res['nights']}x{res['facts_per_night']}.png")
     rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p.get('consolidated'), pct=True)} | "
@@ -283,7 +294,7 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
             f"update of an earlier fact a night; one `sleep()` a "
-            f"night on a fresh home with {'the default config' if not res.get('config') else 'config overrides ' + json.dumps(res['config'])}; {res['seeds']} seeds, mean (min-max). Every fact told so far "
+            f"night on a fresh home with {_config_note(res)}; {res['seeds']} seeds, mean (min-max). Every fact told so far "
             "is asked closed-book each morning with its paraphrased question and its current answer.\n\n"
             "| night | promoted | episodes consolidated | cumulative recall | lowest set vs first morning | "
             "updated facts, new value | drift KL vs base | disk (share of base) | seconds |\n"
