@@ -7,7 +7,6 @@ import torch
 
 from agentsleep.serving.vllm import SERVED_NAME, Route, Server, VLLMProcess, VLLMSupervisor
 from agentsleep.serving.vllm.lora import adapter_chain, compose_adapters
-from agentsleep.serving.vllm.process import spare_cpus
 from agentsleep.serving.vllm.weights import arch_signature, weights_dir
 from agentsleep.models.registry import Registry
 from agentsleep.serving.loadtest import _random_lora, _save, make_swap_versions
@@ -92,7 +91,6 @@ def test_dev_endpoints_stay_on_loopback(tmp_path):
     with pytest.raises(ValueError, match="loopback"):
         VLLMProcess(tmp_path, host="0.0.0.0")
     assert VLLMProcess(tmp_path, host="127.0.0.1").url.startswith("http://127.0.0.1:")
-    assert spare_cpus(set()) is None
     keyed = VLLMProcess(tmp_path, api_key="k-" + "secret-123")
     assert "k-secret-123" not in " ".join(keyed.command())  # the key goes by environment, never argv or the log
 

@@ -16,6 +16,7 @@ Figures over seeds are mean, min and max.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write_json
+from ..config import env_overrides
 from ..errors import InputError
 from ..progress import silent
 from .night_facts import DEV_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
@@ -221,10 +223,6 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
                           and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
                           and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
                           and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
-    import os
-
-    from ..config import env_overrides
-
     return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "dev": dev,
             "env": env_overrides(os.environ),  # AGENTSLEEP_* settings the homes ran with
             "per_night": per_night,

@@ -37,37 +37,6 @@ def vllm_available() -> str | None:
     return None
 
 
-def worker_cpus(pgid: int) -> set[int]:
-    """CPUs the vLLM worker processes of one server (process group `pgid`) are pinned to (Linux)."""
-    cpus: set[int] = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            if not (d / "comm").read_text().startswith("VLLM::Worker"):
-                continue
-            stat = (d / "stat").read_text()
-            if int(stat[stat.rindex(")") + 2:].split()[2]) != pgid:
-                continue
-            cpus |= os.sched_getaffinity(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return cpus
-
-
-def spare_cpus(busy: set[int]) -> str | None:
-    """A VLLM_CPU_OMP_THREADS_BIND value for a second server: the CPUs the first one's workers do not
-    use (two servers pinned to the same core starve the new one's start for minutes), or None."""
-    try:
-        mine = os.sched_getaffinity(0)
-    except (AttributeError, OSError):
-        return None
-    free = sorted(mine - busy)
-    if not busy or not free:
-        return None
-    return ",".join(str(c) for c in free)
-
-
 class VLLMStartError(RuntimeError):
     pass
 
@@ -79,7 +48,7 @@ class VLLMProcess:
                  api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
                  kv_cache_bytes: int | None = None, lora: bool = True, max_lora_rank: int = 64, max_loras: int = 2,
                  extra_args: list[str] | tuple[str, ...] = (), log_path: str | Path | None = None,
-                 python: str | None = None, dtype: str = "float32", cpu_bind: str | None = None,
+                 python: str | None = None, dtype: str = "float32",
                  staged_reload: bool | None = None):
         if not is_loopback(host):
             raise ValueError(f"vLLM runs with development endpoints enabled; it may only bind to loopback, not {host}")
@@ -98,7 +67,6 @@ class VLLMProcess:
         self.log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"agentsleep-vllm-{self.port}.log"
         self.python = python or sys.executable
         self.dtype = dtype
-        self.cpu_bind = cpu_bind
         # the worker extension lives in this package: only a server on our own interpreter can import it
         self.staged_reload = (self.python == sys.executable) if staged_reload is None else staged_reload
         self.proc: subprocess.Popen | None = None
@@ -126,14 +94,11 @@ class VLLMProcess:
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")
         env.setdefault("DO_NOT_TRACK", "1")
-        if self.cpu_bind:
-            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
-        else:
-            # vllm-cpu pins each worker's OpenMP threads to cores by default, and a worker spins on its
-            # core. `import torch` in a second server's process pins itself to every CPU in turn (its CPU
-            # probe), and on a core held by a spinning pinned worker it waited past 600 s for a blue/green
-            # start under load; unpinned, the kernel moves the spinner and the start takes seconds.
-            env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        # vllm-cpu pins each worker's OpenMP threads to cores by default, and a worker spins on its core.
+        # `import torch` in a second server's process pins itself to every CPU in turn (its CPU probe), and
+        # on a core held by a spinning pinned worker it waited past 600 s for a blue/green start under
+        # load; unpinned, the kernel moves the spinner and the start takes seconds.
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import secrets
 import tempfile
 import threading
@@ -62,7 +61,7 @@ from agentsleep.procs import is_loopback
 from agentsleep.serving.backend import SwapError, SwapReport
 
 from .lora import adapter_chain, chain_adapter, chain_rank, lora_rank_for
-from .process import spare_cpus, start_ready, worker_cpus
+from .process import start_ready
 from .restarts import Monitor, RestartPolicy, restart_server
 from .routing import OPEN_STATES, Gate, Route, Server
 from .weights import arch_signature, read_config, tensor_digest, weights_dir
@@ -170,14 +169,10 @@ class VLLMSupervisor:
         del self.events[:-50]
 
     # -- starting -----------------------------------------------------------
-    def _spawn(self, version: Version, *, beside: Server | None = None) -> Server:
+    def _spawn(self, version: Version) -> Server:
         d = weights_dir(version)
-        bind = None
-        if beside is not None and beside.proc is not None and beside.proc.alive() \
-                and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
-            bind = spare_cpus(worker_cpus(beside.proc.pid))
         proc = start_ready(d, self.log_dir / "vllm-{port}.log", timeout=self.start_timeout, abort=self._abort,
-                           api_key=self._api_key, cpu_bind=bind, **self.proc_kw)
+                           api_key=self._api_key, **self.proc_kw)
         return Server(proc.url, self._api_key, proc, version, arch_signature(d), d)
 
     def _attach(self, version: Version) -> Server:
@@ -541,7 +536,7 @@ class VLLMSupervisor:
         old = prev.server
         t0 = time.perf_counter()
         try:
-            new = self._spawn(version, beside=old)
+            new = self._spawn(version)
         except Exception as e:  # noqa: BLE001 - the old server keeps serving
             raise SwapError(f"blue/green: the new server for {version.name} did not start: "
                             f"{str(e).splitlines()[0]}") from None
