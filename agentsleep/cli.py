@@ -338,7 +338,7 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
         what = {"base": "base", "grow": "grown"}.get(r["kind"], f"sleep {r['sleep_id']}, {r['episodes']} episodes, "
                                                                f"recall {_fmt(m.get('recall_before'))}->{_fmt(m.get('recall_after'))}, "
                                                                f"retention {_fmt(m.get('retention'))}, drift {_fmt(m.get('drift_kl'))}"
-                                                               + (f", facts +{m['facts_gained']}/-{m['facts_lost']}"
+                                                               + (f", facts +{m['facts_gained']:g}/-{m['facts_lost']:g}"
                                                                   if "facts_gained" in m else ""))
         cur = " [bold green]<- current[/]" if r["current"] else ""
         return f"[bold]{r['version']}[/] {what} ({size}){cur}"

@@ -216,7 +216,8 @@ class GateConfig(_Section):
                             "own text make up the rest (sleep/probes.py).")
     loss_per_gain: float = Field(0.5, ge=0, description="Net-knowledge check: facts lost tonight (earlier probes answered "
                                  "before, not after) may be at most this share of the facts gained, and always "
-                                 "loss_allowance; a count, so that one probe never decides.")
+                                 "loss_allowance; counted in episodes (the questions asked about one share its weight), so "
+                                 "that one probe never decides.")
     loss_allowance: int = Field(1, ge=0, description="Facts a sleep may lose whatever it gained (net and retention checks), "
                                 "so that one probe never flips the verdict.")
     max_base_drift_kl: float = Field(1.0, ge=0, description="Largest mean per-token KL(base || post), in nats, on the base "

@@ -60,6 +60,25 @@ def contains_answer(prediction: str, answer: str) -> bool:
     return all(w in have for w in want)
 
 
+# How the sleep's own dreams name the person the memory is about ("The user's dog is ..."): framing that an
+# answer about the same fact may say another way ("Your dog is ..."), never the fact itself.
+PERSON = frozenset({"user", "users"})
+
+
+def answers_question(prediction: str, question: str, answer: str) -> bool:
+    """True when `prediction` says what `answer` adds to `question`: every content word of the answer that
+    the question does not already hold, leaving out how the person is named. "Where can I find the user's
+    favourite tea?" with the answer "The user's favourite tea is jasmine green tea" wants "jasmine green",
+    so "Your favourite tea is jasmine green tea" answers it; `contains_answer` would want "user" too, and a
+    retrained model that changes its framing would read as one that forgot the fact."""
+    asked = set(tokens(question)) | PERSON
+    want = [w for w in content_tokens(answer) if w not in asked]
+    if not want:
+        return contains_answer(prediction, answer)
+    have = set(tokens(prediction))
+    return all(w in have for w in want)
+
+
 def grounded(answer: str, memory: str, min_share: float = 0.6) -> bool:
     """Most of the answer's content words appear in the memory, and all of its names and numbers do.
 

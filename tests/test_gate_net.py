@@ -187,3 +187,28 @@ def test_forgetting_an_episode_drops_its_probes_from_the_record(tmp_path):
     import sqlite3
 
     assert sqlite3.connect(tmp_path / "l.sqlite").execute("SELECT count(*) FROM probe WHERE answer = '4471'").fetchone() == (0,)
+
+
+def test_a_fact_asked_three_ways_weighs_what_a_fact_asked_once_does():
+    # 8 new episodes asked once each, all learned; 3 earlier episodes asked 3 ways each, one question of
+    # each missed after: 1 fact lost in all (3 x 1/3), not 3 probes
+    new_b, new_a = [False] * 8, [True] * 8
+    old_eps = [e for e in ("e1", "e2", "e3") for _ in range(3)]
+    old_b = [True] * 9
+    old_a = [i % 3 != 0 for i in range(9)]
+    c = count(new_b, new_a, old_b, old_a, [True] * 9, [f"n{i}" for i in range(8)], old_eps)
+    assert c.gained == pytest.approx(8) and c.lost == pytest.approx(1) and c.known_first == pytest.approx(3)
+    assert count(new_b, new_a, old_b, old_a, [True] * 9).lost == 3  # without episode ids: each probe counts
+    # one earlier fact lost whole against a fraction: the reason reads in facts
+    failed, reasons = decide(CFG, 8, 0.0, 1.0, None, 0.1,
+                             counts=Counts(gained=2, lost=1.5, known_first=30, lost_first_after=1.5))
+    assert failed == ["net"] and "lost 1.5 earlier facts for 2 gained: more than the 1 allowed" in reasons[0]
+
+
+def test_retention_sample_asks_about_every_earlier_episode():
+    # one episode with 30 trained dreams, four with 2 each: a sample of 8 asks each of the five at least once
+    dreams = [Dream("big", f"Big question {i}?", f"b{i}") for i in range(30)]
+    dreams += [Dream(f"e{j}", f"Question {j}.{i}?", f"a{j}{i}") for j in range(4) for i in range(2)]
+    items = earlier_items([], dreams, [], 8)
+    assert len(items) == 8 and {p.episode_id for p in items} == {"big", "e0", "e1", "e2", "e3"}
+    assert sum(p.episode_id == "big" for p in items) <= 2

@@ -53,3 +53,16 @@ def test_an_answer_with_a_name_or_number_the_memory_lacks_is_not_grounded():
     assert grounded("September 9", date) and not grounded("September 9, 2023", date)  # the year invented
     assert grounded("Every Thursday afternoon", "The weekly team meeting is on Thursday afternoon.")  # sentence start
     assert specifics("Because she met Ana in 2020. Then Bo left") == ["ana", "2020", "bo"]
+
+
+def test_answers_question_wants_what_the_answer_adds_not_its_framing():
+    from agentsleep.textmatch import answers_question
+
+    q, gold = "Where can I find the user's favourite tea?", "The user's favourite tea is jasmine green tea"
+    assert answers_question("Your favourite tea is jasmine green tea.", q, gold)
+    assert answers_question("Jasmine green tea", q, gold)
+    assert not answers_question("Your favourite tea is Earl Grey.", q, gold)
+    assert not answers_question("The user's favourite tea is green tea", q, gold)  # "jasmine" is the fact
+    # an answer the question gives away entirely falls back to every content word
+    assert answers_question("Biscuit", "Is the dog called Biscuit?", "Biscuit")
+    assert not answers_question("Rex", "Is the dog called Biscuit?", "Biscuit")

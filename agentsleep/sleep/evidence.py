@@ -24,8 +24,21 @@ from .types import Dream, Probe
 
 
 def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
-    """Earlier trained items the gate re-asks (a seeded sample: reruns check the same ones)."""
-    return [d.probe() for d in random.Random(0).sample(dreams, min(n, len(dreams)))]
+    """Earlier trained items the gate re-asks: `n` of them taken in turn from each episode (a seeded order:
+    reruns check the same ones), so that every earlier fact is asked about, not mostly the few a writer
+    found a dozen questions for."""
+    rng = random.Random(0)
+    by_episode: dict[str, list[Dream]] = {}
+    for d in dreams:
+        by_episode.setdefault(d.episode_id, []).append(d)
+    queues = [rng.sample(ds, len(ds)) for ds in by_episode.values()]
+    rng.shuffle(queues)
+    picked: list[Dream] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return [d.probe() for d in picked]
 
 
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:

@@ -5,7 +5,8 @@ Measured in the same run, on the same weights, with and without the expert
 - recall: closed-book accuracy on this sleep's held-out probes, before/after;
 - net knowledge: facts gained (any probe answered after and not before) against
   facts lost (answered before, not after), as counts with an allowance, so one
-  probe never decides;
+  probe never decides; a fact is an episode, and the several questions asked
+  about one earlier episode share its weight;
 - retention, cumulative: of the earlier facts answered when they were first
   consolidated (the ledger's per-probe record), how many the expert still
   answers; a ratio to the parent alone would compound night after night;
@@ -17,7 +18,6 @@ Measured in the same run, on the same weights, with and without the expert
 from __future__ import annotations
 
 import contextlib
-import math
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +26,7 @@ import torch
 
 from ..config import GateConfig
 from ..models import generate as gen
-from ..textmatch import contains_answer
+from ..textmatch import answers_question
 from .tensors import collate, encode, forward_picked, kl_picked
 from ..progress import Progress, silent
 from .types import Probe, Verdict
@@ -36,42 +36,62 @@ def closed_book_accuracy(model: Any, tok: Any, probes: list[Probe], batch_size: 
     if not probes:
         return 0.0, []
     answers = gen.answers(model, tok, [p.question for p in probes], batch_size=batch_size)
-    hits = [contains_answer(a, p.answer) for a, p in zip(answers, probes)]
+    hits = _hits(answers, probes)
     return sum(hits) / len(hits), answers
 
 
 def _hits(answers: list[str], probes: list[Probe]) -> list[bool]:
-    return [contains_answer(a, p.answer) for a, p in zip(answers, probes)]
+    """A probe is answered when the answer says what its gold adds to the question (textmatch.answers_question)."""
+    return [answers_question(a, p.question, p.answer) for a, p in zip(answers, probes)]
 
 
 @dataclass
 class Counts:
-    """The gate's counts over individual facts (probes), the evidence `decide` weighs.
+    """The gate's counts over facts, the evidence `decide` weighs.
 
-    gained: probes (this sleep's and earlier ones) answered after and not before; lost: earlier probes answered
-    before and not after; known_first: earlier probes answered when first consolidated; lost_first_before /
-    lost_first_after: of those, how many the parent / the expert no longer answers."""
+    gained: facts (this sleep's and earlier ones) answered after and not before; lost: earlier facts answered
+    before and not after; known_first: earlier facts answered when first consolidated; lost_first_before /
+    lost_first_after: of those, how many the parent / the expert no longer answers. A fact is an episode: when
+    the gate asks several questions about one (its probe and sampled dreams), each counts for its share, so an
+    earlier episode asked three ways weighs what a new one asked once does."""
 
-    gained: int = 0
-    lost: int = 0
-    known_first: int = 0
-    lost_first_before: int = 0
-    lost_first_after: int = 0
+    gained: float = 0
+    lost: float = 0
+    known_first: float = 0
+    lost_first_before: float = 0
+    lost_first_after: float = 0
+
+
+def _weights(episodes: list[str] | None, n: int) -> list[float]:
+    """Each item's share of its episode (1 / the items asked about that episode); 1 each without ids."""
+    if episodes is None:
+        return [1.0] * n
+    per = {e: episodes.count(e) for e in set(episodes)}
+    return [1.0 / per[e] for e in episodes]
 
 
 def count(new_before: list[bool], new_after: list[bool], old_before: list[bool], old_after: list[bool],
-          first: list[bool | None]) -> Counts:
-    """Counts from per-probe hits; `first[i]` is earlier probe i's level when first consolidated (None: unknown,
-    the parent's answer stands in for it)."""
+          first: list[bool | None], new_episodes: list[str] | None = None,
+          old_episodes: list[str] | None = None) -> Counts:
+    """Counts from per-item hits; `first[i]` is earlier item i's level when first consolidated (None: unknown,
+    the parent's answer stands in for it). With the items' episode ids, each item counts for its share of
+    its episode (a fact), else for one."""
+    wn, wo = _weights(new_episodes, len(new_before)), _weights(old_episodes, len(old_before))
     c = Counts()
-    c.gained = sum(a and not b for b, a in zip(new_before, new_after)) + sum(a and not b for b, a in zip(old_before, old_after))
-    c.lost = sum(b and not a for b, a in zip(old_before, old_after))
-    for b, a, f in zip(old_before, old_after, first):
+    c.gained = sum(w for b, a, w in zip(new_before, new_after, wn) if a and not b) + \
+        sum(w for b, a, w in zip(old_before, old_after, wo) if a and not b)
+    c.lost = sum(w for b, a, w in zip(old_before, old_after, wo) if b and not a)
+    for b, a, f, w in zip(old_before, old_after, first, wo):
         if b if f is None else f:
-            c.known_first += 1
-            c.lost_first_before += not b
-            c.lost_first_after += not a
+            c.known_first += w
+            c.lost_first_before += w * (not b)
+            c.lost_first_after += w * (not a)
     return c
+
+
+def facts(x: float) -> str:
+    """A count of facts as people read it: 4, 2.5, 1.3."""
+    return f"{x:.0f}" if abs(x - round(x)) < 0.05 else f"{x:.1f}"
 
 
 @torch.no_grad()
@@ -173,7 +193,8 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     hits = {"before": _hits(ans_b, probes), "after": _hits(answers, probes),
             "earlier_before": _hits(old_b, earlier), "earlier_after": _hits(old_a, earlier)}
     counts = count(hits["before"], hits["after"], hits["earlier_before"], hits["earlier_after"],
-                   first if first is not None else [None] * len(earlier))
+                   first if first is not None else [None] * len(earlier),
+                   [p.episode_id for p in probes], [p.episode_id for p in earlier])
     retention = None if not earlier or old_before == 0 else old_after / old_before
     metrics: dict[str, Any] = {
         "probes": len(probes), "recall_before": round(before, 4), "recall_after": round(after, 4),
@@ -181,8 +202,8 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
         "earlier_before": round(old_before, 4) if earlier else None,
         "earlier_after": round(old_after, 4) if earlier else None,
         "retention": None if retention is None else round(retention, 4), "drift_kl": round(kl, 4),
-        "facts_gained": counts.gained, "facts_lost": counts.lost, "facts_known_first": counts.known_first,
-        "facts_lost_since_first": counts.lost_first_after,
+        "facts_gained": round(counts.gained, 2), "facts_lost": round(counts.lost, 2),
+        "facts_known_first": round(counts.known_first, 2), "facts_lost_since_first": round(counts.lost_first_after, 2),
         "retention_first": round(1 - counts.lost_first_after / counts.known_first, 4) if counts.known_first else None,
         "drift_kl_base": None if base_kl is None else round(base_kl, 4),
     }
@@ -193,10 +214,10 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     return Verdict(ok, reasons, metrics, hits=hits)
 
 
-def allowed_losses(cfg: GateConfig, c: Counts) -> tuple[int, int]:
+def allowed_losses(cfg: GateConfig, c: Counts) -> tuple[float, float]:
     """(facts a sleep may lose tonight for what it gained, earlier facts that may be lost since first consolidated)."""
-    net = max(cfg.loss_allowance, math.floor(cfg.loss_per_gain * c.gained + 1e-9))
-    cumulative = max(cfg.loss_allowance, math.floor((1 - cfg.min_retention) * c.known_first + 1e-9))
+    net = max(cfg.loss_allowance, cfg.loss_per_gain * c.gained)
+    cumulative = max(cfg.loss_allowance, (1 - cfg.min_retention) * c.known_first)
     return net, cumulative
 
 
@@ -226,16 +247,17 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
             reasons.append(f"retention {retention:.3f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
     else:
         net, cumulative = allowed_losses(cfg, counts)
-        if counts.lost > net:
+        if counts.lost > net + 1e-9:
             failed.append("net")
-            reasons.append(f"lost {counts.lost} earlier facts for {counts.gained} gained: more than the {net} allowed "
+            reasons.append(f"lost {facts(counts.lost)} earlier facts for {facts(counts.gained)} gained: more than the "
+                           f"{facts(net)} allowed "
                            f"(gate.loss_per_gain {cfg.loss_per_gain:g} x gained, at least gate.loss_allowance "
                            f"{cfg.loss_allowance})")
-        if counts.lost_first_after > cumulative and counts.lost_first_after > counts.lost_first_before:
+        if counts.lost_first_after > cumulative + 1e-9 and counts.lost_first_after > counts.lost_first_before + 1e-9:
             failed.append("retention")
-            reasons.append(f"{counts.lost_first_after} of {counts.known_first} earlier facts answered when first "
-                           f"consolidated are lost (the parent had lost {counts.lost_first_before}): more than the "
-                           f"{cumulative} gate.min_retention {cfg.min_retention:.2f} allows")
+            reasons.append(f"{facts(counts.lost_first_after)} of {facts(counts.known_first)} earlier facts answered "
+                           f"when first consolidated are lost (the parent had lost {facts(counts.lost_first_before)}): "
+                           f"more than the {facts(cumulative)} gate.min_retention {cfg.min_retention:.2f} allows")
     if kl > cfg.max_drift_kl:
         failed.append("drift")
         reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
@@ -248,8 +270,9 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
         if counts is None:
             kept = f"retention {'n/a' if retention is None else f'{retention:.2f}'}"
         else:
-            kept = (f"facts gained {counts.gained}, lost {counts.lost}, earlier facts kept "
-                    f"{counts.known_first - counts.lost_first_after}/{counts.known_first} of their first level")
+            kept = (f"facts gained {facts(counts.gained)}, lost {facts(counts.lost)}, earlier facts kept "
+                    f"{facts(counts.known_first - counts.lost_first_after)}/{facts(counts.known_first)} of their "
+                    f"first level")
         base = "" if base_kl is None else f", from base {base_kl:.3f}"
         reasons.append(f"recall {before:.2f} -> {after:.2f}{known}, {kept}, drift KL {kl:.3f}{base}")
     return failed, reasons
