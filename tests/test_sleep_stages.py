@@ -335,6 +335,8 @@ def test_rehearsal_takes_each_earlier_episodes_best_dreams():
     assert [d.question for d in rehearsal(ds, {"a", "b"}, 1)] == ["Q2?", "Q3?"]
     assert [d.question for d in rehearsal(ds, {"a"}, 2)] == ["Q2?", "Q1?"]
     assert rehearsal(ds, {"a", "b"}, 0) == []
+    # an episode with fewer dreams than the budget has them repeated: every earlier fact, the same share
+    assert [d.question for d in rehearsal(ds, {"a", "b"}, 3)] == ["Q2?", "Q1?", "Q2?", "Q3?", "Q3?", "Q3?"]
 
 
 def test_rehearsal_order_puts_missed_memories_first_then_the_least_recently_rehearsed(tmp_path):

@@ -138,14 +138,17 @@ def generation_engine(cfg: Any, model_cfg: Any, weights: Any) -> Any:
 
 
 def rehearsal(dreams: list[Dream], episode_ids: set[str], per_episode: int) -> list[Dream]:
-    """What an earlier episode is rehearsed with besides its raw text: its `per_episode` most
+    """What an earlier episode is rehearsed with besides its raw text: `per_episode` items, its most
     valuable trained dreams: enough to hold the old answer in place without crowding out the new
-    facts, as rehearsing every dream would (docs/EXPERIMENTS.md compares the variants)."""
+    facts, as rehearsing every dream would (docs/EXPERIMENTS.md compares the variants). An episode
+    with fewer trained dreams has them repeated up to `per_episode`: a fact the writer found one
+    question for is the one a night forgets, and it gets the same share of rehearsal as the rest."""
     by_episode: dict[str, list[Dream]] = {}
     for d in dreams:
         if d.episode_id in episode_ids:
             by_episode.setdefault(d.episode_id, []).append(d)
-    return [d for ds in by_episode.values() for d in sorted(ds, key=lambda d: -d.value)[:per_episode]]
+    best = [sorted(ds, key=lambda d: -d.value)[:per_episode] for ds in by_episode.values()]
+    return [ds[i % len(ds)] for ds in best for i in range(per_episode)]
 
 
 # ---- the stages: each takes the Night; one that ends the sleep early returns its report ----
