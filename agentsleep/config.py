@@ -207,6 +207,11 @@ class GateConfig(_Section):
                                  "dreams) answered when first consolidated (the ledger's per-probe record), the sleep must "
                                  "keep this share answered, counted (at least loss_allowance may be lost); a sleep that "
                                  "loses none of them beyond its parent passes, so a home past the bound is not stuck.")
+    retention_confidence: float = Field(0.95, gt=0.5, lt=1, description="The cumulative retention check rejects "
+                                        "only when it is this sure (one-sided Wilson score bound on the share of "
+                                        "earlier facts lost since first consolidated) that more than 1 - "
+                                        "min_retention of them were lost: a few facts asked a question or two each "
+                                        "cannot resolve a bound of a tenth, and one flaky answer must not decide.")
     retention_dreams: int = Field(32, ge=0, description="Trained dreams of earlier sleeps checked alongside their held-out probes, "
                                   "so that forgetting is read from more than a few questions.")
     max_drift_kl: float = Field(0.3, ge=0, description="Largest mean per-token KL(pre || post), in nats, on generic prompts.")

@@ -42,14 +42,31 @@ def test_one_probe_never_decides_and_losses_are_weighed_against_gains():
 
 
 def test_retention_is_cumulative_against_the_first_level_and_never_a_trap():
-    # 30 facts known when first consolidated, 0.9 keeps 27: losing 4 in all fails even if tonight lost one
+    # 30 facts known when first consolidated, 0.9 keeps 27: losing 9 in all fails even if tonight lost one
     failed, reasons = decide(CFG, 8, 0.0, 1.0, None, 0.1,
-                             counts=Counts(gained=8, lost=1, known_first=30, lost_first_before=3, lost_first_after=4))
+                             counts=Counts(gained=8, lost=1, known_first=30, lost_first_before=8, lost_first_after=9))
     assert failed == ["retention"]
-    assert "4 of 30 earlier facts answered when first consolidated are lost (the parent had lost 3)" in reasons[0]
+    assert "9 of 30 earlier facts answered when first consolidated are lost (the parent had lost 8)" in reasons[0]
+    assert "at least 18% of them with confidence 0.95" in reasons[0]
     # a home already past the bound is not stuck: a sleep that loses no more than its parent had lost passes
-    past = Counts(gained=8, lost=1, known_first=30, lost_first_before=6, lost_first_after=6)
+    past = Counts(gained=8, lost=1, known_first=30, lost_first_before=12, lost_first_after=12)
     assert decide(CFG, 8, 0.0, 1.0, None, 0.1, counts=past)[0] == []
+
+
+def test_retention_rejects_only_what_the_facts_can_show():
+    from agentsleep.sleep.gate import lost_share_lower_bound
+
+    # 1.5 of 5 facts lost (0.30) cannot show more than a tenth lost: a few flaky answers never decide
+    assert decide(CFG, 8, 0.0, 1.0, None, 0.1, counts=Counts(gained=8, lost=1.5, known_first=5,
+                                                              lost_first_after=1.5))[0] == []
+    # 4 of 30 is not sure to be past a tenth; 10 of 40 is
+    assert decide(CFG, 8, 0.0, 1.0, None, 0.1, counts=Counts(gained=8, lost=3, known_first=30,
+                                                              lost_first_after=4))[0] == []
+    assert "retention" in decide(CFG, 30, 0.0, 1.0, None, 0.1, counts=Counts(gained=30, lost=10, known_first=40,
+                                                                             lost_first_after=10))[0]
+    # the bound tightens with the count: the same share, more facts, a higher bound
+    assert lost_share_lower_bound(2, 5, 0.95) < lost_share_lower_bound(20, 50, 0.95) < 0.4
+    assert lost_share_lower_bound(0, 5, 0.95) < 1e-9 and lost_share_lower_bound(1, 0, 0.95) == 0.0
     # drift is bounded against the base as well as the parent
     failed, reasons = decide(CFG, 8, 0.0, 1.0, None, 0.1, counts=Counts(gained=8), base_kl=1.2)
     assert failed == ["base_drift"] and "gate.max_base_drift_kl 1.000" in reasons[0]
