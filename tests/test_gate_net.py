@@ -47,7 +47,7 @@ def test_retention_is_cumulative_against_the_first_level_and_never_a_trap():
                              counts=Counts(gained=8, lost=1, known_first=30, lost_first_before=8, lost_first_after=9))
     assert failed == ["retention"]
     assert "9 of 30 earlier facts answered when first consolidated are lost (the parent had lost 8)" in reasons[0]
-    assert "at least 18% of them with confidence 0.95" in reasons[0]
+    assert "at least 18.4% of them with confidence 0.95" in reasons[0]
     # a home already past the bound is not stuck: a sleep that loses no more than its parent had lost passes
     past = Counts(gained=8, lost=1, known_first=30, lost_first_before=12, lost_first_after=12)
     assert decide(CFG, 8, 0.0, 1.0, None, 0.1, counts=past)[0] == []

@@ -274,7 +274,7 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
             reasons.append(f"{facts(counts.lost_first_after)} of {facts(counts.known_first)} earlier facts answered "
                            f"when first consolidated are lost (the parent had lost {facts(counts.lost_first_before)}): "
                            f"more than the {facts(cumulative)} gate.min_retention {cfg.min_retention:.2f} allows, "
-                           f"and at least {sure:.0%} of them with confidence {cfg.retention_confidence:g}")
+                           f"and at least {sure:.1%} of them with confidence {cfg.retention_confidence:g}")
     if kl > cfg.max_drift_kl:
         failed.append("drift")
         reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
