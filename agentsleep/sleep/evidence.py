@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 from typing import Any
 
@@ -33,12 +34,8 @@ def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
         by_episode.setdefault(d.episode_id, []).append(d)
     queues = [rng.sample(ds, len(ds)) for ds in by_episode.values()]
     rng.shuffle(queues)
-    picked: list[Dream] = []
-    while len(picked) < n and any(queues):
-        for q in queues:
-            if q and len(picked) < n:
-                picked.append(q.pop(0))
-    return [d.probe() for d in picked]
+    turns = (d for turn in itertools.zip_longest(*queues) for d in turn if d is not None)
+    return [d.probe() for d in itertools.islice(turns, n)]
 
 
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:

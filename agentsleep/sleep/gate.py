@@ -17,6 +17,7 @@ Measured in the same run, on the same weights, with and without the expert
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import statistics
@@ -34,17 +35,17 @@ from ..progress import Progress, silent
 from .types import Probe, Verdict
 
 
-def closed_book_accuracy(model: Any, tok: Any, probes: list[Probe], batch_size: int = 24) -> tuple[float, list[str]]:
+def closed_book_hits(model: Any, tok: Any, probes: list[Probe], batch_size: int = 24) -> tuple[list[bool], list[str]]:
+    """Whether `model`, reading nothing, answers each probe (its reply says what the probe's gold adds to
+    the question: textmatch.answers_question), and its replies."""
     if not probes:
-        return 0.0, []
+        return [], []
     answers = gen.answers(model, tok, [p.question for p in probes], batch_size=batch_size)
-    hits = _hits(answers, probes)
-    return sum(hits) / len(hits), answers
+    return [answers_question(a, p.question, p.answer) for a, p in zip(answers, probes)], answers
 
 
-def _hits(answers: list[str], probes: list[Probe]) -> list[bool]:
-    """A probe is answered when the answer says what its gold adds to the question (textmatch.answers_question)."""
-    return [answers_question(a, p.question, p.answer) for a, p in zip(answers, probes)]
+def _share(hits: list[bool]) -> float:
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 @dataclass
@@ -68,7 +69,7 @@ def _weights(episodes: list[str] | None, n: int) -> list[float]:
     """Each item's share of its episode (1 / the items asked about that episode); 1 each without ids."""
     if episodes is None:
         return [1.0] * n
-    per = {e: episodes.count(e) for e in set(episodes)}
+    per = collections.Counter(episodes)
     return [1.0 / per[e] for e in episodes]
 
 
@@ -175,25 +176,25 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     with contextlib.ExitStack() as stack:
         if generator is None:
             with pm.disable_adapter():
-                before, ans_b = closed_book_accuracy(pm, tok, probes)
-                old_before, old_b = closed_book_accuracy(pm, tok, earlier)
+                hit_b, _ = closed_book_hits(pm, tok, probes)
+                old_b, _ = closed_book_hits(pm, tok, earlier)
             after_model = pm
         else:
             expert = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentsleep-expert-"))
             pm.save_pretrained(expert)
-            before, ans_b = closed_book_accuracy(generator.with_lora(None), tok, probes)
-            old_before, old_b = closed_book_accuracy(generator, tok, earlier)
+            hit_b, _ = closed_book_hits(generator.with_lora(None), tok, probes)
+            old_b, _ = closed_book_hits(generator, tok, earlier)
             after_model = generator.with_lora(expert)
             stack.callback(generator.with_lora, None)  # the engine goes back to the base weights, whatever happens
         say("gate", 1, 3, "probes after")
-        after, answers = closed_book_accuracy(after_model, tok, probes)
-        old_after, old_a = closed_book_accuracy(after_model, tok, earlier)
+        hit_a, answers = closed_book_hits(after_model, tok, probes)
+        old_a, _ = closed_book_hits(after_model, tok, earlier)
     say("gate", 2, 3, "drift")
     kl = drift_kl(pm, tok, drift_pool[:cfg.drift_prompts])
     base_kl = None if base_ref is None else drift_from_reference(pm, tok, base_ref)
     say("gate", 3, 3, "done")
-    hits = {"before": _hits(ans_b, probes), "after": _hits(answers, probes),
-            "earlier_before": _hits(old_b, earlier), "earlier_after": _hits(old_a, earlier)}
+    hits = {"before": hit_b, "after": hit_a, "earlier_before": old_b, "earlier_after": old_a}
+    before, after, old_before, old_after = _share(hit_b), _share(hit_a), _share(old_b), _share(old_a)
     counts = count(hits["before"], hits["after"], hits["earlier_before"], hits["earlier_after"],
                    first if first is not None else [None] * len(earlier),
                    [p.episode_id for p in probes], [p.episode_id for p in earlier])
