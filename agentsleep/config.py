@@ -125,6 +125,11 @@ class DreamConfig(_Section):
                               "that the writer is also asked a question about, written to have that answer; 0 turns them off.")
     typed_answer_questions: bool = Field(True, description="Write a second answer-first dream per likely answer, its question "
                                          "prefilled \"When\" for a date and \"Which\" otherwise.")
+    blank_stems: list[str] = Field(default_factory=lambda: ["", "What", "Who", "Which", "Where", "When"],
+                                   description="Question words prefilled when the writer is shown a memory with one of "
+                                               "its likely answers blanked out and asked for the question whose answer "
+                                               "is the blank, one dream each (\"\" leaves the question word to it); "
+                                               "an empty list turns these off.")
     implications: int = Field(0, ge=0, le=16, description="Statements kept per long memory from a list of what follows "
                               "from it, written by the model reading it and trained as text (SEAL's self-edits; "
                               "sleep/implications.py); 0 (the default) turns them off: the embedded model's lists "
@@ -216,9 +221,9 @@ class GateConfig(_Section):
                                   "so that forgetting is read from more than a few questions.")
     max_drift_kl: float = Field(0.3, ge=0, description="Largest mean per-token KL(pre || post), in nats, on generic prompts.")
     drift_prompts: int = Field(12, ge=1, description="Generic prompts the drift KL is computed on.")
-    min_probes: int = Field(8, ge=0, description="Probes the recall check needs: when fewer held-out dreams pass the "
-                            "trust check (grounded, teacher agrees), fill-in-the-blank probes built from the episodes' "
-                            "own text make up the rest (sleep/probes.py).")
+    min_probes: int = Field(8, ge=0, description="Probes the recall check needs: an episode none of whose held-out dreams "
+                            "passes the trust check (grounded, teacher agrees) gets a fill-in-the-blank probe built from "
+                            "its own text, and more such blanks make up the rest (sleep/probes.py).")
     loss_per_gain: float = Field(0.5, ge=0, description="Net-knowledge check: facts lost tonight (earlier probes answered "
                                  "before, not after) may be at most this share of the facts gained, and always "
                                  "loss_allowance; counted in episodes (the questions asked about one share its weight), so "

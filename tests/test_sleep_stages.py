@@ -138,7 +138,7 @@ def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
     assert len(cloze(mems, 1)) == 1 and cloze([], 5) == []
 
 
-def test_answer_spans_pick_dates_numbers_names_and_the_last_word():
+def test_answer_spans_pick_dates_numbers_names_and_the_closing_phrase():
     spans = dream_mod.answer_spans
     assert spans("Project Falcon launches on 14 February 2027.", 4) == ["14 February 2027", "Project Falcon"]
     assert spans("The user's doctor is Dr. Haruki Tanaka.", 4) == ["Dr. Haruki Tanaka"]
@@ -147,11 +147,15 @@ def test_answer_spans_pick_dates_numbers_names_and_the_last_word():
     assert spans("The user's locker code is 4471.", 4) == ["4471"]
     assert spans("Caroline met Melanie. She was at the Bank of England on 7 May.", 2) == ["7 May", "Caroline"]
     assert spans("The user cannot eat gluten.", 0) == [] and spans("", 4) == []
+    # the closing phrase, not its last word, when it is short: "tea" alone would be a useless blank
+    assert spans("The user's favourite tea is jasmine green tea.", 4) == ["jasmine green tea"]
+    assert spans("The user plays the cello in a community orchestra.", 4) == ["community orchestra"]
+    assert spans("The user drinks tea, mostly green.", 4) == ["mostly green"]  # a comma closes the phrase
 
 
 def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     model, tok = load(str(tiny))
-    cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8)
+    cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8, blank_stems=[])
     written = dream_mod.write(model, tok, MEM, cfg)
     # per likely answer (Biscuit; 14 February 2027, Project Falcon): a bare "Q:" and a typed question word
     assert [(d.episode_id, d.stem) for d in written] == [
@@ -184,6 +188,38 @@ def test_typed_answer_questions_parse_after_their_prefill_and_rest_trains_the_sa
     assert dream_mod.written_from(tok, note, bare) == (dream_mod.answer_prompt(tok, note, "Project Heron"), "")
     plain = Dream("e", "What is Heron?", "Project Heron", stem="What")
     assert dream_mod.written_from(tok, note, plain) == (dream_mod.writer_prompt(tok, note, "What"), "What")
+
+
+def test_blank_questions_hide_the_answer_from_the_writer_and_rest_trains_the_same_prompt(tiny, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    note = "The user's manager is called Ingrid Solberg."
+    seen = []
+
+    def fake(model, tok, prompts, **kw):
+        seen.extend(prompts)
+        return [" Who is the user's manager?\nMore text" if p.endswith("Q:") else " is the user's manager called?"
+                if p.endswith("Q: What") else " manager ___?" for p in prompts]
+
+    monkeypatch.setattr(dream_mod.gen, "generate", fake)
+    cfg = DreamConfig(per_episode=1, stems=["What"], answer_spans=1, typed_answer_questions=False,
+                      blank_stems=["", "What", "Which"])
+    written = dream_mod.write(None, tok, [Memory("e", note)], cfg)
+    blank = [d for d in written if d.stem.startswith("(blank)")]
+    assert [(d.stem, d.question, d.answer, d.kind) for d in blank] == [
+        ("(blank)", "Who is the user's manager?", "Ingrid Solberg", "qa"),
+        ("(blank) What", "What is the user's manager called?", "Ingrid Solberg", "qa"),
+        ("(blank) Which", "", "", "unparsed")]  # a question holding the blank is no question
+    blank_prompts = [p for p in seen if "whose answer is the blank" in p]
+    assert len(blank_prompts) == 3 and all("Ingrid" not in p.split("Note:")[-1] for p in blank_prompts)
+    assert "The user's manager is called ___." in blank_prompts[0]
+    # ReST's M-step trains the writer on the prompt and the completion a blank dream came from: a question, no answer
+    prompt, stem = dream_mod.written_from(tok, note, blank[1])
+    assert (prompt, stem) == (blank_prompts[1], "What")
+    assert dream_mod.written_completion(blank[1], stem) == " is the user's manager called?"
+    assert dream_mod.written_completion(Dream("e", "What is X?", "Y", stem="What"), "What") == " is X?\nA: Y"
+    assert dream_mod.blank_prompt(tok, note, "Oslo") is None and dream_mod.parse_question("", "no question") is None
 
 
 def test_typed_stems_ask_when_for_dates_and_which_otherwise():

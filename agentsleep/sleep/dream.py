@@ -34,12 +34,17 @@ ANSWER_EXAMPLES = [
     ("My sister Priya moved to Denver in March.", "Denver", "Q: Which city did Priya move to?\nA: Denver"),
     ("The team standup is every Tuesday at 9:30 in room B2.", "Tuesday", "Q: On which day is the team standup?\nA: Tuesday"),
 ]
+BLANK_INSTRUCTION = ("This note has a blank (___). Write one question about the note whose answer is the blank.\n"
+                     "Note: {note}")
+BLANK_EXAMPLES = [
+    ("My sister Priya moved to ___ in March.", "Q: Where did Priya move in March?"),
+    ("The team standup is every ___ at 9:30 in room B2.", "Q: On which day is the team standup?"),
+]
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
-_SPANS = [  # in order of preference: dates, numbers, names, then the note's last word (often its object)
+_SPANS = [  # in order of preference: dates, numbers, names; then the note's closing phrase (_closing)
     re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH}(?: \d{{4}})?\b|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
     re.compile(r"\b\d(?:[\d:.,/-]*\d)?\b"),
     re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?[A-Z][\w'-]*(?: (?:[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
-    re.compile(r"\b([A-Za-z][\w'-]*)\W*$"),
 ]
 _QA = re.compile(r"^\s*(?P<q>[^\n]*?\?)\s*\n+\s*A:\s*(?P<a>[^\n]+)", re.S)
 
@@ -49,24 +54,37 @@ def writer_prompt(tok: Any, note: str, stem: str) -> str:
     return gen.chat(tok, INSTRUCTION.format(note=note.strip()), history=history, prefill=f"Q: {stem}")
 
 
+def _closing(note: str, longest: int = 3) -> str:
+    """The note's closing phrase, usually its object: the words after its last function word ("The user's
+    favourite tea is jasmine green tea." -> "jasmine green tea"), or only the last word when more than
+    `longest` words follow it ("The user cannot eat gluten." -> "gluten")."""
+    words: list[str] = []
+    for w in reversed(note.strip().rstrip(".!?;:)\"' ").split()):
+        core = w.strip(".,;:!?()\"'")
+        if not core or core.lower() in STOP or w != core and words:  # a comma or full stop closes the phrase
+            break
+        words.insert(0, core)
+    return " ".join(words if len(words) <= longest else words[-1:])
+
+
 def answer_spans(note: str, n: int) -> list[str]:
-    """Up to `n` likely answers in a memory (dates, numbers, names, its last word): the writer is asked
-    for a question about each. Stems alone leave gaps: a 135M writer asked "Q: Where..." about "The user
-    cannot eat gluten." writes "Where can the user eat gluten?", and nothing teaches "gluten"."""
+    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase): the writer is
+    asked for a question about each. Stems alone leave gaps: a 135M writer asked "Q: Where..." about "The
+    user cannot eat gluten." writes "Where can the user eat gluten?", and nothing teaches "gluten"."""
     out: list[str] = []
     if n <= 0:
         return out
-    for pat in _SPANS:
-        for m in pat.finditer(note.strip()):
-            words = (m.group(1) if m.groups() else m.group(0)).strip(" .").split()
-            while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
-                words = words[1:]
-            span = " ".join(words)
-            if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower() for o in out):
-                continue
-            out.append(span)
-            if len(out) >= n:
-                return out
+    found = [m.group(0) for pat in _SPANS for m in pat.finditer(note.strip())] + [_closing(note)]
+    for span in found:
+        words = span.strip(" .").split()
+        while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
+            words = words[1:]
+        span = " ".join(words)
+        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower() for o in out):
+            continue
+        out.append(span)
+        if len(out) >= n:
+            return out
     return out
 
 
@@ -88,10 +106,45 @@ def answer_prompt(tok: Any, note: str, span: str, stem: str = "") -> str:
                     prefill=f"Q: {stem}" if stem else "Q:")
 
 
+BLANK_LABEL = "(blank)"  # a blank dream's stem label: "(blank)", or "(blank) Who" with a question word prefilled
+
+
+def blank_prompt(tok: Any, note: str, span: str, stem: str = "") -> str | None:
+    """The writer asked for a question about the note with `span` blanked out (None when the span is not
+    in the note). A writer shown the answer tends to ask the reverse question ("Who is Ingrid Solberg?"),
+    which gives it away; one that cannot see it asks for it ("Who is the user's manager?")."""
+    at = note.find(span)
+    if at < 0:
+        return None
+    history = [(BLANK_INSTRUCTION.format(note=n), q) for n, q in BLANK_EXAMPLES]
+    masked = f"{note[:at]}___{note[at + len(span):]}".strip()
+    return gen.chat(tok, BLANK_INSTRUCTION.format(note=masked), history=history, prefill=f"Q: {stem}" if stem else "Q:")
+
+
+def parse_question(stem: str, completion: str) -> str | None:
+    """The question a blank prompt's completion writes: its first line up to the question mark."""
+    line = (f"{stem} {completion.strip()}" if stem else completion.strip()).split("\n")[0]
+    if "?" not in line:
+        return None
+    q = line[:line.index("?") + 1].strip()
+    return q if len(q) >= 8 and "_" not in q else None
+
+
+def written_completion(d: Dream, stem: str) -> str:
+    """What the writer wrote after the prefilled `stem` (ReST's M-step trains it to write it again)."""
+    rest = d.question[len(stem):] if stem and d.question.startswith(stem) else " " + d.question
+    return rest if d.stem.startswith(BLANK_LABEL) else f"{rest}\nA: {d.answer}"
+
+
 def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str]:
     """The writer prompt a dream was written from and the stem its completion continues, so that
-    ReST's M-step fine-tunes the writer on the prompts it dreams with (an answer-first dream's
-    span is taken to be its answer)."""
+    ReST's M-step fine-tunes the writer on the prompts it dreams with (an answer-first or blank
+    dream's span is taken to be its answer)."""
+    if d.stem.startswith(BLANK_LABEL):
+        stem = d.stem[len(BLANK_LABEL):].strip()
+        prompt = blank_prompt(tok, note, d.answer, stem)
+        if prompt is not None:
+            return prompt, stem
     if d.stem.startswith(ANSWER_LABEL):
         stem = d.stem[len(ANSWER_LABEL):].strip()
         return answer_prompt(tok, note, d.answer, stem), stem
@@ -119,16 +172,21 @@ def teacher_prompt(tok: Any, question: str, memory: str) -> str:
 
 
 def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress: Progress = silent) -> list[Dream]:
-    """m candidate dreams per memory, one per question stem, plus one or two per likely answer
-    (batched greedy). A job is (memory, the stem its completion continues, its label, prompt)."""
+    """m candidate dreams per memory, one per question stem, plus per likely answer one or two written
+    to have it and one per blank stem written with it blanked out (batched greedy). A job is (memory,
+    the stem its completion continues, its label, prompt, the answer when the job fixes it)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
-    jobs = [(m, s, s, writer_prompt(tok, m.view, s)) for m in memories for s in stems]
+    jobs = [(m, s, s, writer_prompt(tok, m.view, s), None) for m in memories for s in stems]
     for m in memories:
         for a in answer_spans(m.view, cfg.answer_spans):
-            jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.view, a)))
+            jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.view, a), None))
             if cfg.typed_answer_questions:
                 t = typed_stem(a)
-                jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.view, a, t)))
+                jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.view, a, t), None))
+            for b in cfg.blank_stems:
+                prompt = blank_prompt(tok, m.view, a, b)
+                if prompt is not None:
+                    jobs.append((m, b, f"{BLANK_LABEL} {b}".strip(), prompt, a))
     done = [0]
 
     def tick(n: int) -> None:
@@ -138,7 +196,11 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     outs = gen.generate(model, tok, [j[3] for j in jobs],
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
     dreams = []
-    for (m, s, label, _), o in zip(jobs, outs):
+    for (m, s, label, _, span), o in zip(jobs, outs):
+        if span is not None:
+            q = parse_question(s, o)
+            dreams.append(Dream(m.id, q, span, stem=label) if q else Dream(m.id, "", "", stem=label, kind="unparsed"))
+            continue
         qa = parse(s, o)
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     return dreams

@@ -116,8 +116,10 @@ def base_reference(n: Night) -> dict[str, Any] | None:
 
 
 def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
-    """The held-out dreams the pre-sleep model, reading their memory, answers as written; topped up
-    to gate.min_probes with blanks in the episodes' own text. Notes say when the top-up was needed."""
+    """The held-out dreams the pre-sleep model, reading their memory, answers as written; then a blank in
+    the episode's own text for every episode left without one (a fact the gate cannot ask about is a fact
+    it cannot see learned), topped up to gate.min_probes with more blanks. Blanks pass the same teacher
+    check. Notes say when blanks were needed."""
     need = n.cfg.gate.min_probes
     texts = {m.id: m.view for m in n.plan.memories}
     with contextlib.ExitStack() as stack:
@@ -127,11 +129,17 @@ def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
         else:
             teacher = n.engine.with_lora(None)
         probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
+        covered = {p.episode_id for p in probes}
+        blanks = cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1)
+        if len(probes) + len(blanks) < need:
+            asked = {p.question for p in blanks}
+            blanks += [p for p in cloze(n.plan.memories, need + len(blanks)) if p.question not in asked]
+            blanks = blanks[:max(need - len(probes), len(n.plan.memories) - len(covered))]
+        extra, _ = checked(teacher, n.tok, blanks, texts) if blanks else ([], {})
     notes = []
-    if len(probes) < need:
-        extra = cloze(n.plan.memories, need - len(probes))
+    if extra:
         dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
-        notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}), fewer than gate.min_probes "
-                     f"{need}: {len(extra)} fill-in-the-blank probes from the episodes' text were added")
-        probes += extra
-    return probes, notes
+        notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}) for "
+                     f"{len(covered)} of {len(n.plan.memories)} episodes: {len(extra)} fill-in-the-blank probes from the "
+                     f"episodes' text were added ({len(blanks) - len(extra)} more failed the teacher check)")
+    return probes + extra, notes

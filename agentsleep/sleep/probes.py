@@ -9,9 +9,10 @@ not take its held-out items on faith: it keeps a probe only when
 - the question does not give the answer away, and
 - the teacher (the pre-sleep model reading the memory) answers it with that answer.
 
-When fewer than `gate.min_probes` survive, the gate adds probes built from the
-episodes' own text, a blank where a name, number or date stood ("Fill in the
-blank from memory: My manager is ___"), which need no writer at all. The report
+An episode left without one gets a probe built from its own text, a blank where
+a name, number, date or its closing phrase stood ("Fill in the blank from what
+you know: My manager is ___"), which needs no writer at all; more blanks top the
+probes up to `gate.min_probes`. Blanks pass the same teacher check. The report
 says how many of each kind decided.
 """
 from __future__ import annotations
@@ -53,9 +54,9 @@ def checked(model: Any, tok: Any, probes: list[Probe], memories: dict[str, str],
 
 
 def cloze(memories: list[Memory], n: int, per_memory: int = 2) -> list[Probe]:
-    """Up to `n` fill-in-the-blank probes from the episodes' text (user's voice): the text up to a
-    likely answer (a date, number or name), which must follow at least three words. Taken round-robin
-    over the memories, so that a few long ones do not decide for all."""
+    """Up to `n` fill-in-the-blank probes from the episodes' text (user's voice): the text up to a likely
+    answer (a date, number, name or its closing phrase), which must follow at least three words. Taken
+    round-robin over the memories, so that a few long ones do not decide for all."""
     per: list[list[Probe]] = []
     for m in memories:
         text = re.sub(r"\s+", " ", m.view).strip()

@@ -22,7 +22,7 @@ import torch
 
 from ..config import SleepConfig
 from ..progress import Progress, silent
-from .dream import student_prompt, written_from
+from .dream import student_prompt, written_completion, written_from
 from .tensors import ce_picked, collate, encode, forward_picked, sequence_nll
 from .types import Dream, DreamSet, Memory
 
@@ -146,8 +146,7 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
         rows = []
         for d in winners:
             prompt, stem = written_from(tok, text[d.episode_id], d)
-            rest = d.question[len(stem):] if stem and d.question.startswith(stem) else " " + d.question
-            rows.append(encode(tok, prompt, f"{rest}\nA: {d.answer}"))
+            rows.append(encode(tok, prompt, written_completion(d, stem)))
         params = [p for p in pm.parameters() if p.requires_grad]
         _train(pm, params, rows, cfg.rest.writer_steps, cfg.rest.writer_lr, tok.pad_token_id)
         tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
