@@ -129,6 +129,42 @@ def test_probe_check_drops_what_the_memory_does_not_say(tiny):
     assert kept == [] and dropped == {"ungrounded": 1, "trivial": 1, "unknown-episode": 1, "teacher-disagrees": 1}
 
 
+def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
+    """The gate asks about every episode: one left without a trusted held-out dream gets a blank cut from
+    its own text, and blanks top the probes up to gate.min_probes; a blank the teacher (reading the
+    memory) cannot fill is not asked."""
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from agentsleep.sleep import evidence, probes as probes_mod
+
+    def teacher(model, tok, prompts, **kw):  # stands in for the model reading the memory: it recites it
+        lines = [p.split("What you remember:\n- ")[1].split("\n")[0] for p in prompts]
+        return ["I am not sure." if "garage" in line else line for line in lines]
+
+    monkeypatch.setattr(probes_mod.gen, "generate", teacher)
+    mems = [Memory("a", "My manager is called Ingrid Solberg."), Memory("b", "My favourite tea is jasmine green tea."),
+            Memory("c", "I park on level 3 of the garage.")]
+    held = [Dream("a", "Who is the user's manager?", "Ingrid Solberg", held_out=True),
+            Dream("b", "How did the tea get moved?", "by truck", held_out=True)]  # made up: dropped
+
+    def night(min_probes):
+        return SimpleNamespace(cfg=SimpleNamespace(gate=SimpleNamespace(min_probes=min_probes)),
+                               plan=SimpleNamespace(memories=mems), engine=SimpleNamespace(with_lora=lambda _: None),
+                               tok=AutoTokenizer.from_pretrained(str(tiny)), dreams=SimpleNamespace(probes=held))
+
+    ps, notes = evidence.trusted_probes(night(2))
+    assert [(p.episode_id, p.answer, p.kind) for p in ps] == [("a", "Ingrid Solberg", "dream"),
+                                                             ("b", "jasmine green tea", "cloze")]
+    assert ps[1].question.endswith("The user's favourite tea is ___")
+    assert "for 1 of 3 episodes" in notes[0] and "1 more failed the teacher check" in notes[0], notes
+    ps, _ = evidence.trusted_probes(night(4))  # topped up: a's own blank; c's other blank is past the cap
+    assert [(p.episode_id, p.answer) for p in ps] == [("a", "Ingrid Solberg"), ("b", "jasmine green tea"),
+                                                      ("a", "Ingrid Solberg")]
+    assert ps[2].kind == "cloze"
+
+
 def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
     mems = [Memory("a", "Noted: your flight to Lima leaves at 9:40 on 3 March.", speaker="assistant"),
             Memory("b", "Maya."), Memory("c", "Our office moved to the Lindqvist Building last month.")]
