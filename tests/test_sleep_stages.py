@@ -158,11 +158,11 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
     assert [(p.episode_id, p.answer, p.kind) for p in ps] == [("a", "Ingrid Solberg", "dream"),
                                                              ("b", "jasmine green tea", "cloze")]
     assert ps[1].question.endswith("The user's favourite tea is ___")
-    assert "for 1 of 3 episodes" in notes[0] and "1 more failed the teacher check" in notes[0], notes
-    ps, _ = evidence.trusted_probes(night(4))  # topped up: a's own blank; c's other blank is past the cap
+    assert "for 1 of 3 episodes" in notes[0] and "(1 failed the teacher check)" in notes[0], notes
+    ps, notes = evidence.trusted_probes(night(4))  # topped up with the one blank left, a's
     assert [(p.episode_id, p.answer) for p in ps] == [("a", "Ingrid Solberg"), ("b", "jasmine green tea"),
                                                       ("a", "Ingrid Solberg")]
-    assert ps[2].kind == "cloze"
+    assert ps[2].kind == "cloze" and "(1 failed the teacher check)" in notes[0], notes
 
 
 def test_cloze_probes_blank_a_name_number_or_date_after_some_context():

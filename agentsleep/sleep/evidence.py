@@ -131,15 +131,18 @@ def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
         probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
         covered = {p.episode_id for p in probes}
         blanks = cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1)
-        if len(probes) + len(blanks) < need:
-            asked = {p.question for p in blanks}
-            blanks += [p for p in cloze(n.plan.memories, need + len(blanks)) if p.question not in asked]
-            blanks = blanks[:max(need - len(probes), len(n.plan.memories) - len(covered))]
         extra, _ = checked(teacher, n.tok, blanks, texts) if blanks else ([], {})
+        failed = len(blanks) - len(extra)
+        if len(probes) + len(extra) < need:  # top up with more blanks, those the teacher fills
+            asked = {p.question for p in blanks}
+            more = [p for p in cloze(n.plan.memories, 2 * need) if p.question not in asked]
+            passed, _ = checked(teacher, n.tok, more, texts) if more else ([], {})
+            failed += len(more) - len(passed)
+            extra += passed[:need - len(probes) - len(extra)]
     notes = []
-    if extra:
+    if extra or failed:
         dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
         notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}) for "
                      f"{len(covered)} of {len(n.plan.memories)} episodes: {len(extra)} fill-in-the-blank probes from the "
-                     f"episodes' text were added ({len(blanks) - len(extra)} more failed the teacher check)")
+                     f"episodes' text were added ({failed} failed the teacher check)")
     return probes + extra, notes
