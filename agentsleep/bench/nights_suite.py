@@ -292,7 +292,8 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
             f"update of an earlier fact a night; one `sleep()` a "
-            f"night on a fresh home with {_config_note(res)}; {res['seeds']} seeds, mean (min-max). Every fact told so far "
+            f"night on a fresh home with {_config_note(res)}; {res['seeds']} seed{'s' * (res['seeds'] != 1)}, "
+            "mean (min-max). Every fact told so far "
             "is asked closed-book each morning with its paraphrased question and its current answer.\n\n"
             "| night | promoted | episodes consolidated | cumulative recall | lowest set vs first morning | "
             "updated facts, new value | drift KL vs base | disk (share of base) | seconds |\n"
