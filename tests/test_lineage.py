@@ -7,7 +7,7 @@ from agentsleep.models.loader import load
 from agentsleep.sleep.publish import publish
 from agentsleep.sleep.objective import lora_config
 from cli_helpers import run_cli
-from tiny import grounded_writer, tiny_model_dir
+from tiny import grounded_writer, tiny_model_dir, trusting_check
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +112,7 @@ def test_growth_policy_on_reject_reads_which_check_failed(tiny, tmp_path, monkey
     """grow_on_reject grows after a sleep rejected for recall (fresh capacity may help), not after one
     rejected for drift (more capacity would not)."""
     monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.evidence.checked", trusting_check)  # the gate can measure recall
     h = _home(tmp_path, tiny, grow_on_reject=True, **FAST, gate={"drift_prompts": 2, **gate})
     h.remember("The user's locker code is 4417.")
     rep = h.sleep()
@@ -131,6 +132,7 @@ def test_growth_on_reject_stops_at_max_grown_blocks(tiny, tmp_path, monkeypatch)
     """A run of rejected nights cannot grow the model without bound: once the lineage holds
     sleep.max_grown_blocks inserted blocks, the policy says so and adds none."""
     monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.evidence.checked", trusting_check)  # the gate can measure recall
     h = _home(tmp_path, tiny, grow_on_reject=True, max_grown_blocks=1, **FAST,
               gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})
     h.remember("The user's locker code is 4417.")

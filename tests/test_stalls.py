@@ -12,7 +12,7 @@ from agentsleep.sleep.pipeline import Night
 from agentsleep.sleep.retry import record_failure, retry_config
 from agentsleep.sleep.select import select
 from cli_helpers import run_cli
-from tiny import grounded_writer, tiny_model_dir
+from tiny import grounded_writer, tiny_model_dir, trusting_check
 
 
 @pytest.fixture(scope="module")
@@ -139,6 +139,7 @@ def test_a_night_the_gate_rejects_is_retried_changed_then_set_aside(tiny, tmp_pa
     retakes the episode with another seed and more steps, and says so; after sleep.quarantine_after
     failures it is set aside with the reason, and the sleep after that has nothing to do."""
     monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
+    monkeypatch.setattr("agentsleep.sleep.evidence.checked", trusting_check)  # the gate can measure recall
     h = _home(tmp_path, tiny, quarantine_after=2, seed={"replay_prompts": 2, "epochs": 1, "min_steps": 2},
               rest={"rounds": 0}, dream={"per_episode": 3, "teacher_agreement": False},
               gate={"drift_prompts": 2, "min_recall_gain": 2.0, "max_drift_kl": 1000})

@@ -52,3 +52,10 @@ def grounded_writer(model, tok, memories, cfg, progress=None, *, view: bool = Fa
                 Dream(m.id, "Which word comes before the last one?", words[-2], stem="Which"),
                 Dream(m.id, "Name the second word of the note.", words[1], stem="Name")]
     return out
+
+
+def trusting_check(model, tok, probes, memories, batch_size=24):
+    """A stand-in for the gate's probe check (monkeypatch agentsleep.sleep.evidence.checked): a random tiny
+    model reading a memory answers nothing, so the real check drops every probe and the gate has nothing
+    to measure recall on; this one keeps the probes of known episodes."""
+    return [p for p in probes if p.episode_id in memories], {}
