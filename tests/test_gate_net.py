@@ -229,15 +229,3 @@ def test_retention_sample_asks_about_every_earlier_episode():
     items = earlier_items([], dreams, [], 8)
     assert len(items) == 8 and {p.episode_id for p in items} == {"big", "e0", "e1", "e2", "e3"}
     assert sum(p.episode_id == "big" for p in items) <= 2
-
-
-def test_earlier_probes_past_the_budget_are_drawn_in_turn_and_rotate_by_night():
-    """The gate re-asks at most gate.earlier_probes earlier probes: its cost stays flat over a long history,
-    every earlier episode is still asked about, and over the nights every probe comes round."""
-    probes = [Probe(f"e{j}", f"Probe {j}.{i}?", f"p{j}{i}") for j in range(20) for i in range(3)]  # 60 probes
-    night = [earlier_items(probes, [], [], 0, max_probes=20, night=k) for k in range(8)]
-    assert all(len(items) == 20 and len({p.episode_id for p in items}) == 20 for items in night)
-    assert night[0] != night[1] and earlier_items(probes, [], [], 0, max_probes=20, night=0) == night[0]
-    asked = {p.question for items in night for p in items}
-    assert len(asked) > 40  # a different draw each night
-    assert earlier_items(probes, [], [], 0, max_probes=100) == probes  # under the budget: every probe, in order

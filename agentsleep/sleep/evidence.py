@@ -24,32 +24,25 @@ from .night import Night
 from .types import Dream, Probe
 
 
-def _in_turn(items: list, n: int, seed: int = 0) -> list:
-    """`n` of `items` (dreams or probes) taken in turn from each episode, in a seeded order (reruns take the
-    same ones), so that every earlier fact is asked about, not mostly the few a writer found a dozen
-    questions for."""
-    rng = random.Random(seed)
-    by_episode: dict[str, list] = {}
-    for x in items:
-        by_episode.setdefault(x.episode_id, []).append(x)
-    queues = [rng.sample(xs, len(xs)) for xs in by_episode.values()]
+def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
+    """Earlier trained items the gate re-asks: `n` of them taken in turn from each episode (a seeded order:
+    reruns check the same ones), so that every earlier fact is asked about, not mostly the few a writer
+    found a dozen questions for."""
+    rng = random.Random(0)
+    by_episode: dict[str, list[Dream]] = {}
+    for d in dreams:
+        by_episode.setdefault(d.episode_id, []).append(d)
+    queues = [rng.sample(ds, len(ds)) for ds in by_episode.values()]
     rng.shuffle(queues)
-    turns = (x for turn in itertools.zip_longest(*queues) for x in turn if x is not None)
-    return list(itertools.islice(turns, n))
+    turns = (d for turn in itertools.zip_longest(*queues) for d in turn if d is not None)
+    return [d.probe() for d in itertools.islice(turns, n)]
 
 
-def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,
-                  max_probes: int | None = None, night: int = 0) -> list[Probe]:
+def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:
     """What the gate re-asks of earlier sleeps: their probes plus a seeded sample of `n` trained dreams,
-    never one rehearsed tonight (trained on tonight: no test of memory), each fact once. Past `max_probes`
-    earlier probes, `max_probes` of them in turn from each episode, a different draw each `night`: the
-    gate's cost stays flat however many nights there were, and over the nights every probe is asked."""
+    never one rehearsed tonight (trained on tonight: no test of memory), each fact once."""
     trained = {(d.episode_id, d.question) for d in rehearsed}
-    probes = list({probe_id(p.question, p.answer): p for p in probes}.values())
-    if max_probes is not None and len(probes) > max_probes:
-        probes = _in_turn(probes, max_probes, seed=night)
-    sample = _in_turn([d for d in dreams if (d.episode_id, d.question) not in trained], n)
-    items = probes + [d.probe() for d in sample]
+    items = probes + _retention_sample([d for d in dreams if (d.episode_id, d.question) not in trained], n)
     return list({probe_id(p.question, p.answer): p for p in items}.values())
 
 

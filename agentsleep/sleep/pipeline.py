@@ -212,8 +212,7 @@ def judge(n: Night) -> None:
         n.engine.resume()
     cfg = n.cfg
     n.probes, notes = trusted_probes(n)
-    earlier = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams,
-                            max_probes=cfg.gate.earlier_probes, night=len(n.lineage))
+    earlier = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams)
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
                          first=first, base_ref=base_reference(n))
