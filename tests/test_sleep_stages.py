@@ -158,11 +158,11 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
     assert [(p.episode_id, p.answer, p.kind) for p in ps] == [("a", "Ingrid Solberg", "dream"),
                                                              ("b", "jasmine green tea", "cloze")]
     assert ps[1].question.endswith("The user's favourite tea is ___")
-    assert "for 1 of 3 episodes" in notes[0] and "(1 failed the teacher check)" in notes[0], notes
+    assert "for 1 of 3 episodes" in notes[0] and "(1 failed the probe check)" in notes[0], notes
     ps, notes = evidence.trusted_probes(night(4))  # topped up with the one blank left, a's
     assert [(p.episode_id, p.answer) for p in ps] == [("a", "Ingrid Solberg"), ("b", "jasmine green tea"),
                                                       ("a", "Ingrid Solberg")]
-    assert ps[2].kind == "cloze" and "(1 failed the teacher check)" in notes[0], notes
+    assert ps[2].kind == "cloze" and "(1 failed the probe check)" in notes[0], notes
 
 
 def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
@@ -256,6 +256,24 @@ def test_blank_questions_hide_the_answer_from_the_writer_and_rest_trains_the_sam
     assert dream_mod.written_completion(blank[1], stem) == " is the user's manager called?"
     assert dream_mod.written_completion(Dream("e", "What is X?", "Y", stem="What"), "What") == " is X?\nA: Y"
     assert dream_mod.blank_prompt(tok, note, "Oslo") is None and dream_mod.parse_question("", "no question") is None
+
+
+def test_blanks_stand_on_whole_words_and_the_closing_phrase_leaves_the_subject():
+    assert dream_mod.span_in("The user's preferred colour is red.", "red").start() == 31  # not "prefer-red"
+    assert dream_mod.span_in("The user's team drinks tea.", "te") is None
+
+    class Tok:  # renders the chat as plain text: what matters here is the note inside it
+        def apply_chat_template(self, msgs, **kw):
+            return "\n".join(m["content"] for m in msgs)
+
+    prompt = dream_mod.blank_prompt(Tok(), "Rosa met Ana; Ana is Rosa's aunt.", "Ana")
+    assert "Note: Rosa met ___; ___ is Rosa's aunt." in prompt  # every mention blanked: none gives it away
+    assert dream_mod._closing("The user keeps bees.") == "bees"  # after the person: a predicate, not a phrase
+    assert dream_mod._closing("Maya.") == "" and dream_mod._closing("私の犬はポチです。") == ""
+    assert dream_mod.parse_question("What", "'s the user's dog called?\nA: x") == "What's the user's dog called?"
+    assert dream_mod.parse_question("Who", "is the user's manager? More") == "Who is the user's manager?"
+    # ReST cannot rebuild the prompt of a blank dream whose answer is not in the note: it skips it
+    assert dream_mod.written_from(Tok(), "The user's dog is Biscuit.", Dream("e", "Who?", "Rex", stem="(blank) Who")) is None
 
 
 def test_typed_stems_ask_when_for_dates_and_which_otherwise():

@@ -17,7 +17,7 @@ from rapidfuzz import fuzz
 
 from ..config import DreamConfig
 from ..models import generate as gen
-from ..textmatch import STOP, contains_answer, f1, grounded, tokens, trivial
+from ..textmatch import PERSON, STOP, contains_answer, f1, grounded, tokens, trivial
 from ..progress import Progress, silent
 from .implications import implications
 from .tensors import batched_nll
@@ -57,14 +57,26 @@ def writer_prompt(tok: Any, note: str, stem: str) -> str:
 def _closing(note: str, longest: int = 3) -> str:
     """The note's closing phrase, usually its object: the words after its last function word ("The user's
     favourite tea is jasmine green tea." -> "jasmine green tea"), or only the last word when more than
-    `longest` words follow it ("The user cannot eat gluten." -> "gluten")."""
+    `longest` words follow it or the person does ("The user cannot eat gluten." -> "gluten")."""
     words: list[str] = []
-    for w in reversed(note.strip().rstrip(".!?;:)\"' ").split()):
+    said = note.strip().rstrip(".!?;:)\"' ").split()
+    closed = False  # by a function word, or a comma or full stop: the words after it are a phrase
+    for w in reversed(said):
         core = w.strip(".,;:!?()\"'")
-        if not core or core.lower() in STOP or w != core and words:  # a comma or full stop closes the phrase
+        if not core or core.lower() in STOP or (w != core and words):
+            closed = True
+            break
+        if core.lower() in PERSON:  # "The user keeps bees.": what follows the person is a predicate
             break
         words.insert(0, core)
-    return " ".join(words if len(words) <= longest else words[-1:])
+    if len(words) == len(said):  # no subject left: a bare name, or a script written without spaces
+        return ""
+    return " ".join(words if closed and len(words) <= longest else words[-1:])
+
+
+def span_in(note: str, span: str) -> re.Match | None:
+    """Where `span` stands in `note` as whole words ("red" is not in "preferred"), or None."""
+    return re.search(rf"(?<!\w){re.escape(span)}(?!\w)", note)
 
 
 def answer_spans(note: str, n: int) -> list[str]:
@@ -113,17 +125,17 @@ def blank_prompt(tok: Any, note: str, span: str, stem: str = "") -> str | None:
     """The writer asked for a question about the note with `span` blanked out (None when the span is not
     in the note). A writer shown the answer tends to ask the reverse question ("Who is Ingrid Solberg?"),
     which gives it away; one that cannot see it asks for it ("Who is the user's manager?")."""
-    at = note.find(span)
-    if at < 0:
+    if span_in(note, span) is None:
         return None
     history = [(BLANK_INSTRUCTION.format(note=n), q) for n, q in BLANK_EXAMPLES]
-    masked = f"{note[:at]}___{note[at + len(span):]}".strip()
+    masked = re.sub(rf"(?<!\w){re.escape(span)}(?!\w)", "___", note).strip()  # every mention: none gives it away
     return gen.chat(tok, BLANK_INSTRUCTION.format(note=masked), history=history, prefill=f"Q: {stem}" if stem else "Q:")
 
 
 def parse_question(stem: str, completion: str) -> str | None:
     """The question a blank prompt's completion writes: its first line up to the question mark."""
-    line = (f"{stem} {completion.strip()}" if stem else completion.strip()).split("\n")[0]
+    c = completion.strip()
+    line = (f"{stem}{c}" if c[:1] in ("'", ",") else f"{stem} {c}" if stem else c).split("\n")[0]
     if "?" not in line:
         return None
     q = line[:line.index("?") + 1].strip()
@@ -136,15 +148,14 @@ def written_completion(d: Dream, stem: str) -> str:
     return rest if d.stem.startswith(BLANK_LABEL) else f"{rest}\nA: {d.answer}"
 
 
-def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str]:
+def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str] | None:
     """The writer prompt a dream was written from and the stem its completion continues, so that
     ReST's M-step fine-tunes the writer on the prompts it dreams with (an answer-first or blank
-    dream's span is taken to be its answer)."""
+    dream's span is taken to be its answer); None for a blank dream whose answer is not in the note."""
     if d.stem.startswith(BLANK_LABEL):
         stem = d.stem[len(BLANK_LABEL):].strip()
         prompt = blank_prompt(tok, note, d.answer, stem)
-        if prompt is not None:
-            return prompt, stem
+        return None if prompt is None else (prompt, stem)
     if d.stem.startswith(ANSWER_LABEL):
         stem = d.stem[len(ANSWER_LABEL):].strip()
         return answer_prompt(tok, note, d.answer, stem), stem

@@ -118,8 +118,8 @@ def base_reference(n: Night) -> dict[str, Any] | None:
 def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
     """The held-out dreams the pre-sleep model, reading their memory, answers as written; then a blank in
     the episode's own text for every episode left without one (a fact the gate cannot ask about is a fact
-    it cannot see learned), topped up to gate.min_probes with more blanks. Blanks pass the same teacher
-    check. Notes say when blanks were needed."""
+    it cannot see learned), topped up to gate.min_probes with more blanks. Blanks pass the same probe
+    check (sleep/probes.py). Notes say when blanks were needed."""
     need = n.cfg.gate.min_probes
     texts = {m.id: m.view for m in n.plan.memories}
     with contextlib.ExitStack() as stack:
@@ -135,7 +135,7 @@ def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
         failed = len(blanks) - len(extra)
         if len(probes) + len(extra) < need:  # top up with more blanks, those the teacher fills
             asked = {p.question for p in blanks}
-            more = [p for p in cloze(n.plan.memories, 2 * need) if p.question not in asked]
+            more = [p for p in cloze(n.plan.memories, 2 * len(n.plan.memories)) if p.question not in asked][:2 * need]
             passed, _ = checked(teacher, n.tok, more, texts) if more else ([], {})
             failed += len(more) - len(passed)
             extra += passed[:need - len(probes) - len(extra)]
@@ -144,5 +144,5 @@ def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
         dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"
         notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}) for "
                      f"{len(covered)} of {len(n.plan.memories)} episodes: {len(extra)} fill-in-the-blank probes from the "
-                     f"episodes' text were added ({failed} failed the teacher check)")
+                     f"episodes' text were added ({failed} failed the probe check)")
     return probes + extra, notes

@@ -11,9 +11,11 @@ not take its held-out items on faith: it keeps a probe only when
 
 An episode left without one gets a probe built from its own text, a blank where
 a name, number, date or its closing phrase stood ("Fill in the blank from what
-you know: My manager is ___"), which needs no writer at all; more blanks top the
-probes up to `gate.min_probes`. Blanks pass the same teacher check. The report
-says how many of each kind decided.
+you know: The user's manager is ___"), which needs no writer at all; more blanks
+top the probes up to `gate.min_probes`. Blanks pass the same check. The report
+says how many of each kind decided. An episode none of whose items passes (a
+note too short to cut a blank from, or one the teacher cannot answer from)
+is not asked about.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from typing import Any
 
 from ..models import generate as gen
 from ..textmatch import contains_answer, f1, grounded, tokens, trivial
-from .dream import answer_spans, teacher_prompt
+from .dream import answer_spans, span_in, teacher_prompt
 from .types import Memory, Probe
 
 CLOZE = "Fill in the blank from what you know: {prefix} ___"
@@ -62,7 +64,8 @@ def cloze(memories: list[Memory], n: int, per_memory: int = 2) -> list[Probe]:
         text = re.sub(r"\s+", " ", m.view).strip()
         found = []
         for span in answer_spans(text, per_memory + 2):
-            at = text.find(span)
+            found_at = span_in(text, span)
+            at = found_at.start() if found_at else -1
             prefix = text[:at].strip()
             if at <= 0 or len(tokens(prefix)) < 3 or not tokens(span):
                 continue

@@ -145,8 +145,9 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
     try:
         rows = []
         for d in winners:
-            prompt, stem = written_from(tok, text[d.episode_id], d)
-            rows.append(encode(tok, prompt, written_completion(d, stem)))
+            source = written_from(tok, text[d.episode_id], d)
+            if source is not None:
+                rows.append(encode(tok, source[0], written_completion(d, source[1])))
         params = [p for p in pm.parameters() if p.requires_grad]
         _train(pm, params, rows, cfg.rest.writer_steps, cfg.rest.writer_lr, tok.pad_token_id)
         tmp = adapter_dir.with_name(adapter_dir.name + ".tmp")
