@@ -74,9 +74,14 @@ def _closing(note: str, longest: int = 3) -> str:
     return " ".join(words if closed and len(words) <= longest else words[-1:])
 
 
+def _as_words(span: str) -> re.Pattern:
+    """`span` as whole words: "red" is not in "preferred"."""
+    return re.compile(rf"(?<!\w){re.escape(span)}(?!\w)")
+
+
 def span_in(note: str, span: str) -> re.Match | None:
-    """Where `span` stands in `note` as whole words ("red" is not in "preferred"), or None."""
-    return re.search(rf"(?<!\w){re.escape(span)}(?!\w)", note)
+    """Where `span` stands in `note` as whole words, or None."""
+    return _as_words(span).search(note)
 
 
 def answer_spans(note: str, n: int) -> list[str]:
@@ -125,17 +130,17 @@ def blank_prompt(tok: Any, note: str, span: str, stem: str = "") -> str | None:
     """The writer asked for a question about the note with `span` blanked out (None when the span is not
     in the note). A writer shown the answer tends to ask the reverse question ("Who is Ingrid Solberg?"),
     which gives it away; one that cannot see it asks for it ("Who is the user's manager?")."""
-    if span_in(note, span) is None:
+    masked, mentions = _as_words(span).subn("___", note)  # every mention: none gives it away
+    if not mentions:
         return None
     history = [(BLANK_INSTRUCTION.format(note=n), q) for n, q in BLANK_EXAMPLES]
-    masked = re.sub(rf"(?<!\w){re.escape(span)}(?!\w)", "___", note).strip()  # every mention: none gives it away
+    masked = masked.strip()
     return gen.chat(tok, BLANK_INSTRUCTION.format(note=masked), history=history, prefill=f"Q: {stem}" if stem else "Q:")
 
 
 def parse_question(stem: str, completion: str) -> str | None:
     """The question a blank prompt's completion writes: its first line up to the question mark."""
-    c = completion.strip()
-    line = (f"{stem}{c}" if c[:1] in ("'", ",") else f"{stem} {c}" if stem else c).split("\n")[0]
+    line = _after_stem(stem, completion.strip()).strip().split("\n")[0]
     if "?" not in line:
         return None
     q = line[:line.index("?") + 1].strip()
@@ -163,8 +168,13 @@ def written_from(tok: Any, note: str, d: Dream) -> tuple[str, str] | None:
     return writer_prompt(tok, note, stem), stem
 
 
+def _after_stem(stem: str, completion: str) -> str:
+    """The prefilled stem and what the writer wrote after it: "What" + "'s the ..." is "What's the ..."."""
+    return f"{stem}{completion}" if completion[:1] in ("", " ", "'", ",") else f"{stem} {completion}"
+
+
 def parse(stem: str, completion: str) -> tuple[str, str] | None:
-    m = _QA.match(f"{stem}{completion}" if completion[:1] in ("", " ", "'", ",") else f"{stem} {completion}")
+    m = _QA.match(_after_stem(stem, completion))
     if not m:
         return None
     q, a = m.group("q").strip(), m.group("a").strip().rstrip(".").strip()
@@ -208,11 +218,11 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
                         max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, progress=tick)
     dreams = []
     for (m, s, label, _, span), o in zip(jobs, outs):
-        if span is not None:
+        if span is None:
+            qa = parse(s, o)
+        else:  # a blank dream: the writer wrote the question, its answer is the blanked span
             q = parse_question(s, o)
-            dreams.append(Dream(m.id, q, span, stem=label) if q else Dream(m.id, "", "", stem=label, kind="unparsed"))
-            continue
-        qa = parse(s, o)
+            qa = (q, span) if q else None
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     return dreams
 
