@@ -219,6 +219,10 @@ class GateConfig(_Section):
                                         "cannot resolve a bound of a tenth, and one flaky answer must not decide.")
     retention_dreams: int = Field(32, ge=0, description="Trained dreams of earlier sleeps checked alongside their held-out probes, "
                                   "so that forgetting is read from more than a few questions.")
+    earlier_probes: int = Field(64, ge=1, description="Held-out probes of earlier sleeps the gate re-asks at most. Past "
+                                "this many, a draw taken in turn from each earlier episode, a different one each night, "
+                                "so that the gate's cost stays flat however long the history; when the draw leaves "
+                                "earlier facts unasked, the losses it counts are scaled up to all of them.")
     max_drift_kl: float = Field(0.3, ge=0, description="Largest mean per-token KL(pre || post), in nats, on generic prompts.")
     drift_prompts: int = Field(12, ge=1, description="Generic prompts the drift KL is computed on.")
     min_probes: int = Field(8, ge=0, description="Probes the recall check needs: an episode none of whose held-out dreams "

@@ -143,11 +143,12 @@ def test_retention_sample_is_disjoint_from_tonights_rehearsal():
     dreams = [Dream(f"e{i % 5}", f"Question {i}?", f"a{i}", value=float(i)) for i in range(40)]
     rehearsed = dreams[::3]
     probes = [Probe("e0", "Probe?", "p"), Probe("e0", "Probe?", "p")]  # the same fact twice counts once
-    items = earlier_items(probes, dreams, rehearsed, 32)
+    items, scale = earlier_items(probes, dreams, rehearsed, 32)
+    assert scale == 1  # every earlier probe is asked
     asked = {(p.episode_id, p.question) for p in items}
     assert not asked & {(d.episode_id, d.question) for d in rehearsed}
     assert len(items) == 1 + 26 and len({probe_id(p.question, p.answer) for p in items}) == len(items)
-    assert earlier_items(probes, dreams, rehearsed, 32) == items  # the same sample on a rerun
+    assert earlier_items(probes, dreams, rehearsed, 32) == (items, 1)  # the same sample on a rerun
 
 
 def test_ledger_probe_tables_survive_reopening(tmp_path):
@@ -189,7 +190,7 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
     assert m["earlier_probes"] == 1 + 4 and {"facts_gained", "facts_lost", "facts_known_first"} <= set(m)
     assert m["drift_kl_base"] is not None and m["drift_kl_base"] >= 0
     assert (h.registry.root / "cache" / "v0000-drift-ref.pt").is_file()
-    asked = n.probes + earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, 4)
+    asked = n.probes + earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, 4)[0]
     got = h.store.ledger.results([probe_id(p.question, p.answer) for p in asked])
     assert len(got) == len(asked) and all(set(r) == {"v0002", CANDIDATE + "s3"} for r in got.values())
 
@@ -226,6 +227,42 @@ def test_retention_sample_asks_about_every_earlier_episode():
     # one episode with 30 trained dreams, four with 2 each: a sample of 8 asks each of the five at least once
     dreams = [Dream("big", f"Big question {i}?", f"b{i}") for i in range(30)]
     dreams += [Dream(f"e{j}", f"Question {j}.{i}?", f"a{j}{i}") for j in range(4) for i in range(2)]
-    items = earlier_items([], dreams, [], 8)
+    items, _ = earlier_items([], dreams, [], 8)
     assert len(items) == 8 and {p.episode_id for p in items} == {"big", "e0", "e1", "e2", "e3"}
     assert sum(p.episode_id == "big" for p in items) <= 2
+
+
+def test_earlier_probes_past_the_budget_are_drawn_in_turn_and_rotate_by_night():
+    """The gate re-asks at most gate.earlier_probes earlier probes: its cost stays flat over a long history,
+    every earlier episode is asked about while the budget allows, and over the nights every probe comes round."""
+    probes = [Probe(f"e{j}", f"Probe {j}.{i}?", f"p{j}{i}") for j in range(20) for i in range(3)]  # 60 probes
+    night = [earlier_items(probes, [], [], 0, max_probes=20, night=k) for k in range(8)]
+    assert all(len(items) == 20 and len({p.episode_id for p in items}) == 20 and scale == 1 for items, scale in night)
+    assert night[0] != night[1] and earlier_items(probes, [], [], 0, max_probes=20, night=0) == night[0]
+    assert len({p.question for items, _ in night for p in items}) > 40  # a different draw each night
+    assert earlier_items(probes, [], [], 0, max_probes=100) == (probes, 1)  # under the budget: every probe, in order
+
+
+def test_a_sample_of_earlier_facts_is_scaled_to_all_of_them():
+    """Past the budget some earlier facts go unasked: the losses counted on the sample are scaled to the whole
+    history, so that the net check is as strict with 200 earlier facts as with 20, and the retention bound's
+    confidence is what the facts asked can show."""
+    probes = [Probe(f"e{j}", f"Probe {j}?", f"p{j}") for j in range(200)]
+    items, scale = earlier_items(probes, [], [], 0, max_probes=50, night=3)
+    assert len(items) == 50 and scale == pytest.approx(4)
+    # 2 of the 50 asked are lost for 6 new facts gained: 8 lost estimated over all 200, more than 6 x loss_per_gain
+    before, after = [True] * 50, [True] * 48 + [False] * 2
+    c = count([False] * 6, [True] * 6, before, after, [True] * 50, [f"n{i}" for i in range(6)],
+              [p.episode_id for p in items], old_scale=scale)
+    assert c.lost == pytest.approx(8) and c.known_first == pytest.approx(200) and c.gained == pytest.approx(6)
+    failed, reasons = decide(CFG, 6, 0.0, 1.0, None, 0.1, counts=c)
+    assert "net" in failed and "estimated" in reasons[0]
+    unscaled = count([False] * 6, [True] * 6, before, after, [True] * 50, [f"n{i}" for i in range(6)],
+                     [p.episode_id for p in items])
+    assert "net" not in decide(CFG, 6, 0.0, 1.0, None, 0.1, counts=unscaled)[0]  # what the sample alone would pass
+    # the retention bound's confidence reads the 50 facts asked, not the 200 they stand for: 8 of 50 lost (32
+    # estimated of 200) is too few facts to be sure at 0.95 that more than a tenth are lost; 32 of 200 asked is not
+    sure = CFG.model_copy(update={"retention_confidence": 0.95})
+    sampled = Counts(gained=40, known_first=200, lost_first_after=32, scale=4)
+    assert "retention" not in decide(sure, 6, 0.0, 1.0, None, 0.1, counts=sampled)[0]
+    assert "retention" in decide(sure, 6, 0.0, 1.0, None, 0.1, counts=Counts(gained=40, known_first=200, lost_first_after=32))[0]

@@ -24,26 +24,40 @@ from .night import Night
 from .types import Dream, Probe
 
 
-def _retention_sample(dreams: list[Dream], n: int) -> list[Probe]:
-    """Earlier trained items the gate re-asks: `n` of them taken in turn from each episode (a seeded order:
-    reruns check the same ones), so that every earlier fact is asked about, not mostly the few a writer
-    found a dozen questions for."""
-    rng = random.Random(0)
-    by_episode: dict[str, list[Dream]] = {}
-    for d in dreams:
-        by_episode.setdefault(d.episode_id, []).append(d)
-    queues = [rng.sample(ds, len(ds)) for ds in by_episode.values()]
+def _in_turn(items: list, n: int, seed: int = 0) -> list:
+    """`n` of `items` (dreams or probes) taken in turn from each episode, in a seeded order (reruns take the
+    same ones), so that every earlier fact is asked about, not mostly the few a writer found a dozen
+    questions for."""
+    rng = random.Random(seed)
+    by_episode: dict[str, list] = {}
+    for x in items:
+        by_episode.setdefault(x.episode_id, []).append(x)
+    queues = [rng.sample(xs, len(xs)) for xs in by_episode.values()]
     rng.shuffle(queues)
-    turns = (d for turn in itertools.zip_longest(*queues) for d in turn if d is not None)
-    return [d.probe() for d in itertools.islice(turns, n)]
+    turns = (x for turn in itertools.zip_longest(*queues) for x in turn if x is not None)
+    return list(itertools.islice(turns, n))
 
 
-def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int) -> list[Probe]:
-    """What the gate re-asks of earlier sleeps: their probes plus a seeded sample of `n` trained dreams,
-    never one rehearsed tonight (trained on tonight: no test of memory), each fact once."""
+def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,
+                  max_probes: int | None = None, night: int = 0) -> tuple[list[Probe], float]:
+    """What the gate re-asks of earlier sleeps, and how many earlier facts each fact asked stands for.
+
+    Their probes plus a seeded sample of `n` trained dreams, never one rehearsed tonight (trained on
+    tonight: no test of memory), each question once. Past `max_probes` earlier probes, `max_probes` of them
+    taken in turn from each episode, a different draw each `night`, so that the gate's cost stays flat
+    however long the history. When that leaves earlier episodes unasked, the facts asked are a random
+    sample of them and the scale (episodes with a probe / those asked, else 1) turns the gate's earlier
+    counts into estimates over all of them: losses counted on a sample must weigh what losses over the
+    whole history would, or the net check would grow laxer night after night."""
     trained = {(d.episode_id, d.question) for d in rehearsed}
-    items = probes + _retention_sample([d for d in dreams if (d.episode_id, d.question) not in trained], n)
-    return list({probe_id(p.question, p.answer): p for p in items}.values())
+    probes = list({probe_id(p.question, p.answer): p for p in probes}.values())
+    population = {p.episode_id for p in probes}
+    if max_probes is not None and len(probes) > max_probes:
+        probes = _in_turn(probes, max_probes, seed=night)
+    asked = {p.episode_id for p in probes}
+    sample = _in_turn([d for d in dreams if (d.episode_id, d.question) not in trained], n)
+    items = probes + [d.probe() for d in sample]
+    return list({probe_id(p.question, p.answer): p for p in items}.values()), len(population) / max(len(asked), 1)
 
 
 def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:

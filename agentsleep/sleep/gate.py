@@ -56,13 +56,16 @@ class Counts:
     before and not after; known_first: earlier facts answered when first consolidated; lost_first_before /
     lost_first_after: of those, how many the parent / the expert no longer answers. A fact is an episode: when
     the gate asks several questions about one (its probe and sampled dreams), each counts for its share, so an
-    earlier episode asked three ways weighs what a new one asked once does."""
+    earlier episode asked three ways weighs what a new one asked once does. scale: how many earlier facts
+    each one asked stands for (above 1 when the gate asked a sample of them, gate.earlier_probes); the
+    earlier counts are already multiplied by it."""
 
     gained: float = 0
     lost: float = 0
     known_first: float = 0
     lost_first_before: float = 0
     lost_first_after: float = 0
+    scale: float = 1.0
 
 
 def _weights(episodes: list[str] | None, n: int) -> list[float]:
@@ -75,12 +78,13 @@ def _weights(episodes: list[str] | None, n: int) -> list[float]:
 
 def count(new_before: list[bool], new_after: list[bool], old_before: list[bool], old_after: list[bool],
           first: list[bool | None], new_episodes: list[str] | None = None,
-          old_episodes: list[str] | None = None) -> Counts:
+          old_episodes: list[str] | None = None, old_scale: float = 1.0) -> Counts:
     """Counts from per-item hits; `first[i]` is earlier item i's level when first consolidated (None: unknown,
     the parent's answer stands in for it). With the items' episode ids, each item counts for its share of
-    its episode (a fact), else for one."""
-    wn, wo = _weights(new_episodes, len(new_before)), _weights(old_episodes, len(old_before))
-    c = Counts()
+    its episode (a fact), else for one. `old_scale`: the earlier facts each one asked stands for."""
+    wn = _weights(new_episodes, len(new_before))
+    wo = [w * old_scale for w in _weights(old_episodes, len(old_before))]
+    c = Counts(scale=old_scale)
     c.gained = sum(w for b, a, w in zip(new_before, new_after, wn) if a and not b) + \
         sum(w for b, a, w in zip(old_before, old_after, wo) if a and not b)
     c.lost = sum(w for b, a, w in zip(old_before, old_after, wo) if b and not a)
@@ -160,12 +164,14 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
 
 def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift_pool: list[tuple[str, str]],
              cfg: GateConfig, progress: Progress = silent, generator: Any = None,
-             first: list[bool | None] | None = None, base_ref: dict[str, Any] | None = None) -> Verdict:
+             first: list[bool | None] | None = None, base_ref: dict[str, Any] | None = None,
+             earlier_scale: float = 1.0) -> Verdict:
     """Measure before (adapter disabled) and after (adapter on), then decide.
 
     `first[i]`: whether earlier probe i was answered when its fact was first consolidated (the ledger's
     record; None or no list: unknown, the parent's answer stands in). `base_ref`: the base model's
-    drift reference (`drift_reference`), for drift against the base. The verdict's `hits` hold every
+    drift reference (`drift_reference`), for drift against the base. `earlier_scale`: how many earlier
+    facts each earlier one asked stands for (evidence.earlier_items). The verdict's `hits` hold every
     probe's answer before and after, for the ledger.
 
     With `generator` (a VllmGenerator on the pre-sleep weights) the probes are
@@ -197,7 +203,7 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     before, after, old_before, old_after = _share(hit_b), _share(hit_a), _share(old_b), _share(old_a)
     counts = count(hits["before"], hits["after"], hits["earlier_before"], hits["earlier_after"],
                    first if first is not None else [None] * len(earlier),
-                   [p.episode_id for p in probes], [p.episode_id for p in earlier])
+                   [p.episode_id for p in probes], [p.episode_id for p in earlier], old_scale=earlier_scale)
     retention = None if not earlier or old_before == 0 else old_after / old_before
     metrics: dict[str, Any] = {
         "probes": len(probes), "recall_before": round(before, 4), "recall_after": round(after, 4),
@@ -209,6 +215,7 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
         "facts_known_first": round(counts.known_first, 2), "facts_lost_since_first": round(counts.lost_first_after, 2),
         "retention_first": round(1 - counts.lost_first_after / counts.known_first, 4) if counts.known_first else None,
         "drift_kl_base": None if base_kl is None else round(base_kl, 4),
+        "earlier_scale": round(earlier_scale, 3),
     }
     failed, reasons = decide(cfg, len(probes), before, after, retention, kl, counts=counts, base_kl=base_kl)
     metrics["gate_failed"] = failed
@@ -262,20 +269,23 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
             reasons.append(f"retention {retention:.3f} of earlier probes is below gate.min_retention {cfg.min_retention:.2f}")
     else:
         net, cumulative = allowed_losses(cfg, counts)
+        est = f" (estimated: each earlier fact asked stands for {counts.scale:.1f})" if counts.scale > 1 else ""
         if counts.lost > net + 1e-9:
             failed.append("net")
-            reasons.append(f"lost {facts(counts.lost)} earlier facts for {facts(counts.gained)} gained: more than the "
+            reasons.append(f"lost {facts(counts.lost)} earlier facts{est} for {facts(counts.gained)} gained: more than the "
                            f"{facts(net)} allowed "
                            f"(gate.loss_per_gain {cfg.loss_per_gain:g} x gained, at least gate.loss_allowance "
                            f"{cfg.loss_allowance})")
-        sure = lost_share_lower_bound(counts.lost_first_after, counts.known_first, cfg.retention_confidence)
+        # the confidence is what the facts actually asked can show, not the estimate over all of them
+        sure = lost_share_lower_bound(counts.lost_first_after / counts.scale, counts.known_first / counts.scale,
+                                      cfg.retention_confidence)
         if (counts.lost_first_after > cumulative + 1e-9 and counts.lost_first_after > counts.lost_first_before + 1e-9
                 and sure > 1 - cfg.min_retention):
             failed.append("retention")
             reasons.append(f"{facts(counts.lost_first_after)} of {facts(counts.known_first)} earlier facts answered "
                            f"when first consolidated are lost (the parent had lost {facts(counts.lost_first_before)}): "
                            f"more than the {facts(cumulative)} gate.min_retention {cfg.min_retention:.2f} allows, "
-                           f"and at least {sure:.1%} of them with confidence {cfg.retention_confidence:g}")
+                           f"and at least {sure:.1%} of them with confidence {cfg.retention_confidence:g}{est}")
     if kl > cfg.max_drift_kl:
         failed.append("drift")
         reasons.append(f"general-behaviour drift KL {kl:.3f} exceeds gate.max_drift_kl {cfg.max_drift_kl:.3f}")
@@ -291,6 +301,7 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
             kept = (f"facts gained {facts(counts.gained)}, lost {facts(counts.lost)}, earlier facts kept "
                     f"{facts(counts.known_first - counts.lost_first_after)}/{facts(counts.known_first)} of their "
                     f"first level")
+            kept += est
         base = "" if base_kl is None else f", from base {base_kl:.3f}"
         reasons.append(f"recall {before:.2f} -> {after:.2f}{known}, {kept}, drift KL {kl:.3f}{base}")
     return failed, reasons

@@ -212,10 +212,11 @@ def judge(n: Night) -> None:
         n.engine.resume()
     cfg = n.cfg
     n.probes, notes = trusted_probes(n)
-    earlier = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams)
+    earlier, scale = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams,
+                                   max_probes=cfg.gate.earlier_probes, night=len(n.lineage))
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
-                         first=first, base_ref=base_reference(n))
+                         first=first, base_ref=base_reference(n), earlier_scale=scale)
     record_answers(n, earlier)
     n.verdict.reasons += notes
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
