@@ -96,3 +96,37 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     assert "with the default config" in md                           # AGENTSLEEP_* settings are named when set
     assert '{"replay_dreams": "6"}' in nights_suite.markdown({**res, "config": {}, "env": {"sleep": {"replay_dreams": "6"}}},
                                                              tmp_path)
+
+
+def test_a_stopped_run_resumes_at_the_next_night_on_the_same_home(tmp_path):
+    """A long run (20 nights take hours) saves each morning: stopped after night 1 it resumes at night 2 on
+    the same home, and stopped after night 2's sleep but before its morning it measures that sleep instead
+    of sleeping again."""
+    cfg = _config(str(tiny_model_dir(tmp_path / "models")))
+    out, home = tmp_path / "out", tmp_path / "out" / "seed-0" / "home"
+
+    def stop_after_night_one(msg: str) -> None:
+        if "night 1 " in msg:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        nights_suite.run(out, say=stop_after_night_one, nights=2, facts_per_night=2, seeds=1, config=cfg)
+    saved = json.loads((out / "seed-0" / "progress.json").read_text())
+    assert [m["night"] for m in saved["mornings"]] == [1] and not (out / "seed-0" / "result.json").exists()
+    said: list[str] = []
+    res = nights_suite.run(out, say=said.append, nights=2, facts_per_night=2, seeds=1, config=cfg)
+    assert any("resuming after night 1" in m for m in said)
+    [run] = res["runs"]
+    assert run["mornings"][0] == saved["mornings"][0] and [m["night"] for m in run["mornings"]] == [1, 2]
+    assert len(list((home / "sleeps").glob("*/report.json"))) == 2           # night 1 was not slept again
+    assert run["mornings"][1]["remembered"] == 4                              # nor its facts told twice
+    # stopped between night 2's sleep and its morning: the sleep that ended is measured, not repeated
+    (out / "seed-0" / "result.json").unlink()
+    atomic = {**saved, "mornings": run["mornings"][:1], "first": [run["mornings"][0]["accuracy"][0]]}
+    (out / "seed-0" / "progress.json").write_text(json.dumps(atomic))
+    again = nights_suite.run(out, say=lambda m: None, nights=2, facts_per_night=2, seeds=1, config=cfg)
+    night2 = again["runs"][0]["mornings"][1]
+    assert night2["sleep_id"] == run["mornings"][1]["sleep_id"] and night2["status"] == run["mornings"][1]["status"]
+    assert night2["accuracy"] == run["mornings"][1]["accuracy"] and night2["seconds"] > 0
+    assert len(list((home / "sleeps").glob("*/report.json"))) == 2 and night2["remembered"] == 4
+    assert again["targets"]["time_ratio"] is not None and not again["targets"]["long"]

@@ -30,6 +30,8 @@ from ..progress import silent
 from .night_facts import DEV_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
 
 TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
+# a long run (20 nights) is judged on what a month needs: recall held, and a night's cost flat
+LONG_NIGHTS, LONG_TARGETS = 20, {"recall": 0.75, "time_ratio": 1.3, "disk_share": 0.05}
 
 
 def _size(p: Path, skip: str = "cache") -> int:
@@ -87,7 +89,38 @@ def _current(plan, upto: int) -> list[list[NightFact]]:
     return sets
 
 
-def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[str, Any]:
+def _checkpoint(path: Path, key: dict[str, Any], home: Path) -> dict[str, Any] | None:
+    """The mornings a run of the same code and plan measured before it was stopped (`progress.json`), when
+    its home is still there."""
+    saved = _saved_seed(path, key)
+    return saved if saved and (home / "config.toml").exists() else None
+
+
+class _Slept:
+    """A night's sleep that ended before the run was stopped, read back from its report.json."""
+
+    def __init__(self, rep: dict[str, Any]):
+        self.sleep_id, self.status, self.reasons = rep["sleep_id"], rep["status"], rep.get("reasons") or []
+        self.metrics, self.seconds = rep.get("metrics") or {}, float(rep.get("duration_s") or 0)
+
+
+def _ended_sleep(home: Path, known: set[str]) -> _Slept | None:
+    """The sleep that reached a verdict after the last saved morning (the run stopped before measuring it)."""
+    ended = []
+    for f in (home / "sleeps").glob("*/report.json"):
+        try:
+            rep = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if rep.get("sleep_id") not in known and rep.get("status") in ("promoted", "rejected"):
+            ended.append(rep)
+    return _Slept(max(ended, key=lambda r: r.get("started_at") or 0)) if ended else None
+
+
+def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any], say, progress) -> dict[str, Any]:
+    """One seed's nights. After each morning the figures so far are saved (`progress.json`, atomic): a run
+    stopped mid-way (a 20-night run takes hours) resumes at the next night on the same home, taking the
+    episodes it already told and a sleep that already ended as they are."""
     from ..config import Config
     from ..home import Home
     from ..models.loader import load, resolve
@@ -96,27 +129,41 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
     from ..textmatch import contains_answer
     from .sleep_suite import closed_book
 
-    shutil.rmtree(root, ignore_errors=True)
-    Home.init(root, config=Config.model_validate(_merge(config, {"sleep": {"seed": {"seed": seed}}})))
-    mornings: list[dict[str, Any]] = []
-    first: list[float] = []
+    root, ckpt = seed_dir / "home", seed_dir / "progress.json"
+    state = _checkpoint(ckpt, key, root)
+    if state is None:
+        shutil.rmtree(root, ignore_errors=True)
+        Home.init(root, config=Config.model_validate(_merge(config, {"sleep": {"seed": {"seed": seed}}})))
+        state = {"key": key, "mornings": [], "first": [], "registry_bytes": None}
+    else:
+        say(f"nights: seed {seed}: resuming after night {len(state['mornings'])} (saved by a run of the same code and plan)")
+    mornings: list[dict[str, Any]] = state["mornings"]
+    first: list[float] = state["first"]
     with Home.open(root) as home:
-        base = home.registry.current()
+        base = home.registry.lineage(home.registry.current_name())[0]  # the base, also on a resumed run
         base_bytes = _size(Path(resolve(base.weights, progress=lambda m: None)))
         ref, tok = load(base.weights)
         gcfg = home.config.sleep
         drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, gcfg.seed.replay_prompts,
                                                 gcfg.gate.drift_prompts)["drift"]]
         for n, (facts, upd) in enumerate(plan):
+            if n < len(mornings):
+                continue
             items = [{"text": f.text, "source": "user"} for f in facts]
             if upd is not None:
                 items.append({"text": upd.text, "source": "user"})
-            home.remember_many(items)
-            before = _size(home.registry.root)
-            t = time.time()
-            rep = home.sleep(progress=progress)
-            seconds = time.time() - t
-            disk = _size(home.registry.root) - before
+            if not mornings or len(home.store.list()) <= mornings[-1]["remembered"]:  # else told before the stop
+                home.remember_many(items)
+            before = state["registry_bytes"] if state["registry_bytes"] is not None else _size(home.registry.root)
+            rep = _ended_sleep(root, {m["sleep_id"] for m in mornings})
+            if rep is None:
+                t = time.time()
+                rep = home.sleep(progress=progress)
+                seconds = time.time() - t
+            else:
+                seconds = rep.seconds
+            state["registry_bytes"] = _size(home.registry.root)
+            disk = state["registry_bytes"] - before
             live = home.engine.live
             sets = _current(plan, n)
             acc = [round(closed_book(live.model, live.tok, s)[0], 3) for s in sets]
@@ -143,6 +190,7 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
                 "gate_drift": m.get("drift_kl"), "gate_drift_base": m.get("drift_kl_base"), "gate_failed": m.get("gate_failed"),
                 "disk_bytes": disk, "disk_share": round(disk / max(base_bytes, 1), 4),
             })
+            atomic_write_json(ckpt, state)
             say(f"nights: seed {seed}, night {n + 1} {rep.status} in {seconds:.0f} s: recall {mornings[-1]['recall']:.2f}, "
                 f"sets {acc}, updated {upd_new}, disk {disk / 1e6:.1f} MB")
         gate = home.config.sleep.gate  # the gate's bound on drift from the base (cumulative), else its nightly one
@@ -153,8 +201,9 @@ def _one_seed(root: Path, seed: int, plan, config: dict, say, progress) -> dict[
 
 def _seed_key(nights: int, k: int, dev: bool, config: dict, seed: int) -> dict[str, Any]:
     """What a seed's result depends on: the plan, the config overrides, the seed, and the code (commit and
-    AGENTSLEEP_* overrides, report.provenance). A seed takes about 45 minutes on 2 cores, so each is saved
-    when it ends and a rerun after an interruption starts at the first seed not saved."""
+    AGENTSLEEP_* overrides, report.provenance). A seed takes about 40 minutes on 2 cores (5 nights), so
+    each is saved when it ends, and its mornings as they are measured: a rerun after an interruption starts
+    at the first night not saved."""
     from .report import provenance
 
     p = provenance()
@@ -192,7 +241,7 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
         if saved:
             say(f"nights: seed {s}: reusing the result saved on {saved['measured']} by a run of the same code and plan")
         else:
-            saved = {**_one_seed(out_dir / f"seed-{s}" / "home", s, plan, config or {}, say, progress),
+            saved = {**_one_seed(out_dir / f"seed-{s}", s, plan, config or {}, key, say, progress),
                      "measured": time.strftime("%Y-%m-%d"), "key": key}
             atomic_write_json(out_dir / f"seed-{s}" / "result.json", saved)
         runs.append(saved)
@@ -218,11 +267,20 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
         "drift_base_within_gate": all(m["drift_base"] <= max_kl for m in last),
         "max_disk_share": max(m["disk_share"] for r in runs for m in r["mornings"]),
     }
-    targets["met"] = bool(targets["every_night_promoted"] and targets["recall"]
-                          and targets["recall"]["min"] >= TARGETS["recall"]
-                          and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
-                          and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
-                          and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
+    # the last night's sleep against night 2's (night 1 has no rehearsal or earlier facts to re-ask)
+    targets["time_ratio"] = _spread([r["mornings"][-1]["seconds"] / r["mornings"][1]["seconds"] for r in runs
+                                     if nights >= 2 and r["mornings"][1]["seconds"]])
+    targets["long"] = nights >= LONG_NIGHTS
+    if targets["long"]:
+        targets["met"] = bool(targets["recall"] and targets["recall"]["min"] >= LONG_TARGETS["recall"]
+                              and targets["time_ratio"] and targets["time_ratio"]["max"] <= LONG_TARGETS["time_ratio"]
+                              and targets["max_disk_share"] <= LONG_TARGETS["disk_share"])
+    else:
+        targets["met"] = bool(targets["every_night_promoted"] and targets["recall"]
+                              and targets["recall"]["min"] >= TARGETS["recall"]
+                              and (targets["min_retention"] is None or targets["min_retention"]["min"] >= TARGETS["retention"])
+                              and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
+                              and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
     return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "dev": dev,
             "env": env_overrides(os.environ),  # AGENTSLEEP_* settings the homes ran with
             "per_night": per_night,
@@ -288,6 +346,13 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         f"- drift KL against the base within the gate's bound {res['max_drift_kl']}: {'yes' if t['drift_base_within_gate'] else 'no'}",
         f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
     ]
+    if t.get("time_ratio"):
+        checks.append(f"- night {res['nights']}'s sleep against night 2's: {_fmt(t['time_ratio'])}x"
+                      + (f" (target <= {LONG_TARGETS['time_ratio']})" if t.get("long") else ""))
+    if t.get("long"):
+        checks.insert(0, f"- {res['nights']}-night targets: cumulative recall >= {LONG_TARGETS['recall']}, the last night's "
+                         f"sleep <= {LONG_TARGETS['time_ratio']}x night 2's, registry growth <= 5% a night: "
+                         f"{'met' if t['met'] else 'not met'}")
     facts = ("the development facts (bench/facts.py in the first person; tune on these)" if res.get("dev") else
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
