@@ -182,6 +182,9 @@ def test_answer_spans_pick_dates_numbers_names_and_the_closing_phrase():
     assert spans("The user cannot eat gluten.", 4) == ["gluten"]
     assert spans("The user's locker code is 4471.", 4) == ["4471"]
     assert spans("Caroline met Melanie. She was at the Bank of England on 7 May.", 2) == ["7 May", "Caroline"]
+    # a date said the British way is one answer, not its month alone ("the 30th of ___" -> "June")
+    assert spans("The quarterly report is due on the 30th of June.", 4) == ["30th of June"]
+    assert spans("I was born on the 12th of May, 1990.", 4) == ["12th of May, 1990"]
     assert spans("The user cannot eat gluten.", 0) == [] and spans("", 4) == []
     # the closing phrase, not its last word, when it is short: "tea" alone would be a useless blank
     assert spans("The user's favourite tea is jasmine green tea.", 4) == ["jasmine green tea"]

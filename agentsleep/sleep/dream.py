@@ -42,7 +42,8 @@ BLANK_EXAMPLES = [
 ]
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
 _SPANS = [  # in order of preference: dates, numbers, names; then the note's closing phrase (_closing)
-    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)? {_MONTH}(?: \d{{4}})?\b|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
+    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?:,? \d{{4}})?\b"
+               rf"|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
     re.compile(r"\b\d(?:[\d:.,/-]*\d)?\b"),
     re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?[A-Z][\w'-]*(?: (?:[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
 ]
