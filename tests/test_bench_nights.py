@@ -130,3 +130,12 @@ def test_a_stopped_run_resumes_at_the_next_night_on_the_same_home(tmp_path):
     assert night2["accuracy"] == run["mornings"][1]["accuracy"] and night2["seconds"] > 0
     assert len(list((home / "sleeps").glob("*/report.json"))) == 2 and night2["remembered"] == 4
     assert again["targets"]["time_ratio"] is not None and not again["targets"]["long"]
+
+
+def test_a_set_told_on_a_rejected_night_takes_its_first_level_from_the_night_that_takes_it():
+    first = nights_suite.first_levels([], [0.875], True)
+    assert first == [0.875]
+    first = nights_suite.first_levels(first, [0.875, 0.0], False)       # night 2 rejected: set 2 waits
+    assert first == [0.875, None]
+    first = nights_suite.first_levels(first, [0.75, 0.75, 0.25], True)  # night 3 takes sets 2 and 3
+    assert first == [0.875, 0.75, 0.25]

@@ -6,7 +6,8 @@ from night 3 on, one statement that changes an earlier fact's value), then one s
 closed-book on the paraphrased questions with the serving version:
 - accuracy per night's set (the night-by-set matrix), with each fact's current answer (an updated
   fact's new value); cumulative recall over every fact told so far;
-- retention: each set's accuracy over its first-morning level (the morning after its night);
+- retention: each set's accuracy over its first-morning level (the morning after its night, or after the
+  first promoted night since, when its own night was rejected);
 - updated facts: the share of updates already slept on that get the new value (and the old one);
 - drift KL against the base version on the gate's generic prompts, and the sleep's own gate metrics;
 - disk: the registry's growth that night, and as a share of the base model's size;
@@ -117,6 +118,14 @@ def _ended_sleep(home: Path, known: set[str]) -> _Slept | None:
     return _Slept(max(ended, key=lambda r: r.get("started_at") or 0)) if ended else None
 
 
+def first_levels(first: list[float | None], acc: list[float], promoted: bool) -> list[float | None]:
+    """Each set's first-morning level after this morning (`acc`, one more set than `first`): its accuracy the
+    first morning after a promoted night. A set told on a rejected night waits for the night that takes it,
+    so that its retention is not read against the zero of a night that learned nothing."""
+    first = first + [None]
+    return [a if f is None and promoted else f for f, a in zip(first, acc)]
+
+
 def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any], say, progress) -> dict[str, Any]:
     """One seed's nights. After each morning the figures so far are saved (`progress.json`, atomic): a run
     stopped mid-way (a 20-night run takes hours) resumes at the next night on the same home, taking the
@@ -138,7 +147,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
     else:
         say(f"nights: seed {seed}: resuming after night {len(state['mornings'])} (saved by a run of the same code and plan)")
     mornings: list[dict[str, Any]] = state["mornings"]
-    first: list[float] = state["first"]
+    first: list[float | None] = state["first"]
     with Home.open(root) as home:
         base = home.registry.lineage(home.registry.current_name())[0]  # the base, also on a resumed run
         base_bytes = _size(Path(resolve(base.weights, progress=lambda m: None)))
@@ -167,7 +176,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
             live = home.engine.live
             sets = _current(plan, n)
             acc = [round(closed_book(live.model, live.tok, s)[0], 3) for s in sets]
-            first.append(acc[n])
+            first[:] = first_levels(first, acc, str(rep.status) == "promoted")
             told = sum(len(s) for s in sets)
             updates = [(u, plan[u.night][0][u.index]) for _, u in plan[:n + 1] if u is not None]
             upd_new = upd_old = None
@@ -184,6 +193,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
                 "version": live.version.name, "seconds": round(seconds, 1), "accuracy": acc,
                 "recall": round(sum(a * len(s) for a, s in zip(acc, sets)) / told, 3), "told": told,
                 "retention": [round(a / f0, 3) if f0 else None for a, f0 in zip(acc, first)],
+                "first_level": list(first),
                 "updated": upd_new, "updated_old_value": upd_old, "updates": len(updates),
                 "update_told": upd.text if upd else None,
                 "drift_base": round(drift_kl(live.model, live.tok, drift, ref=ref), 4),
