@@ -241,6 +241,10 @@ def test_earlier_probes_past_the_budget_are_drawn_in_turn_and_rotate_by_night():
     assert night[0] != night[1] and earlier_items(probes, [], [], 0, max_probes=20, night=0) == night[0]
     assert len({p.question for items, _ in night for p in items}) > 40  # a different draw each night
     assert earlier_items(probes, [], [], 0, max_probes=100) == (probes, 1)  # under the budget: every probe, in order
+    assert earlier_items([], [], [], 4, max_probes=20) == ([], 1)  # the first night: nothing earlier, nothing to scale
+    assert earlier_items([], [Dream("e1", "Q?", "a")], [], 4, max_probes=20)[1] == 1
+    c = count([False], [True], [], [], [], ["n1"], [], old_scale=0)  # never a scale under 1 (no division by it)
+    assert c.scale == 1 and decide(CFG, 1, 0.0, 1.0, None, 0.1, counts=c)[0] == []
 
 
 def test_a_sample_of_earlier_facts_is_scaled_to_all_of_them():

@@ -57,7 +57,7 @@ def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Drea
     asked = {p.episode_id for p in probes}
     sample = _in_turn([d for d in dreams if (d.episode_id, d.question) not in trained], n)
     items = probes + [d.probe() for d in sample]
-    return list({probe_id(p.question, p.answer): p for p in items}.values()), len(population) / max(len(asked), 1)
+    return list({probe_id(p.question, p.answer): p for p in items}.values()), max(1.0, len(population) / max(len(asked), 1))
 
 
 def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:

@@ -83,6 +83,7 @@ def count(new_before: list[bool], new_after: list[bool], old_before: list[bool],
     the parent's answer stands in for it). With the items' episode ids, each item counts for its share of
     its episode (a fact), else for one. `old_scale`: the earlier facts each one asked stands for."""
     wn = _weights(new_episodes, len(new_before))
+    old_scale = max(1.0, old_scale)  # a sample stands for at least itself
     wo = [w * old_scale for w in _weights(old_episodes, len(old_before))]
     c = Counts(scale=old_scale)
     c.gained = sum(w for b, a, w in zip(new_before, new_after, wn) if a and not b) + \
