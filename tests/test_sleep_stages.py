@@ -163,6 +163,8 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
     assert [(p.episode_id, p.answer) for p in ps] == [("a", "Ingrid Solberg"), ("b", "jasmine green tea"),
                                                       ("a", "Ingrid Solberg")]
     assert ps[2].kind == "cloze" and "(1 failed the probe check)" in notes[0], notes
+    assert "under gate.min_probes 4" in notes[1], notes  # three probes for four asked: the report says so
+    assert len(evidence.trusted_probes(night(2))[1]) == 1
 
 
 def test_cloze_probes_blank_a_name_number_or_date_after_some_context():

@@ -159,4 +159,7 @@ def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
         notes.append(f"{len(probes)} held-out dreams passed the probe check ({dropped}) for "
                      f"{len(covered)} of {len(n.plan.memories)} episodes: {len(extra)} fill-in-the-blank probes from the "
                      f"episodes' text were added ({failed} failed the probe check)")
+    if len(probes) + len(extra) < need:
+        notes.append(f"only {len(probes) + len(extra)} probes for {len(n.plan.memories)} episodes, under gate.min_probes "
+                     f"{need}: the recall check was decided on what could be measured")
     return probes + extra, notes
