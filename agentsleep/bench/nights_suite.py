@@ -148,6 +148,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
         say(f"nights: seed {seed}: resuming after night {len(state['mornings'])} (saved by a run of the same code and plan)")
     mornings: list[dict[str, Any]] = state["mornings"]
     first: list[float | None] = state["first"]
+    resumed_at = len(mornings) if mornings else None  # the one night a stopped run may have begun
     with Home.open(root) as home:
         base = home.registry.lineage(home.registry.current_name())[0]  # the base, also on a resumed run
         base_bytes = _size(Path(resolve(base.weights, progress=lambda m: None)))
@@ -161,10 +162,11 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
             items = [{"text": f.text, "source": "user"} for f in facts]
             if upd is not None:
                 items.append({"text": upd.text, "source": "user"})
-            if not mornings or len(home.store.list()) <= mornings[-1]["remembered"]:  # else told before the stop
+            resuming = n == resumed_at
+            if not resuming or len(home.store.list()) <= mornings[-1]["remembered"]:  # else told before the stop
                 home.remember_many(items)
             before = state["registry_bytes"] if state["registry_bytes"] is not None else _size(home.registry.root)
-            rep = _ended_sleep(root, {m["sleep_id"] for m in mornings})
+            rep = _ended_sleep(root, {m["sleep_id"] for m in mornings}) if resuming else None
             if rep is None:
                 t = time.time()
                 rep = home.sleep(progress=progress)

@@ -57,7 +57,8 @@ def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Drea
     asked = {p.episode_id for p in probes}
     sample = _in_turn([d for d in dreams if (d.episode_id, d.question) not in trained], n)
     items = probes + [d.probe() for d in sample]
-    return list({probe_id(p.question, p.answer): p for p in items}.values()), max(1.0, len(population) / max(len(asked), 1))
+    scale = len(population) / len(asked) if asked else 1.0  # asked is a subset of population: at least 1
+    return list({probe_id(p.question, p.answer): p for p in items}.values()), scale
 
 
 def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:
