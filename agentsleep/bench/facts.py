@@ -83,3 +83,37 @@ SET_C = [  # a third disjoint set, for K = 3 sequential sleeps
     Fact("Project Condor is built with the Go language.", "Which language is Project Condor built with?", "Go"),
     Fact("The user swims at the Northside leisure centre.", "Where do I go swimming?", "Northside"),
 ]
+
+# A second development set, written on 2026-12-06 before any tuning on it: facts the way people
+# drop them into a chat (first person, asides, two facts in one message, numbers and codes), each
+# with a question worded unlike the message. SET_A's variants are what the recipe was tuned on
+# for months; these are what shows whether a change generalises. Development only: tune on it.
+CHAT = [
+    Fact("Ugh, just got back from the vet. Turns out Mochi, my cat, has a thyroid problem.",
+         "What health issue does my cat have?", "thyroid"),
+    Fact("I've been learning Portuguese on weekends because we're relocating to Recife next spring.",
+         "Which city are we moving to?", "Recife"),
+    Fact("Btw my partner's name is Joaquin, in case he calls while I'm out.", "What is my partner called?", "Joaquin"),
+    Fact("I can't do dairy, it wrecks my stomach, so no cheese in the recipes please.",
+         "What kind of food should you leave out of my recipes?", "dairy"),
+    Fact("My standing desk order number is 31507 if you need to chase it.",
+         "What's the order number for my standing desk?", "31507"),
+    Fact("We named the new repo lighthouse after a long argument.", "What did we call the new repository?", "lighthouse"),
+    Fact("I'm usually up by 5:30 because I swim before work.", "What exercise do I do before work?", "swim"),
+    Fact("My landlord, Mrs. Abernathy, wants the rent by the 3rd of each month.", "Who is my landlord?", "Abernathy"),
+    Fact("I drive a 2014 Honda Fit, it's ancient but it runs.", "Which car model do I drive?", "Fit"),
+    Fact("Our book club is reading The Remains of the Day this month.", "What book is my book club reading right now?",
+         "Remains of the Day"),
+    Fact("I ran the Berlin marathon last year in just under four hours.", "Which marathon did I run last year?", "Berlin"),
+    Fact("Quick note: the wifi password at the cabin is pinecone77.", "What's the wifi password at the cabin?",
+         "pinecone77"),
+    Fact("My therapist moved my sessions to Tuesday evenings.", "When are my therapy sessions now?", "Tuesday"),
+    Fact("I'm a nurse on the night shift at St. Brigid's hospital.", "At which hospital do I work?", "Brigid"),
+    Fact("My grandmother turns ninety on the 18th of August, we're throwing her a party.",
+         "When is my grandmother's birthday?", "August"),
+    Fact("I switched our CI from Jenkins to Buildkite last sprint.", "Which CI system do we use now?", "Buildkite"),
+    Fact("Honestly I hate cilantro, it tastes like soap to me.", "Which herb do I dislike?", "cilantro"),
+    Fact("My daughter Ayla just started violin lessons.", "What instrument is my daughter learning?", "violin"),
+    Fact("The kids go to Maple Grove Elementary, pickup is at 3.", "What school do my kids go to?", "Maple Grove"),
+    Fact("I keep my spare house key with my neighbour Dmitri.", "Who has my spare key?", "Dmitri"),
+]
