@@ -191,7 +191,23 @@ def test_answer_spans_pick_dates_numbers_names_and_the_closing_phrase():
     # the closing phrase, not its last word, when it is short: "tea" alone would be a useless blank
     assert spans("The user's favourite tea is jasmine green tea.", 4) == ["jasmine green tea"]
     assert spans("The user plays the cello in a community orchestra.", 4) == ["community orchestra"]
-    assert spans("The user drinks tea, mostly green.", 4) == ["mostly green"]  # a comma closes the phrase
+    assert spans("The user drinks tea, mostly green.", 4) == ["mostly green", "drinks tea"]  # a comma closes a phrase
+
+
+def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers():
+    spans = dream_mod.answer_spans
+    # each clause's closing phrase: the answers a message states in lower case
+    assert spans("The user can't do dairy, it wrecks the user's stomach.", 4) == ["stomach", "dairy"]
+    assert "new repo lighthouse" in spans("The user named the new repo lighthouse after a long argument.", 4)
+    # a word capitalised because it opens a sentence is not a name: fillers, labels, "Turns out"
+    assert spans("Honestly the user hates cilantro.", 4) == ["cilantro"]
+    assert spans("Btw the user's partner is Joaquin.", 4) == ["Joaquin"]
+    assert spans("Ugh, back from the vet. Turns out Mochi has a cold.", 4) == ["Mochi", "cold", "vet"]
+    assert spans("Quick note: the cabin's wifi password is pinecone77.", 1) == ["pinecone77"]
+    # names that open a sentence stay names; the subject before "is" is not an answer
+    assert spans("Maya is the user's daughter.", 4) == ["Maya", "daughter"]
+    assert spans("Ingrid leads procurement.", 4)[0] == "Ingrid"
+    assert spans("The user's manager is Ana Ruiz.", 4) == ["Ana Ruiz"]
 
 
 def test_writer_asks_per_stem_and_per_likely_answer(tiny):

@@ -69,6 +69,9 @@ def _closing(note: str, longest: int = 3) -> str:
             break
         if core.lower() in PERSON:  # "The user keeps bees.": what follows the person is a predicate
             break
+        if core.lower().removesuffix("'s") in PERSON:  # "... wrecks the user's stomach": the owner closes it
+            closed = True
+            break
         words.insert(0, core)
     if len(words) == len(said):  # no subject left: a bare name, or a script written without spaces
         return ""
@@ -85,14 +88,75 @@ def span_in(note: str, span: str) -> re.Match | None:
     return _as_words(span).search(note)
 
 
+# Words that carry no answer in a chat message: contractions, auxiliaries and fillers ("I can't do
+# dairy" -> "dairy", "Btw my partner is Joaquin" -> "Joaquin"). Grammar, not facts of any data set.
+_FILLER = frozenset("""can't cannot don't doesn't didn't won't isn't aren't wasn't i'm i've i'll i'd we're we've
+it's that's there's he's she's they're let's just really also still very quite usually always never often
+btw fyi ok okay oh ugh hey hi well yeah yes please thanks has have had been being get got like out up down
+off per each every""".split())
+# Words that end a clause: the run of content words before one is that clause's closing phrase.
+_CLAUSE = frozenset("""because while but so and or after before since until unless though although whereas
+if when once""".split())
+_COPULA = frozenset("is are was were has have had".split())
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _is_name(note: str, m: re.Match) -> bool:
+    """A capitalised match is a name, unless it is one word opening a sentence and reads as a filler:
+    a function word or filler itself, a label ("Quick note: ..."), or followed by a comma, a filler or a
+    function word other than
+    "is"/"was" ("Honestly the user hates ...", "Ugh, ...", "Turns out ..."; "Maya is ...", "Caroline
+    met ..." stay names)."""
+    word = m.group(0)
+    before = note[:m.start()].rstrip()
+    if " " in word.strip() or "." in word or (before and before[-1] not in ".!?:\"'("):
+        return True
+    after = note[m.end():]
+    nxt = after.split()[0].strip(".!?").lower() if after.split() else ""
+    return not (word.lower() in STOP or word.lower() in _FILLER or after.startswith((",", ":")) or re.match(r"\s*\w+:", after) or nxt in _FILLER
+                or (nxt in STOP and nxt not in _COPULA))
+
+
+def _clause_endings(note: str, longest: int = 3) -> list[str]:
+    """Each clause's closing phrase, in the note's order: its last run of content words (up to `longest`),
+    leading adverbs and participles trimmed. "The user can't do dairy, it wrecks the user's stomach"
+    -> "dairy", "stomach". A message states most of its answers in lower case at the end of a clause,
+    where the date, number and name patterns cannot see them; a run before "is" is the subject, not
+    an answer ("The user's manager is ...")."""
+    out: list[str] = []
+    for part in re.split(r"[,;:()\"!?]|\.(?:\s|$)", note):
+        run: list[str] = []
+        last: list[str] = []
+        for w in part.split() + [""]:
+            core = w.strip(".'\u2019").lower().replace("\u2019", "'")
+            if core in _CLAUSE or not w:
+                if last or run:
+                    out.append(" ".join((run or last)[-longest:]))
+                run, last = [], []
+                continue
+            if core and core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s"):
+                run.append(w.strip(".'\u2019"))
+                continue
+            while run and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
+                run = run[1:]
+            if run and core not in _COPULA:
+                last = run
+            run = []
+    return [c for c in out if c]
+
+
 def answer_spans(note: str, n: int) -> list[str]:
-    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase): the writer is
-    asked for a question about each. Stems alone leave gaps: a 135M writer asked "Q: Where..." about "The
-    user cannot eat gluten." writes "Where can the user eat gluten?", and nothing teaches "gluten"."""
+    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase, then each
+    clause's): the writer is asked for a question about each. Stems alone leave gaps: a
+    135M writer asked "Q: Where..." about "The user cannot eat gluten." writes "Where can the user eat
+    gluten?", and nothing teaches "gluten"."""
     out: list[str] = []
     if n <= 0:
         return out
-    found = [m.group(0) for pat in _SPANS for m in pat.finditer(note.strip())] + [_closing(note)]
+    note = note.strip()
+    found = [m.group(0) for pat in _SPANS[:2] for m in pat.finditer(note)]
+    found += [m.group(0) for m in _SPANS[2].finditer(note) if _is_name(note, m)]
+    found += [_closing(note)] + _clause_endings(note)
     for span in found:
         words = span.strip(" .").split()
         while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
