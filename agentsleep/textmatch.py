@@ -117,6 +117,37 @@ def trivial(question: str, answer: str) -> bool:
     return bool(want) and all(w in set(tokens(question)) for w in want)
 
 
+_MONTHS = "january february march april may june july august september october november december"
+_DAYS = "monday tuesday wednesday thursday friday saturday sunday"
+# Words that say when: an answer to "When ...?" holds one, or a number.
+TIME_WORDS = frozenset(f"""{_MONTHS} {_DAYS} morning mornings afternoon afternoons evening evenings night nights
+noon midnight today tonight tomorrow yesterday day days week weeks weekend weekends month months year years
+spring summer autumn fall winter ago last next daily weekly monthly yearly annually hour hours minute minutes
+am pm o'clock christmas easter birthday holidays semester quarter season century decade""".split())
+_NUMBER_WORDS = frozenset("""one two three four five six seven eight nine ten eleven twelve twenty thirty forty
+fifty hundred thousand million dozen half once twice""".split())
+
+
+def mistyped(question: str, answer: str) -> bool:
+    """The answer is not the kind the question asks for (English question words): "When did I run the
+    marathon?" -> "Berlin", "Where did my sessions move?" -> "Tuesday", "How many ...?" -> "Recife".
+    Other languages and other question words pass."""
+    q = tokens(question)
+    a = [w for w in tokens(answer) if w not in STOP and w not in PERSON]
+    if not q or not a:
+        return False
+    timely = any(w in TIME_WORDS or w.isdigit() or re.fullmatch(r"\d[\d:./-]*", w) for w in a)
+    only_time = all(w in TIME_WORDS or re.fullmatch(r"\d{1,2}:\d\d", w) for w in a)  # a code or a port is no time
+    asks_time = any(w in TIME_WORDS or w in ("time", "date") for w in q)
+    if q[0] == "when":
+        return not timely
+    if q[:2] in (["how", "many"], ["how", "much"], ["how", "old"]):
+        return not any(w.isdigit() or w in _NUMBER_WORDS for w in a)
+    if q[0] in ("where", "who", "whom", "whose") or (q[0] in ("what", "which") and not asks_time):
+        return only_time and not asks_time
+    return False
+
+
 def f1(prediction: str, answer: str) -> float:
     p, a = tokens(prediction), tokens(answer)
     if not p or not a:

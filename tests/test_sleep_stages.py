@@ -337,13 +337,14 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
           Dream("e1", "What is the dogs name?", "Biscuit"),            # near duplicate
           Dream("e1", "What breed is the dog?", "poodle"),             # not in the memory
           Dream("e1", "What is Biscuit?", "Biscuit"),                  # answer given away
+          Dream("e1", "When did the user get a dog?", "Biscuit"),      # not the kind of answer asked for
           Dream("e2", "", "", kind="unparsed"),
           Dream("e2", "When does Project Falcon launch?", "14 February 2027"),
           Dream("e1", "What is my favourite project?", "Biscuit"),      # the same question about two
           Dream("e2", "What is my favourite project?", "Project Falcon")]  # memories, two answers
     kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
     assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
-    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "duplicate": 1, "conflicting": 2,
+    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "mistyped": 1, "duplicate": 1, "conflicting": 2,
                        "teacher-disagrees": 0}
     # the tiny random teacher cannot answer from context: agreement rejects everything, and
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams

@@ -66,3 +66,16 @@ def test_answers_question_wants_what_the_answer_adds_not_its_framing():
     # an answer the question gives away entirely falls back to every content word
     assert answers_question("Biscuit", "Is the dog called Biscuit?", "Biscuit")
     assert not answers_question("Rex", "Is the dog called Biscuit?", "Biscuit")
+
+
+def test_mistyped_answers_are_not_what_the_question_asks_for():
+    from agentsleep.textmatch import mistyped
+    assert mistyped("When did I run the marathon?", "Berlin")
+    assert mistyped("Where did my therapist move my sessions?", "Tuesday evenings")
+    assert mistyped("How many cats do I have?", "Mochi")
+    assert not mistyped("When is the report due?", "the 30th of June")
+    assert not mistyped("When do I swim?", "at 5:30 before work")
+    assert not mistyped("On which day is the meeting?", "Thursday")  # the question asks for a time
+    assert not mistyped("Which port does staging use?", "8443")  # a number is not a time
+    assert not mistyped("How many kids do I have?", "two")
+    assert not mistyped("Wann ist das Treffen?", "Berlin")  # other languages pass

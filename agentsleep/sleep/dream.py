@@ -17,7 +17,7 @@ from rapidfuzz import fuzz
 
 from ..config import DreamConfig
 from ..models import generate as gen
-from ..textmatch import PERSON, STOP, contains_answer, f1, grounded, tokens, trivial
+from ..textmatch import PERSON, STOP, contains_answer, f1, grounded, mistyped, tokens, trivial
 from ..progress import Progress, silent
 from .implications import implications
 from .tensors import batched_nll
@@ -295,7 +295,8 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
 def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: DreamConfig,
                   progress: Progress = silent) -> tuple[list[Dream], dict[str, int]]:
     text = {m.id: m.view for m in memories}
-    dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "duplicate": 0, "conflicting": 0, "teacher-disagrees": 0}
+    dropped = {"unparsed": 0, "ungrounded": 0, "trivial": 0, "mistyped": 0, "duplicate": 0, "conflicting": 0,
+               "teacher-disagrees": 0}
     kept: list[Dream] = []
     for d in dreams:
         if d.kind == "unparsed" or not d.question:
@@ -304,6 +305,8 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
             dropped["ungrounded"] += 1
         elif trivial(d.question, d.answer):
             dropped["trivial"] += 1
+        elif mistyped(d.question, d.answer):  # "When did I run the marathon?" -> "Berlin"
+            dropped["mistyped"] += 1
         elif any(k.episode_id == d.episode_id and fuzz.ratio(k.question.lower(), d.question.lower()) >= cfg.dedupe_ratio
                  for k in kept):
             dropped["duplicate"] += 1
