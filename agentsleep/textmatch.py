@@ -137,7 +137,8 @@ def mistyped(question: str, answer: str) -> bool:
     if not q or not a:
         return False
     timely = any(w in TIME_WORDS or w.isdigit() or re.fullmatch(r"\d[\d:./-]*", w) for w in a)
-    only_time = all(w in TIME_WORDS or re.fullmatch(r"\d{1,2}:\d\d", w) for w in a)  # a code or a port is no time
+    only_time = (all(w in TIME_WORDS or w.isdigit() for w in a)  # a date; a code or a port alone is no time
+                 and any(w in TIME_WORDS for w in a))
     asks_time = any(w in TIME_WORDS or w in ("time", "date") for w in q)
     if q[0] == "when":
         return not timely

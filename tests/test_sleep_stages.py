@@ -224,6 +224,14 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     assert dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit", "Which").endswith("Q: Which")
     cfg.typed_answer_questions = False
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
+    # a question word that cannot fit is not asked: "When" about a note with no time, "Where"/"Who"
+    # about a blanked date; "What"/"Which" can ask for anything
+    cfg = DreamConfig(per_episode=2, stems=["When", "What"], answer_spans=1, max_new_tokens=8,
+                      typed_answer_questions=False, blank_stems=["Where", "When", "What"])
+    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == [
+        "What", "(answer)", "(blank) Where", "(blank) What"]
+    assert [d.stem for d in dream_mod.write(model, tok, MEM[1:], cfg)] == [
+        "When", "What", "(answer)", "(blank) When", "(blank) What"]
 
 
 def test_typed_answer_questions_parse_after_their_prefill_and_rest_trains_the_same_prompt(tiny, monkeypatch):

@@ -257,12 +257,21 @@ def teacher_prompt(tok: Any, question: str, memory: str) -> str:
     return gen.chat(tok, question, system=gen.memory_system([memory]))
 
 
+def _cannot_fit(stem: str, answer: str) -> bool:
+    """A question word whose answers `answer` cannot be ("When" and no time, "Who"/"Where" and only a
+    time); "What"/"Which" can ask for anything ("What day ...?")."""
+    return stem.split()[:1] not in (["What"], ["Which"]) and mistyped(f"{stem} ?", answer)
+
+
 def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progress: Progress = silent) -> list[Dream]:
     """m candidate dreams per memory, one per question stem, plus per likely answer one or two written
     to have it and one per blank stem written with it blanked out (batched greedy). A job is (memory,
     the stem its completion continues, its label, prompt, the answer when the job fixes it)."""
     stems = (cfg.stems * (cfg.per_episode // max(len(cfg.stems), 1) + 1))[:cfg.per_episode]
-    jobs = [(m, s, s, writer_prompt(tok, m.view, s), None) for m in memories for s in stems]
+    # A question word that cannot fit is not asked: "When ...?" about a note that says no time, or a
+    # blank that is no time; "Who/Where ...?" about a blanked date. Their dreams would all be mistyped.
+    jobs = [(m, s, s, writer_prompt(tok, m.view, s), None) for m in memories for s in stems
+            if not _cannot_fit(s, m.view)]
     for m in memories:
         for a in answer_spans(m.view, cfg.answer_spans):
             jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.view, a), None))
@@ -270,6 +279,8 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
                 t = typed_stem(a)
                 jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.view, a, t), None))
             for b in cfg.blank_stems:
+                if _cannot_fit(b, a):
+                    continue
                 prompt = blank_prompt(tok, m.view, a, b)
                 if prompt is not None:
                     jobs.append((m, b, f"{BLANK_LABEL} {b}".strip(), prompt, a))
