@@ -508,7 +508,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           seeds: Optional[int] = typer.Option(None, "--seeds", min=1, max=10, help="phrasing: seeds per voice; nights, squad: seeds (default 3)."),
           nights: Optional[int] = typer.Option(None, "--nights", min=1, max=20, help="nights: how many nights (default 5)."),
           facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
-          voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant (repeatable; default all)."),
+          voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant, and chat with --dev (repeatable; default all)."),
           dev: bool = typer.Option(False, "--dev", help="phrasing, nights: the development variants instead of the held-out test facts."),
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:

@@ -96,3 +96,14 @@ def test_phrasing_markdown_says_when_rows_were_measured_on_different_days(tmp_pa
     assert "first_person 2026-12-04, assistant 2026-12-05" in md
     res["voices"]["first_person"]["measured"] = "2026-12-05"
     assert "Rows measured on" not in phrasing_suite.markdown(res, tmp_path)
+
+
+def test_the_chat_development_set_is_a_dev_voice_with_answers_in_the_messages():
+    from agentsleep.bench.facts import CHAT
+    from agentsleep.bench.phrasing_suite import SOURCE, dev_sets
+    from agentsleep.textmatch import contains_answer, trivial
+
+    sets = dev_sets()
+    assert sets["chat"] == CHAT and SOURCE["chat"] == "user" and len(CHAT) == 20
+    for f in CHAT:  # each answer is in its message, and its question does not give it away
+        assert contains_answer(f.text, f.answer) and not trivial(f.question, f.answer), f

@@ -3,7 +3,7 @@
 Three voices (bench/phrasings.py, the held-out test sets): the user in the first
 person, third-person statements, and the assistant's own replies (stored with
 source "assistant", as an agent records its turns). `dev=True` runs development
-variants of bench/facts.py instead; tune on those, never on the test sets.
+variants of bench/facts.py instead, and its chat-style set; tune on those, never on the test sets.
 
 Per voice and seed, in a fresh home on the same base weights:
 1. remember the facts as they were said; closed-book before, and with the fact in context;
@@ -25,21 +25,22 @@ from typing import Any
 from ..errors import InputError
 from ..home import Home
 from ..progress import silent
-from .facts import SET_A, Fact
+from .facts import CHAT, SET_A, Fact
 from .phrasings import SETS
 from .sleep_suite import closed_book
 
-SOURCE = {"first_person": "user", "third_person": "user", "assistant": "assistant"}
+SOURCE = {"first_person": "user", "third_person": "user", "assistant": "assistant", "chat": "user"}
 LR_SWEEP = (1 / 3, 1.0, 3.0)
 
 
 def dev_sets(n: int = 20) -> dict[str, list[Fact]]:
-    """Development variants of the development set (bench/facts.py SET_A), one per voice."""
+    """Development variants of the development set (bench/facts.py SET_A), one per voice, and `chat`: the
+    second development set (bench/facts.py CHAT), facts dropped into a chat the way people say them."""
     from ..sleep.voice import _SWAP, _swap_persons, from_the_user
 
     first = [Fact(from_the_user(f.text), f.question, f.answer) for f in SET_A[:n]]
     said = [Fact("Noted: " + _swap_persons(f.text[:1].lower() + f.text[1:], _SWAP), f.question, f.answer) for f in first]
-    return {"first_person": first, "third_person": list(SET_A[:n]), "assistant": said}
+    return {"first_person": first, "third_person": list(SET_A[:n]), "assistant": said, "chat": list(CHAT[:n])}
 
 
 def plain_sft(model: Any, tok: Any, pairs: list[tuple[str, str]], cfg, steps: int, lr: float, seed: int = 0,
