@@ -98,23 +98,21 @@ off per each every""".split())
 _CLAUSE = frozenset("""because while but so and or after before since until unless though although whereas
 if when once""".split())
 _COPULA = frozenset("is are was were has have had".split())
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def _is_name(note: str, m: re.Match) -> bool:
-    """A capitalised match is a name, unless it is one word opening a sentence and reads as a filler:
-    a function word or filler itself, a label ("Quick note: ..."), or followed by a comma, a filler or a
-    function word other than
-    "is"/"was" ("Honestly the user hates ...", "Ugh, ...", "Turns out ..."; "Maya is ...", "Caroline
-    met ..." stay names)."""
+    """A capitalised match is a name, unless it is one word opening a sentence and reads as a filler: a
+    function word or filler itself, a label ("Quick note: ..."), or followed by a comma, a filler or a
+    function word other than "is"/"was" ("Honestly the user hates ...", "Ugh, ...", "Turns out ...";
+    "Maya is ...", "Caroline met ..." stay names)."""
     word = m.group(0)
     before = note[:m.start()].rstrip()
     if " " in word.strip() or "." in word or (before and before[-1] not in ".!?:\"'("):
         return True
     after = note[m.end():]
     nxt = after.split()[0].strip(".!?").lower() if after.split() else ""
-    return not (word.lower() in STOP or word.lower() in _FILLER or after.startswith((",", ":")) or re.match(r"\s*\w+:", after) or nxt in _FILLER
-                or (nxt in STOP and nxt not in _COPULA))
+    return not (word.lower() in STOP or word.lower() in _FILLER or after.startswith((",", ":"))
+                or re.match(r"\s*\w+:", after) or nxt in _FILLER or (nxt in STOP and nxt not in _COPULA))
 
 
 def _clause_endings(note: str, longest: int = 3) -> list[str]:
@@ -123,6 +121,11 @@ def _clause_endings(note: str, longest: int = 3) -> list[str]:
     -> "dairy", "stomach". A message states most of its answers in lower case at the end of a clause,
     where the date, number and name patterns cannot see them; a run before "is" is the subject, not
     an answer ("The user's manager is ...")."""
+    def trimmed(run: list[str]) -> list[str]:
+        while run and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
+            run = run[1:]
+        return run[-longest:]
+
     out: list[str] = []
     for part in re.split(r"[,;:()\"!?]|\.(?:\s|$)", note):
         run: list[str] = []
@@ -130,19 +133,16 @@ def _clause_endings(note: str, longest: int = 3) -> list[str]:
         for w in part.split() + [""]:
             core = w.strip(".'\u2019").lower().replace("\u2019", "'")
             if core in _CLAUSE or not w:
-                if last or run:
-                    out.append(" ".join((run or last)[-longest:]))
+                if trimmed(run) or last:
+                    out.append(" ".join(trimmed(run) or last))
                 run, last = [], []
-                continue
-            if core and core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s"):
+            elif core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s"):
                 run.append(w.strip(".'\u2019"))
-                continue
-            while run and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
-                run = run[1:]
-            if run and core not in _COPULA:
-                last = run
-            run = []
-    return [c for c in out if c]
+            else:
+                if trimmed(run) and core not in _COPULA:
+                    last = trimmed(run)
+                run = []
+    return out
 
 
 def answer_spans(note: str, n: int) -> list[str]:
