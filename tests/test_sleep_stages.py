@@ -210,6 +210,16 @@ def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers
     assert spans("The user's manager is Ana Ruiz.", 4) == ["Ana Ruiz"]
 
 
+def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
+    echo = dream_mod.echo_question
+    assert echo("The user can't do dairy, it wrecks the user's stomach.", "dairy") == "The user can't do what?"
+    assert echo("The user can't do dairy, it wrecks the user's stomach.", "stomach") == "It wrecks the user's what?"
+    assert echo("The quarterly report is due on the 30th of June.", "30th of June") == "The quarterly report is due when?"
+    assert echo("The user is up by 5:30 because the user swims.", "swims") == "The user is up by 5:30 because the user what?"
+    assert echo("The user works at St. Brigid's hospital at night.", "St. Brigid's") == "The user works at what hospital at night?"
+    assert echo("Maya.", "Maya") is None and echo("The user likes tea.", "coffee") is None  # too short; not in it
+
+
 def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     model, tok = load(str(tiny))
     cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8, blank_stems=[])
@@ -218,16 +228,21 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     assert [(d.episode_id, d.stem) for d in written] == [
         ("e1", "What"), ("e1", "Who"), ("e1", "Where"), ("e2", "What"), ("e2", "Who"), ("e2", "Where"),
         ("e1", "(answer)"), ("e1", "(answer) Which"), ("e2", "(answer)"), ("e2", "(answer) When"),
-        ("e2", "(answer)"), ("e2", "(answer) Which")]
+        ("e2", "(answer)"), ("e2", "(answer) Which"),
+        ("e1", "(echo)"), ("e2", "(echo)"), ("e2", "(echo)")]  # asked by rule, per likely answer
+    assert [(d.question, d.answer, d.kind) for d in written if d.stem == "(echo)"] == [
+        ("The user's dog is a beagle called what?", "Biscuit", "echo"),
+        ("Project Falcon launches when?", "14 February 2027", "echo"),
+        ("What launches on 14 February 2027?", "Project Falcon", "echo")]
     prompt = dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit")
     assert "whose answer is: Biscuit" in prompt and prompt.rstrip().endswith("Q:")
     assert dream_mod.answer_prompt(tok, MEM[0].text, "Biscuit", "Which").endswith("Q: Which")
-    cfg.typed_answer_questions = False
+    cfg.typed_answer_questions = cfg.echo_questions = False
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
     # a question word that cannot fit is not asked: "When" about a note with no time, "Where"/"Who"
     # about a blanked date; "What"/"Which" can ask for anything
     cfg = DreamConfig(per_episode=2, stems=["When", "What"], answer_spans=1, max_new_tokens=8,
-                      typed_answer_questions=False, blank_stems=["Where", "When", "What"])
+                      typed_answer_questions=False, echo_questions=False, blank_stems=["Where", "When", "What"])
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == [
         "What", "(answer)", "(blank) Where", "(blank) What"]
     assert [d.stem for d in dream_mod.write(model, tok, MEM[1:], cfg)] == [
@@ -358,6 +373,9 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams
     kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))
     assert [d.kind for d in kept2] == ["rescued", "rescued"] and dropped2["rescued"] == 2
+    # a question asked by rule is not the writer's: one the teacher cannot answer is not rescued
+    echo = [Dream("e1", "The user's dog is a beagle called what?", "Biscuit", stem="(echo)", kind="echo")]
+    assert dream_mod.filter_dreams(model, tok, echo, MEM, DreamConfig(teacher_agreement=True))[0] == []
 
 
 def test_choose_holds_out_probes_and_ranks_by_value(tiny):

@@ -203,6 +203,33 @@ def blank_prompt(tok: Any, note: str, span: str, stem: str = "") -> str | None:
     return gen.chat(tok, BLANK_INSTRUCTION.format(note=masked), history=history, prefill=f"Q: {stem}" if stem else "Q:")
 
 
+ECHO_LABEL = "(echo)"  # a dream asked by rule, not by the writer
+_CLAUSE_BREAK = re.compile(r"[,;:!?](?=\s|$)|(?<!\b[A-Z][a-z])(?<!\b[A-Z][a-z][a-z])\.(?=\s|$)")  # not "Dr." or "Mrs."
+
+
+def echo_question(note: str, span: str, min_words: int = 3) -> str | None:
+    """The clause of `note` that holds `span`, with the span asked for in its place: "The user can't
+    do dairy, it wrecks ..." -> "The user can't do what?" ("when" for a time). Written by rule, so it
+    exists where the writer asks nothing usable about a message; None when the span is not in the note
+    or its clause has fewer than `min_words` other words."""
+    m = span_in(note, span)
+    if not m:
+        return None
+    start = max((b.end() for b in _CLAUSE_BREAK.finditer(note, 0, m.start())), default=0)
+    end = next((b.start() for b in _CLAUSE_BREAK.finditer(note, m.end())), len(note))
+    before, after = note[start:m.start()].strip(), note[m.end():end].strip()
+    if len(tokens(f"{before} {after}")) < min_words:
+        return None
+    wh = "what"
+    if typed_stem(span) == "When":  # "due on the 30th of June" -> "due when"
+        wh, words = "when", before.split()
+        while words and words[-1].lower() in STOP:
+            words.pop()
+        before = " ".join(words)
+    q = " ".join(x for x in (before, wh, after) if x)
+    return q[:1].upper() + q[1:] + "?"
+
+
 def parse_question(stem: str, completion: str) -> str | None:
     """The question a blank prompt's completion writes: its first line up to the question mark."""
     line = _after_stem(stem, completion.strip()).strip().split("\n")[0]
@@ -300,6 +327,12 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
             q = parse_question(s, o)
             qa = (q, span) if q else None
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
+    if cfg.echo_questions:
+        for m in memories:
+            for a in answer_spans(m.view, cfg.answer_spans):
+                q = echo_question(m.view, a)
+                if q:
+                    dreams.append(Dream(m.id, q, a, stem=ECHO_LABEL, kind="echo"))
     return dreams
 
 
@@ -336,10 +369,11 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
                 disagreed.append(d)
                 dropped["teacher-disagrees"] += 1
         # The teacher is a weak judge (it echoes questions, accepts invented values): a memory it rejects every item of would
-        # otherwise get no dreams at all; keep its grounded items rather than nothing.
+        # otherwise get no dreams at all; keep its grounded items rather than nothing (the writer's: a question asked
+        # by rule that the teacher cannot answer stays out).
         covered = {d.episode_id for d in agreed}
         for d in disagreed:
-            if d.episode_id not in covered:
+            if d.episode_id not in covered and d.kind != "echo":
                 d.kind = "rescued"
                 agreed.append(d)
                 dropped["teacher-disagrees"] -= 1

@@ -171,7 +171,7 @@ def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: Sle
         probes = ds.probes[:]
         rng.shuffle(probes)
         for probe in probes[:cfg.rest.episodes]:
-            cands = [d for d in ds.train if d.episode_id == probe.episode_id and d.kind != "voice"][:4]  # the writer's own
+            cands = [d for d in ds.train if d.episode_id == probe.episode_id and d.kind not in ("voice", "echo")][:4]  # the writer's own
             if cands:
                 cases.append((probe, cands))
         if not cases:
