@@ -15,6 +15,7 @@ from agentsleep.home import Home
 from agentsleep.models.loader import load
 from agentsleep.models.registry import Registry
 from agentsleep.sleep import dream as dream_mod
+from agentsleep.sleep import spans as spans_mod
 from agentsleep.sleep.gate import evaluate
 from agentsleep.sleep.lock import sleep_lock
 from agentsleep.sleep.publish import publish
@@ -177,7 +178,7 @@ def test_cloze_probes_blank_a_name_number_or_date_after_some_context():
 
 
 def test_answer_spans_pick_dates_numbers_names_and_the_closing_phrase():
-    spans = dream_mod.answer_spans
+    spans = spans_mod.answer_spans
     assert spans("Project Falcon launches on 14 February 2027.", 4) == ["14 February 2027", "Project Falcon"]
     assert spans("The user's doctor is Dr. Haruki Tanaka.", 4) == ["Dr. Haruki Tanaka"]
     assert spans("The design review happens every Monday morning.", 4) == ["Monday", "morning"]
@@ -195,7 +196,7 @@ def test_answer_spans_pick_dates_numbers_names_and_the_closing_phrase():
 
 
 def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers():
-    spans = dream_mod.answer_spans
+    spans = spans_mod.answer_spans
     # each clause's closing phrase: the answers a message states in lower case
     assert spans("The user can't do dairy, it wrecks the user's stomach.", 4) == ["stomach", "dairy"]
     assert "new repo lighthouse" in spans("The user named the new repo lighthouse after a long argument.", 4)
@@ -211,7 +212,7 @@ def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers
 
 
 def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
-    echo = dream_mod.echo_question
+    echo = spans_mod.echo_question
     assert echo("The user can't do dairy, it wrecks the user's stomach.", "dairy") == "The user can't do what?"
     assert echo("The user can't do dairy, it wrecks the user's stomach.", "stomach") == "It wrecks the user's what?"
     assert echo("The quarterly report is due on the 30th of June.", "30th of June") == "The quarterly report is due when?"
@@ -303,8 +304,8 @@ def test_blank_questions_hide_the_answer_from_the_writer_and_rest_trains_the_sam
 
 
 def test_blanks_stand_on_whole_words_and_the_closing_phrase_leaves_the_subject():
-    assert dream_mod.span_in("The user's preferred colour is red.", "red").start() == 31  # not "prefer-red"
-    assert dream_mod.span_in("The user's team drinks tea.", "te") is None
+    assert spans_mod.span_in("The user's preferred colour is red.", "red").start() == 31  # not "prefer-red"
+    assert spans_mod.span_in("The user's team drinks tea.", "te") is None
 
     class Tok:  # renders the chat as plain text: what matters here is the note inside it
         def apply_chat_template(self, msgs, **kw):
@@ -312,8 +313,8 @@ def test_blanks_stand_on_whole_words_and_the_closing_phrase_leaves_the_subject()
 
     prompt = dream_mod.blank_prompt(Tok(), "Rosa met Ana; Ana is Rosa's aunt.", "Ana")
     assert "Note: Rosa met ___; ___ is Rosa's aunt." in prompt  # every mention blanked: none gives it away
-    assert dream_mod._closing("The user keeps bees.") == "bees"  # after the person: a predicate, not a phrase
-    assert dream_mod._closing("Maya.") == "" and dream_mod._closing("私の犬はポチです。") == ""
+    assert spans_mod._closing("The user keeps bees.") == "bees"  # after the person: a predicate, not a phrase
+    assert spans_mod._closing("Maya.") == "" and spans_mod._closing("私の犬はポチです。") == ""
     assert dream_mod.parse_question("What", "'s the user's dog called?\nA: x") == "What's the user's dog called?"
     assert dream_mod.parse_question("Who", "is the user's manager? More") == "Who is the user's manager?"
     # ReST cannot rebuild the prompt of a blank dream whose answer is not in the note: it skips it
@@ -321,7 +322,7 @@ def test_blanks_stand_on_whole_words_and_the_closing_phrase_leaves_the_subject()
 
 
 def test_typed_stems_ask_when_for_dates_and_which_otherwise():
-    ts = dream_mod.typed_stem
+    ts = spans_mod.typed_stem
     assert [ts(s) for s in ("14 February 2027", "February", "Thursday", "3 March", "June 5th", "9:30", "2027-02-14")] == ["When"] * 7
     assert [ts(s) for s in ("Rust", "Project Falcon", "8443", "Maya", "afternoon", "Mayday")] == ["Which"] * 6
 

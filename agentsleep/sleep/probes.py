@@ -24,7 +24,8 @@ from typing import Any
 
 from ..models import generate as gen
 from ..textmatch import contains_answer, f1, grounded, tokens, trivial
-from .dream import answer_spans, span_in, teacher_prompt
+from .dream import teacher_prompt
+from .spans import answer_spans, span_in
 from .types import Memory, Probe
 
 CLOZE = "Fill in the blank from what you know: {prefix} ___"

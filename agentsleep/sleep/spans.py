@@ -1,0 +1,173 @@
+"""Likely answers in a note: the spans the writer is asked questions about.
+
+Dates, numbers and names first, then the note's closing phrase and each clause's (where a chat
+message says its answers in lower case: "I can't do dairy, it wrecks my stomach"). A word
+capitalised only because it opens a sentence ("Honestly", "Ugh,", "Turns out") is not a name.
+`echo_question` asks for a span by rule, in its own clause. Grammar, not facts of any data set.
+"""
+from __future__ import annotations
+
+import re
+
+from ..textmatch import PERSON, STOP, tokens
+
+_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_SPANS = [  # in order of preference: dates, numbers, names; then the note's closing phrase (_closing)
+    re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?:,? \d{{4}})?\b"
+               rf"|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
+    re.compile(r"\b\d(?:[\d:.,/-]*\d)?\b"),
+    re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?[A-Z][\w'-]*(?: (?:[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
+]
+
+
+def _closing(note: str, longest: int = 3) -> str:
+    """The note's closing phrase, usually its object: the words after its last function word ("The user's
+    favourite tea is jasmine green tea." -> "jasmine green tea"), or only the last word when more than
+    `longest` words follow it or the person does ("The user cannot eat gluten." -> "gluten")."""
+    words: list[str] = []
+    said = note.strip().rstrip(".!?;:)\"' ").split()
+    closed = False  # by a function word, or a comma or full stop: the words after it are a phrase
+    for w in reversed(said):
+        core = w.strip(".,;:!?()\"'")
+        if not core or core.lower() in STOP or (w != core and words):
+            closed = True
+            break
+        if core.lower() in PERSON:  # "The user keeps bees.": what follows the person is a predicate
+            break
+        if core.lower().removesuffix("'s") in PERSON:  # "... wrecks the user's stomach": the owner closes it
+            closed = True
+            break
+        words.insert(0, core)
+    if len(words) == len(said):  # no subject left: a bare name, or a script written without spaces
+        return ""
+    return " ".join(words if closed and len(words) <= longest else words[-1:])
+
+
+def as_words(span: str) -> re.Pattern:
+    """`span` as whole words: "red" is not in "preferred"."""
+    return re.compile(rf"(?<!\w){re.escape(span)}(?!\w)")
+
+
+def span_in(note: str, span: str) -> re.Match | None:
+    """Where `span` stands in `note` as whole words, or None."""
+    return as_words(span).search(note)
+
+
+# Words that carry no answer in a chat message: contractions, auxiliaries and fillers ("I can't do
+# dairy" -> "dairy", "Btw my partner is Joaquin" -> "Joaquin"). Grammar, not facts of any data set.
+_FILLER = frozenset("""can't cannot don't doesn't didn't won't isn't aren't wasn't i'm i've i'll i'd we're we've
+it's that's there's he's she's they're let's just really also still very quite usually always never often
+btw fyi ok okay oh ugh hey hi well yeah yes please thanks has have had been being get got like out up down
+off per each every""".split())
+# Words that end a clause: the run of content words before one is that clause's closing phrase.
+_CLAUSE = frozenset("""because while but so and or after before since until unless though although whereas
+if when once""".split())
+_COPULA = frozenset("is are was were has have had".split())
+
+
+def _is_name(note: str, m: re.Match) -> bool:
+    """A capitalised match is a name, unless it is one word opening a sentence and reads as a filler: a
+    function word or filler itself, a label ("Quick note: ..."), or followed by a comma, a filler or a
+    function word other than "is"/"was" ("Honestly the user hates ...", "Ugh, ...", "Turns out ...";
+    "Maya is ...", "Caroline met ..." stay names)."""
+    word = m.group(0)
+    before = note[:m.start()].rstrip()
+    if " " in word.strip() or "." in word or (before and before[-1] not in ".!?:\"'("):
+        return True
+    after = note[m.end():]
+    nxt = after.split()[0].strip(".!?").lower() if after.split() else ""
+    return not (word.lower() in STOP or word.lower() in _FILLER or after.startswith((",", ":"))
+                or re.match(r"\s*\w+:", after) or nxt in _FILLER or (nxt in STOP and nxt not in _COPULA))
+
+
+def _clause_endings(note: str, longest: int = 3) -> list[str]:
+    """Each clause's closing phrase, in the note's order: its last run of content words (up to `longest`),
+    leading adverbs and participles trimmed. "The user can't do dairy, it wrecks the user's stomach"
+    -> "dairy", "stomach". A message states most of its answers in lower case at the end of a clause,
+    where the date, number and name patterns cannot see them; a run before "is" is the subject, not
+    an answer ("The user's manager is ...")."""
+    def trimmed(run: list[str]) -> list[str]:
+        while run and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
+            run = run[1:]
+        return run[-longest:]
+
+    out: list[str] = []
+    for part in re.split(r"[,;:()\"!?]|\.(?:\s|$)", note):
+        run: list[str] = []
+        last: list[str] = []
+        for w in part.split() + [""]:
+            core = w.strip(".'\u2019").lower().replace("\u2019", "'")
+            if core in _CLAUSE or not w:
+                if trimmed(run) or last:
+                    out.append(" ".join(trimmed(run) or last))
+                run, last = [], []
+            elif core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s"):
+                run.append(w.strip(".'\u2019"))
+            else:
+                if trimmed(run) and core not in _COPULA:
+                    last = trimmed(run)
+                run = []
+    return out
+
+
+def answer_spans(note: str, n: int) -> list[str]:
+    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase, then each
+    clause's): the writer is asked for a question about each. Stems alone leave gaps: a
+    135M writer asked "Q: Where..." about "The user cannot eat gluten." writes "Where can the user eat
+    gluten?", and nothing teaches "gluten"."""
+    out: list[str] = []
+    if n <= 0:
+        return out
+    note = note.strip()
+    found = [m.group(0) for pat in _SPANS[:2] for m in pat.finditer(note)]
+    found += [m.group(0) for m in _SPANS[2].finditer(note) if _is_name(note, m)]
+    found += [_closing(note)] + _clause_endings(note)
+    for span in found:
+        words = span.strip(" .").split()
+        while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
+            words = words[1:]
+        span = " ".join(words)
+        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower() for o in out):
+            continue
+        out.append(span)
+        if len(out) >= n:
+            return out
+    return out
+
+
+_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
+                   r"|^\d{1,2}:\d{2}$|^\d{4}-\d{2}-\d{2}$|^\d{1,2}/\d{1,2}/\d{2,4}$")  # times, numeric dates
+
+
+def typed_stem(span: str) -> str:
+    """The question word a forward question about `span` starts with: "When" for a date, month or
+    weekday, else "Which". The prefill steers a small writer to a forward question ("Which language
+    is Project Heron written in?") where a bare "Q:" tends to ask the reverse one."""
+    return "When" if _WHEN.search(span) else "Which"
+
+
+_CLAUSE_BREAK = re.compile(r"[,;:!?](?=\s|$)|(?<!\b[A-Z][a-z])(?<!\b[A-Z][a-z][a-z])\.(?=\s|$)")  # not "Dr." or "Mrs."
+
+
+def echo_question(note: str, span: str, min_words: int = 3) -> str | None:
+    """The clause of `note` that holds `span`, with the span asked for in its place: "The user can't
+    do dairy, it wrecks ..." -> "The user can't do what?" ("when" for a time). Written by rule, so it
+    exists where the writer asks nothing usable about a message; None when the span is not in the note
+    or its clause has fewer than `min_words` other words."""
+    m = span_in(note, span)
+    if not m:
+        return None
+    start = max((b.end() for b in _CLAUSE_BREAK.finditer(note, 0, m.start())), default=0)
+    end = next((b.start() for b in _CLAUSE_BREAK.finditer(note, m.end())), len(note))
+    before, after = note[start:m.start()].strip(), note[m.end():end].strip()
+    if len(tokens(f"{before} {after}")) < min_words:
+        return None
+    wh = "what"
+    if typed_stem(span) == "When":  # "due on the 30th of June" -> "due when"
+        wh, words = "when", before.split()
+        while words and words[-1].lower() in STOP:
+            words.pop()
+        before = " ".join(words)
+    q = " ".join(x for x in (before, wh, after) if x)
+    return q[:1].upper() + q[1:] + "?"
+
