@@ -121,7 +121,7 @@ class DreamConfig(_Section):
                                                       "What is the name of"],
                              description="Question stems prefilled into the writer's answer, one dream per stem: the "
                                          "phrasing varies by stem, not by sampling temperature.")
-    answer_spans: int = Field(4, ge=0, le=16, description="Likely answers per episode (dates, numbers, names, its closing phrase) "
+    answer_spans: int = Field(4, ge=0, le=16, description="Likely answers per episode (dates, numbers, names, its closing phrase, each clause's) "
                               "that the writer is also asked a question about, written to have that answer; 0 turns them off.")
     typed_answer_questions: bool = Field(True, description="Write a second answer-first dream per likely answer, its question "
                                          "prefilled \"When\" for a date and \"Which\" otherwise.")

@@ -209,6 +209,11 @@ def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers
     assert spans("Maya is the user's daughter.", 4) == ["Maya", "daughter"]
     assert spans("Ingrid leads procurement.", 4)[0] == "Ingrid"
     assert spans("The user's manager is Ana Ruiz.", 4) == ["Ana Ruiz"]
+    assert spans("Priya has two kids and lives in Lisbon.", 4)[0] == "Priya"
+    assert spans("Yesterday I went to Porto with Ana.", 4) == ["Porto", "Ana"]  # "Yesterday I" is no name
+    # a single word ending a clause stays, whatever its ending; an unspaced script gives no runs of words
+    assert spans("The user is into hiking, but the user's wife prefers sailing.", 4)[-1] == "hiking"
+    assert spans("ユーザーは毎朝コーヒーを飲む。", 6) == []
 
 
 def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
@@ -219,6 +224,10 @@ def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
     assert echo("The user is up by 5:30 because the user swims.", "swims") == "The user is up by 5:30 because the user what?"
     assert echo("The user works at St. Brigid's hospital at night.", "St. Brigid's") == "The user works at what hospital at night?"
     assert echo("Maya.", "Maya") is None and echo("The user likes tea.", "coffee") is None  # too short; not in it
+    assert echo("My dog is Max. He sleeps on my bed every night.", "Max") == "My dog is what?"  # "Max." ends it
+    assert echo("I take my meds at 8 a.m. with breakfast.", "breakfast") == "I take my meds at 8 a.m. with what?"
+    assert echo("The standup is at 9:30 in room B2.", "9:30") == "The standup is when in room B2?"
+    assert echo("Мой брат Иван живёт в Москве с женой.", "Иван") is None  # the question words are English
 
 
 def test_writer_asks_per_stem_and_per_likely_answer(tiny):

@@ -79,3 +79,7 @@ def test_mistyped_answers_are_not_what_the_question_asks_for():
     assert not mistyped("Which port does staging use?", "8443")  # a number is not a time
     assert not mistyped("How many kids do I have?", "two")
     assert not mistyped("Wann ist das Treffen?", "Berlin")  # other languages pass
+    for q, a in [("When do we eat?", "5pm"), ("When do I run?", "Tuesdays before breakfast"), ("When?", "the 1990s"),
+                 ("How many pets do I have?", "none"), ("How many?", "fifteen"), ("What holiday do I love?", "Christmas"),
+                 ("Who is my daughter?", "June"), ("When do I drink coffee?", "毎朝")]:
+        assert not mistyped(q, a), (q, a)

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import re
 
-from ..textmatch import PERSON, STOP, tokens
+from ..textmatch import _UNSPACED, PERSON, STOP, tokens
 
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
 _SPANS = [  # in order of preference: dates, numbers, names; then the note's closing phrase (_closing)
     re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?:,? \d{{4}})?\b"
                rf"|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
     re.compile(r"\b\d(?:[\d:.,/-]*\d)?\b"),
-    re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?[A-Z][\w'-]*(?: (?:[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
+    re.compile(r"\b(?:(?:Dr|Mr|Mrs|Ms|Prof|St)\. )?(?!I\b|I['\u2019])[A-Z][\w'-]*"
+               r"(?: (?:(?!I\b|I['\u2019])[A-Z][\w'-]*|(?:of|de|van|von|la|le)(?= [A-Z])))*"),
 ]
 
 
@@ -58,51 +59,62 @@ def span_in(note: str, span: str) -> re.Match | None:
 _FILLER = frozenset("""can't cannot don't doesn't didn't won't isn't aren't wasn't i'm i've i'll i'd we're we've
 it's that's there's he's she's they're let's just really also still very quite usually always never often
 btw fyi ok okay oh ugh hey hi well yeah yes please thanks has have had been being get got like out up down
-off per each every""".split())
+off per each every anyway sadly""".split())
 # Words that end a clause: the run of content words before one is that clause's closing phrase.
 _CLAUSE = frozenset("""because while but so and or after before since until unless though although whereas
 if when once""".split())
 _COPULA = frozenset("is are was were has have had".split())
+# After a sentence's first word, these say it was an opener, not a name ("Honestly the ...", "Turns out").
+_OPENED = frozenset("i i'm i've i'll i'd my we we're our you your the a an it it's this that out".split())
+_ABBREV = r"(?<!\bDr)(?<!\bMr)(?<!\bMrs)(?<!\bMs)(?<!\bProf)(?<!\bSt)(?<!\bJr)(?<!\bSr)(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)(?<!\ba\.m)(?<!\bp\.m)(?<!\bU\.S)"
+# Where a clause ends: punctuation followed by a space or the end (not "5:30", not "Dr. Okafor"), or
+# the full-width punctuation of unspaced scripts.
+_CLAUSE_BREAK = re.compile(rf"[,;:!?](?=\s|$)|{_ABBREV}\.(?=\s|$)|[\u3001\u3002\uff01\uff1f\uff0c\uff1b\uff1a]")
+_NEXT_WORD = re.compile(r"\s*(\S*)")
+_LABEL = re.compile(r"\s*[A-Za-z][\w'-]*:(?:\s|$)")
 
 
 def _is_name(note: str, m: re.Match) -> bool:
-    """A capitalised match is a name, unless it is one word opening a sentence and reads as a filler: a
-    function word or filler itself, a label ("Quick note: ..."), or followed by a comma, a filler or a
-    function word other than "is"/"was" ("Honestly the user hates ...", "Ugh, ...", "Turns out ...";
-    "Maya is ...", "Caroline met ..." stay names)."""
+    """A capitalised match is a name, unless it is one word opening a sentence and reads as an opener:
+    a function word or filler itself, a label ("Quick note: ..."), or followed by a comma or by a
+    pronoun or article ("Honestly the user hates ...", "Ugh, ...", "Turns out ...", "Yesterday I ...";
+    "Maya is ...", "Maya has ...", "Caroline met ..." stay names)."""
     word = m.group(0)
-    before = note[:m.start()].rstrip()
-    if " " in word.strip() or "." in word or (before and before[-1] not in ".!?:\"'("):
+    i = m.start()
+    while i > 0 and note[i - 1].isspace():
+        i -= 1
+    if " " in word.strip() or "." in word or (i > 0 and note[i - 1] not in ".!?:\"'("):
         return True
-    after = note[m.end():]
-    nxt = after.split()[0].strip(".!?").lower() if after.split() else ""
-    return not (word.lower() in STOP or word.lower() in _FILLER or after.startswith((",", ":"))
-                or re.match(r"\s*\w+:", after) or nxt in _FILLER or (nxt in STOP and nxt not in _COPULA))
+    nxt = _NEXT_WORD.match(note, m.end()).group(1).strip(".!?").lower().replace("\u2019", "'")
+    return not (word.lower() in STOP or word.lower() in _FILLER or note.startswith((",", ":"), m.end())
+                or _LABEL.match(note, m.end()) or nxt in _OPENED)
 
 
 def _clause_endings(note: str, longest: int = 3) -> list[str]:
     """Each clause's closing phrase, in the note's order: its last run of content words (up to `longest`),
-    leading adverbs and participles trimmed. "The user can't do dairy, it wrecks the user's stomach"
-    -> "dairy", "stomach". A message states most of its answers in lower case at the end of a clause,
-    where the date, number and name patterns cannot see them; a run before "is" is the subject, not
-    an answer ("The user's manager is ...")."""
+    leading adverbs and participles trimmed ("just started violin lessons" -> "violin lessons", but
+    "hiking" alone stays). "The user can't do dairy, it wrecks the user's stomach" -> "dairy",
+    "stomach". A message states most of its answers in lower case at the end of a clause, where the
+    date, number and name patterns cannot see them; a run before "is" is the subject, not an answer
+    ("The user's manager is ..."). Unspaced scripts have no words to run: none are taken from them."""
     def trimmed(run: list[str]) -> list[str]:
-        while run and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
+        while len(run) > 1 and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
             run = run[1:]
         return run[-longest:]
 
     out: list[str] = []
-    for part in re.split(r"[,;:()\"!?]|\.(?:\s|$)", note):
+    for part in _CLAUSE_BREAK.split(note):
         run: list[str] = []
         last: list[str] = []
-        for w in part.split() + [""]:
+        for w in re.sub(r"[()\"]", " ", part).split() + [""]:
             core = w.strip(".'\u2019").lower().replace("\u2019", "'")
             if core in _CLAUSE or not w:
                 if trimmed(run) or last:
                     out.append(" ".join(trimmed(run) or last))
                 run, last = [], []
-            elif core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s"):
-                run.append(w.strip(".'\u2019"))
+            elif (core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s")
+                  and not _UNSPACED.search(core)):
+                run.append(w.strip("'\u2019"))  # "Dr." keeps its dot: a clause's own full stop is gone
             else:
                 if trimmed(run) and core not in _COPULA:
                     last = trimmed(run)
@@ -146,7 +158,9 @@ def typed_stem(span: str) -> str:
     return "When" if _WHEN.search(span) else "Which"
 
 
-_CLAUSE_BREAK = re.compile(r"[,;:!?](?=\s|$)|(?<!\b[A-Z][a-z])(?<!\b[A-Z][a-z][a-z])\.(?=\s|$)")  # not "Dr." or "Mrs."
+
+
+_BEFORE_TIME = frozenset("on at in by the of every during".split())
 
 
 def echo_question(note: str, span: str, min_words: int = 3) -> str | None:
@@ -160,14 +174,15 @@ def echo_question(note: str, span: str, min_words: int = 3) -> str | None:
     start = max((b.end() for b in _CLAUSE_BREAK.finditer(note, 0, m.start())), default=0)
     end = next((b.start() for b in _CLAUSE_BREAK.finditer(note, m.end())), len(note))
     before, after = note[start:m.start()].strip(), note[m.end():end].strip()
-    if len(tokens(f"{before} {after}")) < min_words:
-        return None
+    words = tokens(f"{before} {after}")
+    if len(words) < min_words or not any(w in STOP for w in words):
+        return None  # too little to ask with, or not English: the question words are English
     wh = "what"
-    if typed_stem(span) == "When":  # "due on the 30th of June" -> "due when"
-        wh, words = "when", before.split()
-        while words and words[-1].lower() in STOP:
-            words.pop()
-        before = " ".join(words)
+    if typed_stem(span) == "When" and before:  # "due on the 30th of June" -> "due when" ("June is ..." is a name)
+        wh, said = "when", before.split()
+        while said and said[-1].lower() in _BEFORE_TIME:
+            said.pop()
+        before = " ".join(said)
     q = " ".join(x for x in (before, wh, after) if x)
     return q[:1].upper() + q[1:] + "?"
 
