@@ -130,9 +130,11 @@ class DreamConfig(_Section):
                                                "its likely answers blanked out and asked for the question whose answer "
                                                "is the blank, one dream each (\"\" leaves the question word to it); "
                                                "an empty list turns these off.")
-    echo_questions: bool = Field(True, description="Per likely answer, also ask the clause that holds it with the answer "
+    echo_questions: bool = Field(False, description="Per likely answer, also ask the clause that holds it with the answer "
                                  "asked for in its place (\"The user can't do what?\"): written by rule, so a message the "
-                                 "writer asks nothing usable about still gets a question per likely answer.")
+                                 "writer asks nothing usable about still gets a question per likely answer. Off: one "
+                                 "more fact on one development sleep, and the development nights run with it lost "
+                                 "more earlier facts (docs/EXPERIMENTS.md).")
     implications: int = Field(0, ge=0, le=16, description="Statements kept per long memory from a list of what follows "
                               "from it, written by the model reading it and trained as text (SEAL's self-edits; "
                               "sleep/implications.py); 0 (the default) turns them off: the embedded model's lists "

@@ -232,7 +232,8 @@ def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
 
 def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     model, tok = load(str(tiny))
-    cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8, blank_stems=[])
+    cfg = DreamConfig(per_episode=3, stems=["What", "Who", "Where"], answer_spans=2, max_new_tokens=8, blank_stems=[],
+                      echo_questions=True)
     written = dream_mod.write(model, tok, MEM, cfg)
     # per likely answer (Biscuit; 14 February 2027, Project Falcon): a bare "Q:" and a typed question word
     assert [(d.episode_id, d.stem) for d in written] == [
