@@ -131,7 +131,7 @@ thousand million billion dozen half once twice none zero few several couple lot 
 
 
 def _timely(w: str) -> bool:
-    return w in TIME_WORDS or w.rstrip("s") in TIME_WORDS or any(c.isdigit() for c in w)
+    return w in TIME_WORDS or w.removesuffix("s") in TIME_WORDS or any(c.isdigit() for c in w)
 
 
 def mistyped(question: str, answer: str) -> bool:
@@ -148,7 +148,7 @@ def mistyped(question: str, answer: str) -> bool:
     if q[:2] in (["how", "many"], ["how", "much"], ["how", "old"]):
         return not any(any(c.isdigit() for c in w) or w in _NUMBER_WORDS for w in a)
     if q[0] == "where" or (q[0] in ("what", "which") and not asks_time):  # "Who": "June" and "May" are names too
-        return all(_timely(w) for w in a) and any(w.rstrip("s") in TIME_WORDS for w in a)  # only a time
+        return all(_timely(w) for w in a) and any(w.removesuffix("s") in TIME_WORDS for w in a)  # only a time
     return False
 
 

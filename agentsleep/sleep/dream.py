@@ -146,8 +146,9 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
     # blank that is no time; "Who/Where ...?" about a blanked date. Their dreams would all be mistyped.
     jobs = [(m, s, s, writer_prompt(tok, m.view, s), None) for m in memories for s in stems
             if not _cannot_fit(s, m.view)]
+    likely = {m.id: answer_spans(m.view, cfg.answer_spans) for m in memories}
     for m in memories:
-        for a in answer_spans(m.view, cfg.answer_spans):
+        for a in likely[m.id]:
             jobs.append((m, "", ANSWER_LABEL, answer_prompt(tok, m.view, a), None))
             if cfg.typed_answer_questions:
                 t = typed_stem(a)
@@ -176,7 +177,7 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
         dreams.append(Dream(m.id, qa[0], qa[1], stem=label) if qa else Dream(m.id, "", "", stem=label, kind="unparsed"))
     if cfg.echo_questions:
         for m in memories:
-            for a in answer_spans(m.view, cfg.answer_spans):
+            for a in likely[m.id]:
                 q = echo_question(m.view, a)
                 if q:
                     dreams.append(Dream(m.id, q, a, stem=ECHO_LABEL, kind="echo"))

@@ -158,8 +158,6 @@ def typed_stem(span: str) -> str:
     return "When" if _WHEN.search(span) else "Which"
 
 
-
-
 _BEFORE_TIME = frozenset("on at in by the of every during".split())
 
 
@@ -185,4 +183,3 @@ def echo_question(note: str, span: str, min_words: int = 3) -> str | None:
         before = " ".join(said)
     q = " ".join(x for x in (before, wh, after) if x)
     return q[:1].upper() + q[1:] + "?"
-
