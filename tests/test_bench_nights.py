@@ -70,6 +70,7 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
         assert len(m["accuracy"]) == m["night"] and m["told"] == 2 * m["night"]
         assert m["remembered"] == m["told"] + m["updates"] and 0 <= m["consolidated"] <= m["remembered"]
         assert all(0 <= a <= 1 for a in m["accuracy"]) and m["disk_bytes"] >= 0 and m["drift_base"] >= 0
+        assert [round(1 - len(ms) / 2, 3) for ms in m["missed"]] == m["accuracy"]   # the misses name the facts
         if m["status"] != "promoted":
             assert m["reasons"]
     assert run["mornings"][2]["update_told"] and run["mornings"][2]["updates"] == 1

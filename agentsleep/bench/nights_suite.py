@@ -177,7 +177,10 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
             disk = state["registry_bytes"] - before
             live = home.engine.live
             sets = _current(plan, n)
-            acc = [round(closed_book(live.model, live.tok, s)[0], 3) for s in sets]
+            read = [closed_book(live.model, live.tok, s) for s in sets]
+            acc = [round(a, 3) for a, _ in read]
+            missed = [[j for j, (f, a) in enumerate(zip(s, answers)) if not contains_answer(a, f.answer)]
+                      for s, (_, answers) in zip(sets, read)]  # which facts, so a slip can be traced to one
             first[:] = first_levels(first, acc, str(rep.status) == "promoted")
             told = sum(len(s) for s in sets)
             updates = [(u, plan[u.night][0][u.index]) for _, u in plan[:n + 1] if u is not None]
@@ -192,7 +195,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
                 "consolidated": sum(bool(e.consolidated_in) and not e.consolidated_in.startswith("skipped:") for e in eps),
                 "remembered": len(eps),
                 "night": n + 1, "status": str(rep.status), "reasons": list(rep.reasons), "sleep_id": rep.sleep_id,
-                "version": live.version.name, "seconds": round(seconds, 1), "accuracy": acc,
+                "version": live.version.name, "seconds": round(seconds, 1), "accuracy": acc, "missed": missed,
                 "recall": round(sum(a * len(s) for a, s in zip(acc, sets)) / told, 3), "told": told,
                 "retention": [round(a / f0, 3) if f0 else None for a, f0 in zip(acc, first)],
                 "first_level": list(first),
