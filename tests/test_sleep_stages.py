@@ -75,6 +75,8 @@ def test_memories_are_read_from_the_users_side_whoever_said_them():
     assert user_view("I'll remind you on Friday.", "assistant") == "You'll remind me on Friday."
     assert user_view("My manager is Ana.", "user") == "My manager is Ana."  # the user's own words stay
     assert user_view("The user prefers window seats.") == "I prefer window seats."
+    assert user_view("The tax filing deadline for the user is in April.") == "The tax filing deadline for me is in April."
+    assert user_view("Ana wrote to the user's sister.") == "Ana wrote to my sister."   # "the user's" is still "my"
     assert user_view("The user's dog is Biscuit.", "tool:crm") == "My dog is Biscuit."
     assert user_view("Ana leads procurement.", "assistant") == "Ana leads procurement."  # nobody to swap
     assert Memory("e", "Your gate code is 5519.", speaker="assistant").view == "The user's gate code is 5519."
