@@ -169,6 +169,9 @@ class SeedConfig(_Section):
     raw_repeats: int = Field(1, ge=1, le=16, description="Times each episode text appears per epoch (the dreams appear once).")
     min_dreams_per_episode: int = Field(4, ge=0, le=32, description="A new episode with fewer trained dreams has them repeated "
                                         "up to this many, so a fact with one good question is not drowned by its neighbours.")
+    min_dreams_per_answer: int = Field(3, ge=0, le=16, description="Each likely answer of a new episode that fewer trained "
+                                       "dreams give has them repeated up to this many (a note's second answer often has one "
+                                       "question among several about its first). 0 turns it off.")
     w_sft: float = Field(1.0, ge=0, description="Weight of the hard-label loss on teacher samples (filtered dreams). Paper: open.")
     sft_average: Literal["token", "item"] = Field("item", description="How the hard-label loss averages: 'item' averages each "
                                                   "item's answer tokens first, so a one-word answer (\"Rust\") counts as much as "

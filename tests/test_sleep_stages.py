@@ -92,6 +92,7 @@ def test_conversation_turns_become_speaker_resolved_dated_notes(tmp_path):
     from agentsleep.sleep.select import memory
     from agentsleep.sleep.voice import about_the_user, note
 
+    assert about_the_user("I cannot eat gluten.") == "The user cannot eat gluten."   # a modal takes no -s
     assert about_the_user("I take the 7:15 bus and I usually carry my umbrella.") == \
         "The user takes the 7:15 bus and the user usually carries the user's umbrella."
     assert about_the_user("I went to my sister's party; I'm tired.", who="Caroline") == \
@@ -401,6 +402,12 @@ def test_choose_holds_out_probes_and_ranks_by_value(tiny):
     top = sorted((d for d in items if not d.held_out), key=lambda d: -d.value)[:2]
     assert all(t in train for t in top)
     assert max(d.value for d in items) == max(d.value for d in train)  # best item never held out
+    # an answer with one question is never the probe: the gate would ask a fact that nothing trains
+    for seed in range(6):
+        items = [Dream("e1", f"What is the dog called, take {i}?", "Biscuit") for i in range(3)]
+        items += [Dream("e1", f"Lone question {i}?", f"answer{i}") for i in range(3)]
+        chosen = dream_mod.choose(model, tok, items, DreamConfig(probes_per_episode=1), seed=seed)
+        assert [d.answer for d in chosen if d.held_out] == ["Biscuit"]
 
 
 def test_thin_episodes_train_all_their_items_repeated_up_to_the_floor(tiny):
@@ -420,6 +427,14 @@ def test_thin_episodes_train_all_their_items_repeated_up_to_the_floor(tiny):
     out = balanced(ds, 3)
     assert Counter(d.question for d in out) == {"Q1?": 3, "Q2?": 2, "Q3?": 1, "Earlier?": 1}  # probes never, rehearsal as is
     assert balanced(ds, 0) == [d for d in ds if not d.held_out]
+    # a note's second answer with one question among several about its first is repeated up to the floor
+    falcon = [Dream("e4", f"Which project launches in February, take {i}?", "Project Falcon") for i in range(3)]
+    falcon += [Dream("e4", "When does Project Falcon launch?", "on 14 February 2027"), Dream("e4", "Probe?", "2027", held_out=True)]
+    spans = {"e4": ["14 February 2027", "Project Falcon", "the moon"]}
+    out = Counter(d.question for d in balanced(falcon, 4, per_answer=3, spans=spans))
+    assert out == {"When does Project Falcon launch?": 3, **{d.question: 1 for d in falcon[:3]}}  # no dream, no repeat
+    assert Counter(d.question for d in balanced(falcon, 6, per_answer=3, spans=spans))["When does Project Falcon launch?"] == 3
+    assert len(balanced(falcon, 6, per_answer=3, spans=spans)) == 6 and balanced(falcon, 4, 0, spans) == falcon[:4]
 
 
 def test_seed_learns_and_gate_decides(tiny):

@@ -260,6 +260,8 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
         probes: list[Dream] = []
         if len(items) >= min_items and cfg.probes_per_episode:
             pool = [d for d in items[1:] if d.kind == "qa"] or items[1:]  # the teacher agreed with these
+            # never an answer's only question: the probe would ask a fact nothing trains
+            pool = [d for d in pool if any(o is not d and contains_answer(o.answer, d.answer) for o in items)] or pool
             n = min(cfg.probes_per_episode, len(pool))
             probes = rng.sample(pool, n)  # never the single most valuable item
             for p in probes:

@@ -28,25 +28,42 @@ import torch
 
 from ..config import SeedConfig
 from ..progress import Progress, silent
+from ..textmatch import contains_answer
 from .dream import student_prompt, teacher_prompt
 from .launch import train_in_workers
 from .objective import Item, attach_soft_targets, distill_terms, lora_config
+from .spans import answer_spans
 from .tensors import encode
 from .train import train
 from .types import Dream, Memory
 
 
 
-def balanced(dreams: list[Dream], at_least: int) -> list[Dream]:
+def balanced(dreams: list[Dream], at_least: int, per_answer: int = 0,
+             spans: dict[str, list[str]] | None = None) -> list[Dream]:
     """Every new episode's trained dreams, repeated up to `at_least` items: a fact the writer found
     one good question for ("Where is the production database hosted?") otherwise gets one step's
-    share of the gradient in four epochs, and loses to neighbours with ten phrasings."""
+    share of the gradient in four epochs, and loses to neighbours with ten phrasings.
+
+    First each likely answer of an episode (`spans`: episode id -> its likely answers) that only a
+    few trained dreams give has them repeated up to `per_answer`: a note's second answer (the date in
+    "Project Falcon launches on 14 February 2027", the city in "My brother Tomas lives in Vancouver")
+    often has one question among several about its first, and is the one the morning misses. An
+    answer no dream gives gets nothing: there is no question to repeat."""
     train = [d for d in dreams if not d.held_out]
     by_ep: dict[str, list[Dream]] = {}
     for d in train:
         if not d.replay:
             by_ep.setdefault(d.episode_id, []).append(d)
-    extra = [ds[i % len(ds)] for ds in by_ep.values() for i in range(max(0, at_least - len(ds)))]
+    extra: list[Dream] = []
+    for eid, ds in by_ep.items():
+        mine: list[Dream] = []
+        for span in (spans or {}).get(eid, []) if per_answer else []:
+            giving = [d for d in ds if contains_answer(d.answer, span)]
+            if giving:
+                mine += [giving[i % len(giving)] for i in range(max(0, per_answer - len(giving)))]
+        mine += [ds[i % len(ds)] for i in range(max(0, at_least - len(ds) - len(mine)))]
+        extra += mine
     return train + extra
 
 
@@ -85,13 +102,15 @@ def token_chunks(tok: Any, text: str, max_tokens: int) -> list[str]:
 
 
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
-                min_dreams: int = 0, max_tokens: int = 256, notes: list[tuple[str, str]] = ()) -> list[Item]:
+                min_dreams: int = 0, max_tokens: int = 256, notes: list[tuple[str, str]] = (),
+                per_answer: int = 0) -> list[Item]:
     """Training items: the dreams as questions answered closed-book, and as text (no prompt) the memories
     and `notes`, the (episode id, statement) implications written about them."""
     text = {m.id: m.view for m in memories}
+    spans = {m.id: answer_spans(m.view, 16) for m in memories if not m.replay} if per_answer else {}
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
-                  d.episode_id) for d in balanced(dreams, min_dreams)]
+                  d.episode_id) for d in balanced(dreams, min_dreams, per_answer, spans)]
     if include_raw:
         items += [Item("", piece, None, m.id) for m in memories for piece in token_chunks(tok, m.view, max_tokens - 2)
                   for _ in range(raw_repeats)]
@@ -111,7 +130,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     from peft import get_peft_model
 
     items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode,
-                        cfg.max_seq_len, notes)
+                        cfg.max_seq_len, notes, cfg.min_dreams_per_answer)
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]

@@ -128,7 +128,7 @@ kept met ran sat stood grew began brought bought caught taught fought sought spe
 read wrote rode drove spoke broke chose froze stole woke wore tore swore bore lost led fed fled bled met shot lit
 slept wept swept dealt meant hung won sang rang drank sank swam threw flew drew knew blew forgot became
 moved""".split())
-_MODAL = frozenset("can could will would shall should may might must".split())
+_MODAL = frozenset("can could will would shall should may might must cannot ought".split())
 _ADVERB = frozenset("also still never always often usually just really only even already sometimes rarely "
                     "mostly actually generally normally".split())
 _CONTRACTED = {"i'm": "the user is", "i've": "the user has", "i'll": "the user will", "i'd": "the user would",
