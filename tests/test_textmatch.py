@@ -66,6 +66,9 @@ def test_answers_question_wants_what_the_answer_adds_not_its_framing():
     # an answer the question gives away entirely falls back to every content word
     assert answers_question("Biscuit", "Is the dog called Biscuit?", "Biscuit")
     assert not answers_question("Rex", "Is the dog called Biscuit?", "Biscuit")
+    dog = "The user's dog is a beagle called Biscuit"   # a naming verb is framing too: a paraphrase is no lost fact
+    assert answers_question("My dog is a beagle named Biscuit.", "Which dog is my dog?", dog)
+    assert not answers_question("My dog is named Biscuit.", "Which dog is my dog?", dog)   # "beagle" is the fact
 
 
 def test_mistyped_answers_are_not_what_the_question_asks_for():
