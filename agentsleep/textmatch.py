@@ -71,15 +71,20 @@ _NAMING = frozenset("called named known".split())  # "a beagle named Biscuit" sa
 def answers_question(prediction: str, question: str, answer: str) -> bool:
     """True when `prediction` says what `answer` adds to `question`: every content word of the answer that
     the question does not already hold, leaving out how the person is named and the naming verb ("named" for
-    "called"). "Where can I find the user's favourite tea?" with the answer "The user's favourite tea is
+    "called"), a plural read as its singular. "Where can I find the user's favourite tea?" with the answer "The user's favourite tea is
     jasmine green tea" wants "jasmine green", so "Your favourite tea is jasmine green tea" answers it; `contains_answer` would want "user" too, and a
     retrained model that changes its framing would read as one that forgot the fact."""
-    asked = set(tokens(question)) | PERSON | _NAMING
-    want = [w for w in content_tokens(answer) if w not in asked]
+    asked = {_one(w) for w in tokens(question)} | PERSON | _NAMING
+    want = [w for w in map(_one, content_tokens(answer)) if w not in asked]
     if not want:
         return contains_answer(prediction, answer)
-    have = set(tokens(prediction))
+    have = {_one(w) for w in tokens(prediction)}
     return all(w in have for w in want)
+
+
+def _one(word: str) -> str:
+    """A plural read as its singular ("window seat" answers "window seats"), on both sides alike."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 
 def grounded(answer: str, memory: str, min_share: float = 0.6) -> bool:

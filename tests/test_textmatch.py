@@ -69,6 +69,8 @@ def test_answers_question_wants_what_the_answer_adds_not_its_framing():
     dog = "The user's dog is a beagle called Biscuit"   # a naming verb is framing too: a paraphrase is no lost fact
     assert answers_question("My dog is a beagle named Biscuit.", "Which dog is my dog?", dog)
     assert not answers_question("My dog is named Biscuit.", "Which dog is my dog?", dog)   # "beagle" is the fact
+    assert answers_question("The user prefers a window seat.", "Which seat is preferred?", "Window seats")
+    assert not answers_question("The user prefers an aisle seat.", "Which seat is preferred?", "Window seats")
 
 
 def test_mistyped_answers_are_not_what_the_question_asks_for():
