@@ -70,10 +70,11 @@ _NAMING = frozenset("called named known".split())  # "a beagle named Biscuit" sa
 
 def answers_question(prediction: str, question: str, answer: str) -> bool:
     """True when `prediction` says what `answer` adds to `question`: every content word of the answer that
-    the question does not already hold, leaving out how the person is named and the naming verb ("named" for
-    "called"), a plural read as its singular. "Where can I find the user's favourite tea?" with the answer "The user's favourite tea is
-    jasmine green tea" wants "jasmine green", so "Your favourite tea is jasmine green tea" answers it; `contains_answer` would want "user" too, and a
-    retrained model that changes its framing would read as one that forgot the fact."""
+    the question does not already hold, leaving out how the person is named and the naming verb ("named"
+    for "called"), a plural read as its singular. "Where can I find the user's favourite tea?" with the
+    answer "The user's favourite tea is jasmine green tea" wants "jasmine green", so "Your favourite tea is
+    jasmine green tea" answers it; `contains_answer` would want "user" too, and a retrained model that
+    changes its framing would read as one that forgot the fact."""
     asked = {_one(w) for w in tokens(question)} | PERSON | _NAMING
     want = [w for w in map(_one, content_tokens(answer)) if w not in asked]
     if not want:
