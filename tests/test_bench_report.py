@@ -235,6 +235,8 @@ def test_results_file_records_versions_config_and_seeds_without_secrets(tmp_path
     assert res["config"]["sleep"]["seed"]["seed"] == 7 and "dream" in res["config"]["sleep"]
     assert res["config"]["serve"]["api_key"] == "***" and "s3cret" not in p.read_text()
     assert not list(tmp_path.glob(".*.tmp"))  # written atomically
+    res = json.loads(report.save({"config": {}}, tmp_path, "y").read_text())  # a suite's own overrides are kept
+    assert res["config"] == {} and res["home_config"]["sleep"]["seed"]["seed"] == 7
 
 
 def test_one_sleep_quick_result_renders_and_keeps_its_own_block(tmp_path):

@@ -121,8 +121,10 @@ def save(res: dict[str, Any], out_dir: Path, name: str) -> Path:
     from ..atomic import atomic_write_text
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    res = {**res, "machine": machine(), "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-           **provenance()}
+    prov = provenance()
+    if "config" in res:  # a suite's own overrides (bench nights) stay what `markdown` reads; the full one beside
+        prov["home_config"] = prov.pop("config")
+    res = {**res, "machine": machine(), "finished_at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **prov}
     p = out_dir / f"{name}.json"
     atomic_write_text(p, json.dumps(res, indent=1, default=str))
     return p
