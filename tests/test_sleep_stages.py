@@ -219,6 +219,17 @@ def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers
     assert spans("ユーザーは毎朝コーヒーを飲む。", 6) == []
 
 
+def test_where_asks_only_for_what_a_place_word_introduces():
+    from agentsleep.sleep.spans import unplaced
+
+    note = "The user's brother Tomas lives in Vancouver."
+    assert unplaced(note, "Tomas") and not unplaced(note, "Vancouver")
+    assert not unplaced("The user was born in the town of Galway.", "Galway")      # within four words
+    assert unplaced("The user's sister Lena works as an architect.", "architect")
+    assert not unplaced(note, "lives in Vancouver")      # the answer says where itself
+    assert not unplaced(note, "Lisbon") and not unplaced("東京に住んでいる", "東京")  # not in it, not English
+
+
 def test_echo_questions_ask_for_a_likely_answer_in_its_own_clause():
     echo = spans_mod.echo_question
     assert echo("The user can't do dairy, it wrecks the user's stomach.", "dairy") == "The user can't do what?"
@@ -254,11 +265,13 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     cfg.typed_answer_questions = cfg.echo_questions = False
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
     # a question word that cannot fit is not asked: "When" about a note with no time, "Where"/"Who"
-    # about a blanked date; "What"/"Which" can ask for anything
+    # about a blanked date, "Where" about a blank with no place word before it ("called ___");
+    # "What"/"Which" can ask for anything
     cfg = DreamConfig(per_episode=2, stems=["When", "What"], answer_spans=1, max_new_tokens=8,
                       typed_answer_questions=False, echo_questions=False, blank_stems=["Where", "When", "What"])
-    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == [
-        "What", "(answer)", "(blank) Where", "(blank) What"]
+    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == ["What", "(answer)", "(blank) What"]
+    placed = [Memory("e3", "The user's brother lives in Vancouver.")]
+    assert [d.stem for d in dream_mod.write(model, tok, placed, cfg)] == ["What", "(answer)", "(blank) Where", "(blank) What"]
     assert [d.stem for d in dream_mod.write(model, tok, MEM[1:], cfg)] == [
         "When", "What", "(answer)", "(blank) When", "(blank) What"]
 
@@ -375,13 +388,14 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
           Dream("e1", "What breed is the dog?", "poodle"),             # not in the memory
           Dream("e1", "What is Biscuit?", "Biscuit"),                  # answer given away
           Dream("e1", "When did the user get a dog?", "Biscuit"),      # not the kind of answer asked for
+          Dream("e1", "Where does the user's dog live?", "Biscuit"),   # no place word before it in the note
           Dream("e2", "", "", kind="unparsed"),
           Dream("e2", "When does Project Falcon launch?", "14 February 2027"),
           Dream("e1", "What is my favourite project?", "Biscuit"),      # the same question about two
           Dream("e2", "What is my favourite project?", "Project Falcon")]  # memories, two answers
     kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
     assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
-    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "mistyped": 1, "duplicate": 1, "conflicting": 2,
+    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "mistyped": 2, "duplicate": 1, "conflicting": 2,
                        "teacher-disagrees": 0}
     # the tiny random teacher cannot answer from context: agreement rejects everything, and
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams

@@ -21,7 +21,7 @@ from ..models import generate as gen
 from ..textmatch import STOP, contains_answer, f1, grounded, mistyped, tokens, trivial
 from ..progress import Progress, silent
 from .implications import implications
-from .spans import answer_spans, as_words, echo_question, typed_stem
+from .spans import answer_spans, as_words, echo_question, typed_stem, unplaced
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
 from .voice import user_question
@@ -154,7 +154,7 @@ def write(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, progre
                 t = typed_stem(a)
                 jobs.append((m, t, f"{ANSWER_LABEL} {t}", answer_prompt(tok, m.view, a, t), None))
             for b in cfg.blank_stems:
-                if _cannot_fit(b, a):
+                if _cannot_fit(b, a) or (b == "Where" and unplaced(m.view, a)):
                     continue
                 prompt = blank_prompt(tok, m.view, a, b)
                 if prompt is not None:
@@ -197,8 +197,9 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
             dropped["ungrounded"] += 1
         elif trivial(d.question, d.answer):
             dropped["trivial"] += 1
-        elif mistyped(d.question, d.answer):  # "When did I run the marathon?" -> "Berlin"
-            dropped["mistyped"] += 1
+        elif mistyped(d.question, d.answer) or (d.question.lower().startswith("where ")
+                                                 and unplaced(text[d.episode_id], d.answer)):
+            dropped["mistyped"] += 1  # "When did I run the marathon?" -> "Berlin"; "Where ...?" -> a person
         elif any(k.episode_id == d.episode_id and fuzz.ratio(k.question.lower(), d.question.lower()) >= cfg.dedupe_ratio
                  for k in kept):
             dropped["duplicate"] += 1

@@ -158,6 +158,22 @@ def typed_stem(span: str) -> str:
     return "When" if _WHEN.search(span) else "Which"
 
 
+_PLACE_WORDS = frozenset("in at from to near into inside outside around across behind beside toward towards via "
+                         "within throughout".split())
+
+
+def unplaced(note: str, span: str, window: int = 4) -> bool:
+    """`span` stands in the English `note` only where no place word comes in the `window` words before it:
+    "Where ...?" cannot ask for it. "The user's brother ___ lives in Vancouver" blanks a person, so
+    "Where is the user's brother living? -> Tomas" is wrong; "born in the town of ___" is a place. False
+    when the span is not in the note (nothing to judge), holds a place word itself, or the note is not
+    English (no place words)."""
+    spots = list(as_words(span).finditer(note))
+    if not spots or not any(w in STOP for w in tokens(note)) or set(tokens(span)) & _PLACE_WORDS:
+        return False  # not in it, not English, or an answer that says "... lives in Vancouver" itself
+    return not any(set(tokens(note[:m.start()])[-window:]) & _PLACE_WORDS for m in spots)
+
+
 _BEFORE_TIME = frozenset("on at in by the of every during".split())
 
 
