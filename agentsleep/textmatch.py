@@ -84,7 +84,8 @@ def answers_question(prediction: str, question: str, answer: str) -> bool:
 
 
 def _one(word: str) -> str:
-    """A plural read as its singular ("window seat" answers "window seats"), on both sides alike."""
+    """A plural read as its singular ("window seat" answers "window seats"), on both sides alike. Crude on
+    purpose ("news" reads "new", "Lucas" "Luca"): it only eases the gate's reading of a reworded answer."""
     return word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word
 
 

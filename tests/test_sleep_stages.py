@@ -76,6 +76,7 @@ def test_memories_are_read_from_the_users_side_whoever_said_them():
     assert user_view("My manager is Ana.", "user") == "My manager is Ana."  # the user's own words stay
     assert user_view("The user prefers window seats.") == "I prefer window seats."
     assert user_view("The tax filing deadline for the user is in April.") == "The tax filing deadline for me is in April."
+    assert user_view("Ana is taller than the user is.") == "Ana is taller than I am."
     assert user_view("Ana wrote to the user's sister.") == "Ana wrote to my sister."   # "the user's" is still "my"
     assert user_view("The user's dog is Biscuit.", "tool:crm") == "My dog is Biscuit."
     assert user_view("Ana leads procurement.", "assistant") == "Ana leads procurement."  # nobody to swap
@@ -224,8 +225,10 @@ def test_where_asks_only_for_what_a_place_word_introduces():
 
     note = "The user's brother Tomas lives in Vancouver."
     assert unplaced(note, "Tomas") and not unplaced(note, "Vancouver")
-    assert not unplaced("The user was born in the town of Galway.", "Galway")      # within four words
-    assert unplaced("The user's sister Lena works as an architect.", "architect")
+    assert not unplaced("The user was born in the small coastal town of Galway.", "Galway")  # its clause has "in"
+    assert unplaced("The user's sister Lena works as an architect in Oslo.", "architect")
+    assert not unplaced("The user's hometown is Galway.", "Galway")   # no place word to judge by: may be a place
+    assert not unplaced("Ana viaja a Madrid con Tomas.", "Tomas")       # not English
     assert not unplaced(note, "lives in Vancouver")      # the answer says where itself
     assert not unplaced(note, "Lisbon") and not unplaced("東京に住んでいる", "東京")  # not in it, not English
 
@@ -265,13 +268,14 @@ def test_writer_asks_per_stem_and_per_likely_answer(tiny):
     cfg.typed_answer_questions = cfg.echo_questions = False
     assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)][3:] == ["(answer)"]
     # a question word that cannot fit is not asked: "When" about a note with no time, "Where"/"Who"
-    # about a blanked date, "Where" about a blank with no place word before it ("called ___");
-    # "What"/"Which" can ask for anything
+    # about a blanked date, "Where" about a blank that the note's place word does not introduce
+    # ("The user's brother ___ lives in Vancouver"); "What"/"Which" can ask for anything
     cfg = DreamConfig(per_episode=2, stems=["When", "What"], answer_spans=1, max_new_tokens=8,
                       typed_answer_questions=False, echo_questions=False, blank_stems=["Where", "When", "What"])
-    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == ["What", "(answer)", "(blank) What"]
-    placed = [Memory("e3", "The user's brother lives in Vancouver.")]
-    assert [d.stem for d in dream_mod.write(model, tok, placed, cfg)] == ["What", "(answer)", "(blank) Where", "(blank) What"]
+    assert [d.stem for d in dream_mod.write(model, tok, MEM[:1], cfg)] == [
+        "What", "(answer)", "(blank) Where", "(blank) What"]
+    brother = [Memory("e3", "The user's brother Tomas lives in Vancouver.")]   # its first likely answer: Tomas
+    assert [d.stem for d in dream_mod.write(model, tok, brother, cfg)] == ["What", "(answer)", "(blank) What"]
     assert [d.stem for d in dream_mod.write(model, tok, MEM[1:], cfg)] == [
         "When", "What", "(answer)", "(blank) When", "(blank) What"]
 
@@ -388,15 +392,18 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
           Dream("e1", "What breed is the dog?", "poodle"),             # not in the memory
           Dream("e1", "What is Biscuit?", "Biscuit"),                  # answer given away
           Dream("e1", "When did the user get a dog?", "Biscuit"),      # not the kind of answer asked for
-          Dream("e1", "Where does the user's dog live?", "Biscuit"),   # no place word before it in the note
           Dream("e2", "", "", kind="unparsed"),
           Dream("e2", "When does Project Falcon launch?", "14 February 2027"),
           Dream("e1", "What is my favourite project?", "Biscuit"),      # the same question about two
           Dream("e2", "What is my favourite project?", "Project Falcon")]  # memories, two answers
     kept, dropped = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=False))
     assert [d.question for d in kept] == ["What is the dog's name?", "When does Project Falcon launch?"]
-    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "mistyped": 2, "duplicate": 1, "conflicting": 2,
+    assert dropped == {"unparsed": 1, "ungrounded": 1, "trivial": 1, "mistyped": 1, "duplicate": 1, "conflicting": 2,
                        "teacher-disagrees": 0}
+    brother = [Memory("e3", "The user's brother Tomas lives in Vancouver.")]  # "Where" asks for the place
+    where = [Dream("e3", "Where's the user's brother living?", "Tomas"), Dream("e3", "Where does Tomas live?", "Vancouver")]
+    kept3, dropped3 = dream_mod.filter_dreams(model, tok, where, brother, DreamConfig(teacher_agreement=False))
+    assert [d.answer for d in kept3] == ["Vancouver"] and dropped3["mistyped"] == 1
     # the tiny random teacher cannot answer from context: agreement rejects everything, and
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams
     kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))
@@ -449,6 +456,10 @@ def test_thin_episodes_train_all_their_items_repeated_up_to_the_floor(tiny):
     assert out == {"When does Project Falcon launch?": 3, **{d.question: 1 for d in falcon[:3]}}  # no dream, no repeat
     assert Counter(d.question for d in balanced(falcon, 6, per_answer=3, spans=spans))["When does Project Falcon launch?"] == 3
     assert len(balanced(falcon, 6, per_answer=3, spans=spans)) == 6 and balanced(falcon, 4, 0, spans) == falcon[:4]
+    both = [Dream("e5", "What happens on 14 February 2027?", "Project Falcon launches on 14 February 2027")]
+    both += [Dream("e5", f"Which project, take {i}?", "Project Falcon") for i in range(4)]
+    out = Counter(d.question for d in balanced(both, 0, per_answer=3, spans={"e5": spans["e4"]}))
+    assert out["What happens on 14 February 2027?"] == 3   # copies made for one answer count for the other
 
 
 def test_seed_learns_and_gate_decides(tiny):

@@ -197,7 +197,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
             dropped["ungrounded"] += 1
         elif trivial(d.question, d.answer):
             dropped["trivial"] += 1
-        elif mistyped(d.question, d.answer) or (d.question.lower().startswith("where ")
+        elif mistyped(d.question, d.answer) or (tokens(d.question)[:1] == ["where"]
                                                  and unplaced(text[d.episode_id], d.answer)):
             dropped["mistyped"] += 1  # "When did I run the marathon?" -> "Berlin"; "Where ...?" -> a person
         elif any(k.episode_id == d.episode_id and fuzz.ratio(k.question.lower(), d.question.lower()) >= cfg.dedupe_ratio
@@ -261,8 +261,10 @@ def choose(model: Any, tok: Any, kept: list[Dream], cfg: DreamConfig, seed: int 
         probes: list[Dream] = []
         if len(items) >= min_items and cfg.probes_per_episode:
             pool = [d for d in items[1:] if d.kind == "qa"] or items[1:]  # the teacher agreed with these
-            # never an answer's only question: the probe would ask a fact nothing trains
-            pool = [d for d in pool if any(o is not d and contains_answer(o.answer, d.answer) for o in items)] or pool
+            # where it can, not an answer's only question among the likely trained (the top k): the probe
+            # would ask a fact that nothing trains
+            top = items[:cfg.keep_top_k + cfg.probes_per_episode]
+            pool = [d for d in pool if any(o is not d and contains_answer(o.answer, d.answer) for o in top)] or pool
             n = min(cfg.probes_per_episode, len(pool))
             probes = rng.sample(pool, n)  # never the single most valuable item
             for p in probes:

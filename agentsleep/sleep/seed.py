@@ -60,8 +60,9 @@ def balanced(dreams: list[Dream], at_least: int, per_answer: int = 0,
         mine: list[Dream] = []
         for span in (spans or {}).get(eid, []) if per_answer else []:
             giving = [d for d in ds if contains_answer(d.answer, span)]
+            have = len(giving) + sum(contains_answer(d.answer, span) for d in mine)  # copies made for another span
             if giving:
-                mine += [giving[i % len(giving)] for i in range(max(0, per_answer - len(giving)))]
+                mine += [giving[i % len(giving)] for i in range(max(0, per_answer - have))]
         mine += [ds[i % len(ds)] for i in range(max(0, at_least - len(ds) - len(mine)))]
         extra += mine
     return train + extra

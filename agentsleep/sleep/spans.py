@@ -162,18 +162,24 @@ _PLACE_WORDS = frozenset("in at from to near into inside outside around across b
                          "within throughout".split())
 
 
-def unplaced(note: str, span: str, window: int = 4) -> bool:
-    """`span` stands in the English `note` only where no place word comes in the `window` words before it:
-    "Where ...?" cannot ask for it. "The user's brother ___ lives in Vancouver" blanks a person, so
-    "Where is the user's brother living? -> Tomas" is wrong; "born in the town of ___" is a place. False
-    when the span is not in the note (nothing to judge), holds a place word itself, or the note is not
-    English (no place words)."""
+def unplaced(note: str, span: str) -> bool:
+    """`span` is not the place of the English `note`: the note introduces a place with a place word ("lives
+    in Vancouver") and no place word comes before the span in its clause, so "Where ...?" cannot ask for it
+    ("Where is the user's brother living? -> Tomas"). False when there is nothing to judge by: the span is
+    not in the note or holds a place word itself, the note names no place that way ("The user's hometown
+    is Galway": Galway may well be a place), or it is not English."""
     spots = list(as_words(span).finditer(note))
-    if not spots or not any(w in STOP for w in tokens(note)) or set(tokens(span)) & _PLACE_WORDS:
-        return False  # not in it, not English, or an answer that says "... lives in Vancouver" itself
-    return not any(set(tokens(note[:m.start()])[-window:]) & _PLACE_WORDS for m in spots)
+    words = set(tokens(note))
+    if not spots or not words & _ENGLISH or not words & _PLACE_WORDS or set(tokens(span)) & _PLACE_WORDS:
+        return False
+
+    def clause_before(start: int) -> set[str]:
+        begin = max((b.end() for b in _CLAUSE_BREAK.finditer(note, 0, start)), default=0)
+        return set(tokens(note[begin:start]))
+    return not any(clause_before(m.start()) & _PLACE_WORDS for m in spots)
 
 
+_ENGLISH = frozenset("the is are was were of and".split())
 _BEFORE_TIME = frozenset("on at in by the of every during".split())
 
 

@@ -34,7 +34,7 @@ _WORD = re.compile(r"[A-Za-z]+(?:['\u2019][A-Za-z]+)?|[^A-Za-z]+")
 # An agent's notes about "the user", in the user's own words.
 _THE_USER = [
     (r"\b[Tt]he user's\b", "my"), (r"\b([Dd])oes the user\b", r"\1o I"), (r"\b([Dd]id|[Ww]ill|[Cc]an|[Ss]hould|[Ww]ould) the user\b", r"\1 I"),
-    (r"\b(for|to|with|of|by|about|from|at|on|than) the user\b", r"\1 me"),  # "due for the user is" -> "for me is"
+    (r"\b(for|to|with|of|by|about|from|at|on) the user\b", r"\1 me"),  # "due for the user is" -> "for me is"
     (r"\b[Ii]s the user\b", "am I"), (r"\b[Hh]as the user\b", "have I"), (r"\b[Ww]as the user\b", "was I"),
     (r"\b[Tt]he user is\b", "I am"), (r"\b[Tt]he user has\b", "I have"), (r"\b[Tt]he user was\b", "I was"),
     (r"\b[Tt]he user (\w+)s\b(?!')", r"I \1"),  # "the user prefers" -> "I prefer"
