@@ -10,7 +10,7 @@ from agentsleep.home import Home
 from agentsleep.memory.ledger import CANDIDATE, Ledger, probe_id
 from agentsleep.models.loader import load
 from agentsleep.sleep.gate import Counts, count, decide, drift_kl, drift_from_reference, drift_reference
-from agentsleep.sleep.evidence import earlier_items, first_levels, record_answers
+from agentsleep.sleep.evidence import earlier_items, first_levels, record_answers, to_the_point
 from agentsleep.sleep.pipeline import Night
 from agentsleep.sleep.types import Dream, Probe, SleepPlan, Verdict
 from tiny import tiny_model_dir
@@ -149,6 +149,11 @@ def test_retention_sample_is_disjoint_from_tonights_rehearsal():
     assert not asked & {(d.episode_id, d.question) for d in rehearsed}
     assert len(items) == 1 + 26 and len({probe_id(p.question, p.answer) for p in items}) == len(items)
     assert earlier_items(probes, dreams, rehearsed, 32) == (items, 1)  # the same sample on a rerun
+    # a retention probe asks for the fact: an episode's sentence answers only when it has no short one
+    long = [Dream("e9", "Who is Ingrid?", "Ingrid Solberg is a manager of the team"), Dream("e9", "Who leads?", "Ingrid"),
+            Dream("e8", "What about Ana?", "Ana moved to Lisbon with her two sisters last May")]
+    assert [d.answer for d in to_the_point(long)] == ["Ingrid", "Ana moved to Lisbon with her two sisters last May"]
+    assert [p.answer for p in earlier_items([], long, [], 8)[0]].count("Ingrid Solberg is a manager of the team") == 0
 
 
 def test_ledger_probe_tables_survive_reopening(tmp_path):

@@ -17,6 +17,7 @@ from typing import Any
 
 from ..memory.ledger import CANDIDATE, probe_id
 from ..models.loader import load
+from ..textmatch import content_tokens
 from .gate import drift_reference
 from .generic_prompts import generic_pool
 from .probes import checked, cloze
@@ -38,12 +39,21 @@ def _in_turn(items: list, n: int, seed: int = 0) -> list:
     return list(itertools.islice(turns, n))
 
 
+def to_the_point(dreams: list[Dream], most: int = 3) -> list[Dream]:
+    """Per episode, its dreams whose answer is a few words (a name, a date, a value: at most `most` content
+    words) when it has any. A retention probe asks for the fact; a whole-sentence answer ("Ingrid Solberg is
+    a manager of the team") is missed as soon as the model words it otherwise, and the gate would count
+    that as a forgotten fact (most of one development night's "lost" facts were such sentences)."""
+    short = {d.episode_id for d in dreams if len(content_tokens(d.answer)) <= most}
+    return [d for d in dreams if d.episode_id not in short or len(content_tokens(d.answer)) <= most]
+
+
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,
                   max_probes: int | None = None, night: int = 0) -> tuple[list[Probe], float]:
     """What the gate re-asks of earlier sleeps, and how many earlier facts each fact asked stands for.
 
-    Their probes plus a seeded sample of `n` trained dreams, never one rehearsed tonight (trained on
-    tonight: no test of memory), each question once. Past `max_probes` earlier probes, `max_probes` of them
+    Their probes plus a seeded sample of `n` trained dreams (short answers first: `to_the_point`), never
+    one rehearsed tonight (trained on tonight: no test of memory), each question once. Past `max_probes` earlier probes, `max_probes` of them
     taken in turn from each episode, a different draw each `night`, so that the gate's cost stays flat
     however long the history. When that leaves earlier episodes unasked, the facts asked are a random
     sample of them and the scale (episodes with a probe / those asked, else 1) turns the gate's earlier
@@ -55,7 +65,7 @@ def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Drea
     if max_probes is not None and len(probes) > max_probes:
         probes = _in_turn(probes, max_probes, seed=night)
     asked = {p.episode_id for p in probes}
-    sample = _in_turn([d for d in dreams if (d.episode_id, d.question) not in trained], n)
+    sample = _in_turn(to_the_point([d for d in dreams if (d.episode_id, d.question) not in trained]), n)
     items = probes + [d.probe() for d in sample]
     scale = len(population) / len(asked) if asked else 1.0  # asked is a subset of population: at least 1
     return list({probe_id(p.question, p.answer): p for p in items}.values()), scale
