@@ -424,10 +424,10 @@ def test_choose_holds_out_probes_and_ranks_by_value(tiny):
     assert all(t in train for t in top)
     assert max(d.value for d in items) == max(d.value for d in train)  # best item never held out
     # an answer with one question is never the probe: the gate would ask a fact that nothing trains
-    for seed in range(6):
+    for draw in range(6):
         items = [Dream("e1", f"What is the dog called, take {i}?", "Biscuit") for i in range(3)]
         items += [Dream("e1", f"Lone question {i}?", f"answer{i}") for i in range(3)]
-        chosen = dream_mod.choose(model, tok, items, DreamConfig(probes_per_episode=1), seed=seed)
+        chosen = dream_mod.choose(model, tok, items, DreamConfig(probes_per_episode=1), seed=draw)
         assert [d.answer for d in chosen if d.held_out] == ["Biscuit"]
 
 
