@@ -467,7 +467,7 @@ def test_seed_learns_and_gate_decides(tiny):
     dreams = [Dream("e1", "What is the name of the dog?", "Biscuit"),
               Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
     cfg = SeedConfig(epochs=12, min_steps=0, batch_size=4, lr=5e-3, w_distill=1.0, on_policy_every=3, on_policy_samples=2,
-                     min_dreams_per_episode=0)  # its step count is asserted below
+                     min_dreams_per_episode=0, min_dreams_per_answer=0)  # its step count is asserted below
     pool = [(dream_mod.student_prompt(tok, "What is the capital of France?"), "Paris is the capital.")]
     pm, stats = seed(model, tok, dreams, MEM, cfg, replay_pool=pool)
     sft = stats.losses["sft"]
