@@ -32,7 +32,7 @@ def _expert(tiny, **kw):
     # the other 2 (unequal shares: the loss normalisation must still give the 1-process gradient)
     # fp32 unless asked: the comparisons below are about summation order, not bf16 rounding
     cfg = SeedConfig(**{"epochs": 3, "min_steps": 0, "batch_size": 4, "lr": 5e-3, "mixed_precision": "no",
-                        "min_dreams_per_episode": 0, **kw})
+                        "min_dreams_per_episode": 0, "min_dreams_per_answer": 0, **kw})
     pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, source=str(tiny))
     lora = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
     return lora, stats
