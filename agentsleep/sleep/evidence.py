@@ -52,13 +52,14 @@ def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Drea
                   max_probes: int | None = None, night: int = 0) -> tuple[list[Probe], float]:
     """What the gate re-asks of earlier sleeps, and how many earlier facts each fact asked stands for.
 
-    Their probes plus a seeded sample of `n` trained dreams (short answers first: `to_the_point`), never
-    one rehearsed tonight (trained on tonight: no test of memory), each question once. Past `max_probes` earlier probes, `max_probes` of them
-    taken in turn from each episode, a different draw each `night`, so that the gate's cost stays flat
-    however long the history. When that leaves earlier episodes unasked, the facts asked are a random
-    sample of them and the scale (episodes with a probe / those asked, else 1) turns the gate's earlier
-    counts into estimates over all of them: losses counted on a sample must weigh what losses over the
-    whole history would, or the net check would grow laxer night after night."""
+    Their probes plus a seeded sample of `n` trained dreams (only the short answers of an episode that has
+    any: `to_the_point`), never one rehearsed tonight (trained on tonight: no test of memory), each question
+    once. Past `max_probes` earlier probes, `max_probes` of them taken in turn from each episode, a
+    different draw each `night`, so that the gate's cost stays flat however long the history. When that
+    leaves earlier episodes unasked, the facts asked are a random sample of them and the scale (episodes
+    with a probe / those asked, else 1) turns the gate's earlier counts into estimates over all of them:
+    losses counted on a sample must weigh what losses over the whole history would, or the net check would
+    grow laxer night after night."""
     trained = {(d.episode_id, d.question) for d in rehearsed}
     probes = list({probe_id(p.question, p.answer): p for p in probes}.values())
     population = {p.episode_id for p in probes}

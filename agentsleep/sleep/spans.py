@@ -160,6 +160,7 @@ def typed_stem(span: str) -> str:
 
 _PLACE_WORDS = frozenset("in at from to near into inside outside around across behind beside toward towards via "
                          "within throughout".split())
+_ENGLISH = frozenset("the is are was were of and".split())  # a note holding none is not judged in English
 
 
 def unplaced(note: str, span: str) -> bool:
@@ -179,7 +180,6 @@ def unplaced(note: str, span: str) -> bool:
     return not any(clause_before(m.start()) & _PLACE_WORDS for m in spots)
 
 
-_ENGLISH = frozenset("the is are was were of and".split())
 _BEFORE_TIME = frozenset("on at in by the of every during".split())
 
 
