@@ -147,6 +147,13 @@ class DreamConfig(_Section):
     max_new_tokens: int = Field(40, ge=8, le=256, description="Length limit of one written dream, in tokens.")
     batch_size: int = Field(24, ge=1, description="Prompts generated together while dreaming.")
     teacher_agreement: bool = Field(True, description="Drop items the teacher (model with the episode in context) does not answer the same way.")
+    reader: Literal["base", "parent"] = Field(
+        "base", description="Which weights read the new episodes to write their questions, check them (the teacher) and "
+        "check the gate's probes: 'base' = the home's base model, whose reading of a note is not overridden by the facts "
+        "earlier sleeps consolidated (a consolidated model asked 'Who is the user's sister?' beside a note naming Lena "
+        "answers with a name it learned before); 'parent' = the version this sleep trains on. 'base' holds a second copy "
+        "of the base weights in memory during the sleep, and with sleep.generator = 'vllm' its generation runs in "
+        "transformers.")
     dedupe_ratio: float = Field(90.0, ge=0, le=100, description="rapidfuzz ratio (0-100) above which two questions are near-duplicates.")
 
 

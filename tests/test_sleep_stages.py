@@ -156,7 +156,7 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
 
     def night(min_probes):
         return SimpleNamespace(cfg=SimpleNamespace(gate=SimpleNamespace(min_probes=min_probes)),
-                               plan=SimpleNamespace(memories=mems), engine=SimpleNamespace(with_lora=lambda _: None),
+                               plan=SimpleNamespace(memories=mems), engine=SimpleNamespace(with_lora=lambda _: None), reader=None, model=None,
                                tok=AutoTokenizer.from_pretrained(str(tiny)), dreams=SimpleNamespace(probes=held))
 
     ps, notes = evidence.trusted_probes(night(2))
@@ -728,3 +728,48 @@ def test_long_texts_are_trained_whole_in_pieces_not_cut(tiny):
     assert " ".join(token_chunks(tok, one_long_sentence, 50)).split() == one_long_sentence.split()
     items = build_items(tok, [], [Memory("d", doc)], include_raw=True, max_tokens=66)
     assert [it.target for it in items] == pieces and {it.memory_id for it in items} == {"d"}
+
+
+@pytest.mark.parametrize("reader", ["base", "parent"])
+def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_path, monkeypatch, reader):
+    """A consolidated parent asked about a note answers from what it learned on earlier nights; with
+    sleep.dream.reader = base the writer, the teacher and the probe check are the base weights, while
+    the learning values (and the training) stay the parent's."""
+    import torch
+    from peft import get_peft_model
+
+    from agentsleep.sleep import pipeline
+    from agentsleep.sleep.night import Night
+    from agentsleep.sleep.objective import lora_config
+    from agentsleep.sleep.types import DreamSet, SleepPlan
+
+    h = _tiny_home(tmp_path, tiny, dream={"reader": reader})
+    model, tok = load(str(tiny))
+    pm = get_peft_model(model, lora_config(SeedConfig(lora_r=4)))
+    with torch.no_grad():
+        for n_, p in pm.named_parameters():
+            if "lora_B" in n_:
+                p.fill_(0.05)  # a published expert that changes the weights
+    parent = publish(pm, tok, h.registry, {"parent": "v0000", "sleep_id": "s1", "episode_ids": []})
+    mems = [Memory("a", "My manager is called Ingrid Solberg.")]
+    n = Night(home=h, plan=SleepPlan("s2", parent.name, mems), journal=None, stop=lambda: False, say=lambda *a: None,
+              started_at=0.0)
+    pipeline.load_parent(n)
+    seen = {}
+
+    def fake_dream(model, tok, memories, cfg, **kw):
+        seen["reader"], seen["student"] = model, kw.get("student")
+        return DreamSet([Dream("a", "Who is the user's manager?", "Ingrid Solberg")], written=1, dropped={})
+
+    monkeypatch.setattr(pipeline, "dream", fake_dream)
+    n.journal = type("J", (), {"write_dreams": lambda self, *a: None})()
+    pipeline.write_dreams(n)
+    base_w = dict(load(str(tiny))[0].named_parameters())
+    reader_w = dict(n.reader.named_parameters())
+    name = next(k for k in base_w if "q_proj" in k)
+    if reader == "base":
+        assert n.reader is not n.model and torch.equal(reader_w[name], base_w[name])
+        assert not torch.equal(dict(n.model.named_parameters())[name], base_w[name])  # the parent holds the expert
+        assert seen["reader"] is n.reader and seen["student"] is n.model
+    else:
+        assert n.reader is n.model and seen["reader"] is n.model and seen["student"] is None

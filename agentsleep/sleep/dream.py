@@ -359,13 +359,14 @@ def restate(model: Any, tok: Any, asked: list[tuple[str, Dream]], views: dict[st
 
 
 def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress: Progress = silent,
-          generator: Any = None) -> DreamSet:
-    """Write, filter and choose. `generator` (a VllmGenerator set to the same weights and writer
-    adapter as `model`) does the generating; the learning values need logits and use `model`."""
+          generator: Any = None, student: Any = None) -> DreamSet:
+    """Write, filter and choose. `model` reads the memories (writer and teacher); `generator` (a
+    VllmGenerator set to the same weights and writer adapter as `model`) does its generating. The
+    learning values are the student's loss (`student`, or `model` when it is the student)."""
     g = generator or model
     written = write(g, tok, memories, cfg, progress)
     kept, dropped = filter_dreams(g, tok, written, memories, cfg, progress)
-    chosen = choose(model, tok, kept, cfg, seed) if kept else []
+    chosen = choose(student if student is not None else model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)
     chosen = in_both_voices(chosen)
     implied, implied_written = implications(g, tok, memories, cfg, progress)

@@ -142,14 +142,17 @@ def base_reference(n: Night) -> dict[str, Any] | None:
 
 
 def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
-    """The held-out dreams the pre-sleep model, reading their memory, answers as written; then a blank in
-    the episode's own text for every episode left without one (a fact the gate cannot ask about is a fact
-    it cannot see learned), topped up to gate.min_probes with more blanks. Blanks pass the same probe
-    check (sleep/probes.py). Notes say when blanks were needed."""
+    """The held-out dreams the reader (sleep.dream.reader: the base or the pre-sleep model), reading their
+    memory, answers as written; then a blank in the episode's own text for every episode left without
+    one (a fact the gate cannot ask about is a fact it cannot see learned), topped up to gate.min_probes
+    with more blanks. Blanks pass the same probe check (sleep/probes.py). Notes say when blanks were
+    needed."""
     need = n.cfg.gate.min_probes
     texts = {m.id: m.view for m in n.plan.memories}
     with contextlib.ExitStack() as stack:
-        if n.engine is None:
+        if n.reader is not None and n.reader is not n.model:
+            teacher = n.reader  # sleep.dream.reader = base
+        elif n.engine is None:
             stack.enter_context(n.pm.disable_adapter())
             teacher = n.pm
         else:

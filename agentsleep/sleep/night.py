@@ -27,6 +27,7 @@ class Night:
     started_at: float
     parent: Version | None = None
     model: Any = None
+    reader: Any = None                        # reads the new episodes (sleep.dream.reader): the base model, or `model`
     tok: Any = None
     lineage: list[Version] = field(default_factory=list)
     engine: Any = None                        # the vLLM generation engine, when sleep.generator asks for one

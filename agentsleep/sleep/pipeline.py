@@ -22,7 +22,7 @@ from typing import Any, Callable
 from ..errors import AgentsleepError
 from ..memory.ledger import probe_id
 from ..models.loader import load
-from ..models.registry import Version
+from ..models.registry import BASE_VERSION, Version
 from ..progress import Progress, silent
 from .dream import dream
 from .evidence import base_reference, earlier_items, first_levels, record_answers, trusted_probes
@@ -103,7 +103,7 @@ def restate_updates(n: Night) -> None:
     asked = [(olds[d.episode_id], d) for d in dreams + [Dream(p.episode_id, p.question, p.answer) for p in probes]
              if d.episode_id in olds]
     old_views = {o: memory(n.home.store.get(o)).view for o in {d.episode_id for _, d in asked}}
-    extra = restate(n.model, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream, old_views)
+    extra = restate(n.reader, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream, old_views)
     if extra:
         n.dreams.dreams += extra
         n.journal.write_dreams(n.dreams.dreams)
@@ -159,16 +159,27 @@ def load_parent(n: Night) -> None:
     n.model, n.tok = load(n.parent.weights, dtype=model_cfg.dtype, device=model_cfg.device)
     n.lineage = [v for v in n.home.registry.lineage(n.parent.name) if not v.is_base]
     n.engine = generation_engine(cfg, model_cfg, n.parent.weights)
+    n.reader = n.model
+    if cfg.dream.reader == "base" and not n.parent.is_base:
+        base = n.home.registry.get(BASE_VERSION)
+        n.reader, _ = load(base.weights, dtype=model_cfg.dtype, device=model_cfg.device)
+
+
+def _reader_engine(n: Night) -> Any:
+    """The vLLM engine for the reader's generation: it holds the parent's weights, so only when the
+    parent reads."""
+    return n.engine if n.reader is n.model else None
 
 
 def write_dreams(n: Night) -> SleepReport | None:
     """The model writes its curriculum about the new episodes (the writer adapter if ReST trained one)."""
     writer_dir = writer_adapter_dir(n.home.root)
-    if n.engine is not None:
-        n.engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
-    with with_writer(n.model, writer_dir) as writer:
+    engine = _reader_engine(n)
+    if engine is not None:
+        engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
+    with with_writer(n.reader, writer_dir) as writer:
         n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
-                         generator=n.engine)
+                         generator=engine, student=None if n.reader is n.model else n.model)
     n.journal.write_dreams(n.dreams.dreams, n.dreams.implications)
     if n.dreams.train:
         return None
@@ -186,7 +197,7 @@ def write_dreams(n: Night) -> SleepReport | None:
 def improve_writer(n: Night) -> None:
     """ReST-EM: the writer learns from its dreams the student answered after seeding on them."""
     n.rest_stats = rest_em(n.model, n.tok, n.plan.memories, n.dreams, n.cfg, n.home.root, progress=n.say,
-                           should_stop=n.stop)
+                           should_stop=n.stop, writer_model=n.reader)
 
 
 def seed_expert(n: Night) -> None:

@@ -159,7 +159,9 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
 
 
 def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: SleepConfig, home_root: Path,
-            progress: Progress = silent, should_stop=lambda: False) -> dict[str, Any]:
+            progress: Progress = silent, should_stop=lambda: False, writer_model: Any = None) -> dict[str, Any]:
+    """`model` is the student the candidates are tried on; the writer adapter is fitted on `writer_model`
+    (the weights that write the dreams, sleep.dream.reader), by default the same model."""
     rng = random.Random(cfg.seed.seed)
     text = {m.id: m.view for m in memories}
     stats = {"rest_candidates": 0, "rest_winners": 0, "rest_mean_gain": 0.0}
@@ -183,6 +185,6 @@ def rest_em(model: Any, tok: Any, memories: list[Memory], ds: DreamSet, cfg: Sle
         stats["rest_winners"] += len(winners)
         if winners and not should_stop():
             start = pending if (pending / "adapter_config.json").is_file() else current
-            fit_writer(model, tok, winners, text, cfg, pending, start_from=start)
+            fit_writer(model if writer_model is None else writer_model, tok, winners, text, cfg, pending, start_from=start)
     stats["rest_mean_gain"] = round(sum(gains) / len(gains), 4) if gains else 0.0
     return stats
