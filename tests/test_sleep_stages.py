@@ -220,6 +220,16 @@ def test_answer_spans_of_a_chat_message_skip_fillers_and_find_lower_case_answers
     assert spans("ユーザーは毎朝コーヒーを飲む。", 6) == []
 
 
+def test_half_a_name_is_widened_to_the_name_the_note_gives():
+    note = "The user's dentist is Dr. Okafor, and the user's mentor is called Beatrice Moreau."
+    assert spans_mod.whole_name(note, "Moreau") == "Beatrice Moreau"
+    assert spans_mod.whole_name(note, "Okafor") == "Dr. Okafor"
+    assert spans_mod.whole_name(note, "Beatrice Moreau") == "Beatrice Moreau"  # already whole
+    assert spans_mod.whole_name(note, "mentor") == "mentor"  # not a name
+    assert spans_mod.whole_name("Moreau met Beatrice.", "Moreau") == "Moreau"  # two names, not one
+    assert spans_mod.whole_name("Project Falcon launches on 14 February 2027.", "2027") == "2027"  # dates stay
+
+
 def test_where_asks_only_for_what_a_place_word_introduces():
     from agentsleep.sleep.spans import unplaced
 
@@ -404,6 +414,11 @@ def test_filters_drop_ungrounded_trivial_duplicates(tiny):
     where = [Dream("e3", "Where's the user's brother living?", "Tomas"), Dream("e3", "Where does Tomas live?", "Vancouver")]
     kept3, dropped3 = dream_mod.filter_dreams(model, tok, where, brother, DreamConfig(teacher_agreement=False))
     assert [d.answer for d in kept3] == ["Vancouver"] and dropped3["mistyped"] == 1
+    # half a name is widened to the whole name the note gives: the morning wants "Beatrice", not "Moreau"
+    mentor = [Memory("e4", "My mentor is called Beatrice Moreau.")]
+    half = [Dream("e4", "Who is the mentor?", "Moreau")]
+    kept4, _ = dream_mod.filter_dreams(model, tok, half, mentor, DreamConfig(teacher_agreement=False))
+    assert [d.answer for d in kept4] == ["Beatrice Moreau"]
     # the tiny random teacher cannot answer from context: agreement rejects everything, and
     # each memory left with nothing keeps its grounded items ("rescued") rather than no dreams
     kept2, dropped2 = dream_mod.filter_dreams(model, tok, ds, MEM, DreamConfig(teacher_agreement=True))

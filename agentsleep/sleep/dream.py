@@ -21,7 +21,7 @@ from ..models import generate as gen
 from ..textmatch import STOP, contains_answer, f1, grounded, mistyped, tokens, trivial
 from ..progress import Progress, silent
 from .implications import implications
-from .spans import answer_spans, as_words, echo_question, typed_stem, unplaced
+from .spans import answer_spans, as_words, echo_question, typed_stem, unplaced, whole_name
 from .tensors import batched_nll
 from .types import Dream, DreamSet, Memory
 from .voice import user_question
@@ -191,6 +191,8 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
                "teacher-disagrees": 0}
     kept: list[Dream] = []
     for d in dreams:
+        if d.answer:
+            d.answer = whole_name(text[d.episode_id], d.answer)
         if d.kind == "unparsed" or not d.question:
             dropped["unparsed"] += 1
         elif not grounded(d.answer, text[d.episode_id]):

@@ -147,6 +147,20 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
+def whole_name(note: str, answer: str) -> str:
+    """`answer` widened to the whole name in `note` it is a part of ("Moreau" -> "Beatrice Moreau" in "The
+    user's mentor is called Beatrice Moreau."), else `answer`. A question trained to answer half a name
+    teaches half of it: the morning asks "Who is my mentor?" and wants the name as the note says it."""
+    a = answer.strip().rstrip(".")
+    if not a or not all(w[:1].isupper() for w in a.split()):
+        return answer
+    for m in _SPANS[2].finditer(note):
+        name = m.group(0)
+        if name != a and " " in name and _is_name(note, m) and as_words(a).search(name):
+            return name
+    return answer
+
+
 _WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
                    r"|^\d{1,2}:\d{2}$|^\d{4}-\d{2}-\d{2}$|^\d{1,2}/\d{1,2}/\d{2,4}$")  # times, numeric dates
 
