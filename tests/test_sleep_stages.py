@@ -228,6 +228,14 @@ def test_half_a_name_is_widened_to_the_name_the_note_gives():
     assert spans_mod.whole_name(note, "mentor") == "mentor"  # not a name
     assert spans_mod.whole_name("Moreau met Beatrice.", "Moreau") == "Moreau"  # two names, not one
     assert spans_mod.whole_name("Project Falcon launches on 14 February 2027.", "2027") == "2027"  # dates stay
+    assert spans_mod.whole_name(note, "Moreau", "What is the surname of my mentor?") == "Moreau"  # asks for a part
+    assert spans_mod.whole_name("Beatrice Moreau and Paul Moreau are the mentors.", "Moreau") == "Moreau"  # shared
+    assert spans_mod.whole_name("The user works in Beatrice Moreau's lab.", "Moreau") == "Beatrice Moreau"  # no 's
+    # an opening word, a time word or a filler is not part of the name
+    assert spans_mod.whole_name("Btw the user's friend Joaquin Ruiz is a pilot.", "Ruiz") == "Joaquin Ruiz"
+    assert spans_mod.whole_name("On Monday the user met Lena Park.", "Monday") == "Monday"
+    assert spans_mod.whole_name("Yesterday Maya Chen was the user's guest.", "Yesterday") == "Yesterday"
+    assert spans_mod.whole_name("Meine Schwester Lena Weber wohnt in Berlin.", "Lena") == "Lena"  # not English
 
 
 def test_where_asks_only_for_what_a_place_word_introduces():
@@ -773,18 +781,49 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
     seen = {}
 
     def fake_dream(model, tok, memories, cfg, **kw):
-        seen["reader"], seen["student"] = model, kw.get("student")
+        seen["reader"], seen["student"], seen["generator"] = model, kw.get("student"), kw.get("generator")
         return DreamSet([Dream("a", "Who is the user's manager?", "Ingrid Solberg")], written=1, dropped={})
 
+    class Engine:  # a vLLM engine holds the parent's weights: it may generate only for a parent that reads
+        def with_lora(self, path):
+            seen.setdefault("with_lora", []).append(path)
+            return self
+
+    def fake_rest(model, tok, memories, ds, cfg, root, **kw):
+        seen["rest"] = (model, kw.get("writer_model"))
+        return {}
+
+    def fake_probes(night, engine=None):
+        seen["probes"] = (night.reader, engine)
+        return [], []
+
     monkeypatch.setattr(pipeline, "dream", fake_dream)
+    monkeypatch.setattr(pipeline, "rest_em", fake_rest)
+    monkeypatch.setattr(pipeline, "trusted_probes", fake_probes)
+    n.engine = Engine()
     n.journal = type("J", (), {"write_dreams": lambda self, *a: None})()
     pipeline.write_dreams(n)
+    pipeline.improve_writer(n)
     base_w = dict(load(str(tiny))[0].named_parameters())
     reader_w = dict(n.reader.named_parameters())
     name = next(k for k in base_w if "q_proj" in k)
+    student = n.model
     if reader == "base":
         assert n.reader is not n.model and torch.equal(reader_w[name], base_w[name])
         assert not torch.equal(dict(n.model.named_parameters())[name], base_w[name])  # the parent holds the expert
         assert seen["reader"] is n.reader and seen["student"] is n.model
+        assert "with_lora" not in seen and seen.get("generator") is None  # the engine holds the parent
+        assert seen["rest"] == (n.model, n.reader)  # tried on the student, the writer fitted on the reader
+        reader_model = n.reader
+        pipeline.check_probes(n)
+        assert seen["probes"] == (reader_model, None) and n.reader is student  # checked by the base, then released
     else:
-        assert n.reader is n.model and seen["reader"] is n.model and seen["student"] is None
+        assert n.reader is n.model and seen["reader"] is n.model and seen["student"] is n.model
+        assert seen["with_lora"] == [None] and seen["generator"] is n.engine
+        assert seen["rest"] == (n.model, n.model)
+        pipeline.check_probes(n)
+        assert seen["probes"] == (student, n.engine)
+    first = Night(home=h, plan=SleepPlan("s3", "v0000", mems), journal=None, stop=lambda: False, say=lambda *a: None,
+                  started_at=0.0)
+    pipeline.load_parent(first)
+    assert first.reader is first.model  # the first night's parent is the base: no second copy

@@ -4,7 +4,8 @@ What works on a small model (docs/EXPERIMENTS.md): few-shot chat (two worked
 note -> Q/A turns), variety from question stems prefilled into the answer
 ("Q: Where") rather than from temperature, greedy decoding, then strict
 filters: the answer must appear in the memory, must not be given away by the
-question, and the teacher (the model with the memory in context) must agree.
+question, and the teacher (the reader, sleep.dream.reader: by default the base
+model, with the memory in context) must agree.
 Kept items are ranked by learning value (the student's loss without context).
 The likely answers the writer is asked about come from spans.py.
 """
@@ -192,7 +193,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
     kept: list[Dream] = []
     for d in dreams:
         if d.answer:
-            d.answer = whole_name(text[d.episode_id], d.answer)
+            d.answer = whole_name(text[d.episode_id], d.answer, d.question)
         if d.kind == "unparsed" or not d.question:
             dropped["unparsed"] += 1
         elif not grounded(d.answer, text[d.episode_id]):

@@ -1,7 +1,7 @@
 """What the gate judges a night on, and the per-probe record it keeps across versions.
 
-- `trusted_probes`: this night's held-out dreams that the pre-sleep model, reading their memory,
-  answers as written, topped up with blanks cut from the episodes' own text (sleep/probes.py);
+- `trusted_probes`: this night's held-out dreams that the reader (sleep.dream.reader: the base model,
+  or the pre-sleep one), reading their memory, answers as written, topped up with blanks cut from the episodes' own text (sleep/probes.py);
 - `earlier_items`: what is re-asked of earlier sleeps, never an item rehearsed tonight;
 - `first_levels`: whether each of those was answered when its fact was first consolidated (the
   cumulative retention bound reads it);
@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 from typing import Any
@@ -141,33 +140,26 @@ def base_reference(n: Night) -> dict[str, Any] | None:
     return None if n.parent.name == base.name else ref
 
 
-def trusted_probes(n: Night) -> tuple[list[Probe], list[str]]:
-    """The held-out dreams the reader (sleep.dream.reader: the base or the pre-sleep model), reading their
-    memory, answers as written; then a blank in the episode's own text for every episode left without
-    one (a fact the gate cannot ask about is a fact it cannot see learned), topped up to gate.min_probes
-    with more blanks. Blanks pass the same probe check (sleep/probes.py). Notes say when blanks were
-    needed."""
+def trusted_probes(n: Night, engine: Any = None) -> tuple[list[Probe], list[str]]:
+    """The held-out dreams the reader (sleep.dream.reader: the base or the parent, before training),
+    reading their memory, answers as written; then a blank in the episode's own text for every episode
+    left without one (a fact the gate cannot ask about is a fact it cannot see learned), topped up to
+    gate.min_probes with more blanks. Blanks pass the same probe check (sleep/probes.py). Notes say when
+    blanks were needed. `engine`: a vLLM engine holding the reader's weights, to generate with."""
     need = n.cfg.gate.min_probes
     texts = {m.id: m.view for m in n.plan.memories}
-    with contextlib.ExitStack() as stack:
-        if n.reader is not None and n.reader is not n.model:
-            teacher = n.reader  # sleep.dream.reader = base
-        elif n.engine is None:
-            stack.enter_context(n.pm.disable_adapter())
-            teacher = n.pm
-        else:
-            teacher = n.engine.with_lora(None)
-        probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
-        covered = {p.episode_id for p in probes}
-        blanks = cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1)
-        extra, _ = checked(teacher, n.tok, blanks, texts) if blanks else ([], {})
-        failed = len(blanks) - len(extra)
-        if len(probes) + len(extra) < need:  # top up with more blanks, those the teacher fills
-            asked = {p.question for p in blanks}
-            more = [p for p in cloze(n.plan.memories, 2 * len(n.plan.memories)) if p.question not in asked][:2 * need]
-            passed, _ = checked(teacher, n.tok, more, texts) if more else ([], {})
-            failed += len(more) - len(passed)
-            extra += passed[:need - len(probes) - len(extra)]
+    teacher = n.reader if engine is None else engine.with_lora(None)
+    probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
+    covered = {p.episode_id for p in probes}
+    blanks = cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1)
+    extra, _ = checked(teacher, n.tok, blanks, texts) if blanks else ([], {})
+    failed = len(blanks) - len(extra)
+    if len(probes) + len(extra) < need:  # top up with more blanks, those the teacher fills
+        asked = {p.question for p in blanks}
+        more = [p for p in cloze(n.plan.memories, 2 * len(n.plan.memories)) if p.question not in asked][:2 * need]
+        passed, _ = checked(teacher, n.tok, more, texts) if more else ([], {})
+        failed += len(more) - len(passed)
+        extra += passed[:need - len(probes) - len(extra)]
     notes = []
     if extra or failed:
         dropped = ", ".join(f"{k} {v}" for k, v in n.probe_dropped.items()) or "none dropped"

@@ -41,6 +41,7 @@ class Night:
     seed_stats: SeedStats | None = None
     probes: list[Probe] = field(default_factory=list)
     probe_dropped: dict[str, int] = field(default_factory=dict)
+    probe_notes: list[str] = field(default_factory=list)  # what the probe check had to do, for the verdict
     verdict: Verdict | None = None
     version: Version | None = None            # published
     retry: dict[str, Any] = field(default_factory=dict)  # how a retried batch's plan was changed (retry_config)

@@ -13,6 +13,7 @@ and episodes are marked consolidated only after it.
 """
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -171,6 +172,16 @@ def _reader_engine(n: Night) -> Any:
     return n.engine if n.reader is n.model else None
 
 
+def _release_reader(n: Night) -> None:
+    """Drop the base model's copy once nothing is left for it to read: training needs the memory."""
+    if n.reader is not None and n.reader is not n.model:
+        n.reader = n.model
+        gc.collect()
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
 def write_dreams(n: Night) -> SleepReport | None:
     """The model writes its curriculum about the new episodes (the writer adapter if ReST trained one)."""
     writer_dir = writer_adapter_dir(n.home.root)
@@ -179,7 +190,7 @@ def write_dreams(n: Night) -> SleepReport | None:
         engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
     with with_writer(n.reader, writer_dir) as writer:
         n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
-                         generator=engine, student=None if n.reader is n.model else n.model)
+                         generator=engine, student=n.model)
     n.journal.write_dreams(n.dreams.dreams, n.dreams.implications)
     if n.dreams.train:
         return None
@@ -198,6 +209,13 @@ def improve_writer(n: Night) -> None:
     """ReST-EM: the writer learns from its dreams the student answered after seeding on them."""
     n.rest_stats = rest_em(n.model, n.tok, n.plan.memories, n.dreams, n.cfg, n.home.root, progress=n.say,
                            should_stop=n.stop, writer_model=n.reader)
+
+
+def check_probes(n: Night) -> None:
+    """The gate's probes, checked by the reader before training (sleep/evidence.py); then the base
+    model's copy, if one was loaded to read, is released."""
+    n.probes, n.probe_notes = trusted_probes(n, _reader_engine(n))
+    _release_reader(n)
 
 
 def seed_expert(n: Night) -> None:
@@ -222,14 +240,13 @@ def judge(n: Night) -> None:
     if n.engine is not None:
         n.engine.resume()
     cfg = n.cfg
-    n.probes, notes = trusted_probes(n)
     earlier, scale = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams,
                                    max_probes=cfg.gate.earlier_probes, night=len(n.lineage))
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
                          first=first, base_ref=base_reference(n), earlier_scale=scale)
     record_answers(n, earlier)
-    n.verdict.reasons += notes
+    n.verdict.reasons += n.probe_notes
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
                              probes_cloze=sum(p.kind == "cloze" for p in n.probes),
                              probes_dropped=n.probe_dropped)
@@ -264,6 +281,7 @@ STAGES: tuple[tuple[str, Callable[[Night], SleepReport | None], Callable[[Night]
     ("dream", write_dreams, None),
     ("rest", improve_writer, lambda n: bool(n.cfg.rest.rounds and n.dreams.probes) and not n.stop()),
     ("update", restate_updates, None),  # after ReST: the writer never learns from questions it did not write
+    ("probes", check_probes, None),
     ("seed", seed_expert, None),
     ("gate", judge, None),
     ("publish", publish_version, _promoted),

@@ -7,7 +7,7 @@ not take its held-out items on faith: it keeps a probe only when
 
 - its answer is in the memory, every content word of it (grounded),
 - the question does not give the answer away, and
-- the teacher (the pre-sleep model reading the memory) answers it with that answer.
+- the teacher (the sleep's reader, sleep.dream.reader, reading the memory) answers it with that answer.
 
 An episode left without one gets a probe built from its own text, a blank where
 a name, number, date or its closing phrase stood ("Fill in the blank from what
@@ -33,8 +33,9 @@ CLOZE = "Fill in the blank from what you know: {prefix} ___"
 
 def checked(model: Any, tok: Any, probes: list[Probe], memories: dict[str, str],
             batch_size: int = 24) -> tuple[list[Probe], dict[str, int]]:
-    """The probes worth asking, and why the others were dropped. `model` must be the pre-sleep
-    model (the teacher): it reads each probe's memory and must give the probe's answer."""
+    """The probes worth asking, and why the others were dropped. `model` is the teacher (the
+    sleep's reader: the base model, or the pre-sleep one): it reads each probe's memory and must give
+    the probe's answer."""
     dropped = {"ungrounded": 0, "trivial": 0, "teacher-disagrees": 0, "unknown-episode": 0}
     keep: list[Probe] = []
     for p in probes:

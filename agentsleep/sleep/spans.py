@@ -147,18 +147,38 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
-def whole_name(note: str, answer: str) -> str:
-    """`answer` widened to the whole name in `note` it is a part of ("Moreau" -> "Beatrice Moreau" in "The
-    user's mentor is called Beatrice Moreau."), else `answer`. A question trained to answer half a name
-    teaches half of it: the morning asks "Who is my mentor?" and wants the name as the note says it."""
+_TIME_WORD = re.compile(rf"^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day|Today|Yesterday|Tomorrow|Tonight)$")
+_PART_OF_NAME = re.compile(r"\b(?:surname|first name|last name|family name|given name|middle name|initials?)\b", re.I)
+
+
+def _name_words(note: str, m: re.Match) -> list[str]:
+    """A capitalised run's words that are a name: not an opening word of a sentence (any capitalised
+    word there: "Yesterday Maya Chen ...", "Btw Joaquin ..."), a time word ("On Monday Lena ...") or a
+    function word or filler; without a closing "'s"."""
+    words = re.sub(r"['\u2019]s$", "", m.group(0)).split()
+    i = m.start()
+    while i > 0 and note[i - 1].isspace():
+        i -= 1
+    opens = i == 0 or note[i - 1] in ".!?:\"'("
+    while words and ((opens and len(words) > 1) or _TIME_WORD.match(words[0])
+                     or words[0].lower() in STOP or words[0].lower() in _FILLER):
+        words, opens = words[1:], False
+    return words
+
+
+def whole_name(note: str, answer: str, question: str = "") -> str:
+    """`answer` widened to the whole name in an English `note` it is a part of ("Moreau" -> "Beatrice
+    Moreau" in "The user's mentor is called Beatrice Moreau."), else `answer`. A question trained to
+    answer half a name teaches half of it: the morning asks "Who is my mentor?" and wants the name as
+    the note says it. Not when the question asks for a part ("What is the mentor's surname?"), when two
+    names hold the answer (a shared surname), or in a note not in English (German capitalises nouns)."""
     a = answer.strip().rstrip(".")
-    if not a or not all(w[:1].isupper() for w in a.split()):
+    if (not a or not all(w[:1].isupper() for w in a.split()) or _PART_OF_NAME.search(question)
+            or not _ENGLISH.intersection(tokens(note)) or len(as_words(a).findall(note)) != 1):
         return answer
-    for m in _SPANS[2].finditer(note):
-        name = m.group(0)
-        if name != a and " " in name and _is_name(note, m) and as_words(a).search(name):
-            return name
-    return answer
+    names = {" ".join(w) for m in _SPANS[2].finditer(note) if (w := _name_words(note, m))}
+    wider = [nm for nm in names if nm != a and " " in nm and as_words(a).search(nm)]
+    return wider[0] if len(wider) == 1 else answer
 
 
 _WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
