@@ -164,7 +164,7 @@ def test_ledger_probe_tables_survive_reopening(tmp_path):
     assert again.results(["p"]) == {"p": {"v0001": True}} and again.probe_since(["p"]) == {}
 
 
-def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_path):
+def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_path, monkeypatch):
     """The gate stage on a real (tiny) expert over a two-sleep lineage: the base's drift reference is built
     once and cached, every probe's answer is in the ledger under the parent and the candidate, and the
     report's metrics name the counts."""
@@ -172,7 +172,7 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
 
     from agentsleep.config import SeedConfig
     from agentsleep.sleep.objective import lora_config
-    from agentsleep.sleep.pipeline import judge
+    from agentsleep.sleep.pipeline import check_probes, judge
     from agentsleep.sleep.types import DreamSet, Memory
 
     cfg = Config.model_validate({"model": {"base": str(tiny)},
@@ -190,6 +190,13 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
     n.earlier_dreams = [Dream("e2", f"Question {i}?", f"answer {i}") for i in range(6)]
     n.rehearsed = n.earlier_dreams[:1]
     n.drift_pool = [("Say hello.", " Hello there."), ("Name a colour.", " Blue.")]
+    n.reader = model
+    with monkeypatch.context() as mp:  # a reader that recites the memory, as a real one does
+        from agentsleep.sleep import probes as probes_mod
+        mp.setattr(probes_mod.gen, "generate", lambda m, t, prompts, **kw: [
+            p.split("What you remember:\n- ")[1].split("\n")[0] for p in prompts])
+        check_probes(n)  # the probes stage, before training
+    assert [p.answer for p in n.probes][:1] == ["4471"] and all(p.episode_id == "e3" for p in n.probes)
     judge(n)
     m = n.verdict.metrics
     assert m["earlier_probes"] == 1 + 4 and {"facts_gained", "facts_lost", "facts_known_first"} <= set(m)

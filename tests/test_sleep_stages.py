@@ -234,6 +234,8 @@ def test_half_a_name_is_widened_to_the_name_the_note_gives():
     # an opening word, a time word or a filler is not part of the name
     assert spans_mod.whole_name("Btw the user's friend Joaquin Ruiz is a pilot.", "Ruiz") == "Joaquin Ruiz"
     assert spans_mod.whole_name("On Monday the user met Lena Park.", "Monday") == "Monday"
+    assert spans_mod.whole_name("The user will meet Lena Park Monday.", "Lena") == "Lena Park"  # not "... Monday"
+    assert spans_mod.whole_name("Beatrice Moreau is the user's mentor.", "Moreau") == "Beatrice Moreau"  # opens it
     assert spans_mod.whole_name("Yesterday Maya Chen was the user's guest.", "Yesterday") == "Yesterday"
     assert spans_mod.whole_name("Meine Schwester Lena Weber wohnt in Berlin.", "Lena") == "Lena"  # not English
 
@@ -816,7 +818,7 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
         assert seen["rest"] == (n.model, n.reader)  # tried on the student, the writer fitted on the reader
         reader_model = n.reader
         pipeline.check_probes(n)
-        assert seen["probes"] == (reader_model, None) and n.reader is student  # checked by the base, then released
+        assert seen["probes"] == (reader_model, None) and n.reader is None  # checked by the base, then released
     else:
         assert n.reader is n.model and seen["reader"] is n.model and seen["student"] is n.model
         assert seen["with_lora"] == [None] and seen["generator"] is n.engine

@@ -1,1 +1,1 @@
-"""Sleep: select -> dream -> seed -> (rest) -> gate -> publish. Each stage passes plain data."""
+"""Sleep: select -> load -> dream -> (rest) -> update -> probes -> seed -> gate -> publish. Each stage passes plain data."""

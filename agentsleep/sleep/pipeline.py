@@ -1,4 +1,4 @@
-"""One sleep: select -> load -> dream -> (ReST-EM) -> seed -> gate -> publish.
+"""One sleep: select -> load -> dream -> (ReST-EM) -> update -> probes -> seed -> gate -> publish.
 
 `run_sleep` selects the episodes, then runs the stages in order over one
 `Night` (sleep/night.py), the small context they share. What the gate is
@@ -175,7 +175,7 @@ def _reader_engine(n: Night) -> Any:
 def _release_reader(n: Night) -> None:
     """Drop the base model's copy once nothing is left for it to read: training needs the memory."""
     if n.reader is not None and n.reader is not n.model:
-        n.reader = n.model
+        n.reader = None  # nothing reads after this stage
         gc.collect()
         import torch
         if torch.cuda.is_available():
@@ -214,6 +214,8 @@ def improve_writer(n: Night) -> None:
 def check_probes(n: Night) -> None:
     """The gate's probes, checked by the reader before training (sleep/evidence.py); then the base
     model's copy, if one was loaded to read, is released."""
+    if n.stop():
+        raise Interrupted("stopped before the probe check")
     n.probes, n.probe_notes = trusted_probes(n, _reader_engine(n))
     _release_reader(n)
 

@@ -152,17 +152,18 @@ _PART_OF_NAME = re.compile(r"\b(?:surname|first name|last name|family name|given
 
 
 def _name_words(note: str, m: re.Match) -> list[str]:
-    """A capitalised run's words that are a name: not an opening word of a sentence (any capitalised
-    word there: "Yesterday Maya Chen ...", "Btw Joaquin ..."), a time word ("On Monday Lena ...") or a
-    function word or filler; without a closing "'s"."""
+    """A capitalised run's words that are a name: without the function words, fillers and time words
+    it opens or ends with ("On Monday Lena Park ...", "Btw Joaquin ...", "... Lena Park Monday") and
+    without a closing "'s"."""
     words = re.sub(r"['\u2019]s$", "", m.group(0)).split()
-    i = m.start()
-    while i > 0 and note[i - 1].isspace():
-        i -= 1
-    opens = i == 0 or note[i - 1] in ".!?:\"'("
-    while words and ((opens and len(words) > 1) or _TIME_WORD.match(words[0])
-                     or words[0].lower() in STOP or words[0].lower() in _FILLER):
-        words, opens = words[1:], False
+
+    def not_name(w: str) -> bool:
+        return bool(_TIME_WORD.match(w)) or w.lower() in STOP or w.lower() in _FILLER
+
+    while words and not_name(words[0]):
+        words = words[1:]
+    while words and not_name(words[-1]):
+        words = words[:-1]
     return words
 
 
