@@ -192,8 +192,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
                "teacher-disagrees": 0}
     kept: list[Dream] = []
     for d in dreams:
-        if d.answer:
-            d.answer = whole_name(text[d.episode_id], d.answer, d.question)
+        d.answer = whole_name(text[d.episode_id], d.answer, d.question)
         if d.kind == "unparsed" or not d.question:
             dropped["unparsed"] += 1
         elif not grounded(d.answer, text[d.episode_id]):

@@ -1,7 +1,8 @@
 """What the gate judges a night on, and the per-probe record it keeps across versions.
 
 - `trusted_probes`: this night's held-out dreams that the reader (sleep.dream.reader: the base model,
-  or the pre-sleep one), reading their memory, answers as written, topped up with blanks cut from the episodes' own text (sleep/probes.py);
+  or the pre-sleep one), reading their memory, answers as written, topped up with blanks cut from the
+  episodes' own text (sleep/probes.py);
 - `earlier_items`: what is re-asked of earlier sleeps, never an item rehearsed tonight;
 - `first_levels`: whether each of those was answered when its fact was first consolidated (the
   cumulative retention bound reads it);

@@ -27,7 +27,8 @@ class Night:
     started_at: float
     parent: Version | None = None
     model: Any = None
-    reader: Any = None                        # reads the new episodes (sleep.dream.reader): the base model, or `model`
+    reader: Any = None                        # reads the new episodes (sleep.dream.reader): the base model or `model`;
+                                              # None once the probes stage has released it
     tok: Any = None
     lineage: list[Version] = field(default_factory=list)
     engine: Any = None                        # the vLLM generation engine, when sleep.generator asks for one

@@ -12,6 +12,7 @@ import re
 from ..textmatch import _UNSPACED, PERSON, STOP, tokens
 
 _MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December)"
+_DAY = r"(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day"
 _SPANS = [  # in order of preference: dates, numbers, names; then the note's closing phrase (_closing)
     re.compile(rf"\b\d{{1,2}}(?:st|nd|rd|th)?(?: of)? {_MONTH}(?:,? \d{{4}})?\b"
                rf"|\b{_MONTH} \d{{1,2}}(?:st|nd|rd|th)?(?:,? \d{{4}})?\b"),
@@ -147,15 +148,15 @@ def answer_spans(note: str, n: int) -> list[str]:
     return out
 
 
-_TIME_WORD = re.compile(rf"^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day|Today|Yesterday|Tomorrow|Tonight)$")
+_TIME_WORD = re.compile(rf"^(?:{_MONTH}|{_DAY}|Today|Yesterday|Tomorrow|Tonight)$")
 _PART_OF_NAME = re.compile(r"\b(?:surname|first name|last name|family name|given name|middle name|initials?)\b", re.I)
 
 
-def _name_words(note: str, m: re.Match) -> list[str]:
+def _name_words(run: str) -> list[str]:
     """A capitalised run's words that are a name: without the function words, fillers and time words
     it opens or ends with ("On Monday Lena Park ...", "Btw Joaquin ...", "... Lena Park Monday") and
     without a closing "'s"."""
-    words = re.sub(r"['\u2019]s$", "", m.group(0)).split()
+    words = re.sub(r"['\u2019]s$", "", run).split()
 
     def not_name(w: str) -> bool:
         return bool(_TIME_WORD.match(w)) or w.lower() in STOP or w.lower() in _FILLER
@@ -177,12 +178,12 @@ def whole_name(note: str, answer: str, question: str = "") -> str:
     if (not a or not all(w[:1].isupper() for w in a.split()) or _PART_OF_NAME.search(question)
             or not _ENGLISH.intersection(tokens(note)) or len(as_words(a).findall(note)) != 1):
         return answer
-    names = {" ".join(w) for m in _SPANS[2].finditer(note) if (w := _name_words(note, m))}
+    names = {" ".join(w) for m in _SPANS[2].finditer(note) if (w := _name_words(m.group(0)))}
     wider = [nm for nm in names if nm != a and " " in nm and as_words(a).search(nm)]
     return wider[0] if len(wider) == 1 else answer
 
 
-_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|(?:Mon|Tues|Wednes|Thurs|Fri|Satur|Sun)day)$"
+_WHEN = re.compile(rf"{_SPANS[0].pattern}|^(?:{_MONTH}|{_DAY})$"
                    r"|^\d{1,2}:\d{2}$|^\d{4}-\d{2}-\d{2}$|^\d{1,2}/\d{1,2}/\d{2,4}$")  # times, numeric dates
 
 
