@@ -510,6 +510,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant, and chat with --dev (repeatable; default all)."),
           dev: bool = typer.Option(False, "--dev", help="phrasing, nights: the development variants instead of the held-out test facts."),
+          dev_set: Optional[str] = typer.Option(None, "--dev-set", help="nights with --dev: bench (bench/facts.py in the first person, the default) | everyday (everyday facts asked in other words)."),
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
@@ -536,7 +537,10 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
     if phrasing:
         options["phrasing"] = phrasing
-    nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night), ("dev", dev)) if v}
+    if dev_set and not dev:
+        raise InputError("bench: --dev-set needs --dev")
+    nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night), ("dev", dev),
+                                 ("dev_set", dev_set)) if v}
     if nightly:
         options["nights"] = nightly
     say = (lambda m: None) if as_json else (lambda m: err.print(m))

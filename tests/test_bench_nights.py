@@ -55,6 +55,32 @@ def test_development_nights_are_the_development_facts_in_the_first_person_with_t
         nights_suite.schedule(8, 8, dev=True)
 
 
+def test_the_everyday_development_set_asks_in_other_words_and_shares_nothing_with_the_others():
+    """`--dev --dev-set everyday`: 5 nights of 8, every answer in its statement, every question new, updates
+    that change a told fact to a value its old statement never gave; nothing shared with the test set or
+    with the other development set."""
+    from agentsleep.textmatch import contains_answer, content_tokens
+
+    plan = nights_suite.schedule(5, 8, dev=True, dev_set="everyday")
+    told = [f for facts, _ in plan for f in facts]
+    others = [f for facts, _ in nights_suite.schedule(5, 8) + nights_suite.schedule(7, 8, dev=True) for f in facts]
+    assert len(told) == 40 and len({f.question for f in told}) == 40
+    assert all(contains_answer(f.text, f.answer) for f in told)
+    assert not {f.question for f in told} & {f.question for f in others}
+    assert not {f.text for f in told} & {f.text for f in others}
+    # asked in other words: at most half of a question's content words are in its statement
+    for f in told:
+        q, t = set(content_tokens(f.question)), set(content_tokens(f.text))
+        assert 2 * len(q & t) <= len(q), f.question
+    updates = [u for _, u in plan if u]
+    assert len(updates) == 3
+    for u in updates:
+        old = told[8 * u.night + u.index]
+        assert contains_answer(u.text, u.answer) and not contains_answer(old.text, u.answer)
+    with pytest.raises(InputError, match="--dev-set must be one of bench, everyday"):
+        nights_suite.schedule(5, 8, dev=True, dev_set="weekly")
+
+
 def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     from agentsleep.home import Home
     from agentsleep.bench.sleep_suite import closed_book

@@ -68,6 +68,8 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
             key, title = f"{key}-{span}", f"{title} (from {opts.get('offset', 0)}, {opts.get('count') or 'all'})"
         if opts.get("dev"):
             key, title = f"{key}-dev", f"{title}, development set"
+            if opts.get("dev_set", "bench") != "bench":
+                key, title = f"{key}-{opts['dev_set']}", f"{title} '{opts['dev_set']}'"
         t = time.time()
         res = mod.run(out_dir / key, say=say, progress=progress or silent, **opts)
         res["suite_seconds"] = round(time.time() - t, 1)

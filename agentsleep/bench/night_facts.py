@@ -291,3 +291,75 @@ def dev_nights(k: int = 8) -> list[list[NightFact]]:
             asked.add(f.question)
             facts.append(F(from_the_user(f.text), f.question, f.answer))
     return [facts[i:i + k] for i in range(0, len(facts) - k + 1, k)]
+
+
+# A second development variant (`bench nights --dev --dev-set everyday`), written on 2026-12-06 before anything
+# was tuned on it: everyday facts in the first person, the way a user mentions them (asides, "we", "our"), each
+# asked with a question worded unlike the statement, like the test set above but with its own topics and
+# names. bench/facts.py's sets ask nearly in their own words; this one shows whether a change helps a fact
+# that must be recalled from a differently worded question. Development only: tune on it.
+EVERYDAY_NIGHTS: list[list[NightFact]] = [
+    [
+        F("My best friend from school, Rafael, is getting married in June.",
+          "What's the name of my closest friend from my school days?", "Rafael"),
+        F("I take the number 14 tram to the office every day.", "Which tram line do I ride to work?", "14"),
+        F("My blood type is O negative, in case it ever matters.", "What blood group am I?", "negative"),
+        F("I've started doing pottery on Saturday mornings.", "What craft have I taken up at the weekend?", "pottery"),
+        F("Our apartment is on the seventh floor, no lift.", "How high up is our flat?", "seventh"),
+        F("I'm saving up for a trip to Kyoto in the autumn.", "Where am I hoping to travel later this year?", "Kyoto"),
+        F("My plumber is a guy named Ferris, cheap and reliable.", "Who do I call when a pipe leaks?", "Ferris"),
+        F("At the café I always get an oat flat white.", "What's my usual coffee order?", "flat white"),
+    ],
+    [
+        F("My wife Ines works as a paramedic.", "What job does my wife have?", "paramedic"),
+        F("I bank with Northgate Credit Union.", "Which bank holds my account?", "Northgate"),
+        F("I wear a size 44 shoe, annoyingly hard to find.", "What size do I ask for when I buy new trainers?", "44"),
+        F("We adopted a tortoise called Sheldon last spring.", "What's our tortoise's name?", "Sheldon"),
+        F("I'm teaching myself the banjo from online videos.", "Which instrument am I learning on my own?", "banjo"),
+        F("My eye doctor is Dr. Castellano at the clinic on Elm Street.", "Who checks my eyes?", "Castellano"),
+        F("Our team's standup is at 9:15 every morning.", "What time does my team meet each morning?", "9:15"),
+        F("This summer I grew tomatoes on the balcony.", "What vegetable did I grow at home this year?", "tomatoes"),
+    ],
+    [
+        F("My car insurance is with Harbor Mutual.", "Who insures my car?", "Harbor"),
+        F("I've been vegetarian since college.", "What diet do I follow?", "vegetarian"),
+        F("My son Kenji plays goalkeeper for his under-12 team.", "What position does my boy play?", "goalkeeper"),
+        F("At work I park in spot B27 of the garage.", "Where do I leave my car at the office?", "B27"),
+        F("Our favourite restaurant in town is a little Georgian place called Tbilisi Nights.",
+          "Where do we like to eat out most?", "Tbilisi"),
+        F("I hate flying, so I take the train to see my parents in Lyon.", "In which city do my parents live?", "Lyon"),
+        F("My phone plan is with Vireo Mobile.", "Which carrier is my phone on?", "Vireo"),
+        F("I do yoga on Wednesday evenings with a neighbour.", "Which evening is my yoga?", "Wednesday"),
+    ],
+    [
+        F("Our babysitter is a student named Priya.", "Who looks after the kids when we go out?", "Priya"),
+        F("I'm reading a biography of Ada Lovelace at the moment.", "Whose life story am I reading?", "Lovelace"),
+        F("As a kid everyone called me Pickle.", "What was my childhood nickname?", "Pickle"),
+        F("I get my prescriptions from the Greenleaf pharmacy on the corner.",
+          "Where do I pick up my medicine?", "Greenleaf"),
+        F("My grandfather was a fisherman in Norway.", "What did my grandfather do for work?", "fisherman"),
+        F("We're repainting the living room a dark teal.", "What colour is the living room going to be?", "teal"),
+        F("I root for the Chicago Cubs, my dad took me to games as a kid.", "Which baseball team do I support?", "Cubs"),
+        F("My work laptop is a ThinkPad X1.", "What kind of computer do I use for my job?", "ThinkPad"),
+    ],
+    [
+        F("Next month I'm doing a charity bike ride from London to Brighton.",
+          "In which town does my fundraising cycle end?", "Brighton"),
+        F("My piano teacher, Mr. Osei, comes on Thursdays.", "Who gives me piano lessons?", "Osei"),
+        F("My go-to karaoke song is Dancing Queen.", "What do I always sing at karaoke?", "Dancing Queen"),
+        F("My mum's maiden name is Kowalski.", "What was my mother's surname before she married?", "Kowalski"),
+        F("There's a small koi pond in our back garden that I look after.", "What kind of fish live in my garden pond?",
+          "koi"),
+        F("My favourite podcast is a history show called Tides of Time.", "Which podcast do I listen to most?",
+          "Tides of Time"),
+        F("Our electricity comes from a company called Brightwave.", "Who supplies our power?", "Brightwave"),
+        F("I was born on a leap day, the 29th of February.", "On what date is my birthday?", "29"),
+    ],
+]
+
+EVERYDAY_UPDATES: list[Update] = [
+    U(0, 1, "We moved house, so these days I ride the number 31 tram to work.", "31"),
+    U(0, 6, "Ferris retired, so my plumber is a woman called Odette now.", "Odette"),
+    U(1, 1, "I moved my accounts from Northgate to Lumen Bank.", "Lumen"),
+    U(2, 6, "I switched my phone plan to Corvid Telecom.", "Corvid"),
+]

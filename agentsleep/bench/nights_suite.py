@@ -28,7 +28,13 @@ from ..atomic import atomic_write_json
 from ..config import env_overrides
 from ..errors import InputError
 from ..progress import silent
-from .night_facts import DEV_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
+from .night_facts import DEV_UPDATES, EVERYDAY_NIGHTS, EVERYDAY_UPDATES, NIGHTS, UPDATES, NightFact, Update, dev_nights
+
+# The development variants (`--dev --dev-set NAME`): what each tells, and how the report names it.
+DEV_SETS = {
+    "bench": (lambda: (dev_nights(8), DEV_UPDATES), "bench/facts.py in the first person"),
+    "everyday": (lambda: (EVERYDAY_NIGHTS, EVERYDAY_UPDATES), "everyday facts asked in other words"),
+}
 
 TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
 # a long run (20 nights) is judged on what a month needs: recall held, and a night's cost flat
@@ -59,11 +65,13 @@ def _merge(a: dict, b: dict) -> dict:
     return out
 
 
-def schedule(nights: int, k: int, dev: bool = False) -> list[tuple[list[NightFact], Update | None]]:
+def schedule(nights: int, k: int, dev: bool = False, dev_set: str = "bench") -> list[tuple[list[NightFact], Update | None]]:
     """What is told each night: its K facts, and from night 3 on the oldest update whose fact was told
-    (an earlier night's fact among the first K) and not yet changed. `dev`: the development facts
-    (bench/facts.py in the first person, 8 a night) and their updates instead of the test set."""
-    facts, updates = (dev_nights(8), DEV_UPDATES) if dev else (NIGHTS, UPDATES)
+    (an earlier night's fact among the first K) and not yet changed. `dev`: the development set `dev_set`
+    (a key of DEV_SETS, 8 facts a night) and its updates instead of the test set."""
+    if dev_set not in DEV_SETS:
+        raise InputError(f"bench nights: --dev-set must be one of {', '.join(DEV_SETS)}, got '{dev_set}'")
+    facts, updates = DEV_SETS[dev_set][0]() if dev else (NIGHTS, UPDATES)
     if not 1 <= nights <= len(facts):
         raise InputError(f"bench nights: --nights must be 1..{len(facts)}{' with --dev' if dev else ''}, got {nights}")
     if not 1 <= k <= len(facts[0]):
@@ -214,7 +222,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
     return {"seed": seed, "mornings": mornings, "base_bytes": base_bytes, "max_drift_kl": max_kl}
 
 
-def _seed_key(nights: int, k: int, dev: bool, config: dict, seed: int) -> dict[str, Any]:
+def _seed_key(nights: int, k: int, dev: bool | str, config: dict, seed: int) -> dict[str, Any]:
     """What a seed's result depends on: the plan, the config overrides, the seed, and the code (commit and
     AGENTSLEEP_* overrides, report.provenance). A seed takes about 40 minutes on 2 cores (5 nights), so
     each is saved when it ends, and its mornings as they are measured: a rerun after an interruption starts
@@ -243,12 +251,13 @@ def _spread(xs: list[float | None]) -> dict[str, float] | None:
 
 
 def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per_night: int = 8, seeds: int = 3,
-        config: dict[str, Any] | None = None, dev: bool = False) -> dict[str, Any]:
+        config: dict[str, Any] | None = None, dev: bool = False, dev_set: str = "bench") -> dict[str, Any]:
     """`config` overrides the default config (tests use a tiny model); the benchmark runs without it.
-    `dev`: the development facts (tune on these), not the held-out test set."""
+    `dev`: the development facts of `dev_set` (tune on these), not the held-out test set."""
     if not 1 <= seeds <= 10:
         raise InputError(f"bench nights: --seeds must be 1..10, got {seeds}")
-    plan = schedule(nights, facts_per_night, dev)
+    plan = schedule(nights, facts_per_night, dev, dev_set)
+    dev = dev and (True if dev_set == "bench" else dev_set)  # the saved results and the report name the set
     runs = []
     for s in range(seeds):
         key = _seed_key(nights, facts_per_night, dev, config or {}, s)
@@ -345,7 +354,9 @@ def _config_note(res: dict[str, Any]) -> str:
 
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
-    png = plot(res, docs_dir / f"bench_nights{'_dev' if res.get('dev') else ''}_{res['nights']}x{res['facts_per_night']}.png")
+    dev = res.get("dev")
+    tag = "" if not dev else "_dev" if dev is True else f"_dev_{dev}"
+    png = plot(res, docs_dir / f"bench_nights{tag}_{res['nights']}x{res['facts_per_night']}.png")
     rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p.get('consolidated'), pct=True)} | "
             f"{_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
             f"{_fmt(p['updated'])} | {_fmt(p['drift_base'])} | {_fmt(p['disk_share'], pct=True)} | {_fmt(p['seconds'])} |"
@@ -368,7 +379,7 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         checks.insert(0, f"- {res['nights']}-night targets: cumulative recall >= {LONG_TARGETS['recall']}, the last night's "
                          f"sleep <= {LONG_TARGETS['time_ratio']}x night 2's, registry growth <= 5% a night: "
                          f"{'met' if t['met'] else 'not met'}")
-    facts = ("the development facts (bench/facts.py in the first person; tune on these)" if res.get("dev") else
+    facts = (f"the development facts ({DEV_SETS['bench' if dev is True else dev][1]}; tune on these)" if dev else
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
             f"update of an earlier fact a night; one `sleep()` a "
