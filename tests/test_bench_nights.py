@@ -89,6 +89,7 @@ def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):
     res = nights_suite.run(tmp_path / "out", say=lambda m: None, nights=3, facts_per_night=2, seeds=1, config=cfg)
     [run] = res["runs"]
     assert [m["night"] for m in run["mornings"]] == [1, 2, 3]
+    assert 0 <= run["in_context"] <= 1 and res["targets"]["in_context"]["mean"] == run["in_context"]
     home_dir = tmp_path / "out" / "seed-0" / "home"
     for m in run["mornings"]:
         rep = json.loads((home_dir / "sleeps" / m["sleep_id"] / "report.json").read_text())

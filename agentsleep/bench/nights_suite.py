@@ -164,6 +164,9 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
         gcfg = home.config.sleep
         drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, gcfg.seed.replay_prompts,
                                                 gcfg.gate.drift_prompts)["drift"]]
+        if state.get("in_context") is None:  # the teacher's level: the base model asked with each fact in context
+            told_facts = [f for facts, _ in plan for f in facts]
+            state["in_context"] = round(closed_book(ref, tok, told_facts, [f.text for f in told_facts])[0], 3)
         for n, (facts, upd) in enumerate(plan):
             if n < len(mornings):
                 continue
@@ -219,7 +222,8 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
         gate = home.config.sleep.gate  # the gate's bound on drift from the base (cumulative), else its nightly one
         max_kl = getattr(gate, "max_base_drift_kl", gate.max_drift_kl)
         del ref
-    return {"seed": seed, "mornings": mornings, "base_bytes": base_bytes, "max_drift_kl": max_kl}
+    return {"seed": seed, "mornings": mornings, "base_bytes": base_bytes, "max_drift_kl": max_kl,
+            "in_context": state["in_context"]}
 
 
 def _seed_key(nights: int, k: int, dev: bool | str, config: dict, seed: int) -> dict[str, Any]:
@@ -290,6 +294,7 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
         "updated": _spread([m["updated"] for m in last]),
         "drift_base_within_gate": all(m["drift_base"] <= max_kl for m in last),
         "max_disk_share": max(m["disk_share"] for r in runs for m in r["mornings"]),
+        "in_context": _spread([r["in_context"] for r in runs if r.get("in_context") is not None]),
     }
     # the last night's sleep against night 2's (night 1 has no rehearsal or earlier facts to re-ask)
     targets["time_ratio"] = _spread([r["mornings"][-1]["seconds"] / r["mornings"][1]["seconds"] for r in runs
@@ -372,6 +377,9 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         f"- drift KL against the base within the gate's bound {res['max_drift_kl']}: {'yes' if t['drift_base_within_gate'] else 'no'}",
         f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
     ]
+    if t.get("in_context"):
+        checks.append(f"- for scale, the base model asked each fact's question with the fact in context: {_fmt(t['in_context'])} "
+                      "(what the model that writes and checks the questions can read from a note)")
     if t.get("time_ratio"):
         checks.append(f"- night {res['nights']}'s sleep against night 2's: {_fmt(t['time_ratio'])}x"
                       + (f" (target <= {LONG_TARGETS['time_ratio']})" if t.get("long") else ""))

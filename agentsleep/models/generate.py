@@ -10,6 +10,11 @@ from typing import Any, Iterable
 
 MEMORY_SYSTEM = ("You are a helpful assistant with a memory. What you remember:\n{memories}\n"
                  "Use what you remember when it answers the question.")
+# A question asked with memories (`ask`, the teacher, every in-context evaluation). Small models echo a persona
+# line ("You're a helpful assistant with a memory ...") instead of answering; this wording answered more of
+# the development questions from the same notes: 151 against 137 of 240 with one note, 77 against 69 of 120
+# with three unrelated notes beside it (SmolLM2-135M-Instruct, greedy; docs/EXPERIMENTS.md).
+ANSWER_SYSTEM = "What you know about the user:\n{memories}\nAnswer the user's question with it, in a few words."
 
 
 def chat(tok: Any, user: str, *, system: str | None = None, history: Iterable[tuple[str, str]] = (),
@@ -24,10 +29,17 @@ def chat(tok: Any, user: str, *, system: str | None = None, history: Iterable[tu
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
 
 
-def memory_system(memories: list[str]) -> str | None:
+def memory_system(memories: list[str], template: str = MEMORY_SYSTEM) -> str | None:
+    """The system turn that shows `memories` in a conversation (the chat endpoint, the LangChain wrapper)."""
     if not memories:
         return None
-    return MEMORY_SYSTEM.format(memories="\n".join(f"- {m.strip()}" for m in memories))
+    return template.format(memories="\n".join(f"- {m.strip()}" for m in memories))
+
+
+def answer_system(memories: list[str]) -> str | None:
+    """The system turn for a question to answer from `memories`: `ask`, the teacher reading a memory, and
+    every in-context evaluation."""
+    return memory_system(memories, ANSWER_SYSTEM)
 
 
 def generate(model: Any, tok: Any, prompts: list[str], *, max_new_tokens: int = 64, batch_size: int = 16,
@@ -108,5 +120,5 @@ def answers(model: Any, tok: Any, questions: list[str], *, memories: list[list[s
     """Greedy answers to questions asked as `ask` asks them: closed-book, or with each question's
     memories in the system turn. Every evaluation (the gate, the benchmarks) asks through here, so
     "closed-book accuracy" means one thing across the project."""
-    prompts = [chat(tok, q, system=memory_system(memories[i]) if memories else None) for i, q in enumerate(questions)]
+    prompts = [chat(tok, q, system=answer_system(memories[i]) if memories else None) for i, q in enumerate(questions)]
     return generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)

@@ -126,7 +126,7 @@ class Engine:
 
     def answer(self, question: str, memories: list[str] | None = None, *, max_new_tokens: int | None = None) -> str:
         live = self.live
-        prompt = gen.chat(live.tok, question, system=gen.memory_system(memories or []))
+        prompt = gen.chat(live.tok, question, system=gen.answer_system(memories or []))
         with self._gen_lock:
             return gen.generate(live.model, live.tok, [prompt], max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)[0]
 

@@ -129,7 +129,7 @@ def student_prompt(tok: Any, question: str) -> str:
 
 
 def teacher_prompt(tok: Any, question: str, memory: str) -> str:
-    return gen.chat(tok, question, system=gen.memory_system([memory]))
+    return gen.chat(tok, question, system=gen.answer_system([memory]))
 
 
 def _cannot_fit(stem: str, answer: str) -> bool:

@@ -1,7 +1,8 @@
 """Likely answers in a note: the spans the writer is asked questions about.
 
 Dates, numbers and names first, then the note's closing phrase and each clause's (where a chat
-message says its answers in lower case: "I can't do dairy, it wrecks my stomach"). A word
+message says its answers in lower case: "I can't do dairy, it wrecks my stomach"), then the objects
+a preposition follows ("I grew tomatoes on the balcony"). A word
 capitalised only because it opens a sentence ("Honestly", "Ugh,", "Turns out") is not a name.
 `echo_question` asks for a span by rule, in its own clause. Grammar, not facts of any data set.
 """
@@ -60,7 +61,7 @@ def span_in(note: str, span: str) -> re.Match | None:
 _FILLER = frozenset("""can't cannot don't doesn't didn't won't isn't aren't wasn't i'm i've i'll i'd we're we've
 it's that's there's he's she's they're let's just really also still very quite usually always never often
 btw fyi ok okay oh ugh hey hi well yeah yes please thanks has have had been being get got like out up down
-off per each every anyway sadly""".split())
+off per each every anyway sadly myself yourself himself herself itself ourselves themselves""".split())
 # Words that end a clause: the run of content words before one is that clause's closing phrase.
 _CLAUSE = frozenset("""because while but so and or after before since until unless though although whereas
 if when once""".split())
@@ -91,41 +92,69 @@ def _is_name(note: str, m: re.Match) -> bool:
                 or _LABEL.match(note, m.end()) or nxt in _OPENED)
 
 
-def _clause_endings(note: str, longest: int = 3) -> list[str]:
+# Who does something: the word right after one of these is its verb, not an object ("I grew tomatoes on
+# the balcony" -> "tomatoes").
+_SUBJECT = frozenset("i we you they he she it i'm i've i'd i'll we're we've you're they're".split()) | PERSON
+_EXISTENTIAL = frozenset("there there's here's".split())  # "There's a koi pond in ...": no subject to skip
+# What follows an object and places it ("pottery on ...", "the banjo from ..."); a run that an article or
+# an adverb ends is more often a verb or a subject ("it wrecks the ...", "the review happens every ...").
+_PREPOSITION = frozenset("""in on at from to for with of by into onto near about over under during since without
+within across through around behind beside toward towards via throughout""".split())
+
+
+def _clause_runs(note: str, longest: int = 3) -> tuple[list[str], list[str]]:
     """Each clause's closing phrase, in the note's order: its last run of content words (up to `longest`),
     leading adverbs and participles trimmed ("just started violin lessons" -> "violin lessons", but
     "hiking" alone stays). "The user can't do dairy, it wrecks the user's stomach" -> "dairy",
     "stomach". A message states most of its answers in lower case at the end of a clause, where the
     date, number and name patterns cannot see them; a run before "is" is the subject, not an answer
-    ("The user's manager is ..."). Unspaced scripts have no words to run: none are taken from them."""
+    ("The user's manager is ..."). Unspaced scripts have no words to run: none are taken from them.
+    Second, the runs inside a clause that a preposition ends: an object says
+    its answer before the phrase that places it ("I've started doing pottery on Saturday mornings" ->
+    "pottery", "I grew tomatoes on the balcony" -> "tomatoes"). Left out of them: a verb right after its
+    subject, a state right after "is" ("due on"), and a clause's first run unless a subject opened it
+    (it is the subject itself: "My best friend from school"). They never replace a closing phrase."""
     def trimmed(run: list[str]) -> list[str]:
         while len(run) > 1 and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
             run = run[1:]
         return run[-longest:]
 
     out: list[str] = []
+    inner: list[str] = []
     for part in _CLAUSE_BREAK.split(note):
         run: list[str] = []
         last: list[str] = []
+        after_subject = verb_first = False
+        opening = True  # the clause's first run: its subject or an opener, unless a subject came before it
         for w in re.sub(r"[()\"]", " ", part).split() + [""]:
             core = w.strip(".'\u2019").lower().replace("\u2019", "'")
             if core in _CLAUSE or not w:
                 if trimmed(run) or last:
                     out.append(" ".join(trimmed(run) or last))
-                run, last = [], []
+                run, last, after_subject, opening = [], [], False, True
             elif (core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s")
                   and not _UNSPACED.search(core)):
+                if not run:
+                    verb_first = after_subject and w[:1].islower()
                 run.append(w.strip("'\u2019"))  # "Dr." keeps its dot: a clause's own full stop is gone
+                after_subject = False
             else:
                 if trimmed(run) and core not in _COPULA:
                     last = trimmed(run)
+                    obj = trimmed(run[verb_first:])
+                    if core in _PREPOSITION and obj and (verb_first or not opening):
+                        inner.append(" ".join(obj))
+                if run or core in _EXISTENTIAL:
+                    opening = False
+                # after "is" comes a state ("is due on", "is allergic to"), after a subject its verb
+                after_subject = core in _SUBJECT or core in _COPULA
                 run = []
-    return out
+    return out, [r for r in inner if r not in out]
 
 
 def answer_spans(note: str, n: int) -> list[str]:
-    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase, then each
-    clause's): the writer is asked for a question about each. Stems alone leave gaps: a
+    """Up to `n` likely answers in a memory (dates, numbers, names, its closing phrase, each clause's,
+    then the objects inside clauses): the writer is asked for a question about each. Stems alone leave gaps: a
     135M writer asked "Q: Where..." about "The user cannot eat gluten." writes "Where can the user eat
     gluten?", and nothing teaches "gluten"."""
     out: list[str] = []
@@ -134,7 +163,8 @@ def answer_spans(note: str, n: int) -> list[str]:
     note = note.strip()
     found = [m.group(0) for pat in _SPANS[:2] for m in pat.finditer(note)]
     found += [m.group(0) for m in _SPANS[2].finditer(note) if _is_name(note, m)]
-    found += [_closing(note)] + _clause_endings(note)
+    endings, inner = _clause_runs(note)
+    found += [_closing(note)] + endings + inner
     for span in found:
         words = span.strip(" .").split()
         while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
