@@ -194,7 +194,7 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
     with monkeypatch.context() as mp:  # a reader that recites the memory, as a real one does
         from agentsleep.sleep import probes as probes_mod
         mp.setattr(probes_mod.gen, "generate", lambda m, t, prompts, **kw: [
-            p.split("What you know about the user:\n- ")[1].split("\n")[0] for p in prompts])
+            p.split("What you remember:\n- ")[1].split("\n")[0] for p in prompts])
         check_probes(n)  # the probes stage, before training
     assert [p.answer for p in n.probes][:1] == ["4471"] and all(p.episode_id == "e3" for p in n.probes)
     judge(n)

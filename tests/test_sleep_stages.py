@@ -145,7 +145,7 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
     from agentsleep.sleep import evidence, probes as probes_mod
 
     def teacher(model, tok, prompts, **kw):  # stands in for the model reading the memory: it recites it
-        lines = [p.split("What you know about the user:\n- ")[1].split("\n")[0] for p in prompts]
+        lines = [p.split("What you remember:\n- ")[1].split("\n")[0] for p in prompts]
         return ["I am not sure." if "garage" in line else line for line in lines]
 
     monkeypatch.setattr(probes_mod.gen, "generate", teacher)

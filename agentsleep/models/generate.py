@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 MEMORY_SYSTEM = ("You are a helpful assistant with a memory. What you remember:\n{memories}\n"
                  "Use what you remember when it answers the question.")
-# A question asked with memories (`ask`, the teacher, every in-context evaluation). Small models echo a persona
+# A question asked with memories (`ask`, every in-context evaluation; the sleep's teacher keeps MEMORY_SYSTEM). Small models echo a persona
 # line ("You're a helpful assistant with a memory ...") instead of answering; this wording answered more of
 # the development questions from the same notes: 151 against 137 of 240 with one note, 77 against 69 of 120
 # with three unrelated notes beside it (SmolLM2-135M-Instruct, greedy; docs/EXPERIMENTS.md).
@@ -37,8 +37,7 @@ def memory_system(memories: list[str], template: str = MEMORY_SYSTEM) -> str | N
 
 
 def answer_system(memories: list[str]) -> str | None:
-    """The system turn for a question to answer from `memories`: `ask`, the teacher reading a memory, and
-    every in-context evaluation."""
+    """The system turn for a question to answer from `memories`: `ask` and every in-context evaluation."""
     return memory_system(memories, ANSWER_SYSTEM)
 
 

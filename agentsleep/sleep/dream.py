@@ -129,7 +129,11 @@ def student_prompt(tok: Any, question: str) -> str:
 
 
 def teacher_prompt(tok: Any, question: str, memory: str) -> str:
-    return gen.chat(tok, question, system=gen.answer_system([memory]))
+    """The teacher reads the memory in the conversational layout, not `ask`'s terser answer layout: its
+    longer replies, which often restate the note, pass more of the writer's questions that carry the
+    answer (on the everyday development nights 1-3: 186 trained dreams against 166, a dream carrying
+    each fact's answer for 24 of 24 facts against 23; docs/EXPERIMENTS.md, 2026-12-06)."""
+    return gen.chat(tok, question, system=gen.memory_system([memory]))
 
 
 def _cannot_fit(stem: str, answer: str) -> bool:
