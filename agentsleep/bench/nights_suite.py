@@ -164,7 +164,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
         gcfg = home.config.sleep
         drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, gcfg.seed.replay_prompts,
                                                 gcfg.gate.drift_prompts)["drift"]]
-        if state.get("in_context") is None:  # the teacher's level: the base model asked with each fact in context
+        if state.get("in_context") is None:  # for scale: the base model asked with each fact in context
             told_facts = [f for facts, _ in plan for f in facts]
             state["in_context"] = round(closed_book(ref, tok, told_facts, [f.text for f in told_facts])[0], 3)
         for n, (facts, upd) in enumerate(plan):
@@ -378,8 +378,8 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
     ]
     if t.get("in_context"):
-        checks.append(f"- for scale, the base model asked each fact's question with the fact in context: {_fmt(t['in_context'])} "
-                      "(what the model that writes and checks the questions can read from a note)")
+        checks.append(f"- for scale, the base model asked each fact's question with the fact in context, as `ask` asks: "
+                      f"{_fmt(t['in_context'])} (how much of the set the model can read from a note at all)")
     if t.get("time_ratio"):
         checks.append(f"- night {res['nights']}'s sleep against night 2's: {_fmt(t['time_ratio'])}x"
                       + (f" (target <= {LONG_TARGETS['time_ratio']})" if t.get("long") else ""))

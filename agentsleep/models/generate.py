@@ -10,10 +10,11 @@ from typing import Any, Iterable
 
 MEMORY_SYSTEM = ("You are a helpful assistant with a memory. What you remember:\n{memories}\n"
                  "Use what you remember when it answers the question.")
-# A question asked with memories (`ask`, every in-context evaluation; the sleep's teacher keeps MEMORY_SYSTEM). Small models echo a persona
-# line ("You're a helpful assistant with a memory ...") instead of answering; this wording answered more of
-# the development questions from the same notes: 151 against 137 of 240 with one note, 77 against 69 of 120
-# with three unrelated notes beside it (SmolLM2-135M-Instruct, greedy; docs/EXPERIMENTS.md).
+# A question asked with memories (`ask`, every in-context evaluation; the sleep's teacher keeps
+# MEMORY_SYSTEM, see dream.teacher_prompt). Small models echo a persona line ("You're a helpful
+# assistant with a memory ...") instead of answering; this wording answered more of the development
+# questions from the same notes: 151 against 137 of 240 with one note, 77 against 69 of 120 with three
+# unrelated notes beside it (SmolLM2-135M-Instruct, greedy; docs/EXPERIMENTS.md).
 ANSWER_SYSTEM = "What you know about the user:\n{memories}\nAnswer the user's question with it, in a few words."
 
 
