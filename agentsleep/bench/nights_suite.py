@@ -387,7 +387,7 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         checks.insert(0, f"- {res['nights']}-night targets: cumulative recall >= {LONG_TARGETS['recall']}, the last night's "
                          f"sleep <= {LONG_TARGETS['time_ratio']}x night 2's, registry growth <= 5% a night: "
                          f"{'met' if t['met'] else 'not met'}")
-    facts = (f"the development facts ({DEV_SETS['bench' if dev is True else dev][1]}; tune on these)" if dev else
+    facts = (f"the development facts: {DEV_SETS['bench' if dev is True else dev][1]}; tune on these" if dev else
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
             f"update of an earlier fact a night; one `sleep()` a "
