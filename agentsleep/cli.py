@@ -537,8 +537,13 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
     if phrasing:
         options["phrasing"] = phrasing
-    if dev_set and not dev:
-        raise InputError("bench: --dev-set needs --dev")
+    if dev_set is not None:
+        from .bench.nights_suite import DEV_SETS
+
+        if not dev or "nights" not in names:
+            raise InputError("bench: --dev-set goes with --dev and the nights suite")
+        if dev_set not in DEV_SETS:
+            raise InputError(f"bench: --dev-set must be one of {', '.join(DEV_SETS)}, got '{dev_set}'")
     nightly = {k: v for k, v in (("seeds", seeds), ("nights", nights), ("facts_per_night", facts_per_night), ("dev", dev),
                                  ("dev_set", dev_set)) if v}
     if nightly:

@@ -79,6 +79,8 @@ def test_the_everyday_development_set_asks_in_other_words_and_shares_nothing_wit
         assert contains_answer(u.text, u.answer) and not contains_answer(old.text, u.answer)
     with pytest.raises(InputError, match="--dev-set must be one of bench, everyday"):
         nights_suite.schedule(5, 8, dev=True, dev_set="weekly")
+    with pytest.raises(InputError, match=r"1\.\.5 with --dev --dev-set everyday"):
+        nights_suite.schedule(6, 8, dev=True, dev_set="everyday")
 
 
 def test_nights_suite_reports_every_morning_from_real_sleeps(tmp_path):

@@ -47,6 +47,15 @@ def test_unknown_suite_is_one_line_error(tmp_path):
     assert "unknown suite 'nope'" in run_cli("bench", "nope", home=tmp_path / "h").one_line_error()
 
 
+def test_a_development_set_is_checked_before_any_suite_runs(tmp_path):
+    """A wrong --dev-set fails at once, not hours into `bench all`; it only goes with --dev and nights."""
+    err = run_cli("bench", "all", "--dev", "--dev-set", "weekly", home=tmp_path / "h").one_line_error()
+    assert "--dev-set must be one of bench, everyday, got 'weekly'" in err
+    err = run_cli("bench", "phrasing", "--dev", "--dev-set", "everyday", home=tmp_path / "h").one_line_error()
+    assert "--dev-set goes with --dev and the nights suite" in err
+    assert "--dev-set goes with" in run_cli("bench", "nights", "--dev-set", "everyday", home=tmp_path / "h").one_line_error()
+
+
 def test_retrieval_suite_small(tmp_path):
     """The latency suite end to end on a small embedded store: rows per size, sane percentiles, a plot."""
     from agentsleep.bench import retrieval_suite

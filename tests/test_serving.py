@@ -331,7 +331,7 @@ def test_swap_loadtest_zero_failures(chain):
     assert all(p["server_pause_ms"] < 100 for p in rep["swaps"])
 
 
-def test_a_question_with_memories_is_asked_in_the_answer_layout(chain):
+def test_a_question_with_memories_is_asked_in_the_answer_layout(chain, monkeypatch):
     """`ask` (Engine.answer) and the in-context evaluations share the answer layout; a chat that memories are
     injected into, and the sleep's teacher, keep the conversational one."""
     from agentsleep.models import generate as gen
@@ -346,6 +346,10 @@ def test_a_question_with_memories_is_asked_in_the_answer_layout(chain):
     assert teacher_prompt(eng.live.tok, "Who is Maya?", mem[0]) == gen.chat(eng.live.tok, "Who is Maya?",
                                                                             system=gen.memory_system(mem))
     assert eng.answer("Who is Maya?", mem) == eng.complete([qa])[0][0]
+    seen, real = [], gen.generate
+    monkeypatch.setattr(gen, "generate", lambda model, tok, prompts, **kw: seen.extend(prompts) or real(model, tok, prompts, **kw))
+    gen.answers(eng.live.model, eng.live.tok, ["Who is Maya?"], memories=[mem], max_new_tokens=2)  # the evaluations' way
+    assert seen == [qa]
     assert gen.memory_system(mem) != gen.answer_system(mem) and gen.answer_system([]) is None
 
 

@@ -234,6 +234,14 @@ def test_answer_spans_take_the_object_a_preposition_places_after_the_closing_phr
     assert spans("The design review happens every Monday morning.", 4) == ["Monday", "morning"]
     # they come last: n cuts them first
     assert spans("I take the banjo to the office.", 1) == ["office"]
+    # a subject opens the clause, adverbs and modals sit between it and its verb; "had" may be the verb
+    assert spans("I do yoga at the gym.", 4) == ["gym", "yoga"]
+    assert spans("I also grew tomatoes on the balcony.", 4) == ["balcony", "tomatoes"]
+    assert spans("I can't stand cilantro in my food.", 4) == ["food", "cilantro"]
+    assert spans("I had surgery on Monday.", 4) == ["Monday", "surgery"]
+    # punctuation is no word, and a note not in English gives none (its prepositions are not these)
+    assert spans("I grew tomatoes — on the balcony.", 4) == ["balcony"]
+    assert spans("Mein Bruder wohnt in Berlin und arbeitet in München.", 6) == ["Mein Bruder", "Berlin", "München"]
 
 
 def test_half_a_name_is_widened_to_the_name_the_note_gives():

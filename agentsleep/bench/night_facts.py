@@ -361,5 +361,4 @@ EVERYDAY_UPDATES: list[Update] = [
     U(0, 1, "We moved house, so these days I ride the number 31 tram to work.", "31"),
     U(0, 6, "Ferris retired, so my plumber is a woman called Odette now.", "Odette"),
     U(1, 1, "I moved my accounts from Northgate to Lumen Bank.", "Lumen"),
-    U(2, 6, "I switched my phone plan to Corvid Telecom.", "Corvid"),
 ]

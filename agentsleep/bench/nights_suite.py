@@ -73,7 +73,8 @@ def schedule(nights: int, k: int, dev: bool = False, dev_set: str = "bench") -> 
         raise InputError(f"bench nights: --dev-set must be one of {', '.join(DEV_SETS)}, got '{dev_set}'")
     facts, updates = DEV_SETS[dev_set][0]() if dev else (NIGHTS, UPDATES)
     if not 1 <= nights <= len(facts):
-        raise InputError(f"bench nights: --nights must be 1..{len(facts)}{' with --dev' if dev else ''}, got {nights}")
+        with_set = f" with --dev{'' if dev_set == 'bench' else f' --dev-set {dev_set}'}" if dev else ""
+        raise InputError(f"bench nights: --nights must be 1..{len(facts)}{with_set}, got {nights}")
     if not 1 <= k <= len(facts[0]):
         raise InputError(f"bench nights: --facts-per-night must be 1..{len(facts[0])}, got {k}")
     used: set[tuple[int, int]] = set()
@@ -378,7 +379,7 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         f"- largest registry growth in a night: {100 * t['max_disk_share']:.1f}% of the base model (target <= 5%)",
     ]
     if t.get("in_context"):
-        checks.append(f"- for scale, the base model asked each fact's question with the fact in context, as `ask` asks: "
+        checks.append(f"- for scale, the base model asked each fact's question with the fact in context, in `ask`'s layout: "
                       f"{_fmt(t['in_context'])} (how much of the set the model can read from a note at all)")
     if t.get("time_ratio"):
         checks.append(f"- night {res['nights']}'s sleep against night 2's: {_fmt(t['time_ratio'])}x"

@@ -95,10 +95,14 @@ def _is_name(note: str, m: re.Match) -> bool:
 # Who does something: the word right after one of these is its verb, not an object ("I grew tomatoes on
 # the balcony" -> "tomatoes").
 _SUBJECT = frozenset("i we you they he she it i'm i've i'd i'll we're we've you're they're".split()) | PERSON
-_EXISTENTIAL = frozenset("there there's here's".split())  # "There's a koi pond in ...": no subject to skip
+_EXISTENTIAL = frozenset("there's here's".split())  # "There's a koi pond in ...": no subject to skip
+_STATE = frozenset("is are was were am".split())  # "is due on", "was born in": a state, not an object
+# Adverbs and modals between a subject and its verb ("I also grew", "I can't stand"); not "had", which may
+# be the verb itself ("I had surgery on Monday").
+_BETWEEN = _FILLER - frozenset("has have had get got been being".split())
 # What follows an object and places it ("pottery on ...", "the banjo from ..."); a run that an article or
 # an adverb ends is more often a verb or a subject ("it wrecks the ...", "the review happens every ...").
-_PREPOSITION = frozenset("""in on at from to for with of by into onto near about over under during since without
+_PREPOSITION = frozenset("""in on at from to for with of by into onto near about over under during without
 within across through around behind beside toward towards via throughout""".split())
 
 
@@ -112,8 +116,9 @@ def _clause_runs(note: str, longest: int = 3) -> tuple[list[str], list[str]]:
     Second, the runs inside a clause that a preposition ends: an object says
     its answer before the phrase that places it ("I've started doing pottery on Saturday mornings" ->
     "pottery", "I grew tomatoes on the balcony" -> "tomatoes"). Left out of them: a verb right after its
-    subject, a state right after "is" ("due on"), and a clause's first run unless a subject opened it
-    (it is the subject itself: "My best friend from school"). They never replace a closing phrase."""
+    subject (adverbs and modals between: "I also grew", "I can't stand"), a state right after "is" ("due
+    on"), a clause's first run unless a subject came before it (it is the subject itself: "My best friend
+    from school"), and notes not in English. They never replace a closing phrase."""
     def trimmed(run: list[str]) -> list[str]:
         while len(run) > 1 and re.fullmatch(r"[a-z]+(?:ly|ed|ing)", run[0]):
             run = run[1:]
@@ -121,6 +126,7 @@ def _clause_runs(note: str, longest: int = 3) -> tuple[list[str], list[str]]:
 
     out: list[str] = []
     inner: list[str] = []
+    english = bool(_ENGLISH_HINT & set(tokens(note)))  # the prepositions are English ones
     for part in _CLAUSE_BREAK.split(note):
         run: list[str] = []
         last: list[str] = []
@@ -133,7 +139,7 @@ def _clause_runs(note: str, longest: int = 3) -> tuple[list[str], list[str]]:
                     out.append(" ".join(trimmed(run) or last))
                 run, last, after_subject, opening = [], [], False, True
             elif (core not in STOP and core not in PERSON and core not in _FILLER and not core.endswith("'s")
-                  and not _UNSPACED.search(core)):
+                  and not _UNSPACED.search(core) and re.search(r"\w", core)):
                 if not run:
                     verb_first = after_subject and w[:1].islower()
                 run.append(w.strip("'\u2019"))  # "Dr." keeps its dot: a clause's own full stop is gone
@@ -142,12 +148,12 @@ def _clause_runs(note: str, longest: int = 3) -> tuple[list[str], list[str]]:
                 if trimmed(run) and core not in _COPULA:
                     last = trimmed(run)
                     obj = trimmed(run[verb_first:])
-                    if core in _PREPOSITION and obj and (verb_first or not opening):
+                    if english and core in _PREPOSITION and obj and (verb_first or not opening):
                         inner.append(" ".join(obj))
-                if run or core in _EXISTENTIAL:
+                if run or core in _EXISTENTIAL or core in _SUBJECT:
                     opening = False
                 # after "is" comes a state ("is due on", "is allergic to"), after a subject its verb
-                after_subject = core in _SUBJECT or core in _COPULA
+                after_subject = core in _SUBJECT or core in _STATE or (after_subject and not run and core in _BETWEEN)
                 run = []
     return out, [r for r in inner if r not in out]
 
@@ -227,6 +233,7 @@ def typed_stem(span: str) -> str:
 _PLACE_WORDS = frozenset("in at from to near into inside outside around across behind beside toward towards via "
                          "within throughout".split())
 _ENGLISH = frozenset("the is are was were of and".split())  # a note holding none is not judged in English
+_ENGLISH_HINT = _ENGLISH | frozenset("i my a to at on with our we you your".split())  # short notes too
 
 
 def unplaced(note: str, span: str) -> bool:
