@@ -36,6 +36,13 @@ DEV_SETS = {
     "everyday": (lambda: (EVERYDAY_NIGHTS, EVERYDAY_UPDATES), "everyday facts asked in other words"),
 }
 
+
+def dev_set_facts(name: str) -> tuple[list[list[NightFact]], list[Update]]:
+    """The nights and updates of development set `name`; the CLI calls it before any suite runs."""
+    if name not in DEV_SETS:
+        raise InputError(f"bench nights: --dev-set must be one of {', '.join(DEV_SETS)}, got '{name}'")
+    return DEV_SETS[name][0]()
+
 TARGETS = {"recall": 0.85, "retention": 0.9, "updated": 0.75, "disk_share": 0.05}
 # a long run (20 nights) is judged on what a month needs: recall held, and a night's cost flat
 LONG_NIGHTS, LONG_TARGETS = 20, {"recall": 0.75, "time_ratio": 1.3, "disk_share": 0.05}
@@ -69,9 +76,7 @@ def schedule(nights: int, k: int, dev: bool = False, dev_set: str = "bench") -> 
     """What is told each night: its K facts, and from night 3 on the oldest update whose fact was told
     (an earlier night's fact among the first K) and not yet changed. `dev`: the development set `dev_set`
     (a key of DEV_SETS, 8 facts a night) and its updates instead of the test set."""
-    if dev_set not in DEV_SETS:
-        raise InputError(f"bench nights: --dev-set must be one of {', '.join(DEV_SETS)}, got '{dev_set}'")
-    facts, updates = DEV_SETS[dev_set][0]() if dev else (NIGHTS, UPDATES)
+    facts, updates = dev_set_facts(dev_set) if dev else (NIGHTS, UPDATES)
     if not 1 <= nights <= len(facts):
         with_set = f" with --dev{'' if dev_set == 'bench' else f' --dev-set {dev_set}'}" if dev else ""
         raise InputError(f"bench nights: --nights must be 1..{len(facts)}{with_set}, got {nights}")
@@ -227,7 +232,7 @@ def _one_seed(seed_dir: Path, seed: int, plan, config: dict, key: dict[str, Any]
             "in_context": state["in_context"]}
 
 
-def _seed_key(nights: int, k: int, dev: bool | str, config: dict, seed: int) -> dict[str, Any]:
+def _seed_key(nights: int, k: int, dev: bool, config: dict, seed: int, dev_set: str = "bench") -> dict[str, Any]:
     """What a seed's result depends on: the plan, the config overrides, the seed, and the code (commit and
     AGENTSLEEP_* overrides, report.provenance). A seed takes about 40 minutes on 2 cores (5 nights), so
     each is saved when it ends, and its mornings as they are measured: a rerun after an interruption starts
@@ -235,7 +240,8 @@ def _seed_key(nights: int, k: int, dev: bool | str, config: dict, seed: int) -> 
     from .report import provenance
 
     p = provenance()
-    return {"nights": nights, "facts_per_night": k, "dev": dev, "config": config, "seed": seed,
+    return {"nights": nights, "facts_per_night": k, "dev": dev, "dev_set": dev_set if dev else None, "config": config,
+            "seed": seed,
             "commit": p["commit"], "defaults": p["config"]}
 
 
@@ -262,10 +268,9 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
     if not 1 <= seeds <= 10:
         raise InputError(f"bench nights: --seeds must be 1..10, got {seeds}")
     plan = schedule(nights, facts_per_night, dev, dev_set)
-    dev = dev and (True if dev_set == "bench" else dev_set)  # the saved results and the report name the set
     runs = []
     for s in range(seeds):
-        key = _seed_key(nights, facts_per_night, dev, config or {}, s)
+        key = _seed_key(nights, facts_per_night, dev, config or {}, s, dev_set)
         saved = _saved_seed(out_dir / f"seed-{s}" / "result.json", key)
         if saved:
             say(f"nights: seed {s}: reusing the result saved on {saved['measured']} by a run of the same code and plan")
@@ -312,6 +317,7 @@ def run(out_dir: Path, *, say=print, progress=silent, nights: int = 5, facts_per
                               and (targets["updated"] is None or targets["updated"]["min"] >= TARGETS["updated"])
                               and targets["drift_base_within_gate"] and targets["max_disk_share"] <= TARGETS["disk_share"])
     return {"nights": nights, "facts_per_night": facts_per_night, "seeds": seeds, "config": config or {}, "dev": dev,
+            "dev_set": dev_set if dev else None,
             "env": env_overrides(os.environ),  # AGENTSLEEP_* settings the homes ran with
             "per_night": per_night,
             "runs": runs, "targets": targets, "max_drift_kl": max_kl, "base_bytes": runs[0]["base_bytes"]}
@@ -360,8 +366,8 @@ def _config_note(res: dict[str, Any]) -> str:
 
 
 def markdown(res: dict[str, Any], docs_dir: Path) -> str:
-    dev = res.get("dev")
-    tag = "" if not dev else "_dev" if dev is True else f"_dev_{dev}"
+    dev, dev_set = res.get("dev"), res.get("dev_set") or "bench"
+    tag = "" if not dev else "_dev" if dev_set == "bench" else f"_dev_{dev_set}"
     png = plot(res, docs_dir / f"bench_nights{tag}_{res['nights']}x{res['facts_per_night']}.png")
     rows = [f"| {p['night']} | {p['promoted']}/{p['seeds']} | {_fmt(p.get('consolidated'), pct=True)} | "
             f"{_fmt(p['recall'])} | {_fmt(p['min_retention'])} | "
@@ -388,7 +394,7 @@ def markdown(res: dict[str, Any], docs_dir: Path) -> str:
         checks.insert(0, f"- {res['nights']}-night targets: cumulative recall >= {LONG_TARGETS['recall']}, the last night's "
                          f"sleep <= {LONG_TARGETS['time_ratio']}x night 2's, registry growth <= 5% a night: "
                          f"{'met' if t['met'] else 'not met'}")
-    facts = (f"the development facts: {DEV_SETS['bench' if dev is True else dev][1]}; tune on these" if dev else
+    facts = (f"the development facts: {DEV_SETS[dev_set][1]}; tune on these" if dev else
              "bench/night_facts.py, written for this suite and never used for tuning")
     return (f"{res['nights']} nights of {res['facts_per_night']} first-person facts ({facts}), from night 3 on one "
             f"update of an earlier fact a night; one `sleep()` a "

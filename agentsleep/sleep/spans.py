@@ -92,6 +92,8 @@ def _is_name(note: str, m: re.Match) -> bool:
                 or _LABEL.match(note, m.end()) or nxt in _OPENED)
 
 
+_ENGLISH = frozenset("the is are was were of and".split())  # a note holding none is not judged in English
+_ENGLISH_HINT = _ENGLISH | frozenset("i my a to at on with our we you your".split())  # short notes too
 # Who does something: the word right after one of these is its verb, not an object ("I grew tomatoes on
 # the balcony" -> "tomatoes").
 _SUBJECT = frozenset("i we you they he she it i'm i've i'd i'll we're we've you're they're".split()) | PERSON
@@ -232,8 +234,6 @@ def typed_stem(span: str) -> str:
 
 _PLACE_WORDS = frozenset("in at from to near into inside outside around across behind beside toward towards via "
                          "within throughout".split())
-_ENGLISH = frozenset("the is are was were of and".split())  # a note holding none is not judged in English
-_ENGLISH_HINT = _ENGLISH | frozenset("i my a to at on with our we you your".split())  # short notes too
 
 
 def unplaced(note: str, span: str) -> bool:
