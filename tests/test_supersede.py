@@ -26,6 +26,7 @@ PAIRS = [
     ("My boss is called Henrietta.", "Henrietta left, and my boss is now called Raymond.", True),
     ("My dog weighs 12 kilos.", "My dog weighs 15 kilos now.", True),
     ("I am vegetarian.", "I started eating fish again, so I am pescatarian now.", True),
+    ("I bank with Carrow Savings.", "I moved my savings from Carrow to Westfield Bank.", True),
     ("I live in Porto.", "My sister lives in Lisbon.", False),
     ("I live in Porto.", "I live in Porto, near the river.", False),
     ("My favourite drink is espresso.", "My favourite food is lasagne.", False),
@@ -38,6 +39,8 @@ PAIRS = [
     ("My gym is FitZone on Main Street.", "The bakery on Main Street sells rye bread.", False),
     ("My phone number ends in 4410.", "My office extension is 212.", False),
     ("I have two brothers.", "My brothers both live in Leeds.", False),
+    ("I live in Porto.", "I visited my sister in Lisbon.", False),
+    ("I bank with Carrow Savings.", "My brother switched his bank to Carrow.", False),
 ]
 
 

@@ -7,7 +7,8 @@ episodes, consolidated or waiting for the same sleep, of the same namespace, sou
 (cosine >= SIMILARITY); a candidate is superseded when the two texts are about the same holder
 (both "I/we", or the old one's "my/our X" named in the new one) and the new one says something the
 old did not while the old value is gone from it or said to have changed ("left", "now", "moved"),
-not when the new one only adds detail. The rule is lexical and generic; its precision on written pairs is measured in
+not when the new one only adds detail; or when the new one says it went from the old value to another
+("I moved my savings from Carrow to Westfield" after "I bank with Carrow"). The rule is lexical and generic; its precision on written pairs is measured in
 tests/test_supersede.py.
 
 A superseded episode stays in the store and in recall (marked with the id that superseded it); it
@@ -44,6 +45,7 @@ _CHANGE = re.compile(r"\b(?:now|no longer|anymore|instead|moved|switched|changed
                      r"gave up|cancelled|canceled|new)\b", re.I)
 _POSS = re.compile(r"\b(?:my|our)\s+([\w'-]+)(?:\s+([\w'-]+))?", re.I)
 _SELF = re.compile(r"\b(?:i|we|i'm|we're|i've|we've)\b", re.I)
+_FROM_TO = re.compile(r"\bfrom\s+([\w'-]+)(?:\s+[\w'-]+){0,3}?\s+to\b", re.I)  # "moved my accounts from X to Y"
 
 
 _READY: set[Path] = set()
@@ -77,6 +79,9 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
     """Whether `new` states another value for what `old` said (see the module docstring)."""
     if similarity < SIMILARITY:
         return False
+    moved = _FROM_TO.search(new)
+    if moved and _CHANGE.search(new) and _stem(moved.group(1)) in _content(old):
+        return True  # "I bank with X" -> "I moved my savings from X to Y": the old value named as left
     h_old, h_new = _holders(old), _holders(new)
     named = h_old - {"self"}
     if named:
