@@ -45,7 +45,9 @@ _CHANGE = re.compile(r"\b(?:now|no longer|anymore|instead|moved|switched|changed
                      r"gave up|cancelled|canceled|new)\b", re.I)
 _POSS = re.compile(r"\b(?:my|our)\s+([\w'-]+)(?:\s+([\w'-]+))?", re.I)
 _SELF = re.compile(r"\b(?:i|we|i'm|we're|i've|we've)\b", re.I)
-_FROM_TO = re.compile(r"\bfrom\s+([\w'-]+)(?:\s+[\w'-]+){0,3}?\s+to\b", re.I)  # "moved my accounts from X to Y"
+# "moved my savings from X to Y": a verb of changing, then the old value after "from" ("drove from X to Y" is a trip)
+_FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated|upgraded|downgraded)\b[^.;!?]*?"
+                      r"\bfrom\s+([\w'-]+)(?:\s+[\w'-]+){0,3}?\s+to\b", re.I)
 
 
 _READY: set[Path] = set()
@@ -80,7 +82,7 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
     if similarity < SIMILARITY:
         return False
     moved = _FROM_TO.search(new)
-    if moved and _CHANGE.search(new) and _stem(moved.group(1)) in _content(old):
+    if moved and _stem(moved.group(1)) in _content(old):
         return True  # "I bank with X" -> "I moved my savings from X to Y": the old value named as left
     h_old, h_new = _holders(old), _holders(new)
     named = h_old - {"self"}
