@@ -164,6 +164,16 @@ def test_restated_questions_take_the_new_value_only():
 
 
 
+def test_an_updates_own_dreams_never_give_the_old_value():
+    from agentsleep.sleep.dream import stale_answer
+
+    olds = ["The user banks with Carrow Savings."]
+    # the 135M teacher reading "moved ... from Carrow to Westfield" answers "where to?" with the old bank
+    assert stale_answer("Carrow", olds) and stale_answer("Carrow Savings", olds) and stale_answer("the Carrow", olds)
+    assert not stale_answer("Westfield Bank", olds) and not stale_answer("from Carrow to Westfield", olds)
+    assert not stale_answer("the", olds) and not stale_answer("Carrow", [])
+
+
 def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(tmp_path, monkeypatch):
     """Two real sleeps on the tiny model (the gate opened: what is checked is what the update night
     trains): the second detects the update, rehearses nothing of the old episode, and trains its
@@ -194,3 +204,8 @@ def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(t
         assert update and {q for _, q, _ in update} >= asked and {e for e, _, _ in update} == {new}
         assert {a for _, _, a in update} == {"Lisbon"} and len(update) == len({q for _, q, _ in update})
         assert h.get(old).superseded_by == new and h.get(old).consolidated_in == first.version
+        # the update's own dreams that answer with the old note's words ("user", from "The user lives in
+        # Porto") are dropped; its new words stay
+        own = {d["answer"] for d in dreams if d["episode_id"] == new and d["kind"] != "update"}
+        assert "month" in own and "user" not in own, own
+        assert json.loads((h.root / "sleeps" / second.sleep_id / "report.json").read_text())["dreams"]["dropped"]["stale"] >= 1

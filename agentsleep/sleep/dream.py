@@ -317,6 +317,15 @@ def new_values(new: str, old: str) -> list[str]:
     return out
 
 
+def stale_answer(answer: str, old_notes: list[str]) -> bool:
+    """An updating episode's own dream that answers with what a note it superseded already said: the
+    135M teacher reads "The user moved their accounts from Northgate to Lumen Bank" and answers "Where
+    did the user move their accounts?" with "Northgate". Every content word of the answer is in one
+    old note; such a dream would train the old value under the new episode's name."""
+    words = {w for w in tokens(answer) if w not in STOP}
+    return bool(words) and any(words <= set(tokens(o)) for o in old_notes)
+
+
 def restate_options(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str],
                     old_views: dict[str, str]) -> list[list[str]]:
     """Per superseded question, the candidate new answers: the new note's new values, and the teacher's

@@ -90,16 +90,23 @@ def _earlier(home, lineage: list[Version], superseded_too: bool = False) -> tupl
 
 
 def restate_updates(n: Night) -> None:
-    """An updated fact: the superseded episode's questions (its trained dreams and its probes) are trained
-    tonight with the new value (dream.restate; saved with the night's dreams)."""
+    """An updated fact: the updating episode's own dreams and probes that give the old value are dropped
+    (dream.stale_answer), and the superseded episode's questions (its trained dreams and its probes) are
+    trained tonight with the new value (dream.restate; saved with the night's dreams)."""
     from ..memory.supersede import superseding
-    from .dream import restate
+    from .dream import restate, stale_answer
     from .select import memory
 
     pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
     if not pairs:
         return
     olds = {o: new for new, os in pairs.items() for o in os}
+    notes = {new: [memory(n.home.store.get(o)).view for o in os] for new, os in pairs.items()}
+    kept = [d for d in n.dreams.dreams if d.episode_id not in notes or not stale_answer(d.answer, notes[d.episode_id])]
+    if len(kept) < len(n.dreams.dreams):
+        n.dreams.dropped["stale"] = n.dreams.dropped.get("stale", 0) + len(n.dreams.dreams) - len(kept)
+        n.dreams.dreams = kept
+        n.journal.write_dreams(n.dreams.dreams)
     probes, dreams = _earlier(n.home, n.lineage, superseded_too=True)  # its trained dreams and held-out probes
     asked = [(olds[d.episode_id], d) for d in dreams + [Dream(p.episode_id, p.question, p.answer) for p in probes]
              if d.episode_id in olds]
