@@ -242,6 +242,13 @@ def test_answer_spans_take_the_object_a_preposition_places_after_the_closing_phr
     # punctuation is no word, and a note not in English gives none (its prepositions are not these)
     assert spans("I grew tomatoes — on the balcony.", 4) == ["balcony"]
     assert spans("Mein Bruder wohnt in Berlin und arbeitet in München.", 6) == ["Mein Bruder", "Berlin", "München"]
+    # a short phrase around a number or code is asked for too: its blank reads as a question about the thing
+    assert spans("I ride the number 19 bus to the harbour every day.", 4) == ["19", "harbour every day", "number 19 bus"]
+    assert spans("At the gym I use locker C41 by the pool.", 4) == ["C41", "pool", "locker C41"]
+    assert spans("The user's locker code is 4471.", 4) == ["4471"]  # no phrase around it
+    near = spans_mod._names_a_number  # a phrase of at most four words, around a number or code as a whole word
+    assert near("size 44 shoe", "44") and near("locker C41", "C41")
+    assert not near("size 44 hiking boots with soles", "44") and not near("flat 34", "3") and not near("Elm Street", "Elm")
 
 
 def test_half_a_name_is_widened_to_the_name_the_note_gives():

@@ -178,12 +178,22 @@ def answer_spans(note: str, n: int) -> list[str]:
         while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
             words = words[1:]
         span = " ".join(words)
-        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower() for o in out):
+        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower()
+                                                         and not _names_a_number(span, o) for o in out):
             continue
         out.append(span)
         if len(out) >= n:
             return out
     return out
+
+
+def _names_a_number(span: str, number: str) -> bool:
+    """`span` is a short phrase around the number or code `number` ("number 14 tram", "size 44 shoe",
+    "spot B27"): asked for as well, since a blank over the phrase reads as a question about the thing
+    ("The user takes the ___ to the office" -> "What does the user take to the office?"), where a blank
+    over the bare number does not ("the number ___ tram")."""
+    return (" " not in number and any(c.isdigit() for c in number) and number.lower() in span.lower().split()
+            and len(span.split()) <= 4)
 
 
 _TIME_WORD = re.compile(rf"^(?:{_MONTH}|{_DAY}|Today|Yesterday|Tomorrow|Tonight)$")
