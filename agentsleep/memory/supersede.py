@@ -45,9 +45,26 @@ _CHANGE = re.compile(r"\b(?:now|no longer|anymore|instead|moved|switched|changed
                      r"gave up|cancelled|canceled|new)\b", re.I)
 _POSS = re.compile(r"\b(?:my|our)\s+([\w'-]+)(?:\s+([\w'-]+))?", re.I)
 _SELF = re.compile(r"\b(?:i|we|i'm|we're|i've|we've)\b", re.I)
-# "moved my savings from X to Y": a verb of changing, then the old value after "from" ("drove from X to Y" is a trip)
+# "moved my savings from X to Y", "moved to Y from X": a verb of changing, then the old value after "from"
+# ("drove from X to Y" is a trip)
 _FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated|upgraded|downgraded)\b[^.;!?]*?"
-                      r"\bfrom\s+([\w'-]+)(?:\s+[\w'-]+){0,3}?\s+to\b", re.I)
+                      r"\bfrom\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+)", re.I)
+_NOT_SELF = re.compile(r"\b(?:he|she|they|his|her|their|my|our|never|not|didn't|don't|won't|haven't)\b|n't\b", re.I)
+
+
+def moved_from(text: str, *, own: bool = False) -> list[str]:
+    """The words a text names as left, after a verb of changing ("I moved my savings from Carrow to
+    Westfield" -> ["Carrow"]). `own`: only where the clause before the verb is the speaker's own ("I",
+    "we") and neither negated nor someone else's ("My sister moved from ..."), and the sentence is no question."""
+    out = []
+    for m in _FROM_TO.finditer(text):
+        start = max((b.end() for b in re.finditer(r"[.;!?,]", text[:m.start()])), default=0)
+        said = text[start:m.start()]
+        end = re.search(r"[.;!?]", text[m.end():])
+        if own and (not _SELF.search(said) or _NOT_SELF.search(said) or (end and end.group(0) == "?")):
+            continue
+        out.append(m.group(1))
+    return out
 
 
 _READY: set[Path] = set()
@@ -81,8 +98,10 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
     """Whether `new` states another value for what `old` said (see the module docstring)."""
     if similarity < SIMILARITY:
         return False
-    moved = _FROM_TO.search(new)
-    if moved and _stem(moved.group(1)) in _content(old):
+    new = " ".join(x for x in re.findall(r"[^.!?]+[.!?]*", new) if not x.strip().endswith("?"))
+    if not new.strip():
+        return False  # only questions: "Should I move my savings?" states no value
+    if any(_stem(w) in _content(old) for w in moved_from(new, own=True)):
         return True  # "I bank with X" -> "I moved my savings from X to Y": the old value named as left
     h_old, h_new = _holders(old), _holders(new)
     named = h_old - {"self"}

@@ -317,13 +317,17 @@ def new_values(new: str, old: str) -> list[str]:
     return out
 
 
-def stale_answer(answer: str, old_notes: list[str]) -> bool:
-    """An updating episode's own dream that answers with what a note it superseded already said: the
-    135M teacher reads "The user moved their accounts from Northgate to Lumen Bank" and answers "Where
-    did the user move their accounts?" with "Northgate". Every content word of the answer is in one
-    old note; such a dream would train the old value under the new episode's name."""
+def stale_answer(answer: str, old: str, new: str) -> bool:
+    """Whether a dream of the episode `new`, which superseded `old`, answers with the old value: a word
+    of `old` that `new` dropped or names as left ("from Northgate"), and none of `new`'s new values.
+    The 135M teacher reading "The user moved the user's accounts from Northgate to Lumen Bank" answers
+    "Where did the user move their accounts?" with "Northgate"; such a dream would train the old value
+    under the new episode's name. What both notes keep ("city hospital", "user") is not stale."""
+    from ..memory.supersede import moved_from
+
     words = {w for w in tokens(answer) if w not in STOP}
-    return bool(words) and any(words <= set(tokens(o)) for o in old_notes)
+    gone = (set(tokens(old)) - set(tokens(new))) | {w for x in moved_from(new) for w in tokens(x) if w in tokens(old)}
+    return bool(words & gone) and not any(contains_answer(answer, v) for v in new_values(new, old))
 
 
 def restate_options(asked: list[tuple[str, Dream]], answers: list[str], views: dict[str, str],

@@ -89,24 +89,43 @@ def _earlier(home, lineage: list[Version], superseded_too: bool = False) -> tupl
     return [p for p in probes if p.episode_id not in gone], [d for d in dreams if d.episode_id not in gone]
 
 
-def restate_updates(n: Night) -> None:
-    """An updated fact: the updating episode's own dreams and probes that give the old value are dropped
-    (dream.stale_answer), and the superseded episode's questions (its trained dreams and its probes) are
-    trained tonight with the new value (dream.restate; saved with the night's dreams)."""
+def updated_notes(n: Night) -> dict[str, list[tuple[str, str]]]:
+    """For each new episode of this night that superseded earlier ones: (old note, its own note) pairs,
+    as the sleep reads them (views). Detection ran when the sleep started (memory/supersede.py)."""
     from ..memory.supersede import superseding
-    from .dream import restate, stale_answer
+    from .select import memory
+
+    views = {m.id: m.view for m in n.plan.memories}
+    pairs = superseding(n.home.store.ledger.path, list(views))
+    return {new: [(memory(n.home.store.get(o)).view, views[new]) for o in os] for new, os in pairs.items()}
+
+
+def drop_stale(n: Night) -> None:
+    """An updating episode's own dreams and probes that answer with the old value go before anything
+    learns from them (ReST's writer, the probes, the expert): dream.stale_answer; 'stale' in the report."""
+    from .dream import stale_answer
+
+    n.updates = updated_notes(n)
+    if not n.updates:
+        return
+    kept = [d for d in n.dreams.dreams
+            if not any(stale_answer(d.answer, old, new) for old, new in n.updates.get(d.episode_id, []))]
+    if len(kept) < len(n.dreams.dreams):
+        n.dreams.dropped["stale"] = len(n.dreams.dreams) - len(kept)
+        n.dreams.dreams = kept
+
+
+def restate_updates(n: Night) -> None:
+    """An updated fact: the superseded episode's questions (its trained dreams and its probes) are trained
+    tonight with the new value (dream.restate; saved with the night's dreams)."""
+    from ..memory.supersede import superseding
+    from .dream import restate
     from .select import memory
 
     pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
     if not pairs:
         return
     olds = {o: new for new, os in pairs.items() for o in os}
-    notes = {new: [memory(n.home.store.get(o)).view for o in os] for new, os in pairs.items()}
-    kept = [d for d in n.dreams.dreams if d.episode_id not in notes or not stale_answer(d.answer, notes[d.episode_id])]
-    if len(kept) < len(n.dreams.dreams):
-        n.dreams.dropped["stale"] = n.dreams.dropped.get("stale", 0) + len(n.dreams.dreams) - len(kept)
-        n.dreams.dreams = kept
-        n.journal.write_dreams(n.dreams.dreams)
     probes, dreams = _earlier(n.home, n.lineage, superseded_too=True)  # its trained dreams and held-out probes
     asked = [(olds[d.episode_id], d) for d in dreams + [Dream(p.episode_id, p.question, p.answer) for p in probes]
              if d.episode_id in olds]
@@ -198,6 +217,7 @@ def write_dreams(n: Night) -> SleepReport | None:
     with with_writer(n.reader, writer_dir) as writer:
         n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
                          generator=engine, student=n.model)
+    drop_stale(n)
     n.journal.write_dreams(n.dreams.dreams, n.dreams.implications)
     if n.dreams.train:
         return None

@@ -178,8 +178,10 @@ def answer_spans(note: str, n: int) -> list[str]:
         while words and words[0].lower() in STOP:  # "The Riverside" -> "Riverside"
             words = words[1:]
         span = " ".join(words)
-        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or o.lower() in span.lower()
-                                                         and not _names_a_number(span, o) for o in out):
+        # a repeat, or a longer span around an earlier one ("Harbor Mutual" after "Harbor"), unless it is
+        # a short phrase around a number ("number 14 tram" after "14")
+        if len(span) < 2 or span.lower() in STOP or any(span.lower() in o.lower() or (o.lower() in span.lower()
+                                                         and not _names_a_number(span, o)) for o in out):
             continue
         out.append(span)
         if len(out) >= n:
