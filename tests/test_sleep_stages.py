@@ -157,7 +157,8 @@ def test_every_episode_gets_a_teacher_checked_probe(tiny, monkeypatch):
     def night(min_probes):
         return SimpleNamespace(cfg=SimpleNamespace(gate=SimpleNamespace(min_probes=min_probes)),
                                plan=SimpleNamespace(memories=mems), engine=SimpleNamespace(with_lora=lambda _: None), reader=None, model=None,
-                               tok=AutoTokenizer.from_pretrained(str(tiny)), dreams=SimpleNamespace(probes=held))
+                               tok=AutoTokenizer.from_pretrained(str(tiny)), dreams=SimpleNamespace(probes=held),
+                               updates={})
 
     ps, notes = evidence.trusted_probes(night(2))
     assert [(p.episode_id, p.answer, p.kind) for p in ps] == [("a", "Ingrid Solberg", "dream"),

@@ -48,14 +48,16 @@ _SELF = re.compile(r"\b(?:i|we|i'm|we're|i've|we've)\b", re.I)
 # "moved my savings from X to Y", "moved to Y from X": a verb of changing, then the old value after "from"
 # ("drove from X to Y" is a trip)
 _FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated|upgraded|downgraded)\b[^.;!?]*?"
-                      r"\bfrom\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+)", re.I)
+                      r"\bfrom\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+(?:\s+(?!to\b)[\w'-]+){0,3})"
+                      r"(?:\s+to\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+(?:\s+[\w'-]+){0,3}))?", re.I)
 _NOT_SELF = re.compile(r"\b(?:he|she|they|his|her|their|my|our|never|not|didn't|don't|won't|haven't)\b|n't\b", re.I)
 
 
 def moved_from(text: str, *, own: bool = False) -> list[str]:
-    """The words a text names as left, after a verb of changing ("I moved my savings from Carrow to
-    Westfield" -> ["Carrow"]). `own`: only where the clause before the verb is the speaker's own ("I",
-    "we") and neither negated nor someone else's ("My sister moved from ..."), and the sentence is no question."""
+    """The words a text names as left, after a verb of changing, less those it names as taken ("I moved
+    my savings from Carrow to Westfield" -> ["Carrow"], "moved from level 3 to level 5" -> ["3"]). `own`:
+    only where the clause before the verb is the speaker's own ("I", "we") and neither negated nor someone
+    else's ("My sister moved from ..."), and the sentence is no question."""
     out = []
     for m in _FROM_TO.finditer(text):
         start = max((b.end() for b in re.finditer(r"[.;!?,]", text[:m.start()])), default=0)
@@ -63,7 +65,8 @@ def moved_from(text: str, *, own: bool = False) -> list[str]:
         end = re.search(r"[.;!?]", text[m.end():])
         if own and (not _SELF.search(said) or _NOT_SELF.search(said) or (end and end.group(0) == "?")):
             continue
-        out.append(m.group(1))
+        taken = {w.lower() for w in (m.group(2) or "").split()}
+        out += [w for w in m.group(1).split() if w.lower() not in taken]
     return out
 
 
