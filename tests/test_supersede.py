@@ -191,11 +191,11 @@ def test_an_updates_blank_probes_never_ask_for_the_old_value():
     from agentsleep.sleep.evidence import _current
     from agentsleep.sleep.types import Probe
 
-    night = SimpleNamespace(updates={"new": [("The user parks on level 3 of the garage.",
-                                              "The user moved the user's parking from level 3 to level 5.")]})
+    night = SimpleNamespace(updates={"new": {"old": "The user parks on level 3 of the garage."}})
+    texts = {"new": "The user moved the user's parking from level 3 to level 5.", "other": "The user parks on level 3."}
     blanks = [Probe("new", "... from ___ to level 5", "level 3", "cloze"), Probe("new", "... to ___", "level 5", "cloze"),
               Probe("other", "... on ___ of the garage", "level 3", "cloze")]
-    assert [(p.episode_id, p.answer) for p in _current(night, blanks)] == [("new", "level 5"), ("other", "level 3")]
+    assert [(p.episode_id, p.answer) for p in _current(night, blanks, texts)] == [("new", "level 5"), ("other", "level 3")]
 
 
 def test_the_sleep_after_an_update_trains_the_old_questions_with_the_new_value(tmp_path, monkeypatch):

@@ -104,16 +104,16 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
     new = " ".join(x for x in re.findall(r"[^.!?]+[.!?]*", new) if not x.strip().endswith("?"))
     if not new.strip():
         return False  # only questions: "Should I move my savings?" states no value
-    if any(_stem(w) in _content(old) for w in moved_from(new, own=True)):
+    c_old, c_new = _content(old), _content(new)
+    if any(_stem(w) in c_old for w in moved_from(new, own=True)):
         return True  # "I bank with X" -> "I moved my savings from X to Y": the old value named as left
     h_old, h_new = _holders(old), _holders(new)
     named = h_old - {"self"}
     if named:
-        if not named <= _content(new):
+        if not named <= c_new:
             return False
-    elif "self" not in h_old or "self" not in h_new or (h_new - {"self"} - _content(old)):
+    elif "self" not in h_old or "self" not in h_new or (h_new - {"self"} - c_old):
         return False  # "I live in X" is not replaced by "my sister lives in Y"
-    c_old, c_new = _content(old), _content(new)
     # a new value, and the old one gone from the text or said to have changed ("Ana left; my boss is Raj now")
     return bool(c_new - c_old) and (bool(c_old - c_new) or bool(_CHANGE.search(new)))
 

@@ -325,8 +325,8 @@ def stale_answer(answer: str, old: str, new: str) -> bool:
     under the new episode's name. What both notes keep ("city hospital", "user") is not stale."""
     from ..memory.supersede import moved_from
 
-    words = {w for w in tokens(answer) if w not in STOP}
-    gone = (set(tokens(old)) - set(tokens(new))) | {w for x in moved_from(new) for w in tokens(x) if w in tokens(old)}
+    words, said = {w for w in tokens(answer) if w not in STOP}, set(tokens(old))
+    gone = (said - set(tokens(new))) | ({w for x in moved_from(new) for w in tokens(x)} & said)
     return bool(words & gone) and not any(contains_answer(answer, v) for v in new_values(new, old))
 
 

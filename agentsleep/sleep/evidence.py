@@ -141,11 +141,13 @@ def base_reference(n: Night) -> dict[str, Any] | None:
     return None if n.parent.name == base.name else ref
 
 
-def _current(n: Night, blanks: list[Probe]) -> list[Probe]:
-    """Blanks less those of an updating episode that ask for the old value ("... from ___ to Lumen Bank")."""
+def _current(n: Night, blanks: list[Probe], texts: dict[str, str]) -> list[Probe]:
+    """Blanks less those of an updating episode that ask for the old value ("... from ___ to Lumen Bank");
+    `texts`: the new episodes' notes, by id."""
     from .dream import stale_answer
 
-    return [p for p in blanks if not any(stale_answer(p.answer, old, new) for old, new in n.updates.get(p.episode_id, []))]
+    return [p for p in blanks if not any(stale_answer(p.answer, old, texts[p.episode_id])
+                                         for old in n.updates.get(p.episode_id, {}).values())]
 
 
 def trusted_probes(n: Night, engine: Any = None) -> tuple[list[Probe], list[str]]:
@@ -159,12 +161,13 @@ def trusted_probes(n: Night, engine: Any = None) -> tuple[list[Probe], list[str]
     teacher = n.reader if engine is None else engine.with_lora(None)
     probes, n.probe_dropped = checked(teacher, n.tok, [d.probe() for d in n.dreams.probes], texts)
     covered = {p.episode_id for p in probes}
-    blanks = _current(n, cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1))
+    blanks = _current(n, cloze([m for m in n.plan.memories if m.id not in covered], len(n.plan.memories), per_memory=1),
+                      texts)
     extra, _ = checked(teacher, n.tok, blanks, texts) if blanks else ([], {})
     failed = len(blanks) - len(extra)
     if len(probes) + len(extra) < need:  # top up with more blanks, those the teacher fills
         asked = {p.question for p in blanks}
-        more = [p for p in _current(n, cloze(n.plan.memories, 2 * len(n.plan.memories)))
+        more = [p for p in _current(n, cloze(n.plan.memories, 2 * len(n.plan.memories)), texts)
                 if p.question not in asked][:2 * need]
         passed, _ = checked(teacher, n.tok, more, texts) if more else ([], {})
         failed += len(more) - len(passed)

@@ -33,7 +33,7 @@ class Night:
     lineage: list[Version] = field(default_factory=list)
     engine: Any = None                        # the vLLM generation engine, when sleep.generator asks for one
     dreams: DreamSet | None = None
-    updates: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # new episode id -> (old note, new note)
+    updates: dict[str, dict[str, str]] = field(default_factory=dict)  # new episode id -> {superseded id: its note}
     rest_stats: dict[str, Any] = field(default_factory=dict)
     rehearsed: list[Dream] = field(default_factory=list)
     drift_pool: list[tuple[str, str]] = field(default_factory=list)

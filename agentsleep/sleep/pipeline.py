@@ -89,15 +89,14 @@ def _earlier(home, lineage: list[Version], superseded_too: bool = False) -> tupl
     return [p for p in probes if p.episode_id not in gone], [d for d in dreams if d.episode_id not in gone]
 
 
-def updated_notes(n: Night) -> dict[str, list[tuple[str, str]]]:
-    """For each new episode of this night that superseded earlier ones: (old note, its own note) pairs,
-    as the sleep reads them (views). Detection ran when the sleep started (memory/supersede.py)."""
+def updated_notes(n: Night) -> dict[str, dict[str, str]]:
+    """For each new episode of this night that superseded earlier ones: {old id: old note as the sleep
+    reads it}. Detection ran when the sleep started (memory/supersede.py)."""
     from ..memory.supersede import superseding
     from .select import memory
 
-    views = {m.id: m.view for m in n.plan.memories}
-    pairs = superseding(n.home.store.ledger.path, list(views))
-    return {new: [(memory(n.home.store.get(o)).view, views[new]) for o in os] for new, os in pairs.items()}
+    pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
+    return {new: {o: memory(n.home.store.get(o)).view for o in os} for new, os in pairs.items()}
 
 
 def drop_stale(n: Night) -> None:
@@ -108,8 +107,9 @@ def drop_stale(n: Night) -> None:
     n.updates = updated_notes(n)
     if not n.updates:
         return
+    views = {m.id: m.view for m in n.plan.memories}
     kept = [d for d in n.dreams.dreams
-            if not any(stale_answer(d.answer, old, new) for old, new in n.updates.get(d.episode_id, []))]
+            if not any(stale_answer(d.answer, old, views[d.episode_id]) for old in n.updates.get(d.episode_id, {}).values())]
     if len(kept) < len(n.dreams.dreams):
         n.dreams.dropped["stale"] = len(n.dreams.dreams) - len(kept)
         n.dreams.dreams = kept
@@ -117,19 +117,17 @@ def drop_stale(n: Night) -> None:
 
 def restate_updates(n: Night) -> None:
     """An updated fact: the superseded episode's questions (its trained dreams and its probes) are trained
-    tonight with the new value (dream.restate; saved with the night's dreams)."""
-    from ..memory.supersede import superseding
+    tonight with the new value (dream.restate; saved with the night's dreams). The updates are those
+    drop_stale found when the dreams were written (n.updates)."""
     from .dream import restate
-    from .select import memory
 
-    pairs = superseding(n.home.store.ledger.path, [m.id for m in n.plan.memories])
-    if not pairs:
+    if not n.updates:
         return
-    olds = {o: new for new, os in pairs.items() for o in os}
+    olds = {o: new for new, os in n.updates.items() for o in os}
+    old_views = {o: view for os in n.updates.values() for o, view in os.items()}
     probes, dreams = _earlier(n.home, n.lineage, superseded_too=True)  # its trained dreams and held-out probes
     asked = [(olds[d.episode_id], d) for d in dreams + [Dream(p.episode_id, p.question, p.answer) for p in probes]
              if d.episode_id in olds]
-    old_views = {o: memory(n.home.store.get(o)).view for o in {d.episode_id for _, d in asked}}
     extra = restate(n.reader, n.tok, asked, {m.id: m.view for m in n.plan.memories}, n.cfg.dream, old_views)
     if extra:
         n.dreams.dreams += extra
