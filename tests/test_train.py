@@ -110,3 +110,55 @@ def test_small_sleeps_get_at_least_min_steps(tiny):
     assert few.steps == 6
     _, many = _expert(tiny, epochs=4, min_steps=5, w_replay=0)  # already above the floor: unchanged
     assert many.steps == 8
+
+
+def test_negative_answers_never_overlap_the_answer_and_take_the_own_note_first():
+    from agentsleep.sleep.seed import negative_answers
+
+    mem = [Memory("a", "My eye doctor is Dr. Castellano at the clinic on Elm Street."),
+           Memory("b", "We adopted a tortoise called Sheldon last spring."),
+           Memory("c", "My blood type is O negative, in case it ever matters.")]
+    ds = [Dream("a", "Who is the user's eye doctor?", "Dr. Castellano"),
+          Dream("c", "What is the user's blood type?", "O negative"),
+          Dream("a", "Where is the clinic?", "the clinic on Elm Street")]
+    negs = negative_answers(ds, mem, 4, seed=0)
+    assert all(len(n) == 4 for n in negs)
+    assert "Elm Street" in negs[0]  # the own note's other answer comes first
+    assert not any("negative" in n.lower() for n in negs[1])  # never a part of the answer itself
+    assert not any("Elm" in n or "clinic" in n for n in negs[2])
+    assert negative_answers(ds, mem, 4, seed=0) == negs  # fixed for a sleep
+
+
+def test_unlikelihood_is_the_first_answer_position_and_descends_to_push_a_negative_down():
+    from agentsleep.sleep.objective import unlikelihood
+
+    torch.manual_seed(0)
+    sel = torch.randn(5, 10)
+    sel[0, 3] = 6.0  # row 0's first answer position favours token 3 (the negative)
+    sel[3, 7] = 6.0  # row 1's first answer position favours token 7
+    sel = sel.requires_grad_()
+    rows = torch.tensor([0, 0, 0, 1, 1])  # positions 0-2 answer row 0, 3-4 row 1
+    ul = unlikelihood(sel, rows, [[3], []])
+    p3 = torch.softmax(sel[0].detach(), -1)[3]
+    assert torch.isclose(ul, -torch.log(1 - p3))  # row 1 has no negatives; later positions do not count
+    ul.backward()
+    assert sel.grad[0, 3] > 0 and sel.grad[1:].abs().sum() == 0  # descending lowers the negative's logit only there
+    assert unlikelihood(sel, rows, [[], []]) is None
+
+
+def test_unlikelihood_is_wired_into_training(tiny):
+    model, tok = load(str(tiny))
+    cfg = SeedConfig(epochs=2, min_steps=0, batch_size=4, mixed_precision="no", min_dreams_per_episode=0,
+                     min_dreams_per_answer=0, w_unlikely=1.0, negatives_per_item=3)
+    _, stats = seed(model, tok, DREAMS, MEM, cfg)
+    assert len(stats.losses["unlikely"]) == stats.steps and all(v > 0 for v in stats.losses["unlikely"])
+    model, tok = load(str(tiny))
+    _, off = seed(model, tok, DREAMS, MEM, cfg.model_copy(update={"w_unlikely": 0.0}))
+    assert "unlikely" not in off.losses
+
+
+def test_two_cpu_processes_train_the_same_expert_with_unlikelihood(tiny):
+    one, s1 = _expert(tiny, w_unlikely=1.0)
+    two, s2 = _expert(tiny, processes=2, w_unlikely=1.0)
+    assert s2.processes == 2 and "unlikely" in s1.losses and "unlikely" in s2.losses
+    assert _max_diff(one, two) < 1e-4
