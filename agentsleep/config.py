@@ -183,11 +183,6 @@ class SeedConfig(_Section):
     sft_average: Literal["token", "item"] = Field("item", description="How the hard-label loss averages: 'item' averages each "
                                                   "item's answer tokens first, so a one-word answer (\"Rust\") counts as much as "
                                                   "a sentence; 'token' averages over every answer token of the batch.")
-    w_unlikely: float = Field(0.0, ge=0, description="Weight of the unlikelihood term: for each trained question, the first "
-                              "token of other likely answers (other notes' and the rest of its own note's) is pushed down, "
-                              "so a question is bound to its answer, not to every answer learned that night. 0 turns it off.")
-    negatives_per_item: int = Field(4, ge=0, le=32, description="Other likely answers a trained question's unlikelihood "
-                                    "term pushes down (drawn per question, fixed for the sleep).")
     w_distill: float = Field(0.0, ge=0, description="Weight of the paper's distillation block (D_off, D_on, imitate) against the "
                              "hard-label CE; 0 turns it off. Paper: open. Off by default for the 135M model, whose teacher is "
                              "unsure of its own answers; try 0.1-1 with larger models.")

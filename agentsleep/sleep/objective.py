@@ -36,7 +36,6 @@ class Item:
     teacher: str | None    # what the teacher reads (with the memory), or None
     memory_id: str = ""
     soft: tuple[torch.Tensor, torch.Tensor] | None = None  # (top-k ids, top-k probs) per answer token
-    negatives: tuple[str, ...] = ()  # answers this prompt must not start (the unlikelihood term)
 
 
 @dataclass
@@ -100,37 +99,6 @@ def soft_ce(logits: torch.Tensor, labels: torch.Tensor, items: list[Item]) -> to
         if n == 0:
             continue
         losses.append(-(p[:n].to(pos.device) * pos[:n].gather(-1, ids[:n].to(pos.device))).sum(-1).mean())
-    return torch.stack(losses).sum() if losses else None
-
-
-def first_token_ids(tok: Any, item: Item, first: int) -> list[int]:
-    """The first tokens of an item's negative answers, tokenized as the target is (encode), without
-    `first`, the first token of its own answer: "O negative" and "O'Brien" share one, and pushing it
-    down would push the right answer down too."""
-    out = []
-    for neg in item.negatives:
-        ids = tok(neg, add_special_tokens=False)["input_ids"]
-        if ids and ids[0] != first and ids[0] not in out:
-            out.append(ids[0])
-    return out
-
-
-def unlikelihood(sel: torch.Tensor, rows: torch.Tensor, neg_ids: list[list[int]]) -> torch.Tensor | None:
-    """Unlikelihood (Welleck et al., 2019) of other answers at the first answer position, summed over
-    items (each item's mean over its negatives): -log(1 - p(negative's first token | question)).
-    `sel`/`rows` as tensors.picked returns them; `neg_ids[j]` holds row j's negative first tokens.
-    The hard-label loss only raises the right answer; a small model trained on a night of facts
-    also learns "any of tonight's answers" for any of tonight's questions ("What's our tortoise's
-    name?" -> "Elm Street"), and this term is what tells the questions apart."""
-    losses = []
-    for j, ids in enumerate(neg_ids):
-        if not ids:
-            continue
-        at = (rows == j).nonzero()
-        if not len(at):
-            continue
-        p = F.softmax(sel[at[0, 0]].float(), -1)[torch.tensor(ids, device=sel.device)]
-        losses.append(-torch.log((1 - p).clamp(min=1e-6)).mean())
     return torch.stack(losses).sum() if losses else None
 
 

@@ -28,7 +28,7 @@ import torch
 
 from ..config import SeedConfig
 from ..progress import Progress, silent
-from ..textmatch import contains_answer, content_tokens
+from ..textmatch import contains_answer
 from .dream import student_prompt, teacher_prompt
 from .launch import train_in_workers
 from .objective import Item, attach_soft_targets, distill_terms, lora_config
@@ -68,26 +68,6 @@ def balanced(dreams: list[Dream], at_least: int, per_answer: int = 0,
     return train + extra
 
 
-def negative_answers(dreams: list[Dream], memories: list[Memory], k: int, seed: int = 0) -> list[tuple[str, ...]]:
-    """Per dream, up to `k` answers it must not give (seed.w_unlikely): likely answers of the other notes
-    of this sleep (new and rehearsed) and of its own note, none sharing a content word with its answer
-    (so "negative" is never a negative of "O negative", nor "Elm Street" of "the clinic on Elm Street")."""
-    import random
-
-    rng = random.Random(seed)
-    spans = {m.id: [re.sub(r"^(?:the|a|an)\s+", "", a, flags=re.I) for a in answer_spans(m.view, 16)] for m in memories}
-    pool = [(eid, a) for eid, ss in spans.items() for a in ss]  # a leading article is not what tells answers apart
-    out = []
-    for d in dreams:
-        mine = set(content_tokens(d.answer))
-        ok = [a for eid, a in pool if not mine & set(content_tokens(a))
-              and not contains_answer(d.answer, a) and not contains_answer(a, d.answer)]
-        own = [a for a in spans.get(d.episode_id, []) if a in ok]
-        rest = [a for a in ok if a not in own]
-        out.append(tuple(list(dict.fromkeys(own[:max(1, k // 2)] + rng.sample(rest, min(len(rest), k))))[:k]))
-    return out
-
-
 def token_chunks(tok: Any, text: str, max_tokens: int) -> list[str]:
     """`text` in pieces of at most `max_tokens` tokens, cut between sentences (between words when a
     sentence alone is longer): training sequences are cut to seed.max_seq_len, and a long document
@@ -124,17 +104,14 @@ def token_chunks(tok: Any, text: str, max_tokens: int) -> list[str]:
 
 def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_raw: bool, raw_repeats: int = 1,
                 min_dreams: int = 0, max_tokens: int = 256, notes: list[tuple[str, str]] = (),
-                per_answer: int = 0, negatives: int = 0, seed: int = 0) -> list[Item]:
-    """Training items: the dreams as questions answered closed-book (with `negatives` other answers each
-    for the unlikelihood term), and as text (no prompt) the memories and `notes`, the (episode id,
-    statement) implications written about them."""
+                per_answer: int = 0) -> list[Item]:
+    """Training items: the dreams as questions answered closed-book, and as text (no prompt) the memories
+    and `notes`, the (episode id, statement) implications written about them."""
     text = {m.id: m.view for m in memories}
     spans = {m.id: answer_spans(m.view, 16) for m in memories if not m.replay} if per_answer else {}
-    trained = balanced(dreams, min_dreams, per_answer, spans)
-    negs = negative_answers(trained, memories, negatives, seed) if negatives else [()] * len(trained)
     items = [Item(student_prompt(tok, d.question), d.answer,
                   teacher_prompt(tok, d.question, text[d.episode_id]) if d.episode_id in text and not d.replay else None,
-                  d.episode_id, negatives=n) for d, n in zip(trained, negs)]
+                  d.episode_id) for d in balanced(dreams, min_dreams, per_answer, spans)]
     if include_raw:
         items += [Item("", piece, None, m.id) for m in memories for piece in token_chunks(tok, m.view, max_tokens - 2)
                   for _ in range(raw_repeats)]
@@ -154,8 +131,7 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     from peft import get_peft_model
 
     items = build_items(tok, dreams, memories, cfg.include_raw_text, cfg.raw_repeats, cfg.min_dreams_per_episode,
-                        cfg.max_seq_len, notes, cfg.min_dreams_per_answer,
-                        cfg.negatives_per_item if cfg.w_unlikely > 0 else 0, cfg.seed)
+                        cfg.max_seq_len, notes, cfg.min_dreams_per_answer)
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]

@@ -18,7 +18,7 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -26,7 +26,7 @@ import torch
 from ..config import SeedConfig
 from ..errors import SleepError
 from ..progress import Progress, silent
-from .objective import Interrupted, Item, SeedStats, first_token_ids, soft_ce, unlikelihood
+from .objective import Interrupted, Item, SeedStats, soft_ce
 from .tensors import ce_picked, collate, encode, forward_picked, kl_picked, picked
 
 
@@ -151,8 +151,6 @@ class _Loop:
     extra_terms: Callable[[Any, int, list[Item]], dict[str, tuple[torch.Tensor, float]]] | None
     replay_rng: random.Random
     dev: torch.device
-    negs: dict[int, list[int]] = field(default_factory=dict)  # id(item) -> its negatives' first tokens
-    n_items: int = 0  # items in the current optimizer step (the unlikelihood term's denominator)
 
     @property
     def rank(self) -> int:
@@ -204,11 +202,6 @@ class _Loop:
         sft_sum = ce_picked(sel, tgt, "item_sum" if self.by_item else "sum", row, len(mine)) * on
         loss = cfg.w_sft * sft_sum * world / max(n_group, 1)
         terms["sft_sum"] = sft_sum.detach()
-        if cfg.w_unlikely > 0 and self.negs:
-            ul = unlikelihood(sel, row, [self.negs.get(id(it), []) for it in mine])
-            if ul is not None:
-                terms["unlikely"] = ul.detach() / max(len(mine), 1)
-                loss = loss + cfg.w_unlikely * ul * on * world / max(self.n_items, 1)
         if logits is not None:
             d_off = soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
             if d_off is not None:
@@ -258,18 +251,15 @@ def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, repl
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     rows = {id(it): encode(tok, it.prompt, it.target, cfg.max_seq_len) for it in items}
     sched = warmup_then_linear(opt, len(groups), cfg.warmup_frac)  # stepped once per optimizer step, by hand
-    negs = {id(it): first_token_ids(tok, it, next(t for t in rows[id(it)][1] if t != -100))
-            for it in items if it.negatives and cfg.w_unlikely > 0 and any(t != -100 for t in rows[id(it)][1])}
     student, opt = acc.prepare(Student(pm), opt)
     loop = _Loop(pm, tok, cfg, acc, student, rows, SeedStats(items=len(items), processes=acc.num_processes),
-                 list(replay_rows), extra_terms, random.Random(cfg.seed + 2), dev, negs)
+                 list(replay_rows), extra_terms, random.Random(cfg.seed + 2), dev)
     micro = 0
     pm.train()
     for step, group in enumerate(groups):
         if should_stop():
             raise Interrupted(f"stopped during seeding at step {step}/{len(groups)}")
         n_group, n_soft = loop.denominators(group)
-        loop.n_items = sum(len(batch) for batch in group)
         logged: dict[str, torch.Tensor] = {}
         for k, batch in enumerate(group):
             last = k == len(group) - 1
