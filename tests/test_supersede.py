@@ -58,7 +58,10 @@ def test_detection_precision_on_written_pairs():
     # a move the speaker made; not someone else's, not denied, not asked about
     assert contradicts("I bank with Carrow Savings.", "I moved my savings from the Carrow account to Westfield.", 0.7)
     assert contradicts("I live in Porto.", "Last year we moved to Lisbon from Porto.", 0.7)
-    for said in ("My brother moved his savings from Carrow to Westfield.", "Should I have moved my savings from Carrow?"):
+    assert contradicts("I bank with Carrow Savings.", "I don't bank with Carrow anymore; I'm with Westfield now.", 0.7)
+    for said in ("My brother moved his savings from Carrow to Westfield.", "Should I have moved my savings from Carrow?",
+                 "I never moved my savings from Carrow.", "I didn't switch banks, I'm still with Carrow.",
+                 "I haven't changed my bank in years."):
         assert not contradicts("I bank with Carrow Savings.", said, 0.7), said
 
 

@@ -8,8 +8,9 @@ episodes, consolidated or waiting for the same sleep, of the same namespace, sou
 (both "I/we", or the old one's "my/our X" named in the new one) and the new one says something the
 old did not while the old value is gone from it or said to have changed ("left", "now", "moved"),
 not when the new one only adds detail; or when the new one says it went from the old value to another
-("I moved my savings from Carrow to Westfield" after "I bank with Carrow"). The rule is lexical and generic; its precision on written pairs is measured in
-tests/test_supersede.py.
+("I moved my savings from Carrow to Westfield" after "I bank with Carrow"); never when the change is
+denied ("I never moved my savings from Carrow", "I didn't switch banks"). The rule is lexical and
+generic; its precision on written pairs is measured in tests/test_supersede.py.
 
 A superseded episode stays in the store and in recall (marked with the id that superseded it); it
 leaves rehearsal, and one that was never consolidated is held back from consolidation (the policy's
@@ -50,6 +51,11 @@ _SELF = re.compile(r"\b(?:i|we|i'm|we're|i've|we've)\b", re.I)
 _FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated|upgraded|downgraded)\b[^.;!?]*?"
                       r"\bfrom\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+(?:\s+(?!to\b)[\w'-]+){0,3})"
                       r"(?:\s+to\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+(?:\s+[\w'-]+){0,3}))?", re.I)
+# "I never moved my savings from X", "I didn't switch banks": a change denied, unless the text says one
+# happened after all ("I don't bank with X anymore")
+_DENIED = re.compile(r"\b(?:never|not|\w+n't)\b[^.;!?,]*?\b(?:moved?|switch(?:ed)?|change[ds]?|transferred|swapped|"
+                     r"left|leave|sold|quit|replaced|stopped|cancell?ed|canceled)\b", re.I)
+_AFTER_ALL = re.compile(r"\b(?:anymore|any more|no longer)\b", re.I)
 _NOT_SELF = re.compile(r"\b(?:he|she|they|his|her|their|my|our|never|not|didn't|don't|won't|haven't)\b|n't\b", re.I)
 
 
@@ -107,6 +113,8 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
     c_old, c_new = _content(old), _content(new)
     if any(_stem(w) in c_old for w in moved_from(new, own=True)):
         return True  # "I bank with X" -> "I moved my savings from X to Y": the old value named as left
+    if _DENIED.search(new) and not _AFTER_ALL.search(new):
+        return False  # "I never moved my savings from X": the old value stands
     h_old, h_new = _holders(old), _holders(new)
     named = h_old - {"self"}
     if named:
