@@ -9,6 +9,9 @@ FAST_SLEEP = {"SEED__EPOCHS": "1", "SEED__MIN_STEPS": "0", "SEED__REPLAY_PROMPTS
               "GATE__MIN_RECALL_GAIN": "-1", "GATE__MIN_RETENTION": "0", "GATE__MAX_DRIFT_KL": "1000"}
 
 
+_READ: list[str] = []  # the notes the sleeps read
+
+
 def _grounded_writer(model, tok, memories, cfg, progress=None):
     """Two parseable, grounded dreams per turn: a random tiny model writes none, so every sleep would be
     rejected and the weights-only path never tested."""
@@ -16,7 +19,8 @@ def _grounded_writer(model, tok, memories, cfg, progress=None):
 
     out = []
     for m in memories:
-        speaker, said = m.text.split("] ", 1)[1].split(": ", 1)
+        _READ.append(m.view)
+        speaker, said = m.who, m.text
         # one question per memory (the same question with two answers would be dropped as conflicting)
         out += [Dream(m.id, f"Who said message {m.id} in the conversation?", speaker, stem="Who"),
                 Dream(m.id, f"What was the final word of message {m.id}?", said.rstrip(".!?").split()[-1], stem="What")]
@@ -80,6 +84,8 @@ def test_locomo_sleeps_sessions_in_order_and_scores_four_variants(tmp_path, loco
     assert all(r["seconds"] > 0 and "drift_kl" in r for r in s["sleeps"])
     assert [r["remembered"] for r in s["sleeps"]] == [r["episodes"] for r in s["sleeps"]] == [2, 2]
     assert s["capped"] == ["session_1"]
+    # each turn is read as its speaker's, dated: not "[1 May 2023] Ana: the user adopted ..."
+    assert "On 1 May 2023, Ana adopted a beagle called Rufus last week." in _READ, _READ
     # in: D1:1, D2:2, D1:1+D2:1; out: session 3 (not slept), D1:3 (over the cap); category 5 counted apart
     assert s["questions"] == 3 and s["questions_cat5"] == 1
     assert set(s["f1"]) == {"retrieval only", "weights only", "both", "base closed-book"}

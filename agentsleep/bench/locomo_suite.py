@@ -5,7 +5,8 @@ id, speaker and date in the text, dia_id in provenance). Measured:
 - retrieval recall@k of the evidence turns (all QA, category 5 separately);
 - answer token-F1 with retrieval (top-k turns in the prompt) on a sample;
 - weights only vs retrieval vs both (`sleep_sessions` > 0): the first N sessions
-  of the first conversation are remembered in a home of their own and slept in
+  of the first conversation are remembered in a home of their own (speaker and
+  date as metadata, so the sleep reads whose "I" each turn is) and slept in
   order, one sleep per session; then the questions whose evidence lies wholly in
   those turns (categories 1-4; category 5 counted apart) are answered by the base
   model closed-book, the base model with the top-5 slept turns (retrieval only),
@@ -285,13 +286,13 @@ def _sleep_session(home: Home, conv: dict[str, Any], cid: str, sess: str, cap: i
 
     The sleep takes every waiting episode: a rejected sleep's turns wait and the next one retakes them (as in
     the product, oldest first), so each session's turns are in some sleep, and a sleep after a rejection is larger."""
-    all_turns = session_turns(conv, sess)
+    all_turns = [r for r in turn_records(conv) if r["session"] == sess]
     kept = all_turns[:cap]
-    for dia, text in kept:
-        home.remember(text, kind="turn", session=f"{cid}:{sess}", source="locomo",
-                      provenance={"dia_id": dia, "conversation": cid})
+    for r in kept:  # as the standard protocol stores them: the sleep reads "On 8 May 2023, Caroline went ..."
+        home.remember(r["text"], kind="turn", session=f"{cid}:{sess}", source="locomo", speaker=r["speaker"],
+                      event_time=r["when"], provenance={"dia_id": r["dia_id"], "conversation": cid})
     rec: dict[str, Any] = {"session": sess, "turns": len(all_turns), "remembered": len(kept)}
-    dias = [d for d, _ in kept]
+    dias = [r["dia_id"] for r in kept]
     t = time.time()
     try:
         rep = home.sleep(max_episodes=max(len(home.store.list(unconsolidated_only=True)), 1), progress=progress)
@@ -332,7 +333,7 @@ def sleep_variant(root: Path, conv: dict[str, Any], cid: str, n_sessions: int, c
         out["capped"] = [r["session"] for r in out["sleeps"] if r["remembered"] < r["turns"]]
         qs, out["questions_cat5"] = slept_questions(conv, dias)
         out["questions"] = len(qs)
-        mems = [[e.text for e in home.recall(q["question"], SLEEP_K)] for q in qs]
+        mems = [[e.prompt_text() for e in home.recall(q["question"], SLEEP_K)] for q in qs]  # dated, with the speaker
         slept = home.engine.live
         out["version"] = slept.version.name
         out["f1"] = dict(zip(VARIANTS, (_f1(base, qs, mems), _f1(slept, qs), _f1(slept, qs, mems), _f1(base, qs))))
