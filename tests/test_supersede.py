@@ -42,6 +42,7 @@ PAIRS = [
     ("I live in Porto.", "I visited my sister in Lisbon.", False),
     ("I bank with Carrow Savings.", "My brother switched his bank to Carrow.", False),
     ("I live in Porto.", "My sister moved from Porto to Lisbon.", False),
+    ("I live in Porto.", "I drove from Porto to Lisbon, and now I'm tired.", False),
 ]
 
 

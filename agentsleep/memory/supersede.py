@@ -9,7 +9,9 @@ episodes, consolidated or waiting for the same sleep, of the same namespace, sou
 old did not while the old value is gone from it or said to have changed ("left", "now", "moved"),
 not when the new one only adds detail; or when the new one says it went from the old value to another
 ("I moved my savings from Carrow to Westfield" after "I bank with Carrow"); never when the change is
-denied ("I never moved my savings from Carrow", "I didn't switch banks"). The rule is lexical and
+denied ("I never moved my savings from Carrow", "I didn't switch banks"), nor when every name and
+number of the old note still stands in the new one and nothing says it changed ("I drove from Porto
+to Lisbon, and now I'm tired" leaves "I live in Porto"). The rule is lexical and
 generic; its precision on written pairs is measured in tests/test_supersede.py.
 
 A superseded episode stays in the store and in recall (marked with the id that superseded it); it
@@ -55,6 +57,10 @@ _FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated
 # happened after all ("I don't bank with X anymore")
 _DENIED = re.compile(r"\b(?:never|not|\w+n't)\b[^.;!?,]*?\b(?:moved?|switch(?:ed)?|change[ds]?|transferred|swapped|"
                      r"left|leave|sold|quit|replaced|stopped|cancell?ed|canceled)\b", re.I)
+# a change said of the old value itself; "now" and "new" alone are not one ("I drove from Porto to Lisbon,
+# and now I'm tired" leaves "I live in Porto")
+_CHANGED = re.compile(r"\b(?:moved|switched|changed|left|sold|quit|replaced|retired|stopped|gave up|cancell?ed|canceled|"
+                      r"no longer|anymore|instead)\b", re.I)
 _AFTER_ALL = re.compile(r"\b(?:anymore|any more|no longer)\b", re.I)
 _NOT_SELF = re.compile(r"\b(?:he|she|they|his|her|their|my|our|never|not|didn't|don't|won't|haven't)\b|n't\b", re.I)
 
@@ -103,6 +109,16 @@ def _holders(text: str) -> set[str]:
     return out
 
 
+def _names(text: str) -> set[str]:
+    """The old note's specific words: names (capitalised inside a sentence) and numbers."""
+    out = set()
+    for sent in re.split(r"(?<=[.!?;])\s+", text.strip()):
+        words = re.findall(r"[\w'-]+", sent)
+        out |= {_stem(w) for i, w in enumerate(words) if any(ch.isdigit() for ch in w)
+                or (i > 0 and w[:1].isupper() and w.lower() not in _STOP)}
+    return out
+
+
 def contradicts(old: str, new: str, similarity: float) -> bool:
     """Whether `new` states another value for what `old` said (see the module docstring)."""
     if similarity < SIMILARITY:
@@ -122,6 +138,9 @@ def contradicts(old: str, new: str, similarity: float) -> bool:
             return False
     elif "self" not in h_old or "self" not in h_new or (h_new - {"self"} - c_old):
         return False  # "I live in X" is not replaced by "my sister lives in Y"
+    names = _names(old)
+    if names and names <= c_new and not _CHANGED.search(new):
+        return False  # every name and number of the old note still stands in the new one, none said to have changed
     # a new value, and the old one gone from the text or said to have changed ("Ana left; my boss is Raj now")
     return bool(c_new - c_old) and (bool(c_old - c_new) or bool(_CHANGE.search(new)))
 
