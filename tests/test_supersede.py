@@ -60,6 +60,7 @@ def test_detection_precision_on_written_pairs():
     assert contradicts("I bank with Carrow Savings.", "I moved my savings from the Carrow account to Westfield.", 0.7)
     assert contradicts("I live in Porto.", "Last year we moved to Lisbon from Porto.", 0.7)
     assert contradicts("I bank with Carrow Savings.", "I don't bank with Carrow anymore; I'm with Westfield now.", 0.7)
+    assert contradicts("I bank with Carrow Savings.", "I did not like Carrow so I switched my savings to Westfield.", 0.7)
     for said in ("My brother moved his savings from Carrow to Westfield.", "Should I have moved my savings from Carrow?",
                  "I never moved my savings from Carrow.", "I didn't switch banks, I'm still with Carrow.",
                  "I haven't changed my bank in years."):

@@ -55,7 +55,7 @@ _FROM_TO = re.compile(r"\b(?:moved|switched|changed|transferred|swapped|migrated
                       r"(?:\s+to\s+(?:(?:the|my|our|a|an)\s+)?([\w'-]+(?:\s+[\w'-]+){0,3}))?", re.I)
 # "I never moved my savings from X", "I didn't switch banks": a change denied, unless the text says one
 # happened after all ("I don't bank with X anymore")
-_DENIED = re.compile(r"\b(?:never|not|\w+n't)\b[^.;!?,]*?\b(?:moved?|switch(?:ed)?|change[ds]?|transferred|swapped|"
+_DENIED = re.compile(r"\b(?:never|not|\w+n't)\s+(?:\w+\s+){0,2}?(?:moved?|switch(?:ed)?|change[ds]?|transferred|swapped|"
                      r"left|leave|sold|quit|replaced|stopped|cancell?ed|canceled)\b", re.I)
 # a change said of the old value itself; "now" and "new" alone are not one ("I drove from Porto to Lisbon,
 # and now I'm tired" leaves "I live in Porto")
@@ -115,7 +115,7 @@ def _names(text: str) -> set[str]:
     for sent in re.split(r"(?<=[.!?;])\s+", text.strip()):
         words = re.findall(r"[\w'-]+", sent)
         out |= {_stem(w) for i, w in enumerate(words) if any(ch.isdigit() for ch in w)
-                or (i > 0 and w[:1].isupper() and w.lower() not in _STOP)}
+                or (i > 0 and w[:1].isupper() and w.lower() not in _STOP and not w.lower().startswith("i'"))}
     return out
 
 
