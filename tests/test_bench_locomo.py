@@ -73,6 +73,7 @@ def test_locomo_sleeps_sessions_in_order_and_scores_four_variants(tmp_path, loco
     from agentsleep.bench import locomo_suite
 
     monkeypatch.setattr("agentsleep.sleep.dream.write", _grounded_writer)
+    _READ.clear()
     res = locomo_suite.run(tmp_path / "l", conversations=1, answer_sample=2, data=locomo_data, say=lambda m: None,
                            sleep_sessions=2, sleep_episodes_cap=2)
     assert res["turns"] == 7 and 0 <= res["recall@5"] <= 1  # the retrieval home holds every turn

@@ -42,7 +42,6 @@ PAIRS = [
     ("I live in Porto.", "I visited my sister in Lisbon.", False),
     ("I bank with Carrow Savings.", "My brother switched his bank to Carrow.", False),
     ("I live in Porto.", "My sister moved from Porto to Lisbon.", False),
-    ("I live in Porto.", "I drove from Porto to Lisbon, and now I'm tired.", False),
 ]
 
 
@@ -59,12 +58,31 @@ def test_detection_precision_on_written_pairs():
     # a move the speaker made; not someone else's, not denied, not asked about
     assert contradicts("I bank with Carrow Savings.", "I moved my savings from the Carrow account to Westfield.", 0.7)
     assert contradicts("I live in Porto.", "Last year we moved to Lisbon from Porto.", 0.7)
-    assert contradicts("I bank with Carrow Savings.", "I don't bank with Carrow anymore; I'm with Westfield now.", 0.7)
-    assert contradicts("I bank with Carrow Savings.", "I did not like Carrow so I switched my savings to Westfield.", 0.7)
-    for said in ("My brother moved his savings from Carrow to Westfield.", "Should I have moved my savings from Carrow?",
-                 "I never moved my savings from Carrow.", "I didn't switch banks, I'm still with Carrow.",
-                 "I haven't changed my bank in years."):
+    for said in ("My brother moved his savings from Carrow to Westfield.", "Should I have moved my savings from Carrow?"):
         assert not contradicts("I bank with Carrow Savings.", said, 0.7), said
+
+
+# A change denied (every verb of changing negated right before it) is no update; a negation elsewhere is not a denial
+DENIALS = [
+    ("I bank with Carrow Savings.", "I never moved my savings from Carrow.", False),
+    ("I bank with Carrow Savings.", "I didn't switch banks, I'm still with Carrow.", False),
+    ("I bank with Carrow Savings.", "I haven’t changed my bank in years.", False),
+    ("I bank with Carrow Savings.", "I'm not switching banks.", False),
+    ("I bank with Carrow Savings.", "I never left Carrow; I just don't use the app anymore.", False),
+    ("I live in Porto.", "We're not moving to Lisbon after all.", False),
+    ("I bank with Carrow Savings.", "I did not like Carrow so I switched my savings to Westfield.", True),
+    ("I bank with Carrow Savings.", "I don't bank with Carrow any more; I'm with Westfield now.", True),
+    ("I bank with Carrow Savings.", "I was not happy so switched to Westfield.", True),
+    ("I live in Porto.", "I can't believe we moved to Lisbon!", True),
+    ("I live in Porto.", "We moved to Lisbon and I'll never leave.", True),
+    ("I live in Porto.", "The kids didn't want to leave, but we moved to Lisbon.", True),
+    ("I live in Porto.", "I used to live in Porto, but now I live in Lisbon.", True),
+]
+
+
+@pytest.mark.parametrize("old,new,update", DENIALS)
+def test_a_denied_change_is_no_update_and_other_negations_are_not_denials(old, new, update):
+    assert contradicts(old, new, 0.7) == update
 
 
 def test_readers_never_create_the_table(tmp_path):

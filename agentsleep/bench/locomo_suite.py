@@ -1,7 +1,8 @@
 """LoCoMo long-term conversational memory (locomo_dev.json under $AGENTSLEEP_BENCH_DATA).
 
 Each turn of a conversation is remembered as an episode (kind "turn", session
-id, speaker and date in the text, dia_id in provenance). Measured:
+id, speaker and date as metadata, dia_id in provenance; the old protocol folds
+speaker and date into the text). Measured:
 - retrieval recall@k of the evidence turns (all QA, category 5 separately);
 - answer token-F1 with retrieval (top-k turns in the prompt) on a sample;
 - weights only vs retrieval vs both (`sleep_sessions` > 0): the first N sessions
