@@ -10,8 +10,8 @@ old did not while the old value is gone from it or said to have changed ("left",
 not when the new one only adds detail; or when the new one says it went from the old value to another
 ("I moved my savings from Carrow to Westfield" after "I bank with Carrow"); never when the change is
 denied ("I never moved my savings from Carrow", "I didn't switch banks": every verb of changing
-negated). The rule is lexical and
-generic; its precision on written pairs is measured in tests/test_supersede.py.
+negated). The rule is lexical and generic; its precision on written pairs is measured in
+tests/test_supersede.py.
 
 A superseded episode stays in the store and in recall (marked with the id that superseded it); it
 leaves rehearsal, and one that was never consolidated is held back from consolidation (the policy's
