@@ -185,6 +185,7 @@ class Home:
         """
         from .memory import supersede
         from .sleep.lock import sleep_lock
+        from .sleep.writer import forget_writer
         from .sleep.select import load_rebuild, save_rebuild
 
         if (episode_id is None) == (query is None):
@@ -193,13 +194,12 @@ class Home:
         if not targets:
             raise InputError(f"forget: nothing matches {query!r}")
         with sleep_lock(self.root, what="forget"):
-            removed: list[str] = []
-            for t in dict.fromkeys(targets):
-                removed += self.store.delete(t)
+            # Every id first (an unknown one fails before anything changes); then the record of the forgetting
+            # and the rebuild plan; the deletes last: a crash or a store error after the record is finished
+            # by the next writable open (EpisodeStore.finish_forgets), and a retry by id still finds them.
+            removed = list(dict.fromkeys(i for t in dict.fromkeys(targets) for i in self.store.family(t)))
             ledger = self.store.ledger
             held = ledger.versions_of(removed)
-            ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
-            supersede.drop(ledger.path, removed)  # an episode superseded only by a forgotten one is current again
             lineage = self.registry.lineage()
             names = [v.name for v in lineage]
             holders = {v.name for v in lineage if set(v.manifest.get("episode_ids", [])) & set(removed)}
@@ -220,6 +220,10 @@ class Home:
                     with self._lock:
                         if self._engine is not None:
                             self._engine.swap(self.registry.current())
+            ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
+            supersede.drop(ledger.path, removed)  # an episode superseded only by a forgotten one is current again
+            self.store.delete_ids(removed)
+            forget_writer(self.root)
             plan = load_rebuild(self.root)
         return {"forgotten": removed, "versions_holding_it": sorted(holders),
                 "rebuild_from": plan["from"] if plan else None, "serving": self.registry.current_name()}

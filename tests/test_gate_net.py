@@ -144,11 +144,11 @@ def test_retention_sample_is_disjoint_from_tonights_rehearsal():
     rehearsed = dreams[::3]
     probes = [Probe("e0", "Probe?", "p"), Probe("e0", "Probe?", "p")]  # the same fact twice counts once
     items, scale = earlier_items(probes, dreams, rehearsed, 32)
-    assert scale == 1  # every earlier probe is asked
+    assert scale == [1.0] * len(items)  # every earlier probe is asked
     asked = {(p.episode_id, p.question) for p in items}
     assert not asked & {(d.episode_id, d.question) for d in rehearsed}
     assert len(items) == 1 + 26 and len({probe_id(p.question, p.answer) for p in items}) == len(items)
-    assert earlier_items(probes, dreams, rehearsed, 32) == (items, 1)  # the same sample on a rerun
+    assert earlier_items(probes, dreams, rehearsed, 32) == (items, scale)  # the same sample on a rerun
     # a retention probe asks for the fact: an episode's sentence answers only when it has no short one
     long = [Dream("e9", "Who is Ingrid?", "Ingrid Solberg is a manager of the team"), Dream("e9", "Who leads?", "Ingrid"),
             Dream("e8", "What about Ana?", "Ana moved to Lisbon with her two sisters last May")]
@@ -249,12 +249,13 @@ def test_earlier_probes_past_the_budget_are_drawn_in_turn_and_rotate_by_night():
     every earlier episode is asked about while the budget allows, and over the nights every probe comes round."""
     probes = [Probe(f"e{j}", f"Probe {j}.{i}?", f"p{j}{i}") for j in range(20) for i in range(3)]  # 60 probes
     night = [earlier_items(probes, [], [], 0, max_probes=20, night=k) for k in range(8)]
-    assert all(len(items) == 20 and len({p.episode_id for p in items}) == 20 and scale == 1 for items, scale in night)
+    assert all(len(items) == 20 and len({p.episode_id for p in items}) == 20 and set(scale) == {1.0}
+               for items, scale in night)
     assert night[0] != night[1] and earlier_items(probes, [], [], 0, max_probes=20, night=0) == night[0]
     assert len({p.question for items, _ in night for p in items}) > 40  # a different draw each night
-    assert earlier_items(probes, [], [], 0, max_probes=100) == (probes, 1)  # under the budget: every probe, in order
-    assert earlier_items([], [], [], 4, max_probes=20) == ([], 1)  # the first night: nothing earlier, nothing to scale
-    assert earlier_items([], [Dream("e1", "Q?", "a")], [], 4, max_probes=20)[1] == 1
+    assert earlier_items(probes, [], [], 0, max_probes=100) == (probes, [1.0] * 60)  # under the budget: all, in order
+    assert earlier_items([], [], [], 4, max_probes=20) == ([], [])  # the first night: nothing earlier, nothing to scale
+    assert earlier_items([], [Dream("e1", "Q?", "a")], [], 4, max_probes=20)[1] == [1.0]
     c = count([False], [True], [], [], [], ["n1"], [], old_scale=0)  # never a scale under 1 (no division by it)
     assert c.scale == 1 and decide(CFG, 1, 0.0, 1.0, None, 0.1, counts=c)[0] == []
 
@@ -265,7 +266,7 @@ def test_a_sample_of_earlier_facts_is_scaled_to_all_of_them():
     confidence is what the facts asked can show."""
     probes = [Probe(f"e{j}", f"Probe {j}?", f"p{j}") for j in range(200)]
     items, scale = earlier_items(probes, [], [], 0, max_probes=50, night=3)
-    assert len(items) == 50 and scale == pytest.approx(4)
+    assert len(items) == 50 and scale == pytest.approx([4] * 50)
     # 2 of the 50 asked are lost for 6 new facts gained: 8 lost estimated over all 200, more than 6 x loss_per_gain
     before, after = [True] * 50, [True] * 48 + [False] * 2
     c = count([False] * 6, [True] * 6, before, after, [True] * 50, [f"n{i}" for i in range(6)],
@@ -282,3 +283,36 @@ def test_a_sample_of_earlier_facts_is_scaled_to_all_of_them():
     sampled = Counts(gained=40, known_first=200, lost_first_after=32, scale=4)
     assert "retention" not in decide(sure, 6, 0.0, 1.0, None, 0.1, counts=sampled)[0]
     assert "retention" in decide(sure, 6, 0.0, 1.0, None, 0.1, counts=Counts(gained=40, known_first=200, lost_first_after=32))[0]
+
+
+def test_tonights_rehearsal_is_its_own_stratum_and_its_trained_text_is_never_asked():
+    """An episode rehearsed tonight has its raw text trained: a blank cut from that text is no test of memory.
+    And the rehearsed episodes are chosen on purpose (those missed last time first), so what they regain is
+    counted once, not scaled up as if it were a random sample of the history; the rest of the history is
+    sampled and scaled on its own."""
+    replayed = {f"r{j}" for j in range(10)}
+    probes = [Probe(f"r{j}", f"Rehearsed {j}?", f"r{j}") for j in range(10)]
+    probes += [Probe(f"r{j}", f"Fill in the blank from what you know: r{j} is ___", f"x{j}", kind="cloze")
+               for j in range(10)]
+    probes += [Probe(f"e{j}", f"Earlier {j}?", f"p{j}") for j in range(100)]
+    dreams = [Dream(f"e{j}", f"Dream {j}?", f"d{j}") for j in range(100)] + [Dream("r0", "Dream r0?", "dr0")]
+    items, scale = earlier_items(probes, dreams, [], 8, max_probes=40, night=2, replayed=replayed)
+    assert not any(p.kind == "cloze" for p in items)  # the rehearsed episodes' blanks are their trained text
+    by = {p.question: x for p, x in zip(items, scale)}
+    assert all(by[f"Rehearsed {j}?"] == 1.0 for j in range(10))  # all 10 asked (room 20): each stands for itself
+    rest = [x for p, x in zip(items, scale) if p.episode_id.startswith("e")]
+    assert len([p for p in items if p.question.startswith("Earlier")]) == 30 and rest == pytest.approx([100 / 30] * len(rest))
+    asked = {p.episode_id for p in items if p.question.startswith("Earlier")}
+    assert {p.episode_id for p in items if p.question.startswith("Dream")} <= asked | replayed  # dreams of asked ones only
+    # the regained rehearsed facts count once each, a lost unrehearsed one for the 100/30 it stands for
+    before = [p.episode_id.startswith("e") for p in items]
+    after = [True] * len(items)
+    lost = before.index(True)
+    after[lost] = False
+    c = count([], [], before, after, [None] * len(items), [], [p.episode_id for p in items], old_scale=scale)
+    assert c.gained == pytest.approx(10)
+    share = 1 / sum(p.episode_id == items[lost].episode_id for p in items)  # its probe and a dream share the fact
+    assert c.lost == pytest.approx(100 / 30 * share)
+    # without tonight's rehearsal the same probes (blanks included) form one stratum, as before
+    flat, flat_scale = earlier_items(probes, [], [], 0, max_probes=200)
+    assert len(flat) == 120 and set(flat_scale) == {1.0}

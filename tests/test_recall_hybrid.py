@@ -67,6 +67,77 @@ def test_forgotten_episode_is_found_by_neither_keyword_nor_meaning(store):
     assert [i for i, _ in store.lexical.search("Zephyrine 4471", 10, _all())] == []
 
 
+def test_a_forgotten_turn_is_not_found_through_its_session_neighbours(store):
+    """Each turn's neighbours' words are indexed with it (a reply is found by its question's words): forgetting
+    a turn takes its words out of the turns before and after it too."""
+    turns = ["Did you sort out the locker?", "Yes: Zephyrine's locker code is 4471.", "Great, thanks for that."]
+    ids = [store.remember(t, namespace="n", session="s1").id for t in turns]
+    assert {i for i, _ in store.lexical.search("Zephyrine 4471", 10, _all())} >= {ids[0], ids[2]}  # via context
+    store.delete(ids[1])
+    assert [i for i, _ in store.lexical.search("Zephyrine 4471", 10, _all())] == []
+    for q in ("Zephyrine", "4471", "locker code"):
+        assert ids[1] not in [e.id for e in store.recall(q, k=5, namespace="n")]
+    # the neighbours now carry each other's words, as if the forgotten turn had never been said
+    assert {i for i, _ in store.lexical.search("thanks", 10, _all())} == {ids[0], ids[2]}
+    assert {i for i, _ in store.lexical.search("locker", 10, _all())} == {ids[0], ids[2]}
+
+
+def test_forgetting_any_chunk_forgets_the_whole_text(store):
+    store.cfg.chunk_chars = 100
+    long = store.remember(" ".join(f"Sentence {i} of a long note about the garden shed." for i in range(30)))
+    assert len(long.chunk_ids) > 10
+    assert sorted(store.family(long.chunk_ids[3])) == sorted(long.chunk_ids) == sorted(store.family(long.id))
+    assert sorted(store.delete(long.chunk_ids[3])) == sorted(long.chunk_ids) and store.count() == 0
+
+
+def test_a_rebuilt_lexical_index_keeps_chunks_in_their_order(store):
+    """A rebuild (crash repair, migrate) lays turns out by time, and a long memory's chunks in their order:
+    ids would sort ':10' before ':2' and give chunks the wrong neighbours."""
+    store.cfg.chunk_chars = 100
+    long = store.remember(" ".join(f"Part {i} of the note." for i in range(70)), session="s")
+    assert len(long.chunk_ids) > 10
+    store.sync_lexical(force=True)
+    with store.lexical._conn() as c:
+        order = [r[0] for r in c.execute("SELECT id FROM docs ORDER BY rowid")]
+    assert order == long.chunk_ids
+
+
+def test_a_half_stored_long_memory_is_stored_again_not_called_a_duplicate(store):
+    store.cfg.chunk_chars = 100
+    text = " ".join(f"Line {i} of the lease terms for the flat on Elm Street." for i in range(10))
+    first = store.remember(text)
+    store._coll.delete(ids=first.chunk_ids[2:])  # what a crash between two add batches leaves (the lexical
+    store.lexical.delete(first.chunk_ids[2:])     # index is brought in step with Chroma on the next open)
+    again = store.remember(text)
+    assert not again.duplicate and len(again.chunk_ids) == len(first.chunk_ids)
+    assert store.count() == len(first.chunk_ids) and not set(store.lexical.ids()) & set(first.chunk_ids)
+    assert store.remember(text).duplicate  # now whole: a duplicate
+
+
+@pytest.mark.parametrize("bad", [{"session": 7}, {"source": ["web"]}, {"provenance": "chat"}])
+def test_remember_refuses_mistyped_fields_in_one_line(store, bad):
+    with pytest.raises(InputError) as ei:
+        store.remember_many([{"text": "a note", **bad}])
+    assert list(bad)[0] in str(ei.value) and "\n" not in str(ei.value) and store.count() == 0
+
+
+def test_time_words_outside_the_calendar_are_no_window_and_recall_answers():
+    now = datetime(2023, 7, 12, 15, tzinfo=UTC)  # a Wednesday
+    for q in ("what did the Romans build 2000 years ago", "in December 9999", "what happened in May 0000"):
+        assert time_window(q, now) is None
+    assert time_window("what did I do last weekend?", now)[0] == datetime(2023, 7, 8, tzinfo=UTC)  # the one just gone
+    assert time_window("last weekend", datetime(2023, 7, 16, tzinfo=UTC))[0] == datetime(2023, 7, 8, tzinfo=UTC)  # Sunday
+    assert time_window("plans this weekend", now)[0] == datetime(2023, 7, 15, tzinfo=UTC)  # the coming one
+    assert time_window("in the past week", now) == (datetime(2023, 7, 5, tzinfo=UTC), datetime(2023, 7, 13, tzinfo=UTC))
+    for q in ("on May 5, 2021", "in May of 2021", "May 5th 2021"):
+        assert time_window(q, now) == (datetime(2021, 5, 1, tzinfo=UTC), datetime(2021, 6, 1, tzinfo=UTC)), q
+
+
+def test_recall_with_an_impossible_date_still_answers(store):
+    store.remember("The Romans built aqueducts.")
+    assert store.recall("what did the Romans build 2000 years ago", k=1)[0].text == "The Romans built aqueducts."
+
+
 def _all():
     from agentsleep.memory.lexical import Filters
     return Filters()

@@ -218,19 +218,61 @@ class LexicalIndex:
                           (prev[0], old[0], (old[1] + "\n" + r.text).strip(), old[2]))
 
     def delete(self, ids: Iterable[str]) -> None:
+        """Drop these rows, and their words from their session neighbours' context column: a forgotten
+        turn must not be found through the turn before or after it."""
         ids = list(ids)
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
+                gone: list[tuple[str, str, int]] = []
                 for s in range(0, len(ids), _IN_BATCH):
                     part = ids[s:s + _IN_BATCH]
                     q = ",".join("?" * len(part))
+                    gone += c.execute(f"SELECT namespace, session, rowid FROM docs WHERE id IN ({q}) "
+                                      "AND session IS NOT NULL", part).fetchall()
                     c.execute(f"DELETE FROM fts WHERE rowid IN (SELECT rowid FROM docs WHERE id IN ({q}))", part)
                     c.execute(f"DELETE FROM docs WHERE id IN ({q})", part)
+                near = {n for ns, sess, rowid in gone for n in self._neighbours(c, ns, sess, rowid)}
+                for ns, sess, rowid in near:
+                    self._reset_context(c, ns, sess, rowid)
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
+
+    def present(self, ids: list[str]) -> list[str]:
+        """Which of these ids the index holds."""
+        out: list[str] = []
+        with self._conn() as c:
+            for s in range(0, len(ids), _IN_BATCH):
+                part = ids[s:s + _IN_BATCH]
+                out += [r[0] for r in c.execute(f"SELECT id FROM docs WHERE id IN ({','.join('?' * len(part))})", part)]
+        return out
+
+    @staticmethod
+    def _neighbours(c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> list[tuple[str, str, int]]:
+        """The rows just before and after `rowid` in its session (which need not exist any more)."""
+        out = []
+        for op, order in (("<", "DESC"), (">", "ASC")):
+            r = c.execute(f"SELECT rowid FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
+                          f"ORDER BY rowid {order} LIMIT 1", (ns, sess, rowid)).fetchone()
+            if r:
+                out.append((ns, sess, r[0]))
+        return out
+
+    @staticmethod
+    def _reset_context(c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> None:
+        """A row's context column from the turns now around it (what `_insert` would have written)."""
+        around = []
+        for op, order in (("<", "DESC"), (">", "ASC")):
+            r = c.execute(f"SELECT text FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
+                          f"ORDER BY rowid {order} LIMIT 1", (ns, sess, rowid)).fetchone()
+            around.append(r[0] if r else "")
+        old = c.execute("SELECT text, ent FROM fts WHERE rowid = ?", (rowid,)).fetchone()
+        if old is not None:
+            c.execute("DELETE FROM fts WHERE rowid = ?", (rowid,))
+            c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)",
+                      (rowid, old[0], (around[0] + "\n" + around[1]).strip(), old[1]))
 
     def rebuild(self, rows: list[Row]) -> None:
         """Replace the whole index with these rows (in turn order)."""

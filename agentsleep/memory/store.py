@@ -67,6 +67,7 @@ class EpisodeStore:
         self._reranker: Any = None
         if sync and writable:
             try:
+                self.finish_forgets()
                 self.sync_lexical()
             except BaseException:
                 self.close()
@@ -95,7 +96,9 @@ class EpisodeStore:
                        metadatas=fix_mds[s:s + CHROMA_MAX_BATCH])
         fixed = dict(zip(fix_ids, fix_mds))
         rows = [_row(i, doc, fixed.get(i, md)) for i, doc, md in zip(raw["ids"], raw["documents"], raw["metadatas"])]
-        rows.sort(key=lambda r: (r.event_ts, r.created_ts, r.id))
+        chunk = {i: int(md.get("chunk_index") or 0) for i, md in zip(raw["ids"], raw["metadatas"])}
+        # turn order: by time, a long memory's chunks in their order (ids would put ":10" before ":2")
+        rows.sort(key=lambda r: (r.event_ts, r.created_ts, r.id.split(":")[0], chunk[r.id], r.id))
         self.lexical.rebuild(rows)
         self.lexical.set_meta("schema", SCHEMA_VERSION)
         self._legacy = False
@@ -272,12 +275,21 @@ class EpisodeStore:
         self._fresh()
         hashes = list(dict.fromkeys(p["hash"] for p in prepared))
         have: dict[tuple[str, str], tuple[str, str]] = {}
+        parts: dict[tuple[str, str, str], list[str]] = {}  # (hash, namespace, memory) -> its stored chunks
+        need: dict[tuple[str, str, str], tuple[int, str]] = {}  # -> (chunks it was stored in, kind)
         for s in range(0, len(hashes), 500):
             found = self._call("duplicate check", self._coll.get, where={"content_hash": {"$in": hashes[s:s + 500]}},
                                include=["metadatas"])
             for i, md in zip(found["ids"], found["metadatas"]):
-                key = (md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE)
-                have.setdefault(key, (md.get("parent_id") or i, md.get("kind", "fact")))
+                key = (md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE, md.get("parent_id") or i)
+                parts.setdefault(key, []).append(i)
+                need[key] = (int(md.get("chunk_count") or 1), md.get("kind", "fact"))
+        fragments = [i for key, ids in parts.items() if len(ids) < need[key][0] for i in ids]
+        if fragments:  # a long memory a crash left half stored is no duplicate: it is stored again below
+            self.delete_ids(fragments)
+        for (h, ns, root), ids in parts.items():
+            if len(ids) >= need[(h, ns, root)][0]:
+                have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
         results: list[RememberResult] = []
         eps: list[Episode] = []
         for p in prepared:
@@ -349,6 +361,11 @@ class EpisodeStore:
             raise InputError(f"remember: event_time must be a datetime, got {type(event_time).__name__}")
         if speaker is not None and (not isinstance(speaker, str) or not speaker.strip() or len(speaker) > 200):
             raise InputError("remember: speaker must be a non-empty string of at most 200 characters")
+        for name in ("session", "source"):
+            if it.get(name) is not None and not isinstance(it.get(name), str):
+                raise InputError(f"remember: {name} must be a string, got {type(it.get(name)).__name__}")
+        if it.get("provenance") is not None and not isinstance(it.get("provenance"), dict):
+            raise InputError(f"remember: provenance must be a dict, got {type(it.get('provenance')).__name__}")
         text = text.strip()
         now = _utc(it.get("created_at") or utcnow())
         prov = {k: v for k, v in (it.get("provenance") or {}).items() if isinstance(v, (str, int, float, bool))}
@@ -771,20 +788,51 @@ class EpisodeStore:
             out.append((ep, round(1.0 - float(dist), 4)))
         return out[:k]
 
-    def delete(self, episode_id: str) -> list[str]:
-        """Delete an episode (and its chunks). Returns the ids removed."""
-        self._require_writer()
+    def family(self, episode_id: str) -> list[str]:
+        """The ids stored for one memory: the episode, or every chunk of a long one (a chunk's id names
+        its whole memory: forgetting part of a text forgets the text)."""
         self._fresh()
-        ids = self._call("get", self._coll.get, ids=[episode_id])["ids"]
-        ids += self._call("get", self._coll.get, where={"parent_id": episode_id})["ids"]
+        got = self._call("get", self._coll.get, ids=[episode_id], include=["metadatas"])
+        md = (got["metadatas"][0] or {}) if got["ids"] else {}
+        root = md.get("parent_id") or episode_id
+        ids = [episode_id] if got["ids"] and root == episode_id else []
+        ids += self._call("get", self._coll.get, where={"parent_id": root})["ids"]
         if not ids:
             raise InputError(f"no episode with id '{episode_id}'")
+        return list(dict.fromkeys(ids))
+
+    def delete(self, episode_id: str) -> list[str]:
+        """Delete a memory (an episode and its chunks). Returns the ids removed."""
+        self._require_writer()
+        ids = self.family(episode_id)
+        self.delete_ids(ids)
+        return ids
+
+    def delete_ids(self, ids: list[str]) -> None:
+        """Delete these records from both indexes (ids not stored are ignored)."""
+        self._require_writer()
         try:
-            self._call("delete", self._coll.delete, ids=ids)
+            for s in range(0, len(ids), CHROMA_MAX_BATCH):
+                self._call("delete", self._coll.delete, ids=ids[s:s + CHROMA_MAX_BATCH])
         finally:  # whatever Chroma did, the words must not outlive the episode
             self.lexical.delete(ids)
             self._bump()
-        return ids
+
+    def finish_forgets(self) -> list[str]:
+        """Delete what the ledger says was forgotten and a store still holds: `Home.forget` records the
+        forgetting before it deletes, so a crash or a store error in between is finished here, on the
+        next writable open. Returns the ids deleted."""
+        self._require_writer()
+        gone = list(self.ledger.forgotten())
+        if not gone:
+            return []
+        left: list[str] = []
+        for s in range(0, len(gone), CHROMA_MAX_BATCH):
+            left += self._call("get", self._coll.get, ids=gone[s:s + CHROMA_MAX_BATCH])["ids"]
+        left += [i for i in self.lexical.present(gone) if i not in left]
+        if left:
+            self.delete_ids(left)
+        return left
 
     def count(self) -> int:
         self._fresh()

@@ -28,11 +28,18 @@ def _day(d: datetime) -> datetime:
 
 
 def time_window(query: str, now: datetime | None = None) -> tuple[datetime, datetime] | None:
-    """The [start, end) window of event times a query refers to, or None when it names no time."""
+    """The [start, end) window of event times a query refers to, or None when it names no time (or one
+    outside the calendar: "2000 years ago", "in December 9999")."""
     now = now or datetime.now(timezone.utc)
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
-    q = query.lower()
+    try:
+        return _window(query.lower(), now)
+    except (OverflowError, ValueError):
+        return None
+
+
+def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
     today = _day(now)
     if re.search(r"\byesterday\b|\blast night\b", q):
         return today - timedelta(days=1), today
@@ -45,11 +52,18 @@ def time_window(query: str, now: datetime | None = None) -> tuple[datetime, date
         centre = today - timedelta(days=days)
         half = timedelta(days=max(1, days // 4))
         return centre - half, centre + half + timedelta(days=1)
+    m = re.search(r"\b(?:the\s+)?(past|last)\s+(week|month|year)\b(?!end)", q)
+    if m and (m.group(1) == "past" or q[m.start():].startswith("the ")):  # "the past week": the 7 days up to today
+        return today - timedelta(days=_UNITS[m.group(2)]), today + timedelta(days=1)
     m = re.search(r"\b(last|this|past)\s+(week|month|year|weekend)\b", q)
     if m:
         unit = m.group(2)
-        if unit == "weekend":
-            sat = today - timedelta(days=(today.weekday() - 5) % 7 + (7 if m.group(1) == "last" else 0))
+        if unit == "weekend":  # "last weekend" on a weekday: the one just gone; on a weekend day: the one before
+            sat = today - timedelta(days=(today.weekday() - 5) % 7)
+            if m.group(1) == "this" and today.weekday() < 5:
+                sat += timedelta(days=7)  # "this weekend" on a weekday: the coming one
+            elif m.group(1) != "this" and today.weekday() >= 5:
+                sat -= timedelta(days=7)
             return sat, sat + timedelta(days=2)
         if unit == "week":
             start = today - timedelta(days=today.weekday())
@@ -61,8 +75,10 @@ def time_window(query: str, now: datetime | None = None) -> tuple[datetime, date
             return _month(now.year, now.month)
         y = now.year - (m.group(1) == "last")
         return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
-    m = (re.search(rf"\b(?:in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b(?:,?\s+(\d{{4}}))?", q)
-         or re.search(rf"\b(may|{_MONTH_RE})\s+(\d{{4}})\b", q))
+    day = r"(?:\s+\d{1,2}(?:st|nd|rd|th)?\b)?"  # "May 5th, 2023", "in May of 2023"
+    m = (re.search(rf"\b(?:in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b{day}"
+                   rf"(?:,?\s+(?:of\s+)?(\d{{4}}))?", q)
+         or re.search(rf"\b(may|{_MONTH_RE}){day},?\s+(?:of\s+)?(\d{{4}})\b", q))
     if m:
         mo = MONTHS.get(m.group(1), 5)
         if m.group(2):

@@ -49,27 +49,50 @@ def to_the_point(dreams: list[Dream], most: int = 3) -> list[Dream]:
 
 
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,
-                  max_probes: int | None = None, night: int = 0) -> tuple[list[Probe], float]:
-    """What the gate re-asks of earlier sleeps, and how many earlier facts each fact asked stands for.
+                  max_probes: int | None = None, night: int = 0,
+                  replayed: set[str] | frozenset[str] = frozenset()) -> tuple[list[Probe], list[float]]:
+    """What the gate re-asks of earlier sleeps, and how many earlier facts each item stands for.
 
     Their probes plus a seeded sample of `n` trained dreams (only the short answers of an episode that has
-    any: `to_the_point`), never one rehearsed tonight (trained on tonight: no test of memory), each question
-    once. Past `max_probes` earlier probes, `max_probes` of them taken in turn from each episode, a
-    different draw each `night`, so that the gate's cost stays flat however long the history. When that
-    leaves earlier episodes unasked, the facts asked are a random sample of them and the scale (episodes
-    with a probe / those asked, else 1) turns the gate's earlier counts into estimates over all of them:
-    losses counted on a sample must weigh what losses over the whole history would, or the net check would
-    grow laxer night after night."""
+    any: `to_the_point`), each question once, and nothing trained tonight: no dream rehearsed tonight, and
+    no blank cut from the text of an episode rehearsed tonight (`replayed`: its raw text is trained).
+
+    Two strata, each a random sample of its own: the episodes rehearsed tonight (chosen on purpose, those the
+    gate last found missed first, so never a sample of the history) and the rest. Past `max_probes` probes,
+    each stratum is asked a draw taken in turn from its episodes (a different draw each `night`; the
+    rehearsed ones at most half of the probes), so that the gate's cost stays flat however long the
+    history, and its dream sample comes only from the episodes it asks. An item's scale (episodes of its
+    stratum with a probe / those asked, else 1) turns the gate's counts into estimates over all earlier
+    facts: losses counted on a sample must weigh what losses over the whole history would, or the net
+    check would grow laxer night after night; and facts regained by tonight's rehearsal must not be
+    multiplied as if they were a sample of the history."""
     trained = {(d.episode_id, d.question) for d in rehearsed}
-    probes = list({probe_id(p.question, p.answer): p for p in probes}.values())
-    population = {p.episode_id for p in probes}
-    if max_probes is not None and len(probes) > max_probes:
-        probes = _in_turn(probes, max_probes, seed=night)
-    asked = {p.episode_id for p in probes}
-    sample = _in_turn(to_the_point([d for d in dreams if (d.episode_id, d.question) not in trained]), n)
-    items = probes + [d.probe() for d in sample]
-    scale = len(population) / len(asked) if asked else 1.0  # asked is a subset of population: at least 1
-    return list({probe_id(p.question, p.answer): p for p in items}.values()), scale
+    probes = list({probe_id(p.question, p.answer): p for p in probes
+                   if not (p.kind == "cloze" and p.episode_id in replayed)}.values())
+    sampled = max_probes is not None and len(probes) > max_probes
+    asked: list[Probe] = []
+    scale: dict[bool, float] = {}  # stratum (rehearsed tonight?) -> earlier facts each one asked stands for
+    eligible: dict[bool, set[str] | None] = {}  # -> episodes whose dreams may be sampled (None: any)
+    for rehearsed_tonight in (True, False):
+        ps = [p for p in probes if (p.episode_id in replayed) == rehearsed_tonight]
+        population = {p.episode_id for p in ps}
+        if sampled:
+            room = max_probes // 2 if rehearsed_tonight else max_probes - len(asked)
+            ps = _in_turn(ps, max(0, min(len(ps), room)), seed=night)
+        mine = {p.episode_id for p in ps}
+        scale[rehearsed_tonight] = len(population) / len(mine) if mine else 1.0  # mine is a subset: at least 1
+        eligible[rehearsed_tonight] = mine if sampled else None
+        asked += ps
+
+    def may_ask(d: Dream) -> bool:
+        allowed = eligible[d.episode_id in replayed]
+        return (d.episode_id, d.question) not in trained and (allowed is None or d.episode_id in allowed)
+
+    sample = _in_turn(to_the_point([d for d in dreams if may_ask(d)]), n)
+    items: dict[str, tuple[Probe, float]] = {}
+    for p in asked + [d.probe() for d in sample]:
+        items.setdefault(probe_id(p.question, p.answer), (p, scale[p.episode_id in replayed]))
+    return [p for p, _ in items.values()], [sc for _, sc in items.values()]
 
 
 def first_levels(n: Night, earlier: list[Probe]) -> list[bool | None]:

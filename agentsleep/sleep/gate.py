@@ -58,7 +58,9 @@ class Counts:
     the gate asks several questions about one (its probe and sampled dreams), each counts for its share, so an
     earlier episode asked three ways weighs what a new one asked once does. scale: how many earlier facts
     each one asked stands for (above 1 when the gate asked a sample of them, gate.earlier_probes); the
-    earlier counts are already multiplied by it."""
+    earlier counts are already multiplied by it (the largest, where strata differ: evidence.earlier_items).
+    known_first_asked / lost_first_after_asked: the same two counts over the facts actually asked, unscaled
+    (what the confidence bound can read)."""
 
     gained: float = 0
     lost: float = 0
@@ -66,6 +68,8 @@ class Counts:
     lost_first_before: float = 0
     lost_first_after: float = 0
     scale: float = 1.0
+    known_first_asked: float = 0
+    lost_first_after_asked: float = 0
 
 
 def _weights(episodes: list[str] | None, n: int) -> list[float]:
@@ -78,22 +82,27 @@ def _weights(episodes: list[str] | None, n: int) -> list[float]:
 
 def count(new_before: list[bool], new_after: list[bool], old_before: list[bool], old_after: list[bool],
           first: list[bool | None], new_episodes: list[str] | None = None,
-          old_episodes: list[str] | None = None, old_scale: float = 1.0) -> Counts:
+          old_episodes: list[str] | None = None, old_scale: float | list[float] = 1.0) -> Counts:
     """Counts from per-item hits; `first[i]` is earlier item i's level when first consolidated (None: unknown,
     the parent's answer stands in for it). With the items' episode ids, each item counts for its share of
-    its episode (a fact), else for one. `old_scale`: the earlier facts each one asked stands for."""
+    its episode (a fact), else for one. `old_scale`: the earlier facts each one asked stands for (one
+    number, or one per earlier item)."""
     wn = _weights(new_episodes, len(new_before))
-    old_scale = max(1.0, old_scale)  # a sample stands for at least itself
-    wo = [w * old_scale for w in _weights(old_episodes, len(old_before))]
-    c = Counts(scale=old_scale)
+    scales = [old_scale] * len(old_before) if isinstance(old_scale, (int, float)) else list(old_scale)
+    scales = [max(1.0, float(x)) for x in scales]  # a sample stands for at least itself
+    raw = _weights(old_episodes, len(old_before))
+    wo = [w * x for w, x in zip(raw, scales)]
+    c = Counts(scale=max(scales, default=1.0))
     c.gained = sum(w for b, a, w in zip(new_before, new_after, wn) if a and not b) + \
         sum(w for b, a, w in zip(old_before, old_after, wo) if a and not b)
     c.lost = sum(w for b, a, w in zip(old_before, old_after, wo) if b and not a)
-    for b, a, f, w in zip(old_before, old_after, first, wo):
+    for b, a, f, w, r in zip(old_before, old_after, first, wo, raw):
         if b if f is None else f:
             c.known_first += w
             c.lost_first_before += w * (not b)
             c.lost_first_after += w * (not a)
+            c.known_first_asked += r
+            c.lost_first_after_asked += r * (not a)
     return c
 
 
@@ -166,7 +175,7 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
 def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift_pool: list[tuple[str, str]],
              cfg: GateConfig, progress: Progress = silent, generator: Any = None,
              first: list[bool | None] | None = None, base_ref: dict[str, Any] | None = None,
-             earlier_scale: float = 1.0) -> Verdict:
+             earlier_scale: float | list[float] = 1.0) -> Verdict:
     """Measure before (adapter disabled) and after (adapter on), then decide.
 
     `first[i]`: whether earlier probe i was answered when its fact was first consolidated (the ledger's
@@ -216,7 +225,7 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
         "facts_known_first": round(counts.known_first, 2), "facts_lost_since_first": round(counts.lost_first_after, 2),
         "retention_first": round(1 - counts.lost_first_after / counts.known_first, 4) if counts.known_first else None,
         "drift_kl_base": None if base_kl is None else round(base_kl, 4),
-        "earlier_scale": round(earlier_scale, 3),
+        "earlier_scale": round(counts.scale, 3),
     }
     failed, reasons = decide(cfg, len(probes), before, after, retention, kl, counts=counts, base_kl=base_kl)
     metrics["gate_failed"] = failed
@@ -278,7 +287,9 @@ def decide(cfg: GateConfig, n_probes: int, before: float, after: float, retentio
                            f"(gate.loss_per_gain {cfg.loss_per_gain:g} x gained, at least gate.loss_allowance "
                            f"{cfg.loss_allowance})")
         # the confidence is what the facts actually asked can show, not the estimate over all of them
-        sure = lost_share_lower_bound(counts.lost_first_after / counts.scale, counts.known_first / counts.scale,
+        asked = counts.known_first_asked > 0  # else counts made by hand: the scale divides out
+        sure = lost_share_lower_bound(counts.lost_first_after_asked if asked else counts.lost_first_after / counts.scale,
+                                      counts.known_first_asked if asked else counts.known_first / counts.scale,
                                       cfg.retention_confidence)
         if (counts.lost_first_after > cumulative + 1e-9 and counts.lost_first_after > counts.lost_first_before + 1e-9
                 and sure > 1 - cfg.min_retention):

@@ -34,7 +34,8 @@ from .lock import sleep_lock
 from .night import Night
 from .objective import Interrupted
 from .publish import publish
-from .rest import rest_em, settle_writer, with_writer, writer_adapter_dir
+from .rest import rest_em, with_writer
+from .writer import settle_writer, writer_adapter_dir
 from .seed import seed
 from .retry import record_failure, retry_config, set_aside
 from .select import new_sleep_id, save_rebuild, select
@@ -268,7 +269,8 @@ def judge(n: Night) -> None:
         n.engine.resume()
     cfg = n.cfg
     earlier, scale = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams,
-                                   max_probes=cfg.gate.earlier_probes, night=len(n.lineage))
+                                   max_probes=cfg.gate.earlier_probes, night=len(n.lineage),
+                                   replayed={m.id for m in n.plan.replay})
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
                          first=first, base_ref=base_reference(n), earlier_scale=scale)
@@ -388,6 +390,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
         if early is not None:
             return _finalize(early, plan)
         journal = Journal(home.root, sleep_id, plan.parent_version)
+        settle_writer(home.root, promoted=False)  # a writer left pending by a killed sleep was never judged
         with _StopFlag() as stop:
             n = Night(home, plan, journal, stop, _stoppable(progress, stop), started_at)
             n.sleep_cfg, n.retry = retry_config(home.config.sleep, plan)

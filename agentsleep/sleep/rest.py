@@ -25,39 +25,7 @@ from ..progress import Progress, silent
 from .dream import student_prompt, written_completion, written_from
 from .tensors import ce_picked, collate, encode, forward_picked, sequence_nll
 from .types import Dream, DreamSet, Memory
-
-
-def writer_adapter_dir(home_root: Path) -> Path:
-    """The dream writer every sleep starts from."""
-    return home_root / "registry" / "writer"
-
-
-def pending_writer_dir(home_root: Path) -> Path:
-    """This sleep's improved writer, until the gate has spoken."""
-    return home_root / "registry" / "writer.next"
-
-
-def settle_writer(home_root: Path, promoted: bool) -> bool:
-    """Adopt the pending writer when the sleep was promoted, else drop it; True if one was adopted."""
-    pending, current = pending_writer_dir(home_root), writer_adapter_dir(home_root)
-    if not (pending / "adapter_config.json").is_file():
-        shutil.rmtree(pending, ignore_errors=True)
-        return False
-    if not promoted:
-        shutil.rmtree(pending, ignore_errors=True)
-        return False
-    _replace_dir(pending, current)
-    return True
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move `src` to `dst`, replacing it; a crash leaves the old `dst` or the new one (or `dst`.old)."""
-    old = dst.with_name(dst.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if dst.exists():
-        dst.rename(old)
-    src.rename(dst)
-    shutil.rmtree(old, ignore_errors=True)
+from .writer import _replace_dir, pending_writer_dir, settle_writer, writer_adapter_dir  # noqa: F401 - re-exported
 
 
 @contextmanager

@@ -1,0 +1,64 @@
+"""Forgetting is exact even when it is cut short: the forgetting is recorded before anything is deleted,
+and what a crash or a store error left behind is finished on the next writable open."""
+from __future__ import annotations
+
+import pytest
+
+from agentsleep.config import Config
+from agentsleep.home import Home
+from agentsleep.sleep.writer import pending_writer_dir, writer_adapter_dir
+from tiny import tiny_model_dir
+
+
+@pytest.fixture()
+def root(tmp_path):
+    cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}})
+    Home.init(tmp_path / "home", config=cfg)
+    return tmp_path / "home"
+
+
+def test_a_forget_cut_short_by_the_store_is_finished_on_the_next_open(root):
+    with Home.open(root) as h:
+        keep = h.remember("The spare key is under the blue flowerpot.").id
+        gone = h.remember("Zephyrine's locker code is 4471.").id
+        real = h.store._coll.delete
+
+        def down(**kw):
+            raise ConnectionError("chroma went away")
+        h.store._coll.delete = down
+        with pytest.raises(Exception):
+            h.forget(gone)
+        h.store._coll.delete = real
+        assert gone in h.store.ledger.forgotten()           # recorded before the delete was tried
+        assert [e.id for e in h.store.list()] == [keep]      # and hidden from the sleep at once
+        assert [i for i, _ in h.store.lexical.search("Zephyrine 4471", 5, _all())] == []
+        assert h.store._coll.get(ids=[gone])["ids"] == [gone]  # Chroma still held it
+    with Home.open(root) as h:                               # the next writable open finishes the job
+        assert h.store._coll.get(ids=[gone])["ids"] == []
+        assert h.store.count() == 1 and gone not in [e.id for e in h.recall("What is the locker code?", 5)]
+
+
+def test_a_retry_by_id_finishes_a_forget_that_failed(root):
+    with Home.open(root) as h:
+        gone = h.remember("Zephyrine's locker code is 4471.").id
+        real = h.store._coll.delete
+        h.store._coll.delete = lambda **kw: (_ for _ in ()).throw(ConnectionError("chroma went away"))
+        with pytest.raises(Exception):
+            h.forget(gone)
+        h.store._coll.delete = real
+        assert h.forget(gone)["forgotten"] == [gone] and h.store.count() == 0
+
+
+def test_forgetting_drops_the_learned_dream_writer(root):
+    """The dream writer is fitted on dreams of the notes: kept, it could write a forgotten note back."""
+    for d in (writer_adapter_dir(root), pending_writer_dir(root)):
+        d.mkdir(parents=True)
+        (d / "adapter_config.json").write_text("{}")
+    with Home.open(root) as h:
+        h.forget(h.remember("Zephyrine's locker code is 4471.").id)
+    assert not writer_adapter_dir(root).exists() and not pending_writer_dir(root).exists()
+
+
+def _all():
+    from agentsleep.memory.lexical import Filters
+    return Filters(namespace="default")
