@@ -155,3 +155,72 @@ def test_a_night_the_gate_rejects_is_retried_changed_then_set_aside(tiny, tmp_pa
     assert h.sleep().status == "nothing-to-do" and h.held_back()[0]["state"] == "set aside"
     assert h.retry() == [e] and h.sleep(dry_run=True).episodes == [e]
     h.close()
+
+
+def test_a_rejected_rebuild_is_retried_with_a_changed_plan_not_the_same_verdict(tiny, tmp_path):
+    """A rebuild after `forget` never sets its episodes aside; without a count of its attempts it would be
+    retried the same way, with the same verdict, every night while the tainted version serves."""
+    from agentsleep.sleep.select import load_rebuild, save_rebuild
+
+    h = _home(tmp_path, tiny)
+    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(2)]
+    save_rebuild(h.root, {"from": h.registry.current_name(), "versions": [], "forgotten": ["ep-x"]})
+    plan = select(h)
+    assert plan.rebuild and plan.attempt == 0 and {m.id for m in plan.memories} == set(ids)
+    n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
+    lines, quarantined = record_failure(n, ["net"], ["lost 2 earlier facts for 1 gained"])
+    assert quarantined == {} and "rebuild after `forget` will be retried" in lines[0]
+    assert load_rebuild(h.root)["attempts"] == 1 and h.store.ledger.attempts() == {}  # nobody backs off
+    plan = select(h)
+    assert (plan.attempt, plan.retry_failed) == (1, "net") and {m.id for m in plan.memories} == set(ids)
+    cfg, changed = retry_config(h.config.sleep, plan)
+    assert cfg.seed.seed != h.config.sleep.seed.seed and cfg.replay_dreams > h.config.sleep.replay_dreams
+    h.close()
+
+
+def test_a_retry_after_too_little_gain_adds_an_epoch_even_from_one(tiny, tmp_path):
+    h = _home(tmp_path, tiny, seed={"epochs": 1, "min_steps": 1})
+    h.remember("The user's locker code is 1000.")
+    n = Night(h, select(h), None, lambda: False, lambda *a: None, 0.0)
+    record_failure(n, ["recall_gain"], ["recall gain +0.00"])
+    h.store.ledger.tick()
+    cfg, _ = retry_config(h.config.sleep, select(h))
+    assert (cfg.seed.epochs, cfg.seed.min_steps) == (2, 2)
+    h.close()
+
+
+def test_a_sleep_that_crashes_on_its_episodes_counts_an_attempt(tiny, tmp_path, monkeypatch):
+    """An episode that makes a stage raise must not be retaken, oldest first, by every sleep: the crash
+    counts one failed attempt, so the batch backs off and the others proceed."""
+    import agentsleep.sleep.pipeline as pipeline
+
+    h = _home(tmp_path, tiny, max_episodes=1, retry_backoff=1)
+    bad, good = (h.remember(t).id for t in ("The user's locker code is 1000.", "The user's bike is red."))
+
+    def boom(n):
+        raise ValueError("a stage choked on this episode")
+    monkeypatch.setattr(pipeline, "STAGES", (("dream", boom, None),))
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            h.sleep()
+    a = h.store.ledger.attempts()[bad]
+    assert a.failures == 2 and a.failed == "crashed" and "choked" in a.reason
+    assert [m.id for m in select(h).memories] == [good]  # the crashed one sits out its backoff
+
+
+def test_update_detection_skips_episodes_no_sleep_will_take(tiny, tmp_path):
+    """Untrusted episodes never leave the waiting list: they must neither fill the detection window for good
+    nor supersede a consolidated fact with a value that will never be learned."""
+    h = _home(tmp_path, tiny, max_episodes=1)
+    old = h.remember("I live in Porto.").id
+    h.store.ledger.mark([old], h.registry.current_name(), "s-test")
+    for i in range(3):  # more untrusted episodes than the window (2 x max_episodes)
+        h.remember(f"Web page {i}: cheap flights to Rome.", trust="untrusted")
+    h.remember("We moved from Porto to Lisbon last month.", trust="untrusted")
+    from agentsleep.memory.supersede import superseded
+    from agentsleep.sleep.pipeline import detect_updates
+
+    assert detect_updates(h) == [] and superseded(h.store.ledger.path) == {}
+    new = h.remember("We moved from Porto to Lisbon last month!").id
+    assert [(o, n_) for o, n_, _ in detect_updates(h)] == [(old, new)]  # found past the untrusted ones
+    h.close()

@@ -33,11 +33,12 @@ from .journal import Journal, read_dreams
 from .lock import sleep_lock
 from .night import Night
 from .objective import Interrupted
+from .policy import exclusion
 from .publish import publish
 from .rest import rest_em, with_writer
 from .writer import settle_writer, writer_adapter_dir
 from .seed import seed
-from .retry import record_failure, retry_config, set_aside
+from .retry import count_crash, record_failure, retry_config, set_aside
 from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, Probe, SleepPlan, SleepReport, Status
 
@@ -371,6 +372,18 @@ def _finalize(rep: SleepReport, plan: SleepPlan) -> SleepReport:
     return rep
 
 
+def detect_updates(home, max_episodes: int | None = None) -> list[tuple[str, str, float]]:
+    """Newer values supersede consolidated ones (memory/supersede.py), found among the oldest waiting
+    episodes a sleep may take (twice a sleep's worth: a bulk import is checked a sleep at a time). Only
+    those: untrusted or denied episodes never leave the waiting list and would fill the window for good,
+    and one that will never be consolidated must not supersede what was."""
+    from ..memory.supersede import detect
+
+    window = 2 * (max_episodes or home.config.sleep.max_episodes)
+    pending = [e for e in home.store.list(unconsolidated_only=True) if exclusion(e, home.config.sleep) is None]
+    return detect(home.store, pending[:window])
+
+
 def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
               progress: Progress | None = None) -> SleepReport:
     """Consolidate the waiting episodes into a new model version (or say why not)."""
@@ -379,10 +392,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
     sleep_id = new_sleep_id()
     with sleep_lock(home.root):
         home.registry.sweep_staging()
-        from ..memory.supersede import detect as detect_updates  # newer values supersede consolidated ones
-        # the oldest waiting episodes, those this sleep can take (a bulk import is checked a sleep's worth at a time)
-        window = 2 * (max_episodes or home.config.sleep.max_episodes)
-        updated = [] if dry_run else detect_updates(home.store, home.store.list(unconsolidated_only=True)[:window])
+        updated = [] if dry_run else detect_updates(home, max_episodes)
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
         if not dry_run:
             home.store.ledger.tick()  # the clock episodes' backoff is counted in
@@ -408,6 +418,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
                 raise
             except Exception as e:
                 journal.finish(status=Status.FAILED, error=f"{type(e).__name__}: {e}")
+                count_crash(home, plan, f"{type(e).__name__}: {e}")
                 raise
             finally:
                 settle_writer(home.root, promoted=False)  # a sleep that ended early or failed: drop ReST's writer

@@ -9,9 +9,11 @@ them, they are set aside with the reason (`set_aside`). They stay in the store a
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .night import Night
+from .select import load_rebuild, save_rebuild
 from .types import SleepPlan
 
 
@@ -31,7 +33,9 @@ def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[lis
     sleep with a changed plan (`retry_config`); later ones wait out a growing backoff; after
     sleep.quarantine_after they are set aside. Returns (report lines, set-aside episode -> reason)."""
     cfg, plan = n.cfg, n.plan
-    if plan.rebuild or not plan.memories:  # a rebuild after `forget` is retried as a whole until it succeeds
+    if plan.rebuild:  # a rebuild after `forget` is retried as a whole until it succeeds, never the same way twice
+        return [_count_rebuild_attempt(n, failed)], {}
+    if not plan.memories:
         return [], {}
     why = "; ".join(reasons)[:500]
     out = n.home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, ",".join(failed) or "rejected",
@@ -56,6 +60,31 @@ def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[lis
     return lines, quarantined
 
 
+def _count_rebuild_attempt(n: Night, failed: list[str]) -> str:
+    """A rejected rebuild: its episodes are never set aside (they were in the weights before `forget`), so
+    the attempt is counted in the rebuild plan, which the next sleep's plan reads (`select`), and the
+    rebuild is retried with another seed and more rehearsal or steps instead of the same verdict nightly."""
+    rebuild = load_rebuild(n.home.root) or {}
+    if rebuild:
+        rebuild["attempts"] = int(rebuild.get("attempts") or 0) + 1
+        rebuild["failed"] = ",".join(failed) or "rejected"
+        save_rebuild(n.home.root, rebuild)
+    return (f"the rebuild after `forget` will be retried at the next sleep with a changed plan (attempt "
+            f"{rebuild.get('attempts', 1) + 1}); {n.plan.parent_version} keeps serving")
+
+
+def count_crash(home: Any, plan: SleepPlan, error: str) -> None:
+    """A sleep that crashed on its episodes (an error no stage handled) counts one failed attempt for them,
+    as a rejection does: otherwise an episode that makes a stage raise would be retaken, oldest first, by
+    every sleep. Interrupts and agentsleep's own errors (a store down, a full disk) are not the episodes'
+    doing and count nothing."""
+    cfg = home.config.sleep
+    if plan.rebuild or not plan.memories:
+        return
+    home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, "crashed", error[:500],
+                           now_sleep=plan.clock, backoff=cfg.retry_backoff, quarantine_after=cfg.quarantine_after)
+
+
 def retry_config(cfg: Any, plan: SleepPlan) -> tuple[Any, dict[str, Any]]:
     """The plan for a retried batch: never the same night twice. Another seed (from the attempt number) for
     the dreams kept and the expert; more rehearsal after forgetting (net, retention, drift), more steps
@@ -69,7 +98,7 @@ def retry_config(cfg: Any, plan: SleepPlan) -> tuple[Any, dict[str, Any]]:
     if failed & {"net", "retention", "drift", "base_drift"}:
         upd["replay_dreams"] = min(16, cfg.replay_dreams + 2 * k)
     if "recall_gain" in failed:
-        seed_upd["min_steps"] = int(cfg.seed.min_steps * (1 + 0.5 * k))
-        seed_upd["epochs"] = int(cfg.seed.epochs * (1 + 0.5 * k))
+        seed_upd["min_steps"] = max(cfg.seed.min_steps + 1, math.ceil(cfg.seed.min_steps * (1 + 0.5 * k)))
+        seed_upd["epochs"] = max(cfg.seed.epochs + 1, math.ceil(cfg.seed.epochs * (1 + 0.5 * k)))
     new = cfg.model_copy(update={**upd, "seed": cfg.seed.model_copy(update=seed_upd)})
     return new, {"attempt": k, "after": plan.retry_failed, **upd, **seed_upd}
