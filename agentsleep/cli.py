@@ -444,7 +444,9 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
                          "run `agentsleep export` first if you need a copy, then pass --yes")
     with _home() as h:
         r = h.purge()
-    _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"))
+    _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"
+                                        + (f"; deleted the server collection {r['server_collection']}"
+                                           if r.get("server_collection") else "")))
 
 
 @app.command()

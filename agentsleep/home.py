@@ -166,13 +166,15 @@ class Home:
 
         n_eps, n_versions = self.store.count(), len(self.registry.names())
         with sleep_lock(self.root, what="purge"):
+            dropped = self.store.drop_server_collection()  # a Chroma server keeps the episodes outside the home
             self.close()
             self._engine = None
             for child in self.root.iterdir():
                 if child.name not in ("sleep.lock", "sleep.json"):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
         shutil.rmtree(self.root, ignore_errors=True)
-        return {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
+        out = {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
+        return {**out, "server_collection": dropped} if dropped else out
 
     def forget(self, episode_id: str | None = None, *, query: str | None = None, k: int = 1,
                fallback: bool = False, namespace: str = "default") -> dict[str, Any]:

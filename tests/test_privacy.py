@@ -23,3 +23,24 @@ def test_export_then_purge(tmp_path):
     done = run_cli("purge", "--yes", "--json", home=home).json()
     assert done == {"purged": str(home.resolve()), "episodes": 2, "versions": 1} or done["episodes"] == 2
     assert not home.exists()
+
+
+def test_purge_deletes_the_episodes_a_chroma_server_holds(chroma_server, tmp_path):
+    """A server-backed home keeps its episodes outside its folder: purge deletes them there too, or a home
+    created again with the same settings would find every purged episode."""
+    from agentsleep.config import Config, MemoryConfig
+    from agentsleep.home import Home
+    from agentsleep.memory.store import EpisodeStore
+    from tiny import tiny_model_dir
+
+    host, port = chroma_server
+    mem = {"backend": "server", "host": host, "port": port, "collection": "purge_me"}
+    cfg = Config.model_validate({"model": {"base": str(tiny_model_dir(tmp_path / "models"))}, "memory": mem})
+    with Home.open(Home.init(tmp_path / "home", config=cfg)) as h:
+        h.remember("Zephyrine's locker code is 4471.")
+        h.remember("The spare key is under the blue flowerpot.")
+        done = h.purge()
+    assert done["episodes"] == 2 and done["server_collection"] == f"{host}:{port}/purge_me"
+    again = EpisodeStore(MemoryConfig(**mem), root=tmp_path / "again")
+    assert again.count() == 0 and again.recall("locker code", k=5) == []
+    again.close()

@@ -834,6 +834,16 @@ class EpisodeStore:
             self.delete_ids(left)
         return left
 
+    def drop_server_collection(self) -> str | None:
+        """Purge: delete this store's collection on a Chroma server (an embedded store lives in the home's
+        folder and goes with it). Every home configured with the same server and collection shares its
+        episodes, so they all lose them. Returns what was deleted."""
+        if self.cfg.backend != "server":
+            return None
+        self._require_writer()
+        self._call("purge", self._client.delete_collection, self.cfg.collection)
+        return f"{self.cfg.host}:{self.cfg.port}/{self.cfg.collection}"
+
     def count(self) -> int:
         self._fresh()
         return int(self._call("count", self._coll.count))
