@@ -24,7 +24,7 @@ from typing import Any
 import tomli_w
 
 from .config import Config
-from .errors import AgentsleepError, HomeError, InputError, StoreUnavailableError
+from .errors import AgentsleepError, HomeError, InputError, SleepLockedError, StoreUnavailableError
 from .memory.episode import Episode, RememberResult
 from .memory.store import EpisodeStore
 from .models.registry import Registry, Version
@@ -111,7 +111,29 @@ class Home:
         with self._lock:
             if self._store is None:
                 self._store = EpisodeStore(self.config.memory, self.root / "memory", writable=self.writable)
+                if self.writable:
+                    self._finish_forgets(self._store)
             return self._store
+
+    def _finish_forgets(self, store: EpisodeStore) -> None:
+        """A forget cut short (a crash or a store error after its record): the store has deleted what it
+        still held (EpisodeStore.finish_forgets); what remains is what `forget` does after the record."""
+        from .memory import supersede
+        from .sleep.writer import forget_writer
+
+        pending = store.ledger.pending_forgets()
+        if not pending:
+            return
+        from .sleep.lock import sleep_lock
+
+        try:
+            with sleep_lock(self.root, what="forget"):
+                supersede.drop(store.ledger.path, pending)
+                forget_writer(self.root)
+                self._plan_rebuild(pending)
+                store.ledger.forget_done(pending)
+        except SleepLockedError:
+            pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this
 
     @property
     def registry(self) -> Registry:
@@ -187,48 +209,61 @@ class Home:
         """
         from .memory import supersede
         from .sleep.lock import sleep_lock
+        from .sleep.select import load_rebuild
         from .sleep.writer import forget_writer
-        from .sleep.select import load_rebuild, save_rebuild
 
         if (episode_id is None) == (query is None):
             raise InputError("forget: give an episode id or --query, not both")
+        if not self.writable:
+            raise InputError("forget: this home is open read-only; open it writable to forget")
         targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)]
         if not targets:
             raise InputError(f"forget: nothing matches {query!r}")
         with sleep_lock(self.root, what="forget"):
-            # Every id first (an unknown one fails before anything changes); then the record of the forgetting
-            # and the rebuild plan; the deletes last: a crash or a store error after the record is finished
-            # by the next writable open (EpisodeStore.finish_forgets), and a retry by id still finds them.
+            # Every id first (an unknown one fails before anything changes); then the record of the forgetting,
+            # the dream writer and the rebuild plan; the deletes last. A crash or a store error after the record
+            # is finished by the next writable open (`finish_forgets`: the stores, and a rebuild plan for any
+            # serving version that still holds it), and recall and get hide the ids meanwhile.
             removed = list(dict.fromkeys(i for t in dict.fromkeys(targets) for i in self.store.family(t)))
             ledger = self.store.ledger
-            held = ledger.versions_of(removed)
-            lineage = self.registry.lineage()
-            names = [v.name for v in lineage]
-            holders = {v.name for v in lineage if set(v.manifest.get("episode_ids", [])) & set(removed)}
-            holders |= {v for v in held.values() if v in names}
-            plan = load_rebuild(self.root)
-            if holders:
-                first = min(names.index(h) for h in holders)
-                clean = names[first - 1]
-                tainted = names[first:]
-                if plan:  # an earlier forget already asked for an older start: keep the older one
-                    if plan["from"] in names and names.index(plan["from"]) < names.index(clean):
-                        clean = plan["from"]
-                    tainted = sorted(set(tainted) | set(plan["versions"]))
-                save_rebuild(self.root, {"from": clean, "versions": tainted, "forgotten": removed})
-                if fallback:
-                    self.registry.materialise(clean)
-                    self.registry.set_current(clean)
-                    with self._lock:
-                        if self._engine is not None:
-                            self._engine.swap(self.registry.current())
             ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
             supersede.drop(ledger.path, removed)  # an episode superseded only by a forgotten one is current again
-            self.store.delete_ids(removed)
             forget_writer(self.root)
+            holders = self._plan_rebuild(removed, fallback=fallback)
+            self.store.delete_ids(removed)
+            ledger.forget_done(removed)
             plan = load_rebuild(self.root)
         return {"forgotten": removed, "versions_holding_it": sorted(holders),
                 "rebuild_from": plan["from"] if plan else None, "serving": self.registry.current_name()}
+
+    def _plan_rebuild(self, removed: list[str], *, fallback: bool = False) -> set[str]:
+        """Schedule the weights to be rebuilt without `removed`: the next sleep starts from the last version
+        of the serving lineage that predates them (an older start asked for earlier is kept). Returns the
+        versions holding them."""
+        from .sleep.select import load_rebuild, save_rebuild
+
+        held = self.store.ledger.versions_of(removed)
+        lineage = self.registry.lineage()
+        names = [v.name for v in lineage]
+        holders = {v.name for v in lineage if set(v.manifest.get("episode_ids", [])) & set(removed)}
+        holders |= {v for v in held.values() if v in names}
+        plan = load_rebuild(self.root)
+        if holders:
+            first = min(names.index(h) for h in holders)
+            clean = names[first - 1]
+            tainted = names[first:]
+            if plan:  # an earlier forget already asked for an older start: keep the older one
+                if plan["from"] in names and names.index(plan["from"]) < names.index(clean):
+                    clean = plan["from"]
+                tainted = sorted(set(tainted) | set(plan["versions"]))
+            save_rebuild(self.root, {"from": clean, "versions": tainted, "forgotten": removed})
+            if fallback:
+                self.registry.materialise(clean)
+                self.registry.set_current(clean)
+                with self._lock:
+                    if self._engine is not None:
+                        self._engine.swap(self.registry.current())
+        return holders
 
     # -- the model ----------------------------------------------------------
     def current_version(self) -> Version:

@@ -38,15 +38,50 @@ def test_a_forget_cut_short_by_the_store_is_finished_on_the_next_open(root):
         assert h.store.count() == 1 and gone not in [e.id for e in h.recall("What is the locker code?", 5)]
 
 
-def test_a_retry_by_id_finishes_a_forget_that_failed(root):
+def _cut_short(h, episode_id):
+    """Forget with Chroma failing on the delete: the record is made, the delete is not."""
+    real = h.store._coll.delete
+    h.store._coll.delete = lambda **kw: (_ for _ in ()).throw(ConnectionError("chroma went away"))
+    try:
+        with pytest.raises(Exception):
+            h.forget(episode_id)
+    finally:
+        h.store._coll.delete = real
+
+
+def test_a_forget_cut_short_hides_the_episode_at_once_and_never_swallows_it_again(root):
     with Home.open(root) as h:
         gone = h.remember("Zephyrine's locker code is 4471.").id
-        real = h.store._coll.delete
-        h.store._coll.delete = lambda **kw: (_ for _ in ()).throw(ConnectionError("chroma went away"))
+        _cut_short(h, gone)
+        with pytest.raises(Exception, match="no episode"):
+            h.get(gone)
+        assert gone not in [e.id for e in h.recall("Zephyrine's locker code", 5)]
+        again = h.remember("Zephyrine's locker code is 4471.")    # told again: a new memory, not the forgotten one
+        assert not again.duplicate and again.id != gone and h.get(again.id).text.startswith("Zephyrine")
+    with Home.open(root, writable=False) as r:                  # a reader hides it too
+        assert gone not in [e.id for e in r.recall("Zephyrine's locker code", 5)]
         with pytest.raises(Exception):
+            r.forget(again.id)                                  # read-only: refused before anything changes
+    with Home.open(root) as h:
+        assert h.store.ledger.pending_forgets() == [] and [e.id for e in h.store.list()] == [again.id]
+
+
+def test_a_forget_cut_before_its_rebuild_plan_is_planned_on_the_next_open(root, monkeypatch):
+    """A crash after the record and before the rebuild plan must not leave a serving version holding a
+    forgotten episode with nothing scheduled to rebuild it."""
+    planned = []
+    with Home.open(root) as h:
+        gone = h.remember("Zephyrine's locker code is 4471.").id
+        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
             h.forget(gone)
-        h.store._coll.delete = real
-        assert h.forget(gone)["forgotten"] == [gone] and h.store.count() == 0
+        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: planned.append(list(ids)) or set())
+    with Home.open(root) as h:
+        assert h.store.count() == 0                             # the stores finished the delete
+    assert planned == [[gone]]                                  # and the rebuild was planned for it
+    with Home.open(root) as h:
+        h.store.count()
+    assert planned == [[gone]]                                  # once
 
 
 def test_forgetting_drops_the_learned_dream_writer(root):
@@ -55,7 +90,7 @@ def test_forgetting_drops_the_learned_dream_writer(root):
         d.mkdir(parents=True)
         (d / "adapter_config.json").write_text("{}")
     with Home.open(root) as h:
-        h.forget(h.remember("Zephyrine's locker code is 4471.").id)
+        _cut_short(h, h.remember("Zephyrine's locker code is 4471.").id)  # even when the delete fails
     assert not writer_adapter_dir(root).exists() and not pending_writer_dir(root).exists()
 
 

@@ -304,3 +304,21 @@ def test_react_agent_with_langmem_tools(home):
     other = agent.invoke({"messages": [("user", "Recall: what scares my pet?")]},
                          {"configurable": {"langgraph_user_id": user + "-other"}})
     assert "Pixel" not in other["messages"][-1].content                 # another user's namespace: nothing
+
+
+def test_a_replacement_whose_forget_was_cut_short_keeps_the_new_value(home, fresh):
+    """The old episode's forget is recorded before Chroma fails to delete it (the next open finishes it):
+    the item must take its new value, not point at a forgotten episode and lose both."""
+    _, ours, run = fresh
+    ns = (run, "memories", "erin")
+    ours.put(ns, "code", {"content": "Erin's gate code is 1187."})
+    old = ours.get(ns, "code")
+    real = home.store._coll.delete
+    home.store._coll.delete = lambda **kw: (_ for _ in ()).throw(ConnectionError("chroma went away"))
+    try:
+        ours.put(ns, "code", {"content": "Erin's gate code is now 5530."})
+    finally:
+        home.store._coll.delete = real
+    assert old is not None and ours.get(ns, "code").value["content"] == "Erin's gate code is now 5530."
+    assert [e.text for e in home.recall("Erin's gate code", 5, namespace=episode_namespace(ns))] == \
+        ["Erin's gate code is now 5530."]

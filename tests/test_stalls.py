@@ -207,6 +207,14 @@ def test_a_sleep_that_crashes_on_its_episodes_counts_an_attempt(tiny, tmp_path, 
     assert a.failures == 2 and a.failed == "crashed" and "choked" in a.reason
     assert [m.id for m in select(h).memories] == [good]  # the crashed one sits out its backoff
 
+    def full(n):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pipeline, "STAGES", (("dream", full, None),))
+    with pytest.raises(OSError):
+        h.sleep()
+    assert good not in h.store.ledger.attempts()  # the machine's fault, not the episode's: nothing counted
+    h.close()
+
 
 def test_update_detection_skips_episodes_no_sleep_will_take(tiny, tmp_path):
     """Untrusted episodes never leave the waiting list: they must neither fill the detection window for good

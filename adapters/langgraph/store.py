@@ -280,9 +280,12 @@ class AgentSleepStore(BaseStore):
             try:
                 self._forget(old[1])
             except Exception:
-                if not r.duplicate:  # undo: the new episode was only just added; the item keeps its old value
-                    self.home.store.delete(r.id)
-                raise
+                if not self.home.store.ledger.forgotten_among([old[1]]):
+                    if not r.duplicate:  # undo: the new episode was only just added; the item keeps its old value
+                        self.home.store.delete(r.id)
+                    raise
+                # the forget was recorded before its delete failed (the next open finishes it): the item takes
+                # its new value rather than point at a forgotten episode
         now = time.time()
         self._db.execute("INSERT INTO items (ns, key, value, episode_id, indexed, created_at, updated_at) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (ns, key) DO UPDATE SET value = excluded.value, "

@@ -29,6 +29,9 @@ CREATE TABLE IF NOT EXISTS forgotten (
     at         REAL NOT NULL,
     reason     TEXT NOT NULL DEFAULT ''
 );
+CREATE TABLE IF NOT EXISTS forget_pending (
+    episode_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS probe (
     probe_id   TEXT PRIMARY KEY,
     episode_id TEXT NOT NULL,
@@ -153,6 +156,7 @@ class Ledger:
             c.execute("BEGIN IMMEDIATE")
             try:
                 c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
+                c.executemany("INSERT OR IGNORE INTO forget_pending VALUES (?)", [(e,) for e in episode_ids])
                 for e in episode_ids:
                     c.execute("DELETE FROM probe_result WHERE probe_id IN (SELECT probe_id FROM probe WHERE episode_id = ?)",
                               (e,))
@@ -166,6 +170,28 @@ class Ledger:
     def forgotten(self) -> dict[str, float]:
         with self._conn() as c:
             return dict(c.execute("SELECT episode_id, at FROM forgotten").fetchall())
+
+    def forgotten_among(self, episode_ids: list[str]) -> set[str]:
+        """Which of these ids were forgotten (recall and get hide them even before the stores have
+        deleted them: a forget cut short is finished on the next writable open)."""
+        out: set[str] = set()
+        with self._conn() as c:
+            for s in range(0, len(episode_ids), _IN_BATCH):
+                part = episode_ids[s:s + _IN_BATCH]
+                out |= {r[0] for r in c.execute(
+                    f"SELECT episode_id FROM forgotten WHERE episode_id IN ({','.join('?' * len(part))})", part)}
+        return out
+
+    def pending_forgets(self) -> list[str]:
+        """Forgotten episodes the stores may still hold (the forget has not confirmed both deletes)."""
+        with self._conn() as c:
+            return [r[0] for r in c.execute("SELECT episode_id FROM forget_pending")]
+
+    def forget_done(self, episode_ids: list[str]) -> None:
+        with self._conn() as c:
+            for s in range(0, len(episode_ids), _IN_BATCH):
+                part = episode_ids[s:s + _IN_BATCH]
+                c.execute(f"DELETE FROM forget_pending WHERE episode_id IN ({','.join('?' * len(part))})", part)
 
     # -- the per-probe record: what each version answered (the gate's memory across nights) --------
 

@@ -284,12 +284,15 @@ class EpisodeStore:
                 key = (md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE, md.get("parent_id") or i)
                 parts.setdefault(key, []).append(i)
                 need[key] = (int(md.get("chunk_count") or 1), md.get("kind", "fact"))
-        fragments = [i for key, ids in parts.items() if len(ids) < need[key][0] for i in ids]
-        if fragments:  # a long memory a crash left half stored is no duplicate: it is stored again below
+        gone = self.ledger.forgotten_among([i for ids in parts.values() for i in ids])
+        # a long memory a crash left half stored, or one forgotten whose delete was cut short, is no duplicate:
+        # it goes, and the memory is stored again below under a new id
+        fragments = [i for key, ids in parts.items() if len(ids) < need[key][0] or set(ids) & gone for i in ids]
+        if fragments:
             self.delete_ids(fragments)
+            parts = {key: ids for key, ids in parts.items() if not set(ids) & set(fragments)}
         for (h, ns, root), ids in parts.items():
-            if len(ids) >= need[(h, ns, root)][0]:
-                have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
+            have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
         results: list[RememberResult] = []
         eps: list[Episode] = []
         for p in prepared:
@@ -471,6 +474,8 @@ class EpisodeStore:
         m = max(k, self.cfg.rerank_candidates) if rr else k
         recs = self._records(order, m, filt, qvec, cos)
         order = [i for i in order if i in recs]
+        gone = self.ledger.forgotten_among(order[:max(m, k)])  # a forget cut short: recorded, not yet deleted
+        order = [i for i in order if i not in gone]
         if rr and order:
             order = self._rerank(query, order[:m], recs) + order[m:]
         order = order[:k]
@@ -713,6 +718,8 @@ class EpisodeStore:
     def _attach_neighbours(self, hits: list[Episode], window: int) -> None:
         near = self.lexical.neighbours([h.id for h in hits], window)
         want = list(dict.fromkeys(j for js in near.values() for j in js))
+        gone = self.ledger.forgotten_among(want) if want else set()
+        want = [j for j in want if j not in gone]
         if not want:
             return
         got = self._call("get", self._coll.get, ids=want, include=["documents", "metadatas"])
@@ -734,6 +741,8 @@ class EpisodeStore:
             ep = Episode.from_record(episode_id, "", parts[0][0])
             ep.text = "".join(d for _, d, _ in parts)
             ep.parent_id, ep.chunk_index = None, 0
+        if self.ledger.forgotten_among([episode_id] + list(res["ids"])):
+            raise InputError(f"no episode with id '{episode_id}' (it was forgotten)")
         ep.consolidated_in = self.ledger.versions_of([ep.id]).get(ep.id)
         ep.superseded_by = superseded(self.ledger.path, [ep.id]).get(ep.id)
         return ep
@@ -819,17 +828,19 @@ class EpisodeStore:
             self._bump()
 
     def finish_forgets(self) -> list[str]:
-        """Delete what the ledger says was forgotten and a store still holds: `Home.forget` records the
-        forgetting before it deletes, so a crash or a store error in between is finished here, on the
-        next writable open. Returns the ids deleted."""
+        """Delete what the ledger says was forgotten and a store may still hold: `Home.forget` records the
+        forgetting before it deletes, so a crash or a store error in between is finished here, on the next
+        writable open (only forgets not yet confirmed are looked at; `Home` confirms them once it has also
+        planned the rebuild). Returns the ids deleted."""
         self._require_writer()
-        gone = list(self.ledger.forgotten())
-        if not gone:
+        pending = self.ledger.pending_forgets()
+        if not pending:
             return []
-        left: list[str] = []
-        for s in range(0, len(gone), CHROMA_MAX_BATCH):
-            left += self._call("get", self._coll.get, ids=gone[s:s + CHROMA_MAX_BATCH])["ids"]
-        left += [i for i in self.lexical.present(gone) if i not in left]
+        held: set[str] = set()
+        for s in range(0, len(pending), CHROMA_MAX_BATCH):
+            held |= set(self._call("get", self._coll.get, ids=pending[s:s + CHROMA_MAX_BATCH], include=[])["ids"])
+        held |= set(self.lexical.present(pending))
+        left = [i for i in pending if i in held]
         if left:
             self.delete_ids(left)
         return left

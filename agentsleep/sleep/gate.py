@@ -89,6 +89,8 @@ def count(new_before: list[bool], new_after: list[bool], old_before: list[bool],
     number, or one per earlier item)."""
     wn = _weights(new_episodes, len(new_before))
     scales = [old_scale] * len(old_before) if isinstance(old_scale, (int, float)) else list(old_scale)
+    if len(scales) != len(old_before):
+        raise ValueError(f"gate.count: {len(scales)} scales for {len(old_before)} earlier items")
     scales = [max(1.0, float(x)) for x in scales]  # a sample stands for at least itself
     raw = _weights(old_episodes, len(old_before))
     wo = [w * x for w, x in zip(raw, scales)]

@@ -418,7 +418,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
                 raise
             except Exception as e:
                 journal.finish(status=Status.FAILED, error=f"{type(e).__name__}: {e}")
-                count_crash(home, plan, f"{type(e).__name__}: {e}")
+                count_crash(home, plan, e)
                 raise
             finally:
                 settle_writer(home.root, promoted=False)  # a sleep that ended early or failed: drop ReST's writer

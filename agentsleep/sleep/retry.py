@@ -73,16 +73,32 @@ def _count_rebuild_attempt(n: Night, failed: list[str]) -> str:
             f"{rebuild.get('attempts', 1) + 1}); {n.plan.parent_version} keeps serving")
 
 
-def count_crash(home: Any, plan: SleepPlan, error: str) -> None:
+def count_crash(home: Any, plan: SleepPlan, error: BaseException) -> None:
     """A sleep that crashed on its episodes (an error no stage handled) counts one failed attempt for them,
     as a rejection does: otherwise an episode that makes a stage raise would be retaken, oldest first, by
-    every sleep. Interrupts and agentsleep's own errors (a store down, a full disk) are not the episodes'
-    doing and count nothing."""
-    cfg = home.config.sleep
-    if plan.rebuild or not plan.memories:
+    every sleep. Errors of the machine, not of the episodes, count nothing: out of memory, the disk or
+    the ledger (OSError, MemoryError, sqlite3 errors, CUDA out of memory), and agentsleep's own errors
+    (a store down) never reach here. A crashed rebuild counts in its plan. Counting never hides the
+    crash: a failure to count is swallowed."""
+    import sqlite3
+
+    if isinstance(error, (OSError, MemoryError, sqlite3.Error)) or "out of memory" in str(error).lower():
         return
-    home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, "crashed", error[:500],
-                           now_sleep=plan.clock, backoff=cfg.retry_backoff, quarantine_after=cfg.quarantine_after)
+    try:
+        if plan.rebuild:
+            rebuild = load_rebuild(home.root) or {}
+            if rebuild:
+                save_rebuild(home.root, {**rebuild, "attempts": int(rebuild.get("attempts") or 0) + 1,
+                                         "failed": "crashed"})
+            return
+        if not plan.memories:
+            return
+        cfg = home.config.sleep
+        home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, "crashed",
+                               f"{type(error).__name__}: {error}"[:500], now_sleep=plan.clock,
+                               backoff=cfg.retry_backoff, quarantine_after=cfg.quarantine_after)
+    except Exception:  # noqa: BLE001 - the crash is the error to report
+        pass
 
 
 def retry_config(cfg: Any, plan: SleepPlan) -> tuple[Any, dict[str, Any]]:

@@ -37,8 +37,8 @@ def forget_writer(home_root: Path) -> bool:
     had = False
     for d in (writer_adapter_dir(home_root), pending_writer_dir(home_root)):
         had |= d.exists()
-        shutil.rmtree(d, ignore_errors=True)
-        shutil.rmtree(d.with_name(d.name + ".old"), ignore_errors=True)
+        for leftover in (d, d.with_name(d.name + ".old"), d.with_name(d.name + ".tmp")):
+            shutil.rmtree(leftover, ignore_errors=True)
     return had
 
 
