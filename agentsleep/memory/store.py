@@ -488,7 +488,7 @@ class EpisodeStore:
             ep.superseded_by = sup.get(i)
             out.append(ep)
         if window and out:
-            self._attach_neighbours(out, window)
+            self._attach_neighbours(out, window, Filters(trust=trust, kind=kind, source=source))
         return out
 
     def _dense(self, qvec: list[float], n: int, where: dict | None, filt: Filters,
@@ -715,7 +715,9 @@ class EpisodeStore:
         scores = self._reranker.score(query, docs)
         return [i for _, i in sorted(zip(scores, ids), key=lambda t: -t[0])]
 
-    def _attach_neighbours(self, hits: list[Episode], window: int) -> None:
+    def _attach_neighbours(self, hits: list[Episode], window: int, filt: Filters | None = None) -> None:
+        """Each hit's session neighbours as its `context`, those that pass the recall's trust, kind and source
+        filters (an untrusted turn must not ride in beside a trusted hit when recall asked for trusted ones)."""
         near = self.lexical.neighbours([h.id for h in hits], window)
         want = list(dict.fromkeys(j for js in near.values() for j in js))
         gone = self.ledger.forgotten_among(want) if want else set()
@@ -724,8 +726,10 @@ class EpisodeStore:
             return
         got = self._call("get", self._coll.get, ids=want, include=["documents", "metadatas"])
         byid = {i: Episode.from_record(i, d, m) for i, d, m in zip(got["ids"], got["documents"], got["metadatas"])}
+        mds = dict(zip(got["ids"], got["metadatas"]))
+        ok = {j for j in byid if filt is None or _matches(mds[j] or {}, filt)}
         for h in hits:
-            h.context = [byid[j] for j in near.get(h.id, []) if j in byid and byid[j].namespace == h.namespace]
+            h.context = [byid[j] for j in near.get(h.id, []) if j in ok and byid[j].namespace == h.namespace]
 
     def get(self, episode_id: str) -> Episode:
         """One episode by id; a chunked memory's id returns its reassembled text."""
