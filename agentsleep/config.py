@@ -298,9 +298,11 @@ class SleepConfig(_Section):
                                   "lineage holds this many inserted blocks, so that a run of rejected nights cannot grow "
                                   "the model without bound; `agentsleep grow` is not limited.")
     keep_versions: int = Field(0, ge=0, description="0 keeps every version; N prunes all but the N newest (never current).")
-    snapshot_every: int = Field(10, ge=1, description="A published version stores only its expert (the LoRA delta: 3.6% of "
+    snapshot_every: int = Field(100, ge=1, description="A published version stores only its expert (the LoRA delta: 3.6% of "
                                 "SmolLM2-135M at rank 16) and is rebuilt from the nearest full snapshot when loaded; every "
-                                "Nth version in a row stores the merged weights in full. 1 stores every version in full.")
+                                "Nth version in a row stores the merged weights in full, so the registry grows by the "
+                                "delta plus 1/N of the base a night on average, and a cold rebuild replays at most N-1 "
+                                "deltas. 1 stores every version in full.")
     retry_backoff: int = Field(1, ge=0, description="Sleeps an episode sits out after its second failed attempt (a rejected "
                                "or empty sleep), doubling with each further failure; the first failure is retried at the "
                                "next sleep with another seed and more rehearsal. Waiting episodes never hold others back.")

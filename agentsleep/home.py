@@ -371,11 +371,12 @@ class Home:
 
         with sleep_lock(self.root):
             self.registry.materialise(version)  # rebuilt and checked before CURRENT moves
+            lineage = self.registry.lineage(version)  # and its history read: a broken one leaves CURRENT as it is
             v = self.registry.set_current(version)
-            keep = {x.name for x in self.registry.lineage(version)}
+            keep = {x.name for x in lineage}
             ledger = self.store.ledger
             ledger.unmark_versions([n for n in self.registry.names() if n not in keep])
-            for x in self.registry.lineage(version):
+            for x in lineage:
                 ids = x.manifest.get("episode_ids") or []
                 if ids:
                     ledger.mark(ids, x.name, x.manifest.get("sleep_id", "rollback"))

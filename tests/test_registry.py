@@ -65,9 +65,12 @@ def test_prune_keeps_current_lineage(tmp_path):
     for i in range(4):
         parent = reg.commit(_stage(reg), {"parent": parent}).name
     reg.set_current("v0002")
-    removed = reg.prune(keep=1)
-    assert removed == ["v0003"]
-    assert reg.names() == [BASE_VERSION, "v0001", "v0002", "v0004"]
+    assert reg.prune(keep=1) == []  # v0004 is kept, and so is its parent v0003: its history stays whole
+    assert [v.name for v in reg.lineage("v0004")] == [BASE_VERSION, "v0001", "v0002", "v0003", "v0004"]
+    side = reg.commit(_stage(reg), {"parent": "v0001"}).name  # a branch abandoned by a rollback to v0002
+    reg.set_current("v0002")
+    assert reg.prune(keep=1) == ["v0003", "v0004"] and side in reg.names()
+    assert not list(reg.versions_dir.glob(".trash-*"))  # deleted out of sight, then removed
 
 
 def test_current_write_is_atomic(tmp_path, monkeypatch):

@@ -203,3 +203,30 @@ def test_an_adapter_the_merge_cannot_replay_is_stored_in_full(tiny, tmp_path):
         v = publish(get_peft_model(model, cfg), tok, h.registry, {"parent": "v0000", "kind": "sleep"})
         assert v.manifest["storage"] == "full" and v.weights == str(v.path)
         assert load(v.weights)[0].config.num_hidden_layers == 3
+
+
+def test_a_cache_entry_a_kill_left_without_weights_is_rebuilt(tiny, tmp_path):
+    """Deleting a cache entry removes its marker first; an entry that has the marker but lost its weights
+    (a delete cut short before that order) is rebuilt, not served."""
+    with _home(tiny, tmp_path) as h:
+        v1, ids, want = _sleep(h, 1)
+        _sleep(h, 2)
+        entry = h.registry.root / deltas.CACHE_DIR / v1.name
+        for f in entry.glob("*.safetensors"):
+            f.unlink()
+        assert (entry / deltas.READY).is_file()
+        m, _ = load(h.registry.get(v1.name).weights)
+        with torch.no_grad():
+            assert torch.allclose(m(**ids).logits, want, atol=1e-4)
+        assert deltas.evict(h.registry.root, drop={v1.name}) == [v1.name] and not entry.exists()
+
+
+def test_rollback_to_a_version_with_a_broken_history_leaves_current_alone(tiny, tmp_path):
+    with _home(tiny, tmp_path, snapshot_every=1) as h:  # full versions: each loads without its parent
+        v1, _, _ = _sleep(h, 1)
+        v2, _, _ = _sleep(h, 2)
+        v3, _, _ = _sleep(h, 3)
+        (v1.path / "manifest.json").unlink()  # v2's parent is gone (what an older prune could do)
+        with pytest.raises(Exception):
+            h.rollback(v2.name)
+        assert h.registry.current_name() == v3.name  # not moved to a version whose history cannot be read

@@ -184,6 +184,12 @@ def _manifest(d: Path) -> dict[str, Any]:
         raise RegistryError(f"version {d.name}: unreadable manifest ({e})") from None
 
 
+def _complete(entry: Path) -> bool:
+    """A cache entry that can be served: its marker and its weights (a delete cut short by a kill, before
+    the marker went first, can leave the marker alone)."""
+    return (entry / READY).is_file() and any(entry.glob("*.safetensors"))
+
+
 def materialise(name: str, path: Path, manifest: dict[str, Any], base_model: str | None = None) -> Path:
     """The directory of `name`'s full weights: the cache entry, built (once, under a lock) if missing."""
     from filelock import FileLock
@@ -191,7 +197,7 @@ def materialise(name: str, path: Path, manifest: dict[str, Any], base_model: str
     root = path.parent.parent
     cache = root / CACHE_DIR
     out = cache / name
-    if (out / READY).is_file():
+    if _complete(out):
         _touch(out / READY)
         return out
     try:
@@ -201,7 +207,7 @@ def materialise(name: str, path: Path, manifest: dict[str, Any], base_model: str
     except OSError as e:
         raise RegistryError(f"version {name}: cannot write the rebuild cache {cache} ({e.strerror})") from None
     try:
-        if (out / READY).is_file():
+        if _complete(out):
             return out
         _sweep_tmp(cache)
         sd, sources = rebuild(name, path, manifest, base_model)
@@ -221,7 +227,7 @@ def rebuild(name: str, path: Path, manifest: dict[str, Any],
     d, m = path, manifest
     start: Path
     while True:
-        if d != path and (root / CACHE_DIR / d.name / READY).is_file():
+        if d != path and _complete(root / CACHE_DIR / d.name):
             start = root / CACHE_DIR / d.name
             break
         if not is_delta(m):
@@ -259,7 +265,7 @@ def write_cache(cache: Path, name: str, sources: list[Path], sd: dict[str, Any],
         for src in sources:
             copy_model_files(src, tmp)
         (tmp / READY).write_text(json.dumps({"version": name, "weights_sha256": sha, "at": time.time()}))
-        if out.exists():  # an incomplete entry (no READY) left by a crash
+        if out.exists():  # an incomplete entry (no READY, or no weights) left by a crash
             shutil.rmtree(out, ignore_errors=True)
         os.rename(tmp, out)
     except OSError as e:
@@ -277,7 +283,7 @@ def seed_cache(root: Path, name: str, sources: list[Path], sd: dict[str, Any], s
     try:
         cache.mkdir(exist_ok=True)
         with FileLock(str(cache / f"{name}.lock")):
-            if not (cache / name / READY).is_file():
+            if not _complete(cache / name):
                 write_cache(cache, name, sources, sd, sha)
     except (OSError, RegistryError):
         return  # only a cache: the version rebuilds on first load
@@ -298,6 +304,7 @@ def evict(root: Path, keep: set[str] = frozenset(), drop: set[str] = frozenset()
     gone = []
     for p in entries:
         if p.name in drop or p.name not in protected:
+            (p / READY).unlink(missing_ok=True)  # the marker first: a kill midway leaves an entry that is rebuilt
             shutil.rmtree(p, ignore_errors=True)
             gone.append(p.name)
     return gone

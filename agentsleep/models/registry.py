@@ -4,7 +4,7 @@ Layout (under ``<home>/registry``)::
 
     versions/v0000/manifest.json     the base model (a reference, no weights)
     versions/v0001/                  adapter/ + delta.json + config + tokenizer + manifest.json (a delta)
-    versions/v0010/                  the same plus merged safetensors (a snapshot, every snapshot_every)
+    versions/v0100/                  the same plus merged safetensors (a snapshot, every snapshot_every)
     staging/<tmp>/                   a version being written (never read)
     cache/<name>/                    a delta version's rebuilt weights (derived, may be deleted)
     CURRENT                          "v0001\n", replaced atomically
@@ -71,7 +71,7 @@ class Version:
 
 
 class Registry:
-    def __init__(self, root: Path, base_model: str, snapshot_every: int = 10):
+    def __init__(self, root: Path, base_model: str, snapshot_every: int = 100):
         """`base_model` is what v0000 stands for (the resolved config.model.base); a published version
         stores full weights when it would otherwise be the `snapshot_every`-th delta in a row."""
         self.root = root
@@ -216,7 +216,8 @@ class Registry:
         return v
 
     def sweep_staging(self) -> int:
-        """Remove staging dirs left by crashed writers (not our own live ones)."""
+        """Remove staging dirs left by crashed writers (not our own live ones), and deletions a kill cut short."""
+        sweep_trash(self.versions_dir)
         return sweep_staging(self.staging_dir)
 
     def prune(self, keep: int) -> list[str]:
@@ -227,19 +228,36 @@ class Registry:
         protected = {v.name for v in self.lineage()} | {BASE_VERSION}
         names = [n for n in self.names() if n not in protected]
         kept = (set(names[-keep:]) if names else set()) | protected
-        for n in list(kept):  # a delta needs every ancestor back to its snapshot
+        for n in list(kept):  # every kept version keeps its history: lineage, diff, rollback and rebuilds read it
             v = self.get(n)
-            while v.is_delta and v.parent:
+            while v.parent and v.parent not in kept:
                 kept.add(v.parent)
                 v = self.get(v.parent)
         doomed = [n for n in names if n not in kept]
         for n in doomed:
-            shutil.rmtree(self.versions_dir / n, ignore_errors=True)
+            remove_dir(self.versions_dir / n)
         if doomed:
             from .deltas import evict
 
             evict(self.root, drop=set(doomed))
         return doomed
+
+
+def remove_dir(path: Path) -> None:
+    """Delete a version or cache directory so that a kill midway never leaves a half-deleted one that still
+    looks complete: one rename out of sight first (atomic), then the delete; `sweep_trash` finishes any
+    left behind."""
+    trash = path.with_name(f".trash-{path.name}-{uuid.uuid4().hex[:8]}")
+    try:
+        path.rename(trash)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def sweep_trash(folder: Path) -> None:
+    for p in folder.glob(".trash-*"):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def sweep_staging(staging: Path, *, own_pid: int | None = None, unnamed_after_s: float = 3600.0) -> int:

@@ -50,6 +50,11 @@ class Unauthorized(APIError):
     type = "authentication_error"
 
 
+class Forbidden(APIError):
+    status = 403
+    type = "permission_error"
+
+
 class ModelNotFound(APIError):
     status = 404
     type = "invalid_request_error"

@@ -253,6 +253,30 @@ def check_key(request: Request, key: str | None) -> None:
     require_bearer(request.headers.get("authorization", ""), [key])
 
 
+def check_origin(request: Request, key: str | None, body: bool) -> None:
+    """What a web page in the user's browser must not do to the home API (it remembers, forgets and rolls
+    back): a request from another origin (a page on any site, or on another port of this machine) is refused;
+    without a key, so is one addressed to a name other than this machine's (DNS rebinding); and a body must
+    be sent as application/json, which a page can only do cross-origin after a preflight this API never
+    grants."""
+    from urllib.parse import urlsplit
+
+    from ..procs import is_loopback
+    from .backend import BadRequest, Forbidden
+
+    host = request.headers.get("host", "")
+    origin = request.headers.get("origin")
+    if origin and urlsplit(origin).netloc != host:
+        raise Forbidden(f"the home API refuses requests from another origin ({origin[:80]})", code="cross_origin")
+    if not key:
+        name = urlsplit(f"//{host}").hostname or ""
+        if not is_loopback(name):
+            raise Forbidden(f"without serve.api_key the home API answers only requests addressed to this machine "
+                            f"(Host {host[:80]!r})", code="foreign_host")
+    if body and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise BadRequest("send the request body as application/json", code="content_type")
+
+
 def mount(app: Any, api: HomeAPI, api_key: str | None) -> None:
     """Add the /agentsleep JSON routes and /ui to a `create_app` application."""
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
@@ -270,6 +294,7 @@ def mount(app: Any, api: HomeAPI, api_key: str | None) -> None:
 
     async def call(request: Request, fn: Callable[..., Any], *args: Any, body: bool = False, store: bool = False) -> Any:
         check_key(request, api_key)
+        check_origin(request, api_key, body)
         t0 = time.perf_counter()
         try:
             if body:
