@@ -170,6 +170,24 @@ def test_threshold_trigger_fires_once_per_new_episodes(tmp_path, daemons):
     assert rec.reasons() == ["threshold", "threshold"]
 
 
+def test_a_sleep_that_never_ran_leaves_its_episodes_new_to_the_triggers(tmp_path, daemons):
+    """A sleep that found the home busy (another process sleeping) ran on nothing: the threshold must fire
+    again for the same waiting episodes, not wait for a new one."""
+    root = make_home(tmp_path, threshold_episodes=5)
+    probe = Probe(waiting=5, newest=time.time())
+    rec = Recorder(status="busy")
+
+    def busy_then_rejected(job):
+        out = rec(job)
+        rec.status = "rejected"
+        return out
+
+    daemons(root, sleep_fn=busy_then_rejected, probe_fn=probe)
+    until(lambda: len(rec.calls) == 2)
+    time.sleep(0.5)
+    assert rec.reasons() == ["threshold", "threshold"]  # then rejected: no retry loop on the same episodes
+
+
 def test_threshold_drains_a_backlog_after_promoted_sleeps(tmp_path, daemons):
     root = make_home(tmp_path, threshold_episodes=5)
     probe = Probe(waiting=12, newest=time.time())           # more than one sleep takes

@@ -448,3 +448,12 @@ def test_loopback_and_bearer_helpers():
     for header in ("", "Bearer nope", "Basic k1", "k1"):
         with pytest.raises(Unauthorized, match="Bearer <serve.api_key>"):
             require_bearer(header, ["k1"])
+
+
+def test_swapping_to_the_live_version_loads_nothing(chain):
+    """The registry watcher and `Home.rollback` can both ask the shared engine for the same new version:
+    the second ask must not load the model again."""
+    reg, _ = chain
+    eng = Engine(ModelConfig(max_new_tokens=5))
+    first = eng.swap(reg.get("v0000"))
+    assert eng.swap(reg.get("v0000")) is first and eng.swaps == 1

@@ -96,6 +96,8 @@ class Engine:
             t0 = time.perf_counter()
             live = self._live
             prev = live.version.name if live else None
+            if prev == version.name:  # versions are immutable: the watcher and a rollback may both ask for it
+                return live
             src = resolve(version.weights, progress=lambda m: None)
             fp = tokenizer_fingerprint(src)
             if live is not None and fp and fp == self._tok_fp:
