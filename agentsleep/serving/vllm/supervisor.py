@@ -399,6 +399,9 @@ class VLLMSupervisor:
                 self._post(srv, "/v1/unload_lora_adapter", {"lora_name": old.model}, timeout=60)
             except Exception as e:  # noqa: BLE001 - harmless: vLLM evicts by LRU anyway
                 log.info("unloading adapter %s: %s", old.model, e)
+                return  # still loaded: its files stay until close()
+            if self._compose_dir is not None and srv.base is not None:  # a composed copy is one per version
+                shutil.rmtree(self._compose_dir / f"{old.model}-on-{srv.base.name}", ignore_errors=True)
 
         threading.Thread(target=work, name="vllm-retire", daemon=True).start()
 
