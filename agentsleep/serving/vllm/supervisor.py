@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import shutil
 import tempfile
 import threading
 import time
