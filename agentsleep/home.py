@@ -370,8 +370,13 @@ class Home:
         from .sleep.lock import sleep_lock
 
         with sleep_lock(self.root):
+            lineage = self.registry.lineage(version)  # its history read: a broken one leaves CURRENT as it is
+            gone = self.store.ledger.forgotten_among(
+                list({e for x in lineage for e in x.manifest.get("episode_ids") or []}))
+            if gone:
+                raise InputError(f"rollback: {version} holds {len(gone)} forgotten episode(s) in its weights; "
+                                 "forgetting is not undone by a rollback (pick a version from before them)")
             self.registry.materialise(version)  # rebuilt and checked before CURRENT moves
-            lineage = self.registry.lineage(version)  # and its history read: a broken one leaves CURRENT as it is
             v = self.registry.set_current(version)
             keep = {x.name for x in lineage}
             ledger = self.store.ledger

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agentsleep.config import Config, DreamConfig, GateConfig, SeedConfig
-from agentsleep.errors import SleepLockedError
+from agentsleep.errors import InputError, SleepLockedError
 from agentsleep.home import Home
 from agentsleep.models.loader import load
 from agentsleep.models.registry import Registry
@@ -723,6 +723,10 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
     assert sorted(m.id for m in plan.memories) == sorted([b, c, d])
     with pytest.raises(Exception, match="no episode"):
         h.get(a)
+    for tainted in ("v0001", "v0002"):  # a rollback never brings forgotten weights back
+        with pytest.raises(InputError, match="forgotten episode"):
+            h.rollback(tainted)
+    assert h.registry.current_name() == "v0002"
     # fallback serves the clean version at once
     h.forget(query="wifi", fallback=True)
     assert h.registry.current_name() == "v0000"
