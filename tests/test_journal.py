@@ -122,3 +122,23 @@ def test_a_rejected_night_leaves_the_dream_writer_as_it_was(tmp_path, monkeypatc
     rest.rest_em(model, tok, mem, ds, cfg, root)
     assert rest.settle_writer(root, promoted=True) is True
     assert (current / "adapter_config.json").is_file() and not pending.exists()
+
+
+def test_recovery_never_touches_a_sleep_that_holds_the_lock(tmp_path):
+    """A sleeper in another container has a process id that means nothing here: while it holds the sleep
+    lock, recovery must neither mark its journal interrupted nor sweep its staging."""
+    from agentsleep.sleep.lock import sleep_lock
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    j = Journal(tmp_path, "s5", "v0000")
+    j.data["pid"] = dead.pid  # looks dead from here
+    j._save()
+    staging = tmp_path / "registry" / "staging" / f"stage-{dead.pid}-x"
+    staging.mkdir(parents=True)
+    with sleep_lock(tmp_path, what="sleep"):
+        done = recover(tmp_path)
+        assert done["interrupted"] == [] and done["staging_swept"] == 0 and staging.is_dir()
+        assert json.loads((j.dir / "journal.json").read_text())["status"] == "running"
+    done = recover(tmp_path)  # the lock is free: the sleeper is gone
+    assert [x["sleep_id"] for x in done["interrupted"]] == ["s5"] and not staging.exists()

@@ -202,19 +202,29 @@ def lock_holder(home: Path) -> str | None:
 
 def recover(home: Path) -> dict[str, Any]:
     """Make `home` consistent after a crashed sleep; returns what was done (see module doc)."""
+    from ..errors import SleepLockedError
+    from .lock import sleep_lock
+
     home = Path(home)
     done: dict[str, Any] = {"home": str(home), "at": time.time(), "interrupted": [], "staging_swept": 0,
                             "serving": serving_version(home), "lock": None}
-    for path, j in running_journals(home):
-        if not is_orphaned(j):
-            continue
-        why = (f"interrupted: pid {j.get('pid')} died during stage {j.get('stage') or '?'}; "
-               f"partial work discarded, {done['serving'] or 'the previous version'} still serving")
-        j = mark(path, Status.INTERRUPTED, recovered_by=os.getpid(), reason=why)
-        _report_ended(path, j, why)
-        done["interrupted"].append({"sleep_id": j.get("sleep_id") or path.parent.name, "pid": j.get("pid"),
-                                    "stage": j.get("stage"), "started_at": j.get("started_at")})
-    done["staging_swept"] = sweep_staging(home)
+    try:
+        # Under the sleep lock: a live sleep holds it, wherever it runs. A process id says nothing about a
+        # sleeper in another container sharing the home (ids are numbered per container), so without the
+        # lock a live sleep's journal could be marked interrupted and its staging swept mid-publish.
+        with sleep_lock(home, what="recovery"):
+            for path, j in running_journals(home):
+                if not is_orphaned(j):
+                    continue
+                why = (f"interrupted: pid {j.get('pid')} died during stage {j.get('stage') or '?'}; "
+                       f"partial work discarded, {done['serving'] or 'the previous version'} still serving")
+                j = mark(path, Status.INTERRUPTED, recovered_by=os.getpid(), reason=why)
+                _report_ended(path, j, why)
+                done["interrupted"].append({"sleep_id": j.get("sleep_id") or path.parent.name, "pid": j.get("pid"),
+                                            "stage": j.get("stage"), "started_at": j.get("started_at")})
+            done["staging_swept"] = sweep_staging(home)
+    except SleepLockedError:
+        pass  # a sleep is running: nothing of it is touched; the next recovery sees what it left
     done["lock"] = lock_holder(home)
     return done
 
