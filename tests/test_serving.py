@@ -457,3 +457,34 @@ def test_swapping_to_the_live_version_loads_nothing(chain):
     eng = Engine(ModelConfig(max_new_tokens=5))
     first = eng.swap(reg.get("v0000"))
     assert eng.swap(reg.get("v0000")) is first and eng.swaps == 1
+
+
+def test_sigterm_runs_the_server_cleanup(tmp_path):
+    """uvicorn re-raises the SIGTERM it caught after shutting down; without a handler that kills the process
+    before cleanup, and a vLLM server started in its own session (serve, serve-homes) outlives it."""
+    import signal
+
+    from agentsleep.procs import free_port
+
+    port, done = free_port(), tmp_path / "cleaned"
+    code = (
+        "import sys; from fastapi import FastAPI; from agentsleep.serving.server import run_app\n"
+        "app = FastAPI()\n"
+        "@app.get('/health')\n"
+        "def health(): return {'ok': True}\n"
+        f"run_app(app, '127.0.0.1', {port}, boot=lambda url: None, cleanup=lambda: open({str(done)!r}, 'w').write('x'))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    assert done.read_text() == "x"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import signal
 import socket
 import threading
 import time
@@ -578,8 +579,20 @@ def run_app(app: Any, host: str, port: int, *, boot: Callable[[str], None], clea
             server.should_exit = True
 
     threading.Thread(target=run_boot, name="serve-boot", daemon=True).start()
+    prev = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # uvicorn re-raises the SIGTERM it caught once it has shut down; by default that kills the process
+        # before `cleanup` runs, and a vLLM server it started (its own session) would outlive it
+        def on_term(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        prev = signal.signal(signal.SIGTERM, on_term)
     try:
         server.run()
     finally:
-        cleanup()
+        try:
+            cleanup()
+        finally:
+            if prev is not None:
+                signal.signal(signal.SIGTERM, prev)
     return failure[0] if failure else None
