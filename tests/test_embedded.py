@@ -182,3 +182,29 @@ def test_corrupt_cache_is_rebuilt_by_real_conversion(cache_copy):
     with torch.no_grad():
         logits = model(**ids).logits
     assert logits.shape[-1] >= 49152 and torch.isfinite(logits).all()
+
+
+def test_a_hub_id_resolves_to_its_cached_snapshot_offline(tmp_path, monkeypatch):
+    """A hub id in model.base becomes the folder of its snapshot (publishing deltas and rebuilding versions
+    read files from a folder); offline, from the Hugging Face cache, or a one-line error saying so."""
+    from huggingface_hub import constants
+
+    from agentsleep.errors import ModelError
+    from agentsleep.models.loader import resolve
+    from tiny import tiny_model_dir
+
+    src = tiny_model_dir(tmp_path / "models")
+    repo = tmp_path / "hub" / "models--someorg--tiny-lm"
+    snap = repo / "snapshots" / "0123456789abcdef0123456789abcdef01234567"
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.is_file():
+            (snap / f.name).write_bytes(f.read_bytes())
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(snap.name)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve("someorg/tiny-lm") == str(snap)
+    with pytest.raises(ModelError) as e:
+        resolve("someorg/not-downloaded")
+    assert "not in the Hugging Face cache" in str(e.value) and "\n" not in str(e.value)

@@ -26,10 +26,31 @@ def resolve(base: str, progress=None) -> str:
         return str(p)
     if base.startswith((".", "/", "~")) or os.sep in base and base.count("/") != 1:
         raise ModelError(f"model {base}: directory does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelError(f"model {base}: not a local directory and HF_HUB_OFFLINE=1; "
-                         "download it first or point model.base at a directory")
-    return base  # a hub id
+    return _hub_snapshot(base)
+
+
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+
+
+def _hub_snapshot(repo: str) -> str:
+    """A hub id as the local directory of its snapshot (downloaded once, then read from the Hugging Face
+    cache, offline too): every later step (publishing deltas, rebuilding versions, vLLM) reads a folder."""
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+    try:
+        from huggingface_hub import snapshot_download
+
+        d = Path(snapshot_download(repo, local_files_only=offline, allow_patterns=_HUB_FILES))
+        if not any(d.glob("*.safetensors")):  # an older repository with PyTorch .bin weights only
+            d = Path(snapshot_download(repo, local_files_only=offline, allow_patterns=_HUB_FILES + ["*.bin"]))
+    except Exception as e:  # noqa: BLE001
+        if offline:
+            raise ModelError(f"model {repo}: not a local directory, not in the Hugging Face cache, and "
+                             "HF_HUB_OFFLINE=1; download it first or point model.base at a directory") from None
+        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ModelError(f"model {repo}: cannot download it ({type(e).__name__}: {msg})") from None
+    if not (d / "config.json").is_file():
+        raise ModelError(f"model {repo}: its snapshot {d} has no config.json; not a Hugging Face model")
+    return str(d)
 
 
 def load(path: str, *, dtype: str = "float32", device: str = "cpu", progress=None) -> tuple[Any, Any]:
