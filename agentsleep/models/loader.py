@@ -32,9 +32,14 @@ def resolve(base: str, progress=None) -> str:
 _HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
 
 
+_SNAPSHOTS: dict[str, str] = {}  # hub id -> its snapshot folder, once per process (online, each lookup asks the hub)
+
+
 def _hub_snapshot(repo: str) -> str:
     """A hub id as the local directory of its snapshot (downloaded once, then read from the Hugging Face
     cache, offline too): every later step (publishing deltas, rebuilding versions, vLLM) reads a folder."""
+    if repo in _SNAPSHOTS and Path(_SNAPSHOTS[repo]).is_dir():
+        return _SNAPSHOTS[repo]
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
     try:
         from huggingface_hub import snapshot_download
@@ -50,6 +55,7 @@ def _hub_snapshot(repo: str) -> str:
         raise ModelError(f"model {repo}: cannot download it ({type(e).__name__}: {msg})") from None
     if not (d / "config.json").is_file():
         raise ModelError(f"model {repo}: its snapshot {d} has no config.json; not a Hugging Face model")
+    _SNAPSHOTS[repo] = str(d)
     return str(d)
 
 
