@@ -66,17 +66,19 @@ def write_version(registry: Registry, staging: Path, parent_dir: Path, sd: dict[
     manifest = {**manifest, "storage": "full" if full else "delta", "weights_sha256": sha,
                 "parameters": manifest.get("parameters") or sum(t.numel() for t in sd.values()),
                 "stored_bytes": deltas.disk_bytes(staging)}
-    v = _commit(registry, staging, manifest, should_stop)
-    if not full:
+    v = _commit(registry, staging, manifest, should_stop, make_current=False)
+    if not full:  # before CURRENT moves: a server that follows it finds the weights ready, not rebuilding them
         deltas.seed_cache(registry.root, v.name, [parent_dir, v.path], sd, sha)
+    registry.set_current(v.name)
     return v
 
 
-def _commit(registry: Registry, staging: Path, manifest: dict[str, Any], should_stop) -> Version:
+def _commit(registry: Registry, staging: Path, manifest: dict[str, Any], should_stop,
+            make_current: bool = True) -> Version:
     manifest = {**manifest, "checksums": {k: v["sha256"] for k, v in checksum_dir(staging).items()}}
     if should_stop():
         raise InterruptedError("stopped before publishing")
-    return registry.commit(staging, manifest)
+    return registry.commit(staging, manifest, make_current=make_current)
 
 
 def staged_size(path: Path) -> int:
