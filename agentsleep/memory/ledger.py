@@ -286,16 +286,18 @@ class Ledger:
         return {e for e, a in self.attempts(episode_ids).items() if a.waiting(now)}
 
     def fail(self, episode_ids: list[str], sleep_id: str, failed: str, reason: str, *, now_sleep: int,
-             backoff: int, quarantine_after: int, quarantine_now: bool = False) -> dict[str, Attempt]:
+             backoff: int, quarantine_after: int, quarantine_now: bool = False,
+             extra_wait: int = 0) -> dict[str, Attempt]:
         """Count one failed attempt for each episode: it waits `backoff * 2**(failures - 2)` sleeps from its
-        second failure on (the first is retried at once, with a changed plan), and after `quarantine_after`
-        failures (or at once with `quarantine_now`) it is set aside as SKIPPED + sleep id until released."""
+        second failure on (the first is retried at once, with a changed plan), plus `extra_wait`, and after
+        `quarantine_after` failures (or at once with `quarantine_now`) it is set aside as SKIPPED + sleep id
+        until released."""
         now = time.time()
         prev = self.attempts(episode_ids)
         out: dict[str, Attempt] = {}
         for e in dict.fromkeys(episode_ids):
             k = (prev[e].failures if e in prev else 0) + 1
-            wait = 0 if k < 2 else backoff * 2 ** min(k - 2, 16)
+            wait = (0 if k < 2 else backoff * 2 ** min(k - 2, 16)) + (extra_wait if k >= 2 else 0)
             out[e] = Attempt(e, k, now_sleep + 1 + wait, sleep_id, failed, reason,
                              quarantined=quarantine_now or (quarantine_after > 0 and k >= quarantine_after))
         with self._conn() as c:

@@ -38,9 +38,16 @@ def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[lis
     if not plan.memories:
         return [], {}
     why = "; ".join(reasons)[:500]
-    out = n.home.store.ledger.fail([m.id for m in plan.memories], plan.sleep_id, ",".join(failed) or "rejected",
-                                   why, now_sleep=plan.clock, backoff=cfg.retry_backoff,
-                                   quarantine_after=cfg.quarantine_after)
+    ids = [m.id for m in plan.memories]
+    # A batch that fails again is split in two that come back one sleep apart: one episode that cannot be
+    # consolidated then drags ever fewer others towards quarantine, instead of the whole batch in lockstep.
+    halves = (ids[::2], ids[1::2]) if plan.attempt else (ids, [])
+    out = {}
+    for extra, part in enumerate(halves):
+        if part:
+            out.update(n.home.store.ledger.fail(part, plan.sleep_id, ",".join(failed) or "rejected", why,
+                                                now_sleep=plan.clock, backoff=cfg.retry_backoff,
+                                                quarantine_after=cfg.quarantine_after, extra_wait=extra))
     quarantined = {e: f"set aside after {a.failures} failed attempts; last: {a.reason}" for e, a in out.items()
                    if a.quarantined}
     retried = [a for a in out.values() if not a.quarantined]
