@@ -575,7 +575,7 @@ class Daemon:
     def _run_sleep(self, key: str, job: SleepJob) -> None:
         slot = self.slots[key]
         summary: dict[str, Any]
-        mark_before = slot.auto_mark
+        mark_before, restored = slot.auto_mark, False
         try:
             if job.cancel.is_set():
                 raise SleepAborted("the daemon stopped before this sleep began")
@@ -625,13 +625,15 @@ class Daemon:
                 # Progress was made: if a backlog still waits (max_episodes per sleep),
                 # threshold/idle may fire again without waiting for a new episode.
                 slot.auto_mark = 0.0
-            elif status in ("busy", "aborted", "interrupted"):
-                # No sleep ran on the waiting episodes: threshold/idle must still see them as new.
-                slot.auto_mark = mark_before
+            elif status == "busy" or (status in ("aborted", "interrupted") and job.cancel.is_set()):
+                # No sleep ran on the waiting episodes (another process held the home, or the daemon stopped
+                # it): threshold/idle must still see them as new. A sleep killed on its own (out of memory, a
+                # deadline) keeps the mark, or the same batch would be retried every check.
+                slot.auto_mark, restored = mark_before, True
             slot.busy, slot.job = False, None
             again = bool(slot.pending) and self.state == "running"
             self._idle.notify_all()
-        if status in ("busy", "aborted", "interrupted"):
+        if restored:
             self._save_state(slot)  # the restored mark, for a daemon started again
         lvl = logging.WARNING if status in ("failed", "interrupted", "aborted", "busy") else logging.INFO
         slot.log.log(lvl, "sleep %s finished: %s in %.1f s%s%s", summary.get("sleep_id") or "", status,

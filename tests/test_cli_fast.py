@@ -283,3 +283,25 @@ def test_a_web_page_cannot_drive_the_home_api(tmp_path):
         assert home.store.count() == 0
         ok = local.post("/agentsleep/remember", json=body, headers={"Origin": "http://127.0.0.1:8421"})
         assert ok.status_code == 200 and home.store.count() == 1  # the dashboard's own page, and the CLI
+        assert rebound.get("/ui").status_code == 403 and local.get("/ui").status_code == 200  # every route
+        proxied = local.get("/agentsleep/status", headers={"Origin": "https://mem.example.com",
+                                                           "X-Forwarded-Host": "mem.example.com"})
+        assert proxied.status_code == 200  # behind a reverse proxy: the browser's origin is the proxy's name
+
+
+def test_with_a_key_a_bearer_request_needs_no_matching_origin(tmp_path):
+    """A page cannot attach an Authorization header cross-origin without a preflight: a Bearer request (a
+    script, a reverse proxy) is not refused for its Origin; a cookie one (the dashboard) is."""
+    from starlette.testclient import TestClient
+
+    from agentsleep.home import Home
+    from agentsleep.serving.server import create_app
+    from agentsleep.serving.ui import HomeAPI
+
+    with Home.open(tmp_path / "h") as home:
+        app = create_app(None)
+        HomeAPI(home).mount(app, "k-123")
+        c = TestClient(app, client=("10.0.0.9", 5000), base_url="http://mem.internal:8421")
+        far = {"Origin": "https://elsewhere.example"}
+        assert c.get("/agentsleep/status", headers={"Authorization": "Bearer k-123", **far}).status_code == 200
+        assert c.get("/agentsleep/status", cookies={"agentsleep_key": "k-123"}, headers=far).status_code == 403

@@ -188,6 +188,18 @@ def test_a_sleep_that_never_ran_leaves_its_episodes_new_to_the_triggers(tmp_path
     assert rec.reasons() == ["threshold", "threshold"]  # then rejected: no retry loop on the same episodes
 
 
+def test_a_sleep_killed_on_its_own_is_not_retried_every_check(tmp_path, daemons):
+    """A worker killed by the OS (out of memory) ends `interrupted` while the daemon runs on: the same batch
+    must not be fired again at every check."""
+    root = make_home(tmp_path, threshold_episodes=5)
+    probe = Probe(waiting=5, newest=time.time())
+    rec = Recorder(status="interrupted")
+    daemons(root, sleep_fn=rec, probe_fn=probe)
+    until(lambda: rec.calls)
+    time.sleep(0.8)
+    assert rec.reasons() == ["threshold"]
+
+
 def test_threshold_drains_a_backlog_after_promoted_sleeps(tmp_path, daemons):
     root = make_home(tmp_path, threshold_episodes=5)
     probe = Probe(waiting=12, newest=time.time())           # more than one sleep takes

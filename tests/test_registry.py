@@ -88,3 +88,16 @@ def test_current_write_is_atomic(tmp_path, monkeypatch):
         reg.set_current(v.name)
     monkeypatch.setattr(os, "replace", real)
     assert reg.current_name() == BASE_VERSION
+
+
+def test_prune_copes_with_a_history_an_older_prune_cut(tmp_path):
+    """An older prune deleted parents of kept full versions: prune must not fail on the gap."""
+    import shutil
+
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    parent = BASE_VERSION
+    for i in range(4):
+        parent = reg.commit(_stage(reg), {"parent": parent}).name
+    reg.set_current("v0001")
+    shutil.rmtree(reg.versions_dir / "v0003")  # v0004's parent, gone
+    assert reg.prune(keep=1) == ["v0002"] and "v0004" in reg.names()

@@ -29,7 +29,8 @@ def resolve(base: str, progress=None) -> str:
     return _hub_snapshot(base)
 
 
-_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*"]
+_HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*", "*.jinja",
+              "additional_chat_templates/*"]
 
 
 _SNAPSHOTS: dict[str, str] = {}  # hub id -> its snapshot folder, once per process (online, each lookup asks the hub)

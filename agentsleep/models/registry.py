@@ -228,9 +228,10 @@ class Registry:
         protected = {v.name for v in self.lineage()} | {BASE_VERSION}
         names = [n for n in self.names() if n not in protected]
         kept = (set(names[-keep:]) if names else set()) | protected
+        present = set(self.names())
         for n in list(kept):  # every kept version keeps its history: lineage, diff, rollback and rebuilds read it
             v = self.get(n)
-            while v.parent and v.parent not in kept:
+            while v.parent and v.parent not in kept and v.parent in present:  # (an older prune may have cut it)
                 kept.add(v.parent)
                 v = self.get(v.parent)
         doomed = [n for n in names if n not in kept]

@@ -503,7 +503,7 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
                      memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
     if api is not None:
         api.url = url_for(local_host(host), port)
-        api.mount(app, cfg.api_key)
+        api.mount(app, cfg.api_key, loopback_only=is_loopback(host))
         if getattr(b, "engine", None) is not None:
             home._engine = b.engine  # `ask` through the server answers with the model already loaded
             api.model_ready.clear()  # ...once boot has loaded it (see HomeAPI.model_ready)
@@ -590,6 +590,8 @@ def run_app(app: Any, host: str, port: int, *, boot: Callable[[str], None], clea
     try:
         server.run()
     finally:
+        if prev is not None:  # a second SIGTERM must not cut the cleanup short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             cleanup()
         finally:

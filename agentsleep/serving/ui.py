@@ -68,8 +68,8 @@ class HomeAPI:
         # threads wait for each other at every op). They are serialised by the store lock anyway.
         self.store_pool = ThreadPoolExecutor(1, thread_name_prefix="agentsleep-store")
 
-    def mount(self, app: Any, api_key: str | None) -> None:
-        mount(app, self, api_key)
+    def mount(self, app: Any, api_key: str | None, *, loopback_only: bool = True) -> None:
+        mount(app, self, api_key, loopback_only=loopback_only)
 
     def serve_file(self) -> "ServeFile":
         return ServeFile(self.root, self.url or "")
@@ -253,6 +253,19 @@ def check_key(request: Request, key: str | None) -> None:
     require_bearer(request.headers.get("authorization", ""), [key])
 
 
+def check_host(host: str) -> None:
+    """Without a key: only requests addressed to a loopback name (a page on another site cannot rebind its
+    name to 127.0.0.1 and then read or drive this server as if it were its own origin)."""
+    from urllib.parse import urlsplit
+
+    from ..procs import is_loopback
+    from .backend import Forbidden
+
+    if not is_loopback(urlsplit(f"//{host}").hostname or ""):
+        raise Forbidden(f"without serve.api_key this server answers only requests addressed to this machine "
+                        f"(Host {host[:80]!r})", code="foreign_host")
+
+
 def check_origin(request: Request, key: str | None, body: bool) -> None:
     """What a web page in the user's browser must not do to the home API (it remembers, forgets and rolls
     back): a request from another origin (a page on any site, or on another port of this machine) is refused;
@@ -266,21 +279,36 @@ def check_origin(request: Request, key: str | None, body: bool) -> None:
 
     host = request.headers.get("host", "")
     origin = request.headers.get("origin")
-    if origin and urlsplit(origin).netloc != host:
+    bearer = bool(key) and request.headers.get("authorization", "").lower().startswith("bearer ")
+    # a Bearer header (checked by check_key) is one a page cannot attach cross-origin without a preflight;
+    # behind a reverse proxy the browser's origin is the proxy's public name (X-Forwarded-Host)
+    own = {host, request.headers.get("x-forwarded-host", "").split(",")[0].strip()} - {""}
+    if origin and not bearer and urlsplit(origin).netloc not in own:
         raise Forbidden(f"the home API refuses requests from another origin ({origin[:80]})", code="cross_origin")
     if not key:
-        name = urlsplit(f"//{host}").hostname or ""
-        if not is_loopback(name):
-            raise Forbidden(f"without serve.api_key the home API answers only requests addressed to this machine "
-                            f"(Host {host[:80]!r})", code="foreign_host")
+        check_host(host)
     if body and request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
         raise BadRequest("send the request body as application/json", code="content_type")
 
 
-def mount(app: Any, api: HomeAPI, api_key: str | None) -> None:
-    """Add the /agentsleep JSON routes and /ui to a `create_app` application."""
+def mount(app: Any, api: HomeAPI, api_key: str | None, *, loopback_only: bool = True) -> None:
+    """Add the /agentsleep JSON routes and /ui to a `create_app` application. `loopback_only`: the server
+    listens on this machine only, so without a key every route answers only requests addressed to a
+    loopback name (one served to the network without a key was exposed on purpose, and says so)."""
     from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.concurrency import run_in_threadpool
+
+    from .backend import APIError
+
+    if not api_key and loopback_only:
+        @app.middleware("http")
+        async def loopback_names_only(request: Request, call_next: Callable[..., Any]) -> Any:
+            # every route without a key: /v1 answers with recalled memories in its prompts, /ui shows them
+            try:
+                check_host(request.headers.get("host", ""))
+            except APIError as e:
+                return JSONResponse(e.body(), status_code=e.status)
+            return await call_next(request)
 
     import asyncio
 
