@@ -118,22 +118,28 @@ class Home:
     def _finish_forgets(self, store: EpisodeStore) -> None:
         """A forget cut short (a crash or a store error after its record): the store has deleted what it
         still held (EpisodeStore.finish_forgets); what remains is what `forget` does after the record."""
-        from .memory import supersede
-        from .sleep.writer import forget_writer
+        from .sleep.lock import sleep_lock
 
         pending = store.ledger.pending_forgets()
         if not pending:
             return
-        from .sleep.lock import sleep_lock
-
         try:
             with sleep_lock(self.root, what="forget"):
-                supersede.drop(store.ledger.path, pending)
-                forget_writer(self.root)
-                self._plan_rebuild(pending)
+                self._after_forget_record(pending)
                 store.ledger.forget_done(pending)
         except SleepLockedError:
             pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this
+
+    def _after_forget_record(self, removed: list[str], *, fallback: bool = False) -> set[str]:
+        """What `forget` does once the forgetting is recorded, before the deletes: the update records naming
+        them go (an episode superseded only by a forgotten one is current again), the learned dream writer
+        goes, and the rebuild is planned. Returns the versions holding them."""
+        from .memory import supersede
+        from .sleep.writer import forget_writer
+
+        supersede.drop(self.store.ledger.path, removed)
+        forget_writer(self.root)
+        return self._plan_rebuild(removed, fallback=fallback)
 
     @property
     def registry(self) -> Registry:
@@ -207,10 +213,8 @@ class Home:
         ones. Until then `status` lists the versions still holding forgotten data;
         `fallback=True` serves that clean version immediately.
         """
-        from .memory import supersede
         from .sleep.lock import sleep_lock
         from .sleep.select import load_rebuild
-        from .sleep.writer import forget_writer
 
         if (episode_id is None) == (query is None):
             raise InputError("forget: give an episode id or --query, not both")
@@ -227,9 +231,7 @@ class Home:
             removed = list(dict.fromkeys(i for t in dict.fromkeys(targets) for i in self.store.family(t)))
             ledger = self.store.ledger
             ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
-            supersede.drop(ledger.path, removed)  # an episode superseded only by a forgotten one is current again
-            forget_writer(self.root)
-            holders = self._plan_rebuild(removed, fallback=fallback)
+            holders = self._after_forget_record(removed, fallback=fallback)
             self.store.delete_ids(removed)
             ledger.forget_done(removed)
             plan = load_rebuild(self.root)

@@ -297,7 +297,7 @@ class Ledger:
         out: dict[str, Attempt] = {}
         for e in dict.fromkeys(episode_ids):
             k = (prev[e].failures if e in prev else 0) + 1
-            wait = (0 if k < 2 else backoff * 2 ** min(k - 2, 16)) + (extra_wait if k >= 2 else 0)
+            wait = 0 if k < 2 else backoff * 2 ** min(k - 2, 16) + extra_wait
             out[e] = Attempt(e, k, now_sleep + 1 + wait, sleep_id, failed, reason,
                              quarantined=quarantine_now or (quarantine_after > 0 and k >= quarantine_after))
         with self._conn() as c:

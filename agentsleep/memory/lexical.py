@@ -232,7 +232,7 @@ class LexicalIndex:
                                       "AND session IS NOT NULL", part).fetchall()
                     c.execute(f"DELETE FROM fts WHERE rowid IN (SELECT rowid FROM docs WHERE id IN ({q}))", part)
                     c.execute(f"DELETE FROM docs WHERE id IN ({q})", part)
-                near = {n for ns, sess, rowid in gone for n in self._neighbours(c, ns, sess, rowid)}
+                near = {(ns, sess, r[0]) for ns, sess, rowid in gone for r in self._around(c, ns, sess, rowid) if r}
                 for ns, sess, rowid in near:
                     self._reset_context(c, ns, sess, rowid)
             except BaseException:
@@ -250,29 +250,22 @@ class LexicalIndex:
         return out
 
     @staticmethod
-    def _neighbours(c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> list[tuple[str, str, int]]:
-        """The rows just before and after `rowid` in its session (which need not exist any more)."""
-        out = []
-        for op, order in (("<", "DESC"), (">", "ASC")):
-            r = c.execute(f"SELECT rowid FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
+    def _around(c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> list[tuple[int, str] | None]:
+        """(rowid, text) of the rows just before and after `rowid` in its session, None where there is none
+        (`rowid` itself need not exist any more)."""
+        return [c.execute(f"SELECT rowid, text FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
                           f"ORDER BY rowid {order} LIMIT 1", (ns, sess, rowid)).fetchone()
-            if r:
-                out.append((ns, sess, r[0]))
-        return out
+                for op, order in (("<", "DESC"), (">", "ASC"))]
 
-    @staticmethod
-    def _reset_context(c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> None:
+    def _reset_context(self, c: sqlite3.Connection, ns: str, sess: str, rowid: int) -> None:
         """A row's context column from the turns now around it (what `_insert` would have written)."""
-        around = []
-        for op, order in (("<", "DESC"), (">", "ASC")):
-            r = c.execute(f"SELECT text FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
-                          f"ORDER BY rowid {order} LIMIT 1", (ns, sess, rowid)).fetchone()
-            around.append(r[0] if r else "")
+        before, after = self._around(c, ns, sess, rowid)
         old = c.execute("SELECT text, ent FROM fts WHERE rowid = ?", (rowid,)).fetchone()
         if old is not None:
             c.execute("DELETE FROM fts WHERE rowid = ?", (rowid,))
             c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)",
-                      (rowid, old[0], (around[0] + "\n" + around[1]).strip(), old[1]))
+                      (rowid, old[0], ((before[1] if before else "") + "\n" + (after[1] if after else "")).strip(),
+                       old[1]))
 
     def rebuild(self, rows: list[Row]) -> None:
         """Replace the whole index with these rows (in turn order)."""

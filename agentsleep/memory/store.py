@@ -290,9 +290,10 @@ class EpisodeStore:
         fragments = [i for key, ids in parts.items() if len(ids) < need[key][0] or set(ids) & gone for i in ids]
         if fragments:
             self.delete_ids(fragments)
-            parts = {key: ids for key, ids in parts.items() if not set(ids) & set(fragments)}
+        dropped = set(fragments)
         for (h, ns, root), ids in parts.items():
-            have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
+            if ids[0] not in dropped:  # a memory's chunks go together
+                have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
         results: list[RememberResult] = []
         eps: list[Episode] = []
         for p in prepared:

@@ -52,7 +52,7 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
         centre = today - timedelta(days=days)
         half = timedelta(days=max(1, days // 4))
         return centre - half, centre + half + timedelta(days=1)
-    m = re.search(r"\b(?:the\s+)?(past|last)\s+(week|month|year)\b(?!end)", q)
+    m = re.search(r"\b(?:the\s+)?(past|last)\s+(week|month|year)\b", q)
     if m and (m.group(1) == "past" or q[m.start():].startswith("the ")):  # "the past week": the 7 days up to today
         return today - timedelta(days=_UNITS[m.group(2)]), today + timedelta(days=1)
     m = re.search(r"\b(last|this|past)\s+(week|month|year|weekend)\b", q)

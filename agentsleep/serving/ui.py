@@ -274,7 +274,6 @@ def check_origin(request: Request, key: str | None, body: bool) -> None:
     grants."""
     from urllib.parse import urlsplit
 
-    from ..procs import is_loopback
     from .backend import BadRequest, Forbidden
 
     host = request.headers.get("host", "")

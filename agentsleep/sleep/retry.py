@@ -71,13 +71,21 @@ def _count_rebuild_attempt(n: Night, failed: list[str]) -> str:
     """A rejected rebuild: its episodes are never set aside (they were in the weights before `forget`), so
     the attempt is counted in the rebuild plan, which the next sleep's plan reads (`select`), and the
     rebuild is retried with another seed and more rehearsal or steps instead of the same verdict nightly."""
-    rebuild = load_rebuild(n.home.root) or {}
-    if rebuild:
-        rebuild["attempts"] = int(rebuild.get("attempts") or 0) + 1
-        rebuild["failed"] = ",".join(failed) or "rejected"
-        save_rebuild(n.home.root, rebuild)
+    k = _count_rebuild(n.home.root, ",".join(failed) or "rejected")
     return (f"the rebuild after `forget` will be retried at the next sleep with a changed plan (attempt "
-            f"{rebuild.get('attempts', 1) + 1}); {n.plan.parent_version} keeps serving")
+            f"{max(k, 1) + 1}); {n.plan.parent_version} keeps serving")
+
+
+def _count_rebuild(root: Any, failed: str) -> int:
+    """One more failed attempt of the pending rebuild, in its plan (`select` reads it): the attempts so far
+    (0 without a plan)."""
+    rebuild = load_rebuild(root)
+    if not rebuild:
+        return 0
+    rebuild["attempts"] = int(rebuild.get("attempts") or 0) + 1
+    rebuild["failed"] = failed
+    save_rebuild(root, rebuild)
+    return rebuild["attempts"]
 
 
 def count_crash(home: Any, plan: SleepPlan, error: BaseException) -> None:
@@ -93,10 +101,7 @@ def count_crash(home: Any, plan: SleepPlan, error: BaseException) -> None:
         return
     try:
         if plan.rebuild:
-            rebuild = load_rebuild(home.root) or {}
-            if rebuild:
-                save_rebuild(home.root, {**rebuild, "attempts": int(rebuild.get("attempts") or 0) + 1,
-                                         "failed": "crashed"})
+            _count_rebuild(home.root, "crashed")
             return
         if not plan.memories:
             return
