@@ -15,6 +15,13 @@ from pathlib import Path
 
 _IN_BATCH = 500  # SQLite's default limit on bound variables is 999 (older builds)
 
+
+def _batches(ids: list[str]) -> Iterator[tuple[list[str], str]]:
+    """`ids` in slices SQLite can bind, each with its "?,?,..." placeholders."""
+    for s in range(0, len(ids), _IN_BATCH):
+        part = ids[s:s + _IN_BATCH]
+        yield part, ",".join("?" * len(part))
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS consolidation (
     episode_id TEXT NOT NULL,
@@ -138,10 +145,8 @@ class Ledger:
             else:
                 ids = list(dict.fromkeys(episode_ids))
                 rows = []
-                for s in range(0, len(ids), _IN_BATCH):
-                    part = ids[s:s + _IN_BATCH]
-                    rows += c.execute(q + f" WHERE episode_id IN ({','.join('?' * len(part))}) ORDER BY at, rowid",
-                                      part).fetchall()
+                for part, marks in _batches(ids):
+                    rows += c.execute(q + f" WHERE episode_id IN ({marks}) ORDER BY at, rowid", part).fetchall()
         return {e: v for e, v in rows}
 
     def episodes_in(self, version: str) -> list[str]:
@@ -176,10 +181,8 @@ class Ledger:
         deleted them: a forget cut short is finished on the next writable open)."""
         out: set[str] = set()
         with self._conn() as c:
-            for s in range(0, len(episode_ids), _IN_BATCH):
-                part = episode_ids[s:s + _IN_BATCH]
-                out |= {r[0] for r in c.execute(
-                    f"SELECT episode_id FROM forgotten WHERE episode_id IN ({','.join('?' * len(part))})", part)}
+            for part, marks in _batches(episode_ids):
+                out |= {r[0] for r in c.execute(f"SELECT episode_id FROM forgotten WHERE episode_id IN ({marks})", part)}
         return out
 
     def pending_forgets(self) -> list[str]:
@@ -189,9 +192,8 @@ class Ledger:
 
     def forget_done(self, episode_ids: list[str]) -> None:
         with self._conn() as c:
-            for s in range(0, len(episode_ids), _IN_BATCH):
-                part = episode_ids[s:s + _IN_BATCH]
-                c.execute(f"DELETE FROM forget_pending WHERE episode_id IN ({','.join('?' * len(part))})", part)
+            for part, marks in _batches(episode_ids):
+                c.execute(f"DELETE FROM forget_pending WHERE episode_id IN ({marks})", part)
 
     # -- the per-probe record: what each version answered (the gate's memory across nights) --------
 
@@ -241,9 +243,8 @@ class Ledger:
         ids = list(dict.fromkeys(ids))
         rows: list[tuple] = []
         with self._conn() as c:
-            for s in range(0, len(ids), _IN_BATCH):
-                part = ids[s:s + _IN_BATCH]
-                rows += c.execute(q + f" WHERE {col} IN ({','.join('?' * len(part))})", part).fetchall()
+            for part, marks in _batches(ids):
+                rows += c.execute(q + f" WHERE {col} IN ({marks})", part).fetchall()
         return rows
 
     # -- attempts: per-episode backoff and quarantine, so that a failing episode holds nobody back ------
@@ -317,9 +318,8 @@ class Ledger:
     def succeed(self, episode_ids: list[str]) -> None:
         """Consolidated at last: their failed attempts are history."""
         with self._conn() as c:
-            for s in range(0, len(episode_ids), _IN_BATCH):
-                part = episode_ids[s:s + _IN_BATCH]
-                c.execute(f"DELETE FROM attempt WHERE episode_id IN ({','.join('?' * len(part))})", part)
+            for part, marks in _batches(episode_ids):
+                c.execute(f"DELETE FROM attempt WHERE episode_id IN ({marks})", part)
 
     def release(self, episode_ids: list[str] | None = None) -> list[str]:
         """Give set-aside or backed-off episodes (all with None) a fresh start: the next sleep takes them.
