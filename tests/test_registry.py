@@ -59,11 +59,17 @@ def test_incomplete_version_is_invisible_and_staging_swept(tmp_path):
     assert not dead.exists() and live.exists()
 
 
-def test_prune_keeps_current_lineage(tmp_path):
+def _chain(tmp_path, n: int) -> Registry:
+    """A registry holding v0001..v000n, each on the one before."""
     reg = Registry(tmp_path / "r", base_model="embedded")
     parent = BASE_VERSION
-    for i in range(4):
+    for _ in range(n):
         parent = reg.commit(_stage(reg), {"parent": parent}).name
+    return reg
+
+
+def test_prune_keeps_current_lineage(tmp_path):
+    reg = _chain(tmp_path, 4)
     reg.set_current("v0002")
     assert reg.prune(keep=1) == []  # v0004 is kept, and so is its parent v0003: its history stays whole
     assert [v.name for v in reg.lineage("v0004")] == [BASE_VERSION, "v0001", "v0002", "v0003", "v0004"]
@@ -94,10 +100,7 @@ def test_prune_copes_with_a_history_an_older_prune_cut(tmp_path):
     """An older prune deleted parents of kept full versions: prune must not fail on the gap."""
     import shutil
 
-    reg = Registry(tmp_path / "r", base_model="embedded")
-    parent = BASE_VERSION
-    for i in range(4):
-        parent = reg.commit(_stage(reg), {"parent": parent}).name
+    reg = _chain(tmp_path, 4)
     reg.set_current("v0001")
     shutil.rmtree(reg.versions_dir / "v0003")  # v0004's parent, gone
     assert reg.prune(keep=1) == ["v0002"] and "v0004" in reg.names()
