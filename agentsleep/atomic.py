@@ -17,12 +17,36 @@ def atomic_write_text(path: Path, data: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
+    fsync_dir(path.parent)  # make the rename itself durable
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of directory `path` (renames, new files) durable; a no-op where directories
+    cannot be opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
         os.fsync(fd)
-        os.close(fd)
     except OSError:
         pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> int:
+    """fsync every file under `root`, then its directories: written files are on disk before a pointer
+    (a rename, `CURRENT`) makes them visible, so a power cut cannot publish empty weight files. The
+    number of files synced."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                os.fsync(f.fileno())
+            n += 1
+        fsync_dir(Path(dirpath))
+    return n
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

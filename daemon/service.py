@@ -621,9 +621,11 @@ class Daemon:
             elif status == "busy":
                 c["skipped_busy"] += 1
             slot.last = outcome
-            if status == "promoted":
-                # Progress was made: if a backlog still waits (max_episodes per sleep),
-                # threshold/idle may fire again without waiting for a new episode.
+            if status in ("promoted", "rejected"):
+                # Promoted: if a backlog still waits (max_episodes per sleep), threshold/idle may fire again
+                # without waiting for a new episode. Rejected: its episodes are retried once at the next
+                # sleep with a changed plan, then back off (not counted as waiting), so a home with no cron
+                # retries them at the next check instead of only when someone speaks again.
                 slot.auto_mark = 0.0
             elif status == "busy" or (status in ("aborted", "interrupted") and job.cancel.is_set()):
                 # No sleep ran on the waiting episodes (another process held the home, or the daemon stopped

@@ -162,8 +162,8 @@ def test_threshold_trigger_fires_once_per_new_episodes(tmp_path, daemons):
     assert rec.calls == []                                   # 4 < 5
     probe.waiting, probe.newest = 5, time.time()
     until(lambda: rec.calls)
+    probe.waiting = 0                                        # rejected: they back off (not counted as waiting)
     time.sleep(0.5)
-    # Rejected, so the same 5 still wait: no retry loop on the same episodes.
     assert rec.reasons() == ["threshold"]
     probe.waiting, probe.newest = 6, time.time() + 1        # a new episode arrives
     until(lambda: len(rec.calls) == 2)
@@ -177,15 +177,17 @@ def test_a_sleep_that_never_ran_leaves_its_episodes_new_to_the_triggers(tmp_path
     probe = Probe(waiting=5, newest=time.time())
     rec = Recorder(status="busy")
 
-    def busy_then_rejected(job):
+    def busy_then_promoted(job):
         out = rec(job)
-        rec.status = "rejected"
+        if rec.status == "promoted":
+            probe.waiting = 0
+        rec.status = "promoted"
         return out
 
-    daemons(root, sleep_fn=busy_then_rejected, probe_fn=probe)
+    daemons(root, sleep_fn=busy_then_promoted, probe_fn=probe)
     until(lambda: len(rec.calls) == 2)
     time.sleep(0.5)
-    assert rec.reasons() == ["threshold", "threshold"]  # then rejected: no retry loop on the same episodes
+    assert rec.reasons() == ["threshold", "threshold"]  # busy, then the same episodes consolidated
 
 
 def test_a_sleep_killed_on_its_own_is_not_retried_every_check(tmp_path, daemons):
@@ -214,6 +216,25 @@ def test_threshold_drains_a_backlog_after_promoted_sleeps(tmp_path, daemons):
     until(lambda: len(rec.calls) == 2)                       # 12 -> 7 -> 2 (< 5: stop)
     time.sleep(0.5)
     assert rec.reasons() == ["threshold", "threshold"] and probe.waiting == 2
+
+
+def test_a_rejected_night_is_retried_without_a_new_episode_and_then_backs_off(tmp_path, daemons):
+    """A home that sleeps on threshold/idle only (no cron): a rejected night's episodes are retried once at
+    the next check with a changed plan; once they back off (the probe stops counting them) no sleep fires."""
+    root = make_home(tmp_path, threshold_episodes=3)
+    probe = Probe(waiting=3, newest=time.time())
+    rec = Recorder(status="rejected")
+
+    def sleep_and_fail(job):
+        out = rec(job)
+        if len(rec.calls) >= 2:  # failed twice: they sit out a backoff
+            probe.waiting = 0
+        return out
+
+    daemons(root, sleep_fn=sleep_and_fail, probe_fn=probe)
+    until(lambda: len(rec.calls) == 2)
+    time.sleep(0.8)
+    assert rec.reasons() == ["threshold", "threshold"]
 
 
 def test_idle_trigger_fires_after_quiet_period(tmp_path, daemons):

@@ -82,6 +82,41 @@ def test_a_forgotten_turn_is_not_found_through_its_session_neighbours(store):
     assert {i for i, _ in store.lexical.search("locker", 10, _all())} == {ids[0], ids[2]}
 
 
+def test_a_forgotten_turn_leaves_no_trace_in_the_vectors_of_the_turns_after_it(tmp_path):
+    """With memory.dense_context_turns a turn is embedded with the turns before it: forgetting one embeds
+    those later turns again from what is now before them, so its words cannot be found by meaning through
+    them either (and a changed setting does not stop that: the count is stored with each vector)."""
+    s = EpisodeStore(MemoryConfig(dense_context_turns=2), root=tmp_path / "memory")
+    try:
+        turns = ["Morning! Any news?", "Zephyrine's locker code is 4471, in the quartermaster ledger.",
+                 "Got it.", "See you at lunch.", "Bring the umbrella."]
+        ids = [s.remember(t, namespace="n", session="s1").id for t in turns]
+
+        def stored(i):
+            got = s._coll.get(ids=[i], include=["embeddings", "metadatas"])
+            return [float(x) for x in got["embeddings"][0]], got["metadatas"][0]
+
+        def close(a, b):
+            return max(abs(x - y) for x, y in zip(a, b)) < 1e-5
+
+        vec, md = stored(ids[2])
+        assert md["dense_ctx"] == 2 and close(vec, s._embed_texts(["\n".join(turns[:3])])[0])
+        s.cfg.dense_context_turns = 0  # a later config change must not leave the old vectors holding it
+        s.delete(ids[1])
+        for i, ctx in ((ids[2], [turns[0]]), (ids[3], [turns[0], turns[2]])):
+            vec, md = stored(i)
+            assert close(vec, s._embed_texts(["\n".join(ctx + [turns[ids.index(i)]])])[0]), i
+            assert md["dense_ctx"] == len(ctx)
+        vec, md = stored(ids[4])  # two turns after the forgotten one: its context never held it
+        assert close(vec, s._embed_texts(["\n".join(turns[2:5])])[0]) and md["dense_ctx"] == 2
+        vec, md = stored(ids[0])  # the first turn, alone, is untouched and carries no count
+        assert "dense_ctx" not in md and close(vec, s._embed_texts([turns[0]])[0])
+        assert s.get(ids[2]).text == turns[2] and ids[1] not in {e.id for e in s.recall("locker code 4471", k=5,
+                                                                                            namespace="n")}
+    finally:
+        s.close()
+
+
 def test_forgetting_any_chunk_forgets_the_whole_text(store):
     store.cfg.chunk_chars = 100
     long = store.remember(" ".join(f"Sentence {i} of a long note about the garden shed." for i in range(30)))

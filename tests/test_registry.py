@@ -104,3 +104,44 @@ def test_prune_copes_with_a_history_an_older_prune_cut(tmp_path):
     reg.set_current("v0001")
     shutil.rmtree(reg.versions_dir / "v0003")  # v0004's parent, gone
     assert reg.prune(keep=1) == ["v0002"] and "v0004" in reg.names()
+
+
+def test_commit_syncs_the_weights_before_they_become_visible(tmp_path, monkeypatch):
+    """A power cut must not leave CURRENT pointing at weight files whose data never reached the disk:
+    every staged file is fsynced before the rename into versions/, and that before CURRENT flips."""
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    stage = _stage(reg)
+    (stage / "adapter").mkdir()
+    (stage / "adapter" / "adapter_model.safetensors").write_text("a")
+    events, real_fsync, real_rename, real_replace = [], os.fsync, os.rename, os.replace
+
+    def fsync(fd):
+        try:
+            events.append(("fsync", os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))))
+        except OSError:
+            events.append(("fsync", "?"))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", os.path.basename(b))), real_rename(a, b))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))), real_replace(a, b))[1])
+    reg.commit(stage, {"parent": BASE_VERSION})
+    publish = events.index(("rename", "v0001"))
+    synced = {name for what, name in events[:publish] if what == "fsync"}
+    assert {"model.safetensors", "adapter_model.safetensors", "manifest.json"} <= synced
+    assert publish < events.index(("replace", "CURRENT"))
+    assert reg.current_name() == "v0001"
+
+
+def test_commit_on_a_full_disk_is_a_registry_error_and_current_stays(tmp_path, monkeypatch):
+    reg = Registry(tmp_path / "r", base_model="embedded")
+    stage = _stage(reg)
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RegistryError, match="cannot publish v0001 .*current version is unchanged"):
+        reg.commit(stage, {"parent": BASE_VERSION})
+    monkeypatch.undo()
+    assert reg.current_name() == BASE_VERSION and reg.names() == [BASE_VERSION]

@@ -170,14 +170,18 @@ def test_a_rejected_rebuild_is_retried_with_a_changed_plan_not_the_same_verdict(
     from agentsleep.sleep.select import load_rebuild, save_rebuild
 
     h = _home(tmp_path, tiny)
-    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(2)]
-    save_rebuild(h.root, {"from": h.registry.current_name(), "versions": [], "forgotten": ["ep-x"]})
+    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(3)]
+    h.store.ledger.mark(ids[:2], "v0001", "s-tainted")  # in the weights before the forget
+    save_rebuild(h.root, {"from": h.registry.current_name(), "versions": ["v0001"], "forgotten": ["ep-x"]})
     plan = select(h)
     assert plan.rebuild and plan.attempt == 0 and {m.id for m in plan.memories} == set(ids)
     n = Night(h, plan, None, lambda: False, lambda *a: None, 0.0)
     lines, quarantined = record_failure(n, ["net"], ["lost 2 earlier facts for 1 gained"])
     assert quarantined == {} and "rebuild after `forget` will be retried" in lines[0]
-    assert load_rebuild(h.root)["attempts"] == 1 and h.store.ledger.attempts() == {}  # nobody backs off
+    # what the weights held never backs off; the new episode that rode along counts its attempt (else a
+    # daemon without cron would sleep on it again at once, rebuild after rebuild)
+    assert load_rebuild(h.root)["attempts"] == 1 and set(h.store.ledger.attempts()) == {ids[2]}
+    assert any("1 episode(s) will be retried at the next sleep" in line for line in lines)
     plan = select(h)
     assert (plan.attempt, plan.retry_failed) == (1, "net") and {m.id for m in plan.memories} == set(ids)
     cfg, changed = retry_config(h.config.sleep, plan)

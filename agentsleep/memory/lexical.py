@@ -383,6 +383,32 @@ class LexicalIndex:
                              (namespace, session, n)).fetchall()
         return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
 
+    def following(self, ids: list[str], n: int) -> list[str]:
+        """The ids of up to `n` turns after each of these in its session (turn order), the given ids left out."""
+        out: dict[str, None] = {}
+        skip = set(ids)
+        with self._read() as c:
+            for i in ids:
+                r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (i,)).fetchone()
+                if r is None or r[2] is None:
+                    continue
+                for (j,) in c.execute("SELECT id FROM docs WHERE namespace = ? AND session = ? AND rowid > ? "
+                                      "ORDER BY rowid LIMIT ?", (r[1], r[2], r[0], n)):
+                    if j not in skip:
+                        out[j] = None
+        return list(out)
+
+    def before_in_session(self, episode_id: str, n: int) -> list[str]:
+        """The texts of up to `n` turns before this one in its session, oldest first (speaker-prefixed when
+        known), as `last_in_session` gives them for a new turn."""
+        with self._read() as c:
+            r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (episode_id,)).fetchone()
+            if r is None or r[2] is None or n < 1:
+                return []
+            rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? AND rowid < ? "
+                             "ORDER BY rowid DESC LIMIT ?", (r[1], r[2], r[0], n)).fetchall()
+        return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
+
     def neighbours(self, ids: list[str], window: int) -> dict[str, list[str]]:
         """id -> the ids of up to `window` turns before and after it in its session (turn order), itself excluded."""
         out: dict[str, list[str]] = {}

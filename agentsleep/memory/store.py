@@ -29,6 +29,8 @@ CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
 # Chunks are embedded and added this many at a time: bounded memory per call,
 # and a failure part-way is rolled back so a retry is not taken for a duplicate.
 ADD_BATCH = 256
+DENSE_CTX_KEY = "dense_ctx"  # metadata: how many earlier turns of its session a vector was embedded with
+DENSE_CONTEXT_MAX = 4  # the most memory.dense_context_turns allows
 DENSE_OVERFETCH = 4  # unfiltered dense hits asked per wanted one, kept when they pass the filters (_dense)
 
 
@@ -316,12 +318,13 @@ class EpisodeStore:
             return results
         all_ids = [e.id for e in eps]
         try:
-            vecs = self._embed_documents(eps)
+            vecs, ctx = self._embed_documents(eps, with_context_counts=True)
             step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
             for s in range(0, len(eps), step):
                 batch = eps[s:s + step]
+                mds = [{**e.to_metadata(), **({DENSE_CTX_KEY: n} if n else {})} for e, n in zip(batch, ctx[s:s + step])]
                 self._call("add", self._coll.add, ids=[e.id for e in batch], documents=[e.text for e in batch],
-                           metadatas=[e.to_metadata() for e in batch], embeddings=vecs[s:s + step])
+                           metadatas=mds, embeddings=vecs[s:s + step])
             self.lexical.add([_row(e.id, e.text, e.to_metadata()) for e in eps])
         except BaseException:
             # Without this, a retry would find the first chunks' content_hash
@@ -378,25 +381,50 @@ class EpisodeStore:
                 "namespace": namespace, "event_time": _utc(event_time or now),
                 "speaker": speaker.strip() if speaker else None}
 
-    def _embed_documents(self, eps: list[Episode], context: bool = True) -> list[list[float]]:
+    def _embed_documents(self, eps: list[Episode], context: bool = True, *, with_context_counts: bool = False):
         """Dense vectors of what a turn means in its place: the speaker's name before the words (questions
         name people), and with memory.dense_context_turns the turns before it in its session (new turns only:
-        `context=False` embeds a stored one alone)."""
-        from .embedder import MiniLMEmbedding
-
+        `context=False` embeds a stored one alone). With `with_context_counts`, (vectors, how many earlier
+        turns each vector holds): a forget must embed again the turns that hold the forgotten one."""
         n_ctx = self.cfg.dense_context_turns if context else 0
-        texts, recent = [], {}
+        texts, counts, recent = [], [], {}
         for e in eps:
-            body = e.text if not e.speaker or e.text.startswith(f"{e.speaker}:") else f"{e.speaker}: {e.text}"
-            ctx = ""
+            body = _dense_body(e.text, e.speaker)
+            ctx: list[str] = []
             if n_ctx and e.session is not None:
                 key = (e.namespace, e.session)
                 if key not in recent:
                     recent[key] = self.lexical.last_in_session(e.namespace, e.session, n_ctx)
-                ctx = "\n".join(recent[key][-n_ctx:])
+                ctx = recent[key][-n_ctx:]
                 recent[key] = (recent[key] + [body])[-n_ctx:]
-            texts.append(f"{ctx}\n{body}" if ctx else body)
-        return [[float(x) for x in v] for v in MiniLMEmbedding(self.cfg.embedder)(texts)]
+            texts.append("\n".join(ctx + [body]))
+            counts.append(len(ctx))
+        vecs = self._embed_texts(texts)
+        return (vecs, counts) if with_context_counts else vecs
+
+    def _embed_texts(self, texts: list[str]) -> list[list[float]]:
+        from .embedder import MiniLMEmbedding
+
+        return [[float(x) for x in v] for v in MiniLMEmbedding(self.cfg.embedder)(texts)] if texts else []
+
+    def _embed_again_without(self, later: list[str]) -> None:
+        """Embed again the turns whose vectors were made with earlier turns of their session as context
+        (memory.dense_context_turns), from the turns now before them: after a forget, a later turn's
+        vector must not carry the forgotten words (found by meaning through its neighbour)."""
+        if not later:
+            return
+        got = self._call("get", self._coll.get, ids=later, include=["documents", "metadatas"])
+        todo = [(i, doc, md) for i, doc, md in zip(got["ids"], got["documents"], got["metadatas"])
+                if md and int(md.get(DENSE_CTX_KEY, 0) or 0) > 0]
+        if not todo:
+            return
+        texts, mds = [], []
+        for i, doc, md in todo:
+            ctx = self.lexical.before_in_session(i, int(md[DENSE_CTX_KEY]))
+            texts.append("\n".join(ctx + [_dense_body(doc or "", md.get("speaker"))]))
+            mds.append({**md, DENSE_CTX_KEY: len(ctx)} if ctx else {k: v for k, v in md.items() if k != DENSE_CTX_KEY})
+        self._call("update", self._coll.update, ids=[t[0] for t in todo], embeddings=self._embed_texts(texts),
+                   metadatas=mds)
 
     def recall(self, query: str, k: int | None = None, *, namespace: str = DEFAULT_NAMESPACE, kind: str | None = None,
                source: str | None = None, session: str | None = None, since: datetime | None = None,
@@ -823,14 +851,18 @@ class EpisodeStore:
         return ids
 
     def delete_ids(self, ids: list[str]) -> None:
-        """Delete these records from both indexes (ids not stored are ignored)."""
+        """Delete these records from both indexes (ids not stored are ignored), and embed again the later
+        turns of their sessions whose vectors were made with them as context."""
         self._require_writer()
+        later = self.lexical.following(ids, DENSE_CONTEXT_MAX)
         try:
             for s in range(0, len(ids), CHROMA_MAX_BATCH):
                 self._call("delete", self._coll.delete, ids=ids[s:s + CHROMA_MAX_BATCH])
         finally:  # whatever Chroma did, the words must not outlive the episode
             self.lexical.delete(ids)
             self._bump()
+        for s in range(0, len(later), CHROMA_MAX_BATCH):
+            self._embed_again_without(later[s:s + CHROMA_MAX_BATCH])
 
     def finish_forgets(self) -> list[str]:
         """Delete what the ledger says was forgotten and a store may still hold: `Home.forget` records the
@@ -881,6 +913,11 @@ def _utc(t: datetime) -> datetime:
     if not isinstance(t, datetime):
         raise InputError(f"expected a datetime, got {type(t).__name__}")
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def _dense_body(text: str, speaker: str | None) -> str:
+    """A turn as its dense vector reads it: the speaker's name first (questions name people)."""
+    return text if not speaker or text.startswith(f"{speaker}:") else f"{speaker}: {text}"
 
 
 def _row(i: str, doc: str, md: dict[str, Any]) -> Row:

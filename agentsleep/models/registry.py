@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
+from ..atomic import atomic_write_text, fsync_dir, fsync_tree
 from ..errors import RegistryError
 from ..procs import pid_alive
 
@@ -153,10 +153,12 @@ class Registry:
         names = self.names()
         name = f"v{int(names[-1][1:]) + 1:04d}" if names else "v0001"
         manifest = {**manifest, "version": name, "created_at": manifest.get("created_at", time.time())}
-        atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
         dest = self.versions_dir / name
         try:
+            atomic_write_text(staging / "manifest.json", json.dumps(manifest, indent=1, default=str))
+            fsync_tree(staging)  # the weights are on disk before the rename and CURRENT can point at them
             os.rename(staging, dest)
+            fsync_dir(self.versions_dir)
         except OSError as e:
             raise RegistryError(f"registry: cannot publish {name} ({e.strerror}); the current version is unchanged") from None
         if make_current:
@@ -198,8 +200,10 @@ class Registry:
             for f in src.glob("*.safetensors"):
                 shutil.copy2(f, tmp / f.name)
             copy_model_files(src, tmp)
+            fsync_tree(tmp)
             for f in tmp.iterdir():
                 os.replace(f, v.path / f.name)
+            fsync_dir(v.path)
         except OSError as e:
             raise RegistryError(f"version {name}: cannot store its weights ({e.strerror}); it stays a delta") from None
         finally:

@@ -33,12 +33,18 @@ def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[lis
     sleep with a changed plan (`retry_config`); later ones wait out a growing backoff; after
     sleep.quarantine_after they are set aside. Returns (report lines, set-aside episode -> reason)."""
     cfg, plan = n.cfg, n.plan
-    if plan.rebuild:  # a rebuild after `forget` is retried as a whole until it succeeds, never the same way twice
-        return [_count_rebuild_attempt(n, failed)], {}
-    if not plan.memories:
-        return [], {}
-    why = "; ".join(reasons)[:500]
+    lines: list[str] = []
     ids = [m.id for m in plan.memories]
+    if plan.rebuild:
+        # A rebuild after `forget` is retried as a whole until it succeeds, never the same way twice; what
+        # the weights held before stays out of the backoff. New episodes that rode along count their attempt
+        # like any night's, or a daemon without cron would fire at once again for them, rebuild after rebuild.
+        lines.append(_count_rebuild_attempt(n, failed))
+        held = n.home.store.ledger.versions_of(ids)
+        ids = [i for i in ids if i not in held]
+    if not ids:
+        return lines, {}
+    why = "; ".join(reasons)[:500]
     # A batch that fails again is split in two that come back one sleep apart: one episode that cannot be
     # consolidated then drags ever fewer others towards quarantine, instead of the whole batch in lockstep.
     halves = (ids[::2], ids[1::2]) if plan.attempt else (ids, [])
@@ -52,7 +58,6 @@ def record_failure(n: Night, failed: list[str], reasons: list[str]) -> tuple[lis
                    if a.quarantined}
     retried = [a for a in out.values() if not a.quarantined]
     now = [a for a in retried if a.wait_until <= plan.clock + 1]
-    lines = []
     if now:
         lines.append(f"{len(now)} episode(s) will be retried at the next sleep with a changed plan (another seed, "
                      "more rehearsal or more steps)")
