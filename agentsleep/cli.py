@@ -45,9 +45,23 @@ class _LazyConsole:
 
 
 def Table(*columns: Any, **kw: Any) -> Any:  # noqa: N802 - rich's Table, imported when a table is printed
+    """rich's Table whose cells are plain text: a memory holding "[/]" or "[b]" is shown as written, never
+    read as rich markup (which would drop it or fail the whole table)."""
+    from rich.markup import escape
     from rich.table import Table as RichTable
 
-    return RichTable(*columns, **kw)
+    class PlainTable(RichTable):
+        def add_row(self, *cells: Any, **kw: Any) -> None:
+            super().add_row(*(escape(c) if isinstance(c, str) else c for c in cells), **kw)
+
+    return PlainTable(*columns, **kw)
+
+
+def plain(text: Any) -> str:
+    """User text (a memory, an answer, an error quoting input) made safe to print through rich."""
+    from rich.markup import escape
+
+    return escape(str(text))
 
 
 out = _LazyConsole()
@@ -58,12 +72,15 @@ QUICK_COMMANDS = ("remember", "recall", "ask", "status", "forget", "sleep-now")
 
 class State:
     home_path: Optional[Path] = None
+    home_from_env: bool = False  # AGENTSLEEP_HOME, not a --home typed for this command (the demo ignores it)
 
 
-def _home(writable: bool = True):
+def _home(writable: bool = True, create: bool = False):
+    """The home of --home, $AGENTSLEEP_HOME or the default. Only `remember` (and `init`) create one: a
+    mistyped --home given to any other command is an error, not a new empty home that answers nothing."""
     from .home import Home
 
-    return Home.open(State.home_path, writable=writable)
+    return Home.open(State.home_path, writable=writable, create=create)
 
 
 def _server():
@@ -94,9 +111,14 @@ def _emit(as_json: bool, data: Any, human) -> None:
 
 
 @app.callback()
-def _root(home: Optional[Path] = typer.Option(None, "--home", envvar="AGENTSLEEP_HOME",
-                                              help="Agent home directory (default ~/.agentsleep/default).")) -> None:
-    State.home_path = home
+def _root(ctx: typer.Context,
+          home: Optional[str] = typer.Option(None, "--home", envvar="AGENTSLEEP_HOME",
+                                             help="Agent home directory (default ~/.agentsleep/default).")) -> None:
+    if home is not None and not home.strip():  # `--home "$UNSET"` must not mean the current folder
+        raise InputError("--home is empty (an unset variable?); pass the home's folder, or leave --home out "
+                         "for ~/.agentsleep/default")
+    State.home_path = Path(home) if home is not None else None
+    State.home_from_env = getattr(ctx.get_parameter_source("home"), "name", "") == "ENVIRONMENT"
 
 
 @app.command()
@@ -140,7 +162,7 @@ def remember(text: str = typer.Argument(..., help="The memory, or '-' to read it
         from .home import parse_since
 
         when = parse_since(event_time, "--event-time")
-        with _home() as h:
+        with _home(create=True) as h:
             r = h.remember(text, kind=kind, source=source, session=session, trust="untrusted" if untrusted else "trusted",
                            namespace=namespace, event_time=when, speaker=speaker).model_dump()
     _emit(as_json, r, lambda: out.print(
@@ -196,7 +218,7 @@ def ask(question: str, no_memory: bool = typer.Option(False, "--no-memory", help
     if r is None:
         with _home(writable=False) as h:
             r = h.ask(question, use_memory=not no_memory, k=k, max_new_tokens=max_new_tokens, namespace=namespace)
-    _emit(as_json, r, lambda: out.print(f"{r['answer']}\n[dim]({r['model_version']}, {len(r['memories_used'])} memories)[/]"))
+    _emit(as_json, r, lambda: out.print(f"{plain(r['answer'])}\n[dim]({r['model_version']}, {len(r['memories_used'])} memories)[/]"))
 
 
 @app.command()
@@ -442,6 +464,20 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
     if not yes:
         raise InputError("purge deletes every episode and model version of this home and cannot be undone; "
                          "run `agentsleep export` first if you need a copy, then pass --yes")
+    from .client import find
+    from .home import default_home
+
+    root = Path(State.home_path or default_home()).expanduser()
+    running = find(root)
+    if running is not None:
+        raise InputError(f"purge: `agentsleep serve` runs for {root} at {running.url}; stop it first")
+    load_daemon()
+    from .daemon import daemon_info
+
+    info = daemon_info(root)
+    if info is not None:
+        raise InputError(f"purge: a daemon (pid {info.get('pid')}) runs for {root}; stop it first "
+                         f"(`agentsleep daemon stop {root}`)")
     with _home() as h:
         r = h.purge()
     _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"
@@ -492,7 +528,9 @@ def demo(as_json: bool = typer.Option(False, "--json"),
     """Remember facts, ask closed-book, sleep, ask again: the whole idea in a few minutes."""
     from .demo import run_demo
 
-    res = run_demo(State.home_path, fresh=not keep, console=None if as_json else out.real)
+    # $AGENTSLEEP_HOME names the user's real home: the demo keeps to its own unless --home is typed
+    res = run_demo(None if State.home_from_env else State.home_path, fresh=not keep,
+                   console=None if as_json else out.real)
     if as_json:
         _emit(True, res, lambda: None)
 
@@ -858,7 +896,7 @@ def main() -> None:
         rc = app(standalone_mode=False)
         sys.exit(rc if isinstance(rc, int) else 0)
     except AgentsleepError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {plain(e)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err.print(f"interrupted after {time.time() - t0:.0f} s; nothing was half-written")
@@ -878,7 +916,7 @@ def main() -> None:
             sys.exit(e.exit_code)
         if os.environ.get("AGENTSLEEP_DEBUG"):
             raise
-        err.print(f"[red]internal error:[/] {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        err.print(f"[red]internal error:[/] {type(e).__name__}: {plain(str(e).splitlines()[0]) if str(e) else ''} "
                   "(set AGENTSLEEP_DEBUG=1 for a traceback and please report it)", highlight=False, soft_wrap=True)
         sys.exit(1)
     sys.exit(0)

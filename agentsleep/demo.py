@@ -20,10 +20,16 @@ DEMO_FACTS = SET_A[:8]
 
 
 def _demo_home(path: Path | None, fresh: bool) -> Path:
+    """The demo's own home: made by the demo (marked so), wiped and made again unless `fresh` is False. A
+    folder the demo did not make is never written to, let alone wiped: a real home keeps its memories and
+    its model out of the demo's facts."""
     root = (path or Path("~/.agentsleep/demo")).expanduser()
-    if fresh and root.exists():
-        if not (root / MARKER).exists():
-            raise HomeError(f"demo: {root} is not a demo home and will not be wiped; pass --keep or another --home")
+    made_here = not root.exists() or (root.is_dir() and not any(root.iterdir()))
+    if not made_here and not (root / MARKER).exists():
+        raise HomeError(f"demo: {root} was not made by the demo; it is left untouched (the demo would "
+                        "remember its facts there and train them into its model); pass another --home, or "
+                        "leave --home out for ~/.agentsleep/demo")
+    if fresh and not made_here:
         shutil.rmtree(root)
     Home.init(root)
     (root / MARKER).write_text("created by agentsleep demo; safe to delete\n")

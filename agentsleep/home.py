@@ -38,6 +38,18 @@ def default_home() -> Path:
     return Path(os.environ.get("AGENTSLEEP_HOME") or DEFAULT_HOME).expanduser()
 
 
+HOME_MARKS = ("config.toml", "memory", "registry")
+
+
+def check_home_folder(root: Path) -> None:
+    """Refuse a folder that holds other things and none of a home's own (a mistyped or empty --home that
+    resolved to the current folder, ~/Documents): opening it would write a home into it, and `purge`
+    would delete it."""
+    if root.is_dir() and not any((root / m).exists() for m in HOME_MARKS) and any(root.iterdir()):
+        raise HomeError(f"{root} holds other files and is not an agentsleep home (no config.toml, memory/ or "
+                        "registry/); pass the home's folder, or a new or empty one for a new home")
+
+
 def _mkdir_private(p: Path) -> None:
     try:
         p.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -69,10 +81,12 @@ class Home:
         root = Path(path).expanduser() if path else default_home()
         if root.exists() and not root.is_dir():
             raise HomeError(f"home {root}: is a file, not a directory; pass another --home")
-        if not root.exists():
+        if not root.exists() or not any(root.iterdir()):
             if not create:
-                raise HomeError(f"home {root} does not exist; run `agentsleep init --home {root}`")
+                raise HomeError(f"home {root} {'is empty' if root.exists() else 'does not exist'}; "
+                                f"run `agentsleep init --home {root}`")
             cls.init(root)
+        check_home_folder(root)
         cfg = Config.load(root / "config.toml", env=env)
         return cls(root, cfg, writable=writable)
 
@@ -84,6 +98,8 @@ class Home:
         this home too, unless the home set that field itself. `agentsleep config` prints
         the settings in effect."""
         root = Path(path).expanduser() if path else default_home()
+        if root.is_dir():
+            check_home_folder(root)
         _mkdir_private(root)
         for sub in ("memory", "registry", "sleeps", "logs"):
             _mkdir_private(root / sub)

@@ -141,11 +141,14 @@ def parse(app: Any, argv: list[str], commands: Iterable[str]) -> tuple[Path | No
     i = 0
     while i < len(argv) and argv[i].startswith("-"):
         if argv[i] == "--home" and i + 1 < len(argv):
-            home, i = Path(argv[i + 1]), i + 2
+            value, i = argv[i + 1], i + 2
         elif argv[i].startswith("--home="):
-            home, i = Path(argv[i].split("=", 1)[1]), i + 1
+            value, i = argv[i].split("=", 1)[1], i + 1
         else:
             return None
+        if not value.strip():
+            return None  # typer's path refuses an empty --home in one line
+        home = Path(value)
     if i >= len(argv) or argv[i] not in set(commands):
         return None
     if home is None and os.environ.get("AGENTSLEEP_HOME"):

@@ -1,4 +1,5 @@
 """The CLI end to end (real subprocesses, real Chroma, a tiny real model): JSON shapes and bad input."""
+import json
 import os
 import subprocess
 import sys
@@ -134,8 +135,65 @@ def test_second_writer_process(tmp_path, env):
 
 def test_rollback_unknown_version(tmp_path, env):
     home = tmp_path / "h"
+    assert run_cli("init", home=home, env=env).code == 0
     msg = run_cli("rollback", "v0042", home=home, env=env).one_line_error()
     assert "no version v0042" in msg
+
+
+def test_a_wrong_home_is_refused_never_made_into_one_or_purged(tmp_path, env):
+    """`--home "$UNSET"` must not mean the current folder, a folder of other files is not a home (`purge
+    --yes` would delete it), and a mistyped home given to a reading command is an error, not a new empty home."""
+    docs = tmp_path / "Documents"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("years of work")
+    for args in (("status",), ("recall", "x"), ("history",)):
+        r = run_cli("--home", "", *args, env=env)
+        assert "--home is empty" in r.one_line_error()
+    for args in (("status",), ("purge", "--yes"), ("remember", "x"), ("init",)):
+        msg = run_cli(*args, home=docs, env=env).one_line_error()
+        assert "not an agentsleep home" in msg, (args, msg)
+    assert sorted(p.name for p in docs.iterdir()) == ["thesis.txt"]  # nothing written, nothing deleted
+    typo = tmp_path / "alcie"
+    for args in (("recall", "daughter"), ("status",), ("history",), ("rollback", "v0001")):
+        assert "does not exist" in run_cli(*args, home=typo, env=env).one_line_error()
+    assert not typo.exists()
+    assert run_cli("remember", "Alice's daughter is Mia.", home=typo, env=env).code == 0  # remember makes it
+
+
+def test_user_text_is_printed_as_written_never_as_markup(tmp_path, env):
+    home = tmp_path / "h"
+    text = "Use [b]old tags and [/] closers in [red]notes[/red]."
+    assert run_cli("remember", text, home=home, env=env).code == 0
+    r = run_cli("recall", "tags closers notes", home=home, env=env)
+    assert r.code == 0 and "Traceback" not in r.err and "[b]old tags and [/] closers in [red]notes[/red]" in r.out
+    assert "'[/]' is not a version name" in run_cli("rollback", "[/]", home=home, env=env).one_line_error()
+
+
+def test_purge_stops_for_a_running_server(tmp_path, env):
+    home = tmp_path / "h"
+    assert run_cli("remember", "The shed key is blue.", home=home, env=env).code == 0
+    (home / "serve.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:9", "started_at": time.time()}))
+    assert "agentsleep serve` runs for" in run_cli("purge", "--yes", home=home, env=env,
+                                                   ).one_line_error()
+    (home / "serve.json").unlink()
+    assert run_cli("purge", "--yes", home=home, env=env).code == 0 and not home.exists()
+
+
+def test_the_demo_never_writes_to_or_wipes_a_home_it_did_not_make(tmp_path):
+    from agentsleep.demo import MARKER, _demo_home
+    from agentsleep.errors import HomeError
+    from agentsleep.home import Home
+
+    real = tmp_path / "real"
+    Home.init(real)
+    for fresh in (True, False):
+        with pytest.raises(HomeError, match="was not made by the demo"):
+            _demo_home(real, fresh=fresh)
+    assert not (real / MARKER).exists() and (real / "config.toml").exists()
+    demo = _demo_home(tmp_path / "demo", fresh=True)
+    (demo / "leftover").write_text("x")
+    assert _demo_home(demo, fresh=False) == demo and (demo / "leftover").exists()  # --keep
+    assert _demo_home(demo, fresh=True) == demo and not (demo / "leftover").exists() and (demo / MARKER).exists()
 
 
 def test_config_holds_only_what_the_home_sets(tmp_path, env, monkeypatch):

@@ -1,5 +1,7 @@
 """The everyday commands' lean parser (agentsleep/quickargs.py) binds argv exactly as typer does,
 and hands anything it does not handle back to typer."""
+from pathlib import Path
+
 import pytest
 from typer.main import get_command
 
@@ -32,7 +34,8 @@ def typer_binding(argv):
     group = get_command(app)
     ctx = group.make_context("agentsleep", list(argv))
     name, cmd, rest = group.resolve_command(ctx, ctx._protected_args + ctx.args)
-    return ctx.params["home"], cmd.callback.__wrapped__ if hasattr(cmd.callback, "__wrapped__") else cmd.callback, \
+    home = ctx.params["home"]  # the app takes --home as text (an empty one is refused), then a Path
+    return (Path(home) if home is not None else None), cmd.callback.__wrapped__ if hasattr(cmd.callback, "__wrapped__") else cmd.callback, \
         cmd.make_context(name, rest, parent=ctx).params
 
 

@@ -160,7 +160,7 @@ class SleepReport:
         console.print(f"sleep {self.sleep_id}: [bold {colour}]{self.status}[/] "
                       f"({len(self.episodes)} episodes, {self.duration_s:.0f} s) -> serving {self.version}")
         for r in self.reasons:
-            console.print(f"  - {r}")
+            console.print(f"  - {r}", markup=False)
         if self.metrics:
             t = Table("metric", "value", title="gate")
             for k, v in self.metrics.items():
