@@ -273,13 +273,15 @@ def show_config(changed: bool = typer.Option(False, "--changed", help="Only what
 
 
 @app.command("sleep-now")
-def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at most N waiting episodes."),
+def sleep_now(max_episodes: Optional[int] = typer.Option(None, min=1, help="Take at most N waiting episodes."),
               dry_run: bool = typer.Option(False, "--dry-run", help="Show what would be consolidated; change nothing."),
               no_daemon: bool = typer.Option(False, "--no-daemon", help="Sleep in this process even if a daemon runs."),
               as_json: bool = typer.Option(False, "--json")) -> None:
     """Consolidate waiting episodes into a new model version now."""
     from .progress import StageProgress
 
+    if max_episodes is not None and max_episodes < 1:  # the quick path binds without typer's min=1
+        raise InputError(f"sleep-now: --max-episodes must be at least 1, got {max_episodes}")
     if not dry_run and not no_daemon:
         # a running daemon owns this home's sleeps: ask it instead of racing it
         from .home import default_home
@@ -293,15 +295,28 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, help="Take at mos
             res = d.wait_request(home_root, rid)
             if res is None:
                 raise AgentsleepError(f"the daemon stopped before finishing request {rid}; see `agentsleep daemon status`")
-            _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
+            _emit(as_json, _ran(res, f"the daemon's sleep (request {rid})"),
+                  lambda: out.print_json(json.dumps(res, default=str)))
             return
         res = _sleep_via_server(max_episodes, as_json)
         if res is not None:
-            _emit(as_json, res, lambda: out.print_json(json.dumps(res, default=str)))
+            _emit(as_json, _ran(res, "the server's sleep"), lambda: out.print_json(json.dumps(res, default=str)))
             return
     with _home(writable=False) as h, StageProgress(enabled=not as_json, console=None if as_json else err.real) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
+
+
+def _ran(res: dict, who: str) -> dict:
+    """A sleep run elsewhere (daemon, server) that did not run to a verdict fails this command, as it
+    would have here: exit non-zero with its reason, not 0 with the JSON of a failure."""
+    from .errors import SleepError
+
+    status = res.get("status")
+    if status in ("failed", "aborted", "interrupted", "busy"):
+        why = res.get("error") or "; ".join(res.get("reasons") or []) or "no reason given"
+        raise SleepError(f"sleep-now: {who} ended {status}: {str(why).splitlines()[0][:300]}")
+    return res
 
 
 def _sleep_via_server(max_episodes: Optional[int], as_json: bool) -> Optional[dict]:
@@ -486,7 +501,7 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
 
 
 @app.command()
-def migrate(to: str = typer.Option(..., "--to", help="embedded | server"),
+def migrate(ctx: typer.Context, to: str = typer.Option(..., "--to", help="embedded | server"),
             host: Optional[str] = typer.Option(None, help="Chroma server host (--to server; default: memory.host)."),
             port: Optional[int] = typer.Option(None, min=1, max=65535, help="Chroma server port (--to server; default: memory.port)."),
             collection: Optional[str] = typer.Option(None, help="Target collection (default: memory.collection)."),
@@ -499,12 +514,20 @@ def migrate(to: str = typer.Option(..., "--to", help="embedded | server"),
 
     if to not in ("embedded", "server"):
         raise InputError(f"migrate: --to must be 'embedded' or 'server', got '{to}'")
+    from pydantic import ValidationError
+
+    # a token typed here is written to config.toml with the new store; one from the environment stays there
+    typed = getattr(ctx.get_parameter_source("token"), "name", "") == "COMMANDLINE"
     with _home() as h:
         mem = h.config.memory
-        target = MemoryConfig(**{**mem.model_dump(), "backend": to, "host": host or mem.host,
-                                 "port": mem.port if port is None else port,
-                                 "collection": collection or mem.collection, "token": token or mem.token})
-        r = run_migrate(h, target)
+        try:
+            target = MemoryConfig(**{**mem.model_dump(), "backend": to, "host": host or mem.host,
+                                     "port": mem.port if port is None else port,
+                                     "collection": collection or mem.collection, "token": token or mem.token})
+        except ValidationError as e:
+            first = e.errors()[0]
+            raise InputError(f"migrate: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        r = run_migrate(h, target, persist_token=typed)
     _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} episodes from {r['from']} to {r['to']} "
                                         f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"))
 
@@ -537,7 +560,7 @@ def demo(as_json: bool = typer.Option(False, "--json"),
 
 @app.command()
 def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve) | sleep | phrasing | squad | locomo | serve | ablation | faults | retrieval | continual | scaling | cli | nights | languages | all (= full)"),
-          quick: bool = typer.Option(False, "--quick", help="The quick profile (the default): under 15 minutes on 2 CPU cores."),
+          quick: bool = typer.Option(False, "--quick", help="The quick profile of the suites named (with no suite: sleep, locomo and serve, under 15 minutes on 2 CPU cores)."),
           full: bool = typer.Option(False, "--full", help="Every suite at full size (hours on CPU)."),
           out_dir: Path = typer.Option(Path("bench-results"), "--out", help="Where results, plots and the bench homes go."),
           docs: Optional[Path] = typer.Option(Path("docs/BENCHMARKS.md"), help="Markdown file to update ('' to skip)."),
@@ -554,13 +577,16 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
     """Measure the targets (recall, retention, drift, time, swaps under load) and write docs/BENCHMARKS.md."""
-    from .bench import QUICK, SUITES, run_suites
+    from .bench import QUICK, QUICK_OPTIONS, SUITES, run_suites
     from .progress import StageProgress
 
     if quick and full:
         raise InputError("bench: --quick and --full exclude each other")
-    suite = "quick" if quick else "all" if full or suite == "full" else suite
+    suite = "all" if full or suite == "full" else suite
     names = list(QUICK) if suite == "quick" else list(SUITES) if suite == "all" else [suite]
+    quick = quick or suite == "quick"  # `bench sleep --quick`: the sleep suite in its quick profile
+    if quick and any(n not in QUICK_OPTIONS for n in names if n in SUITES):
+        raise InputError(f"bench {suite} --quick: only {', '.join(QUICK_OPTIONS)} have a quick profile")
     if any(n not in SUITES for n in names):
         raise InputError(f"bench: unknown suite '{suite}'; use quick, all or one of {', '.join(SUITES)}")
     if data is not None and not data.is_file():
@@ -590,7 +616,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
     say = (lambda m: None) if as_json else (lambda m: err.print(m))
     with StageProgress(enabled=not as_json, console=None if as_json else err.real) as prog:
         results = run_suites(names, out_dir, docs=docs if docs and str(docs) not in ("", ".") else None, say=say, progress=prog,
-                             options=options or None, quick=suite == "quick")
+                             options=options or None, quick=quick)
     _emit(as_json, results, lambda: out.print_json(json.dumps({k: v.get("targets", {"seconds": v.get("suite_seconds")})
                                                               for k, v in results.items()}, default=str)))
 
@@ -769,14 +795,26 @@ def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
 
     d = load_daemon()
     roots = _daemon_homes(homes)
+    if wait <= 0:
+        raise InputError(f"daemon start: --wait must be more than 0 seconds, got {wait:g}")
+    running = {}
     for r in roots:
         if not r.is_dir():
             raise InputError(f"daemon start: home {r} does not exist; run `agentsleep init --home {r}` first")
         info = d.daemon_info(r)
         if info is not None:
-            _emit(as_json, {"started": False, "already_running": True, "pid": info.get("pid"), "home": str(r)},
-                  lambda: out.print(f"a daemon (pid {info.get('pid')}) already runs for {r}"))
-            return
+            running[r] = info.get("pid")
+    if running and len(running) < len(roots):  # one daemon per home: the others would be left without one
+        raise InputError("daemon start: a daemon already runs for "
+                         + ", ".join(f"{r} (pid {pid})" for r, pid in running.items())
+                         + f"; start one for the others alone: `agentsleep daemon start "
+                         + " ".join(str(r) for r in roots if r not in running) + "`")
+    if running:
+        r, pid = next(iter(running.items()))
+        _emit(as_json, {"started": False, "already_running": True, "pid": pid, "home": str(r),
+                        "homes": [str(x) for x in roots]},
+              lambda: out.print(f"a daemon (pid {pid}) already runs for {', '.join(map(str, roots))}"))
+        return
     console_log = roots[0] / "logs" / "daemon-console.log"
     console_log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "agentsleep.cli", "daemon", "run", *map(str, roots), "--grace", str(grace),
@@ -798,7 +836,9 @@ def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
                                     f"logs: {roots[0] / 'logs' / 'daemon.log'}"))
             return
         time.sleep(0.2)
-    raise InputError(f"daemon start: pid {proc.pid} did not come up within {wait:.0f} s; see {console_log}")
+    raise InputError(f"daemon start: pid {proc.pid} did not come up within {wait:.0f} s and is still starting "
+                     f"in the background; `agentsleep daemon status` shows when it runs, `agentsleep daemon stop` "
+                     f"ends it; see {console_log}")
 
 
 @daemon_app.command("stop")

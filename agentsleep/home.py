@@ -324,6 +324,9 @@ class Home:
         """Consolidate unconsolidated episodes into a new model version (see agentsleep.sleep)."""
         from .sleep.pipeline import run_sleep
 
+        if max_episodes is not None and (isinstance(max_episodes, bool) or not isinstance(max_episodes, int)
+                                         or max_episodes < 1):
+            raise InputError(f"sleep: max_episodes must be a whole number of at least 1, got {max_episodes!r}")
         grown = None if dry_run else self._grow_if_due(f"every {self.config.sleep.grow_every} sleeps")
         report = run_sleep(self, max_episodes=max_episodes, dry_run=dry_run, progress=progress)
         if report.status == "rejected" and self.config.sleep.grow_on_reject and \
@@ -505,17 +508,20 @@ def _probe_writable(root: Path) -> None:
 
 
 def _last_sleep(d: Path) -> dict[str, Any] | None:
+    """The newest sleep: its report, or for a sleep that failed, was stopped or still runs (those write
+    only their journal) the journal's status and error. Sleep ids sort by start time."""
+    from .atomic import read_json
+
     try:
-        reports = sorted(d.glob("*/report.json"))
+        dirs = sorted((p for p in d.iterdir() if p.is_dir()), key=lambda p: p.name, reverse=True)
     except OSError:
         return None
-    if not reports:
-        return None
-    try:
-        r = json.loads(reports[-1].read_text())
-    except (OSError, ValueError):
-        return None
-    return {k: r.get(k) for k in ("sleep_id", "status", "version", "finished_at")}
+    for sd in dirs:
+        r = read_json(sd / "report.json") or read_json(sd / "journal.json")
+        if isinstance(r, dict) and r.get("status"):
+            out = {k: r.get(k) for k in ("sleep_id", "status", "version", "finished_at")}
+            return {**out, "error": r["error"]} if r.get("error") else out
+    return None
 
 
 def _superseded(store: EpisodeStore) -> dict[str, str]:

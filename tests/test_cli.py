@@ -255,3 +255,10 @@ def test_serve_homes_listens_where_the_homes_agree(tmp_path):
         (tmp_path / name / "config.toml").write_text(f"[serve]\nport = {port}\n")
     msg = run_cli("serve-homes", str(tmp_path / "ann"), str(tmp_path / "ben")).one_line_error()
     assert "different serve.port (ann: 8500; ben: 8501)" in msg and "--port" in msg
+
+
+def test_bench_quick_keeps_the_suite_named_and_refuses_one_without_a_quick_profile(tmp_path):
+    r = run_cli("bench", "nights", "--quick", "--out", str(tmp_path), "--docs", "")
+    assert "only sleep, locomo, serve have a quick profile" in r.one_line_error()
+    r = run_cli("sleep-now", "--max-episodes", "0", home=tmp_path / "h")
+    assert r.code == 2 and ("at least 1" in r.err or "greater than or equal to 1" in r.err) and "Traceback" not in r.err

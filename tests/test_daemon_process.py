@@ -266,6 +266,11 @@ def test_cli_start_status_stop(tmp_path):
         assert s["waiting"]["episodes"] == 0 and s["running"] is None
         r = subprocess.run(cli + ["start", "--json"], env=env, capture_output=True, text=True, timeout=60)
         assert json.loads(r.stdout)["already_running"] is True
+        other = _home(tmp_path / "o", cron="0 3 * * *")  # one home has a daemon, one not: refused, not "ok"
+        r = subprocess.run(cli + ["start", str(root), str(other)], env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "already runs for" in r.stderr and str(other) in r.stderr
+        assert subprocess.run(cli + ["start", "--wait", "0"], env=env, capture_output=True, text=True,
+                              timeout=60).returncode == 2
     finally:
         r = subprocess.run(cli + ["stop", "--json"], env=env, capture_output=True, text=True, timeout=90)
     assert r.returncode == 0 and json.loads(r.stdout)["stopped"] is True

@@ -142,3 +142,22 @@ def test_recovery_never_touches_a_sleep_that_holds_the_lock(tmp_path):
         assert json.loads((j.dir / "journal.json").read_text())["status"] == "running"
     done = recover(tmp_path)  # the lock is free: the sleeper is gone
     assert [x["sleep_id"] for x in done["interrupted"]] == ["s5"] and not staging.exists()
+
+
+def test_status_shows_the_newest_sleep_even_when_it_failed(tmp_path):
+    """A failed or stopped sleep writes only its journal: `status` must show it, not the promoted one
+    before it."""
+    from agentsleep.home import Home
+    from agentsleep.sleep.journal import Journal
+    from agentsleep.sleep.types import SleepReport, Status
+
+    with Home.open(tmp_path / "h") as h:
+        ok = Journal(h.root, "20261201-030000-aaaaaa", "v0000")
+        ok.finish(SleepReport(sleep_id="20261201-030000-aaaaaa", status="promoted", version="v0001",
+                              parent_version="v0000", episodes=[], metrics={}, reasons=[]))
+        assert h.status()["last_sleep"]["status"] == "promoted"
+        bad = Journal(h.root, "20261202-030000-bbbbbb", "v0001")
+        bad.finish(status=Status.FAILED, error="OSError: No space left on device")
+        last = h.status()["last_sleep"]
+        assert (last["sleep_id"], last["status"]) == ("20261202-030000-bbbbbb", "failed")
+        assert "No space left" in last["error"]

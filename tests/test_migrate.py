@@ -51,8 +51,22 @@ def test_migrate_refusals_keep_the_old_store(chroma_server, tmp_path):
     assert "already holds 1 other episodes" in busy
     bad = run_cli("migrate", "--to", "cloud", home=root).one_line_error()
     assert "embedded" in bad
+    short = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "ab", home=root)
+    assert short.code == 2 and "collection" in short.one_line_error()  # not "internal error: ValidationError"
     with Home.open(root) as h:
         assert h.config.memory.backend == "embedded" and [e.text for e in h.episodes()] == ["The user's wifi is OrangeFox."]
     ok = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_cli", "--json",
                  home=root).json()
     assert ok["episodes"] == 1 and ok["to"] == f"server {host}:{port}:migrate_cli"
+
+
+def test_a_token_from_the_environment_is_not_written_to_the_config(chroma_server, tmp_path):
+    host, port = chroma_server
+    root = Home.init(tmp_path / "home")
+    with Home.open(root) as h:
+        h.remember("The user's locker is 12.")
+    r = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_env",
+                home=root, env={"AGENTSLEEP_CHROMA_TOKEN": "s3cret-from-env"})
+    assert r.code == 0, r.err
+    text = (root / "config.toml").read_text()
+    assert "server" in text and "s3cret-from-env" not in text

@@ -29,7 +29,9 @@ def _records(store: EpisodeStore) -> dict[str, Any]:
     return store._call("read all", store._coll.get, include=["documents", "metadatas", "embeddings"])
 
 
-def migrate(home, target: MemoryConfig, progress=None) -> dict[str, Any]:
+def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = True) -> dict[str, Any]:
+    """Copy every episode to `target`, verify it, then point the home's config.toml at it. With
+    `persist_token` False the target's token (taken from the environment) is not written to the file."""
     src_cfg = home.config.memory
     same = (target.backend == src_cfg.backend and target.collection == src_cfg.collection and
             (target.backend == "embedded" or (target.host, target.port) == (src_cfg.host, src_cfg.port)))
@@ -67,7 +69,7 @@ def migrate(home, target: MemoryConfig, progress=None) -> dict[str, Any]:
                                         "the home still uses its old store")
     finally:
         dst.close()
-    _switch_config(home.root / "config.toml", target)
+    _switch_config(home.root / "config.toml", target, persist_token)
     return {"episodes": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
             "from": _describe(src_cfg), "to": _describe(target)}
 
@@ -76,12 +78,14 @@ def _describe(c: MemoryConfig) -> str:
     return f"embedded:{c.collection}" if c.backend == "embedded" else f"server {c.host}:{c.port}:{c.collection}"
 
 
-def _switch_config(path: Path, target: MemoryConfig) -> None:
+def _switch_config(path: Path, target: MemoryConfig, persist_token: bool = True) -> None:
     data = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     mem = data.setdefault("memory", {})
     for k in ("backend", "host", "port", "collection", "ssl"):
         mem[k] = getattr(target, k)
-    if target.token:
+    if not persist_token:
+        pass  # a secret from the environment is not copied into a file
+    elif target.token:
         mem["token"] = target.token
     else:
         mem.pop("token", None)
