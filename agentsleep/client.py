@@ -51,8 +51,8 @@ class Client:
             resp = conn.getresponse()
             data = resp.read()
             _record_timing(path, resp.getheader("Server-Timing"))
-        except OSError as e:
-            raise errors.AgentsleepError(f"the server at {self.url} did not answer ({e}); "
+        except (OSError, http.client.HTTPException) as e:  # HTTPException: cut short, or not an HTTP server
+            raise errors.AgentsleepError(f"the server at {self.url} did not answer ({type(e).__name__}: {e}); "
                                          "check `agentsleep serve`, or stop it to run commands locally") from None
         finally:
             conn.close()

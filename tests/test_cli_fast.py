@@ -305,3 +305,31 @@ def test_with_a_key_a_bearer_request_needs_no_matching_origin(tmp_path):
         far = {"Origin": "https://elsewhere.example"}
         assert c.get("/agentsleep/status", headers={"Authorization": "Bearer k-123", **far}).status_code == 200
         assert c.get("/agentsleep/status", cookies={"agentsleep_key": "k-123"}, headers=far).status_code == 403
+
+
+def test_a_port_held_by_something_else_is_a_one_line_error_not_a_traceback():
+    """serve.json can name a port another program took over (not HTTP) or a server that dies mid-answer:
+    http.client raises HTTPException there, not OSError."""
+    import socket
+    import threading
+
+    from agentsleep.client import Client
+    from agentsleep.errors import AgentsleepError
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+
+    def answer():
+        for _ in range(1):
+            c, _ = srv.accept()
+            c.recv(4096)
+            c.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+            c.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        with pytest.raises(AgentsleepError, match="did not answer"):
+            Client(f"http://127.0.0.1:{srv.getsockname()[1]}").call("GET", "/status", timeout=10)
+    finally:
+        srv.close()

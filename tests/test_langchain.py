@@ -502,3 +502,32 @@ def test_namespaces_through_with_sleep_and_the_retriever(home, sid):
     docs = EpisodeRetriever(home=home, k=5, namespace=f"user:sam-{sid}").invoke("locker code")
     assert {d.metadata["namespace"] for d in docs} == {f"user:sam-{sid}"} and "9034" in docs[0].page_content
     assert EpisodeRetriever(home=home, k=5, namespace=f"user:nobody-{sid}").invoke("locker code") == []
+
+
+def test_with_sleep_records_the_answer_of_a_langgraph_message_stream_and_of_this_turn_only(home, sid):
+    """stream_mode="messages" yields (message chunk, metadata) pairs: the turn records the streamed text,
+    not a metadata string; with a checkpointer the thread holds earlier turns, and a turn that ends without
+    text must not record the previous answer as its own."""
+    from langchain_core.messages import AIMessageChunk
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import START, MessagesState, StateGraph
+
+    replies = iter(["The capital is Lima.", ""])
+
+    def node(state: MessagesState):
+        return {"messages": [FakeListChatModel(responses=[next(replies)]).invoke(state["messages"])]}
+
+    g = StateGraph(MessagesState)
+    g.add_node("model", node)
+    g.add_edge(START, "model")
+    graph = g.compile(checkpointer=InMemorySaver())
+    agent = with_sleep(graph, home=home, session_id=sid)
+    cfg = {"configurable": {"thread_id": sid}}
+    chunks = list(agent.stream({"messages": [HumanMessage("Capital of Peru?")]}, cfg, stream_mode="messages"))
+    assert chunks and all(isinstance(c, tuple) and isinstance(c[0], AIMessageChunk) for c in chunks)
+    assert [t.text for t in turns(home, sid)] == ["User: Capital of Peru?\nAssistant: The capital is Lima."]
+    out = agent.invoke({"messages": [HumanMessage("And of Chile?")]}, cfg)
+    # the thread: both turns and one memory prompt (this turn's replaced the last one's: same id)
+    assert [m.type for m in out["messages"]] == ["system", "human", "ai", "human", "ai"]
+    assert sorted(t.text for t in turns(home, sid)) == ["User: And of Chile?",
+                                                        "User: Capital of Peru?\nAssistant: The capital is Lima."]

@@ -41,6 +41,9 @@ from ._common import aemit_failure, content_text, describe, emit_failure, resolv
 class MemoryUnavailable(RuntimeError):
     """Memory was skipped because it failed moments ago (see SleepRunnable.retry_after)."""
 
+# The id of the system message that carries the memories: a LangGraph thread (add_messages) replaces the
+# last turn's with this turn's instead of keeping one more memory prompt per turn.
+MEMORY_MESSAGE_ID = "agentsleep-memories"
 Placement = Union[Literal["system", "human", "key"], Callable[[Any, list], Any]]
 _QUERY_KEYS = ("input", "question", "query", "text", "content")
 
@@ -115,20 +118,31 @@ def _last_human(msgs: list[BaseMessage]) -> tuple[int, Optional[str]]:
     return -1, None
 
 
-def _last_ai_text(value: Any) -> Optional[str]:
-    """The final answer in an output: the last AI message with text, walking dicts and lists."""
+def _message_pair(value: Any) -> bool:
+    """A (message chunk, metadata) pair: what LangGraph's stream_mode="messages" yields."""
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], BaseMessage) \
+        and isinstance(value[1], dict)
+
+
+def _last_ai_text(value: Any, top: bool = True) -> Optional[str]:
+    """The final answer in an output: the last AI message with text, walking dicts and lists. In a message
+    list only the messages after the last human one count (a thread from a checkpointer holds earlier
+    turns: a turn ending without text must not record the previous turn's answer as its own); a bare
+    string is an answer only as the whole output or under a key that means one, never a metadata value."""
     if value is None:
         return None
     if isinstance(value, str):
-        return value
+        return value if top else None
     if isinstance(value, BaseMessage):
         if value.type in ("ai", "AIMessageChunk") or isinstance(value, AIMessage):
             t = content_text(value.content)
             return t if t.strip() else None
         return None
+    if _message_pair(value):
+        return _last_ai_text(value[0], False)
     if isinstance(value, dict):
         if "messages" in value:
-            found = _last_ai_text(value["messages"])
+            found = _last_ai_text(value["messages"], False)
             if found is not None:
                 return found
         for key in ("output", "answer", "result", "text", "content"):
@@ -136,11 +150,14 @@ def _last_ai_text(value: Any) -> Optional[str]:
                 return value[key]
         found = None
         for v in value.values():  # e.g. LangGraph "updates" chunks: {node: {"messages": [...]}}
-            found = _last_ai_text(v) or found
+            found = _last_ai_text(v, False) or found
         return found
     if isinstance(value, (list, tuple)):
-        for v in reversed(value):
-            found = _last_ai_text(v)
+        items = list(value)
+        if items and all(isinstance(v, BaseMessage) for v in items):
+            items = items[_last_human(items)[0] + 1:]
+        for v in reversed(items):
+            found = _last_ai_text(v, False)
             if found is not None:
                 return found
         return None
@@ -148,13 +165,16 @@ def _last_ai_text(value: Any) -> Optional[str]:
 
 
 class _Accumulator:
-    """Adds up streamed chunks: `+` where it works, dict merge for dict chunks, else last wins."""
+    """Adds up streamed chunks: `+` where it works, dict merge for dict chunks, else last wins. A
+    (message chunk, metadata) pair adds up as its message (tuples would concatenate, pairs and all)."""
 
     def __init__(self) -> None:
         self.value: Any = None
         self.seen: list[Any] = []  # non-addable chunks, for answer extraction
 
     def add(self, chunk: Any) -> None:
+        if _message_pair(chunk):
+            chunk = chunk[0]
         if self.value is None:
             self.value = chunk
             return
@@ -305,7 +325,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         if isinstance(value, str):
             if self.placement == "human":
                 return f"{block}\n\n{value}"
-            return [SystemMessage(content=block), HumanMessage(content=value)]
+            return [SystemMessage(content=block, id=MEMORY_MESSAGE_ID), HumanMessage(content=value)]
         msgs = _as_messages(value)
         if msgs is None:
             return value
@@ -321,7 +341,7 @@ class SleepRunnable(RunnableSerializable[Any, Any]):
         if msgs and isinstance(msgs[0], SystemMessage):
             merged = msgs[0].model_copy(update={"content": f"{content_text(msgs[0].content)}\n\n{block}"})
             return [merged] + msgs[1:]
-        return [SystemMessage(content=block)] + msgs
+        return [SystemMessage(content=block, id=MEMORY_MESSAGE_ID)] + msgs
 
     # memory, with failures reported
     def _check_up(self) -> None:
