@@ -220,9 +220,10 @@ class Home:
         out = {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
         return {**out, "server_collection": dropped} if dropped else out
 
-    def forget(self, episode_id: str | None = None, *, query: str | None = None, k: int = 1,
+    def forget(self, episode_id: str | list[str] | None = None, *, query: str | None = None, k: int = 1,
                fallback: bool = False, namespace: str = "default") -> dict[str, Any]:
         """Forget exactly: delete from the store AND schedule the weights to be rebuilt without it.
+        `episode_id` may be a list: every id is checked first, then all are forgotten together.
 
         The next sleep starts again from the last version that predates the earliest
         forgotten episode and re-consolidates every later episode except the forgotten
@@ -236,7 +237,12 @@ class Home:
             raise InputError("forget: give an episode id or --query, not both")
         if not self.writable:
             raise InputError("forget: this home is open read-only; open it writable to forget")
-        targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)]
+        if isinstance(episode_id, (list, tuple)):  # several at once: all or none, under one lock
+            if not episode_id or not all(isinstance(i, str) and i for i in episode_id):
+                raise InputError("forget: a list of episode ids must hold at least one id, all non-empty strings")
+            targets = list(episode_id)
+        else:
+            targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)]
         if not targets:
             raise InputError(f"forget: nothing matches {query!r}")
         with sleep_lock(self.root, what="forget"):

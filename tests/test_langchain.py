@@ -302,6 +302,8 @@ def test_with_sleep_validates_arguments(home):
         with_sleep(FakeListChatModel(responses=["x"]), home=home, k=0)
     with pytest.raises(TypeError, match="Runnable"):
         with_sleep(lambda x: x, home=home)
+    with pytest.raises(ValueError, match="recall_filters may not hold 'namespace'"):
+        with_sleep(FakeListChatModel(responses=["x"]), home=home, recall_filters={"namespace": "user:a"})
 
 
 # -- retriever and history -------------------------------------------------------------
@@ -531,3 +533,35 @@ def test_with_sleep_records_the_answer_of_a_langgraph_message_stream_and_of_this
     assert [m.type for m in out["messages"]] == ["system", "human", "ai", "human", "ai"]
     assert sorted(t.text for t in turns(home, sid)) == ["User: And of Chile?",
                                                         "User: Capital of Peru?\nAssistant: The capital is Lima."]
+
+
+def test_history_is_per_namespace_safe_under_threads_and_clears_all_or_nothing(home, sid):
+    import threading
+
+    from agentsleep.errors import SleepLockedError
+    from agentsleep.sleep.lock import sleep_lock
+
+    ana = EpisodeChatMessageHistory(sid, home=home, namespace="user:ana")
+    ben = EpisodeChatMessageHistory(sid, home=home, namespace="user:ben")
+    ana.add_user_message("My locker code is 7731.")
+    assert ben.messages == [] and [m.content for m in ana.messages] == ["My locker code is 7731."]
+    assert home.recall("locker code", k=5) == [] or all(e.namespace == "default" for e in home.recall("locker code", k=5))
+    assert [e.namespace for e in home.recall("locker code", k=5, namespace="user:ana")] == ["user:ana"]
+    # two threads adding to one history: every message keeps a sequence number of its own
+    threads = [threading.Thread(target=lambda n=n: ben.add_messages([HumanMessage(f"note {n}.{i}") for i in range(4)]))
+               for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seqs = [int(p["lc_seq"]) for p, _, _ in ben._records()]
+    assert len(seqs) == 12 and len(set(seqs)) == 12
+    for n in range(3):  # each thread's messages stay in the order it added them
+        mine = [m.content for m in ben.messages if m.content.startswith(f"note {n}.")]
+        assert mine == [f"note {n}.{i}" for i in range(4)]
+    with sleep_lock(home.root, what="test sleep"):  # a sleep runs: nothing is forgotten, not some
+        with pytest.raises(SleepLockedError):
+            ben.clear()
+    assert len(ben.messages) == 12
+    ben.clear()
+    assert ben.messages == [] and [m.content for m in ana.messages] == ["My locker code is 7731."]

@@ -151,6 +151,8 @@ def test_per_call_options(home, sid):
         SleepMiddleware(home, k=0)
     with pytest.raises(ValueError, match="namespace must be a non-empty string"):
         SleepMiddleware(home, namespace=" ")
+    with pytest.raises(ValueError, match="recall_filters may not hold 'namespace'"):
+        SleepMiddleware(home, recall_filters={"namespace": "user:a"})
 
 
 def test_async_and_streaming(home, sid):

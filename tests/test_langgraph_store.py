@@ -209,11 +209,17 @@ def test_bad_input_is_refused_in_one_line_and_changes_nothing(home, stores):
         (lambda: ours.search(ns, filter={"n": {"$near": 1}}), InputError, "unknown filter operator"),
         (lambda: ours.batch([PutOp(ns, "ok", {"content": "fine"}), PutOp(ns, "tea", {"content": object()})]),
          InputError, "not JSON-serialisable"),
+        (lambda: ours.batch([PutOp(ns, "ok", {"content": "fine"}),
+                             PutOp(ns, "tea", {"content": "x" * (home.config.memory.max_text_chars + 1)})]),
+         InputError, "over memory.max_text_chars"),
+        (lambda: AgentSleepStore(home, kind="dream"), InputError, "kind must be one of"),
+        (lambda: AgentSleepStore(home, trust="maybe"), InputError, "trust must be"),
     ]
     for call, exc, words in bad:
         with pytest.raises(exc, match=None) as info:
             call()
         assert words in str(info.value) and "\n" not in str(info.value), str(info.value)
+        assert isinstance(info.value, ValueError) or exc is NotImplementedError  # as LangGraph's stores raise
     assert home.store.count() == count and ours.get(ns, "tea").value == before and ours.get(ns, "ok") is None
 
 
@@ -322,3 +328,20 @@ def test_a_replacement_whose_forget_was_cut_short_keeps_the_new_value(home, fres
     assert old is not None and ours.get(ns, "code").value["content"] == "Erin's gate code is now 5530."
     assert [e.text for e in home.recall("Erin's gate code", 5, namespace=episode_namespace(ns))] == \
         ["Erin's gate code is now 5530."]
+
+
+def test_query_search_keeps_short_items_beside_long_ones_and_returns_unindexed_items(home, fresh):
+    """A long value is stored as several chunks: the recall behind a query search must not spend the limit
+    on them. Items put with index=False are still returned by a query search, after the scored ones and
+    without a score, as InMemoryStore does. Values come back with their keys in the order put."""
+    _, ours, run = fresh
+    ns = (run, "notes")
+    long = {"content": "The garden shed holds the lawnmower, rakes and seed trays. " * 60}
+    ours.put(ns, "long", long)
+    ours.put(ns, "short", {"content": "The spare garden key hangs by the shed door."})
+    ours.put(ns, "hidden", {"z": 1, "content": "Unindexed note about the garden.", "a": 2}, index=False)
+    assert len([e for e in home.episodes(namespace=episode_namespace(ns))]) > 5  # the long one is chunked
+    hits = ours.search(ns, query="garden shed", limit=10)
+    assert [h.key for h in hits][:2] in (["long", "short"], ["short", "long"]) and hits[2].key == "hidden"
+    assert hits[2].score is None and all(h.score is not None for h in hits[:2])
+    assert list(ours.get(ns, "hidden").value) == ["z", "content", "a"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections import defaultdict
 from typing import Any, Literal, Sequence
 
@@ -95,10 +96,14 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
     """
 
     def __init__(self, session_id: str, home: Any = None, *, record_system: bool = False,
-                 tool_trust: str = "untrusted", source: str = "user"):
+                 tool_trust: str = "untrusted", source: str = "user", namespace: str = "default"):
+        from agentsleep.memory.episode import check_namespace
+
         if not session_id:
             raise ValueError("EpisodeChatMessageHistory needs a session_id")
+        check_namespace(namespace, "EpisodeChatMessageHistory: namespace")
         self.session_id = str(session_id)
+        self.namespace = namespace  # the hard partition (per user) its turns are stored and read in
         self._home_arg = home
         self.record_system = record_system
         self.tool_trust = tool_trust
@@ -110,7 +115,7 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
 
     # episodes of this history, grouped per message (chunks reassembled)
     def _records(self) -> list[tuple[dict[str, Any], str, str]]:
-        eps = self.home.episodes(session=self.session_id)
+        eps = self.home.episodes(session=self.session_id, namespace=self.namespace)
         groups: dict[str, list[Any]] = defaultdict(list)
         for ep in eps:
             if "lc_role" in ep.provenance:
@@ -144,6 +149,10 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
         return msgs
 
     def add_messages(self, messages: Sequence[BaseMessage]) -> None:
+        with _session_lock(self.home.root, self.namespace, self.session_id):  # two writers: no equal lc_seq
+            self._add(messages)
+
+    def _add(self, messages: Sequence[BaseMessage]) -> None:
         home = self.home
         seq = max((int(p.get("lc_seq", 0)) for p, _, _ in self._records()), default=0)
         for msg in messages:
@@ -174,13 +183,26 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
                 text = "(empty)"  # the store refuses empty memories; lc_len = 0 restores ""
             prov["lc_prefix"] = len(prefix)
             res = home.remember(prefix + text, kind=kind, source=source, session=self.session_id, trust=trust,
-                                provenance=prov)
+                                provenance=prov, namespace=self.namespace)
             if res.duplicate:
                 prefix = f"[{self.session_id} #{seq}] " + prefix
                 prov["lc_prefix"] = len(prefix)
                 home.remember(prefix + text, kind=kind, source=source, session=self.session_id, trust=trust,
-                              provenance=prov)
+                              provenance=prov, namespace=self.namespace)
 
     def clear(self) -> None:
-        for _, _, ep_id in self._records():
-            self.home.forget(ep_id)
+        """Forget the whole history at once (while a sleep runs this raises before anything is forgotten)."""
+        with _session_lock(self.home.root, self.namespace, self.session_id):
+            ids = [ep_id for _, _, ep_id in self._records()]
+            if ids:
+                self.home.forget(ids)
+
+
+_LOCKS: dict[tuple, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _session_lock(root: Any, namespace: str, session: str) -> threading.Lock:
+    """One lock per history in this process: reading the last sequence number and writing after it is one step."""
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault((str(root), namespace, session), threading.Lock())

@@ -79,6 +79,9 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         self.home, self.k, self.namespace, self.session_id = home, k, namespace, session_id
         self.use_memory, self.record, self.record_tools = use_memory, record, record_tools
         self.source, self.tool_trust, self.min_score = source, tool_trust, min_score
+        if "namespace" in (recall_filters or {}):  # it would read one partition and write another
+            raise ValueError("recall_filters may not hold 'namespace': pass namespace=..., which recall and "
+                             "recording share")
         self.recall_filters = dict(recall_filters or {})
         self.format_memories = format_memories or format_memories_system
         self.on_memory_error = on_memory_error

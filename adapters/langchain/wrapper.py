@@ -563,5 +563,7 @@ def with_sleep(runnable: Runnable, *, home: Any = None, k: int = 4, placement: P
         raise ValueError(f"placement must be 'system', 'human', 'key' or a callable, got {placement!r}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
+    if "namespace" in (options.get("recall_filters") or {}):  # it would read one partition and write another
+        raise ValueError("recall_filters may not hold 'namespace': pass namespace=..., which recall and recording share")
     return SleepRunnable(bound=runnable, home=home, k=k, placement=placement, session_id=session_id,
                          namespace=namespace, **options)

@@ -60,6 +60,11 @@ from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from agentsleep.errors import InputError
 
+
+class StoreInputError(InputError, ValueError):
+    """Bad input to the store: an agentsleep InputError that is also the ValueError LangGraph's own stores
+    raise for it (callers catching ValueError catch both)."""
+
 PREFIX = "lg:"
 VIA = "langgraph.store"
 TEXT_FIELDS = ("content", "text", "memory")
@@ -137,7 +142,7 @@ def _operator(item: Any, op: str, want: Any) -> bool:
     if op == "$ne":
         return item != want
     if op not in ("$gt", "$gte", "$lt", "$lte"):
-        raise InputError(f"search: unknown filter operator {op!r}; use $eq, $ne, $gt, $gte, $lt or $lte")
+        raise StoreInputError(f"search: unknown filter operator {op!r}; use $eq, $ne, $gt, $gte, $lt or $lte")
     try:
         a, b = float(item), float(want)
     except (TypeError, ValueError):
@@ -151,7 +156,7 @@ def _ns_matches(cond: MatchCondition, ns: tuple[str, ...]) -> bool:
         return False
     pairs = zip(ns, path) if cond.match_type == "prefix" else zip(reversed(ns), reversed(path))
     if cond.match_type not in ("prefix", "suffix"):
-        raise InputError(f"list_namespaces: match type {cond.match_type!r}; use prefix or suffix")
+        raise StoreInputError(f"list_namespaces: match type {cond.match_type!r}; use prefix or suffix")
     return all(p == "*" or a == p for a, p in pairs)
 
 
@@ -168,6 +173,12 @@ class AgentSleepStore(BaseStore):
         recallable but out of the weights unless sleep.consolidate_untrusted)."""
         from agentsleep.adapters.langchain._common import resolve_home
 
+        from agentsleep.memory.episode import KINDS
+
+        if kind not in KINDS:
+            raise StoreInputError(f"AgentSleepStore: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if trust not in ("trusted", "untrusted"):
+            raise StoreInputError(f"AgentSleepStore: trust must be 'trusted' or 'untrusted', got {trust!r}")
         self.home = resolve_home(home)
         self.kind, self.source, self.trust = kind, source, trust
         d = Path(self.home.root) / "langgraph"
@@ -208,7 +219,7 @@ class AgentSleepStore(BaseStore):
         if isinstance(op, GetOp):
             _check_labels(op.namespace, "get")
             if not isinstance(op.key, str):
-                raise InputError(f"get: key must be a string, got {type(op.key).__name__}")
+                raise StoreInputError(f"get: key must be a string, got {type(op.key).__name__}")
         elif isinstance(op, PutOp):
             ns = _check_labels(op.namespace, "put")
             if not ns:
@@ -216,36 +227,44 @@ class AgentSleepStore(BaseStore):
             if ns[0] == "langgraph":
                 raise InvalidNamespaceError(f"put: a namespace may not start with 'langgraph', got {ns}")
             if not isinstance(op.key, str) or not op.key:
-                raise InputError(f"put: key must be a non-empty string, got {op.key!r}")
+                raise StoreInputError(f"put: key must be a non-empty string, got {op.key!r}")
             if op.ttl is not None:
                 raise NotImplementedError("AgentSleepStore does not support TTL; leave ttl out")
             if op.value is not None:
                 if not isinstance(op.value, Mapping) or not all(isinstance(k, str) for k in op.value):
-                    raise InputError("put: value must be a dict with string keys")
+                    raise StoreInputError("put: value must be a dict with string keys")
                 try:
                     json.dumps(op.value, ensure_ascii=False, allow_nan=False)
                 except (TypeError, ValueError) as e:
-                    raise InputError(f"put: value is not JSON-serialisable ({e})") from None
-                if not text_of(op.value, op.index or None).strip():
-                    raise InputError("put: value has no text to remember")
+                    raise StoreInputError(f"put: value is not JSON-serialisable ({e})") from None
+                text = text_of(op.value, op.index or None)
+                if not text.strip():
+                    raise StoreInputError("put: value has no text to remember")
+                limit = self.home.config.memory.max_text_chars
+                if len(text.strip()) > limit:  # checked here, before the batch's earlier ops change anything
+                    raise StoreInputError(f"put: the value's text is {len(text.strip()):,} characters, over "
+                                          f"memory.max_text_chars = {limit:,}")
                 from agentsleep.memory.episode import check_namespace
 
-                check_namespace(episode_namespace(ns), "put: the encoded namespace")
+                try:
+                    check_namespace(episode_namespace(ns), "put: the encoded namespace")
+                except InputError as e:
+                    raise StoreInputError(str(e)) from None
         elif isinstance(op, SearchOp):
             _check_labels(op.namespace_prefix, "search")
             if op.filter is not None and not isinstance(op.filter, Mapping):
-                raise InputError(f"search: filter must be a dict, got {type(op.filter).__name__}")
+                raise StoreInputError(f"search: filter must be a dict, got {type(op.filter).__name__}")
             for name in ("limit", "offset"):
                 v = getattr(op, name)
                 if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                    raise InputError(f"search: {name} must be a non-negative integer, got {v!r}")
+                    raise StoreInputError(f"search: {name} must be a non-negative integer, got {v!r}")
             if op.query is not None and (not isinstance(op.query, str)):
-                raise InputError(f"search: query must be a string, got {type(op.query).__name__}")
+                raise StoreInputError(f"search: query must be a string, got {type(op.query).__name__}")
         elif isinstance(op, ListNamespacesOp):
             for c in op.match_conditions or ():
                 _check_labels(tuple(x for x in c.path if x != "*"), "list_namespaces")
         else:
-            raise InputError(f"unknown store operation {type(op).__name__}")
+            raise StoreInputError(f"unknown store operation {type(op).__name__}")
 
     def _row(self, ns: tuple[str, ...], key: str) -> Optional[tuple]:
         return self._db.execute("SELECT value, episode_id, indexed, created_at, updated_at FROM items "
@@ -271,7 +290,7 @@ class AgentSleepStore(BaseStore):
     def _put(self, op: PutOp) -> None:
         ns, value = op.namespace, dict(op.value)
         old = self._row(ns, op.key)
-        encoded = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        encoded = json.dumps(value, ensure_ascii=False)  # key order kept: get() gives back what was put
         indexed = 0 if op.index is False else 1
         r = self.home.remember(text_of(value, op.index or None), kind=self.kind, source=self.source, trust=self.trust,
                                namespace=episode_namespace(ns),
@@ -331,25 +350,37 @@ class AgentSleepStore(BaseStore):
     def _search(self, op: SearchOp) -> list[SearchItem]:
         by_ns = self._rows_under(tuple(op.namespace_prefix))
         found: list[tuple[float, SearchItem]] = []
+        query = bool(op.query and op.query.strip())
         for ns, rows in by_ns.items():
             scores: dict[str, float] = {}
-            if op.query and op.query.strip():
-                rows = [r for r in rows if r[3]]
-                if not rows:
-                    continue
-                for e in self.home.recall(op.query, len(rows), namespace=episode_namespace(ns), neighbours=0):
+            indexed = [r for r in rows if r[3]]
+            if query and indexed:
+                # k counts episodes, and a long item is stored as several chunks: ask for all of them, or a
+                # long item would take the places of the short ones the limit leaves room for
+                k = self._episodes_in(ns)
+                for e in self.home.recall(op.query, max(k, len(indexed)), namespace=episode_namespace(ns),
+                                          neighbours=0):
                     root = e.parent_id or e.id
                     scores[root] = max(scores.get(root, -1.0), e.score if e.score is not None else 0.0)
-                rows = [r for r in rows if r[2] in scores]
-            for key, value, eid, _, created, updated in rows:
+            for key, value, eid, is_indexed, created, updated in rows:
+                if query and is_indexed and eid not in scores:
+                    continue
                 v = json.loads(value)
                 if op.filter and not matches(v, op.filter):
                     continue
+                score = scores.get(eid) if query and is_indexed else None
                 item = SearchItem(namespace=ns, key=key, value=v, created_at=_utc(created), updated_at=_utc(updated),
-                                  score=scores.get(eid) if scores else None)
-                found.append((scores[eid] if scores else updated, item))
+                                  score=score)
+                # with a query, scored items first (best first), then the items put with index=False, which
+                # a query search still returns (without a score), as LangGraph's own stores do
+                order = (1, score, updated) if score is not None else (0, 0.0, updated)
+                found.append((order, item))
         found.sort(key=lambda t: t[0], reverse=True)
         return [item for _, item in found[op.offset:op.offset + op.limit]]
+
+    def _episodes_in(self, ns: tuple[str, ...]) -> int:
+        """Episodes (chunks counted) of one namespace."""
+        return len(self.home.episodes(namespace=episode_namespace(ns)))
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         spaces = [_tuple(r[0]) for r in self._db.execute("SELECT DISTINCT ns FROM items")]
