@@ -243,3 +243,30 @@ def test_update_detection_skips_episodes_no_sleep_will_take(tiny, tmp_path):
     new = h.remember("We moved from Porto to Lisbon last month!").id
     assert [(o, n_) for o, n_, _ in detect_updates(h)] == [(old, new)]  # found past the untrusted ones
     h.close()
+
+
+def test_a_sleep_killed_after_publishing_is_not_trained_again(tiny, tmp_path, monkeypatch):
+    """Killed between flipping CURRENT and its ledger writes, a sleep leaves the new version holding
+    episodes the ledger still calls waiting: the next sleep marks them from the manifests instead of
+    training them a second time on top of the version that holds them."""
+    h = _home(tmp_path, tiny, seed={"replay_prompts": 2, "epochs": 1, "min_steps": 2},
+              rest={"rounds": 0}, dream={"per_episode": 3, "teacher_agreement": False},
+              gate={"drift_prompts": 2, "min_recall_gain": -1.0, "max_drift_kl": 1000, "max_base_drift_kl": 1000,
+                    "loss_allowance": 1000})
+    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(2)]
+
+    real_mark = Ledger.mark
+
+    def killed(self, *a, **k):
+        raise KeyboardInterrupt("killed after publishing")
+
+    monkeypatch.setattr("agentsleep.sleep.dream.write", grounded_writer)
+    monkeypatch.setattr(Ledger, "mark", killed)
+    with pytest.raises(Exception, match="killed after publishing"):
+        h.sleep()
+    monkeypatch.setattr(Ledger, "mark", real_mark)
+    assert h.registry.current_name() == "v0001" and h.store.ledger.versions_of(ids) == {}
+    rep = h.sleep()
+    assert rep.status == "nothing-to-do", (rep.status, rep.reasons)
+    assert h.store.ledger.versions_of(ids) == {i: "v0001" for i in ids} and h.registry.current_name() == "v0001"
+    h.close()

@@ -301,6 +301,29 @@ def publish_version(n: Night) -> None:
         save_rebuild(home.root, None)
 
 
+def reconcile_ledger(home) -> list[str]:
+    """Mark consolidated what the serving lineage's manifests say it holds and the ledger does not: a sleep
+    killed between flipping CURRENT and its ledger writes (`publish_version`) would otherwise leave those
+    episodes waiting, and the next sleep would train them again on top of the version that holds them.
+    Forgotten episodes are left out. Returns the ids marked."""
+    ledger = home.store.ledger
+    held: dict[str, tuple[str, str]] = {}
+    for v in home.registry.lineage():
+        for e in v.manifest.get("episode_ids") or []:
+            held[e] = (v.name, v.manifest.get("sleep_id") or "recovered")
+    if not held:
+        return []
+    known, gone = ledger.versions_of(list(held)), ledger.forgotten_among(list(held))
+    missing = [e for e in held if e not in known and e not in gone]
+    groups: dict[tuple[str, str], list[str]] = {}
+    for e in missing:
+        groups.setdefault(held[e], []).append(e)
+    for (version, sleep_id), ids in groups.items():
+        ledger.mark(ids, version, sleep_id)
+        ledger.succeed(ids)
+    return missing
+
+
 def _promoted(n: Night) -> bool:
     return n.verdict is not None and n.verdict.promote
 
@@ -392,6 +415,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
     sleep_id = new_sleep_id()
     with sleep_lock(home.root):
         home.registry.sweep_staging()
+        if not dry_run:
+            reconcile_ledger(home)
         updated = [] if dry_run else detect_updates(home, max_episodes)
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
         if not dry_run:
