@@ -137,10 +137,9 @@ class InProcessBackend:
         return template_supports_tools(self._live()[1].tok)
 
     def render(self, tok: Any, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
-        kw: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-        if tools:
-            kw["tools"] = tools
-        return tok.apply_chat_template(messages, **kw)
+        from agentsleep.models.generate import render_messages
+
+        return render_messages(tok, messages, **({"tools": tools} if tools else {}))
 
     def _max_new(self, eng: Any, max_new_tokens: int | None) -> int:
         return max_new_tokens or getattr(getattr(eng, "cfg", None), "max_new_tokens", None) or 96

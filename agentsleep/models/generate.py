@@ -27,7 +27,39 @@ def chat(tok: Any, user: str, *, system: str | None = None, history: Iterable[tu
     for u, a in history:
         msgs += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     msgs.append({"role": "user", "content": user})
-    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) + prefill
+    return render_messages(tok, msgs) + prefill
+
+
+def render_messages(tok: Any, messages: list[dict[str, Any]], **kw: Any) -> str:
+    """The tokenizer's chat template over `messages`, ending at the assistant turn, for any Hugging Face
+    model: a template that refuses a system turn (Gemma, older Mistral) gets the system text folded into
+    the first user turn, and a tokenizer with no template (a base model) gets a plain "User:/Assistant:"
+    layout. Other template errors are raised."""
+    if not getattr(tok, "chat_template", None):
+        return plain_layout(messages)
+    try:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **kw)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError from raise_exception, or a ValueError
+        if not messages or messages[0].get("role") != "system":
+            raise
+        return tok.apply_chat_template(fold_system(messages), tokenize=False, add_generation_prompt=True, **kw)
+
+
+def fold_system(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The system turn's text put before the first user turn's (for templates without a system role)."""
+    system, rest = messages[0], list(messages[1:])
+    for i, m in enumerate(rest):
+        if m.get("role") == "user":
+            rest[i] = {**m, "content": f"{system.get('content') or ''}\n\n{m.get('content') or ''}"}
+            return rest
+    return [{"role": "user", "content": system.get("content") or ""}] + rest
+
+
+def plain_layout(messages: list[dict[str, Any]]) -> str:
+    """A prompt for a model without a chat template: one "Role: text" paragraph per message."""
+    names = {"system": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+    turns = [f"{names.get(m.get('role'), str(m.get('role')).capitalize())}: {m.get('content') or ''}" for m in messages]
+    return "\n\n".join(turns + ["Assistant:"])
 
 
 def memory_system(memories: list[str], template: str = MEMORY_SYSTEM) -> str | None:

@@ -136,7 +136,7 @@ class Engine:
     def render_chat(self, messages: list[dict[str, Any]], live: Loaded | None = None) -> str:
         live = live or self.live
         try:
-            return live.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return gen.render_messages(live.tok, messages)
         except Exception as e:  # noqa: BLE001 - template errors are the caller's input
             raise BadRequest(f"messages: cannot apply the chat template ({type(e).__name__}: {e})",
                              param="messages") from None
