@@ -122,6 +122,20 @@ def test_a_rejected_night_leaves_the_dream_writer_as_it_was(tmp_path, monkeypatc
     rest.rest_em(model, tok, mem, ds, cfg, root)
     assert rest.settle_writer(root, promoted=True) is True
     assert (current / "adapter_config.json").is_file() and not pending.exists()
+    # killed between the two renames of an adoption: only writer.old is left; it is put back, not lost
+    rest.rest_em(model, tok, mem, ds, cfg, root)
+    current.rename(current.with_name("writer.old"))
+    assert rest.settle_writer(root, promoted=False) is False
+    assert (current / "adapter_config.json").is_file() and not pending.exists()
+    # ReST's scoring LoRA starts from the sleep's seed, whatever was drawn before
+    import torch
+
+    first = [p.detach().clone() for p in rest._seeded_lora(load(str(tiny_model_dir(tmp_path / "models")))[0],
+                                                            cfg).parameters() if p.requires_grad]
+    torch.rand(1000)
+    again = [p for p in rest._seeded_lora(load(str(tiny_model_dir(tmp_path / "models")))[0], cfg).parameters()
+             if p.requires_grad]
+    assert first and all(torch.equal(a, b) for a, b in zip(first, again))
 
 
 def test_recovery_never_touches_a_sleep_that_holds_the_lock(tmp_path):

@@ -51,6 +51,16 @@ def _small_lora(r: int = 8):
                       lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
 
 
+def _seeded_lora(model: Any, cfg: SleepConfig) -> Any:
+    """A fresh small LoRA on `model`, initialised from the sleep's seed: the scores, the winners and the next
+    writer must not depend on what drew from the random generator before (in a daemon, earlier sleeps)."""
+    import torch
+    from peft import get_peft_model
+
+    torch.manual_seed(cfg.seed.seed)
+    return get_peft_model(model, _small_lora())
+
+
 def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int, micro: int = 4) -> None:
     """`steps` full-batch AdamW steps on mean token CE over all `rows`, accumulated over micro-batches
     of `micro` rows: the same gradient as one batch, without holding every row's activations at once
@@ -69,9 +79,8 @@ def _train(pm: Any, params: list, rows: list, steps: int, lr: float, pad_id: int
 def score_candidates(model: Any, tok: Any, cases: list[tuple[Dream, list[Dream]]], cfg: SleepConfig,
                      progress: Progress = silent, should_stop=lambda: False) -> list[tuple[Dream, float]]:
     """E-step: (candidate, probe-NLL improvement) for each (probe, candidates) case."""
-    from peft import get_peft_model
 
-    pm = get_peft_model(model, _small_lora())
+    pm = _seeded_lora(model, cfg)
     params = [p for p in pm.parameters() if p.requires_grad]
     init = [p.detach().clone() for p in params]
     dev = next(pm.parameters()).device
@@ -103,13 +112,13 @@ def fit_writer(model: Any, tok: Any, winners: list[Dream], text: dict[str, str],
                start_from: Path | None = None) -> None:
     """M-step: fine-tune the writer adapter (from `start_from`, default `adapter_dir`, or a fresh one)
     on winning (note -> dream) pairs; save it to `adapter_dir` atomically."""
-    from peft import PeftModel, get_peft_model
+    from peft import PeftModel
 
     start_from = start_from or adapter_dir
     if (start_from / "adapter_config.json").is_file():
         pm = PeftModel.from_pretrained(model, str(start_from), is_trainable=True)
     else:
-        pm = get_peft_model(model, _small_lora())
+        pm = _seeded_lora(model, cfg)
     try:
         rows = []
         for d in winners:

@@ -20,6 +20,7 @@ def pending_writer_dir(home_root: Path) -> Path:
 def settle_writer(home_root: Path, promoted: bool) -> bool:
     """Adopt the pending writer when the sleep was promoted, else drop it; True if one was adopted."""
     pending, current = pending_writer_dir(home_root), writer_adapter_dir(home_root)
+    _restore_cut_short(current)
     if not (pending / "adapter_config.json").is_file():
         shutil.rmtree(pending, ignore_errors=True)
         return False
@@ -40,6 +41,14 @@ def forget_writer(home_root: Path) -> bool:
         for leftover in (d, d.with_name(d.name + ".old"), d.with_name(d.name + ".tmp")):
             shutil.rmtree(leftover, ignore_errors=True)
     return had
+
+
+def _restore_cut_short(current: Path) -> None:
+    """A kill inside `_replace_dir`, between its two renames, leaves no writer but `writer.old`: put it back
+    (the learned writer would otherwise be lost without a word)."""
+    old = current.with_name(current.name + ".old")
+    if not current.exists() and (old / "adapter_config.json").is_file():
+        old.rename(current)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
