@@ -865,3 +865,40 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
                   started_at=0.0)
     pipeline.load_parent(first)
     assert first.reader is first.model  # the first night's parent is the base: no second copy
+
+
+def test_the_learned_writer_only_writes(tiny, tmp_path, monkeypatch):
+    """ReST's writer adapter is fitted to write questions the student learns from; it must not also be the
+    teacher that checks them, nor write the implications: those read with the plain model."""
+    from peft import LoraConfig, get_peft_model
+
+    from agentsleep.sleep.writer import writer_adapter_dir
+    from tiny import grounded_writer
+
+    cfg = Config.model_validate({"model": {"base": str(tiny)},
+                                 "sleep": {"seed": {"replay_prompts": 2, "epochs": 1, "min_steps": 1},
+                                           "rest": {"rounds": 0}, "dream": {"per_episode": 3},
+                                           "gate": {"drift_prompts": 2}}})
+    h = Home.open(Home.init(tmp_path / "home", config=cfg))
+    model, _ = load(str(tiny))
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(
+        str(writer_adapter_dir(h.root)))
+    seen = {}
+
+    def writer(m, *a, **k):
+        seen["write"] = hasattr(m, "peft_config")
+        return grounded_writer(m, *a, **k)
+
+    def spy(name, real):
+        def f(m, *a, **k):
+            seen[name] = hasattr(m, "peft_config")
+            return real(m, *a, **k)
+        return f
+
+    monkeypatch.setattr(dream_mod, "write", writer)
+    monkeypatch.setattr(dream_mod, "filter_dreams", spy("filter", dream_mod.filter_dreams))
+    monkeypatch.setattr(dream_mod, "implications", spy("implications", dream_mod.implications))
+    h.remember("The user's dog is a beagle called Biscuit.")
+    h.sleep()
+    assert seen == {"write": True, "filter": False, "implications": False}, seen
+    h.close()

@@ -378,12 +378,13 @@ def restate(model: Any, tok: Any, asked: list[tuple[str, Dream]], views: dict[st
 
 
 def dream(model: Any, tok: Any, memories: list[Memory], cfg: DreamConfig, *, seed: int = 0, progress: Progress = silent,
-          generator: Any = None, student: Any = None) -> DreamSet:
+          generator: Any = None, student: Any = None, written: list[Dream] | None = None) -> DreamSet:
     """Write, filter and choose. `model` reads the memories (writer and teacher); `generator` (a
-    VllmGenerator set to the same weights and writer adapter as `model`) does its generating. The
-    learning values are the student's loss (`student`, or `model` when it is the student)."""
+    VllmGenerator set to the same weights as `model`) does its generating. The learning values are the
+    student's loss (`student`, or `model` when it is the student). `written`: dreams written already (by
+    the learned writer, which only writes: the teacher check and the implications read with `model`)."""
     g = generator or model
-    written = write(g, tok, memories, cfg, progress)
+    written = write(g, tok, memories, cfg, progress) if written is None else written
     kept, dropped = filter_dreams(g, tok, written, memories, cfg, progress)
     chosen = choose(student if student is not None else model, tok, kept, cfg, seed) if kept else []
     dropped["not-chosen"] = len(kept) - len(chosen)

@@ -25,6 +25,7 @@ from ..memory.ledger import probe_id
 from ..models.loader import load
 from ..models.registry import BASE_VERSION, Version
 from ..progress import Progress, silent
+from . import dream as dreaming  # dreaming.write: looked up at call time (tests stand in for it)
 from .dream import dream
 from .evidence import base_reference, earlier_items, first_levels, record_answers, trusted_probes
 from .gate import evaluate
@@ -212,11 +213,19 @@ def write_dreams(n: Night) -> SleepReport | None:
     """The model writes its curriculum about the new episodes (the writer adapter if ReST trained one)."""
     writer_dir = writer_adapter_dir(n.home.root)
     engine = _reader_engine(n)
+    learned = (writer_dir / "adapter_config.json").is_file()
+    # the learned writer only writes: the teacher check, the learning values and the implications read with
+    # the plain model (a writer fitted to please the student is no judge of what the note says)
     if engine is not None:
-        engine.with_lora(writer_dir if (writer_dir / "adapter_config.json").is_file() else None)
-    with with_writer(n.reader, writer_dir) as writer:
-        n.dreams = dream(writer, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
-                         generator=engine, student=n.model)
+        engine.with_lora(writer_dir if learned else None)
+    try:
+        with with_writer(n.reader, writer_dir) as writer:
+            written = dreaming.write(engine or writer, n.tok, n.plan.memories, n.cfg.dream, n.say)
+    finally:
+        if engine is not None and learned:
+            engine.with_lora(None)
+    n.dreams = dream(n.reader, n.tok, n.plan.memories, n.cfg.dream, seed=n.cfg.seed.seed, progress=n.say,
+                     generator=engine, student=n.model, written=written)
     drop_stale(n)
     n.journal.write_dreams(n.dreams.dreams, n.dreams.implications)
     if n.dreams.train:
