@@ -902,3 +902,14 @@ def test_the_learned_writer_only_writes(tiny, tmp_path, monkeypatch):
     h.sleep()
     assert seen == {"write": True, "filter": False, "implications": False}, seen
     h.close()
+
+
+def test_a_voice_copy_never_trains_the_words_of_a_held_out_probe():
+    d = [Dream("e1", "What is the user's manager's name?", "Ingrid"),
+         Dream("e1", "What is your manager's name?", "Ingrid", held_out=True),
+         Dream("e2", "What is the user's manager's name?", "Tomas")]  # another note's: kept in both voices
+    out = [(x.episode_id, x.question, x.held_out) for x in dream_mod.in_both_voices(d)]
+    assert out == [("e1", "What is the user's manager's name?", False),
+                   ("e1", "What is my manager's name?", True),
+                   ("e2", "What is the user's manager's name?", False),
+                   ("e2", "What is my manager's name?", False)]

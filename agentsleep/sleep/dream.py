@@ -299,7 +299,15 @@ def in_both_voices(dreams: list[Dream]) -> list[Dream]:
         out.append(d)
         if not d.held_out and mine != d.question:
             out.append(Dream(d.episode_id, mine, d.answer, stem=d.stem, kind="voice", value=d.value))
-    return out
+    # A rewrite can make a trained question the very words of a held-out probe of the same note ("What is
+    # your manager's name?" and "What is the user's manager's name?" both become "What is my manager's
+    # name?"): trained, it would hand the gate its answer. Such training copies are left out.
+    probes = {(d.episode_id, _question_key(d.question)) for d in out if d.held_out}
+    return [d for d in out if d.held_out or (d.episode_id, _question_key(d.question)) not in probes]
+
+
+def _question_key(q: str) -> str:
+    return " ".join(re.findall(r"\w+", q.casefold()))
 
 
 _NOT_VALUES = frozenset("now days day month week year today new anymore instead again these those".split())
