@@ -110,3 +110,28 @@ def test_small_sleeps_get_at_least_min_steps(tiny):
     assert few.steps == 6
     _, many = _expert(tiny, epochs=4, min_steps=5, w_replay=0)  # already above the floor: unchanged
     assert many.steps == 8
+
+
+def test_raw_text_starts_with_bos_where_the_tokenizer_always_adds_one(tiny):
+    """Raw memory text is trained with no prompt: a Llama or Gemma tokenizer starts every text with BOS, and
+    training without it is far out of their distribution. SmolLM2 adds none and is unchanged."""
+    from transformers import AutoTokenizer
+
+    from agentsleep.sleep.tensors import bos_ids, encode
+
+    smol = AutoTokenizer.from_pretrained(str(tiny))
+    ids, labels = encode(smol, "", "The shed key is blue.")
+    assert bos_ids(smol) == [] and ids == smol("The shed key is blue." + smol.eos_token)["input_ids"]
+
+    class LlamaLike:  # what a BOS-adding tokenizer answers (a plain callable: the pure function under test)
+        bos_token_id, eos_token = 1, "</s>"
+
+        def __call__(self, text, add_special_tokens=True):
+            body = [100 + ord(c) for c in text.replace("</s>", "\0")]
+            return {"input_ids": ([1] if add_special_tokens else []) + [2 if x == 100 else x for x in body]}
+
+    tok = LlamaLike()
+    ids, labels = encode(tok, "", "ab")
+    assert ids == [1, 197, 198, 2] and labels == [-100, 197, 198, 2]
+    ids, labels = encode(tok, "Q", "ab")  # a prompt carries its own (templates write it as text)
+    assert ids == [181, 197, 198, 2] and labels == [-100, 197, 198, 2]

@@ -8,11 +8,30 @@ import torch.nn.functional as F
 
 
 def encode(tok: Any, prompt: str, target: str, max_len: int = 256) -> tuple[list[int], list[int]]:
-    """input ids and labels (-100 on the prompt) for `prompt + target + eos`, left-truncated."""
-    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
-    t = tok(target + tok.eos_token, add_special_tokens=False)["input_ids"]
+    """input ids and labels (-100 on the prompt) for `prompt + target + eos`, left-truncated. Raw text (no
+    prompt) starts with the BOS token where the tokenizer starts every text with one (Llama, Gemma: they
+    are far out of their distribution without it); a chat prompt carries its own in the template's text."""
+    p = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else bos_ids(tok)
+    t = tok(target + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
     ids, labels = (p + t)[-max_len:], ([-100] * len(p) + t)[-max_len:]
     return ids, labels
+
+
+def bos_ids(tok: Any) -> list[int]:
+    """[BOS id] when this tokenizer puts one before every text it encodes, else [] (SmolLM2, Qwen)."""
+    cached = getattr(tok, "_agentsleep_bos", None)
+    if cached is not None:
+        return list(cached)
+    bos = getattr(tok, "bos_token_id", None)
+    try:
+        out = [bos] if bos is not None and tok("a")["input_ids"][:1] == [bos] else []
+    except Exception:  # noqa: BLE001 - a tokenizer that cannot say: no BOS
+        out = []
+    try:
+        tok._agentsleep_bos = tuple(out)
+    except Exception:  # noqa: BLE001 - some tokenizers refuse new attributes
+        pass
+    return out
 
 
 def collate(rows: list[tuple[list[int], list[int]]], pad_id: int, device: Any = "cpu") -> dict[str, torch.Tensor]:

@@ -204,8 +204,11 @@ class _Loop:
         terms["sft_sum"] = sft_sum.detach()
         if logits is not None:
             d_off = soft_ce(logits, b["labels"], mine)  # a sum over items, normalised like the tokens
+            # always logged when on: every rank must log the same terms, or their all-reduce in log_step
+            # would pair different tensors (or hang) when one rank's share held no soft targets
+            terms["distill_off"] = (d_off.detach() / max(sum(it.soft is not None for it in mine), 1)
+                                    if d_off is not None else sft_sum.detach() * 0)
             if d_off is not None:
-                terms["distill_off"] = d_off.detach() / max(sum(it.soft is not None for it in mine), 1)
                 loss = loss + self.w_off * d_off * on * world / max(n_soft, 1)
         self.stats.tokens += sum(len(self.rows[id(it)][0]) for it in batch)
         if self.replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
