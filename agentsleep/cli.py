@@ -291,8 +291,21 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, min=1, help="Take
         rid = d.submit_request(home_root, max_episodes=max_episodes, by="sleep-now")
         if rid is not None:
             if not as_json:
-                err.print(f"the daemon for {home_root} accepted this sleep (request {rid}); waiting for it...")
-            res = d.wait_request(home_root, rid)
+                err.print(f"the daemon for {home_root} accepted this sleep (request {rid}); waiting for it "
+                          "(Ctrl-C stops waiting, not the sleep)...")
+            seen: list[Any] = [None]
+
+            def show(running: Optional[dict]) -> None:
+                stage = (running or {}).get("stage")
+                if not as_json and stage and stage != seen[0]:
+                    seen[0] = stage
+                    err.print(f"  stage {stage}")
+            try:
+                res = d.wait_request(home_root, rid, on_progress=show)
+            except KeyboardInterrupt:
+                err.print(f"stopped waiting; the daemon's sleep (request {rid}) goes on: `agentsleep daemon "
+                          "status` follows it, `agentsleep daemon stop` ends it")
+                sys.exit(130)
             if res is None:
                 raise AgentsleepError(f"the daemon stopped before finishing request {rid}; see `agentsleep daemon status`")
             _emit(as_json, _ran(res, f"the daemon's sleep (request {rid})"),
@@ -331,7 +344,8 @@ def _sleep_via_server(max_episodes: Optional[int], as_json: bool) -> Optional[di
     except ServerGone:
         return None
     if not as_json:
-        err.print(f"the server at {c.url} started this sleep ({run['sleep_id']}); waiting for it...")
+        err.print(f"the server at {c.url} started this sleep ({run['sleep_id']}); waiting for it "
+                  "(Ctrl-C stops waiting, not the sleep)...")
     seen: list[Any] = [None]
 
     def show(s: dict) -> None:
@@ -339,7 +353,11 @@ def _sleep_via_server(max_episodes: Optional[int], as_json: bool) -> Optional[di
         if not as_json and stage and stage != seen[0]:
             seen[0] = stage
             err.print(f"  stage {stage}")
-    return wait_sleep(c, run["sleep_id"], on_progress=show)
+    try:
+        return wait_sleep(c, run["sleep_id"], on_progress=show)
+    except KeyboardInterrupt:
+        err.print(f"stopped waiting; the server's sleep {run['sleep_id']} goes on (`agentsleep status` shows it)")
+        sys.exit(130)
 
 
 @app.command()

@@ -90,8 +90,10 @@ def request_result(home: Path, request_id: str) -> dict[str, Any] | None:
     return read_json(requests_dir(home) / "done" / f"{request_id}.json")
 
 
-def wait_request(home: Path, request_id: str, timeout: float | None = None, poll: float = 0.5) -> dict[str, Any] | None:
-    """Block until the request is done (or `timeout` s pass: None). Useful for `sleep-now --wait`."""
+def wait_request(home: Path, request_id: str, timeout: float | None = None, poll: float = 0.5,
+                 on_progress: Any = None) -> dict[str, Any] | None:
+    """Block until the request is done (or `timeout` s pass: None). Useful for `sleep-now --wait`.
+    `on_progress(running)` is called each poll with the daemon's running sleep (its stage), if any."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         r = request_result(home, request_id)
@@ -101,6 +103,13 @@ def wait_request(home: Path, request_id: str, timeout: float | None = None, poll
             return None
         if daemon_info(home) is None:
             return request_result(home, request_id)
+        if on_progress is not None:
+            from .status import daemon_status
+
+            try:
+                on_progress(daemon_status(home, count_waiting=False).get("running"))
+            except Exception:  # noqa: BLE001 - showing progress must never end the wait
+                pass
         time.sleep(poll)
 
 

@@ -262,12 +262,14 @@ def test_idle_does_not_fire_with_nothing_waiting(tmp_path, daemons):
 def test_on_demand_request(tmp_path, daemons):
     root = make_home(tmp_path)
     assert request_sleep(root, ack_timeout=0.5) is False     # no daemon: caller sleeps itself
-    rec = Recorder()
+    rec = Recorder(seconds=1.0)
     daemons(root, sleep_fn=rec, probe_fn=Probe())
     rid = submit_request(root, max_episodes=7)
     assert rid is not None
-    res = wait_request(root, rid, timeout=20)
+    stages = []  # what `sleep-now` shows while the daemon sleeps for it
+    res = wait_request(root, rid, timeout=20, poll=0.1, on_progress=lambda run: stages.append((run or {}).get("stage")))
     assert res["status"] == "promoted" and res["reason"] == "on-demand" and res["requests"] == [rid]
+    assert "seed" in stages
     assert rec.calls[0].max_episodes == 7
     assert request_sleep(root) is True
     until(lambda: len(rec.calls) == 2)
