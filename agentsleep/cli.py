@@ -295,8 +295,8 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, min=1, help="Take
                           "(Ctrl-C stops waiting, not the sleep)...")
             seen: list[Any] = [None]
 
-            def show(running: Optional[dict]) -> None:
-                stage = (running or {}).get("stage")
+            def show() -> None:
+                stage = (d.daemon_status(home_root, count_waiting=False).get("running") or {}).get("stage")
                 if not as_json and stage and stage != seen[0]:
                     seen[0] = stage
                     err.print(f"  stage {stage}")

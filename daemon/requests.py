@@ -93,7 +93,7 @@ def request_result(home: Path, request_id: str) -> dict[str, Any] | None:
 def wait_request(home: Path, request_id: str, timeout: float | None = None, poll: float = 0.5,
                  on_progress: Any = None) -> dict[str, Any] | None:
     """Block until the request is done (or `timeout` s pass: None). Useful for `sleep-now --wait`.
-    `on_progress(running)` is called each poll with the daemon's running sleep (its stage), if any."""
+    `on_progress()` is called at each poll (the CLI reads the daemon's status there to show the stage)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         r = request_result(home, request_id)
@@ -104,10 +104,8 @@ def wait_request(home: Path, request_id: str, timeout: float | None = None, poll
         if daemon_info(home) is None:
             return request_result(home, request_id)
         if on_progress is not None:
-            from .status import daemon_status
-
             try:
-                on_progress(daemon_status(home, count_waiting=False).get("running"))
+                on_progress()
             except Exception:  # noqa: BLE001 - showing progress must never end the wait
                 pass
         time.sleep(poll)

@@ -267,7 +267,8 @@ def test_on_demand_request(tmp_path, daemons):
     rid = submit_request(root, max_episodes=7)
     assert rid is not None
     stages = []  # what `sleep-now` shows while the daemon sleeps for it
-    res = wait_request(root, rid, timeout=20, poll=0.1, on_progress=lambda run: stages.append((run or {}).get("stage")))
+    res = wait_request(root, rid, timeout=20, poll=0.1, on_progress=lambda: stages.append(
+        (daemon_status(root, count_waiting=False).get("running") or {}).get("stage")))
     assert res["status"] == "promoted" and res["reason"] == "on-demand" and res["requests"] == [rid]
     assert "seed" in stages
     assert rec.calls[0].max_episodes == 7

@@ -835,7 +835,12 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
         seen["probes"] = (night.reader, engine)
         return [], []
 
+    def fake_write(g, *a, **kw):
+        seen["writer"] = g
+        return []
+
     monkeypatch.setattr(pipeline, "dream", fake_dream)
+    monkeypatch.setattr(pipeline.dreaming, "write", fake_write)
     monkeypatch.setattr(pipeline, "rest_em", fake_rest)
     monkeypatch.setattr(pipeline, "trusted_probes", fake_probes)
     n.engine = Engine()
@@ -849,7 +854,7 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
     if reader == "base":
         assert n.reader is not n.model and torch.equal(reader_w[name], base_w[name])
         assert not torch.equal(dict(n.model.named_parameters())[name], base_w[name])  # the parent holds the expert
-        assert seen["reader"] is n.reader and seen["student"] is n.model
+        assert seen["reader"] is n.reader and seen["student"] is n.model and seen["writer"] is n.reader
         assert "with_lora" not in seen and seen.get("generator") is None  # the engine holds the parent
         assert seen["rest"] == (n.model, n.reader)  # tried on the student, the writer fitted on the reader
         reader_model = n.reader
@@ -857,7 +862,7 @@ def test_the_base_model_reads_new_episodes_once_a_sleep_has_published(tiny, tmp_
         assert seen["probes"] == (reader_model, None) and n.reader is None  # checked by the base, then released
     else:
         assert n.reader is n.model and seen["reader"] is n.model and seen["student"] is n.model
-        assert seen["with_lora"] == [None] and seen["generator"] is n.engine
+        assert seen["with_lora"] == [None] and seen["generator"] is n.engine and seen["writer"] is n.engine
         assert seen["rest"] == (n.model, n.model)
         pipeline.check_probes(n)
         assert seen["probes"] == (student, n.engine)
