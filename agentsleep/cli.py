@@ -1,6 +1,7 @@
 """The `agentsleep` command line: a thin typer layer over `Home`.
 
-Every command takes `--json` for machine-readable output. Errors we expect
+Every command except export, serve, serve-homes, mcp and daemon run takes `--json` for
+machine-readable output. Errors we expect
 (bad input, locked store, missing model...) print one line and exit non-zero;
 set AGENTSLEEP_DEBUG=1 to see a traceback for anything else.
 """

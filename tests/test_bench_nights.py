@@ -169,3 +169,17 @@ def test_a_set_told_on_a_rejected_night_takes_its_first_level_from_the_night_tha
     assert first == [0.875, None]
     first = nights_suite.first_levels(first, [0.75, 0.75, 0.25], True)  # night 3 takes sets 2 and 3
     assert first == [0.875, 0.75, 0.25]
+
+
+def test_retention_counts_only_facts_not_updated_since_their_first_morning():
+    """An updated fact is asked for its new answer: not knowing it yet is the `updated` figure, not a loss of
+    the set's first level (which never knew the new answer). Later-learned facts still count."""
+    first = nights_suite.first_missed_of([{"first_level": [0.75], "missed": [[3]]},
+                                          {"first_level": [0.75, None], "missed": [[3], [0, 1, 2, 3]]},
+                                          {"first_level": [0.75, 0.5], "missed": [[0], [1, 3]]}], 2)
+    assert first == [[3], [1, 3]]
+    # set 0: fact 0 was updated (its new answer missed) -> not a loss; facts 1, 2 kept: 2 of 2
+    assert nights_suite.set_retention([4, 4], [[0, 3], [1, 3]], first, {(0, 0)}) == [1.0, 1.0]
+    # without the update, missing fact 0 is a loss: 2 of the 3 first-morning facts
+    assert nights_suite.set_retention([4, 4], [[0, 3], [1, 3]], first, set()) == [0.667, 1.0]
+    assert nights_suite.set_retention([4, 4, 4], [[], [], []], first + [None], set())[2] is None

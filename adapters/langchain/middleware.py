@@ -9,8 +9,9 @@
 
 Before the agent runs, the top-k memories for the user's latest message are
 recalled once; every model call of that run gets them in its system message
-(the request is changed, the thread's state is not, so a checkpointer never
-stores them). After the agent step the exchange is recorded: one ``turn``
+(the request is changed, the thread's messages are not; the recalled memories
+sit in the private state key ``agentsleep_memories``, which a checkpointer saves
+with the thread). After the agent step the exchange is recorded: one ``turn``
 episode ("User: ...\\nAssistant: ...") and one ``tool`` episode per tool run
 (read from the messages of this run: the model's tool calls and their results).
 

@@ -246,7 +246,8 @@ def run(out_dir: Path, *, conversations: int | None = None, ks=KS, answer_sample
 def legacy_protocol(root: Path, convs: dict[str, Any], ids: list[str], qas: list[tuple[str, dict]],
                     ks) -> dict[str, Any]:
     """The protocol before namespaces: every conversation in one partition, "[date] speaker: text" as the
-    episode, dense recall only, a conversation's hits kept when there are any (as the suite did)."""
+    episode, dense recall only; of the top k, only the question's own conversation's hits count (dia ids
+    such as "D1:3" repeat in every conversation: another's turn is a miss, never a match)."""
     shutil.rmtree(root, ignore_errors=True)
     with Home.open(root) as home:
         home.config.memory.hybrid = False
@@ -258,7 +259,7 @@ def legacy_protocol(root: Path, convs: dict[str, Any], ids: list[str], qas: list
 
         def recall_one(cid: str, question: str, k: int) -> list[str]:
             got = home.recall(question, k)
-            got = [e for e in got if e.provenance.get("conversation") == cid] or got
+            got = [e for e in got if e.provenance.get("conversation") == cid]
             return [e.provenance.get("dia_id") for e in got]
 
         scores, lat = _score(qas, recall_one, ks)

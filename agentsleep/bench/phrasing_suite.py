@@ -16,18 +16,20 @@ Figures are mean, min and max over the seeds.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
+from ..config import env_overrides
 from ..errors import InputError
 from ..home import Home
 from ..progress import silent
 from .facts import CHAT, SET_A, Fact
 from .phrasings import SETS
-from .sleep_suite import closed_book
+from .sleep_suite import closed_book, plain_sft
 
 SOURCE = {"first_person": "user", "third_person": "user", "assistant": "assistant", "chat": "user"}
 LR_SWEEP = (1 / 3, 1.0, 3.0)
@@ -41,40 +43,6 @@ def dev_sets(n: int = 20) -> dict[str, list[Fact]]:
     first = [Fact(from_the_user(f.text), f.question, f.answer) for f in SET_A[:n]]
     said = [Fact("Noted: " + _swap_persons(f.text[:1].lower() + f.text[1:], _SWAP), f.question, f.answer) for f in first]
     return {"first_person": first, "third_person": list(SET_A[:n]), "assistant": said, "chat": list(CHAT[:n])}
-
-
-def plain_sft(model: Any, tok: Any, pairs: list[tuple[str, str]], cfg, steps: int, lr: float, seed: int = 0,
-              progress=silent) -> Any:
-    """A LoRA of the sleep's shape trained with plain CE on (prompt, target) pairs, with the sleep's
-    schedule: warmup then linear decay, gradients clipped at 1.0. Returns the peft model."""
-    import random
-
-    import torch
-    from peft import get_peft_model
-
-    from ..sleep.objective import lora_config
-    from ..sleep.tensors import ce_picked, collate, encode, forward_picked
-    from ..sleep.train import warmup_then_linear
-
-    torch.manual_seed(seed)
-    pm = get_peft_model(model, lora_config(cfg))
-    params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    sched = warmup_then_linear(opt, steps, cfg.warmup_frac)
-    rows = [encode(tok, p, t, cfg.max_seq_len) for p, t in pairs]
-    rng = random.Random(seed)
-    pm.train()
-    for s in range(steps):
-        batch = collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id)
-        loss = ce_picked(*forward_picked(pm, batch)[:2])
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
-    pm.eval()
-    return pm
 
 
 def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines: bool, say, progress,
@@ -157,8 +125,13 @@ def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tu
     unknown = [v for v in voices if v not in sets]
     if unknown:
         raise InputError(f"phrasing suite: unknown voice {unknown[0]!r}; use {', '.join(sets)}")
+    from .report import provenance
+
+    prov = provenance()  # rows saved by other code, packages or defaults are measured again, not merged in
     res: dict[str, Any] = {"set": "development (bench/facts.py variants)" if dev else "test (bench/phrasings.py)",
-                           "seeds": seeds, "baselines": baselines, "n_facts": n_facts, "voices": {}}
+                           "seeds": seeds, "baselines": baselines, "n_facts": n_facts, "voices": {},
+                           "code": {"commit": prov["commit"], "versions": prov["versions"], "defaults": prov["config"],
+                                    "env": env_overrides(os.environ)}}
     # Each voice's row is saved as soon as it is measured, so a run of some voices (--voice) keeps
     # the rows other runs measured with the same set, seeds and baselines, and an interrupted run
     # keeps the voices it finished.
@@ -184,7 +157,8 @@ def _saved(path: Path, res: dict[str, Any]) -> dict[str, Any]:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = all(old.get(k) == res[k] for k in ("set", "seeds", "baselines", "n_facts"))
+    same = all(old.get(k) == res[k] for k in ("set", "seeds", "baselines", "n_facts", "code")) \
+        and res["code"]["commit"] is not None
     return old.get("voices", {}) if same else {}
 
 

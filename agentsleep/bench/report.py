@@ -59,9 +59,13 @@ def sleep_markdown(res: dict[str, Any], plot_rel: str) -> str:
            ("set A after sleep 2 (retention)", f"{res['a_after_sleep2']:.2f} ({res['a_retention']})"),
            ("sleep 1 / sleep 2 status", f"{s1['status']} / {s2['status']}"),
            ("sleep 1 / sleep 2 seconds", f"{res['sleep1_seconds']:.0f} / {res['sleep2_seconds']:.0f}"),
-           ("gate drift KL sleep 1 / 2", f"{m1.get('drift_kl')} / {s2.get('metrics', {}).get('drift_kl')}")]
+           ("gate drift KL sleep 1 / 2 (each against its parent)", f"{m1.get('drift_kl')} / {s2.get('metrics', {}).get('drift_kl')}"),
+           ("drift KL from the base after sleep 1 / 2 (read as the baselines' is)",
+            f"{res.get('sleep1_drift_base', '-')} / {res.get('sleep2_drift_base', '-')}")]
           if s2 else [("sleep 1 status / seconds", f"{s1['status']} / {res['sleep1_seconds']:.0f}"),
-                      ("gate drift KL sleep 1", f"{m1.get('drift_kl')}")]),
+                      ("gate drift KL sleep 1", f"{m1.get('drift_kl')}"),
+                      ("drift KL from the base after sleep 1 (read as the baselines' is)",
+                       f"{res.get('sleep1_drift_base', '-')}")]),
         ("gate probe recall sleep 1", f"{m1.get('recall_before')} -> {m1.get('recall_after')}"),
         ("dreams written / trained (sleep 1)", f"{s1['dreams'].get('written')} / {s1['dreams'].get('trained')}"),
     ]
@@ -109,11 +113,18 @@ def provenance() -> dict[str, Any]:
             versions[pkg] = version(pkg)
         except PackageNotFoundError:
             pass
+    here = Path(__file__).resolve().parent
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+                                cwd=here).stdout.strip() or None
+        # uncommitted edits of tracked files are code too: a result measured with them names them
+        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=30, cwd=here).stdout
     except (OSError, subprocess.SubprocessError):
-        commit = None
+        commit, diff = None, b""
+    if commit and diff:
+        import hashlib
+
+        commit = f"{commit}+dirty-{hashlib.sha256(diff).hexdigest()[:10]}"
     return {"versions": versions, "commit": commit, "config": redact_secrets(Config.load(None).model_dump(mode="json"))}
 
 

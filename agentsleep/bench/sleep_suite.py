@@ -33,32 +33,58 @@ def closed_book(model: Any, tok: Any, facts: list[Fact], memories: list[str] | N
 
 
 def train_lora(model: Any, tok: Any, texts: list[str], cfg, steps: int, progress=None) -> Any:
-    """Baseline: a LoRA of the same shape, lr and step count as the sleep's seeding, trained
-    with plain CE on the raw texts only (no dreams, no distillation, no replay). Returns the peft model."""
+    """Baseline: a LoRA of the same shape, lr, step count and schedule as the sleep's seeding (warmup then
+    linear decay, gradients clipped at 1.0, no weight decay), trained with plain CE on the raw texts only
+    (no dreams, no distillation, no replay). Returns the peft model."""
+    return plain_sft(model, tok, [("", t) for t in texts], cfg, steps, cfg.lr, seed=0, progress=progress)
+
+
+def plain_sft(model: Any, tok: Any, pairs: list[tuple[str, str]], cfg, steps: int, lr: float, seed: int = 0,
+              progress=None) -> Any:
+    """A LoRA of the sleep's shape trained with plain CE on (prompt, target) pairs, with the sleep's
+    schedule: warmup then linear decay, gradients clipped at 1.0, no weight decay. Returns the peft model."""
     import random
 
     import torch
     from peft import get_peft_model
 
-    from ..sleep.seed import lora_config
+    from ..sleep.objective import lora_config
     from ..sleep.tensors import ce_picked, collate, encode, forward_picked
+    from ..sleep.train import warmup_then_linear
 
+    torch.manual_seed(seed)
     pm = get_peft_model(model, lora_config(cfg))
     params = [p for p in pm.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    rows = [encode(tok, "", t, cfg.max_seq_len) for t in texts]
-    rng = random.Random(0)
-    torch.manual_seed(0)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)  # as the sleep's own optimizer
+    sched = warmup_then_linear(opt, steps, cfg.warmup_frac)
+    rows = [encode(tok, p, t, cfg.max_seq_len) for p, t in pairs]
+    rng = random.Random(seed)
     pm.train()
     for s in range(steps):
-        loss = ce_picked(*forward_picked(pm, collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id))[:2])
+        batch = collate(rng.sample(rows, min(cfg.batch_size, len(rows))), tok.pad_token_id)
+        loss = ce_picked(*forward_picked(pm, batch)[:2])
         opt.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        sched.step()
         if progress:
             progress("baseline", s + 1, steps, f"loss {float(loss.detach()):.3f}")
     pm.eval()
     return pm
+
+
+def drift_reference(base, home: Home) -> tuple[Any, Any, list[tuple[str, str]]]:
+    """(base model, tokenizer, the gate's generic drift prompts): drift from the base is read the same way
+    for the sleeps and for the baselines."""
+    from ..models.loader import load
+    from ..sleep.generic_prompts import generic_pool
+
+    ref, tok = load(base.weights)
+    cfg = home.config.sleep
+    drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, cfg.seed.replay_prompts,
+                                            cfg.gate.drift_prompts)["drift"]]
+    return ref, tok, drift
 
 
 def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progress=None) -> list[dict[str, Any]]:
@@ -67,13 +93,10 @@ def naive_continual(base, home: Home, sets: list[list[Fact]], steps: int, progre
     and drift from the base on the gate's generic prompts."""
     from ..models.loader import load
     from ..sleep.gate import drift_kl
-    from ..sleep.generic_prompts import generic_pool
 
-    ref, tok = load(base.weights)
+    ref, tok, drift = drift_reference(base, home)
     model, _ = load(base.weights)
     cfg = home.config.sleep
-    drift = [tuple(x) for x in generic_pool(ref, tok, home.registry, base.name, cfg.seed.replay_prompts,
-                                            cfg.gate.drift_prompts)["drift"]]
     out = []
     for k, facts in enumerate(sets):
         model = train_lora(model, tok, [f.text for f in facts], cfg.seed, steps, progress).merge_and_unload()
@@ -109,6 +132,11 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20, sleeps: i
         res["a_after_sleep1"], answers = closed_book(live.model, live.tok, set_a)
         res["a_answers_after_sleep1"] = [{"q": f.question, "gold": f.answer, "pred": a} for f, a in zip(set_a, answers)]
         say(f"sleep 1: {rep1.status} in {res['sleep1_seconds']:.0f} s; closed-book {res['a_after_sleep1']:.2f}")
+        # drift from the base, as the baseline's is read (the gate's own drift_kl is against the parent)
+        from ..sleep.gate import drift_kl
+
+        ref, _, drift = drift_reference(home.registry.get(rep1.parent_version), home)
+        res["sleep1_drift_base"] = round(drift_kl(live.model, live.tok, drift, ref=ref), 4)
 
         steps = int(rep1.metrics.get("seed_steps") or 60)
         res["baseline_steps"] = steps
@@ -134,6 +162,7 @@ def run(out_dir: Path, *, progress=None, say=print, n_facts: int = 20, sleeps: i
         res["b_after_sleep2"], _ = closed_book(live.model, live.tok, set_b)
         res["a_after_sleep2"], _ = closed_book(live.model, live.tok, set_a)
         res["a_retention"] = round(res["a_after_sleep2"] / res["a_after_sleep1"], 3) if res["a_after_sleep1"] else None
+        res["sleep2_drift_base"] = round(drift_kl(live.model, live.tok, drift, ref=ref), 4)
         say(f"sleep 2: {rep2.status} in {res['sleep2_seconds']:.0f} s; new facts {res['b_after_sleep2']:.2f}, "
             f"first facts {res['a_after_sleep2']:.2f} (retention {res['a_retention']})")
     res["targets"] = targets(res)

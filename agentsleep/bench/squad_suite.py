@@ -47,7 +47,7 @@ def run(out_dir: Path, *, passages: int = 8, seeds: int = 3, say=print, data: Pa
     runs = [one_run(out_dir / f"seed{s}", facts, "user", s, baselines=True, say=say, progress=progress,
                     kind="fact", config=config) for s in range(seeds)]
     res: dict[str, Any] = {"passages": len(items), "offset": offset, "data": str(src), "questions": len(facts),
-                           "seeds": seeds, "runs": runs, **summary(runs)}
+                           "seeds": seeds, "runs": runs, "model": model_path, **summary(runs)}
     for key in ("sleep", "plain_lora"):
         res[f"{key}_gain"] = _stats([r[key] - r["before"] for r in runs])
     res["targets"] = targets(res)
@@ -74,8 +74,12 @@ def markdown(res: dict[str, Any], docs_dir: Path | None = None) -> str:
     table = "\n".join(f"| {name} | {cell(key)} |" for name, key in rows)
     pub = "\n".join(f"- {a}: {b}" for a, b in PUBLISHED)
     targets_line = ", ".join(f"{k} {'yes' if ok else 'NO'}" for k, ok in res.get("targets", {}).items())
-    return (f"{res['passages']} passages from offset {res['offset']}, {res['questions']} questions, embedded "
-            f"SmolLM2-135M, {res['seeds']} seed(s): mean (min-max) share of answers contained in the closed-book "
+    model = res.get("model") or "embedded"
+    model = "embedded SmolLM2-135M" if model == "embedded" else model
+    split = ("development passages (0-499: tuned on)" if res["offset"] + res["passages"] <= 500
+             else "test passages (500 on)" if res["offset"] >= 500 else "development and test passages mixed")
+    return (f"{res['passages']} {split} from offset {res['offset']}, {res['questions']} questions, "
+            f"{model}, {res['seeds']} seed(s): mean (min-max) share of answers contained in the closed-book "
             f"reply. Sleeps promoted: {res['promoted']}/{len(res['runs'])}; sleep {cell('sleep_seconds')} s.\n\n"
             f"| method | answer contained |\n|---|---|\n{table}\n\n"
             f"Gain over base: sleep {cell('sleep_gain')}, best plain LoRA {cell('plain_lora_gain')}. "
