@@ -230,3 +230,36 @@ def test_rollback_to_a_version_with_a_broken_history_leaves_current_alone(tiny, 
         with pytest.raises(Exception):
             h.rollback(v2.name)
         assert h.registry.current_name() == v3.name  # not moved to a version whose history cannot be read
+
+
+def test_the_gate_judges_a_16_bit_version_on_the_weights_it_will_store(tiny, tmp_path):
+    """A bf16 version stores round(W + scale * B @ A): a small LoRA update is partly rounded away. The gate's
+    "after" must be what is published and served, not the adapter beside the weights; and the weights
+    come back as they were when the gate is done."""
+    from agentsleep.sleep.gate import as_published
+
+    model, tok = load(str(tiny))
+    bf = tmp_path / "bf16"
+    model.to(torch.bfloat16).save_pretrained(str(bf))
+    tok.save_pretrained(str(bf))
+    with _home(bf, tmp_path) as h:
+        parent = h.registry.current()
+        pm, tok = _expert(parent, 5)  # loaded in float32 (the loader's default) from bf16 files
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.mul_(0.02)  # an update of the order of bf16's step
+        ids = tok(["The user's dog is called Biscuit"], return_tensors="pt")
+        assert deltas.stored_dtype(bf) == "BF16"
+        with torch.no_grad():
+            adapter = pm(**ids).logits
+            with as_published(pm, deltas.stored_dtype(bf)):
+                judged = pm(**ids).logits
+            restored = pm(**ids).logits
+        v = publish(pm, tok, h.registry, {"parent": parent.name, "kind": "sleep"})
+        served, _ = load(v.weights)
+        with torch.no_grad():
+            want = served(**ids).logits
+    assert torch.allclose(judged, want, atol=1e-5)
+    assert not torch.allclose(adapter, want, atol=1e-4)  # the adapter alone is not what is served
+    assert torch.equal(restored, adapter)

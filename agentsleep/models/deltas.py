@@ -52,6 +52,19 @@ def load_state(d: Path) -> dict[str, Any]:
     return sd
 
 
+def stored_dtype(d: Path) -> Any:
+    """The dtype a version's weights are stored in (read from the first safetensors header; no tensor is
+    loaded), or None when `d` holds none: merges into it are rounded to this dtype."""
+    from safetensors import safe_open
+
+    files = sorted(Path(d).glob("*.safetensors"))
+    if not files:
+        return None
+    with safe_open(str(files[0]), framework="pt") as f:
+        keys = list(f.keys())
+        return f.get_slice(keys[0]).get_dtype() if keys else None
+
+
 def digest(sd: dict[str, Any]) -> str:
     """sha256 over names, dtypes, shapes and bytes, in name order: equal iff the weights are equal."""
     import torch

@@ -44,6 +44,48 @@ def closed_book_hits(model: Any, tok: Any, probes: list[Probe], batch_size: int 
     return [answers_question(a, p.question, p.answer) for a, p in zip(answers, probes)], answers
 
 
+_STORED = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "F64": torch.float64}
+
+
+@contextlib.contextmanager
+def as_published(pm: Any, stored: Any = None):
+    """`pm` computing what publish will store, for as long as the block runs. A 16-bit model's version holds
+    round(W + scale * B @ A) in its own dtype (models/deltas.merge_lora's arithmetic, in float64 before
+    the rounding), which on bf16 weights can lose much of a small LoRA update: the gate must judge those
+    weights, not the adapter beside them. Each LoRA-wrapped weight is replaced by its merge (the adapter
+    off) and restored after; a float32 version is judged with its adapter, as the merge is exact to its
+    rounding. `stored`: the dtype the parent's weights are stored in (a safetensors name such as "BF16",
+    or a torch dtype; default the weights' own), which may differ from the dtype they were loaded in."""
+    from peft.tuners.lora import LoraLayer
+
+    layers = [m for m in pm.modules() if isinstance(m, LoraLayer) and hasattr(m, "base_layer")
+              and getattr(m.base_layer, "weight", None) is not None]
+    target = _STORED.get(stored, stored) if stored is not None else (layers[0].base_layer.weight.dtype
+                                                                    if layers else None)
+    if not layers or target not in (torch.bfloat16, torch.float16):
+        yield pm
+        return
+    saved = []
+    try:
+        with torch.no_grad():
+            for m in layers:
+                name = m.active_adapters[0]
+                if name not in m.lora_A:
+                    continue
+                w = m.base_layer.weight
+                a, b = m.lora_A[name].weight, m.lora_B[name].weight
+                saved.append((w, w.detach().to("cpu", copy=True)))
+                merged = w.to(torch.float64) + m.scaling[name] * (b.to(torch.float64) @ a.to(torch.float64))
+                w.copy_(merged.to(target).to(w.dtype))  # rounded as stored, computed in the loaded dtype
+                del merged
+        with pm.disable_adapter():
+            yield pm
+    finally:
+        with torch.no_grad():
+            for w, orig in saved:
+                w.copy_(orig.to(w.device))
+
+
 def _share(hits: list[bool]) -> float:
     return sum(hits) / len(hits) if hits else 0.0
 
@@ -177,14 +219,15 @@ def drift_kl(pm: Any, tok: Any, pool: list[tuple[str, str]], batch_size: int = 8
 def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift_pool: list[tuple[str, str]],
              cfg: GateConfig, progress: Progress = silent, generator: Any = None,
              first: list[bool | None] | None = None, base_ref: dict[str, Any] | None = None,
-             earlier_scale: float | list[float] = 1.0) -> Verdict:
+             earlier_scale: float | list[float] = 1.0, stored_dtype: Any = None) -> Verdict:
     """Measure before (adapter disabled) and after (adapter on), then decide.
 
     `first[i]`: whether earlier probe i was answered when its fact was first consolidated (the ledger's
     record; None or no list: unknown, the parent's answer stands in). `base_ref`: the base model's
     drift reference (`drift_reference`), for drift against the base. `earlier_scale`: how many earlier
     facts each earlier one asked stands for (evidence.earlier_items). The verdict's `hits` hold every
-    probe's answer before and after, for the ledger.
+    probe's answer before and after, for the ledger. `stored_dtype`: the dtype the new version's weights
+    will be stored in (`as_published`: a 16-bit version is judged on its rounded merge).
 
     With `generator` (a VllmGenerator on the pre-sleep weights) the probes are
     answered by vLLM: before on the base weights, after with the new expert
@@ -196,7 +239,7 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
             with pm.disable_adapter():
                 hit_b, _ = closed_book_hits(pm, tok, probes)
                 old_b, _ = closed_book_hits(pm, tok, earlier)
-            after_model = pm
+            after_model = stack.enter_context(as_published(pm, stored_dtype))  # the weights serving will hold
         else:
             expert = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentsleep-expert-"))
             pm.save_pretrained(expert)

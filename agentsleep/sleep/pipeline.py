@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import AgentsleepError
@@ -273,6 +274,17 @@ def seed_expert(n: Night) -> None:
                               notes=n.dreams.implications)
 
 
+def _stored_dtype(n: Night) -> Any:
+    """The dtype the parent's weights are stored in (publish rounds the merge to it), or None."""
+    from ..models.deltas import stored_dtype
+    from ..models.loader import resolve
+
+    try:
+        return stored_dtype(Path(resolve(n.parent.weights, progress=lambda m: None)))
+    except Exception:  # noqa: BLE001 - unknown: the gate judges the adapter as it is
+        return None
+
+
 def judge(n: Night) -> None:
     """Recall on held-out probes, retention of earlier sleeps, drift on generic prompts."""
     if n.engine is not None:
@@ -283,7 +295,8 @@ def judge(n: Night) -> None:
                                    replayed={m.id for m in n.plan.replay})
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,
-                         first=first, base_ref=base_reference(n), earlier_scale=scale)
+                         first=first, base_ref=base_reference(n), earlier_scale=scale,
+                         stored_dtype=_stored_dtype(n))
     record_answers(n, earlier)
     n.verdict.reasons += n.probe_notes
     n.verdict.metrics.update(probes_trusted=sum(p.kind == "dream" for p in n.probes),
