@@ -294,9 +294,12 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, min=1, help="Take
             if not as_json:
                 err.print(f"the daemon for {home_root} accepted this sleep (request {rid}); waiting for it "
                           "(Ctrl-C stops waiting, not the sleep)...")
-            seen: list[Any] = [None]
+            seen: list[Any] = [None, 0.0]
 
             def show() -> None:
+                if as_json or time.monotonic() - seen[1] < 2.0:  # the status reads every sleep's journal
+                    return
+                seen[1] = time.monotonic()
                 stage = (d.daemon_status(home_root, count_waiting=False).get("running") or {}).get("stage")
                 if not as_json and stage and stage != seen[0]:
                     seen[0] = stage
@@ -309,25 +312,27 @@ def sleep_now(max_episodes: Optional[int] = typer.Option(None, min=1, help="Take
                 sys.exit(130)
             if res is None:
                 raise AgentsleepError(f"the daemon stopped before finishing request {rid}; see `agentsleep daemon status`")
-            _emit(as_json, _ran(res, f"the daemon's sleep (request {rid})"),
+            _emit(as_json, _ran(res, f"the daemon's sleep (request {rid})", as_json),
                   lambda: out.print_json(json.dumps(res, default=str)))
             return
         res = _sleep_via_server(max_episodes, as_json)
         if res is not None:
-            _emit(as_json, _ran(res, "the server's sleep"), lambda: out.print_json(json.dumps(res, default=str)))
+            _emit(as_json, _ran(res, "the server's sleep", as_json), lambda: out.print_json(json.dumps(res, default=str)))
             return
     with _home(writable=False) as h, StageProgress(enabled=not as_json, console=None if as_json else err.real) as prog:
         rep = h.sleep(max_episodes=max_episodes, dry_run=dry_run, progress=prog)
     _emit(as_json, rep.summary(), lambda: rep.print(out))
 
 
-def _ran(res: dict, who: str) -> dict:
+def _ran(res: dict, who: str, as_json: bool = False) -> dict:
     """A sleep run elsewhere (daemon, server) that did not run to a verdict fails this command, as it
-    would have here: exit non-zero with its reason, not 0 with the JSON of a failure."""
+    would have here: exit non-zero with its reason (after the JSON, with --json), not 0."""
     from .errors import SleepError
 
     status = res.get("status")
     if status in ("failed", "aborted", "interrupted", "busy"):
+        if as_json:
+            _emit(True, res, lambda: None)
         why = res.get("error") or "; ".join(res.get("reasons") or []) or "no reason given"
         raise SleepError(f"sleep-now: {who} ended {status}: {str(why).splitlines()[0][:300]}")
     return res
@@ -498,13 +503,13 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
     if not yes:
         raise InputError("purge deletes every episode and model version of this home and cannot be undone; "
                          "run `agentsleep export` first if you need a copy, then pass --yes")
-    from .client import find
+    from .client import running_server
     from .home import default_home
 
     root = Path(State.home_path or default_home()).expanduser()
-    running = find(root)
+    running = running_server(root)
     if running is not None:
-        raise InputError(f"purge: `agentsleep serve` runs for {root} at {running.url}; stop it first")
+        raise InputError(f"purge: `agentsleep serve` runs for {root} at {running['url']}; stop it first")
     load_daemon()
     from .daemon import daemon_info
 
@@ -548,7 +553,8 @@ def migrate(ctx: typer.Context, to: str = typer.Option(..., "--to", help="embedd
             raise InputError(f"migrate: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         r = run_migrate(h, target, persist_token=typed)
     _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} episodes from {r['from']} to {r['to']} "
-                                        f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"))
+                                        f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"
+                                        + (f"; the token was {r['token']}" if r.get("token") else "")))
 
 
 @app.command()

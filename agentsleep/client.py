@@ -95,9 +95,16 @@ def as_error(body: Any, status: int, url: str) -> errors.AgentsleepError:
 
 
 def find(root: Path) -> Client | None:
-    """A client for the server running for `root`, or None (no serve.json, or its process is gone)."""
+    """A client for the server running for `root`, or None (no serve.json, or its process is gone;
+    AGENTSLEEP_NO_SERVER makes commands run here)."""
     if os.environ.get("AGENTSLEEP_NO_SERVER"):
         return None
+    info = running_server(root)
+    return Client(info["url"], api_key(Path(root))) if info else None
+
+
+def running_server(root: Path) -> dict[str, Any] | None:
+    """serve.json of the `agentsleep serve` running for `root` (whatever AGENTSLEEP_NO_SERVER says), or None."""
     try:
         info = json.loads((Path(root) / SERVE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -107,7 +114,7 @@ def find(root: Path) -> Client | None:
     if not isinstance(info, dict) or not isinstance(info.get("url"), str) \
             or not pid_alive(info.get("pid"), info.get("started_at")):
         return None  # a server killed hard leaves its file behind; its pid tells
-    return Client(info["url"], api_key(Path(root)))
+    return info
 
 
 def api_key(root: Path) -> str | None:

@@ -79,7 +79,10 @@ def run_demo(path: Path | None = None, *, fresh: bool = True, console: Console |
 def _table(console: Console | None, rows: list[dict[str, Any]]) -> None:
     if not console:
         return
+    from rich.markup import escape
+
     t = Table("question", "answer", "ok", "version")
-    for r in rows:
-        t.add_row(r["question"], r["answer"][:60], "[green]yes[/]" if r["correct"] else "[red]no[/]", r["version"])
+    for r in rows:  # the model's answer is shown as written, never read as markup
+        t.add_row(escape(r["question"]), escape(r["answer"][:60]), "[green]yes[/]" if r["correct"] else "[red]no[/]",
+                  r["version"])
     console.print(t)

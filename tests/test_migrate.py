@@ -69,4 +69,5 @@ def test_a_token_from_the_environment_is_not_written_to_the_config(chroma_server
                 home=root, env={"AGENTSLEEP_CHROMA_TOKEN": "s3cret-from-env"})
     assert r.code == 0, r.err
     text = (root / "config.toml").read_text()
-    assert "server" in text and "s3cret-from-env" not in text
+    assert "server" in text and "s3cret-from-env" not in text and "token" not in text
+    assert "AGENTSLEEP_MEMORY__TOKEN" in r.out  # told how the later commands get it

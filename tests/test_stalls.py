@@ -270,3 +270,21 @@ def test_a_sleep_killed_after_publishing_is_not_trained_again(tiny, tmp_path, mo
     assert rep.status == "nothing-to-do", (rep.status, rep.reasons)
     assert h.store.ledger.versions_of(ids) == {i: "v0001" for i in ids} and h.registry.current_name() == "v0001"
     h.close()
+
+
+def test_the_ledger_is_reconciled_from_the_manifests_unless_a_rebuild_is_pending(tiny, tmp_path):
+    from agentsleep.models.registry import BASE_VERSION
+    from agentsleep.sleep.pipeline import reconcile_ledger
+    from agentsleep.sleep.select import save_rebuild
+
+    h = _home(tmp_path, tiny)
+    ids = [h.remember(f"The user's locker {i} code is {1000 + i}.").id for i in range(3)]
+    stage = h.registry.new_staging()
+    (stage / "model.safetensors").write_text("w")
+    h.registry.commit(stage, {"parent": BASE_VERSION, "sleep_id": "s1", "episode_ids": ids[:2]})
+    h.store.ledger.forget([ids[1]])  # forgotten since: never marked again
+    save_rebuild(h.root, {"from": BASE_VERSION, "versions": ["v0001"], "forgotten": [ids[1]]})
+    assert reconcile_ledger(h) == [] and h.store.ledger.versions_of(ids) == {}  # the rebuild retakes them
+    save_rebuild(h.root, None)
+    assert reconcile_ledger(h) == [ids[0]] and h.store.ledger.versions_of(ids) == {ids[0]: "v0001"}
+    h.close()

@@ -241,8 +241,8 @@ class AgentSleepStore(BaseStore):
                 if not text.strip():
                     raise StoreInputError("put: value has no text to remember")
                 limit = self.home.config.memory.max_text_chars
-                if len(text.strip()) > limit:  # checked here, before the batch's earlier ops change anything
-                    raise StoreInputError(f"put: the value's text is {len(text.strip()):,} characters, over "
+                if len(text) > limit:  # as remember checks it, here before the batch's earlier ops change anything
+                    raise StoreInputError(f"put: the value's text is {len(text):,} characters, over "
                                           f"memory.max_text_chars = {limit:,}")
                 from agentsleep.memory.episode import check_namespace
 
@@ -379,8 +379,8 @@ class AgentSleepStore(BaseStore):
         return [item for _, item in found[op.offset:op.offset + op.limit]]
 
     def _episodes_in(self, ns: tuple[str, ...]) -> int:
-        """Episodes (chunks counted) of one namespace."""
-        return len(self.home.episodes(namespace=episode_namespace(ns)))
+        """Episodes (chunks counted) of one namespace, from the lexical index (one SQLite count)."""
+        return self.home.store.lexical.count(namespace=episode_namespace(ns))
 
     def _list_namespaces(self, op: ListNamespacesOp) -> list[tuple[str, ...]]:
         spaces = [_tuple(r[0]) for r in self._db.execute("SELECT DISTINCT ns FROM items")]

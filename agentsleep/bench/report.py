@@ -118,7 +118,9 @@ def provenance() -> dict[str, Any]:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=here).stdout.strip() or None
         # uncommitted edits of tracked files are code too: a result measured with them names them
-        diff = subprocess.run(["git", "diff", "HEAD"], capture_output=True, timeout=30, cwd=here).stdout
+        # (code only: the bench rewrites docs/ itself, which must not make its own results stale)
+        diff = subprocess.run(["git", "diff", "HEAD", "--", ":(top)agentsleep", ":(top)adapters", ":(top)daemon",
+                               ":(top)pyproject.toml"], capture_output=True, timeout=30, cwd=here).stdout
     except (OSError, subprocess.SubprocessError):
         commit, diff = None, b""
     if commit and diff:

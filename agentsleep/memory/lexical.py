@@ -282,9 +282,12 @@ class LexicalIndex:
             c.execute("COMMIT")
 
     # -- reads --------------------------------------------------------------
-    def count(self) -> int:
+    def count(self, namespace: str | None = None) -> int:
+        """Rows (chunks counted), of one namespace or all."""
         with self._conn() as c:
-            return int(c.execute("SELECT count(*) FROM docs").fetchone()[0])
+            if namespace is None:
+                return int(c.execute("SELECT count(*) FROM docs").fetchone()[0])
+            return int(c.execute("SELECT count(*) FROM docs WHERE namespace = ?", (namespace,)).fetchone()[0])
 
     def ids(self) -> set[str]:
         with self._conn() as c:

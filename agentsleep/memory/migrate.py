@@ -70,8 +70,12 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
     finally:
         dst.close()
     _switch_config(home.root / "config.toml", target, persist_token)
-    return {"episodes": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
-            "from": _describe(src_cfg), "to": _describe(target)}
+    out = {"episodes": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
+           "from": _describe(src_cfg), "to": _describe(target)}
+    if target.token and not persist_token:
+        out["token"] = ("not written to config.toml (it came from the environment): set AGENTSLEEP_MEMORY__TOKEN "
+                        "for the commands that use this store")
+    return out
 
 
 def _describe(c: MemoryConfig) -> str:
@@ -83,8 +87,8 @@ def _switch_config(path: Path, target: MemoryConfig, persist_token: bool = True)
     mem = data.setdefault("memory", {})
     for k in ("backend", "host", "port", "collection", "ssl"):
         mem[k] = getattr(target, k)
-    if not persist_token:
-        pass  # a secret from the environment is not copied into a file
+    if not persist_token:  # a secret from the environment is not copied into a file; the old store's is stale
+        mem.pop("token", None)
     elif target.token:
         mem["token"] = target.token
     else:

@@ -319,6 +319,8 @@ class EpisodeStore:
         all_ids = [e.id for e in eps]
         try:
             vecs, ctx = self._embed_documents(eps, with_context_counts=True)
+            if any(ctx) and self.lexical.get_meta(DENSE_CTX_KEY) != "1":
+                self.lexical.set_meta(DENSE_CTX_KEY, "1")  # deletes from now on look for turns to embed again
             step = max(1, min(ADD_BATCH, CHROMA_MAX_BATCH))
             for s in range(0, len(eps), step):
                 batch = eps[s:s + step]
@@ -422,7 +424,7 @@ class EpisodeStore:
         for i, doc, md in todo:
             ctx = self.lexical.before_in_session(i, int(md[DENSE_CTX_KEY]))
             texts.append("\n".join(ctx + [_dense_body(doc or "", md.get("speaker"))]))
-            mds.append({**md, DENSE_CTX_KEY: len(ctx)} if ctx else {k: v for k, v in md.items() if k != DENSE_CTX_KEY})
+            mds.append({**md, DENSE_CTX_KEY: len(ctx)})  # Chroma merges metadata on update: 0, not dropped
         self._call("update", self._coll.update, ids=[t[0] for t in todo], embeddings=self._embed_texts(texts),
                    metadatas=mds)
 
@@ -854,7 +856,9 @@ class EpisodeStore:
         """Delete these records from both indexes (ids not stored are ignored), and embed again the later
         turns of their sessions whose vectors were made with them as context."""
         self._require_writer()
-        later = self.lexical.following(ids, DENSE_CONTEXT_MAX)
+        # only a store where some vector was embedded with its session's earlier turns pays for this
+        used = self.cfg.dense_context_turns > 0 or self.lexical.get_meta(DENSE_CTX_KEY) == "1"
+        later = self.lexical.following(ids, DENSE_CONTEXT_MAX) if used else []
         try:
             for s in range(0, len(ids), CHROMA_MAX_BATCH):
                 self._call("delete", self._coll.delete, ids=ids[s:s + CHROMA_MAX_BATCH])

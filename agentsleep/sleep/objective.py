@@ -152,11 +152,14 @@ def imitate(pm: Any, tok: Any, memories: list[Memory], rng: random.Random, cfg: 
     if not pool:
         return None
     chosen = [rng.choice(pool) for _ in range(cfg.on_policy_samples)]
+    from .tensors import bos_ids
+
+    bos = tok.bos_token if bos_ids(tok) else ""  # raw text starts as training's raw items do (encode)
     prefixes, refs = [], []
     for m in chosen:
         words = m.text.split()
         cut = rng.randint(max(2, len(words) // 3), max(2, 2 * len(words) // 3))
-        prefixes.append(" ".join(words[:cut]))
+        prefixes.append(bos + " ".join(words[:cut]))
         refs.append(" ".join(words[cut:]))
     n_new = max(len(tok(r)["input_ids"]) for r in refs) + 4
     comps = gen.generate(pm, tok, prefixes, max_new_tokens=min(n_new, 32), batch_size=len(prefixes),

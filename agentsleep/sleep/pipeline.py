@@ -327,7 +327,12 @@ def reconcile_ledger(home) -> list[str]:
     """Mark consolidated what the serving lineage's manifests say it holds and the ledger does not: a sleep
     killed between flipping CURRENT and its ledger writes (`publish_version`) would otherwise leave those
     episodes waiting, and the next sleep would train them again on top of the version that holds them.
-    Forgotten episodes are left out. Returns the ids marked."""
+    Forgotten episodes are left out, and nothing is done while a rebuild after `forget` is pending (the
+    rebuild retakes every episode of the tainted versions itself). Returns the ids marked."""
+    from .select import load_rebuild
+
+    if load_rebuild(home.root):
+        return []
     ledger = home.store.ledger
     held: dict[str, tuple[str, str]] = {}
     for v in home.registry.lineage():
