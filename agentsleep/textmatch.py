@@ -16,7 +16,14 @@ whose whom as from into about than then so if not no yes s""".split())
 
 # Han ideographs, hiragana, katakana (and their extensions, half-width forms): no spaces between words
 _UNSPACED = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff66-\uff9f]")
-_NOT_WORD = re.compile(r"[^\w' ]+|_")
+# Not part of a word: everything but letters, digits, apostrophes, spaces and combining marks (Devanagari's vowel
+# signs are marks: without them "दिन" and "दान" would be one word), and a decimal point kept by `_DECIMAL`.
+_POINT = "\ue000"
+_NOT_WORD = re.compile(r"[^\w'\s\ue000\u0300-\u036f\u0900-\u0dff\u0e31\u0e34-\u0e3a\u0e47-\u0e4e"
+                       r"\u0f18-\u0fbc\u1000-\u109f\u0610-\u061a\u064b-\u065f\u0670\u06d6-\u06ed]+|_")
+# "5.3" is one number ("3.5" must not match it); a date such as "14.02.2027" stays three words
+_DECIMAL = re.compile(r"(?<!\d)(?<!\d\.)(\d+)\.(\d+)(?!\d|\.\d)")
+_THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")  # "1,500" is 1500 (a comma before three digits only)
 
 
 def _strip_latin_accents(text: str) -> str:
@@ -34,7 +41,9 @@ def normalize(text: str) -> str:
     text = unicodedata.normalize("NFKC", text).replace("’", "'")
     text = _strip_latin_accents(text).casefold()
     text = _UNSPACED.sub(lambda m: f" {m.group(0)} ", text)
-    text = _NOT_WORD.sub(" ", text)
+    text = _DECIMAL.sub(lambda m: m.group(1) + _POINT + m.group(2), _THOUSANDS.sub("", text))
+    text = _NOT_WORD.sub(" ", text).replace(_POINT, ".")
+    text = re.sub(r"(?<!\w)'+|'+(?!\w)", " ", text)  # quotes around a word ("'Biscuit'"), not "o'clock"
     return re.sub(r"\s+", " ", text).strip()
 
 

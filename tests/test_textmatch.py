@@ -7,9 +7,15 @@ from agentsleep.textmatch import contains_answer, grounded, normalize, specifics
 
 
 def _ascii_rule(text: str) -> str:
-    """The ASCII behaviour every recorded benchmark figure was measured with."""
+    """The ASCII behaviour every recorded benchmark figure was measured with, plus three changes of
+    2026-12-07 (figures before then used the rule without them): a thousands comma is dropped ("1,500"), a
+    decimal point stays in its number ("3.5"), and quotes around a word are not part of it ("'Biscuit'")."""
     text = text.lower().replace("’", "'")
-    return re.sub(r"\s+", " ", re.sub(r"[^a-z0-9' ]+", " ", text)).strip()
+    text = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", text)
+    text = re.sub(r"(?<!\d)(?<!\d\.)(\d+)\.(\d+)(?!\d|\.\d)", "\\1\ue000\\2", text)
+    text = re.sub(r"[^a-z0-9'\s\ue000]+", " ", text).replace("\ue000", ".")
+    text = re.sub(r"(?<!\w)'+|'+(?!\w)", " ", text)
+    return re.sub(r"\s+", " ", text).strip()
 
 
 @given(st.text(alphabet=st.characters(max_codepoint=127), max_size=60))
@@ -88,3 +94,28 @@ def test_mistyped_answers_are_not_what_the_question_asks_for():
                  ("How many pets do I have?", "none"), ("How many?", "fifteen"), ("What holiday do I love?", "Christmas"),
                  ("Who is my daughter?", "June"), ("When do I drink coffee?", "毎朝")]:
         assert not mistyped(q, a), (q, a)
+
+
+def test_numbers_quotes_and_indic_marks_match_as_written():
+    from agentsleep.textmatch import contains_answer, tokens
+
+    assert not contains_answer("The trail is 5.3 km long.", "3.5 km")  # one number, not the digits 3 and 5
+    assert contains_answer("The trail is 3.5 km.", "3.5 km")
+    assert contains_answer("It cost 1,500 euros", "1500 euros") and tokens("10,000,000") == ["10000000"]
+    assert tokens("14.02.2027") == ["14", "02", "2027"]  # a dotted date stays three words
+    assert contains_answer("The dog is called 'Biscuit'.", "Biscuit") and tokens("o'clock") == ["o'clock"]
+    assert not contains_answer("उसने दान दिया", "दिन") and contains_answer("उसने दिन दिया", "दिन")  # vowel signs kept
+
+
+def test_the_ledger_indexes_probes_by_episode(tmp_path):
+    import sqlite3
+
+    from agentsleep.memory.ledger import Ledger
+
+    led = Ledger(tmp_path / "l.sqlite")
+    led.record_probes([("p1", "e1", "Q?", "A"), ("p2", "e2", "Q2?", "B")])
+    led.record_results("v0001", {"p1": True, "p2": False})
+    idx = {r[0] for r in sqlite3.connect(tmp_path / "l.sqlite").execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "probe_episode" in idx
+    led.forget(["e1"])
+    assert led.results(["p1", "p2"]) == {"p2": {"v0001": False}}

@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS probe (
     answer     TEXT NOT NULL,
     since      TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS probe_episode ON probe(episode_id);
 CREATE TABLE IF NOT EXISTS probe_result (
     probe_id TEXT NOT NULL,
     version  TEXT NOT NULL,
@@ -118,22 +119,28 @@ class Ledger:
     def _conn(self):
         return connect(self.path)
 
-    def mark(self, episode_ids: list[str], version: str, sleep_id: str) -> None:
-        """Record that `version` absorbed these episodes (one transaction)."""
-        now = time.time()
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: every row of a multi-row write lands, or none (and one fsync, not one a row)."""
         with self._conn() as c:
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
-                              [(e, version, sleep_id, now) for e in episode_ids])
+                yield c
             except BaseException:
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
 
+    def mark(self, episode_ids: list[str], version: str, sleep_id: str) -> None:
+        """Record that `version` absorbed these episodes (one transaction)."""
+        now = time.time()
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
+                          [(e, version, sleep_id, now) for e in episode_ids])
+
     def unmark_versions(self, versions: list[str]) -> None:
         """Forget the consolidation records of these versions (after a rollback past them)."""
-        with self._conn() as c:
+        with self._tx() as c:
             c.executemany("DELETE FROM consolidation WHERE version = ?", [(v,) for v in versions])
 
     def versions_of(self, episode_ids: list[str] | None = None) -> dict[str, str]:
@@ -157,20 +164,14 @@ class Ledger:
         """Record the forgetting, and drop what the ledger held of these episodes' text (their probes' questions
         and answers, with every version's answers to them) and their failed attempts."""
         now = time.time()
-        with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
-                c.executemany("INSERT OR IGNORE INTO forget_pending VALUES (?)", [(e,) for e in episode_ids])
-                for e in episode_ids:
-                    c.execute("DELETE FROM probe_result WHERE probe_id IN (SELECT probe_id FROM probe WHERE episode_id = ?)",
-                              (e,))
-                    c.execute("DELETE FROM probe WHERE episode_id = ?", (e,))
-                    c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        with self._tx() as c:  # probe(episode_id) is indexed: each delete finds its rows, never a scan
+            c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
+            c.executemany("INSERT OR IGNORE INTO forget_pending VALUES (?)", [(e,) for e in episode_ids])
+            for e in episode_ids:
+                c.execute("DELETE FROM probe_result WHERE probe_id IN (SELECT probe_id FROM probe WHERE episode_id = ?)",
+                          (e,))
+                c.execute("DELETE FROM probe WHERE episode_id = ?", (e,))
+                c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
 
     def forgotten(self) -> dict[str, float]:
         with self._conn() as c:
@@ -199,13 +200,13 @@ class Ledger:
 
     def record_probes(self, probes: list[tuple[str, str, str, str]]) -> None:
         """Register probes as (probe id, episode id, question, answer); the first registration stays."""
-        with self._conn() as c:
+        with self._tx() as c:
             c.executemany("INSERT OR IGNORE INTO probe (probe_id, episode_id, question, answer) VALUES (?,?,?,?)",
                           probes)
 
     def set_probe_since(self, since: dict[str, str]) -> None:
         """probe id -> the version that consolidated its fact, where not known yet (the first one stays)."""
-        with self._conn() as c:
+        with self._tx() as c:
             c.executemany("UPDATE probe SET since = ? WHERE probe_id = ? AND since = ''",
                           [(v, p) for p, v in since.items()])
 
@@ -215,7 +216,7 @@ class Ledger:
     def record_results(self, version: str, hits: dict[str, bool]) -> None:
         """Whether `version` (or CANDIDATE + sleep id) answered each probe; a re-measure replaces the row."""
         now = time.time()
-        with self._conn() as c:
+        with self._tx() as c:
             c.executemany("INSERT OR REPLACE INTO probe_result VALUES (?,?,?,?)",
                           [(p, version, int(h), now) for p, h in hits.items()])
 
@@ -301,41 +302,30 @@ class Ledger:
             wait = 0 if k < 2 else backoff * 2 ** min(k - 2, 16) + extra_wait
             out[e] = Attempt(e, k, now_sleep + 1 + wait, sleep_id, failed, reason,
                              quarantined=quarantine_now or (quarantine_after > 0 and k >= quarantine_after))
-        with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                c.executemany("INSERT OR REPLACE INTO attempt VALUES (?,?,?,?,?,?,?)",
-                              [(a.episode_id, a.failures, a.wait_until, a.sleep_id, a.failed, a.reason, now)
-                               for a in out.values()])
-                c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
-                              [(a.episode_id, SKIPPED + sleep_id, sleep_id, now) for a in out.values() if a.quarantined])
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        with self._tx() as c:
+            c.executemany("INSERT OR REPLACE INTO attempt VALUES (?,?,?,?,?,?,?)",
+                          [(a.episode_id, a.failures, a.wait_until, a.sleep_id, a.failed, a.reason, now)
+                           for a in out.values()])
+            c.executemany("INSERT OR REPLACE INTO consolidation VALUES (?,?,?,?)",
+                          [(a.episode_id, SKIPPED + sleep_id, sleep_id, now) for a in out.values() if a.quarantined])
         return out
 
     def succeed(self, episode_ids: list[str]) -> None:
         """Consolidated at last: their failed attempts are history."""
-        with self._conn() as c:
+        with self._tx() as c:
             for part, marks in _batches(episode_ids):
                 c.execute(f"DELETE FROM attempt WHERE episode_id IN ({marks})", part)
 
     def release(self, episode_ids: list[str] | None = None) -> list[str]:
         """Give set-aside or backed-off episodes (all with None) a fresh start: the next sleep takes them.
         Returns the ids released."""
-        with self._conn() as c:
-            c.execute("BEGIN IMMEDIATE")
-            try:
-                held = [r[0] for r in c.execute("SELECT episode_id FROM attempt")]
-                held += [r[0] for r in c.execute("SELECT episode_id FROM consolidation WHERE version LIKE ?",
-                                                 (SKIPPED + "%",))]
-                ids = [e for e in dict.fromkeys(held) if episode_ids is None or e in set(episode_ids)]
-                for e in ids:
-                    c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
-                    c.execute("DELETE FROM consolidation WHERE episode_id = ? AND version LIKE ?", (e, SKIPPED + "%"))
-            except BaseException:
-                c.execute("ROLLBACK")
-                raise
-            c.execute("COMMIT")
+        wanted = None if episode_ids is None else set(episode_ids)
+        with self._tx() as c:
+            held = [r[0] for r in c.execute("SELECT episode_id FROM attempt")]
+            held += [r[0] for r in c.execute("SELECT episode_id FROM consolidation WHERE version LIKE ?",
+                                             (SKIPPED + "%",))]
+            ids = [e for e in dict.fromkeys(held) if wanted is None or e in wanted]
+            for e in ids:
+                c.execute("DELETE FROM attempt WHERE episode_id = ?", (e,))
+                c.execute("DELETE FROM consolidation WHERE episode_id = ? AND version LIKE ?", (e, SKIPPED + "%"))
         return ids
