@@ -333,3 +333,29 @@ def test_a_port_held_by_something_else_is_a_one_line_error_not_a_traceback():
             Client(f"http://127.0.0.1:{srv.getsockname()[1]}").call("GET", "/status", timeout=10)
     finally:
         srv.close()
+
+
+def test_the_home_api_and_the_openai_protocol_refuse_bad_values_with_a_400(tmp_path):
+    """A long stop string (its matcher costs vocabulary x length under the generation lock), a seed torch
+    cannot take, a non-numeric limit or k: one 400 each, never a 500 or a stalled server."""
+    from starlette.testclient import TestClient
+
+    from agentsleep.home import Home
+    from agentsleep.serving.protocol import BadRequest, ChatRequest, parse
+    from agentsleep.serving.server import create_app
+    from agentsleep.serving.ui import HomeAPI
+
+    msgs = [{"role": "user", "content": "hi"}]
+    for body, field in (({"messages": msgs, "stop": "a" * 100_000}, "stop"), ({"messages": msgs, "stop": ["ok", "b" * 65]}, "stop"),
+                        ({"messages": msgs, "seed": 2 ** 64}, "seed")):
+        with pytest.raises(BadRequest, match=field):
+            parse(ChatRequest, body)
+    assert parse(ChatRequest, {"messages": msgs, "stop": ["\n\n", "User:"], "seed": 7}).seed == 7
+    with Home.open(tmp_path / "h") as home:
+        app = create_app(None)
+        HomeAPI(home).mount(app, None)
+        c = TestClient(app, client=("127.0.0.1", 5000), base_url="http://127.0.0.1:8421")
+        for r in (c.get("/agentsleep/episodes?limit=abc"), c.post("/agentsleep/forget", json={"query": "x", "k": "many"}),
+                  c.post("/agentsleep/ask", json={"question": "hi", "max_new_tokens": "50"})):
+            assert r.status_code == 400 and r.json()["error"]["type"] == "InputError", r.text
+        assert c.get("/agentsleep/sleeps/latest/report.html", headers={"Origin": "http://evil.example"}).status_code in (401, 403)

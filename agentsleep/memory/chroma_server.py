@@ -51,7 +51,12 @@ def start(path: Path, log: Path, port: int | None = None, timeout: float = 60.0,
         except httpx.HTTPError:
             return False
 
-    if wait_until(answers, timeout, interval=0.2, stop=lambda: proc.poll() is not None):
+    try:
+        up = wait_until(answers, timeout, interval=0.2, stop=lambda: proc.poll() is not None)
+    except BaseException:  # Ctrl-C while waiting: its own session would outlive us, holding the data folder
+        stop(proc)
+        raise
+    if up and proc.poll() is None:  # (a server that exited at once may have been answered for by another)
         return proc, host, port
     if proc.poll() is not None:
         raise StoreUnavailableError(f"chroma server exited with {proc.returncode}: "

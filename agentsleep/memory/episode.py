@@ -157,13 +157,26 @@ def chunk_text(text: str, size: int) -> list[str]:
     pos = 0
     while len(text) - pos > size:
         window = text[pos:pos + size]
-        cut = max((m.end() for m in re.finditer(r"[.!?\n]\s", window[size // 2:])), default=0)
+        cut = max((m.end() for m in re.finditer(r"[.!?\n]\s|[。！？]", window[size // 2:])), default=0)
         if cut:
             cut += size // 2
         else:
             ws = window.rfind(" ", size // 2)
             cut = ws + 1 if ws > 0 else size
+        while cut > 0 and pos + cut < len(text) and (_joins(text[pos + cut]) or text[pos + cut - 1] == "\u200d"):
+            # never split a character from its marks, nor the parts of a joined emoji
+            cut -= 1
+        if cut == 0:  # a window of marks alone (pathological): cut where the window ends
+            cut = size
         chunks.append(text[pos:pos + cut])
         pos += cut
     chunks.append(text[pos:])
     return chunks
+
+
+def _joins(ch: str) -> bool:
+    """Whether `ch` belongs to the character before it: a combining mark, a zero-width joiner or a variation
+    selector (an accent, a Devanagari vowel sign, the parts of an emoji sequence)."""
+    import unicodedata
+
+    return unicodedata.category(ch) in ("Mn", "Mc", "Me") or ch in "\u200d\ufe0e\ufe0f" or "\U000e0100" <= ch <= "\U000e01ef"

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .backend import BadRequest
 
 MAX_STOP = 8
+MAX_STOP_CHARS = 64
 
 
 class _Open(BaseModel):
@@ -51,11 +52,15 @@ class _Common(_Open):
     stream: bool = False
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - 1)  # what torch.manual_seed takes
 
     @field_validator("stop")
     @classmethod
     def _stops(cls, v: Any) -> Any:
+        for s in ([v] if isinstance(v, str) else v if isinstance(v, list) else []):
+            # transformers' stop-string matcher costs vocabulary x length steps under the generation lock
+            if isinstance(s, str) and len(s) > MAX_STOP_CHARS:
+                raise ValueError(f"a stop string may be at most {MAX_STOP_CHARS} characters")
         if isinstance(v, list):
             if len(v) > MAX_STOP:
                 raise ValueError(f"at most {MAX_STOP} stop strings")

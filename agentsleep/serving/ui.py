@@ -103,16 +103,22 @@ class HomeAPI:
 
     def ask(self, b: dict[str, Any]) -> dict[str, Any]:
         q = _req(b, "question", str)
+        n = b.get("max_new_tokens")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 4096):
+            raise InputError(f"ask: max_new_tokens must be a whole number from 1 to 4096, got {n!r}")
+        k = b.get("k")
+        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise InputError(f"ask: k must be a whole number of at least 1, got {k!r}")
         if not self.model_ready.wait(timeout=600):  # the server shares its model with ask: load it once
             raise AgentsleepError("ask: the server's model is still loading; retry shortly")
         with self.model_lock:
-            return self.home.ask(q, use_memory=not b.get("no_memory"), k=b.get("k"),
-                                 max_new_tokens=b.get("max_new_tokens"), namespace=b.get("namespace", "default"))
+            return self.home.ask(q, use_memory=not b.get("no_memory"), k=k,
+                                 max_new_tokens=n, namespace=b.get("namespace", "default"))
 
     def forget(self, b: dict[str, Any]) -> dict[str, Any]:
         self._writable("forget")
         with self.store_lock:
-            return self.home.forget(b.get("episode_id"), query=b.get("query"), k=int(b.get("k", 1)),
+            return self.home.forget(b.get("episode_id"), query=b.get("query"), k=_int(b.get("k", 1), "k"),
                                     fallback=bool(b.get("fallback")), namespace=b.get("namespace", "default"))
 
     def sleep(self, b: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +129,7 @@ class HomeAPI:
 
     def episodes(self, p: dict[str, str]) -> dict[str, Any]:
         """Newest first; `q` searches by meaning and words (recall) instead of listing."""
-        limit = min(int(p.get("limit") or 200), MAX_LIST)
+        limit = min(_int(p.get("limit") or 200, "limit"), MAX_LIST)
         since, until = _when(p.get("since"), "since"), _when(p.get("until"), "until")
         kind, session, source = p.get("kind") or None, p.get("session") or None, p.get("source") or None
         ns = p.get("namespace") or None
@@ -205,6 +211,17 @@ def report_path(root: Path, sid: str) -> Path:
                 return p
         raise InputError(f"report: no report.html for sleep {sid!r} in {root}")
     return p
+
+
+def _int(v: Any, key: str) -> int:
+    """A whole number of at least 1 from a body or query value, else a 400 (never a 500)."""
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise InputError(f"'{key}' must be a whole number, got {v!r}") from None
+    if n < 1 or isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise InputError(f"'{key}' must be a whole number of at least 1, got {v!r}")
+    return n
 
 
 def _req(b: dict[str, Any], key: str, typ: type) -> Any:
@@ -395,6 +412,7 @@ def mount(app: Any, api: HomeAPI, api_key: str | None, *, loopback_only: bool = 
     @app.get(f"{PREFIX}/sleeps/{{sid}}/report.html")
     async def report(sid: str, request: Request) -> Any:
         check_key(request, api_key)
+        check_origin(request, api_key, False)  # a report holds memories: no other site (DNS rebinding) reads it
         try:
             p = await run_in_threadpool(api.report_path, sid)
         except AgentsleepError as e:
