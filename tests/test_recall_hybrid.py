@@ -476,3 +476,11 @@ def test_bm25_leaves_out_words_most_rows_hold_in_a_large_store(tmp_path):
     assert len(lex.search("weather kestrel", 5, f, common_share=1.0)) == 5  # under the share: kept
     lex.close()
 
+
+
+def test_since_a_month_runs_to_now_and_sept_is_september():
+    now = datetime(2026, 12, 7, tzinfo=UTC)
+    start, end = time_window("What did I do since March?", now)
+    assert start == datetime(2026, 3, 1, tzinfo=UTC) and end > now
+    assert time_window("in Sept 2023", now) == (datetime(2023, 9, 1, tzinfo=UTC), datetime(2023, 10, 1, tzinfo=UTC))
+    assert time_window("during June", now) == (datetime(2026, 6, 1, tzinfo=UTC), datetime(2026, 7, 1, tzinfo=UTC))

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta, timezone
 MONTHS = {m: i for i, m in enumerate(
     "january february march april may june july august september october november december".split(), 1)}
 MONTHS.update({m[:3]: i for m, i in list(MONTHS.items())})
+MONTHS["sept"] = 9  # "Sept 2023"
 MONTHS.pop("may", None)  # "may" alone is usually the verb; "in May" / "May 2023" are caught below
 _MONTH_RE = "|".join(sorted(MONTHS, key=len, reverse=True))
 _UNITS = {"day": 1, "week": 7, "month": 30, "year": 365}
@@ -76,15 +77,16 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
         y = now.year - (m.group(1) == "last")
         return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
     day = r"(?:\s+\d{1,2}(?:st|nd|rd|th)?\b)?"  # "May 5th, 2023", "in May of 2023"
-    m = (re.search(rf"\b(?:in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b{day}"
+    m = (re.search(rf"\b(in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b{day}"
                    rf"(?:,?\s+(?:of\s+)?(\d{{4}}))?", q)
-         or re.search(rf"\b(may|{_MONTH_RE}){day},?\s+(?:of\s+)?(\d{{4}})\b", q))
+         or re.search(rf"\b()(may|{_MONTH_RE}){day},?\s+(?:of\s+)?(\d{{4}})\b", q))
     if m:
-        mo = MONTHS.get(m.group(1), 5)
-        if m.group(2):
-            return _month(int(m.group(2)), mo)
-        y = now.year if mo <= now.month else now.year - 1
-        return _month(y, mo)
+        mo = MONTHS.get(m.group(2), 5)
+        y = int(m.group(3)) if m.group(3) else now.year if mo <= now.month else now.year - 1
+        start, end = _month(y, mo)
+        if m.group(1) == "since":  # from that month's start to now, not that month alone
+            return start, max(end, now + timedelta(days=1))
+        return start, end
     m = re.search(r"\b(?:in|during|of)\s+((?:19|20)\d\d)\b", q)
     if m:
         y = int(m.group(1))
