@@ -75,12 +75,15 @@ def test_phrasing_targets_need_the_margin_every_promotion_and_drift_in_the_gate(
 
 def test_phrasing_rows_are_kept_only_from_runs_measured_the_same_way(tmp_path):
     path = tmp_path / "voices.json"
-    first = {"set": "test (bench/phrasings.py)", "seeds": 3, "baselines": True, "n_facts": None,
+    code = {"commit": "abc1234", "versions": {"torch": "2.13.0"}, "defaults": {}, "env": {}}
+    first = {"set": "test (bench/phrasings.py)", "seeds": 3, "baselines": True, "n_facts": None, "code": code,
              "voices": {"first_person": _row([_run(0)], facts=40, measured="2026-12-04")}}
     phrasing_suite._save(path, first)
     same = {**first, "voices": {}}
     assert list(phrasing_suite._saved(path, same)) == ["first_person"]
-    for key, other in (("seeds", 1), ("baselines", False), ("n_facts", 5), ("set", "development (bench/facts.py variants)")):
+    for key, other in (("seeds", 1), ("baselines", False), ("n_facts", 5), ("set", "development (bench/facts.py variants)"),
+                       ("code", {**code, "commit": "abc1234+dirty-0123456789"}),  # other code: measured again
+                       ("code", {**code, "versions": {"torch": "2.14.0"}}), ("code", {**code, "commit": None})):
         assert phrasing_suite._saved(path, {**same, key: other}) == {}, key
     path.write_text("{not json")
     assert phrasing_suite._saved(path, same) == {}  # a broken file is a fresh start, never an error

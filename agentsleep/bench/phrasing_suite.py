@@ -157,8 +157,8 @@ def _saved(path: Path, res: dict[str, Any]) -> dict[str, Any]:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-    same = all(old.get(k) == res[k] for k in ("set", "seeds", "baselines", "n_facts", "code")) \
-        and res["code"]["commit"] is not None
+    same = all(old.get(k) == res.get(k) for k in ("set", "seeds", "baselines", "n_facts", "code")) \
+        and (res.get("code") or {}).get("commit") is not None
     return old.get("voices", {}) if same else {}
 
 
@@ -168,8 +168,8 @@ def _save(path: Path, res: dict[str, Any]) -> None:
     from ..atomic import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({k: res[k] for k in ("set", "seeds", "baselines", "n_facts", "voices")}, indent=1,
-                                       default=str))
+    atomic_write_text(path, json.dumps({k: res.get(k) for k in ("set", "seeds", "baselines", "n_facts", "code", "voices")},
+                                       indent=1, default=str))
 
 
 def targets(res: dict[str, Any]) -> dict[str, bool]:
