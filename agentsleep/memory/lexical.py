@@ -26,6 +26,12 @@ from pathlib import Path
 
 from .ledger import connect
 
+
+def spoken(text: str, speaker: str | None) -> str:
+    """A turn as the dense vectors read it: the speaker's name first (questions name people), unless the
+    text already starts with it."""
+    return text if not speaker or text.startswith(f"{speaker}:") else f"{speaker}: {text}"
+
 SCHEMA_VERSION = "2"
 _IN_BATCH = 500
 
@@ -384,7 +390,7 @@ class LexicalIndex:
         with self._read() as c:
             rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? ORDER BY rowid DESC LIMIT ?",
                              (namespace, session, n)).fetchall()
-        return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
+        return [spoken(t, sp) for sp, t in reversed(rows)]
 
     def following(self, ids: list[str], n: int) -> list[str]:
         """The ids of up to `n` turns after each of these in its session (turn order), the given ids left out."""
@@ -410,7 +416,7 @@ class LexicalIndex:
                 return []
             rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? AND rowid < ? "
                              "ORDER BY rowid DESC LIMIT ?", (r[1], r[2], r[0], n)).fetchall()
-        return [t if not sp or t.startswith(f"{sp}:") else f"{sp}: {t}" for sp, t in reversed(rows)]
+        return [spoken(t, sp) for sp, t in reversed(rows)]
 
     def neighbours(self, ids: list[str], window: int) -> dict[str, list[str]]:
         """id -> the ids of up to `window` turns before and after it in its session (turn order), itself excluded."""

@@ -22,7 +22,7 @@ from ..errors import AgentsleepError, HomeError, InputError, StoreLockedError, S
 from .episode import (DEFAULT_NAMESPACE, KINDS, Episode, RememberResult, check_namespace, chunk_text, content_hash,
                       new_episode_id, utcnow)
 from .ledger import Ledger
-from .lexical import SCHEMA_VERSION, Filters, LexicalIndex, Row, query_terms
+from .lexical import SCHEMA_VERSION, Filters, LexicalIndex, Row, query_terms, spoken
 from .supersede import superseded
 
 CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
@@ -391,7 +391,7 @@ class EpisodeStore:
         n_ctx = self.cfg.dense_context_turns if context else 0
         texts, counts, recent = [], [], {}
         for e in eps:
-            body = _dense_body(e.text, e.speaker)
+            body = spoken(e.text, e.speaker)
             ctx: list[str] = []
             if n_ctx and e.session is not None:
                 key = (e.namespace, e.session)
@@ -423,7 +423,7 @@ class EpisodeStore:
         texts, mds = [], []
         for i, doc, md in todo:
             ctx = self.lexical.before_in_session(i, int(md[DENSE_CTX_KEY]))
-            texts.append("\n".join(ctx + [_dense_body(doc or "", md.get("speaker"))]))
+            texts.append("\n".join(ctx + [spoken(doc or "", md.get("speaker"))]))
             mds.append({**md, DENSE_CTX_KEY: len(ctx)})  # Chroma merges metadata on update: 0, not dropped
         self._call("update", self._coll.update, ids=[t[0] for t in todo], embeddings=self._embed_texts(texts),
                    metadatas=mds)
@@ -917,11 +917,6 @@ def _utc(t: datetime) -> datetime:
     if not isinstance(t, datetime):
         raise InputError(f"expected a datetime, got {type(t).__name__}")
     return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
-
-
-def _dense_body(text: str, speaker: str | None) -> str:
-    """A turn as its dense vector reads it: the speaker's name first (questions name people)."""
-    return text if not speaker or text.startswith(f"{speaker}:") else f"{speaker}: {text}"
 
 
 def _row(i: str, doc: str, md: dict[str, Any]) -> Row:
