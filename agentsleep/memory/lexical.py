@@ -392,17 +392,27 @@ class LexicalIndex:
                              (namespace, session, n)).fetchall()
         return [spoken(t, sp) for sp, t in reversed(rows)]
 
+    @staticmethod
+    def _place(c: sqlite3.Connection, episode_id: str) -> tuple | None:
+        """(rowid, namespace, session) of a stored turn that has a session, else None."""
+        r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (episode_id,)).fetchone()
+        return None if r is None or r[2] is None else r
+
+    @staticmethod
+    def _turns(c: sqlite3.Connection, place: tuple, n: int, later: bool, cols: str = "id") -> list[tuple]:
+        """`cols` of up to `n` turns after (`later`) or before the one at `place` in its session, nearest first."""
+        op, order = (">", "ASC") if later else ("<", "DESC")
+        return c.execute(f"SELECT {cols} FROM docs WHERE namespace = ? AND session = ? AND rowid {op} ? "
+                         f"ORDER BY rowid {order} LIMIT ?", (place[1], place[2], place[0], n)).fetchall()
+
     def following(self, ids: list[str], n: int) -> list[str]:
         """The ids of up to `n` turns after each of these in its session (turn order), the given ids left out."""
         out: dict[str, None] = {}
         skip = set(ids)
         with self._read() as c:
             for i in ids:
-                r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (i,)).fetchone()
-                if r is None or r[2] is None:
-                    continue
-                for (j,) in c.execute("SELECT id FROM docs WHERE namespace = ? AND session = ? AND rowid > ? "
-                                      "ORDER BY rowid LIMIT ?", (r[1], r[2], r[0], n)):
+                place = self._place(c, i)
+                for (j,) in self._turns(c, place, n, later=True) if place else []:
                     if j not in skip:
                         out[j] = None
         return list(out)
@@ -410,12 +420,11 @@ class LexicalIndex:
     def before_in_session(self, episode_id: str, n: int) -> list[str]:
         """The texts of up to `n` turns before this one in its session, oldest first (speaker-prefixed when
         known), as `last_in_session` gives them for a new turn."""
+        if n < 1:
+            return []
         with self._read() as c:
-            r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (episode_id,)).fetchone()
-            if r is None or r[2] is None or n < 1:
-                return []
-            rows = c.execute("SELECT speaker, text FROM docs WHERE namespace = ? AND session = ? AND rowid < ? "
-                             "ORDER BY rowid DESC LIMIT ?", (r[1], r[2], r[0], n)).fetchall()
+            place = self._place(c, episode_id)
+            rows = self._turns(c, place, n, later=False, cols="speaker, text") if place else []
         return [spoken(t, sp) for sp, t in reversed(rows)]
 
     def neighbours(self, ids: list[str], window: int) -> dict[str, list[str]]:
@@ -425,12 +434,10 @@ class LexicalIndex:
             return out
         with self._read() as c:
             for i in ids:
-                r = c.execute("SELECT rowid, namespace, session FROM docs WHERE id = ?", (i,)).fetchone()
-                if r is None or r[2] is None:
+                place = self._place(c, i)
+                if place is None:
                     continue
-                before = c.execute("SELECT id FROM docs WHERE namespace = ? AND session = ? AND rowid < ? "
-                                   "ORDER BY rowid DESC LIMIT ?", (r[1], r[2], r[0], window)).fetchall()
-                after = c.execute("SELECT id FROM docs WHERE namespace = ? AND session = ? AND rowid > ? "
-                                  "ORDER BY rowid LIMIT ?", (r[1], r[2], r[0], window)).fetchall()
+                before = self._turns(c, place, window, later=False)
+                after = self._turns(c, place, window, later=True)
                 out[i] = [x[0] for x in reversed(before)] + [x[0] for x in after]
         return out
