@@ -321,6 +321,8 @@ class ServeConfig(_Section):
     vllm_url: str | None = Field(None, description="Attach to an existing vLLM server instead of starting one.")
     vllm_api_key: str | None = Field(None, description="Bearer token for the vLLM server at vllm_url.")
     max_request_bytes: int = Field(1_000_000, ge=1024, description="Larger request bodies (bytes) are refused.")
+    max_pending: int = Field(64, ge=1, description="Completion requests admitted at once, answering or waiting for "
+                             "the model; more are refused at once with 503 and Retry-After instead of queueing.")
 
 
 class DaemonConfig(_Section):

@@ -318,9 +318,9 @@ class Home:
             except StoreUnavailableError as e:
                 memory_error = str(e)
                 log.warning("answering without memories: %s", e)
-        eng = self.engine
-        answer = eng.answer(question, [m.prompt_text() for m in memories], max_new_tokens=max_new_tokens)
-        out = {"answer": answer, "model_version": eng.version.name, "memories_used": [m.id for m in memories]}
+        answer, version = self.engine.answer(question, [m.prompt_text() for m in memories],
+                                             max_new_tokens=max_new_tokens)
+        out = {"answer": answer, "model_version": version, "memories_used": [m.id for m in memories]}
         if memory_error:
             out["memory_error"] = memory_error
         return out

@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentsleep import guard
+from agentsleep.procs import terminate_group
+
 RESTART_AFTER_S = 30.0
 
 
@@ -44,8 +47,11 @@ class HomeServer:
             return  # someone else serves this home
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
         with open(self.root / "logs" / "serve.log", "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "agentsleep.cli", "--home", str(self.root), "serve"],
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            # its own process group (it may run vLLM), under the guard: a daemon killed with SIGKILL
+            # does not leave it serving
+            cmd = [sys.executable, "-m", "agentsleep.cli", "--home", str(self.root), "serve"]
+            self.proc = subprocess.Popen(guard.command(cmd), stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
         self.started_at = time.time()
         self.log.info("home server started (pid %s); the CLI goes through it once it answers", self.proc.pid)
 
@@ -53,12 +59,7 @@ class HomeServer:
         p, self.proc = self.proc, None
         if p is None or p.poll() is not None:
             return
-        p.terminate()
-        try:
-            p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        terminate_group(p, grace=timeout)  # the server, its guard and anything left in its group
         self.log.info("home server (pid %s) stopped", p.pid)
 
     def public(self) -> dict[str, Any]:

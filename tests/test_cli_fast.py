@@ -225,6 +225,27 @@ def test_without_a_key_the_home_api_answers_this_machine_only(tmp_path):
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "InputError"
 
 
+def test_chat_requests_recall_under_the_home_apis_store_lock(tmp_path):
+    """`agentsleep serve` recalls memories for /v1 chat requests as a store call of the home API: never
+    beside a remember or a forget it is running."""
+    import threading
+
+    from agentsleep.home import Home
+    from agentsleep.serving.ui import HomeAPI
+
+    with Home.open(tmp_path / "h") as home:
+        api = HomeAPI(home)
+        home.remember("My locker code is 4471.")
+        got: list = []
+        with api.store_lock:  # a remember in progress
+            t = threading.Thread(target=lambda: got.append(api.chat_recall("What is my locker code?", 2)))
+            t.start()
+            time.sleep(0.5)
+            assert t.is_alive() and not got
+        t.join(60)
+        assert got and "4471" in got[0][0].text
+
+
 def test_a_daemon_with_serve_keeps_a_server_the_cli_goes_through(tmp_path):
     """[daemon] serve = true: the daemon keeps `agentsleep serve` running for its home, so the CLI's
     commands answer through it; the server goes when the daemon stops."""

@@ -45,14 +45,15 @@ def chain(tiny, tmp_path_factory):
 
 
 class Served:
-    def __init__(self, reg, *, recall=None, cfg=None, poll_s=0.05):
+    def __init__(self, reg, *, recall=None, cfg=None, poll_s=0.05, default_max_tokens=None):
         self.reg = reg
         self.backend = TransformersBackend(ModelConfig(max_new_tokens=6))
         self.watcher = RegistryWatcher(reg, self.backend, poll_s=poll_s, retry_s=0.2)
         self.watcher.record(self.backend.start(reg.current()))
         self.watcher.start()
         self.server = ServerThread(create_app(self.backend, registry=reg, watcher=self.watcher, recall=recall,
-                                              serve_cfg=cfg or ServeConfig())).start()
+                                              serve_cfg=cfg or ServeConfig(),
+                                              default_max_tokens=default_max_tokens)).start()
         self.http = httpx.Client(base_url=self.server.url, timeout=60)
 
     def wait_version(self, name: str, timeout: float = 60) -> dict:
@@ -188,6 +189,68 @@ def test_routes_limits_and_auth(chain):
             assert s.http.post(path, json={}, headers=auth).status_code == 404
         stats = s.http.get("/health").json()["requests"]
         assert stats["failed"] >= 5 and stats["in_flight"] == 0
+    finally:
+        s.close()
+
+
+def test_a_full_house_is_refused_at_once_and_health_still_answers(chain, monkeypatch):
+    """More requests than serve.max_pending get 503 "overloaded" at once; the requests waiting on the model
+    (more than the web server's shared worker threads, 40) never keep /health from answering."""
+    reg, _ = chain
+    reg.set_current("v0000")
+    s = Served(reg, cfg=ServeConfig(max_pending=45))
+    held, real = threading.Event(), s.backend.chat
+    monkeypatch.setattr(s.backend, "chat", lambda req, pin=None: held.wait(60) and real(req, pin=pin))
+    results: list[int] = []
+    try:
+        def one():
+            with httpx.Client(base_url=s.server.url, timeout=120) as c:
+                results.append(c.post(CHAT, json=chat_body()).status_code)
+        threads = [threading.Thread(target=one) for _ in range(45)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            h = s.http.get("/health", timeout=5).json()  # answers while 45 requests wait on the model
+            if h["requests"]["in_flight"] == 45:
+                break
+            time.sleep(0.05)
+        assert h["requests"]["in_flight"] == 45 and h["status"] == "ok"
+        r = s.http.post(CHAT, json=chat_body(), timeout=5)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+        assert r.headers["retry-after"] == "1" and "serve.max_pending" in r.json()["error"]["message"]
+        held.set()
+        for t in threads:
+            t.join(120)
+        assert results == [200] * 45
+        assert s.http.post(CHAT, json=chat_body()).status_code == 200
+        assert s.http.get("/health").json()["requests"]["in_flight"] == 0
+    finally:
+        held.set()
+        s.close()
+
+
+def test_a_long_prompt_without_max_tokens_gets_the_room_left(chain, tiny):
+    """The server's default length (model.max_new_tokens) shrinks to what the context leaves; a client's
+    own max_tokens does not, as in OpenAI's API."""
+    from transformers import AutoTokenizer
+
+    reg, _ = chain
+    reg.set_current("v0000")
+    tok = AutoTokenizer.from_pretrained(str(tiny))
+    prompt = " ".join(["word"] * 600)
+    ids = tok(prompt, add_special_tokens=False)["input_ids"][:509]  # the tiny model reads 512 tokens
+    prompt = tok.decode(ids)
+    assert len(tok(prompt, add_special_tokens=False)["input_ids"]) == 509
+    s = Served(reg, default_max_tokens=6)
+    try:
+        r = s.http.post("/v1/completions", json={"prompt": prompt})
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] <= 3
+        r = s.http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+        r = s.http.post("/v1/completions", json={"prompt": "one two three"})
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 6
     finally:
         s.close()
 
@@ -345,7 +408,7 @@ def test_a_question_with_memories_is_asked_in_the_answer_layout(chain, monkeypat
     assert "about the user:\n- Maya is" in qa
     assert teacher_prompt(eng.live.tok, "Who is Maya?", mem[0]) == gen.chat(eng.live.tok, "Who is Maya?",
                                                                             system=gen.memory_system(mem))
-    assert eng.answer("Who is Maya?", mem) == eng.complete([qa])[0][0]
+    assert eng.answer("Who is Maya?", mem) == (eng.complete([qa])[0][0], "v0000")
     seen, real = [], gen.generate
     monkeypatch.setattr(gen, "generate", lambda model, tok, prompts, **kw: seen.extend(prompts) or real(model, tok, prompts, **kw))
     gen.answers(eng.live.model, eng.live.tok, ["Who is Maya?"], memories=[mem], max_new_tokens=2)  # the evaluations' way
@@ -353,17 +416,28 @@ def test_a_question_with_memories_is_asked_in_the_answer_layout(chain, monkeypat
     assert gen.memory_system(mem) != gen.answer_system(mem) and gen.answer_system([]) is None
 
 
-def test_engine_helpers_used_by_home(chain):
-    reg, _ = chain
+def test_engine_helpers_used_by_home(chain, monkeypatch):
+    from agentsleep.models import generate as gen
+
+    reg, versions = chain
     eng = Engine(ModelConfig(max_new_tokens=5))
     eng.swap(reg.get("v0000"))
     out, version = eng.complete(["Hello", "World"])
     assert version == "v0000" and len(out) == 2
-    assert isinstance(eng.answer("Who is Maya?", ["Maya is Alice's daughter."]), str)
     assert isinstance(eng.last_swap, SwapReport) and eng.last_swap.kind == "start"
     r = eng.generate(eng.render_chat([{"role": "user", "content": "hi"}]), GenParams(max_tokens=3, temperature=0.8,
                                                                                      seed=1))
     assert r.completion_tokens <= 3
+    real = gen.generate
+
+    def swapped_meanwhile(model, tok, prompts, **kw):  # a promotion lands while v0000 answers
+        eng.swap(versions["adapter"])
+        return real(model, tok, prompts, **kw)
+    monkeypatch.setattr(gen, "generate", swapped_meanwhile)
+    text, version = eng.answer("Who is Maya?", ["Maya is Alice's daughter."])
+    assert isinstance(text, str) and version == "v0000"  # named after the model that answered
+    assert eng.version.name == versions["adapter"].name
+    monkeypatch.setattr(gen, "generate", real)
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -221,6 +221,29 @@ def test_streaming_and_bad_input_through_vllm(stack):
     assert c["model"] == version and c["object"] == "text_completion"
 
 
+def test_the_default_length_shrinks_to_the_room_a_long_prompt_leaves(stack):
+    """model.max_new_tokens applies when a client sets no max_tokens; vLLM refuses it when the prompt leaves
+    less room, so the request is sent again without it (a client's own max_tokens is still refused)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(stack["reg"].get("v0000").weights)
+    ids = tok(" ".join(["word"] * 600), add_special_tokens=False)["input_ids"][:509]  # 512 fit
+    prompt = tok.decode(ids)
+    server = ServerThread(create_app(stack["backend"], registry=stack["reg"], serve_cfg=ServeConfig(),
+                                     default_max_tokens=6)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=300) as http:
+            r = http.post("/v1/completions", json={"prompt": prompt})
+            assert r.status_code == 200, r.text
+            assert 1 <= r.json()["usage"]["completion_tokens"] <= 3
+            r = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6})
+            assert r.status_code == 400 and "context length" in r.json()["error"]["message"].lower()
+            r = http.post("/v1/completions", json={"prompt": "one two three"})
+            assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 6
+    finally:
+        server.stop()
+
+
 def test_server_dies_mid_run_and_is_restarted(stack):
     http, sup = stack["http"], stack["sup"]
     version = http.get("/health").json()["version"]

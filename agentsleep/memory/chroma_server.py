@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .. import guard
 from ..errors import StoreUnavailableError
 from ..procs import free_port, terminate_group, wait_until
 
@@ -41,7 +42,7 @@ def start(path: Path, log: Path, port: int | None = None, timeout: float = 60.0,
         cmd = [chroma_executable(), "run", "--path", str(path), "--host", host, "--port", str(port)]
         env = None
     with open(log, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        proc = subprocess.Popen(guard.command(cmd), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                 start_new_session=True)  # its own process group: stop() takes its children too
     url = f"http://{host}:{port}/api/v2/heartbeat"
 

@@ -81,6 +81,15 @@ class Unavailable(APIError):
         super().__init__(message, **kw)
 
 
+class Overloaded(Unavailable):
+    """More completion requests are running or waiting than `serve.max_pending` admits."""
+
+    def __init__(self, message: str, **kw: Any):
+        kw.setdefault("code", "overloaded")
+        kw.setdefault("headers", {"Retry-After": "1"})
+        super().__init__(message, **kw)
+
+
 class UpstreamError(APIError):
     status = 502
     type = "server_error"

@@ -42,7 +42,8 @@ class Loaded:
 
 @dataclass
 class GenParams:
-    max_tokens: int | None = None
+    max_tokens: int | None = None  # the client's: a prompt that leaves less room is refused
+    default_max_tokens: int | None = None  # used when max_tokens is None (else model.max_new_tokens): shrinks to fit
     temperature: float = 0.0
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
@@ -126,11 +127,15 @@ class Engine:
             out = gen.generate(live.model, live.tok, prompts, max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)
         return out, live.version.name
 
-    def answer(self, question: str, memories: list[str] | None = None, *, max_new_tokens: int | None = None) -> str:
+    def answer(self, question: str, memories: list[str] | None = None, *,
+               max_new_tokens: int | None = None) -> tuple[str, str]:
+        """The answer to `question` in the answer layout, and the version that gave it (a swap may
+        replace the live version at any moment: the name is read from the model that answered)."""
         live = self.live
         prompt = gen.chat(live.tok, question, system=gen.answer_system(memories or []))
         with self._gen_lock:
-            return gen.generate(live.model, live.tok, [prompt], max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)[0]
+            text = gen.generate(live.model, live.tok, [prompt], max_new_tokens=max_new_tokens or self.cfg.max_new_tokens)[0]
+        return text, live.version.name
 
     # -- the OpenAI endpoint's generation -------------------------------------
     def render_chat(self, messages: list[dict[str, Any]], live: Loaded | None = None) -> str:
@@ -153,7 +158,8 @@ class Engine:
         if n >= ctx:
             raise BadRequest(f"This model's maximum context length is {ctx} tokens, and the prompt has {n}. "
                              "Shorten the prompt.", code="context_length_exceeded", param="messages")
-        want = p.max_tokens if p.max_tokens is not None else min(self.cfg.max_new_tokens, ctx - n)
+        want = p.max_tokens if p.max_tokens is not None else min(p.default_max_tokens or self.cfg.max_new_tokens,
+                                                                 ctx - n)
         if n + want > ctx:
             raise BadRequest(f"This model's maximum context length is {ctx} tokens. However, you requested "
                              f"{n + want} tokens ({n} in the prompt, {want} in the completion). "

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .backend import BadRequest
 
@@ -53,6 +53,9 @@ class _Common(_Open):
     stream_options: dict[str, Any] | None = None
     n: int = Field(1, ge=1)
     seed: int | None = Field(None, ge=-2 ** 63, le=2 ** 64 - 1)  # what torch.manual_seed takes
+    # The server's default length (model.max_new_tokens) when the client set none: unlike a client's
+    # max_tokens it shrinks to the room the prompt leaves instead of failing a long prompt.
+    _default_limit: int | None = PrivateAttr(None)
 
     @field_validator("stop")
     @classmethod
@@ -72,7 +75,16 @@ class _Common(_Open):
         return [self.stop] if isinstance(self.stop, str) and self.stop else list(self.stop or [])
 
     def limit(self) -> int | None:
+        """The client's own length limit (None: it set none)."""
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def default_limit(self) -> int | None:
+        """The length to use when the client set none; it yields to the context window."""
+        return None if self.limit() is not None else self._default_limit
+
+    def set_default_limit(self, n: int | None) -> None:
+        self._default_limit = n
 
 
 class ChatRequest(_Common):

@@ -37,7 +37,8 @@ from ..models.generate import memory_system
 from ..models.registry import Registry
 from ..procs import is_loopback, wait_until
 from .auth import require_bearer
-from .backend import APIError, Backend, BadRequest, ModelNotFound, Stream, SwapReport, TooLarge, Unavailable
+from .backend import (APIError, Backend, BadRequest, ModelNotFound, Overloaded, Stream, SwapReport, TooLarge,
+                      Unavailable)
 from .protocol import ChatRequest, CompletionRequest, Message, parse
 
 log = logging.getLogger("agentsleep.serve")
@@ -151,9 +152,13 @@ class _Stats:
             self.failed += 1
             self.by_status[status] += 1
 
-    def begin(self) -> None:
+    def admit(self, limit: int) -> bool:
+        """Count one more request in flight, unless `limit` already are."""
         with self.lock:
+            if self.in_flight >= limit:
+                return False
             self.in_flight += 1
+            return True
 
     def end(self) -> None:
         with self.lock:
@@ -195,7 +200,17 @@ class AppState:
     started: float = field(default_factory=time.time)  # wall clock: model cards' "created"
 
     def __post_init__(self) -> None:
+        import anyio
+
         self.started_mono = time.monotonic()  # uptime
+        # Generation and stream reads wait on the model in worker threads: they get threads of their own,
+        # so a full house never leaves /health, the home API or recall waiting for a thread.
+        self.model_threads = anyio.CapacityLimiter(self.cfg.max_pending)
+
+    async def on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        import anyio
+
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self.model_threads)
 
     def check_auth(self, request: Request) -> None:
         require_bearer(request.headers.get("authorization", ""), [self.cfg.api_key or ""])
@@ -350,23 +365,23 @@ async def read_json(request: Request, limit: int) -> Any:
 
 
 async def answer(st: AppState, request: Request, kind: str) -> Any:
-    """One completion request: checked, parsed, memories injected, answered by the backend."""
-    from starlette.concurrency import run_in_threadpool
-
+    """One completion request: checked, parsed, admitted (or refused when `serve.max_pending` are in flight),
+    memories injected, answered by the backend."""
     st.check_auth(request)
     body = await read_json(request, st.cfg.max_request_bytes)
     req = parse(ChatRequest if kind == "chat" else CompletionRequest, body)
     pin = st.resolve_model(req.model)
     if req.temperature is None:
         req.temperature = 0.0  # deterministic by default (documented in protocol.py)
-    if req.limit() is None and st.default_max_tokens:
-        req.max_tokens = st.default_max_tokens  # the same default length from both backends
-    extra = await recall_into(st, req) if kind == "chat" else None
+    req.set_default_limit(st.default_max_tokens)  # the same default length from both backends
     call = st.backend.chat if kind == "chat" else st.backend.completion
-    st.stats.begin()
+    if not st.stats.admit(st.cfg.max_pending):
+        raise Overloaded(f"the server is busy: {st.cfg.max_pending} requests are already answering or waiting "
+                         "(serve.max_pending); retry shortly")
     streaming = False
     try:
-        result = await run_in_threadpool(lambda: call(req, pin=pin))
+        extra = await recall_into(st, req) if kind == "chat" else None
+        result = await st.on_model_thread(lambda: call(req, pin=pin))
         streaming = isinstance(result, Stream)
     finally:
         if not streaming:
@@ -399,21 +414,19 @@ def respond(st: AppState, result: dict[str, Any] | Stream, extra: dict[str, Any]
 
     if isinstance(result, Stream):
         result.on_close(st.stats.end)
-        return StreamingResponse(relay(result), media_type="text/event-stream",
+        return StreamingResponse(relay(st, result), media_type="text/event-stream",
                                  headers={"X-Agentsleep-Version": result.version or "", "Cache-Control": "no-cache"})
     if extra:
         result["agentsleep"] = extra
     return JSONResponse(result, headers={"X-Agentsleep-Version": str(result.get("model", ""))})
 
 
-async def relay(stream: Stream) -> AsyncIterator[bytes]:
-    """A backend's stream, read in a worker thread; cancelled when the client goes away."""
-    from starlette.concurrency import run_in_threadpool
-
+async def relay(st: AppState, stream: Stream) -> AsyncIterator[bytes]:
+    """A backend's stream, read in a model worker thread; cancelled when the client goes away."""
     done = object()
     try:
         while True:
-            chunk = await run_in_threadpool(next, stream, done)
+            chunk = await st.on_model_thread(next, stream, done)
             if chunk is done:
                 break
             yield chunk
@@ -499,7 +512,8 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
                      log_dir=home.root / "logs")
     watcher = RegistryWatcher(registry, b, poll_s=poll_s)
 
-    app = create_app(b, registry=registry, watcher=watcher, recall=home_recall(home), serve_cfg=cfg,
+    recall = api.chat_recall if api is not None else home_recall(home)  # under the home API's store lock
+    app = create_app(b, registry=registry, watcher=watcher, recall=recall, serve_cfg=cfg,
                      memory_k=home.config.memory.recall_k, default_max_tokens=home.config.model.max_new_tokens)
     if api is not None:
         api.url = url_for(local_host(host), port)

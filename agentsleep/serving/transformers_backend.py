@@ -16,7 +16,7 @@ from .protocol import ChatRequest, CompletionRequest, new_id, now
 
 
 def _params(req: ChatRequest | CompletionRequest) -> GenParams:
-    return GenParams(max_tokens=req.limit(), temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
+    return GenParams(max_tokens=req.limit(), default_max_tokens=req.default_limit, temperature=req.temperature or 0.0, top_p=req.top_p or 1.0,
                      stop=req.stops(), seed=req.seed)
 
 

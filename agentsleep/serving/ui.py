@@ -68,6 +68,25 @@ class HomeAPI:
         # threads wait for each other at every op). They are serialised by the store lock anyway.
         self.store_pool = ThreadPoolExecutor(1, thread_name_prefix="agentsleep-store")
 
+    def store_call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn` as a store call: on store_pool's thread (one torch thread)."""
+        # the first embedding imports transformers too: not while boot imports it for the model
+        if not self.model_ready.wait(timeout=600):
+            raise AgentsleepError("the server is still loading its model; retry shortly")
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)  # this thread only (see store_pool)
+        return fn(*args)
+
+    def chat_recall(self, query: str, k: int) -> list[Any]:
+        """Memories for a /v1 chat request: a store call like the others, under the store lock, so it
+        never runs beside a remember or a forget of the home API."""
+        from .server import home_recall
+
+        def run() -> list[Any]:
+            with self.store_lock:
+                return home_recall(self.home)(query, k)
+        return self.store_pool.submit(self.store_call, run).result()
+
     def mount(self, app: Any, api_key: str | None, *, loopback_only: bool = True) -> None:
         mount(app, self, api_key, loopback_only=loopback_only)
 
@@ -328,14 +347,6 @@ def mount(app: Any, api: HomeAPI, api_key: str | None, *, loopback_only: bool = 
 
     import asyncio
 
-    def one_thread(fn: Callable[..., Any], *args: Any) -> Any:
-        # the first embedding imports transformers too: not while boot imports it for the model
-        if not api.model_ready.wait(timeout=600):
-            raise AgentsleepError("the server is still loading its model; retry shortly")
-        if "torch" in sys.modules:
-            sys.modules["torch"].set_num_threads(1)  # this thread only (see HomeAPI.store_pool)
-        return fn(*args)
-
     async def call(request: Request, fn: Callable[..., Any], *args: Any, body: bool = False, store: bool = False) -> Any:
         check_key(request, api_key)
         check_origin(request, api_key, body)
@@ -351,7 +362,7 @@ def mount(app: Any, api: HomeAPI, api_key: str | None, *, loopback_only: bool = 
                     raise InputError("the request body is not a JSON object")
                 args = (data, *args)
             if store:
-                res = await asyncio.get_running_loop().run_in_executor(api.store_pool, one_thread, fn, *args)
+                res = await asyncio.get_running_loop().run_in_executor(api.store_pool, api.store_call, fn, *args)
             else:
                 res = await run_in_threadpool(fn, *args)
         except AgentsleepError as e:

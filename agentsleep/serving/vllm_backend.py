@@ -39,6 +39,12 @@ def _upstream_error(status: int, text: str) -> APIError:
     return e
 
 
+def _no_room(resp: Any, body: dict[str, Any], req: ChatRequest | CompletionRequest) -> bool:
+    """vLLM refused the server's default length (not the client's) for want of room in the context."""
+    return (resp.status_code == 400 and "max_tokens" in body and req.limit() is None
+            and "context length" in resp.text.lower())
+
+
 class VLLMBackend:
     name = "vllm"
 
@@ -86,8 +92,10 @@ class VLLMBackend:
         import httpx
 
         body = req.model_dump(exclude_none=True, exclude=_OURS)
+        if req.default_limit:
+            body["max_tokens"] = req.default_limit
         http = self.sup.http
-        for attempt in range(3):
+        for attempt in range(4):
             route = self.sup.lease(pin, timeout=self.acquire_timeout)
             body["model"] = route.model
             try:
@@ -102,18 +110,19 @@ class VLLMBackend:
                 if attempt < 2 and self.sup.recover(route, timeout=self.acquire_timeout):
                     continue
                 raise UpstreamError(f"vLLM did not answer ({type(e).__name__}: {e}); see GET /health") from None
+            if resp.status_code >= 400:
+                try:
+                    resp.read()
+                finally:
+                    resp.close()
+                    self.sup.release(route)
+                if _no_room(resp, body, req):
+                    del body["max_tokens"]  # vLLM then gives what room the prompt leaves, less than the default
+                    continue
+                raise _upstream_error(resp.status_code, resp.text)
             if req.stream:
-                if resp.status_code >= 400:
-                    try:
-                        resp.read()
-                        raise _upstream_error(resp.status_code, resp.text)
-                    finally:
-                        resp.close()
-                        self.sup.release(route)
                 return self._relay(resp, route)
             self.sup.release(route)
-            if resp.status_code >= 400:
-                raise _upstream_error(resp.status_code, resp.text)
             data = resp.json()
             data["model"] = route.version.name
             return data

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentsleep import guard
 from agentsleep.procs import free_port, is_loopback, terminate_group, wait_until
 
 from .weights import kv_bytes_for, read_config
@@ -42,7 +43,8 @@ class VLLMStartError(RuntimeError):
 
 
 class VLLMProcess:
-    """One `python -m vllm.entrypoints.openai.api_server` process on loopback (its own process group)."""
+    """One `python -m vllm.entrypoints.openai.api_server` process on loopback (its own process group,
+    led by `agentsleep.guard`, which stops it if this process dies)."""
 
     def __init__(self, model_dir: str | Path, *, host: str = "127.0.0.1", port: int | None = None,
                  api_key: str | None = None, served_name: str = SERVED_NAME, max_model_len: int | None = None,
@@ -106,7 +108,8 @@ class VLLMProcess:
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
         logf.flush()
         try:
-            self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, env=env,
+            # under the guard: a parent killed with SIGKILL does not leave the server running
+            self.proc = subprocess.Popen(guard.command(self.command()), stdout=logf, stderr=subprocess.STDOUT, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
         finally:
             logf.close()
