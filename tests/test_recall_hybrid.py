@@ -188,6 +188,31 @@ def test_lexical_finds_rare_words_dense_ranks_low(store):
     assert -1.0 <= hits[0].score <= 1.0  # score stays the cosine similarity
 
 
+def test_words_in_scripts_without_spaces_are_found_by_keyword(tmp_path):
+    """Japanese, Chinese and Korean runs are indexed as character pairs: a question worded otherwise finds
+    the memory by its words (the whole run was one token before, which only the identical run matched).
+    An index written the old way is rebuilt when a writer opens the store."""
+    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    for i in range(20):
+        s.remember(f"We talked about the weather and the garden on day {i}.", namespace="n")
+    cat = s.remember("私の猫の名前はミケです。", namespace="n")
+    tea = s.remember("我每天早上喝绿茶。", namespace="n")
+    seoul = s.remember("저는 서울에 살아요.", namespace="n")
+    s.remember("我的狗叫旺财。", namespace="n")
+
+    def keyword(q):
+        return [i for i, _ in s.lexical.search(q, 3, Filters(namespace="n"))]
+    assert keyword("猫の名前は何ですか？")[0] == cat.id
+    assert keyword("你早上喝什么茶？")[0] == tea.id
+    assert keyword("서울에 사는 사람은?")[0] == seoul.id
+    assert s.recall("猫の名前", k=1, namespace="n")[0].id == cat.id
+    s.lexical.set_meta("tokens", "words")  # as an index written before the character pairs
+    s.close()
+    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    assert s.lexical.get_meta("tokens") == "cjk-bigrams" and keyword("猫の名前は何ですか？")[0] == cat.id
+    s.close()
+
+
 def test_event_time_filters_boost_and_prompt_text(store):
     may = datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
     june = datetime(2023, 6, 20, tzinfo=UTC)
@@ -263,6 +288,8 @@ def test_writer_reopen_repairs_a_lexical_index_out_of_step(tmp_path):
 
 def test_query_helpers():
     assert query_terms("When did Caroline go to the LGBTQ support group?") == ["caroline", "lgbtq", "support", "group"]
+    assert query_terms("猫の名前は?") == ["猫の", "の名", "名前", "前は"] and query_terms("猫") == ["猫"]
+    assert query_terms("Café Müller in Köln") == ["café", "müller", "köln"]
     assert entities("Yesterday I met Caroline at the Elm Street cafe.") == ["Caroline", "Elm", "Street"]
     now = datetime(2023, 7, 12, tzinfo=UTC)
     assert time_window("what did I do last week?", now) == (datetime(2023, 7, 3, tzinfo=UTC), datetime(2023, 7, 10, tzinfo=UTC))

@@ -66,12 +66,30 @@ yourself ever kind sort thing things get got go going went lot like likely might
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _CAPITAL = re.compile(r"\b[A-Z][\w'-]+")
+# Scripts written without spaces between words (Han, kana, and Hangul, whose words carry their particles):
+# FTS5's unicode61 tokenizer would take a whole run ("私の猫の名前はミケです") as one token, so no other
+# wording could ever match it. Such runs are indexed and queried as overlapping character pairs instead,
+# as Lucene's CJK analyzer does; a lone character stays itself.
+_CJK_RUN = re.compile("[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u4dbf\u4e00-\u9fff"
+                      "\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]+")
+TOKENS_VERSION = "cjk-bigrams"  # how index_text splits words; an index written otherwise is rebuilt
+
+
+def _bigrams(m: re.Match) -> str:
+    run = m.group(0)
+    return " " + (" ".join(run[i:i + 2] for i in range(len(run) - 1)) if len(run) > 1 else run) + " "
+
+
+def index_text(text: str) -> str:
+    """Text as the lexical index holds it: runs of CJK characters as overlapping pairs (see _CJK_RUN)."""
+    return _CJK_RUN.sub(_bigrams, text) if text else text
 
 
 def query_terms(text: str) -> list[str]:
-    """Content words of a query, lower-cased, in order, without repeats."""
-    words = [w.lower() for w in _WORD.findall(text)]
-    return list(dict.fromkeys(w for w in words if w not in STOPWORDS and (len(w) > 1 or w.isdigit())))
+    """Content words of a query, lower-cased, in order, without repeats (CJK runs as character pairs)."""
+    words = [w.lower() for w in _WORD.findall(index_text(text))]
+    return list(dict.fromkeys(w for w in words if w not in STOPWORDS
+                              and (len(w) > 1 or w.isdigit() or _CJK_RUN.fullmatch(w))))
 
 
 def entities(text: str) -> list[str]:
@@ -214,14 +232,15 @@ class LexicalIndex:
                         "VALUES (?,?,?,?,?,?,?,?,?,?)",
                         (r.id, r.namespace, r.kind, r.source, r.session, r.trust, r.created_ts, r.event_ts, r.speaker, r.text))
         rowid = cur.lastrowid
-        ent = " ".join(([r.speaker] if r.speaker else []) + entities(r.text))
-        c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)", (rowid, r.text, prev[1] if prev else "", ent))
+        ent = index_text(" ".join(([r.speaker] if r.speaker else []) + entities(r.text)))
+        c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)",
+                  (rowid, index_text(r.text), index_text(prev[1]) if prev else "", ent))
         if prev:  # the previous turn now also has this one as context
             old = c.execute("SELECT text, ctx, ent FROM fts WHERE rowid = ?", (prev[0],)).fetchone()
             if old is not None:
                 c.execute("DELETE FROM fts WHERE rowid = ?", (prev[0],))
                 c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)",
-                          (prev[0], old[0], (old[1] + "\n" + r.text).strip(), old[2]))
+                          (prev[0], old[0], (old[1] + "\n" + index_text(r.text)).strip(), old[2]))
 
     def delete(self, ids: Iterable[str]) -> None:
         """Drop these rows, and their words from their session neighbours' context column: a forgotten
@@ -270,7 +289,7 @@ class LexicalIndex:
         if old is not None:
             c.execute("DELETE FROM fts WHERE rowid = ?", (rowid,))
             c.execute("INSERT INTO fts (rowid, text, ctx, ent) VALUES (?,?,?,?)",
-                      (rowid, old[0], ((before[1] if before else "") + "\n" + (after[1] if after else "")).strip(),
+                      (rowid, old[0], index_text((before[1] if before else "") + "\n" + (after[1] if after else "")).strip(),
                        old[1]))
 
     def rebuild(self, rows: list[Row]) -> None:

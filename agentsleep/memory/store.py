@@ -22,7 +22,7 @@ from ..errors import AgentsleepError, HomeError, InputError, StoreLockedError, S
 from .episode import (DEFAULT_NAMESPACE, KINDS, Episode, RememberResult, check_namespace, chunk_text, content_hash,
                       new_episode_id, utcnow)
 from .ledger import Ledger
-from .lexical import SCHEMA_VERSION, Filters, LexicalIndex, Row, query_terms, spoken
+from .lexical import SCHEMA_VERSION, TOKENS_VERSION, Filters, LexicalIndex, Row, query_terms, spoken
 from .supersede import superseded
 
 CHROMA_MAX_BATCH = 5000  # Chroma refuses more than 5,461 records per call
@@ -83,7 +83,8 @@ class EpisodeStore:
         event time). Cheap when they already agree: one count on each side."""
         self._require_writer()
         n = int(self._call("count", self._coll.count))
-        if not force and self.lexical.get_meta("schema") == SCHEMA_VERSION and self.lexical.count() == n:
+        if (not force and self.lexical.get_meta("schema") == SCHEMA_VERSION and self.lexical.count() == n
+                and self.lexical.get_meta("tokens") == TOKENS_VERSION):
             return {"records": n, "backfilled": 0, "indexed": 0}
         raw = self._call("read all", self._coll.get, include=["documents", "metadatas"])
         fix_ids, fix_mds = [], []
@@ -103,6 +104,7 @@ class EpisodeStore:
         rows.sort(key=lambda r: (r.event_ts, r.created_ts, r.id.split(":")[0], chunk[r.id], r.id))
         self.lexical.rebuild(rows)
         self.lexical.set_meta("schema", SCHEMA_VERSION)
+        self.lexical.set_meta("tokens", TOKENS_VERSION)
         self._legacy = False
         if fix_ids:
             self._bump()
