@@ -299,6 +299,27 @@ def test_query_helpers():
     assert time_window("I may go", now) is None and time_window("what is my cat called", now) is None
 
 
+def test_time_words_are_the_askers_days(monkeypatch):
+    """"yesterday" at 8 am in Tokyo is the Tokyo day before (23:00 UTC of the day before that is still
+    "today" in UTC); by default the days are this machine's local ones."""
+    import time
+
+    tokyo = timezone(timedelta(hours=9))
+    now = datetime(2023, 7, 12, 8, 0, tzinfo=tokyo)
+    assert time_window("what did I do yesterday?", now) == (datetime(2023, 7, 11, tzinfo=tokyo),
+                                                            datetime(2023, 7, 12, tzinfo=tokyo))
+    assert time_window("anything in May?", now)[0] == datetime(2023, 5, 1, tzinfo=tokyo)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        start, end = time_window("what did I eat today?")
+        assert start.utcoffset() == timedelta(hours=9) and (start.hour, start.minute) == (0, 0)
+        assert end - start == timedelta(days=1)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
 def test_home_forwards_namespaces(tmp_path):
     from agentsleep.home import Home
 

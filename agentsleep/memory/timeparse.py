@@ -3,6 +3,10 @@
 Recall uses the window as a soft boost, not a filter: a question about "May"
 may be answered by a turn dated 30 April, and a wrong guess must not hide it.
 Explicit filters (since / until) are hard; these hints are not.
+
+Days, weeks and months are the asker's: they begin at midnight in the time zone of
+`now` (by default this machine's local zone), so "yesterday" asked at 8 am in Tokyo
+is the Tokyo day before, not the UTC one.
 """
 from __future__ import annotations
 
@@ -18,9 +22,9 @@ _MONTH_RE = "|".join(sorted(MONTHS, key=len, reverse=True))
 _UNITS = {"day": 1, "week": 7, "month": 30, "year": 365}
 
 
-def _month(year: int, month: int) -> tuple[datetime, datetime]:
-    start = datetime(year, month, 1, tzinfo=timezone.utc)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+def _month(year: int, month: int, tz) -> tuple[datetime, datetime]:
+    start = datetime(year, month, 1, tzinfo=tz)
+    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
     return start, end
 
 
@@ -30,8 +34,9 @@ def _day(d: datetime) -> datetime:
 
 def time_window(query: str, now: datetime | None = None) -> tuple[datetime, datetime] | None:
     """The [start, end) window of event times a query refers to, or None when it names no time (or one
-    outside the calendar: "2000 years ago", "in December 9999")."""
-    now = now or datetime.now(timezone.utc)
+    outside the calendar: "2000 years ago", "in December 9999"). `now` defaults to the local time
+    here; a naive `now` is UTC."""
+    now = now or datetime.now().astimezone()
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     try:
@@ -41,7 +46,7 @@ def time_window(query: str, now: datetime | None = None) -> tuple[datetime, date
 
 
 def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
-    today = _day(now)
+    today, tz = _day(now), now.tzinfo
     if re.search(r"\byesterday\b|\blast night\b", q):
         return today - timedelta(days=1), today
     if re.search(r"\btoday\b|\bthis morning\b|\btonight\b", q):
@@ -72,10 +77,10 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
         if unit == "month":
             if m.group(1) == "last":
                 y, mo = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
-                return _month(y, mo)
-            return _month(now.year, now.month)
+                return _month(y, mo, tz)
+            return _month(now.year, now.month, tz)
         y = now.year - (m.group(1) == "last")
-        return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+        return datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
     day = r"(?:\s+\d{1,2}(?:st|nd|rd|th)?\b)?"  # "May 5th, 2023", "in May of 2023"
     m = (re.search(rf"\b(in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b{day}"
                    rf"(?:,?\s+(?:of\s+)?(\d{{4}}))?", q)
@@ -83,12 +88,12 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
     if m:
         mo = MONTHS.get(m.group(2), 5)
         y = int(m.group(3)) if m.group(3) else now.year if mo <= now.month else now.year - 1
-        start, end = _month(y, mo)
+        start, end = _month(y, mo, tz)
         if m.group(1) == "since":  # from that month's start to now, not that month alone
             return start, max(end, now + timedelta(days=1))
         return start, end
     m = re.search(r"\b(?:in|during|of)\s+((?:19|20)\d\d)\b", q)
     if m:
         y = int(m.group(1))
-        return datetime(y, 1, 1, tzinfo=timezone.utc), datetime(y + 1, 1, 1, tzinfo=timezone.utc)
+        return datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
     return None
