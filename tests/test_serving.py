@@ -255,6 +255,20 @@ def test_a_long_prompt_without_max_tokens_gets_the_room_left(chain, tiny):
         s.close()
 
 
+def test_serve_homes_answers_unknown_routes_with_openai_errors():
+    from starlette.testclient import TestClient
+
+    from agentsleep.serving.homes import create_homes_app
+
+    http = TestClient(create_homes_app({}, None))
+    r = http.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found" and "/v1/models" in r.text
+    r = http.post("/health")
+    assert r.status_code == 405 and r.json()["error"]["type"] == "invalid_request_error"
+    r = http.post(CHAT, json={"model": "dave", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
 def test_memories_are_injected(chain):
     reg, _ = chain
     reg.set_current("v0000")

@@ -103,6 +103,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     started, started_mono = time.time(), time.monotonic()  # wall clock for "created", monotonic for uptime
     root = FastAPI(title="agentsleep homes", docs_url=None, redoc_url=None, openapi_url=None)
@@ -117,6 +118,15 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
     @root.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
         return JSONResponse(e.body(), status_code=e.status)
+
+    @root.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        # the same OpenAI error object as every other answer, not the web framework's {"detail": ...}
+        msg = {404: f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
+                    "/v1/completions, /health, and each home's own routes under /homes/<name>",
+               405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+        err = APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None)
+        return JSONResponse(err.body(), status_code=err.status)
 
     @root.get("/v1/models")
     async def models(request: Request) -> Any:
