@@ -121,6 +121,29 @@ def test_long_text_is_chunked_with_parent_link_and_reassembles_exactly(tmp_path)
     store.close()
 
 
+def test_a_chunk_is_never_longer_than_the_embedder_reads(tmp_path):
+    """MiniLM reads 256 tokens: 800 characters of English fit, 700 of Japanese or Russian do not, and the
+    rest of such a chunk was invisible to search by meaning. Such chunks are split again."""
+    from agentsleep.memory.encoders import encoder
+    from agentsleep.memory.embedder import MiniLMEmbedding
+
+    store = EpisodeStore(MemoryConfig(chunk_chars=800), root=tmp_path / "memory")
+    enc = encoder(MiniLMEmbedding()._resolved())
+    for text, one in (("私の猫の名前はミケです。毎朝、緑茶を飲みます。" * 30, False),
+                      ("Мой брат живёт в Новосибирске и работает инженером на заводе. " * 12, False),
+                      ("We walked along the harbour and talked about the new office in Lisbon. " * 10, True)):
+        text = text.strip()
+        assert len(text) <= 800
+        r = store.remember(text)
+        assert (len(r.chunk_ids) == 1) == one
+        chunks = sorted((e for e in store.list() if e.id in r.chunk_ids), key=lambda e: e.chunk_index)
+        assert all(n <= enc.max_tokens for n in enc.token_counts([c.text for c in chunks]))
+        assert "".join(c.text for c in chunks) == text and store.get(r.id).text == text
+    pieces = chunk_text("x" * 250, 800, fits=lambda c: False)
+    assert "".join(pieces) == "x" * 250 and max(map(len, pieces)) == 100  # split again down to 100 characters
+    store.close()
+
+
 def test_chunks_are_added_in_several_batches(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "ADD_BATCH", 3)
     store = EpisodeStore(MemoryConfig(chunk_chars=800), root=tmp_path / "memory")

@@ -39,6 +39,14 @@ class MiniLMEmbedding(EmbeddingFunction[Documents]):
 
         return list(encoder(self._resolved()).encode(list(input)))
 
+    def fits(self, text: str) -> bool:
+        """Whether the model reads all of `text` (MiniLM reads 256 tokens: about 800 characters of English,
+        but a quarter of that in Japanese or Chinese)."""
+        from .encoders import encoder
+
+        enc = encoder(self._resolved())
+        return enc.token_counts([text])[0] <= enc.max_tokens
+
     @staticmethod
     def name() -> str:
         return "agentsleep-minilm"

@@ -34,8 +34,13 @@ _OPSET = 17
 
 
 class Encoder(Protocol):
+    max_tokens: int  # what the model reads of a text; the rest is cut off before encoding
+
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         """Unit-length sentence vectors, one row per text."""
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is, special tokens included, before any cut."""
 
 
 def cache_dir() -> Path:
@@ -117,6 +122,10 @@ class OnnxEncoder:
         opts.log_severity_level = 3
         self.session = ort.InferenceSession(str(model_file), opts, providers=["CPUExecutionProvider"])
         self.tok = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.counter = Tokenizer.from_file(str(Path(model_dir) / "tokenizer.json"))
+        self.counter.no_truncation()  # counts whole texts (the file itself may ask for a cut)
+        self.counter.no_padding()
+        self.max_tokens = max_len
         self.tok.enable_truncation(max_length=max_len)
         pad = self.tok.token_to_id("[PAD]") or 0
         self.tok.enable_padding(pad_id=pad, pad_token="[PAD]")
@@ -134,6 +143,9 @@ class OnnxEncoder:
             out.append(pooled / np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None))
         return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 0), np.float32)
 
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(e.ids) for e in self.counter.encode_batch(list(texts))]
+
 
 class SentenceTransformerEncoder:
     def __init__(self, model_dir: str):
@@ -143,9 +155,13 @@ class SentenceTransformerEncoder:
             self.model = SentenceTransformer(model_dir, device="cpu")
         except Exception as e:  # noqa: BLE001 - any load failure is the same story for the user
             raise ModelError(f"embedder: cannot load sentence-transformers model at {model_dir} ({e})") from None
+        self.max_tokens = int(self.model.max_seq_length or 512)
 
     def encode(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False)
+
+    def token_counts(self, texts: list[str]) -> list[int]:
+        return [len(ids) for ids in self.model.tokenizer(list(texts))["input_ids"]]
 
 
 def _onnx(model_dir: str) -> OnnxEncoder | None:

@@ -6,7 +6,7 @@ import re
 import unicodedata
 import uuid
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, Field
 
@@ -147,12 +147,28 @@ class RememberResult(BaseModel):
     chars: int
 
 
-def chunk_text(text: str, size: int) -> list[str]:
+MIN_CHUNK_CHARS = 100
+
+
+def chunk_text(text: str, size: int, fits: Callable[[str], bool] | None = None) -> list[str]:
     """Split into exact, non-overlapping slices of at most `size` chars.
 
     Cuts prefer a sentence end, then any whitespace, in the second half of the
     window; "".join(chunks) == text, so a chunked memory reassembles exactly.
+    `fits(chunk)`, when given, says whether the embedding model reads a whole
+    chunk; one it would cut short is split again, down to MIN_CHUNK_CHARS (a
+    character of Japanese is a token, a word of English about a quarter).
     """
+    chunks = _slices(text, size)
+    if fits is None:
+        return chunks
+    out: list[str] = []
+    for c in chunks:
+        out += [c] if len(c) <= MIN_CHUNK_CHARS or fits(c) else chunk_text(c, max(MIN_CHUNK_CHARS, len(c) // 2), fits)
+    return out
+
+
+def _slices(text: str, size: int) -> list[str]:
     chunks: list[str] = []
     pos = 0
     while len(text) - pos > size:

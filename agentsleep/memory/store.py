@@ -300,13 +300,16 @@ class EpisodeStore:
                 have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
         results: list[RememberResult] = []
         eps: list[Episode] = []
+        from .embedder import MiniLMEmbedding
+
+        fits = MiniLMEmbedding(self.cfg.embedder).fits  # a chunk the embedder would cut short is split again
         for p in prepared:
             key = (p["hash"], p["namespace"])
             if key in have:
                 root, kind = have[key]
                 results.append(RememberResult(id=root, chunk_ids=[], duplicate=True, kind=kind, chars=len(p["text"])))
                 continue
-            pieces = chunk_text(p["text"], self.cfg.chunk_chars)
+            pieces = chunk_text(p["text"], self.cfg.chunk_chars, fits)
             root = new_episode_id()
             ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
             eps += [Episode(id=i, text=piece, kind=p["kind"], source=p["source"], session=p["session"],
