@@ -200,23 +200,26 @@ def record_chroma(root: Path, out_dir: Path, record) -> None:
     shutil.rmtree(sroot, ignore_errors=True)
     port = free_port()
     proc, _, _ = start(out_dir / "chroma-data", out_dir / "chroma.log", port=port)
-    cfg = Config.model_validate({**SMALL, "memory": {"backend": "server", "host": "127.0.0.1", "port": port}})
-    Home.init(sroot, config=cfg)
-    with Home.open(sroot) as h:
-        for f in FACTS:
-            h.remember(f, source="bench")
-        stop(proc)
-        try:
-            a = h.ask("What is my dog's name?")
-            problems = [] if a["answer"] and a.get("memory_error") else ["ask did not report the store failure"]
-        except AgentsleepError as e:
-            problems = [f"ask failed: {e}"]
-        record("Chroma server down while awake", problems, "(answered from the weights)")
-        try:
-            h.sleep()
-            problems = ["sleep ran without its store"]
-        except AgentsleepError:
-            problems = [] if h.registry.names() == ["v0000"] else ["a version appeared"]
+    try:
+        cfg = Config.model_validate({**SMALL, "memory": {"backend": "server", "host": "127.0.0.1", "port": port}})
+        Home.init(sroot, config=cfg)
+        with Home.open(sroot) as h:
+            for f in FACTS:
+                h.remember(f, source="bench")
+            stop(proc)
+            try:
+                a = h.ask("What is my dog's name?")
+                problems = [] if a["answer"] and a.get("memory_error") else ["ask did not report the store failure"]
+            except AgentsleepError as e:
+                problems = [f"ask failed: {e}"]
+            record("Chroma server down while awake", problems, "(answered from the weights)")
+            try:
+                h.sleep()
+                problems = ["sleep ran without its store"]
+            except AgentsleepError:
+                problems = [] if h.registry.names() == ["v0000"] else ["a version appeared"]
+    finally:
+        stop(proc)  # a server already stopped is left as it is
     proc, _, _ = start(out_dir / "chroma-data", out_dir / "chroma.log", port=port)
     try:
         with Home.open(sroot) as h:

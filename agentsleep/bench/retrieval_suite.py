@@ -97,8 +97,9 @@ def run(out_dir: Path, *, sizes=SIZES, backends=("embedded", "server"), queries:
 
             proc, host, port = start(out_dir / "server-data", out_dir / "chroma.log")
             cfg = cfg.model_copy(update={"host": host, "port": port})
-        store = EpisodeStore(cfg, root=out_dir / backend)
+        store = None
         try:
+            store = EpisodeStore(cfg, root=out_dir / backend)
             have = 0
             for size in sorted(sizes):
                 insert_s = _fill(store, texts, base, have, size, say)
@@ -108,7 +109,8 @@ def run(out_dir: Path, *, sizes=SIZES, backends=("embedded", "server"), queries:
                              "bulk_insert_s": round(insert_s, 1), **lat})
                 say(f"retrieval: {backend} {size:,} episodes: p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms")
         finally:
-            store.close()
+            if store is not None:
+                store.close()
             if proc is not None:
                 stop(proc)
     return {"rows": rows, "unique_embeddings": len(base)}
