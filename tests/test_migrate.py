@@ -48,7 +48,17 @@ def test_migrate_refusals_keep_the_old_store(chroma_server, tmp_path):
     assert "already uses this store" in same
     busy = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_busy",
                    home=root).one_line_error()
-    assert "already holds 1 other episodes" in busy
+    assert "holds another home's episodes" in busy  # the collection is claimed by the home that wrote it
+    import chromadb
+
+    from agentsleep.memory.embedder import MiniLMEmbedding
+
+    raw = chromadb.HttpClient(host=host, port=port).get_or_create_collection("migrate_foreign",
+                                                                            embedding_function=MiniLMEmbedding())
+    raw.add(ids=["x1"], documents=["Written by some other program."])  # no home claims it
+    foreign = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection",
+                      "migrate_foreign", home=root).one_line_error()
+    assert "already holds 1 other episodes" in foreign
     bad = run_cli("migrate", "--to", "cloud", home=root).one_line_error()
     assert "embedded" in bad
     short = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "ab", home=root)

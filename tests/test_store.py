@@ -525,12 +525,21 @@ def test_server_mode_remember_recall_count(chroma_server, tmp_path):
     long = prose(4000, seed=5)
     r = s.remember(long, kind="observation")
     assert s.get(r.id).text == long and s.count() == len(FACTS) + len(r.chunk_ids)
-    # server mode takes no writer lock: a second client writes to the same collection
-    other = EpisodeStore(cfg, root=tmp_path / "memory2")
+    # server mode takes no writer lock: a second client of the same home writes to the same collection
+    other = EpisodeStore(cfg, root=tmp_path / "memory")
     other.remember("Frank repairs bicycles on weekends.")
     assert s.recall("bicycle repair", k=1)[0].text == "Frank repairs bicycles on weekends."
     assert s.delete(r.id) and s.count() == len(FACTS) + 1
     other.close()
+    # another home on the same collection would read and write these episodes: refused, in one line
+    for writable in (True, False):
+        with pytest.raises(HomeError) as ei:
+            EpisodeStore(cfg, root=tmp_path / "memory2", writable=writable)
+        assert "another home's episodes" in one_line_error(ei) and "memory.collection" in one_line_error(ei)
+    assert s.count() == len(FACTS) + 1
+    s.close()
+    s = EpisodeStore(cfg, root=tmp_path / "memory")  # the home itself opens it again
+    assert s.count() == len(FACTS) + 1
     s.close()
 
 

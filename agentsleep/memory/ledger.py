@@ -67,6 +67,10 @@ CREATE TABLE IF NOT EXISTS counter (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS info (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 CANDIDATE = "candidate:"  # probe results of a sleep's expert before the gate has spoken: "candidate:<sleep id>"
@@ -130,6 +134,17 @@ class Ledger:
                 c.execute("ROLLBACK")
                 raise
             c.execute("COMMIT")
+
+    def store_id(self, *, create: bool) -> str | None:
+        """This home's store's own id, made once (`create`): what a shared Chroma server's collection is
+        claimed with, so that two homes never read and write one collection by mistake."""
+        with self._conn() as c:
+            if create:
+                import uuid
+
+                c.execute("INSERT OR IGNORE INTO info VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+            row = c.execute("SELECT value FROM info WHERE key = 'store_id'").fetchone()
+        return row[0] if row else None
 
     def mark(self, episode_ids: list[str], version: str, sleep_id: str) -> None:
         """Record that `version` absorbed these episodes (one transaction)."""

@@ -34,6 +34,9 @@ DENSE_CONTEXT_MAX = 4  # the most memory.dense_context_turns allows
 DENSE_OVERFETCH = 4  # unfiltered dense hits asked per wanted one, kept when they pass the filters (_dense)
 
 
+OWNER_KEY = "agentsleep_store"  # the collection metadata naming the home store it belongs to
+
+
 class EpisodeStore:
     """remember / recall / get / list / delete / count over one Chroma collection and its lexical index.
 
@@ -134,6 +137,8 @@ class EpisodeStore:
                 embedding_function=MiniLMEmbedding(self.cfg.embedder),
                 metadata={"hnsw:space": "cosine"},
             )
+            if self.cfg.backend == "server":
+                self._claim_collection()
         except AgentsleepError:
             self.close()
             raise
@@ -149,6 +154,21 @@ class EpisodeStore:
                     f"episode store: cannot reach Chroma server {self.cfg.host}:{self.cfg.port} ({detail}); "
                     "start it (chroma run --path DIR --host 127.0.0.1 --port N) or fix memory.host/port") from None
             raise StoreUnavailableError(f"episode store: cannot open embedded Chroma at {self.root / 'chroma'} ({detail})") from None
+
+    def _claim_collection(self) -> None:
+        """A collection on a Chroma server holds one home's episodes. The first writer claims it with the
+        store's id (in the collection's metadata); a home whose id differs is refused, instead of reading
+        and writing another home's episodes (two homes left on the default name `episodes`)."""
+        mine = self.ledger.store_id(create=self.writable)
+        meta = dict(self._coll.metadata or {})
+        owner = meta.get(OWNER_KEY)
+        if owner is not None and owner != mine:
+            raise HomeError(f"episode store: collection '{self.cfg.collection}' on Chroma server {self.cfg.host}:"
+                            f"{self.cfg.port} holds another home's episodes; give this home a collection of its "
+                            "own (memory.collection in its config.toml)")
+        if owner is None and self.writable:
+            meta = {k: v for k, v in meta.items() if not k.startswith("hnsw:")}  # fixed once created
+            self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: mine})
 
     def _acquire_writer(self) -> None:
         lock = FileLock(str(self.root / "writer.lock"), timeout=0)
