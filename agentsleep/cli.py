@@ -496,6 +496,25 @@ def export(out_file: Optional[Path] = typer.Option(None, "--out", help="Write he
         err.print(f"exported {len(data['episodes'])} episodes and {len(data['versions'])} versions to {out_file}")
 
 
+def _refuse_while_served(command: str) -> None:
+    """A command that replaces or deletes the whole store must not run beside a server or a daemon that
+    writes to it (a Chroma server store has no writer lock to stop them)."""
+    from .client import running_server
+    from .home import default_home
+
+    root = Path(State.home_path or default_home()).expanduser()
+    running = running_server(root)
+    if running is not None:
+        raise InputError(f"{command}: `agentsleep serve` runs for {root} at {running['url']}; stop it first")
+    load_daemon()
+    from .daemon import daemon_info
+
+    info = daemon_info(root)
+    if info is not None:
+        raise InputError(f"{command}: a daemon (pid {info.get('pid')}) runs for {root}; stop it first "
+                         f"(`agentsleep daemon stop {root}`)")
+
+
 @app.command()
 def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be undone."),
           as_json: bool = typer.Option(False, "--json")) -> None:
@@ -503,20 +522,7 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
     if not yes:
         raise InputError("purge deletes every episode and model version of this home and cannot be undone; "
                          "run `agentsleep export` first if you need a copy, then pass --yes")
-    from .client import running_server
-    from .home import default_home
-
-    root = Path(State.home_path or default_home()).expanduser()
-    running = running_server(root)
-    if running is not None:
-        raise InputError(f"purge: `agentsleep serve` runs for {root} at {running['url']}; stop it first")
-    load_daemon()
-    from .daemon import daemon_info
-
-    info = daemon_info(root)
-    if info is not None:
-        raise InputError(f"purge: a daemon (pid {info.get('pid')}) runs for {root}; stop it first "
-                         f"(`agentsleep daemon stop {root}`)")
+    _refuse_while_served("purge")
     with _home() as h:
         r = h.purge()
     _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"
@@ -542,6 +548,7 @@ def migrate(ctx: typer.Context, to: str = typer.Option(..., "--to", help="embedd
 
     # a token typed here is written to config.toml with the new store; one from the environment stays there
     typed = getattr(ctx.get_parameter_source("token"), "name", "") == "COMMANDLINE"
+    _refuse_while_served("migrate")  # episodes written during the copy would stay behind in the old store
     with _home() as h:
         mem = h.config.memory
         try:

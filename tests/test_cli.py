@@ -169,12 +169,14 @@ def test_user_text_is_printed_as_written_never_as_markup(tmp_path, env):
     assert "'[/]' is not a version name" in run_cli("rollback", "[/]", home=home, env=env).one_line_error()
 
 
-def test_purge_stops_for_a_running_server(tmp_path, env):
+def test_purge_and_migrate_stop_for_a_running_server(tmp_path, env):
     home = tmp_path / "h"
     assert run_cli("remember", "The shed key is blue.", home=home, env=env).code == 0
     (home / "serve.json").write_text(json.dumps({"pid": os.getpid(), "url": "http://127.0.0.1:9", "started_at": time.time()}))
     for extra in ({}, {"AGENTSLEEP_NO_SERVER": "1"}):  # commands may run here; a purge still may not
         assert "agentsleep serve` runs for" in run_cli("purge", "--yes", home=home, env={**env, **extra}).one_line_error()
+        moved = run_cli("migrate", "--to", "server", "--port", "9", home=home, env={**env, **extra}).one_line_error()
+        assert moved.startswith("error: migrate: `agentsleep serve` runs for")  # its writes would miss the copy
     (home / "serve.json").unlink()
     assert run_cli("purge", "--yes", home=home, env=env).code == 0 and not home.exists()
 
