@@ -151,7 +151,17 @@ def test_a_promotion_swaps_one_home_while_others_keep_answering(homes):
     while old_model in pool.server.loras:
         assert time.time() < deadline
         time.sleep(0.1)
-    ref["alice"] = want
+    composed = pool.compose_dir / f"alice-{new.name}"
+    assert composed.is_dir()  # two sleeps on the base, served as one adapter
+    newer = sleep_version(regs["alice"], new.parent, seed=5)  # a rollback and another sleep: rank 16 again
+    regs["alice"].set_current(newer.name)
+    deadline = time.time() + 120
+    while composed.exists():  # retired with its adapter: no composed copy per promotion left behind
+        assert time.time() < deadline
+        time.sleep(0.1)
+    assert http.get("/health").json()["homes"]["alice"]["version"] == newer.name
+    assert (pool.compose_dir / f"alice-{newer.name}").is_dir()
+    ref["alice"] = reference_answers([newer], PROMPTS, max_tokens=8)[newer.name]
 
 
 def test_bad_requests_and_pins(homes):

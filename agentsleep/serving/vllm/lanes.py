@@ -291,6 +291,9 @@ class HomeLane:
             if pool.server is srv:
                 with contextlib.suppress(Exception):  # harmless if it fails: vLLM evicts by LRU
                     pool._post("/v1/unload_lora_adapter", {"lora_name": old.model}, timeout=60)
+            if self.route is None or self.route.version.name != old.version.name:
+                # its composed copy (one per home and version) is written again if the version comes back
+                shutil.rmtree(pool.compose_dir / f"{self.name}-{old.version.name}", ignore_errors=True)
 
         threading.Thread(target=work, name=f"retire-{self.name}", daemon=True).start()
 
