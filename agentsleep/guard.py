@@ -66,9 +66,13 @@ def main(argv: list[str]) -> int:
             forwarded = True
             child.send_signal(signalled[0][0])
     if rc < 0:  # killed by a signal: die of the same one, so the parent reads the same status
-        signal.signal(-rc, signal.SIG_DFL)
-        os.kill(os.getpid(), -rc)
-    return rc if rc >= 0 else 128 - rc
+        sig = -rc
+        if sig == signal.SIGKILL:  # (the out-of-memory killer's) cannot be caught, so needs no reset
+            os.kill(os.getpid(), sig)
+        elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+    return rc if rc >= 0 else 128 - rc  # other signals (a crash) as the shell reports them, with no core of ours
 
 
 def _stop_group(child: subprocess.Popen) -> None:

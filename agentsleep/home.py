@@ -545,7 +545,7 @@ def _pending_forget(root: Path) -> dict[str, Any] | None:
 
 
 def parse_since(value: str | None, flag: str = "--since") -> datetime | None:
-    """An ISO date/time from the command line (naive = UTC, as the store reads it)."""
+    """An ISO date/time from the command line (without a zone: local time, as the store reads it)."""
     if not value:
         return None
     try:

@@ -60,6 +60,10 @@ def test_the_guard_exits_as_its_command_does():
     server_pid = int(p.stdout.readline())
     assert terminate_group(p, grace=10) == -signal.SIGTERM  # a group signal, as agentsleep stops servers
     assert not _alive(server_pid)
+    for sig, status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGSEGV, 128 + signal.SIGSEGV)):
+        p = subprocess.Popen(guard.command([sys.executable, "-c", f"import os; os.kill(os.getpid(), {int(sig)})"]),
+                             stderr=subprocess.PIPE, start_new_session=True)
+        assert p.wait(20) == status and b"Traceback" not in p.stderr.read()  # the out-of-memory killer's, a crash
     p = subprocess.Popen(guard.command(["/nonexistent/server"]), stderr=subprocess.PIPE, start_new_session=True)
     assert p.wait(20) == 127 and b"cannot start /nonexistent/server" in p.stderr.read()
 

@@ -59,6 +59,8 @@ def test_migrate_refusals_keep_the_old_store(chroma_server, tmp_path):
     foreign = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection",
                       "migrate_foreign", home=root).one_line_error()
     assert "already holds 1 other episodes" in foreign
+    client = chromadb.HttpClient(host=host, port=port)
+    assert "agentsleep_store" not in (client.get_collection("migrate_foreign").metadata or {})  # left as it was
     bad = run_cli("migrate", "--to", "cloud", home=root).one_line_error()
     assert "embedded" in bad
     short = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "ab", home=root)
@@ -68,6 +70,10 @@ def test_migrate_refusals_keep_the_old_store(chroma_server, tmp_path):
     ok = run_cli("migrate", "--to", "server", "--host", host, "--port", str(port), "--collection", "migrate_cli", "--json",
                  home=root).json()
     assert ok["episodes"] == 1 and ok["to"] == f"server {host}:{port}:migrate_cli"
+    from agentsleep.memory.ledger import Ledger
+
+    mine = Ledger(root / "memory" / "ledger.sqlite").store_id(create=False)
+    assert mine and client.get_collection("migrate_cli").metadata["agentsleep_store"] == mine  # claimed once copied
 
 
 def test_a_token_from_the_environment_is_not_written_to_the_config(chroma_server, tmp_path):

@@ -188,28 +188,36 @@ def test_lexical_finds_rare_words_dense_ranks_low(store):
     assert -1.0 <= hits[0].score <= 1.0  # score stays the cosine similarity
 
 
-def test_words_in_scripts_without_spaces_are_found_by_keyword(tmp_path):
+def test_words_in_scripts_without_spaces_are_found_by_keyword(tmp_path, monkeypatch):
     """Japanese, Chinese and Korean runs are indexed as character pairs: a question worded otherwise finds
     the memory by its words (the whole run was one token before, which only the identical run matched).
-    An index written the old way is rebuilt when a writer opens the store."""
-    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
+    An index written the old way is still searched its own way read-only, and rebuilt by the next writer."""
+    from agentsleep.memory import lexical
+
+    root = tmp_path / "memory"
+    s = EpisodeStore(MemoryConfig(), root=root)
     for i in range(20):
         s.remember(f"We talked about the weather and the garden on day {i}.", namespace="n")
-    cat = s.remember("私の猫の名前はミケです。", namespace="n")
     tea = s.remember("我每天早上喝绿茶。", namespace="n")
     seoul = s.remember("저는 서울에 살아요.", namespace="n")
     s.remember("我的狗叫旺财。", namespace="n")
+    with monkeypatch.context() as m:  # a memory indexed as before the character pairs
+        m.setattr(lexical, "index_text", lambda t: t)
+        cat = s.remember("私の猫の名前はミケです。", namespace="n")
+    s.lexical.set_meta("tokens", "words")
 
-    def keyword(q):
-        return [i for i, _ in s.lexical.search(q, 3, Filters(namespace="n"))]
-    assert keyword("猫の名前は何ですか？")[0] == cat.id
-    assert keyword("你早上喝什么茶？")[0] == tea.id
-    assert keyword("서울에 사는 사람은?")[0] == seoul.id
-    assert s.recall("猫の名前", k=1, namespace="n")[0].id == cat.id
-    s.lexical.set_meta("tokens", "words")  # as an index written before the character pairs
+    def keyword(store, q):
+        return [i for i, _ in store.lexical.search(q, 3, Filters(namespace="n"))]
     s.close()
-    s = EpisodeStore(MemoryConfig(), root=tmp_path / "memory")
-    assert s.lexical.get_meta("tokens") == "cjk-bigrams" and keyword("猫の名前は何ですか？")[0] == cat.id
+    ro = EpisodeStore(MemoryConfig(), root=root, writable=False)
+    assert keyword(ro, "私の猫の名前はミケです") == [cat.id]  # the old index, queried the old way
+    ro.close()
+    s = EpisodeStore(MemoryConfig(), root=root)  # the writer rebuilds it
+    assert s.lexical.get_meta("tokens") == "cjk-bigrams"
+    assert keyword(s, "猫の名前は何ですか？")[0] == cat.id
+    assert keyword(s, "你早上喝什么茶？")[0] == tea.id
+    assert keyword(s, "서울에 사는 사람은?")[0] == seoul.id
+    assert s.recall("猫の名前", k=1, namespace="n")[0].id == cat.id
     s.close()
 
 
@@ -315,6 +323,15 @@ def test_time_words_are_the_askers_days(monkeypatch):
         start, end = time_window("what did I eat today?")
         assert start.utcoffset() == timedelta(hours=9) and (start.hour, start.minute) == (0, 0)
         assert end - start == timedelta(days=1)
+        assert time_window("yesterday", datetime(2023, 7, 12, 8, 0)) == (now - timedelta(days=1, hours=8), now - timedelta(hours=8))
+        from agentsleep.memory.store import _utc
+
+        assert _utc(datetime(2023, 5, 1)) == datetime(2023, 5, 1, tzinfo=tokyo)  # a date given alone: local
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        start, end = time_window("anything in March?", datetime(2023, 4, 20, 12, 0))
+        assert (start.day, start.hour, end.month, end.day, end.hour) == (1, 0, 4, 1, 0)  # a whole month...
+        assert start.utcoffset() == timedelta(hours=-5) and end.utcoffset() == timedelta(hours=-4)  # ...across DST
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()

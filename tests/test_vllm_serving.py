@@ -244,6 +244,53 @@ def test_the_default_length_shrinks_to_the_room_a_long_prompt_leaves(stack):
         server.stop()
 
 
+def test_ask_under_serve_with_vllm_answers_through_the_served_model(stack):
+    """`agentsleep serve --backend vllm`: the home API's ask goes to vLLM in the answer layout and gives the
+    in-process engine's greedy answer, without loading a second copy of the model here."""
+    from agentsleep.config import ModelConfig
+    from agentsleep.serving.engine import Engine
+    from agentsleep.serving.server import BackendAnswers
+
+    reg, backend = stack["reg"], stack["backend"]
+    remote = BackendAnswers(backend, lambda: reg.get("v0000").weights, 8)
+    here = Engine(ModelConfig(max_new_tokens=8))
+    here.swap(backend.version)
+    mem = ["Maya is Alice's daughter."]
+    for q, m in (("Who is Maya?", mem), ("Say hello.", [])):
+        assert remote.answer(q, m) == here.answer(q, m)  # same text, same version name
+    assert remote.version is backend.version and remote.swap(reg.get("v0000")) is None
+
+
+def test_a_reload_that_fails_midway_is_never_served_and_is_replaced(stack, monkeypatch):
+    """A weights reload that fails after it touched the server, with its blue/green fallback failing too:
+    the old server's weights may be half-replaced, so requests are refused (503, with the reason), never
+    answered by it; the watcher then replaces the server although the version did not change."""
+    from agentsleep.serving.backend import SwapError
+
+    http, sup = stack["http"], stack["sup"]
+    want = text(ask(http, PROMPTS[0]))
+    cur, old_pid = sup.version, sup.route.server.proc.pid
+
+    def fail(*a, **kw):
+        raise RuntimeError("injected failure")
+    monkeypatch.setattr(sup.route.server, "reloaded", False)  # a reload in place is its plan
+    monkeypatch.setattr(sup, "_rpc", fail)     # staging and the reload itself fail midway
+    monkeypatch.setattr(sup, "_spawn", fail)   # and no second server can start
+    with pytest.raises(SwapError), sup._op:
+        sup._swap_locked(cur, force_reload=True)
+    r = http.post(CHAT, json={"messages": [{"role": "user", "content": PROMPTS[0]}], "max_tokens": 8,
+                              "use_memory": False})
+    assert r.status_code == 503 and "reload failed midway" in r.json()["error"]["message"]
+    assert http.get("/health").status_code == 503 and sup.needs_swap
+    monkeypatch.undo()
+    deadline = time.time() + 300  # the watcher retries (every 30 s after a failed try) with a fresh server
+    while not (http.get("/health").status_code == 200 and sup.route.server.proc.pid != old_pid):
+        assert time.time() < deadline, http.get("/health").json()
+        time.sleep(0.5)
+    assert not sup.needs_swap and sup.version.name == cur.name
+    assert text(ask(http, PROMPTS[0])) == want
+
+
 def test_server_dies_mid_run_and_is_restarted(stack):
     http, sup = stack["http"], stack["sup"]
     version = http.get("/health").json()["version"]

@@ -198,6 +198,7 @@ def record_chroma(root: Path, out_dir: Path, record) -> None:
 
     sroot = out_dir / "server-home"
     shutil.rmtree(sroot, ignore_errors=True)
+    shutil.rmtree(out_dir / "chroma-data", ignore_errors=True)  # its collection belongs to the home just removed
     port = free_port()
     proc, _, _ = start(out_dir / "chroma-data", out_dir / "chroma.log", port=port)
     try:

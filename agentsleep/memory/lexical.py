@@ -85,9 +85,10 @@ def index_text(text: str) -> str:
     return _CJK_RUN.sub(_bigrams, text) if text else text
 
 
-def query_terms(text: str) -> list[str]:
-    """Content words of a query, lower-cased, in order, without repeats (CJK runs as character pairs)."""
-    words = [w.lower() for w in _WORD.findall(index_text(text))]
+def query_terms(text: str, *, pairs: bool = True) -> list[str]:
+    """Content words of a query, lower-cased, in order, without repeats (CJK runs as character pairs,
+    unless `pairs` is False: words as written, for an index made before the pairs, or for a dense query)."""
+    words = [w.lower() for w in _WORD.findall(index_text(text) if pairs else text)]
     return list(dict.fromkeys(w for w in words if w not in STOPWORDS
                               and (len(w) > 1 or w.isdigit() or _CJK_RUN.fullmatch(w))))
 
@@ -324,7 +325,11 @@ class LexicalIndex:
         """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`
         (less the lower-case words in `skip`, and less the common words `_uncommon` leaves out, unless
         nothing else is left). `meta`, when given, receives each hit's fusion metadata (as `meta()` returns it)."""
-        terms = query_terms(query)
+        with self._read() as c:
+            # an index made before the character pairs (a read-only open before a writer rebuilt it) holds
+            # whole CJK runs: query it the same way
+            pairs = not _CJK_RUN.search(query) or self._tokens(c) == TOKENS_VERSION
+        terms = query_terms(query, pairs=pairs)
         terms = [t for t in terms if t not in skip] or terms
         if not terms:
             return []
@@ -341,6 +346,11 @@ class LexicalIndex:
         if meta is not None:
             meta.update((r[0], _meta(r[2:])) for r in rows)
         return [(r[0], -float(r[1])) for r in rows]
+
+    @staticmethod
+    def _tokens(c: sqlite3.Connection) -> str | None:
+        r = c.execute("SELECT value FROM meta WHERE key = 'tokens'").fetchone()
+        return r[0] if r else None
 
     @staticmethod
     def _uncommon(c: sqlite3.Connection, terms: list[str], share: float) -> list[str]:

@@ -42,7 +42,7 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
     ids = list(raw["ids"])
     home.close()  # an embedded target takes the writer lock of <home>/memory
     # sync=False: the lexical index still describes the source until the copy is verified
-    dst = EpisodeStore(target, home.root / "memory", writable=True, sync=False)
+    dst = EpisodeStore(target, home.root / "memory", writable=True, sync=False, claim=False)
     try:
         have = dst._call("read ids", dst._coll.get, ids=ids or None, include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
         existing = dict(zip(have["ids"], have["metadatas"]))
@@ -67,6 +67,8 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
         if lex["indexed"] != len(ids):
             raise StoreUnavailableError(f"migrate: the lexical index holds {lex['indexed']} of {len(ids)} episodes; "
                                         "the home still uses its old store")
+        if target.backend == "server":
+            dst.claim()
     finally:
         dst.close()
     _switch_config(home.root / "config.toml", target, persist_token)

@@ -47,10 +47,12 @@ class EpisodeStore:
     records stored before namespaces their "default" namespace.
     """
 
-    def __init__(self, cfg: MemoryConfig, root: Path, *, writable: bool = True, sync: bool = True):
+    def __init__(self, cfg: MemoryConfig, root: Path, *, writable: bool = True, sync: bool = True,
+                 claim: bool = True):
         self.cfg = cfg
         self.root = root
         self.writable = writable
+        self._claim = claim and writable  # False: check a server collection's owner, stamp it later (migrate)
         self._lock: FileLock | None = None
         self._client: Any = None
         self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
@@ -138,7 +140,7 @@ class EpisodeStore:
                 metadata={"hnsw:space": "cosine"},
             )
             if self.cfg.backend == "server":
-                self._claim_collection()
+                self._check_owner()
         except AgentsleepError:
             self.close()
             raise
@@ -155,20 +157,25 @@ class EpisodeStore:
                     "start it (chroma run --path DIR --host 127.0.0.1 --port N) or fix memory.host/port") from None
             raise StoreUnavailableError(f"episode store: cannot open embedded Chroma at {self.root / 'chroma'} ({detail})") from None
 
-    def _claim_collection(self) -> None:
+    def _check_owner(self) -> None:
         """A collection on a Chroma server holds one home's episodes. The first writer claims it with the
         store's id (in the collection's metadata); a home whose id differs is refused, instead of reading
         and writing another home's episodes (two homes left on the default name `episodes`)."""
         mine = self.ledger.store_id(create=self.writable)
-        meta = dict(self._coll.metadata or {})
-        owner = meta.get(OWNER_KEY)
+        owner = (self._coll.metadata or {}).get(OWNER_KEY)
         if owner is not None and owner != mine:
             raise HomeError(f"episode store: collection '{self.cfg.collection}' on Chroma server {self.cfg.host}:"
                             f"{self.cfg.port} holds another home's episodes; give this home a collection of its "
                             "own (memory.collection in its config.toml)")
-        if owner is None and self.writable:
-            meta = {k: v for k, v in meta.items() if not k.startswith("hnsw:")}  # fixed once created
-            self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: mine})
+        if owner is None and self._claim:
+            self.claim()
+
+    def claim(self) -> None:
+        """Stamp this store's id on its server collection (see _check_owner); `migrate` does it once the
+        copy is verified, so that a refused migration leaves the target as it was."""
+        self._require_writer()
+        meta = {k: v for k, v in (self._coll.metadata or {}).items() if not k.startswith("hnsw:")}  # fixed once made
+        self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: self.ledger.store_id(create=True)})
 
     def _acquire_writer(self) -> None:
         lock = FileLock(str(self.root / "writer.lock"), timeout=0)
@@ -329,7 +336,7 @@ class EpisodeStore:
                 root, kind = have[key]
                 results.append(RememberResult(id=root, chunk_ids=[], duplicate=True, kind=kind, chars=len(p["text"])))
                 continue
-            pieces = chunk_text(p["text"], self.cfg.chunk_chars, fits)
+            pieces = chunk_text(p["text"], self.cfg.chunk_chars, lambda c, sp=p["speaker"]: fits(spoken(c, sp)))
             root = new_episode_id()
             ids = [root] if len(pieces) == 1 else [f"{root}:{i}" for i in range(len(pieces))]
             eps += [Episode(id=i, text=piece, kind=p["kind"], source=p["source"], session=p["session"],
@@ -514,7 +521,7 @@ class EpisodeStore:
         lex = [i for i, _ in lex_hits]
         lists = [(self.cfg.dense_weight, dense), (self.cfg.lexical_weight, lex)]
         own_scores = [cos, dict(lex_hits)]  # what fusion = "max" reads; the rankings added below have none
-        words = " ".join(query_terms(query))
+        words = " ".join(query_terms(query, pairs=False))  # embedded as words, never as character pairs
         if self.cfg.keyword_dense_weight and words and words != query.strip().lower():
             # the query's content words alone, embedded: a question's form ("what did ... do") pulls its
             # vector toward other questions; its words alone sit nearer the statements that answer it
@@ -938,10 +945,10 @@ def _one_line(e: BaseException) -> str:
 
 
 def _utc(t: datetime) -> datetime:
-    """Naive datetimes are UTC, as in the `since` filter."""
+    """`t` in UTC; a naive `t` is local time, as Python reads naive times (and as recall's time words do)."""
     if not isinstance(t, datetime):
         raise InputError(f"expected a datetime, got {type(t).__name__}")
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+    return t.astimezone(timezone.utc)
 
 
 def _row(i: str, doc: str, md: dict[str, Any]) -> Row:
@@ -1011,9 +1018,7 @@ def _where(*, kind=None, source=None, session=None, since=None, trust=None, name
     if trust:
         conds.append({"trust": trust})
     if since:
-        if since.tzinfo is None:
-            since = since.replace(tzinfo=timezone.utc)
-        conds.append({"created_ts": {"$gte": since.timestamp()}})
+        conds.append({"created_ts": {"$gte": _utc(since).timestamp()}})
     if not conds:
         return None
     return conds[0] if len(conds) == 1 else {"$and": conds}

@@ -5,13 +5,15 @@ may be answered by a turn dated 30 April, and a wrong guess must not hide it.
 Explicit filters (since / until) are hard; these hints are not.
 
 Days, weeks and months are the asker's: they begin at midnight in the time zone of
-`now` (by default this machine's local zone), so "yesterday" asked at 8 am in Tokyo
-is the Tokyo day before, not the UTC one.
+`now` (by default, and for a naive `now`, this machine's local zone, as Python reads
+naive times), so "yesterday" asked at 8 am in Tokyo is the Tokyo day before, not the
+UTC one. The window is worked out in wall-clock time and each end given its zone's
+offset on its own date, so a month across a daylight-saving change is still whole.
 """
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 MONTHS = {m: i for i, m in enumerate(
     "january february march april may june july august september october november december".split(), 1)}
@@ -22,10 +24,8 @@ _MONTH_RE = "|".join(sorted(MONTHS, key=len, reverse=True))
 _UNITS = {"day": 1, "week": 7, "month": 30, "year": 365}
 
 
-def _month(year: int, month: int, tz) -> tuple[datetime, datetime]:
-    start = datetime(year, month, 1, tzinfo=tz)
-    end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=tz)
-    return start, end
+def _month(year: int, month: int) -> tuple[datetime, datetime]:
+    return datetime(year, month, 1), datetime(year + (month == 12), month % 12 + 1, 1)
 
 
 def _day(d: datetime) -> datetime:
@@ -34,19 +34,24 @@ def _day(d: datetime) -> datetime:
 
 def time_window(query: str, now: datetime | None = None) -> tuple[datetime, datetime] | None:
     """The [start, end) window of event times a query refers to, or None when it names no time (or one
-    outside the calendar: "2000 years ago", "in December 9999"). `now` defaults to the local time
-    here; a naive `now` is UTC."""
-    now = now or datetime.now().astimezone()
-    if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+    outside the calendar: "2000 years ago", "in December 9999"). `now` defaults to the local time here;
+    a naive `now` is local time too."""
+    if now is None or now.tzinfo is None:
+        wall, tz = now or datetime.now(), None
+    else:
+        wall, tz = now.replace(tzinfo=None), now.tzinfo
     try:
-        return _window(query.lower(), now)
-    except (OverflowError, ValueError):
+        win = _window(query.lower(), wall)
+        if win is None:
+            return None
+        return tuple(t.replace(tzinfo=tz) if tz is not None else t.astimezone() for t in win)  # type: ignore[return-value]
+    except (OverflowError, ValueError, OSError):  # OSError: the platform's local-time conversion
         return None
 
 
 def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
-    today, tz = _day(now), now.tzinfo
+    """The window in naive wall-clock time of `now` (itself naive)."""
+    today = _day(now)
     if re.search(r"\byesterday\b|\blast night\b", q):
         return today - timedelta(days=1), today
     if re.search(r"\btoday\b|\bthis morning\b|\btonight\b", q):
@@ -77,10 +82,10 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
         if unit == "month":
             if m.group(1) == "last":
                 y, mo = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
-                return _month(y, mo, tz)
-            return _month(now.year, now.month, tz)
+                return _month(y, mo)
+            return _month(now.year, now.month)
         y = now.year - (m.group(1) == "last")
-        return datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
+        return datetime(y, 1, 1), datetime(y + 1, 1, 1)
     day = r"(?:\s+\d{1,2}(?:st|nd|rd|th)?\b)?"  # "May 5th, 2023", "in May of 2023"
     m = (re.search(rf"\b(in|during|of|since|on)\s+(?:early\s+|late\s+|mid-?\s*)?(may|{_MONTH_RE})\b{day}"
                    rf"(?:,?\s+(?:of\s+)?(\d{{4}}))?", q)
@@ -88,12 +93,12 @@ def _window(q: str, now: datetime) -> tuple[datetime, datetime] | None:
     if m:
         mo = MONTHS.get(m.group(2), 5)
         y = int(m.group(3)) if m.group(3) else now.year if mo <= now.month else now.year - 1
-        start, end = _month(y, mo, tz)
+        start, end = _month(y, mo)
         if m.group(1) == "since":  # from that month's start to now, not that month alone
             return start, max(end, now + timedelta(days=1))
         return start, end
     m = re.search(r"\b(?:in|during|of)\s+((?:19|20)\d\d)\b", q)
     if m:
         y = int(m.group(1))
-        return datetime(y, 1, 1, tzinfo=tz), datetime(y + 1, 1, 1, tzinfo=tz)
+        return datetime(y, 1, 1), datetime(y + 1, 1, 1)
     return None

@@ -117,7 +117,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
 
     @root.exception_handler(APIError)
     async def _api_error(request: Request, e: APIError) -> JSONResponse:
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @root.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -126,7 +126,7 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
                     "/v1/completions, /health, and each home's own routes under /homes/<name>",
                405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
         err = APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None)
-        return JSONResponse(err.body(), status_code=err.status)
+        return JSONResponse(err.body(), status_code=err.status, headers=getattr(e, "headers", None))
 
     @root.get("/v1/models")
     async def models(request: Request) -> Any:

@@ -101,7 +101,7 @@ class RegistryWatcher:
             return None
         self.target = name
         cur = self.backend.version
-        if cur is not None and cur.name == name:
+        if cur is not None and cur.name == name and not getattr(self.backend, "needs_swap", False):
             self.error = None
             return None
         failed_at = self._failed.get(name)
@@ -203,8 +203,9 @@ class AppState:
         import anyio
 
         self.started_mono = time.monotonic()  # uptime
-        # Generation and stream reads wait on the model in worker threads: they get threads of their own,
-        # so a full house never leaves /health, the home API or recall waiting for a thread.
+        # An admitted request's recall, generation and stream reads wait in worker threads (for the store,
+        # for the model): they get threads of their own, so a full house never leaves /health or the home
+        # API waiting for one.
         self.model_threads = anyio.CapacityLimiter(self.cfg.max_pending)
 
     async def on_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -275,7 +276,8 @@ def add_error_handlers(app: Any, st: AppState) -> None:
         msg = {404: f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
                     "/v1/completions, /health",
                405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        return error_response(APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None))
+        return error_response(APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None,
+                                       headers=dict(getattr(e, "headers", None) or {})))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
@@ -391,8 +393,8 @@ async def answer(st: AppState, request: Request, kind: str) -> Any:
 
 
 async def recall_into(st: AppState, req: ChatRequest) -> dict[str, Any] | None:
-    """Recall memories for the last user turn and put them into `req`; what was used, for the answer."""
-    from starlette.concurrency import run_in_threadpool
+    """Recall memories for the last user turn and put them into `req`; what was used, for the answer.
+    On a model thread: an admitted request's recall may wait for the store (one store call at a time)."""
 
     use = req.use_memory if req.use_memory is not None else st.cfg.inject_memories
     if not use or st.recall is None:
@@ -401,7 +403,7 @@ async def recall_into(st: AppState, req: ChatRequest) -> dict[str, Any] | None:
     if not query.strip():
         return None
     try:
-        mems = await run_in_threadpool(st.recall, query, req.memory_k or st.memory_k)
+        mems = await st.on_model_thread(st.recall, query, req.memory_k or st.memory_k)
         return {"memories_used": inject_memories(req, mems)}
     except Exception as e:  # noqa: BLE001 - answer without memories rather than fail
         log.warning("memory recall failed, answering without memories: %s", e)
@@ -521,6 +523,11 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
         if getattr(b, "engine", None) is not None:
             home._engine = b.engine  # `ask` through the server answers with the model already loaded
             api.model_ready.clear()  # ...once boot has loaded it (see HomeAPI.model_ready)
+        else:  # vLLM: through the served model, not a second copy here
+            from ..models.loader import resolve
+
+            home._engine = BackendAnswers(b, lambda: resolve(registry.get("v0000").weights, progress=lambda m: None),
+                                          home.config.model.max_new_tokens)
 
     def boot(url: str) -> None:
         first = registry.current()
@@ -541,6 +548,40 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
         failure = run_app(app, host, port, boot=boot, cleanup=cleanup)
     if failure:
         raise ModelError(f"the {kind} backend did not start: {failure}")
+
+
+class BackendAnswers:
+    """`Home.ask`'s engine under `serve --backend vllm`: the question goes to the served model in the answer
+    layout (the prompt rendered here with the base's tokenizer, exactly as the in-process engine renders
+    it), instead of a second copy of the model loaded in this process. The registry watcher moves the
+    served version, so `swap` has nothing to do."""
+
+    def __init__(self, backend: Backend, base_dir: Callable[[], str], max_new_tokens: int):
+        self.backend, self.base_dir, self.max_new_tokens = backend, base_dir, max_new_tokens
+        self._tok: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def version(self) -> Any:
+        return self.backend.version
+
+    def swap(self, version: Any) -> None:
+        return None
+
+    def answer(self, question: str, memories: list[str] | None = None, *,
+               max_new_tokens: int | None = None) -> tuple[str, str]:
+        from ..models import generate as gen
+
+        with self._lock:
+            if self._tok is None:
+                from transformers import AutoTokenizer
+
+                self._tok = AutoTokenizer.from_pretrained(self.base_dir())
+            prompt = gen.chat(self._tok, question, system=gen.answer_system(memories or []))
+        req = CompletionRequest(prompt=prompt, max_tokens=max_new_tokens or self.max_new_tokens, temperature=0.0,
+                                add_special_tokens=False)  # the prompt is rendered whole, as in-process
+        out = self.backend.completion(req)
+        return out["choices"][0]["text"], out["model"]
 
 
 def exposed_without_key(host: str, keys: list[str | None]) -> bool:

@@ -261,9 +261,10 @@ def _when(v: Any, flag: str) -> datetime | None:
 
 
 def _naive(t: datetime) -> datetime:
+    """`t` as naive UTC, for comparing times given with and without a zone (naive = local time)."""
     from datetime import timezone
 
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+    return t.astimezone(timezone.utc).replace(tzinfo=None)
 
 
 def error_body(e: BaseException) -> dict[str, Any]:

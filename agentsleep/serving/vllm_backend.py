@@ -69,6 +69,11 @@ class VLLMBackend:
     def version(self) -> Version | None:
         return self.sup.version
 
+    @property
+    def needs_swap(self) -> bool:
+        """The served weights cannot be trusted (a reload failed midway): swap even to the same version."""
+        return bool(getattr(self.sup, "needs_swap", False))
+
     def start(self, version: Version) -> SwapReport:
         return self.sup.start(version)
 

@@ -35,6 +35,7 @@ class Server:
     loras: dict[str, Version] = field(default_factory=dict)
     inflight: int = 0
     reloaded: bool = False   # its weights were already replaced in place once, on a traced graph
+    broken: str | None = None  # why its weights may be half-replaced (a reload failed midway): never serve as is
 
     @property
     def headers(self) -> dict[str, str]:

@@ -274,6 +274,8 @@ class VLLMSupervisor:
         if route is None:
             return SwapKind.START
         srv = route.server
+        if srv.broken:  # nothing on it can be trusted: load the version whole
+            return SwapKind.BLUE_GREEN if self.managed else SwapKind.RELOAD_WEIGHTS
         if route.version.name == version.name:
             return SwapKind.NOOP
         if srv.base is not None and version.name == srv.base.name:
@@ -293,6 +295,12 @@ class VLLMSupervisor:
             return SwapKind.RELOAD_WEIGHTS  # unknown shapes on an attached server: try, it fails cleanly
         return SwapKind.BLUE_GREEN
 
+    @property
+    def needs_swap(self) -> bool:
+        """The route's server may hold half-replaced weights: any swap, even to its own version, replaces it."""
+        r = self._route
+        return r is not None and r.server.broken is not None
+
     def swap(self, version: Version) -> SwapReport:
         """Serve `version` next. On failure the previous version keeps serving and SwapError is raised."""
         with self._op:
@@ -304,7 +312,8 @@ class VLLMSupervisor:
         prev = self._route
         kind = SwapKind.RELOAD_WEIGHTS if force_reload else self.plan(version)
         t0 = time.perf_counter()
-        self.gate.set(state="swapping")
+        broken = prev is not None and prev.server.broken is not None
+        self.gate.set(state="swapping", held=broken)  # a broken server gets no request while it is replaced
         try:
             rep = self._do(kind, version, prev)
         except SwapError as e:
@@ -315,8 +324,17 @@ class VLLMSupervisor:
             raise SwapError(f"{kind} swap to {version.name} failed: {type(e).__name__}: {e}") from None
         finally:
             with self.gate.cond:
-                if self.gate.state == "swapping":
+                cur = self._route
+                if cur is not None and cur.server.broken is not None:  # still on it: refused, with the reason
+                    if self.gate.state != "failed":
+                        self.gate.set(state="failed", error=f"{cur.server.broken}; requests are refused until a "
+                                                            "swap succeeds")
+                elif self.gate.state in ("swapping", "failed") and broken:
+                    self.gate.set(state="ready", error=None)  # replaced: the reason is gone with it
+                elif self.gate.state == "swapping":
                     self.gate.set(state="ready")
+                if broken:
+                    self.gate.set(held=False)
                 self.gate.cond.notify_all()
         rep.total_s = time.perf_counter() - t0
         self._event("swap", version=version.name, kind=rep.kind, pause_ms=round(rep.pause_ms, 2))
@@ -459,14 +477,15 @@ class VLLMSupervisor:
             self.gate.set(held=True)    # new requests wait here ...
             drained = self.gate.drain(srv, self.drain_timeout)
         t_drained = time.perf_counter()  # ... and the ones in flight finished on the old weights
-        if not drained:
-            log.warning("reload: %d requests still in flight after %.0f s; vLLM's pause waits for them",
-                        srv.inflight, self.drain_timeout)
         touched = False
         # A managed server answers nobody but us (its /v1 routes need our random key) and nothing is in
         # flight now, so vLLM's own pause/resume add time and no safety; an attached one may have other
         # clients: pause it (waiting for their requests) around the reload.
         engine_pause = self.pause_engine if self.pause_engine is not None else not self.managed
+        if not drained:  # a generation still runs: the weights must not change under it
+            log.warning("reload: %d requests still in flight after %.0f s; vLLM's pause waits for them",
+                        srv.inflight, self.drain_timeout)
+            engine_pause = True
         try:
             if engine_pause:
                 self._post(srv, "/pause", params={"mode": "wait"})
@@ -490,6 +509,7 @@ class VLLMSupervisor:
                 raise SwapError("reset_prefix_cache kept failing")
             if engine_pause:
                 self._post(srv, "/resume")
+            srv.broken = None
             stale = list(srv.loras)
             srv.loras.clear()                       # adapters were relative to the old weights
             srv.base, srv.base_dir, srv.sig = version, new_dir, arch_signature(new_dir)
@@ -498,13 +518,15 @@ class VLLMSupervisor:
                 self.gate.set(held=False)
             t_open = time.perf_counter()
         except Exception as e:
+            if touched:
+                srv.broken = f"weights reload failed midway on {srv.url}: {str(e).splitlines()[0][:200]}"
             if not touched or not self.managed:
                 if engine_pause:
                     with contextlib.suppress(Exception):
                         self._post(srv, "/resume")
+                if touched:  # an attached server whose weights may be half-replaced: refused until a reload works
+                    self.gate.set(state="failed", error=f"{srv.broken}; requests are refused until a swap succeeds")
                 self.gate.set(held=False)
-                if touched:  # an attached server whose weights may be half-replaced
-                    self.gate.error = f"weights reload failed midway on {srv.url}: {e}"
                 raise SwapError(str(e)) from None
             # the old weights may be half-overwritten: keep holding requests, bring up the new version beside
             log.warning("reload_weights failed (%s); switching by blue/green instead", e)
@@ -513,6 +535,13 @@ class VLLMSupervisor:
                     self._post(srv, "/resume")
             try:
                 rep = self._blue_green(version, prev, holding=True)
+            except Exception as e2:
+                # never back to the old server: its weights may be half-replaced. Refused until a swap succeeds
+                # (the registry watcher retries; plan() then starts a fresh server for whatever is current)
+                self.gate.set(state="failed", error=f"{srv.broken}, and starting {version.name} beside it failed "
+                                                    f"({str(e2).splitlines()[0][:200]}); requests are refused "
+                                                    "until a swap succeeds")
+                raise
             finally:
                 self.gate.set(held=False)
             rep.kind = SwapKind.RELOAD_THEN_BLUE_GREEN.value
