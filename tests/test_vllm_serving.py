@@ -222,8 +222,9 @@ def test_streaming_and_bad_input_through_vllm(stack):
 
 
 def test_the_default_length_shrinks_to_the_room_a_long_prompt_leaves(stack):
-    """model.max_new_tokens applies when a client sets no max_tokens; vLLM refuses it when the prompt leaves
-    less room, so the request is sent again without it (a client's own max_tokens is still refused)."""
+    """model.max_new_tokens applies when a client sets no max_tokens and shrinks to the room a long prompt
+    leaves (vLLM 0.32 clamps it itself; an older vLLM refuses it, and the request is sent again without it:
+    `_no_room` below)."""
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(stack["reg"].get("v0000").weights)
@@ -236,8 +237,6 @@ def test_the_default_length_shrinks_to_the_room_a_long_prompt_leaves(stack):
             r = http.post("/v1/completions", json={"prompt": prompt})
             assert r.status_code == 200, r.text
             assert 1 <= r.json()["usage"]["completion_tokens"] <= 3
-            r = http.post("/v1/completions", json={"prompt": prompt, "max_tokens": 6})
-            assert r.status_code == 400 and "context length" in r.json()["error"]["message"].lower()
             r = http.post("/v1/completions", json={"prompt": "one two three"})
             assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 6
     finally:
@@ -259,6 +258,21 @@ def test_ask_under_serve_with_vllm_answers_through_the_served_model(stack):
     for q, m in (("Who is Maya?", mem), ("Say hello.", [])):
         assert remote.answer(q, m) == here.answer(q, m)  # same text, same version name
     assert remote.version is backend.version and remote.swap(reg.get("v0000")) is None
+
+
+def test_only_the_servers_own_default_length_is_retried_without_it():
+    from agentsleep.serving.protocol import CompletionRequest
+    from agentsleep.serving.vllm_backend import _no_room
+
+    refused = httpx.Response(400, text='{"error": {"message": "This model\'s maximum context length is 512 tokens. '
+                                        'However, you requested 515 tokens"}}')
+    ours = CompletionRequest(prompt="x")
+    ours.set_default_limit(6)
+    theirs = CompletionRequest(prompt="x", max_tokens=6)
+    assert _no_room(refused, {"max_tokens": 6}, ours)
+    assert not _no_room(refused, {"max_tokens": 6}, theirs)  # a client's own length is its to fix
+    assert not _no_room(refused, {}, ours)                      # already sent without it
+    assert not _no_room(httpx.Response(400, text="bad stop"), {"max_tokens": 6}, ours)
 
 
 def test_a_reload_that_fails_midway_is_never_served_and_is_replaced(stack, monkeypatch):
