@@ -191,6 +191,26 @@ def test_with_a_checkpointer_only_the_new_turn_is_recorded(home, sid):
     assert out["messages"][-1].content == "Her name is Maya."
     assert not any(isinstance(m, SystemMessage) for m in out["messages"])
     assert sorted(e.kind for e in _session(home, sid)) == ["tool", "turn", "turn"]
+    history = list(agent.get_state_history(cfg))
+    assert history and not any("astronomy" in str(snap.values) for snap in history)  # no memory in any checkpoint
+
+
+def test_a_run_resumed_by_another_process_recalls_its_memories_again(home, sid):
+    """The memories live in the process that started the run; a model call in a process that does not
+    hold them (here: they are dropped while the tool runs) recalls them again."""
+    mw = SleepMiddleware(home, k=1, recall_filters={"kind": "fact"})
+
+    @tool("get_weather")
+    def weather_elsewhere(city: str) -> str:
+        """The weather in a city."""
+        mw._held.clear()
+        return f"sunny and 24 C in {city}"
+    spy = Spy()
+    agent = create_agent(ScriptedModel(), [weather_elsewhere], system_prompt="Be brief.", middleware=[mw])
+    agent.invoke({"messages": [("user", "What is the weather in Oslo?")]},
+                 {"callbacks": [spy], "configurable": {"session_id": sid}})
+    assert len(spy.prompts) == 2 and all(FACT in p[0].content for p in spy.prompts)
+    assert not mw._held  # released when the run ended
 
 
 def test_namespaces_are_hard_partitions(home, sid):

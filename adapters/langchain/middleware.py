@@ -9,9 +9,12 @@
 
 Before the agent runs, the top-k memories for the user's latest message are
 recalled once; every model call of that run gets them in its system message
-(the request is changed, the thread's messages are not; the recalled memories
-sit in the private state key ``agentsleep_memories``, which a checkpointer saves
-with the thread). After the agent step the exchange is recorded: one ``turn``
+(the request is changed, the thread's messages are not). The memories stay in
+this process, for this run only: the private state key ``agentsleep_memories``
+holds a reference to them, never their text, so a checkpointer saves no memory
+with the thread (one forgotten later would otherwise live on in the thread's
+checkpoints); a run resumed in another process recalls them again, and the key
+is cleared when the run ends. After the agent step the exchange is recorded: one ``turn``
 episode ("User: ...\\nAssistant: ...") and one ``tool`` episode per tool run
 (read from the messages of this run: the model's tool calls and their results).
 
@@ -27,6 +30,9 @@ Needs the ``langchain`` package (``pip install 'agentsleep[langchain]'``).
 from __future__ import annotations
 
 import asyncio
+import collections
+import secrets
+import threading
 import time
 from typing import Annotated, Any, Awaitable, Callable, Optional
 
@@ -41,9 +47,13 @@ ADAPTER = "langchain.middleware"
 
 
 class SleepState(AgentState):
-    """The agent's state plus this run's recalled memories (private: not in the agent's input or output)."""
+    """The agent's state plus a reference to this run's recalled memories (private: not in the agent's
+    input or output). A thread checkpointed by an older version may hold the memories themselves (a list)."""
 
-    agentsleep_memories: NotRequired[Annotated[list[dict[str, Any]], PrivateStateAttr]]
+    agentsleep_memories: NotRequired[Annotated[Any, PrivateStateAttr]]
+
+
+HELD_RUNS = 1024  # runs whose memories one middleware keeps at most (a run that never ended is dropped first)
 
 
 class _Recalled:
@@ -89,6 +99,29 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         self.retry_after = retry_after
         self._down_until = 0.0
         self._down_error = ""
+        self._held: collections.OrderedDict[str, list[dict[str, Any]]] = collections.OrderedDict()
+        self._held_lock = threading.Lock()
+
+    # -- this run's memories: in this process, a reference in the state ------------------------
+    def _hold(self, mems: list[dict[str, Any]]) -> str:
+        if not mems:
+            return ""
+        ref = secrets.token_hex(8)
+        with self._held_lock:
+            self._held[ref] = mems
+            while len(self._held) > HELD_RUNS:
+                self._held.popitem(last=False)
+        return ref
+
+    def _held_memories(self, state: Any, *, release: bool = False) -> list[dict[str, Any]] | None:
+        """This run's memories; None when the state names a run this process does not hold (resumed elsewhere)."""
+        ref = (state or {}).get("agentsleep_memories")
+        if isinstance(ref, list):
+            return ref  # checkpointed inline by an older version
+        if not ref:
+            return []
+        with self._held_lock:
+            return self._held.pop(ref, None) if release else self._held.get(ref)
 
     # -- options per call -------------------------------------------------------------
     def _opts(self) -> dict[str, Any]:
@@ -183,7 +216,7 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         except Exception as e:  # noqa: BLE001 - reported, then the agent goes on without memories
             self._emit(self._failed("recall", e))
             mems = []
-        return {"agentsleep_memories": mems}
+        return {"agentsleep_memories": self._hold(mems)}
 
     async def abefore_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
         opts = self._opts()
@@ -192,10 +225,24 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         except Exception as e:  # noqa: BLE001
             await self._aemit(self._failed("recall", e))
             mems = []
-        return {"agentsleep_memories": mems}
+        return {"agentsleep_memories": self._hold(mems)}
+
+    def _request_memories(self, request: ModelRequest) -> list[dict[str, Any]]:
+        """The run's memories for a model call; recalled again when the run was started by another process."""
+        mems = self._held_memories(request.state)
+        if mems is not None:
+            return mems
+        try:
+            mems = self._recall(_last_human(list((request.state or {}).get("messages") or []))[1], self._opts())
+        except Exception as e:  # noqa: BLE001
+            self._emit(self._failed("recall", e))
+            return []
+        with self._held_lock:
+            self._held[(request.state or {})["agentsleep_memories"]] = mems
+        return mems
 
     def _with_memories(self, request: ModelRequest) -> ModelRequest:
-        mems = (request.state or {}).get("agentsleep_memories") or []
+        mems = self._request_memories(request)
         block = self.format_memories([_Recalled(m) for m in mems]) if mems else ""
         if not block:
             return request
@@ -207,24 +254,27 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         return handler(self._with_memories(request))
 
     async def awrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
+        if self._held_memories(request.state) is None:  # resumed here: recall off the event loop
+            await asyncio.to_thread(self._request_memories, request)
         return await handler(self._with_memories(request))
 
     def after_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
         opts = self._opts()
+        mems = self._held_memories(state, release=True) or []
         try:
-            self._record(list(state.get("messages") or []), state.get("agentsleep_memories") or [], opts)
+            self._record(list(state.get("messages") or []), mems, opts)
         except Exception as e:  # noqa: BLE001
             self._emit(self._failed("record", e))
-        return None
+        return {"agentsleep_memories": ""}  # the run is over: nothing of it stays in the thread's state
 
     async def aafter_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
         opts = self._opts()
+        mems = self._held_memories(state, release=True) or []
         try:
-            await asyncio.to_thread(self._record, list(state.get("messages") or []),
-                                    state.get("agentsleep_memories") or [], opts)
+            await asyncio.to_thread(self._record, list(state.get("messages") or []), mems, opts)
         except Exception as e:  # noqa: BLE001
             await self._aemit(self._failed("record", e))
-        return None
+        return {"agentsleep_memories": ""}
 
 
 def exchange(messages: list[BaseMessage]) -> tuple[Optional[str], Optional[str], list[dict[str, Any]]]:
