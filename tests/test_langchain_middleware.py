@@ -213,6 +213,23 @@ def test_a_run_resumed_by_another_process_recalls_its_memories_again(home, sid):
     assert not mw._held  # released when the run ended
 
 
+def test_a_memory_forgotten_during_a_run_leaves_its_later_model_calls(home, sid):
+    ns = "forget-" + sid
+    ep = home.remember("Alice's daughter is called Maya and she collects fossils.", kind="fact", namespace=ns)
+    mw = SleepMiddleware(home, k=1, namespace=ns)
+
+    @tool("get_weather")
+    def weather_then_forget(city: str) -> str:
+        """The weather in a city."""
+        home.forget(ep.id, namespace=ns)
+        return f"sunny and 24 C in {city}"
+    spy = Spy()
+    agent = create_agent(ScriptedModel(), [weather_then_forget], system_prompt="Be brief.", middleware=[mw])
+    agent.invoke({"messages": [("user", "What is the weather in Oslo?")]},
+                 {"callbacks": [spy], "configurable": {"session_id": sid}})
+    assert [("fossils" in p[0].content) for p in spy.prompts] == [True, False]
+
+
 def test_namespaces_are_hard_partitions(home, sid):
     spy = Spy()
     agent = _agent(home, namespace="user:bob")

@@ -543,6 +543,19 @@ def test_server_mode_remember_recall_count(chroma_server, tmp_path):
     s.close()
 
 
+def test_a_late_claim_reads_the_owner_again(chroma_server, tmp_path):
+    """migrate claims its target once the copy is verified; a home that claimed it meanwhile keeps it."""
+    host, port = chroma_server
+    cfg = MemoryConfig(backend="server", host=host, port=port, collection="late_claim")
+    late = EpisodeStore(cfg, root=tmp_path / "late", claim=False)
+    first = EpisodeStore(cfg, root=tmp_path / "first")  # opens writable: claims it
+    with pytest.raises(HomeError) as ei:
+        late.claim()
+    assert "another home's episodes" in one_line_error(ei)
+    late.close()
+    first.close()
+
+
 def test_server_unreachable_is_fast_one_line_error(tmp_path):
     port = free_port()  # nothing listens here
     t0 = time.monotonic()

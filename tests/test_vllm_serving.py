@@ -257,7 +257,12 @@ def test_ask_under_serve_with_vllm_answers_through_the_served_model(stack):
     mem = ["Maya is Alice's daughter."]
     for q, m in (("Who is Maya?", mem), ("Say hello.", [])):
         assert remote.answer(q, m) == here.answer(q, m)  # same text, same version name
-    assert remote.version is backend.version and remote.swap(reg.get("v0000")) is None
+    assert remote.version is backend.version and remote.swap(backend.version) is None  # already served
+    from agentsleep.errors import ModelError
+
+    other = next(n for n in reg.names() if n != backend.version.name)
+    with pytest.raises(ModelError, match="still serves"):  # a forget or rollback waits for the watcher's swap
+        BackendAnswers(backend, lambda: reg.get("v0000").weights, 8, swap_timeout=0.5).swap(reg.get(other))
 
 
 def test_only_the_servers_own_default_length_is_retried_without_it():

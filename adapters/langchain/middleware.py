@@ -107,21 +107,35 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         if not mems:
             return ""
         ref = secrets.token_hex(8)
+        self._put(ref, mems)
+        return ref
+
+    def _put(self, ref: str, mems: list[dict[str, Any]]) -> None:
         with self._held_lock:
             self._held[ref] = mems
             while len(self._held) > HELD_RUNS:
                 self._held.popitem(last=False)
-        return ref
 
     def _held_memories(self, state: Any, *, release: bool = False) -> list[dict[str, Any]] | None:
-        """This run's memories; None when the state names a run this process does not hold (resumed elsewhere)."""
+        """This run's memories, less any forgotten since they were recalled (a run interrupted and resumed
+        later); None when the state names a run this process does not hold (resumed elsewhere)."""
         ref = (state or {}).get("agentsleep_memories")
         if isinstance(ref, list):
-            return ref  # checkpointed inline by an older version
-        if not ref:
+            mems = ref  # checkpointed inline by an older version
+        elif not ref:
             return []
-        with self._held_lock:
-            return self._held.pop(ref, None) if release else self._held.get(ref)
+        else:
+            with self._held_lock:
+                mems = self._held.pop(ref, None) if release else self._held.get(ref)
+            if mems is None:
+                return None
+        if mems and not release:
+            try:
+                gone = resolve_home(self.home).store.ledger.forgotten_among([m["id"] for m in mems])
+            except Exception:  # noqa: BLE001 - the store is down: the recall itself will say so
+                gone = set()
+            mems = [m for m in mems if m["id"] not in gone]
+        return mems
 
     # -- options per call -------------------------------------------------------------
     def _opts(self) -> dict[str, Any]:
@@ -236,9 +250,8 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
             mems = self._recall(_last_human(list((request.state or {}).get("messages") or []))[1], self._opts())
         except Exception as e:  # noqa: BLE001
             self._emit(self._failed("recall", e))
-            return []
-        with self._held_lock:
-            self._held[(request.state or {})["agentsleep_memories"]] = mems
+            mems = []  # held too: the run's next model call does not try (and report) again
+        self._put(request.state["agentsleep_memories"], mems)
         return mems
 
     def _with_memories(self, request: ModelRequest) -> ModelRequest:

@@ -127,6 +127,7 @@ class Episode(BaseModel):
         if self.speaker and not body.startswith(f"{self.speaker}:"):
             body = f"{self.speaker}: {body}"
         t = self.when()
+        t = t.astimezone() if t.tzinfo else t  # the local date: a date given alone is local midnight
         return f"[{t.strftime('%d %B %Y').lstrip('0')}] {body}"
 
     def public(self) -> dict[str, Any]:

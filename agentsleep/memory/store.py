@@ -168,14 +168,20 @@ class EpisodeStore:
                             f"{self.cfg.port} holds another home's episodes; give this home a collection of its "
                             "own (memory.collection in its config.toml)")
         if owner is None and self._claim:
-            self.claim()
+            meta = {k: v for k, v in (self._coll.metadata or {}).items() if not k.startswith("hnsw:")}  # fixed once made
+            self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: mine})
 
     def claim(self) -> None:
         """Stamp this store's id on its server collection (see _check_owner); `migrate` does it once the
-        copy is verified, so that a refused migration leaves the target as it was."""
+        copy is verified, so that a refused migration leaves the target as it was. The owner is read
+        again first: another home may have claimed the collection since this store opened it."""
+        from .embedder import MiniLMEmbedding
+
         self._require_writer()
-        meta = {k: v for k, v in (self._coll.metadata or {}).items() if not k.startswith("hnsw:")}  # fixed once made
-        self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: self.ledger.store_id(create=True)})
+        self._coll = self._call("claim", self._client.get_collection, self.cfg.collection,
+                                embedding_function=MiniLMEmbedding(self.cfg.embedder))
+        self._claim = True
+        self._check_owner()  # refuses a foreign owner; stamps ours when there is none
 
     def _acquire_writer(self) -> None:
         lock = FileLock(str(self.root / "writer.lock"), timeout=0)

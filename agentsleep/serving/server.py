@@ -527,7 +527,7 @@ def serve_home(home: Any, *, backend: str | None = None, host: str | None = None
             from ..models.loader import resolve
 
             home._engine = BackendAnswers(b, lambda: resolve(registry.get("v0000").weights, progress=lambda m: None),
-                                          home.config.model.max_new_tokens)
+                                          home.config.model.max_new_tokens, watcher)
 
     def boot(url: str) -> None:
         first = registry.current()
@@ -556,8 +556,10 @@ class BackendAnswers:
     it), instead of a second copy of the model loaded in this process. The registry watcher moves the
     served version, so `swap` has nothing to do."""
 
-    def __init__(self, backend: Backend, base_dir: Callable[[], str], max_new_tokens: int):
+    def __init__(self, backend: Backend, base_dir: Callable[[], str], max_new_tokens: int,
+                 watcher: "RegistryWatcher | None" = None, swap_timeout: float = 600.0):
         self.backend, self.base_dir, self.max_new_tokens = backend, base_dir, max_new_tokens
+        self.watcher, self.swap_timeout = watcher, swap_timeout
         self._tok: Any = None
         self._lock = threading.Lock()
 
@@ -566,7 +568,16 @@ class BackendAnswers:
         return self.backend.version
 
     def swap(self, version: Any) -> None:
-        return None
+        """Wait until the served model is `version` (the watcher swaps it; a forget or a rollback must not
+        be answered by the version it left)."""
+        if self.watcher is not None:
+            self.watcher.poke()
+        if not wait_until(lambda: (v := self.backend.version) is not None and v.name == version.name,
+                          self.swap_timeout, interval=0.1):
+            from ..errors import ModelError
+
+            raise ModelError(f"ask: the server still serves {getattr(self.backend.version, 'name', None)}, not "
+                             f"{version.name}, after {self.swap_timeout:.0f} s; see GET /health")
 
     def answer(self, question: str, memories: list[str] | None = None, *,
                max_new_tokens: int | None = None) -> tuple[str, str]:
@@ -578,10 +589,11 @@ class BackendAnswers:
 
                 self._tok = AutoTokenizer.from_pretrained(self.base_dir())
             prompt = gen.chat(self._tok, question, system=gen.answer_system(memories or []))
-        req = CompletionRequest(prompt=prompt, max_tokens=max_new_tokens or self.max_new_tokens, temperature=0.0,
+        req = CompletionRequest(prompt=prompt, max_tokens=max_new_tokens, temperature=0.0,
                                 add_special_tokens=False)  # the prompt is rendered whole, as in-process
+        req.set_default_limit(self.max_new_tokens)  # shrinks to the room many memories leave, as in-process
         out = self.backend.completion(req)
-        return out["choices"][0]["text"], out["model"]
+        return out["choices"][0]["text"].strip(), out["model"]
 
 
 def exposed_without_key(host: str, keys: list[str | None]) -> bool:

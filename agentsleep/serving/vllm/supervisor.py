@@ -90,6 +90,10 @@ class SwapKind(str, Enum):
         return format(self.value, spec)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [type(e).__name__])[0][:200]
+
+
 class VLLMSupervisor:
     """Start (or attach to) a vLLM server, route requests to the current version, swap versions, restart."""
 
@@ -240,6 +244,9 @@ class VLLMSupervisor:
                         rep.detail["warning"] = (f"cannot check or set the attached server's weights ({e}); "
                                                  f"answers are labelled {version.name}")
                         log.warning(rep.detail["warning"])
+                    elif srv.broken:  # refused until a swap succeeds: say so now, not only in /health
+                        rep.detail["error"] = self.gate.error
+                        log.error("attached vLLM server: %s", self.gate.error)
             if self.managed and self.restart_enabled:
                 self.monitor.start()
             self._event(kind.value, version=version.name, seconds=round(rep.total_s, 2))
@@ -274,15 +281,17 @@ class VLLMSupervisor:
         if route is None:
             return SwapKind.START
         srv = route.server
-        if srv.broken:  # nothing on it can be trusted: load the version whole
-            return SwapKind.BLUE_GREEN if self.managed else SwapKind.RELOAD_WEIGHTS
-        if route.version.name == version.name:
+        if srv.broken and self.managed:  # nothing on it can be trusted: load the version whole
+            return SwapKind.BLUE_GREEN
+        if srv.broken:  # an attached server can only have its weights written again, whole
+            pass
+        elif route.version.name == version.name:
             return SwapKind.NOOP
-        if srv.base is not None and version.name == srv.base.name:
+        elif srv.base is not None and version.name == srv.base.name:
             return SwapKind.ROUTE
-        if version.name in srv.loras:
+        elif version.name in srv.loras:
             return SwapKind.ROUTE
-        if adapters and self.lora and srv.base is not None:
+        elif adapters and self.lora and srv.base is not None:
             chain = adapter_chain(version, srv.base.name)
             if chain and 0 < chain_rank(chain) <= self.max_lora_rank:
                 return SwapKind.ADAPTER  # one adapter, or the sleeps since the served weights composed into one
@@ -313,7 +322,8 @@ class VLLMSupervisor:
         kind = SwapKind.RELOAD_WEIGHTS if force_reload else self.plan(version)
         t0 = time.perf_counter()
         broken = prev is not None and prev.server.broken is not None
-        self.gate.set(state="swapping", held=broken)  # a broken server gets no request while it is replaced
+        if not broken:  # a broken one stays "failed" (requests refused at once) until its replacement is in
+            self.gate.set(state="swapping")
         try:
             rep = self._do(kind, version, prev)
         except SwapError as e:
@@ -329,12 +339,10 @@ class VLLMSupervisor:
                     if self.gate.state != "failed":
                         self.gate.set(state="failed", error=f"{cur.server.broken}; requests are refused until a "
                                                             "swap succeeds")
-                elif self.gate.state in ("swapping", "failed") and broken:
+                elif broken:
                     self.gate.set(state="ready", error=None)  # replaced: the reason is gone with it
                 elif self.gate.state == "swapping":
                     self.gate.set(state="ready")
-                if broken:
-                    self.gate.set(held=False)
                 self.gate.cond.notify_all()
         rep.total_s = time.perf_counter() - t0
         self._event("swap", version=version.name, kind=rep.kind, pause_ms=round(rep.pause_ms, 2))
@@ -519,7 +527,7 @@ class VLLMSupervisor:
             t_open = time.perf_counter()
         except Exception as e:
             if touched:
-                srv.broken = f"weights reload failed midway on {srv.url}: {str(e).splitlines()[0][:200]}"
+                srv.broken = f"weights reload failed midway on {srv.url}: {_first_line(e)}"
             if not touched or not self.managed:
                 if engine_pause:
                     with contextlib.suppress(Exception):
@@ -539,8 +547,7 @@ class VLLMSupervisor:
                 # never back to the old server: its weights may be half-replaced. Refused until a swap succeeds
                 # (the registry watcher retries; plan() then starts a fresh server for whatever is current)
                 self.gate.set(state="failed", error=f"{srv.broken}, and starting {version.name} beside it failed "
-                                                    f"({str(e2).splitlines()[0][:200]}); requests are refused "
-                                                    "until a swap succeeds")
+                                                    f"({_first_line(e2)}); requests are refused until a swap succeeds")
                 raise
             finally:
                 self.gate.set(held=False)
