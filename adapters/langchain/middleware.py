@@ -254,8 +254,7 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         self._put(request.state["agentsleep_memories"], mems)
         return mems
 
-    def _with_memories(self, request: ModelRequest) -> ModelRequest:
-        mems = self._request_memories(request)
+    def _with_memories(self, request: ModelRequest, mems: list[dict[str, Any]]) -> ModelRequest:
         block = self.format_memories([_Recalled(m) for m in mems]) if mems else ""
         if not block:
             return request
@@ -264,12 +263,11 @@ class SleepMiddleware(AgentMiddleware[SleepState, Any]):
         return request.override(system_message=SystemMessage(content=text))
 
     def wrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Any]) -> Any:
-        return handler(self._with_memories(request))
+        return handler(self._with_memories(request, self._request_memories(request)))
 
     async def awrap_model_call(self, request: ModelRequest, handler: Callable[[ModelRequest], Awaitable[Any]]) -> Any:
-        if self._held_memories(request.state) is None:  # resumed here: recall off the event loop
-            await asyncio.to_thread(self._request_memories, request)
-        return await handler(self._with_memories(request))
+        mems = await asyncio.to_thread(self._request_memories, request)  # the ledger, or a recall: off the loop
+        return await handler(self._with_memories(request, mems))
 
     def after_agent(self, state: SleepState, runtime: Any) -> dict[str, Any] | None:
         opts = self._opts()

@@ -325,18 +325,17 @@ class LexicalIndex:
         """(id, BM25 score, higher is better) for the best `limit` rows matching any content word of `query`
         (less the lower-case words in `skip`, and less the common words `_uncommon` leaves out, unless
         nothing else is left). `meta`, when given, receives each hit's fusion metadata (as `meta()` returns it)."""
-        with self._read() as c:
-            # an index made before the character pairs (a read-only open before a writer rebuilt it) holds
-            # whole CJK runs: query it the same way
-            pairs = not _CJK_RUN.search(query) or self._tokens(c) == TOKENS_VERSION
-        terms = query_terms(query, pairs=pairs)
-        terms = [t for t in terms if t not in skip] or terms
-        if not terms:
-            return []
         cond, args = filters.sql()
         sql = (f"SELECT d.id, bm25(fts, 1.0, ?, ?) AS s, {_META_COLS} FROM fts JOIN docs d ON d.rowid = fts.rowid "
                f"WHERE fts MATCH ? AND {cond} ORDER BY s LIMIT ?")
         with self._read() as c:
+            # an index made before the character pairs (a read-only open before a writer rebuilt it) holds
+            # whole CJK runs: query it the same way
+            pairs = not _CJK_RUN.search(query) or self._tokens(c) == TOKENS_VERSION
+            terms = query_terms(query, pairs=pairs)
+            terms = [t for t in terms if t not in skip] or terms
+            if not terms:
+                return []
             try:
                 match = " OR ".join(_phrase(t) for t in self._uncommon(c, terms, common_share))
                 rows = c.execute(sql, [self.ctx_weight if ctx_weight is None else ctx_weight,

@@ -52,7 +52,7 @@ class EpisodeStore:
         self.cfg = cfg
         self.root = root
         self.writable = writable
-        self._claim = claim and writable  # False: check a server collection's owner, stamp it later (migrate)
+        self._claim = claim and writable  # False: check a server collection's owner, stamp it later (claim())
         self._lock: FileLock | None = None
         self._client: Any = None
         self._vectors_ok = True  # Chroma returns stored vectors (not its Python server: see _cosines)
@@ -140,7 +140,7 @@ class EpisodeStore:
                 metadata={"hnsw:space": "cosine"},
             )
             if self.cfg.backend == "server":
-                self._check_owner()
+                self._check_owner(stamp=self._claim)
         except AgentsleepError:
             self.close()
             raise
@@ -157,7 +157,7 @@ class EpisodeStore:
                     "start it (chroma run --path DIR --host 127.0.0.1 --port N) or fix memory.host/port") from None
             raise StoreUnavailableError(f"episode store: cannot open embedded Chroma at {self.root / 'chroma'} ({detail})") from None
 
-    def _check_owner(self) -> None:
+    def _check_owner(self, *, stamp: bool) -> None:
         """A collection on a Chroma server holds one home's episodes. The first writer claims it with the
         store's id (in the collection's metadata); a home whose id differs is refused, instead of reading
         and writing another home's episodes (two homes left on the default name `episodes`)."""
@@ -167,7 +167,7 @@ class EpisodeStore:
             raise HomeError(f"episode store: collection '{self.cfg.collection}' on Chroma server {self.cfg.host}:"
                             f"{self.cfg.port} holds another home's episodes; give this home a collection of its "
                             "own (memory.collection in its config.toml)")
-        if owner is None and self._claim:
+        if owner is None and stamp:
             meta = {k: v for k, v in (self._coll.metadata or {}).items() if not k.startswith("hnsw:")}  # fixed once made
             self._call("claim", self._coll.modify, metadata={**meta, OWNER_KEY: mine})
 
@@ -180,8 +180,7 @@ class EpisodeStore:
         self._require_writer()
         self._coll = self._call("claim", self._client.get_collection, self.cfg.collection,
                                 embedding_function=MiniLMEmbedding(self.cfg.embedder))
-        self._claim = True
-        self._check_owner()  # refuses a foreign owner; stamps ours when there is none
+        self._check_owner(stamp=True)  # refuses a foreign owner; stamps ours when there is none
 
     def _acquire_writer(self) -> None:
         lock = FileLock(str(self.root / "writer.lock"), timeout=0)

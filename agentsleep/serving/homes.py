@@ -25,7 +25,8 @@ from fastapi import Request  # module level: FastAPI resolves route annotations 
 from ..errors import InputError, ModelError
 from .auth import require_bearer
 from .backend import APIError, BadRequest, ModelNotFound, TooLarge
-from .server import RegistryWatcher, check_listen, create_app, exposed_without_key, home_recall, run_app, url_for
+from .server import (RegistryWatcher, check_listen, create_app, exposed_without_key, home_recall, route_error,
+                     run_app, url_for)
 
 log = logging.getLogger("agentsleep.serve")
 _DISPATCH = ("/v1/chat/completions", "/v1/completions")
@@ -122,11 +123,8 @@ def create_homes_app(homes: dict[str, dict[str, Any]], pool: Any, *, max_request
     @root.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         # the same OpenAI error object as every other answer, not the web framework's {"detail": ...}
-        msg = {404: f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
-                    "/v1/completions, /health, and each home's own routes under /homes/<name>",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        err = APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None)
-        return JSONResponse(err.body(), status_code=err.status, headers=getattr(e, "headers", None))
+        return await _api_error(request, route_error(request, e, "/v1/models, /v1/chat/completions, "
+                                                     "/v1/completions, /health, and each home's own routes under /homes/<name>"))
 
     @root.get("/v1/models")
     async def models(request: Request) -> Any:

@@ -273,16 +273,20 @@ def add_error_handlers(app: Any, st: AppState) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        msg = {404: f"no route {request.method} {request.url.path}; see /v1/models, /v1/chat/completions, "
-                    "/v1/completions, /health",
-               405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
-        return error_response(APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None,
-                                       headers=dict(getattr(e, "headers", None) or {})))
+        return error_response(route_error(request, e, "/v1/models, /v1/chat/completions, /v1/completions, /health"))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
         log.exception("unexpected error on %s", request.url.path)
         return error_response(APIError(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
+
+
+def route_error(request: Request, e: Any, routes: str) -> APIError:
+    """The web framework's 404 / 405 (a starlette HTTPException) as an OpenAI error object, naming `routes`."""
+    msg = {404: f"no route {request.method} {request.url.path}; see {routes}",
+           405: f"method {request.method} is not allowed on {request.url.path}"}.get(e.status_code, str(e.detail))
+    return APIError(msg, status=e.status_code, code="not_found" if e.status_code == 404 else None,
+                    headers=dict(getattr(e, "headers", None) or {}))
 
 
 def add_completion_routes(app: Any, st: AppState) -> None:
@@ -554,7 +558,7 @@ class BackendAnswers:
     """`Home.ask`'s engine under `serve --backend vllm`: the question goes to the served model in the answer
     layout (the prompt rendered here with the base's tokenizer, exactly as the in-process engine renders
     it), instead of a second copy of the model loaded in this process. The registry watcher moves the
-    served version, so `swap` has nothing to do."""
+    served version; `swap` waits for it.""" 
 
     def __init__(self, backend: Backend, base_dir: Callable[[], str], max_new_tokens: int,
                  watcher: "RegistryWatcher | None" = None, swap_timeout: float = 600.0):

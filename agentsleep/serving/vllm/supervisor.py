@@ -283,18 +283,17 @@ class VLLMSupervisor:
         srv = route.server
         if srv.broken and self.managed:  # nothing on it can be trusted: load the version whole
             return SwapKind.BLUE_GREEN
-        if srv.broken:  # an attached server can only have its weights written again, whole
-            pass
-        elif route.version.name == version.name:
-            return SwapKind.NOOP
-        elif srv.base is not None and version.name == srv.base.name:
-            return SwapKind.ROUTE
-        elif version.name in srv.loras:
-            return SwapKind.ROUTE
-        elif adapters and self.lora and srv.base is not None:
-            chain = adapter_chain(version, srv.base.name)
-            if chain and 0 < chain_rank(chain) <= self.max_lora_rank:
-                return SwapKind.ADAPTER  # one adapter, or the sleeps since the served weights composed into one
+        if not srv.broken:  # (a broken attached server can only have its weights written again, whole)
+            if route.version.name == version.name:
+                return SwapKind.NOOP
+            if srv.base is not None and version.name == srv.base.name:
+                return SwapKind.ROUTE
+            if version.name in srv.loras:
+                return SwapKind.ROUTE
+            if adapters and self.lora and srv.base is not None:
+                chain = adapter_chain(version, srv.base.name)
+                if chain and 0 < chain_rank(chain) <= self.max_lora_rank:
+                    return SwapKind.ADAPTER  # one adapter, or the sleeps since the served weights composed into one
         new_dir = weights_dir(version)
         if srv.sig is not None and srv.sig == arch_signature(new_dir):
             tied = bool(read_config(new_dir).get("tie_word_embeddings"))
