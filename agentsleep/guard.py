@@ -7,11 +7,12 @@ its port, its memory and, for vLLM, the model. Linux's parent-death signal does 
 when the *thread* that started the child ends, and servers are started from short-lived threads
 (a blue/green swap). So each server runs under this small watcher instead:
 
-    python -I -S guard.py PARENT_PID COMMAND...
+    python -I -S guard.py PARENT_PID [--remove DIR] COMMAND...
 
 It starts COMMAND in its own process group (the group the parent signals), checks once a second
 whether PARENT_PID is still its parent, and if not stops the group: SIGTERM, then SIGKILL after
-GRACE_S. It exits with COMMAND's exit status. A signal sent to the whole group reaches COMMAND
+GRACE_S. It exits with COMMAND's exit status, after removing DIR (a scratch folder of the
+command's, such as vLLM's IPC sockets, which vLLM never unlinks) when given. A signal sent to the whole group reaches COMMAND
 directly; a SIGTERM or SIGINT sent to this process alone is passed on to COMMAND if it is still
 running FORWARD_AFTER_S later. Standard library only, and run with -I -S, so it starts in
 milliseconds and imports nothing of the environment.
@@ -19,6 +20,7 @@ milliseconds and imports nothing of the environment.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,16 +33,29 @@ GRACE_S = 15.0
 FORWARD_AFTER_S = 10.0
 
 
-def command(cmd: list[str]) -> list[str]:
-    """`cmd` run under this watcher, for this process as the parent."""
-    return [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), *cmd]
+def command(cmd: list[str], remove: str | os.PathLike | None = None) -> list[str]:
+    """`cmd` run under this watcher, for this process as the parent; `remove`: a folder deleted once the
+    command has ended, however it ended (short of a SIGKILL of the guard itself)."""
+    extra = ["--remove", os.fspath(remove)] if remove is not None else []
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), str(os.getpid()), *extra, *cmd]
 
 
 def main(argv: list[str]) -> int:
+    remove = None
+    if len(argv) > 2 and argv[1] == "--remove":
+        remove, argv = argv[2], [argv[0], *argv[3:]]
     if len(argv) < 2 or not argv[0].isdigit():
-        print("usage: guard.py PARENT_PID COMMAND...", file=sys.stderr)
+        print("usage: guard.py PARENT_PID [--remove DIR] COMMAND...", file=sys.stderr)
         return 2
     parent, cmd = int(argv[0]), argv[1:]
+    try:
+        return _watch(parent, cmd, remove)
+    finally:
+        if remove:
+            shutil.rmtree(remove, ignore_errors=True)
+
+
+def _watch(parent: int, cmd: list[str], remove: str | None) -> int:
     if os.getpgrp() != os.getpid():
         os.setsid()  # a group of our own, so that stopping it never reaches the parent's
     signalled: list[tuple[int, float]] = []
@@ -59,13 +74,15 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             pass
         if os.getppid() != parent:  # the parent died: we were handed to init or a subreaper
-            _stop_group(child)
+            _stop_group(child, remove)
             rc = child.wait()
             break
         if signalled and not forwarded and time.monotonic() - signalled[0][1] > FORWARD_AFTER_S:
             forwarded = True
             child.send_signal(signalled[0][0])
     if rc < 0:  # killed by a signal: die of the same one, so the parent reads the same status
+        if remove:
+            shutil.rmtree(remove, ignore_errors=True)  # before dying: no finally runs after that
         sig = -rc
         if sig == signal.SIGKILL:  # (the out-of-memory killer's) cannot be caught, so needs no reset
             os.kill(os.getpid(), sig)
@@ -75,7 +92,7 @@ def main(argv: list[str]) -> int:
     return rc if rc >= 0 else 128 - rc  # other signals (a crash) as the shell reports them, with no core of ours
 
 
-def _stop_group(child: subprocess.Popen) -> None:
+def _stop_group(child: subprocess.Popen, remove: str | None) -> None:
     """SIGTERM our group (the command and its workers; this process ignores it), SIGKILL after GRACE_S."""
     group = os.getpgrp()
     os.killpg(group, signal.SIGTERM)
@@ -83,6 +100,8 @@ def _stop_group(child: subprocess.Popen) -> None:
         child.wait(timeout=GRACE_S)
     except subprocess.TimeoutExpired:
         pass
+    if remove:
+        shutil.rmtree(remove, ignore_errors=True)  # before the SIGKILL that takes this process too
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.killpg(group, signal.SIGKILL)  # takes this process too, after any workers that outlived the command
 

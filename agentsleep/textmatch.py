@@ -60,13 +60,38 @@ def content_tokens(text: str) -> list[str]:
     return [t for t in tokens(text) if t not in STOP]
 
 
+# Words that deny the word after them ("You are not vegan" does not answer "vegan"), and the words that
+# may stand between ("isn't a beagle"); a denial further off ("does not eat pork") is left alone, since it
+# may be what the question asks about ("What does the user not eat?")
+NEGATIONS = frozenset("""not no never nor neither cannot isn't aren't wasn't weren't don't doesn't didn't won't
+can't couldn't hasn't haven't hadn't""".split())
+_BETWEEN = frozenset("a an the any very really".split())
+
+
+def denied(prediction: list[str], answer: list[str], want: set[str]) -> bool:
+    """True when a wanted word of the prediction is denied right before it and the answer holds no
+    negation itself (an answer that is a denial is matched as written)."""
+    if NEGATIONS.intersection(answer):
+        return False
+    for j, w in enumerate(prediction):
+        if w in want:
+            i = j - 1
+            while i >= 0 and prediction[i] in _BETWEEN:
+                i -= 1
+            if i >= 0 and prediction[i] in NEGATIONS:
+                return True
+    return False
+
+
 def contains_answer(prediction: str, answer: str) -> bool:
-    """True when every content word of `answer` occurs in `prediction` (keyword containment)."""
+    """True when every content word of `answer` occurs in `prediction` (keyword containment), none of
+    them denied there."""
     want = content_tokens(answer) or tokens(answer)
     if not want:
         return False
-    have = set(tokens(prediction))
-    return all(w in have for w in want)
+    said = tokens(prediction)
+    have = set(said)
+    return all(w in have for w in want) and not denied(said, tokens(answer), set(want))
 
 
 # How the sleep's own dreams name the person the memory is about ("The user's dog is ..."): framing that an
@@ -88,8 +113,8 @@ def answers_question(prediction: str, question: str, answer: str) -> bool:
     want = [w for w in map(_one, content_tokens(answer)) if w not in asked]
     if not want:
         return contains_answer(prediction, answer)
-    have = {_one(w) for w in tokens(prediction)}
-    return all(w in have for w in want)
+    said = [_one(w) for w in tokens(prediction)]
+    return all(w in set(said) for w in want) and not denied(said, tokens(answer) + tokens(question), set(want))
 
 
 def _one(word: str) -> str:

@@ -80,3 +80,19 @@ def test_a_signal_to_the_guard_alone_reaches_the_command():
         assert not _alive(server_pid)
     finally:
         terminate_group(p, grace=2)
+
+
+def test_the_guard_removes_the_commands_scratch_folder_however_it_ends(tmp_path):
+    """vLLM leaves its IPC socket files behind: its scratch folder goes once the command has ended, on a
+    normal exit and on the group signal agentsleep stops servers with."""
+    scratch = tmp_path / "rpc"
+    scratch.mkdir()
+    (scratch / "socket-file").write_text("")
+    p = subprocess.Popen(guard.command([sys.executable, "-c", "import sys; sys.exit(4)"], remove=scratch),
+                         start_new_session=True)
+    assert p.wait(20) == 4 and not scratch.exists()
+    scratch.mkdir()
+    p = subprocess.Popen(guard.command(SLEEPER, remove=scratch), stdout=subprocess.PIPE, start_new_session=True)
+    server_pid = int(p.stdout.readline())
+    assert terminate_group(p, grace=10) == -signal.SIGTERM
+    assert not _alive(server_pid) and not scratch.exists()

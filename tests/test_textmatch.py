@@ -119,3 +119,16 @@ def test_the_ledger_indexes_probes_by_episode(tmp_path):
     assert "probe_episode" in idx
     led.forget(["e1"])
     assert led.results(["p1", "p2"]) == {"p2": {"v0001": False}}
+
+
+def test_an_answer_word_denied_right_before_it_is_no_match():
+    from agentsleep.textmatch import answers_question, contains_answer
+
+    assert not contains_answer("You are not vegan.", "vegan")
+    assert not contains_answer("Your dog isn't a beagle.", "beagle")
+    assert contains_answer("You are vegan, not vegetarian.", "vegan")  # the denial is of another word
+    assert contains_answer("You are not vegan.", "not vegan")  # a denial as the answer is matched as written
+    assert contains_answer("The user does not eat pork.", "pork")  # a denial further off may be what was asked
+    assert not answers_question("Not coffee: tea.", "What do I drink?", "coffee")
+    assert answers_question("Coffee, never tea.", "What do I drink?", "coffee")
+    assert answers_question("You have never been to Paris.", "Where have I never been?", "Paris")

@@ -95,7 +95,9 @@ def test_three_swaps_under_load(stack):
     each answer equal to transformers' for its version, in-place swaps pause < 100 ms."""
     reg, versions, ref, http = stack["reg"], stack["versions"], stack["ref"], stack["http"]
     names = [versions[k].name for k in ("adapter", "weights", "grown")]
-    old_pid = stack["sup"].route.server.proc.pid
+    old = stack["sup"].route.server.proc
+    old_pid = old.proc.pid
+    assert old.scratch_dir and os.listdir(old.scratch_dir)  # vLLM's scratch files live in a folder of the server's own
     rep = run_swap_loadtest(stack["server"].url, reg, names, prompts=PROMPTS, clients=2, max_tokens=8,
                             settle_s=1.0, expected=ref, stream_every=4, swap_timeout_s=900)
     print(json.dumps(rep, indent=1))
@@ -122,6 +124,7 @@ def test_three_swaps_under_load(stack):
         while time.time() < deadline:
             os.kill(old_pid, 0)
             time.sleep(0.2)
+    assert not os.path.exists(old.scratch_dir)  # and they went with it (vLLM never unlinks them)
 
 
 def test_weights_reload_resets_the_prefix_cache(stack):

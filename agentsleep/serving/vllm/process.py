@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,7 @@ class VLLMProcess:
         # the worker extension lives in this package: only a server on our own interpreter can import it
         self.staged_reload = (self.python == sys.executable) if staged_reload is None else staged_reload
         self.proc: subprocess.Popen | None = None
+        self.scratch_dir: str | None = None  # the server's temporary folder (vLLM's scratch files), removed when it stops
         self.started_at: float | None = None  # time.monotonic() at start
         self.ready_s: float | None = None
 
@@ -103,14 +105,25 @@ class VLLMProcess:
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
+        # vLLM leaves its scratch files behind in the temporary folder, a dozen per start (IPC sockets, the
+        # distributed rendezvous file): the server gets a temporary folder of its own, removed when it stops.
+        # Torch's compile cache stays where it always is, so that a restart still finds it.
+        env.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_dir())
+        self.scratch_dir = tempfile.mkdtemp(prefix="agentsleep-vllm-")  # short: a socket path has 107 bytes
+        env["TMPDIR"] = self.scratch_dir
+        env.setdefault("VLLM_RPC_BASE_PATH", self.scratch_dir)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
         logf.flush()
         try:
             # under the guard: a parent killed with SIGKILL does not leave the server running
-            self.proc = subprocess.Popen(guard.command(self.command()), stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+            self.proc = subprocess.Popen(guard.command(self.command(), remove=self.scratch_dir), stdout=logf,
+                                         stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        except BaseException:
+            self._remove_scratch_dir()
+            raise
         finally:
             logf.close()
         self.started_at = time.monotonic()
@@ -162,6 +175,23 @@ class VLLMProcess:
         """SIGTERM the whole process group (API server, engine core, workers), SIGKILL after `grace` s."""
         if self.proc is not None:
             terminate_group(self.proc, grace=grace)
+        self._remove_scratch_dir()  # the guard removes it too, unless the group needed SIGKILL
+
+    def _remove_scratch_dir(self) -> None:
+        if self.scratch_dir:
+            shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+
+def _inductor_cache_dir() -> str:
+    """Where torch keeps compiled kernels by default (under the temporary folder, per user)."""
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        return default_cache_dir()
+    except Exception:  # noqa: BLE001 - another torch: its usual place
+        import getpass
+
+        return os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
 
 
 def start_ready(model_dir: Path, log_path: Path, *, timeout: float, abort: threading.Event | None = None,
