@@ -11,10 +11,10 @@ when the *thread* that started the child ends, and servers are started from shor
 
 It starts COMMAND in its own process group (the group the parent signals), checks once a second
 whether PARENT_PID is still its parent, and if not stops the group: SIGTERM, then SIGKILL after
-GRACE_S. It exits with COMMAND's exit status, after removing DIR (a scratch folder of the
-command's, such as vLLM's IPC sockets, which vLLM never unlinks) when given. A signal sent to the whole group reaches COMMAND
-directly; a SIGTERM or SIGINT sent to this process alone is passed on to COMMAND if it is still
-running FORWARD_AFTER_S later. Standard library only, and run with -I -S, so it starts in
+GRACE_S. It exits with COMMAND's exit status, after removing DIR when given (a scratch folder
+of the command's: vLLM never unlinks its IPC sockets). A signal sent to the whole group reaches
+COMMAND directly; a SIGTERM or SIGINT sent to this process alone is passed on to COMMAND if it is
+still running FORWARD_AFTER_S later. Standard library only, and run with -I -S, so it starts in
 milliseconds and imports nothing of the environment.
 """
 from __future__ import annotations

@@ -69,18 +69,18 @@ _BETWEEN = frozenset("a an the any very really".split())
 
 
 def denied(prediction: list[str], answer: list[str], want: set[str]) -> bool:
-    """True when a wanted word of the prediction is denied right before it and the answer holds no
-    negation itself (an answer that is a denial is matched as written)."""
+    """True when a wanted word of the prediction is denied right before it wherever it stands, and the
+    answer holds no negation itself (an answer that is a denial is matched as written)."""
     if NEGATIONS.intersection(answer):
         return False
+    said: dict[str, bool] = {}  # wanted word -> stated at least once without a denial
     for j, w in enumerate(prediction):
         if w in want:
             i = j - 1
             while i >= 0 and prediction[i] in _BETWEEN:
                 i -= 1
-            if i >= 0 and prediction[i] in NEGATIONS:
-                return True
-    return False
+            said[w] = said.get(w, False) or not (i >= 0 and prediction[i] in NEGATIONS)
+    return not all(said.values())
 
 
 def contains_answer(prediction: str, answer: str) -> bool:
@@ -114,7 +114,8 @@ def answers_question(prediction: str, question: str, answer: str) -> bool:
     if not want:
         return contains_answer(prediction, answer)
     said = [_one(w) for w in tokens(prediction)]
-    return all(w in set(said) for w in want) and not denied(said, tokens(answer) + tokens(question), set(want))
+    have = set(said)
+    return all(w in have for w in want) and not denied(said, tokens(answer) + tokens(question), set(want))
 
 
 def _one(word: str) -> str:

@@ -132,3 +132,5 @@ def test_an_answer_word_denied_right_before_it_is_no_match():
     assert not answers_question("Not coffee: tea.", "What do I drink?", "coffee")
     assert answers_question("Coffee, never tea.", "What do I drink?", "coffee")
     assert answers_question("You have never been to Paris.", "Where have I never been?", "Paris")
+    assert contains_answer("Not tea: you drink coffee.", "coffee")  # stated once without a denial
+    assert not contains_answer("Not coffee, no coffee at all.", "coffee")
