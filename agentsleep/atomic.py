@@ -8,15 +8,21 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: Path, data: str) -> None:
-    """Write a temp file beside `path`, fsync it, rename it into place, fsync the directory."""
+def atomic_write_text(path: Path, data: str, mode: int | None = None) -> None:
+    """Write a temp file beside `path` (permissions `mode` when given), fsync it, rename it into place,
+    fsync the directory. A failed write leaves no temp file behind."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+        with open(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     fsync_dir(path.parent)  # make the rename itself durable
 
 
@@ -49,8 +55,8 @@ def fsync_tree(root: Path) -> int:
     return n
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, default=str))
+def atomic_write_json(path: Path, data: Any, mode: int | None = None) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, default=str), mode)
 
 
 def read_json(path: Path) -> Any:

@@ -8,6 +8,7 @@ set AGENTSLEEP_DEBUG=1 to see a traceback for anything else.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -76,12 +77,17 @@ class State:
     home_from_env: bool = False  # AGENTSLEEP_HOME, not a --home typed for this command (the demo ignores it)
 
 
+CLI_WRITER_WAIT_S = 15.0
+
+
 def _home(writable: bool = True, create: bool = False):
     """The home of --home, $AGENTSLEEP_HOME or the default. Only `remember` (and `init`) create one: a
     mistyped --home given to any other command is an error, not a new empty home that answers nothing."""
     from .home import Home
 
-    return Home.open(State.home_path, writable=writable, create=create)
+    # one-shot commands run side by side (an agent's tools calling the CLI at once): a write waits for
+    # another's to finish rather than failing; a long-lived writer (serve, a sleep) still refuses it in time
+    return Home.open(State.home_path, writable=writable, create=create, writer_wait=CLI_WRITER_WAIT_S)
 
 
 def _server():
@@ -135,6 +141,8 @@ def init(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 def _read_stdin() -> str:
+    if sys.stdin is None:  # started with standard input closed
+        raise InputError("remember: '-' reads the memory from standard input, and there is none (it is closed)")
     data = sys.stdin.buffer.read()
     try:
         return data.decode("utf-8")
@@ -488,12 +496,30 @@ def export(out_file: Optional[Path] = typer.Option(None, "--out", help="Write he
     from .atomic import atomic_write_json
 
     with _home(writable=False) as h:
+        if out_file is not None:
+            _check_export_path(out_file, h.root)
         data = h.export()
     if out_file is None:
         sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
     else:
-        atomic_write_json(out_file, data)
+        try:
+            atomic_write_json(out_file, data, mode=0o600)  # every memory of the home: readable by its owner only
+        except OSError as e:
+            raise InputError(f"export: cannot write {out_file} ({e.strerror or type(e).__name__})") from None
         err.print(f"exported {len(data['episodes'])} episodes and {len(data['versions'])} versions to {out_file}")
+
+
+def _check_export_path(path: Path, home: Path) -> None:
+    """`export --out` writes a new file or replaces a regular one; never a folder, a link, a device,
+    or a file of the home itself (the export is renamed over it)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise InputError(f"export: --out {path} exists and is not a regular file (a folder, link or device); "
+                         "give the path of a new file")
+    try:
+        path.resolve().relative_to(home.resolve())
+    except ValueError:
+        return
+    raise InputError(f"export: --out {path} lies inside the home {home}; write the export outside it")
 
 
 def _refuse_while_served(command: str) -> None:
@@ -527,7 +553,9 @@ def purge(yes: bool = typer.Option(False, "--yes", help="Confirm: this cannot be
         r = h.purge()
     _emit(as_json, r, lambda: out.print(f"purged {r['purged']}: {r['episodes']} episodes, {r['versions']} versions"
                                         + (f"; deleted the server collection {r['server_collection']}"
-                                           if r.get("server_collection") else "")))
+                                           if r.get("server_collection") else "")
+                                        + (f"; kept what agentsleep did not write there: {', '.join(r['kept'])}"
+                                           if r.get("kept") else "")))
 
 
 @app.command()
@@ -675,8 +703,8 @@ def serve(backend: Optional[str] = typer.Option(None, "--backend", help="transfo
         raise InputError(f"--backend {backend!r}: use transformers or vllm")
     if port is not None and not 1 <= port <= 65535:
         raise InputError(f"--port {port}: must be 1-65535")
-    if poll_seconds is not None and poll_seconds <= 0:
-        raise InputError("--poll-seconds must be positive")
+    if poll_seconds is not None and not 0 < poll_seconds < math.inf:
+        raise InputError("--poll-seconds must be a positive number")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -728,8 +756,8 @@ def serve_homes_cmd(homes: list[Path] = typer.Argument(..., help="Agent home dir
 
     from .serving.homes import serve_homes
 
-    if poll_seconds is not None and poll_seconds <= 0:
-        raise InputError("--poll-seconds must be positive")
+    if poll_seconds is not None and not 0 < poll_seconds < math.inf:
+        raise InputError("--poll-seconds must be a positive number")
     roots = [Path(h).expanduser() for h in homes]
     host = _homes_serve_setting(roots, "host", host)
     port = _homes_serve_setting(roots, "port", port)
@@ -827,7 +855,7 @@ def daemon_start(homes: Optional[list[Path]] = _HOMES_ARG,
 
     d = load_daemon()
     roots = _daemon_homes(homes)
-    if wait <= 0:
+    if not 0 < wait < math.inf:
         raise InputError(f"daemon start: --wait must be more than 0 seconds, got {wait:g}")
     running = {}
     for r in roots:
@@ -984,7 +1012,11 @@ def main() -> None:
         import click
 
         if isinstance(e, click.ClickException) or (hasattr(e, "show") and hasattr(e, "exit_code")):
-            e.show()  # usage errors: typer may vendor its own click, hence the duck-typing
+            # usage errors (typer may vendor its own click, hence the duck-typing), in one line like the others
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None and getattr(ctx, "command_path", "") else ""
+            msg = e.format_message() if hasattr(e, "format_message") else str(e)
+            err.print(f"[red]error:[/] {plain(' '.join(msg.split()))}{plain(where)}", highlight=False, soft_wrap=True)
             sys.exit(e.exit_code)
         if os.environ.get("AGENTSLEEP_DEBUG"):
             raise

@@ -38,16 +38,29 @@ def default_home() -> Path:
     return Path(os.environ.get("AGENTSLEEP_HOME") or DEFAULT_HOME).expanduser()
 
 
-HOME_MARKS = ("config.toml", "memory", "registry")
+# What says a folder is a home: files only agentsleep writes (a folder merely named memory/ is not enough)
+HOME_MARKS = ("config.toml", "memory/ledger.sqlite", "registry/CURRENT", "registry/versions")
+# Everything agentsleep keeps directly in a home; `purge` deletes these and nothing else
+HOME_ENTRIES = ("config.toml", "memory", "registry", "sleeps", "logs", "daemon", "sleep.lock", "sleep.json")
 
 
 def check_home_folder(root: Path) -> None:
     """Refuse a folder that holds other things and none of a home's own (a mistyped or empty --home that
-    resolved to the current folder, ~/Documents): opening it would write a home into it, and `purge`
-    would delete it."""
+    resolved to the current folder, ~/Documents): opening it would write a home into it."""
     if root.is_dir() and not any((root / m).exists() for m in HOME_MARKS) and any(root.iterdir()):
-        raise HomeError(f"{root} holds other files and is not an agentsleep home (no config.toml, memory/ or "
-                        "registry/); pass the home's folder, or a new or empty one for a new home")
+        raise HomeError(f"{root} holds other files and is not an agentsleep home (no config.toml, "
+                        "memory/ledger.sqlite or registry/); pass the home's folder, or a new or empty one for a new home")
+
+
+# forget --query deletes only memories that share a content word with the query or are this similar to it
+# (cosine): recall always returns its nearest episodes, and "forget qqzzx" must not delete whatever is nearest
+FORGET_MIN_SIMILARITY = 0.5
+
+
+def _matches_query(ep: Any, query: str) -> bool:
+    from .textmatch import content_tokens
+
+    return bool(set(content_tokens(query)) & set(content_tokens(ep.text))) or (ep.score or 0.0) >= FORGET_MIN_SIMILARITY
 
 
 def _mkdir_private(p: Path) -> None:
@@ -64,10 +77,11 @@ def _mkdir_private(p: Path) -> None:
 class Home:
     """An agent home. Cheap to open: the store and the model load on first use."""
 
-    def __init__(self, root: Path, config: Config, *, writable: bool = True):
+    def __init__(self, root: Path, config: Config, *, writable: bool = True, writer_wait: float = 0.0):
         self.root = root
         self.config = config
         self.writable = writable
+        self.writer_wait = writer_wait  # seconds a write waits for another process's writer lock
         self._store: EpisodeStore | None = None
         self._registry: Registry | None = None
         self._engine = None
@@ -76,8 +90,10 @@ class Home:
     # -- opening ----------------------------------------------------------
     @classmethod
     def open(cls, path: str | Path | None = None, *, writable: bool = True, create: bool = True,
-             env: dict[str, str] | None = None) -> "Home":
-        """Open (creating with defaults if needed) the home at `path`, $AGENTSLEEP_HOME or the default."""
+             env: dict[str, str] | None = None, writer_wait: float = 0.0) -> "Home":
+        """Open (creating with defaults if needed) the home at `path`, $AGENTSLEEP_HOME or the default.
+        `writer_wait`: seconds the store waits for another process that holds its writer lock (a
+        one-shot command beside another), instead of refusing at once."""
         root = Path(path).expanduser() if path else default_home()
         if root.exists() and not root.is_dir():
             raise HomeError(f"home {root}: is a file, not a directory; pass another --home")
@@ -88,7 +104,7 @@ class Home:
             cls.init(root)
         check_home_folder(root)
         cfg = Config.load(root / "config.toml", env=env)
-        return cls(root, cfg, writable=writable)
+        return cls(root, cfg, writable=writable, writer_wait=writer_wait)
 
     @classmethod
     def init(cls, path: str | Path | None = None, *, config: Config | None = None) -> Path:
@@ -126,7 +142,8 @@ class Home:
     def store(self) -> EpisodeStore:
         with self._lock:
             if self._store is None:
-                self._store = EpisodeStore(self.config.memory, self.root / "memory", writable=self.writable)
+                self._store = EpisodeStore(self.config.memory, self.root / "memory", writable=self.writable,
+                                           writer_wait=self.writer_wait)
                 if self.writable:
                     self._finish_forgets(self._store)
             return self._store
@@ -213,11 +230,17 @@ class Home:
             dropped = self.store.drop_server_collection()  # a Chroma server keeps the episodes outside the home
             self.close()
             self._engine = None
-            for child in self.root.iterdir():
-                if child.name not in ("sleep.lock", "sleep.json"):
+            for name in HOME_ENTRIES:
+                child = self.root / name
+                if name not in ("sleep.lock", "sleep.json") and (child.exists() or child.is_symlink()):
                     shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-        shutil.rmtree(self.root, ignore_errors=True)
+        for name in ("sleep.lock", "sleep.json"):
+            (self.root / name).unlink(missing_ok=True)
+        kept = sorted(c.name for c in self.root.iterdir()) if self.root.is_dir() else []
+        if not kept:  # only agentsleep's own entries go: files a user put in the folder stay, and so does it
+            self.root.rmdir()
         out = {"purged": str(self.root), "episodes": n_eps, "versions": n_versions}
+        out = {**out, "kept": kept} if kept else out
         return {**out, "server_collection": dropped} if dropped else out
 
     def forget(self, episode_id: str | list[str] | None = None, *, query: str | None = None, k: int = 1,
@@ -242,9 +265,12 @@ class Home:
                 raise InputError("forget: a list of episode ids must hold at least one id, all non-empty strings")
             targets = list(episode_id)
         else:
-            targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)]
+            targets = [episode_id] if episode_id else [e.parent_id or e.id for e in self.recall(query, k, namespace=namespace)
+                                                       if _matches_query(e, query)]
         if not targets:
-            raise InputError(f"forget: nothing matches {query!r}")
+            raise InputError(f"forget: nothing matches {query!r} closely enough (a word in common, or a similarity "
+                             f"of at least {FORGET_MIN_SIMILARITY}); find the memory with `agentsleep recall` and "
+                             "forget it by id")
         with sleep_lock(self.root, what="forget"):
             # Every id first (an unknown one fails before anything changes); then the record of the forgetting,
             # the dream writer and the rebuild plan; the deletes last. A crash or a store error after the record
@@ -311,6 +337,9 @@ class Home:
         """Answer with the current version; by default with the top-k memories in the prompt."""
         if not isinstance(question, str) or not question.strip():
             raise InputError("ask: the question is empty")
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int)
+                                           or not 1 <= max_new_tokens <= 32768):
+            raise InputError(f"ask: max_new_tokens must be 1..32768, got {max_new_tokens!r}")
         memories, memory_error = [], None
         if use_memory:
             try:  # the store being down must not silence the agent: answer from the weights, say so

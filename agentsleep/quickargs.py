@@ -152,6 +152,8 @@ def parse(app: Any, argv: list[str], commands: Iterable[str]) -> tuple[Path | No
     if i >= len(argv) or argv[i] not in set(commands):
         return None
     if home is None and os.environ.get("AGENTSLEEP_HOME"):
+        if not os.environ["AGENTSLEEP_HOME"].strip():
+            return None  # typer's path refuses a blank home in one line
         home = Path(os.environ["AGENTSLEEP_HOME"])
     fn = next((c.callback for c in app.registered_commands
                if (c.name or c.callback.__name__.replace("_", "-")) == argv[i]), None)

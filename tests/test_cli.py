@@ -153,6 +153,13 @@ def test_a_wrong_home_is_refused_never_made_into_one_or_purged(tmp_path, env):
         msg = run_cli(*args, home=docs, env=env).one_line_error()
         assert "not an agentsleep home" in msg, (args, msg)
     assert sorted(p.name for p in docs.iterdir()) == ["thesis.txt"]  # nothing written, nothing deleted
+    proj = tmp_path / "proj"  # a project whose own folder happens to be named memory/ is no home either
+    (proj / "memory").mkdir(parents=True)
+    (proj / "memory" / "notes.md").write_text("notes")
+    (proj / "main.py").write_text("print(1)")
+    for args in (("status",), ("purge", "--yes")):
+        assert "not an agentsleep home" in run_cli(*args, home=proj, env=env).one_line_error()
+    assert sorted(p.name for p in proj.rglob("*")) == ["main.py", "memory", "notes.md"]
     typo = tmp_path / "alcie"
     for args in (("recall", "daughter"), ("status",), ("history",), ("rollback", "v0001")):
         assert "does not exist" in run_cli(*args, home=typo, env=env).one_line_error()
@@ -264,3 +271,35 @@ def test_bench_quick_keeps_the_suite_named_and_refuses_one_without_a_quick_profi
     assert "only sleep, locomo, serve have a quick profile" in r.one_line_error()
     r = run_cli("sleep-now", "--max-episodes", "0", home=tmp_path / "h")
     assert r.code == 2 and ("at least 1" in r.err or "greater than or equal to 1" in r.err) and "Traceback" not in r.err
+
+
+def test_commands_run_side_by_side_wait_for_the_store(tmp_path, env):
+    """An agent's tools may call `remember` at once: each waits for the one writing instead of failing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    home = tmp_path / "h"
+    assert run_cli("init", home=home, env=env).code == 0
+    texts = [f"Fact number {i}: the locker of team {i} is on floor {i + 2}." for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda t: run_cli("remember", t, home=home, env=env), texts))
+    assert all(r.code == 0 for r in results), [r.err for r in results]
+    assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 4
+
+
+def test_out_of_range_input_gets_one_line(tmp_path, env):
+    home = tmp_path / "h"
+    assert run_cli("remember", "Ana lives in Porto.", home=home, env=env).code == 0
+    cases = [(("recall", "Ana", "-k", "99999999999999999999999"), "k must be"),
+             (("remember", "x", "--event-time", "0001-01-01"), "out of the range"),
+             (("remember", "x", "--event-time", "9999-12-31T23:59:59-05:00"), "out of the range"),
+             (("recall", "Ana", "--until", "0001-01-01"), "out of the range"),
+             (("remember", "x \udced\udca0\udc80"), "not UTF-8"),
+             (("recall", "\udced\udca0\udc80"), "not UTF-8"),
+             (("ask", "Where?", "--max-new-tokens", "-1"), "max_new_tokens"),
+             (("forget", "--query", "qqqzzz xyzzy"), "closely enough"),
+             (("recall", "Ana", "-k", "abc"), "Invalid value for '-k'"),  # usage errors are one line too
+             (("grow", "--blocks", "0"), "--blocks"),
+             (("recalll", "Ana"), "No such command")]
+    for args, want in cases:
+        assert want in run_cli(*args, home=home, env=env).one_line_error(), args
+    assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 1

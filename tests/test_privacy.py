@@ -16,6 +16,14 @@ def test_export_then_purge(tmp_path):
     r = run_cli("export", "--out", str(out), home=home)
     assert r.code == 0 and "exported 2 episodes" in r.err and out.is_file()
     assert "export" in run_cli("export", "--out", str(out / "x.json"), home=home).one_line_error()
+    assert out.stat().st_mode & 0o777 == 0o600  # every memory of the home: its owner's only
+    link = tmp_path / "link.json"
+    link.symlink_to(out)
+    for bad in (tmp_path, link, home / "config.toml", home / "memory" / "new.json"):
+        msg = run_cli("export", "--out", str(bad), home=home).one_line_error()
+        assert "export: --out" in msg, (bad, msg)
+    assert link.is_symlink() and (home / "config.toml").read_text().strip() != ""
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
     refused = run_cli("purge", home=home).one_line_error()
     assert "--yes" in refused and home.is_dir()
@@ -23,6 +31,15 @@ def test_export_then_purge(tmp_path):
     done = run_cli("purge", "--yes", "--json", home=home).json()
     assert done == {"purged": str(home.resolve()), "episodes": 2, "versions": 1} or done["episodes"] == 2
     assert not home.exists()
+
+
+def test_purge_deletes_what_agentsleep_wrote_and_nothing_else(tmp_path):
+    home = tmp_path / "home"
+    assert run_cli("remember", "The user's locker is 12.", home=home).code == 0
+    (home / "my-notes.txt").write_text("mine")  # put there by the user
+    done = run_cli("purge", "--yes", "--json", home=home).json()
+    assert done["episodes"] == 1 and done["kept"] == ["my-notes.txt"]
+    assert sorted(p.name for p in home.iterdir()) == ["my-notes.txt"]
 
 
 def test_purge_deletes_the_episodes_a_chroma_server_holds(chroma_server, tmp_path):

@@ -344,8 +344,13 @@ def test_home_forwards_namespaces(tmp_path):
         r = h.remember("Dana's favourite tea is sencha.", namespace="user:dana", speaker="Dana")
         assert [e.id for e in h.recall("tea", namespace="user:dana")] == [r.id]
         assert h.recall("tea") == [] and len(h.episodes(namespace="user:dana")) == 1
+        other = h.remember("Dana plays the violin.", namespace="user:dana")
+        with pytest.raises(AgentsleepError, match="closely enough"):  # the nearest of nothing is not a match
+            h.forget(query="qqqzzz xyzzy", namespace="user:dana")
+        assert len(h.episodes(namespace="user:dana")) == 2
         assert h.forget(query="tea", namespace="user:dana")["forgotten"] == [r.id]
-        assert h.recall("sencha", namespace="user:dana") == []
+        assert [e.id for e in h.episodes(namespace="user:dana")] == [other.id]
+        assert [e.id for e in h.recall("sencha", namespace="user:dana")] == [other.id]
         with pytest.raises(AgentsleepError):
             h.recall("tea", namespace="")
 

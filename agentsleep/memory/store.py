@@ -48,10 +48,11 @@ class EpisodeStore:
     """
 
     def __init__(self, cfg: MemoryConfig, root: Path, *, writable: bool = True, sync: bool = True,
-                 claim: bool = True):
+                 claim: bool = True, writer_wait: float = 0.0):
         self.cfg = cfg
         self.root = root
         self.writable = writable
+        self._writer_wait = writer_wait  # seconds to wait for another writer to finish (0: refuse at once)
         self._claim = claim and writable  # False: check a server collection's owner, stamp it later (claim())
         self._lock: FileLock | None = None
         self._client: Any = None
@@ -183,7 +184,7 @@ class EpisodeStore:
         self._check_owner(stamp=True)  # refuses a foreign owner; stamps ours when there is none
 
     def _acquire_writer(self) -> None:
-        lock = FileLock(str(self.root / "writer.lock"), timeout=0)
+        lock = FileLock(str(self.root / "writer.lock"), timeout=self._writer_wait)
         try:
             lock.acquire()
         except Timeout:
@@ -398,6 +399,8 @@ class EpisodeStore:
             raise InputError(f"remember: text is {len(text):,} characters, over memory.max_text_chars = {self.cfg.max_text_chars:,}; split it or raise the limit")
         if "\x00" in text:
             raise InputError("remember: text contains NUL bytes; is it binary?")
+        for name in ("text", "source", "session", "speaker", "namespace"):
+            _encodable(it.get(name), f"remember: {name}")
         if kind not in KINDS:
             raise InputError(f"remember: unknown kind '{kind}'; use one of {', '.join(KINDS)}")
         if trust not in ("trusted", "untrusted"):
@@ -410,6 +413,8 @@ class EpisodeStore:
         for name in ("session", "source"):
             if it.get(name) is not None and not isinstance(it.get(name), str):
                 raise InputError(f"remember: {name} must be a string, got {type(it.get(name)).__name__}")
+            if it.get(name) is not None and len(it[name]) > 200:
+                raise InputError(f"remember: {name} is {len(it[name]):,} characters, over 200")
         if it.get("provenance") is not None and not isinstance(it.get("provenance"), dict):
             raise InputError(f"remember: provenance must be a dict, got {type(it.get('provenance')).__name__}")
         text = text.strip()
@@ -479,9 +484,10 @@ class EpisodeStore:
         side of each hit in its session come along in `Episode.context` (default memory.neighbours)."""
         if not isinstance(query, str) or not query.strip():
             raise InputError("recall: query is empty")
+        _encodable(query, "recall: query")
         k = self.cfg.recall_k if k is None else k
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise InputError(f"recall: k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_RECALL_K:
+            raise InputError(f"recall: k must be 1..{MAX_RECALL_K}, got {k}")
         check_namespace(namespace, "recall: namespace")
         window = self.cfg.neighbours if neighbours is None else neighbours
         if isinstance(window, bool) or not isinstance(window, int) or not 0 <= window <= 20:
@@ -938,6 +944,18 @@ class EpisodeStore:
         return int(self._call("count", self._coll.count))
 
 
+def _encodable(value: Any, what: str) -> None:
+    """Refuse text holding bytes that were not UTF-8 (a shell passes them on as lone surrogates)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(f"{what} holds bytes that are not UTF-8 text; check the terminal's or file's encoding") from None
+
+
+MAX_RECALL_K = 1000  # more is no recall but a listing (`list` / `agentsleep export`)
+
+
 def _auth_refused(e: BaseException) -> bool:
     """Chroma's HTTP client raises its own error types for 401/403 (names vary by version)."""
     text = f"{type(e).__name__} {e}".lower()
@@ -953,7 +971,12 @@ def _utc(t: datetime) -> datetime:
     """`t` in UTC; a naive `t` is local time, as Python reads naive times (and as recall's time words do)."""
     if not isinstance(t, datetime):
         raise InputError(f"expected a datetime, got {type(t).__name__}")
-    return t.astimezone(timezone.utc)
+    try:
+        u = t.astimezone(timezone.utc)
+        u.timestamp()  # what the indexes store
+    except (OverflowError, ValueError, OSError):
+        raise InputError(f"time {t.isoformat()} is out of the range that can be stored (years 2 to 9998)") from None
+    return u
 
 
 def _row(i: str, doc: str, md: dict[str, Any]) -> Row:

@@ -115,6 +115,9 @@ class Registry:
             raise RegistryError(f"no version {name} in {self.versions_dir}; see `agentsleep history`") from None
         except (OSError, ValueError) as e:
             raise RegistryError(f"version {name}: unreadable manifest ({e})") from None
+        if not isinstance(manifest, dict):
+            raise RegistryError(f"version {name}: unreadable manifest (a JSON {type(manifest).__name__}, "
+                                "not an object)")
         if name == BASE_VERSION:  # v0000 is "the configured base": it follows config model.base
             manifest = {**manifest, "base_model": self.base_model}
         return Version(name, path, manifest, registry_base=self.base_model)
