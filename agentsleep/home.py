@@ -258,6 +258,8 @@ class Home:
 
         if (episode_id is None) == (query is None):
             raise InputError("forget: give an episode id or --query, not both")
+        if episode_id is not None and not episode_id:
+            raise InputError("forget: the episode id is empty; see `agentsleep recall` for ids")
         if not self.writable:
             raise InputError("forget: this home is open read-only; open it writable to forget")
         if isinstance(episode_id, (list, tuple)):  # several at once: all or none, under one lock

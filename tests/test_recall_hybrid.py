@@ -43,7 +43,7 @@ def test_namespaces_never_cross_whatever_the_similarity(store):
     assert store.remember(text, namespace="user:alice").duplicate
 
 
-@pytest.mark.parametrize("bad", ["", "x" * 201, "a\nb", "tab\there", 7, None])
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 201, "a\nb", "tab\there", 7, None])
 def test_bad_namespaces_are_refused_with_one_line(store, bad):
     calls = [lambda: store.remember("some text", namespace=bad), lambda: store.recall("q", namespace=bad)]
     if bad is not None:  # list(namespace=None) lists every namespace

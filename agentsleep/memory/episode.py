@@ -26,7 +26,7 @@ def check_namespace(namespace: Any, what: str = "namespace") -> str:
     200 characters without control characters, so it can be stored and filtered on exactly."""
     if not isinstance(namespace, str):
         raise InputError(f"{what} must be a string, got {type(namespace).__name__}")
-    if not namespace:
+    if not namespace.strip():
         raise InputError(f"{what} is empty; use '{DEFAULT_NAMESPACE}' or a name such as 'user:alice'")
     if len(namespace) > NAMESPACE_MAX_CHARS:
         raise InputError(f"{what} is {len(namespace)} characters, over the limit of {NAMESPACE_MAX_CHARS}")
