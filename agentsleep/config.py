@@ -354,13 +354,14 @@ class Config(_Section):
             except OSError as e:
                 raise ConfigError(f"config {path}: cannot read ({e.strerror})") from None
         try:
-            data = _merge(data, env_overrides(os.environ if env is None else env))
+            overrides = env_overrides(os.environ if env is None else env)
+            data = _merge(data, overrides)
         except ValueError as e:
             raise ConfigError(f"config {path or '(defaults)'}: {e}") from None
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            raise ConfigError(f"config {path or '(defaults)'}: {_one_line(e)}") from None
+            raise ConfigError(f"config {path or '(defaults)'}: {_one_line(e, overrides)}") from None
 
     def to_toml_dict(self, *, only_set: bool = False) -> dict[str, Any]:
         """Plain dict with None values dropped (TOML has no null); `only_set`: what differs from the defaults."""
@@ -423,16 +424,25 @@ def _merge(base: dict[str, Any], over: dict[str, Any], where: str = "") -> dict[
     return out
 
 
-def _one_line(e: ValidationError) -> str:
+def _one_line(e: ValidationError, overrides: Mapping[str, Any] | None = None) -> str:
+    """The first errors on one line; a value that came from the environment names its variable."""
     msgs = []
     for err in e.errors()[:3]:
         loc = ".".join(str(p) for p in err["loc"])
+        node: Any = overrides or {}
+        for part in err["loc"]:
+            node = node.get(str(part), _MISSING) if isinstance(node, Mapping) else _MISSING
+        var = (ENV_PREFIX + ENV_NESTED_DELIMITER.join(str(p) for p in err["loc"])).upper()
+        where = f" from {var}" if node is not _MISSING else ""
         if err["type"] == "extra_forbidden":
-            msgs.append(f"unknown key '{loc}'")
+            msgs.append(f"unknown key '{loc}'{where}")
         else:
-            msgs.append(f"{loc}: {err['msg']} (got {err.get('input')!r})"[:200])
+            msgs.append(f"{loc}: {err['msg']} (got {err.get('input')!r}{where})"[:240])
     more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
     return "; ".join(msgs) + more
+
+
+_MISSING = object()
 
 
 def _drop_none(d: Any) -> Any:

@@ -27,6 +27,17 @@ def test_env_overrides_the_file_field_by_field(tmp_path):
     assert Config.load(p, env={}).sleep.seed.lr == 1e-2
 
 
+def test_a_bad_value_from_the_environment_names_its_variable(tmp_path):
+    p = tmp_path / "config.toml"
+    p.write_text("[memory]\nrecall_k = 7\n")
+    with pytest.raises(ConfigError, match=r"memory.recall_k: .*got 'abc' from AGENTSLEEP_MEMORY__RECALL_K\)"):
+        Config.load(p, env={"AGENTSLEEP_MEMORY__RECALL_K": "abc"})
+    p.write_text("[memory]\nrecall_k = 'zz'\n")
+    with pytest.raises(ConfigError) as ei:  # the file's own mistake names no variable
+        Config.load(p, env={})
+    assert "got 'zz')" in str(ei.value) and "AGENTSLEEP_" not in str(ei.value)
+
+
 def test_env_values_take_their_fields_types():
     env = {"AGENTSLEEP_SLEEP__CONSOLIDATE_UNTRUSTED": "true", "AGENTSLEEP_SLEEP__SEED__MIXED_PRECISION": "bf16",
            "AGENTSLEEP_SLEEP__DREAM__STEMS": "['What', 'Who']", "AGENTSLEEP_SLEEP__SEED__LAUNCH_ARGS": '["--gpu_ids", "0"]',
