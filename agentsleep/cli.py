@@ -403,7 +403,8 @@ def history(as_json: bool = typer.Option(False, "--json")) -> None:
 
     def label(r: dict) -> str:
         m = r["metrics"]
-        size = f"{r['layers']} layers, {r['parameters'] / 1e6:.1f}M" if r.get("parameters") else f"{r['layers']} layers"
+        size = (f"{r['layers']} layers, {r['parameters'] / 1e6:.1f}M" if r.get("parameters") else
+                f"{r['layers']} layers" if r.get("layers") is not None else "the configured base model")
         what = {"base": "base", "grow": "grown"}.get(r["kind"], f"sleep {r['sleep_id']}, {r['episodes']} episodes, "
                                                                f"recall {_fmt(m.get('recall_before'))}->{_fmt(m.get('recall_after'))}, "
                                                                f"retention {_fmt(m.get('retention'))}, drift {_fmt(m.get('drift_kl'))}"
@@ -436,7 +437,10 @@ def diff(a: str = typer.Argument(..., help="Older version, e.g. v0001."),
         w = d["weights"]
         steps = ", ".join(f"{s['version']} ({s['kind']})" for s in d["steps"]) or "none"
         out.print(f"{d['a']} -> {d['b']}: common ancestor {d['common_ancestor']}; steps {steps}")
-        out.print(f"layers {d['layers']['a']} -> {d['layers']['b']}; parameters {d['parameters']['a']} -> {d['parameters']['b']}")
+        sizes = [f"{what} {d[what]['a']} -> {d[what]['b']}" for what in ("layers", "parameters")
+                 if (d[what]["a"], d[what]["b"]) != (None, None)]  # the base's size is not recorded until it is read
+        if sizes:
+            out.print("; ".join(sizes))
         out.print(f"episodes only in {d['b']}: {len(d['episodes_only_in_b'])}; only in {d['a']}: {len(d['episodes_only_in_a'])}")
         if w.get("compared"):
             out.print(f"weights: {w['changed']} of {w['compared']} shared tensors changed, relative change "
