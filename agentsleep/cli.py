@@ -77,7 +77,7 @@ class State:
     home_from_env: bool = False  # AGENTSLEEP_HOME, not a --home typed for this command (the demo ignores it)
 
 
-CLI_WRITER_WAIT_S = 15.0
+CLI_WRITER_WAIT_S = 30.0
 
 
 def _home(writable: bool = True, create: bool = False):
@@ -1016,7 +1016,12 @@ def main() -> None:
         import click
 
         if isinstance(e, click.ClickException) or (hasattr(e, "show") and hasattr(e, "exit_code")):
-            # usage errors (typer may vendor its own click, hence the duck-typing), in one line like the others
+            # usage errors (typer may vendor its own click, hence the duck-typing), in one line like the others;
+            # a command given no arguments shows its help (typer has printed it already when rich is there)
+            if type(e).__name__ == "NoArgsIsHelpError":
+                if e.format_message().strip():
+                    e.show()
+                sys.exit(e.exit_code)
             ctx = getattr(e, "ctx", None)
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None and getattr(ctx, "command_path", "") else ""
             msg = e.format_message() if hasattr(e, "format_message") else str(e)

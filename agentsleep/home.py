@@ -40,14 +40,20 @@ def default_home() -> Path:
 
 # What says a folder is a home: files only agentsleep writes (a folder merely named memory/ is not enough)
 HOME_MARKS = ("config.toml", "memory/ledger.sqlite", "registry/CURRENT", "registry/versions")
-# Everything agentsleep keeps directly in a home; `purge` deletes these and nothing else
-HOME_ENTRIES = ("config.toml", "memory", "registry", "sleeps", "logs", "daemon", "sleep.lock", "sleep.json")
+# Everything agentsleep keeps directly in a home (the LangGraph store's items too); `purge` deletes these
+# and nothing else, the marks last, so that a purge cut short can be run again
+HOME_ENTRIES = ("sleeps", "logs", "daemon", "langgraph", "serve.json", "registry", "memory", "config.toml",
+                "sleep.lock", "sleep.json")
 
 
 def check_home_folder(root: Path) -> None:
     """Refuse a folder that holds other things and none of a home's own (a mistyped or empty --home that
-    resolved to the current folder, ~/Documents): opening it would write a home into it."""
-    if root.is_dir() and not any((root / m).exists() for m in HOME_MARKS) and any(root.iterdir()):
+    resolved to the current folder, ~/Documents): opening it would write a home into it. A folder holding
+    nothing but a home's entries (one whose creation or purge was cut short) is a home."""
+    if not root.is_dir() or any((root / m).exists() for m in HOME_MARKS):
+        return
+    others = [c for c in root.iterdir() if c.name not in HOME_ENTRIES]
+    if others:
         raise HomeError(f"{root} holds other files and is not an agentsleep home (no config.toml, "
                         "memory/ledger.sqlite or registry/); pass the home's folder, or a new or empty one for a new home")
 

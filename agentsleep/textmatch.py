@@ -61,37 +61,53 @@ def content_tokens(text: str) -> list[str]:
 
 
 # Words that deny the word after them ("You are not vegan" does not answer "vegan"), and the words that
-# may stand between ("isn't a beagle"); a denial further off ("does not eat pork") is left alone, since it
-# may be what the question asks about ("What does the user not eat?")
-NEGATIONS = frozenset("""not no never nor neither cannot isn't aren't wasn't weren't don't doesn't didn't won't
-can't couldn't hasn't haven't hadn't""".split())
+# may stand between ("isn't a beagle"). "No" is left out: "No gluten." answers "Which ingredient must I
+# avoid?". A denial further off ("does not eat pork") is left alone too, since it may be what the question
+# asks about ("What does the user not eat?"), and none reaches across punctuation ("Not sure. Vegan.").
+NEGATIONS = frozenset("""not never cannot isn't aren't wasn't weren't don't doesn't didn't won't can't couldn't
+hasn't haven't hadn't""".split())
 _BETWEEN = frozenset("a an the any very really".split())
+_CLAUSE = re.compile(r"[.,;:!?\n]+(?:\s|$)")  # a sentence or clause ends ("5.3" and "1,500" do not split)
 
 
-def denied(prediction: list[str], answer: list[str], want: set[str]) -> bool:
-    """True when a wanted word of the prediction is denied right before it wherever it stands, and the
-    answer holds no negation itself (an answer that is a denial is matched as written)."""
-    if NEGATIONS.intersection(answer):
-        return False
-    said: dict[str, bool] = {}  # wanted word -> stated at least once without a denial
-    for j, w in enumerate(prediction):
-        if w in want:
+def said_words(prediction: str, one=lambda w: w) -> tuple[list[str], set[tuple[int, str]]]:
+    """The prediction's words (each through `one`), and the (position, word) pairs that a negation
+    right before them denies within their clause."""
+    words: list[str] = []
+    denied_at: set[tuple[int, str]] = set()
+    for clause in _CLAUSE.split(prediction):
+        toks = [one(w) for w in tokens(clause)]
+        for j, w in enumerate(toks):
             i = j - 1
-            while i >= 0 and prediction[i] in _BETWEEN:
+            while i >= 0 and toks[i] in _BETWEEN:
                 i -= 1
-            said[w] = said.get(w, False) or not (i >= 0 and prediction[i] in NEGATIONS)
-    return not all(said.values())
+            if i >= 0 and toks[i] in NEGATIONS:
+                denied_at.add((len(words) + j, w))
+        words += toks
+    return words, denied_at
 
 
-def contains_answer(prediction: str, answer: str) -> bool:
+def denied(prediction: str, want: set[str], framing: list[str], one=lambda w: w) -> bool:
+    """True when some wanted word is denied wherever the prediction says it, and neither the answer nor
+    the question (`framing`'s words) holds a negation itself (a denial asked for is matched as written)."""
+    if NEGATIONS.intersection(framing):
+        return False
+    words, denied_at = said_words(prediction, one)
+    for w in want:
+        spots = [j for j, x in enumerate(words) if x == w]
+        if spots and all((j, w) in denied_at for j in spots):
+            return True
+    return False
+
+
+def contains_answer(prediction: str, answer: str, question: str = "") -> bool:
     """True when every content word of `answer` occurs in `prediction` (keyword containment), none of
-    them denied there."""
+    them denied there (see `denied`; `question` only exempts a question that asks about a denial)."""
     want = content_tokens(answer) or tokens(answer)
     if not want:
         return False
-    said = tokens(prediction)
-    have = set(said)
-    return all(w in have for w in want) and not denied(said, tokens(answer), set(want))
+    have = set(tokens(prediction))
+    return all(w in have for w in want) and not denied(prediction, set(want), tokens(answer) + tokens(question))
 
 
 # How the sleep's own dreams name the person the memory is about ("The user's dog is ..."): framing that an
@@ -112,10 +128,9 @@ def answers_question(prediction: str, question: str, answer: str) -> bool:
     asked = {_one(w) for w in tokens(question)} | PERSON | _NAMING
     want = [w for w in map(_one, content_tokens(answer)) if w not in asked]
     if not want:
-        return contains_answer(prediction, answer)
-    said = [_one(w) for w in tokens(prediction)]
-    have = set(said)
-    return all(w in have for w in want) and not denied(said, tokens(answer) + tokens(question), set(want))
+        return contains_answer(prediction, answer, question)
+    have = {_one(w) for w in tokens(prediction)}
+    return all(w in have for w in want) and not denied(prediction, set(want), tokens(answer) + tokens(question), _one)
 
 
 def _one(word: str) -> str:
@@ -206,3 +221,12 @@ def f1(prediction: str, answer: str) -> float:
         return 0.0
     prec, rec = common / len(p), common / len(a)
     return 2 * prec * rec / (prec + rec)
+
+
+def teacher_agrees(reply: str, answer: str, question: str = "") -> bool:
+    """The teacher (the model reading the memory) gives `answer`: all its words, or most of them (token-F1
+    at least one half), and never as a denial ("Not vegan." is no "vegan")."""
+    if contains_answer(reply, answer, question):
+        return True
+    want = set(content_tokens(answer) or tokens(answer))
+    return f1(reply, answer) >= 0.5 and not denied(reply, want, tokens(answer) + tokens(question))

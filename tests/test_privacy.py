@@ -37,9 +37,19 @@ def test_purge_deletes_what_agentsleep_wrote_and_nothing_else(tmp_path):
     home = tmp_path / "home"
     assert run_cli("remember", "The user's locker is 12.", home=home).code == 0
     (home / "my-notes.txt").write_text("mine")  # put there by the user
+    (home / "langgraph").mkdir()  # what the LangGraph store and a killed server leave are agentsleep's
+    (home / "langgraph" / "items.sqlite").write_text("items")
+    (home / "serve.json").write_text("{}")
     done = run_cli("purge", "--yes", "--json", home=home).json()
     assert done["episodes"] == 1 and done["kept"] == ["my-notes.txt"]
     assert sorted(p.name for p in home.iterdir()) == ["my-notes.txt"]
+
+
+def test_a_home_whose_creation_or_purge_was_cut_short_is_still_a_home(tmp_path):
+    home = tmp_path / "home"
+    (home / "sleeps" / "s1").mkdir(parents=True)  # a purge stopped after the marks went: reports remain
+    (home / "logs").mkdir()
+    assert run_cli("purge", "--yes", home=home).code == 0 and not home.exists()
 
 
 def test_purge_deletes_the_episodes_a_chroma_server_holds(chroma_server, tmp_path):

@@ -243,7 +243,7 @@ def test_unknown_kind_and_bad_arguments_are_input_errors(store):
         (lambda: store.remember("hello", kind="dream"), "unknown kind 'dream'"),
         (lambda: store.remember("hello", trust="maybe"), "trust"),
         (lambda: store.recall("   "), "query is empty"),
-        (lambda: store.recall("cat", k=0), "k must be 1..1000"),
+        (lambda: store.recall("cat", k=0), "k must be 1..100000"),
         (lambda: store.recall("cat", kind="dream"), "unknown kind"),
         (lambda: store.list(kind="dream"), "unknown kind"),
         (lambda: store.get("ep-nope"), "no episode"),

@@ -122,15 +122,21 @@ def test_the_ledger_indexes_probes_by_episode(tmp_path):
 
 
 def test_an_answer_word_denied_right_before_it_is_no_match():
-    from agentsleep.textmatch import answers_question, contains_answer
+    from agentsleep.textmatch import answers_question, contains_answer, teacher_agrees
 
     assert not contains_answer("You are not vegan.", "vegan")
     assert not contains_answer("Your dog isn't a beagle.", "beagle")
     assert contains_answer("You are vegan, not vegetarian.", "vegan")  # the denial is of another word
     assert contains_answer("You are not vegan.", "not vegan")  # a denial as the answer is matched as written
     assert contains_answer("The user does not eat pork.", "pork")  # a denial further off may be what was asked
+    assert contains_answer("Not tea. Coffee.", "coffee") and contains_answer("Not sure. Vegan.", "vegan")  # clauses
+    assert not contains_answer("Not coffee, not coffee at all.", "coffee")
+    assert contains_answer("Not tea: you drink coffee, not coffee beans.", "coffee")  # said once without a denial
+    assert contains_answer("No gluten.", "gluten")  # "no" names what is avoided
+    assert answers_question("No gluten.", "Which ingredient must I avoid?", "Gluten")
     assert not answers_question("Not coffee: tea.", "What do I drink?", "coffee")
     assert answers_question("Coffee, never tea.", "What do I drink?", "coffee")
     assert answers_question("You have never been to Paris.", "Where have I never been?", "Paris")
-    assert contains_answer("Not tea: you drink coffee.", "coffee")  # stated once without a denial
-    assert not contains_answer("Not coffee, no coffee at all.", "coffee")
+    assert answers_question("Never Paris.", "Where have I never been?", "Paris")  # a denial asked for
+    assert not teacher_agrees("Not vegan.", "vegan")  # the token-F1 path refuses a denial too
+    assert teacher_agrees("The user is vegan", "vegan") and teacher_agrees("green tea", "jasmine green tea")

@@ -59,6 +59,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import get_text_at_path, tokenize_path
 
 from agentsleep.errors import InputError
+from agentsleep.memory.store import MAX_RECALL_K
 
 
 class StoreInputError(InputError, ValueError):
@@ -358,7 +359,7 @@ class AgentSleepStore(BaseStore):
                 # k counts episodes, and a long item is stored as several chunks: ask for all of them, or a
                 # long item would take the places of the short ones the limit leaves room for
                 k = self._episodes_in(ns)
-                for e in self.home.recall(op.query, max(k, len(indexed)), namespace=episode_namespace(ns),
+                for e in self.home.recall(op.query, min(max(k, len(indexed)), MAX_RECALL_K), namespace=episode_namespace(ns),
                                           neighbours=0):
                     root = e.parent_id or e.id
                     scores[root] = max(scores.get(root, -1.0), e.score if e.score is not None else 0.0)

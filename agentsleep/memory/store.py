@@ -413,8 +413,6 @@ class EpisodeStore:
         for name in ("session", "source"):
             if it.get(name) is not None and not isinstance(it.get(name), str):
                 raise InputError(f"remember: {name} must be a string, got {type(it.get(name)).__name__}")
-            if it.get(name) is not None and len(it[name]) > 200:
-                raise InputError(f"remember: {name} is {len(it[name]):,} characters, over 200")
         if it.get("provenance") is not None and not isinstance(it.get("provenance"), dict):
             raise InputError(f"remember: provenance must be a dict, got {type(it.get('provenance')).__name__}")
         text = text.strip()
@@ -953,7 +951,7 @@ def _encodable(value: Any, what: str) -> None:
             raise InputError(f"{what} holds bytes that are not UTF-8 text; check the terminal's or file's encoding") from None
 
 
-MAX_RECALL_K = 1000  # more is no recall but a listing (`list` / `agentsleep export`)
+MAX_RECALL_K = 100_000  # more is no recall but a listing (`list` / `agentsleep export`)
 
 
 def _auth_refused(e: BaseException) -> bool:

@@ -19,7 +19,7 @@ from rapidfuzz import fuzz
 
 from ..config import DreamConfig
 from ..models import generate as gen
-from ..textmatch import STOP, contains_answer, f1, grounded, mistyped, tokens, trivial
+from ..textmatch import STOP, contains_answer, grounded, mistyped, teacher_agrees, tokens, trivial
 from ..progress import Progress, silent
 from .implications import implications
 from .spans import answer_spans, as_words, echo_question, typed_stem, unplaced, whole_name
@@ -218,7 +218,7 @@ def filter_dreams(model: Any, tok: Any, dreams: list[Dream], memories: list[Memo
                                progress=(lambda n: progress("dream", 0, 0, "teacher check")))
         agreed, disagreed = [], []
         for d, t in zip(kept, answers):
-            if contains_answer(t, d.answer) or f1(t, d.answer) >= 0.5:
+            if teacher_agrees(t, d.answer, d.question):
                 agreed.append(d)
             else:
                 disagreed.append(d)

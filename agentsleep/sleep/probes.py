@@ -23,7 +23,7 @@ import re
 from typing import Any
 
 from ..models import generate as gen
-from ..textmatch import contains_answer, f1, grounded, tokens, trivial
+from ..textmatch import grounded, teacher_agrees, tokens, trivial
 from .dream import teacher_prompt
 from .spans import answer_spans, span_in
 from .types import Memory, Probe
@@ -51,7 +51,7 @@ def checked(model: Any, tok: Any, probes: list[Probe], memories: dict[str, str],
     if keep:
         answers = gen.generate(model, tok, [teacher_prompt(tok, p.question, memories[p.episode_id]) for p in keep],
                                max_new_tokens=24, batch_size=batch_size)
-        agreed = [p for p, a in zip(keep, answers) if contains_answer(a, p.answer) or f1(a, p.answer) >= 0.5]
+        agreed = [p for p, a in zip(keep, answers) if teacher_agrees(a, p.answer, p.question)]
         dropped["teacher-disagrees"] = len(keep) - len(agreed)
         keep = agreed
     return keep, {k: v for k, v in dropped.items() if v}

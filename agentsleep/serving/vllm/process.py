@@ -108,15 +108,16 @@ class VLLMProcess:
         # vLLM leaves its scratch files behind in the temporary folder, a dozen per start (IPC sockets, the
         # distributed rendezvous file): the server gets a temporary folder of its own, removed when it stops.
         # Torch's compile cache stays where it always is, so that a restart still finds it.
-        env.setdefault("TORCHINDUCTOR_CACHE_DIR", _inductor_cache_dir())
-        self.scratch_dir = tempfile.mkdtemp(prefix="agentsleep-vllm-")  # short: a socket path has 107 bytes
-        env["TMPDIR"] = self.scratch_dir
-        env.setdefault("VLLM_RPC_BASE_PATH", self.scratch_dir)
+        if "TORCHINDUCTOR_CACHE_DIR" not in env:
+            env["TORCHINDUCTOR_CACHE_DIR"] = _inductor_cache_dir()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         logf = open(self.log_path, "ab")
         logf.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(self.command())}\n".encode())
         logf.flush()
         try:
+            self.scratch_dir = tempfile.mkdtemp(prefix="agentsleep-vllm-")  # short: a socket path has 107 bytes
+            env["TMPDIR"] = self.scratch_dir
+            env.setdefault("VLLM_RPC_BASE_PATH", self.scratch_dir)
             # under the guard: a parent killed with SIGKILL does not leave the server running
             self.proc = subprocess.Popen(guard.command(self.command(), remove=self.scratch_dir), stdout=logf,
                                          stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL,
@@ -191,7 +192,11 @@ def _inductor_cache_dir() -> str:
     except Exception:  # noqa: BLE001 - another torch: its usual place
         import getpass
 
-        return os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
+        try:
+            user = getpass.getuser()
+        except Exception:  # noqa: BLE001 - a uid without a name (containers)
+            user = str(os.getuid())
+        return os.path.join(tempfile.gettempdir(), "torchinductor_" + user)
 
 
 def start_ready(model_dir: Path, log_path: Path, *, timeout: float, abort: threading.Event | None = None,
