@@ -211,7 +211,8 @@ def recall(query: str, k: Optional[int] = typer.Option(None, "-k", help="How man
             t.add_row("-" if r.get("score") is None else f"{r['score']:.3f}", r["id"], r["kind"],
                       str(r.get("event_time") or r.get("created_at") or "")[:10], text[:90],
                       (r.get("consolidated_in") or "-") + sup)
-        out.print(t if rows else "no memories yet")
+        filtered = any(v is not None for v in (kind, session, since, until))
+        out.print(t if rows else f"no memories{' match these filters' if filtered else ' yet'} in namespace {namespace!r}")
     _emit(as_json, rows, human)
 
 
