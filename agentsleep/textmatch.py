@@ -70,21 +70,18 @@ _BETWEEN = frozenset("a an the any very really".split())
 _CLAUSE = re.compile(r"[.,;:!?\n]+(?:\s|$)")  # a sentence or clause ends ("5.3" and "1,500" do not split)
 
 
-def said_words(prediction: str, one=lambda w: w) -> tuple[list[str], set[tuple[int, str]]]:
-    """The prediction's words (each through `one`), and the (position, word) pairs that a negation
-    right before them denies within their clause."""
-    words: list[str] = []
-    denied_at: set[tuple[int, str]] = set()
+def _denials(prediction: str, one=lambda w: w) -> list[tuple[str, bool]]:
+    """Each word of the prediction (through `one`), and whether a negation right before it, within its
+    clause, denies it."""
+    out: list[tuple[str, bool]] = []
     for clause in _CLAUSE.split(prediction):
         toks = [one(w) for w in tokens(clause)]
         for j, w in enumerate(toks):
             i = j - 1
             while i >= 0 and toks[i] in _BETWEEN:
                 i -= 1
-            if i >= 0 and toks[i] in NEGATIONS:
-                denied_at.add((len(words) + j, w))
-        words += toks
-    return words, denied_at
+            out.append((w, i >= 0 and toks[i] in NEGATIONS))
+    return out
 
 
 def denied(prediction: str, want: set[str], framing: list[str], one=lambda w: w) -> bool:
@@ -92,12 +89,11 @@ def denied(prediction: str, want: set[str], framing: list[str], one=lambda w: w)
     the question (`framing`'s words) holds a negation itself (a denial asked for is matched as written)."""
     if NEGATIONS.intersection(framing):
         return False
-    words, denied_at = said_words(prediction, one)
-    for w in want:
-        spots = [j for j, x in enumerate(words) if x == w]
-        if spots and all((j, w) in denied_at for j in spots):
-            return True
-    return False
+    said: dict[str, bool] = {}  # wanted word -> denied at every mention so far
+    for w, no in _denials(prediction, one):
+        if w in want:
+            said[w] = said.get(w, True) and no
+    return any(said.values())
 
 
 def contains_answer(prediction: str, answer: str, question: str = "") -> bool:
