@@ -3,6 +3,8 @@ against each fact's first level (the ledger's per-probe record), drift against t
 the parent; the retention sample never holds what the sleep rehearsed."""
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 
 from agentsleep.config import Config, GateConfig
@@ -10,7 +12,7 @@ from agentsleep.home import Home
 from agentsleep.memory.ledger import CANDIDATE, Ledger, probe_id
 from agentsleep.models.loader import load
 from agentsleep.sleep.gate import Counts, count, decide, drift_kl, drift_from_reference, drift_reference
-from agentsleep.sleep.evidence import earlier_items, first_levels, record_answers, to_the_point
+from agentsleep.sleep.evidence import earlier_items, first_levels, record_answers, retained, to_the_point
 from agentsleep.sleep.pipeline import Night
 from agentsleep.sleep.types import Dream, Probe, SleepPlan, Verdict
 from tiny import tiny_model_dir
@@ -154,6 +156,20 @@ def test_retention_sample_is_disjoint_from_tonights_rehearsal():
             Dream("e8", "What about Ana?", "Ana moved to Lisbon with her two sisters last May")]
     assert [d.answer for d in to_the_point(long)] == ["Ingrid", "Ana moved to Lisbon with her two sisters last May"]
     assert [p.answer for p in earlier_items([], long, [], 8)[0]].count("Ingrid Solberg is a manager of the team") == 0
+
+
+def test_retained_questions_come_from_every_earlier_episode_and_the_gate_never_asks_them():
+    dreams = [Dream(f"e{i % 5}", f"Question {i}?", f"a{i}", value=float(i)) for i in range(40)]
+    rehearsed = dreams[::3]
+    kept = retained(dreams, rehearsed, 10, night=2)
+    assert len(kept) == 10 and len({(d.episode_id, d.question) for d in kept}) == 10
+    assert not {(d.episode_id, d.question) for d in kept} & {(d.episode_id, d.question) for d in rehearsed}
+    assert sorted(Counter(d.episode_id for d in kept).values()) == [2] * 5  # taken in turn, not from one episode
+    assert retained(dreams, rehearsed, 10, night=2) == kept  # a rerun takes the same ones
+    assert retained(dreams, rehearsed, 10, night=3) != kept  # another night, another draw
+    assert retained(dreams, rehearsed, 0) == [] and len(retained(dreams, rehearsed, 1000)) == 40 - len(rehearsed)
+    items, _ = earlier_items([], dreams, rehearsed + kept, 32)
+    assert items and not {(p.episode_id, p.question) for p in items} & {(d.episode_id, d.question) for d in kept}
 
 
 def test_ledger_probe_tables_survive_reopening(tmp_path):

@@ -550,6 +550,33 @@ def test_seed_learns_and_gate_decides(tiny):
     assert any("drift" in r for r in strict.reasons)
 
 
+def test_retained_questions_keep_the_pre_sleep_answers(tiny):
+    """seed.retain_questions: on earlier facts' questions the expert is held to the pre-sleep model by KL,
+    so it moves their answers less than the same training without the term."""
+    import torch
+
+    from agentsleep.sleep.tensors import collate, encode, forward_picked, kl_picked
+
+    dreams = [Dream("e1", "What is the name of the dog?", "Biscuit"),
+              Dream("e2", "When does Project Falcon launch?", "14 February 2027")]
+    earlier = [Dream("old", f"Which city does my {w} live in?", c, replay=True)
+               for w, c in (("brother", "Vancouver"), ("aunt", "Porto"), ("friend", "Oslo"), ("sister", "Lima"))]
+    moved = {}
+    for w in (0.0, 20.0):
+        model, tok = load(str(tiny))
+        cfg = SeedConfig(epochs=8, min_steps=0, batch_size=2, lr=2e-2, min_dreams_per_episode=0, min_dreams_per_answer=0,
+                         w_replay=0.0, w_retain=w, retain_per_step=4)
+        pm, stats = seed(model, tok, dreams, MEM, cfg, retain=earlier)
+        assert ("retain_kl" in stats.losses) == (w > 0)
+        rows = collate([encode(tok, dream_mod.student_prompt(tok, d.question), d.answer) for d in earlier], tok.pad_token_id)
+        with torch.no_grad():
+            student = forward_picked(pm, rows)[0]
+            with pm.disable_adapter():
+                parent = forward_picked(pm, rows)[0]
+        moved[w] = float(kl_picked(parent.float(), student.float(), reduction="sum"))
+    assert moved[20.0] < 0.75 * moved[0.0], moved
+
+
 def test_forward_picked_equals_full_logits(tiny):
     """The labelled-positions-only forward gives the same logits as the full one, adapter on or off."""
     import torch

@@ -48,6 +48,17 @@ def to_the_point(dreams: list[Dream], most: int = 3) -> list[Dream]:
     return [d for d in dreams if d.episode_id not in short or len(content_tokens(d.answer)) <= most]
 
 
+def retained(dreams: list[Dream], rehearsed: list[Dream], n: int, night: int = 0) -> list[Dream]:
+    """Up to `n` earlier facts' trained dreams that tonight's rehearsal does not train, taken in turn across
+    their episodes (another draw each `night`): the questions on which seeding holds the expert to the
+    parent's answers (seed.retain_questions). The gate leaves them out as it leaves out the rehearsed ones."""
+    if n <= 0:
+        return []
+    trained = {(d.episode_id, d.question) for d in rehearsed}
+    pool = {(d.episode_id, d.question): d for d in dreams if (d.episode_id, d.question) not in trained}
+    return _in_turn(list(pool.values()), n, seed=night + 1)
+
+
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,
                   max_probes: int | None = None, night: int = 0,
                   replayed: set[str] | frozenset[str] = frozenset()) -> tuple[list[Probe], list[float]]:

@@ -56,7 +56,7 @@ def launch_command(cfg: SeedConfig, job: Path, cpu: bool) -> list[str]:
 
 def train_in_workers(model: Any, source: str | None, items: list, replay_rows: list, new_memories: list,
                      cfg: SeedConfig, *, layers: list[int] | None, progress: Progress = silent,
-                     should_stop: Callable[[], bool] = lambda: False):
+                     should_stop: Callable[[], bool] = lambda: False, retain_rows: list = ()):
     """Run the training in `cfg.processes` workers; return (peft model with the trained expert, SeedStats)."""
     from peft import get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -68,6 +68,7 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
     with tempfile.TemporaryDirectory(prefix="agentsleep-seed-") as tmp:
         job = Path(tmp)
         torch.save({"items": [asdict(it) for it in items], "replay_rows": replay_rows,
+                    "retain_rows": list(retain_rows),
                     "memories": [asdict(m) for m in new_memories], "cfg": cfg.model_dump(), "layers": layers,
                     "source": str(source), "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
                     "device": dev.type}, job / "job.pt")
@@ -140,7 +141,7 @@ def worker(job_dir: Path) -> None:
         if rank == 0:
             print(f"{_PROGRESS}{step} {total} {note}", flush=True)
 
-    stats = train(pm, tok, items, cfg, replay_rows=job["replay_rows"],
+    stats = train(pm, tok, items, cfg, replay_rows=job["replay_rows"], retain_rows=job.get("retain_rows", []),
                   extra_terms=distill_terms(tok, items, memories, cfg), progress=progress)
     if stats.processes != cfg.processes:  # never let a launcher quietly train with fewer processes
         raise SleepError(f"accelerate started {stats.processes} training processes, not {cfg.processes}")

@@ -36,6 +36,7 @@ class Night:
     updates: dict[str, dict[str, str]] = field(default_factory=dict)  # new episode id -> {superseded id: its note}
     rest_stats: dict[str, Any] = field(default_factory=dict)
     rehearsed: list[Dream] = field(default_factory=list)
+    retained: list[Dream] = field(default_factory=list)  # earlier questions held to the parent's answers
     drift_pool: list[tuple[str, str]] = field(default_factory=list)
     earlier_probes: list[Probe] = field(default_factory=list)
     earlier_dreams: list[Dream] = field(default_factory=list)
@@ -75,4 +76,5 @@ class Night:
     def dream_info(self) -> dict[str, Any]:
         ds = self.dreams
         return {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
-                "rehearsed": len(self.rehearsed), "dropped": ds.dropped, "implications": len(ds.implications)}
+                "rehearsed": len(self.rehearsed),
+                **({"retained": len(self.retained)} if self.retained else {}), "dropped": ds.dropped, "implications": len(ds.implications)}

@@ -28,7 +28,7 @@ from ..models.registry import BASE_VERSION, Version
 from ..progress import Progress, silent
 from . import dream as dreaming  # dreaming.write: looked up at call time (tests stand in for it)
 from .dream import dream
-from .evidence import base_reference, earlier_items, first_levels, record_answers, trusted_probes
+from .evidence import base_reference, earlier_items, first_levels, record_answers, retained, trusted_probes
 from .gate import evaluate
 from .generic_prompts import generic_pool
 from .journal import Journal, read_dreams
@@ -267,10 +267,11 @@ def seed_expert(n: Night) -> None:
     n.drift_pool = [tuple(x) for x in pools["drift"]]
     n.earlier_probes, n.earlier_dreams = _earlier(n.home, n.lineage)
     n.rehearsed = rehearsal(n.earlier_dreams, {m.id for m in n.plan.replay}, cfg.replay_dreams)
+    n.retained = retained(n.earlier_dreams, n.rehearsed, cfg.seed.retain_questions, night=len(n.lineage))
     grown = parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None
     n.pm, n.seed_stats = seed(n.model, n.tok, n.dreams.train + n.rehearsed, n.plan.memories + n.plan.replay,
-                              cfg.seed, replay_pool=[tuple(x) for x in pools["replay"]], progress=n.say,
-                              should_stop=n.stop, layers=grown, source=str(parent.weights),
+                              cfg.seed, replay_pool=[tuple(x) for x in pools["replay"]], retain=n.retained,
+                              progress=n.say, should_stop=n.stop, layers=grown, source=str(parent.weights),
                               notes=n.dreams.implications)
 
 
@@ -290,8 +291,8 @@ def judge(n: Night) -> None:
     if n.engine is not None:
         n.engine.resume()
     cfg = n.cfg
-    earlier, scale = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, cfg.gate.retention_dreams,
-                                   max_probes=cfg.gate.earlier_probes, night=len(n.lineage),
+    earlier, scale = earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed + n.retained,
+                                   cfg.gate.retention_dreams, max_probes=cfg.gate.earlier_probes, night=len(n.lineage),
                                    replayed={m.id for m in n.plan.replay})
     first = first_levels(n, earlier)
     n.verdict = evaluate(n.pm, n.tok, n.probes, earlier, n.drift_pool, cfg.gate, progress=n.say, generator=n.engine,

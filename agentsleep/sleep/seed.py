@@ -120,9 +120,13 @@ def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_r
 
 
 def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,
-         replay_pool: list[tuple[str, str]] = (), progress: Progress = silent, should_stop: Callable[[], bool] = lambda: False,
-         layers: list[int] | None = None, source: str | None = None, notes: list[tuple[str, str]] = ()):
+         replay_pool: list[tuple[str, str]] = (), retain: list[Dream] = (), progress: Progress = silent,
+         should_stop: Callable[[], bool] = lambda: False, layers: list[int] | None = None, source: str | None = None,
+         notes: list[tuple[str, str]] = ()):
     """Train a fresh LoRA expert on `model` (wrapped in place by peft). Returns (peft_model, SeedStats).
+
+    `replay_pool` holds generic (prompt, answer) pairs and `retain` earlier facts' dreams, asked closed-book:
+    on both the student is held to the pre-sleep model's distribution (train.py's KL terms).
 
     With `cfg.processes > 1` the training runs in `accelerate launch` worker
     processes that load `source` (the weights `model` was loaded from) and
@@ -135,14 +139,15 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
     if cfg.w_distill * cfg.alpha * (1 - cfg.on_policy_lambda) > 0:
         attach_soft_targets(model, tok, items, cfg.max_seq_len)
     replay_rows = [encode(tok, p, a, cfg.max_seq_len) for p, a in replay_pool]
+    retain_rows = [encode(tok, student_prompt(tok, d.question), d.answer, cfg.max_seq_len) for d in retain]
     new_memories = [m for m in memories if not m.replay]
     if cfg.processes > 1:
         pm, stats = train_in_workers(model, source, items, replay_rows, new_memories, cfg, layers=layers,
-                                     progress=progress, should_stop=should_stop)
+                                     progress=progress, should_stop=should_stop, retain_rows=retain_rows)
         return pm, stats
     torch.manual_seed(cfg.seed)  # the expert's initialisation is part of the result
     pm = get_peft_model(model, lora_config(cfg, layers))
-    stats = train(pm, tok, items, cfg, replay_rows=replay_rows, extra_terms=distill_terms(tok, items, new_memories, cfg),
+    stats = train(pm, tok, items, cfg, replay_rows=replay_rows, retain_rows=retain_rows, extra_terms=distill_terms(tok, items, new_memories, cfg),
                   progress=progress, should_stop=should_stop)
     return pm, stats
 

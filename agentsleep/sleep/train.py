@@ -89,10 +89,12 @@ def _n_labels(row: tuple[list[int], list[int]]) -> int:
     return sum(1 for y in row[1][1:] if y != -100)
 
 
-def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), extra_terms=None,
-          progress: Progress = silent, should_stop: Callable[[], bool] = lambda: False):
+def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list = (), retain_rows: list = (),
+          extra_terms=None, progress: Progress = silent, should_stop: Callable[[], bool] = lambda: False):
     """Train the LoRA expert already attached to `pm` (a peft model) on `items`. Returns SeedStats.
 
+    `replay_rows` (generic answers) and `retain_rows` (earlier facts' questions) are encoded rows on which
+    the student is held to the pre-sleep model by KL (`w_replay`, `w_retain`).
     `extra_terms(pm, micro_step, batch_items)` adds the paper's distillation
     terms (seed.py); it returns {name: (loss, weight)}. They sample with their own
     seeded generator, so every process computes the same ones.
@@ -106,7 +108,7 @@ def train(pm: Any, tok: Any, items: list, cfg: SeedConfig, *, replay_rows: list 
         if cfg.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             base.config.use_cache = False
-        return _train(pm, tok, items, cfg, acc, replay_rows, extra_terms, progress, should_stop, t0)
+        return _train(pm, tok, items, cfg, acc, replay_rows, retain_rows, extra_terms, progress, should_stop, t0)
     finally:
         if cfg.gradient_checkpointing and not was_ckpt:
             base.gradient_checkpointing_disable()
@@ -148,6 +150,7 @@ class _Loop:
     rows: dict[int, tuple[list[int], list[int]]]   # id(item) -> encoded (ids, labels)
     stats: SeedStats
     replay_rows: list
+    retain_rows: list
     extra_terms: Callable[[Any, int, list[Item]], dict[str, tuple[torch.Tensor, float]]] | None
     replay_rng: random.Random
     dev: torch.device
@@ -211,20 +214,22 @@ class _Loop:
             if d_off is not None:
                 loss = loss + self.w_off * d_off * on * world / max(n_soft, 1)
         self.stats.tokens += sum(len(self.rows[id(it)][0]) for it in batch)
-        if self.replay_rows and cfg.w_replay > 0 and cfg.replay_per_step:
-            kl_sum, n_mine, n_labels = self.replay_kl()
-            terms["replay_kl"] = kl_sum.detach() / max(n_mine, 1)
-            loss = loss + cfg.w_replay * kl_sum * world / max(n_labels, 1) / n_micro
+        for name, pool, k, w in (("replay_kl", self.replay_rows, cfg.replay_per_step, cfg.w_replay),
+                                 ("retain_kl", self.retain_rows, cfg.retain_per_step, cfg.w_retain)):
+            if pool and w > 0 and k:
+                kl_sum, n_mine, n_labels = self.replay_kl(pool, k)
+                terms[name] = kl_sum.detach() / max(n_mine, 1)
+                loss = loss + w * kl_sum * world / max(n_labels, 1) / n_micro
         if self.extra_terms is not None:
             for k, (v, w) in self.extra_terms(self.pm, micro, batch).items():
                 terms[k] = v.detach()
                 loss = loss + w * v / n_micro
         return terms, loss
 
-    def replay_kl(self) -> tuple[torch.Tensor, int, int]:
-        """KL(pre-sleep || student) summed over this process's share of a few generic answers, the
+    def replay_kl(self, pool: list, k: int) -> tuple[torch.Tensor, int, int]:
+        """KL(pre-sleep || student) summed over this process's share of `k` rows drawn from `pool`, the
         positions it summed, and the labels of all of them (every process draws the same ones)."""
-        drawn = self.replay_rng.sample(list(self.replay_rows), min(self.cfg.replay_per_step, len(self.replay_rows)))
+        drawn = self.replay_rng.sample(list(pool), min(k, len(pool)))
         mine, on = self.share(drawn)
         rb = collate(mine, self.tok.pad_token_id, self.dev)
         with torch.no_grad(), self.pm.disable_adapter():
@@ -246,8 +251,8 @@ class _Loop:
                 self.stats.losses.setdefault(name, []).append(v / self.world)
 
 
-def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, replay_rows: list, extra_terms,
-           progress: Progress, should_stop: Callable[[], bool], t0: float) -> SeedStats:
+def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, replay_rows: list, retain_rows: list,
+           extra_terms, progress: Progress, should_stop: Callable[[], bool], t0: float) -> SeedStats:
     dev = next(pm.parameters()).device
     groups = step_groups(items, cfg, random.Random(cfg.seed))  # the same order on every process
     params = [p for p in pm.parameters() if p.requires_grad]
@@ -256,7 +261,7 @@ def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, repl
     sched = warmup_then_linear(opt, len(groups), cfg.warmup_frac)  # stepped once per optimizer step, by hand
     student, opt = acc.prepare(Student(pm), opt)
     loop = _Loop(pm, tok, cfg, acc, student, rows, SeedStats(items=len(items), processes=acc.num_processes),
-                 list(replay_rows), extra_terms, random.Random(cfg.seed + 2), dev)
+                 list(replay_rows), list(retain_rows), extra_terms, random.Random(cfg.seed + 2), dev)
     micro = 0
     pm.train()
     for step, group in enumerate(groups):
