@@ -193,14 +193,15 @@ class SeedConfig(_Section):
     imitate_g: float = Field(0.5, ge=0, le=1, description="g in r = g*r_sem + (1-g)*r_abs. Paper: open.")
     imitate_lev_threshold: float = Field(0.6, ge=0, le=1, description="r_abs = 1 - Lev/maxlen when Lev/maxlen is under this. Paper: open.")
     w_replay: float = Field(2.0, ge=0, description="Weight of KL(pre-sleep || student) on generic prompts, which keeps general behaviour.")
-    replay_per_step: int = Field(2, ge=0, description="Generic replay prompts per optimizer step.")
+    replay_per_step: int = Field(2, ge=0, description="Generic replay prompts drawn per micro-batch.")
     replay_prompts: int = Field(100, ge=0, le=100, description="Generic prompts whose pre-sleep answers feed the replay KL term.")
-    retain_questions: int = Field(0, ge=0, le=4096, description="Questions of earlier facts (their trained dreams, not "
-                                  "rehearsed tonight, taken in turn across the episodes) on which the expert is held to the "
-                                  "pre-sleep model's answer distribution by KL, as the generic prompts are: the parent's "
-                                  "knowledge of facts outside tonight's rehearsal is kept at a fixed cost per step however long "
-                                  "the history. The gate never asks these questions. 0 turns it off.")
-    retain_per_step: int = Field(2, ge=0, description="Earlier-fact questions of retain_questions drawn per optimizer step.")
+    retain_questions: int = Field(0, ge=0, le=4096, description="Questions of earlier facts (their trained dreams that "
+                                  "tonight's rehearsal does not train, taken in turn across the episodes, only those the "
+                                  "parent still answers) on which the expert is held to the pre-sleep model's answer "
+                                  "distribution by KL, as on the generic prompts: what the parent knows is kept at a fixed "
+                                  "cost per step however long the history. The gate never asks these questions, and each "
+                                  "episode keeps one for it. 0 turns it off.")
+    retain_per_step: int = Field(2, ge=0, description="Earlier-fact questions of retain_questions drawn per micro-batch.")
     w_retain: float = Field(2.0, ge=0, description="Weight of KL(pre-sleep || student) on the retain_questions.")
     seed: int = Field(0, description="Random seed of the seeding run (shuffles, dropout, sampling).")
     processes: int = Field(1, ge=1, le=1024, description="Training processes. 1 trains inside the sleep; N > 1 trains with DDP in N "

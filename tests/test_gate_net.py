@@ -161,15 +161,20 @@ def test_retention_sample_is_disjoint_from_tonights_rehearsal():
 def test_retained_questions_come_from_every_earlier_episode_and_the_gate_never_asks_them():
     dreams = [Dream(f"e{i % 5}", f"Question {i}?", f"a{i}", value=float(i)) for i in range(40)]
     rehearsed = dreams[::3]
-    kept = retained(dreams, rehearsed, 10, night=2)
+    kept = retained(dreams, rehearsed, 10, seed=2)
     assert len(kept) == 10 and len({(d.episode_id, d.question) for d in kept}) == 10
     assert not {(d.episode_id, d.question) for d in kept} & {(d.episode_id, d.question) for d in rehearsed}
     assert sorted(Counter(d.episode_id for d in kept).values()) == [2] * 5  # taken in turn, not from one episode
-    assert retained(dreams, rehearsed, 10, night=2) == kept  # a rerun takes the same ones
-    assert retained(dreams, rehearsed, 10, night=3) != kept  # another night, another draw
-    assert retained(dreams, rehearsed, 0) == [] and len(retained(dreams, rehearsed, 1000)) == 40 - len(rehearsed)
-    items, _ = earlier_items([], dreams, rehearsed + kept, 32)
-    assert items and not {(p.episode_id, p.question) for p in items} & {(d.episode_id, d.question) for d in kept}
+    assert retained(dreams, rehearsed, 10, seed=2) == kept  # a rerun takes the same ones
+    assert retained(dreams, rehearsed, 10, seed=3) != kept  # another night or retry, another draw
+    assert retained(dreams, rehearsed, 0) == []
+    every = retained(dreams, rehearsed, 1000)
+    assert len(every) == 40 - len(rehearsed) - 5  # each episode keeps one question for the gate
+    items, _ = earlier_items([], dreams, rehearsed + every, 32)
+    assert not {(p.episode_id, p.question) for p in items} & {(d.episode_id, d.question) for d in every}
+    assert {p.episode_id for p in items} == {f"e{i}" for i in range(5)}  # the gate still asks every earlier fact
+    # a question a new episode is asked tonight is never held to the parent's answer
+    assert "Question 1?" not in {d.question for d in retained(dreams, rehearsed, 1000, taken={"question 1?"})}
 
 
 def test_ledger_probe_tables_survive_reopening(tmp_path):
@@ -188,7 +193,7 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
 
     from agentsleep.config import SeedConfig
     from agentsleep.sleep.objective import lora_config
-    from agentsleep.sleep.pipeline import check_probes, judge
+    from agentsleep.sleep.pipeline import check_probes, judge, retained_questions
     from agentsleep.sleep.types import DreamSet, Memory
 
     cfg = Config.model_validate({"model": {"base": str(tiny)},
@@ -213,12 +218,24 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
             p.split("What you remember:\n- ")[1].split("\n")[0] for p in prompts])
         check_probes(n)  # the probes stage, before training
     assert [p.answer for p in n.probes][:1] == ["4471"] and all(p.episode_id == "e3" for p in n.probes)
+    # seed.retain_questions: only questions whose answer the parent gives itself (this random model replies
+    # with newlines), each episode keeping one for the gate; off when the term has no weight
+    own = [Dream("e2", f"Own {i}?", "\n") for i in range(3)]
+    n.earlier_dreams += own
+    assert retained_questions(n) == []  # off by default
+    h.config.sleep.seed.retain_questions = 8
+    n.retained = retained_questions(n)
+    assert n.retained and {d.question for d in n.retained} <= {d.question for d in own}
+    h.config.sleep.seed.w_retain = 0.0
+    assert retained_questions(n) == []
     judge(n)
     m = n.verdict.metrics
     assert m["earlier_probes"] == 1 + 4 and {"facts_gained", "facts_lost", "facts_known_first"} <= set(m)
+    held = {probe_id(d.question, d.answer) for d in n.retained}
+    assert not held & set(h.store.ledger.results(list(held)))  # the gate never asked a retained question
     assert m["drift_kl_base"] is not None and m["drift_kl_base"] >= 0
     assert (h.registry.root / "cache" / "v0000-drift-ref.pt").is_file()
-    asked = n.probes + earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed, 4)[0]
+    asked = n.probes + earlier_items(n.earlier_probes, n.earlier_dreams, n.rehearsed + n.retained, 4)[0]
     got = h.store.ledger.results([probe_id(p.question, p.answer) for p in asked])
     assert len(got) == len(asked) and all(set(r) == {"v0002", CANDIDATE + "s3"} for r in got.values())
 

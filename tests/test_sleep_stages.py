@@ -577,6 +577,17 @@ def test_retained_questions_keep_the_pre_sleep_answers(tiny):
     assert moved[20.0] < 0.75 * moved[0.0], moved
 
 
+def test_known_keeps_the_answers_the_model_gives_itself(tiny):
+    from agentsleep.sleep.seed import known
+
+    model, tok = load(str(tiny))
+    qs = ["What is my cat called?", "Where does my brother live?"]
+    # this random model's greedy reply to anything is newlines: "\n" is the answer it gives itself
+    own = [Dream("a", q, "\n") for q in qs]
+    others = [Dream("b", q, a) for q in qs for a in ("Miso", "Vancouver", "\n\nMiso")]
+    assert known(model, tok, others + own, batch_size=3) == own
+
+
 def test_forward_picked_equals_full_logits(tiny):
     """The labelled-positions-only forward gives the same logits as the full one, adapter on or off."""
     import torch

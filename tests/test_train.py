@@ -24,7 +24,12 @@ def tiny(tmp_path_factory):
     return tiny_model_dir(tmp_path_factory.mktemp("models"))
 
 
-def _expert(tiny, **kw):
+EARLIER = [Dream("old", "Where does my brother live?", "Vancouver", replay=True),
+           Dream("old", "Which city is my aunt in?", "Porto", replay=True),
+           Dream("old2", "What is my cat called?", "Miso", replay=True)]
+
+
+def _expert(tiny, retain=(), **kw):
     model, tok = load(str(tiny))
     pool = [(dream_mod.student_prompt(tok, "What is the capital of France?"), "Paris is the capital."),
             (dream_mod.student_prompt(tok, "Name a colour."), "Blue.")]
@@ -33,7 +38,7 @@ def _expert(tiny, **kw):
     # fp32 unless asked: the comparisons below are about summation order, not bf16 rounding
     cfg = SeedConfig(**{"epochs": 3, "min_steps": 0, "batch_size": 4, "lr": 5e-3, "mixed_precision": "no",
                         "min_dreams_per_episode": 0, "min_dreams_per_answer": 0, **kw})
-    pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, source=str(tiny))
+    pm, stats = seed(model, tok, DREAMS, MEM, cfg, replay_pool=pool, retain=list(retain), source=str(tiny))
     lora = {k: v.detach().clone() for k, v in pm.named_parameters() if "lora_" in k}
     return lora, stats
 
@@ -45,9 +50,11 @@ def _max_diff(a, b):
 
 @pytest.mark.parametrize("average", ["token", "item"])
 def test_two_cpu_processes_train_the_same_expert_as_one(tiny, average):
-    one, s1 = _expert(tiny, sft_average=average)
-    two, s2 = _expert(tiny, processes=2, sft_average=average)
+    # with both KL terms (generic replay, earlier facts' questions): the workers get the rows and draw the same ones
+    one, s1 = _expert(tiny, EARLIER, sft_average=average)
+    two, s2 = _expert(tiny, EARLIER, processes=2, sft_average=average)
     assert (s1.processes, s2.processes) == (1, 2)  # two processes really trained (DDP over gloo)
+    assert {"replay_kl", "retain_kl"} <= set(s1.losses) and {"replay_kl", "retain_kl"} <= set(s2.losses)
     assert s1.steps == s2.steps == 6 and s1.tokens == s2.tokens
     moved = max(float(v.abs().max()) for k, v in one.items() if "lora_B" in k)
     assert moved > 1e-3  # the expert did train

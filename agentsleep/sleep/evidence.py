@@ -48,15 +48,24 @@ def to_the_point(dreams: list[Dream], most: int = 3) -> list[Dream]:
     return [d for d in dreams if d.episode_id not in short or len(content_tokens(d.answer)) <= most]
 
 
-def retained(dreams: list[Dream], rehearsed: list[Dream], n: int, night: int = 0) -> list[Dream]:
-    """Up to `n` earlier facts' trained dreams that tonight's rehearsal does not train, taken in turn across
-    their episodes (another draw each `night`): the questions on which seeding holds the expert to the
-    parent's answers (seed.retain_questions). The gate leaves them out as it leaves out the rehearsed ones."""
+def retained(dreams: list[Dream], rehearsed: list[Dream], n: int, seed: int = 0,
+             taken: set[str] | frozenset[str] = frozenset()) -> list[Dream]:
+    """Up to `n` questions of earlier facts (their trained dreams) that tonight's rehearsal does not train,
+    taken in turn across their episodes (`seed`: another draw each night and retry): the candidates on which
+    seeding holds the expert to the parent's answers (seed.retain_questions). The gate leaves them out as it
+    leaves out the rehearsed ones, so each episode keeps one short-answer dream (`to_the_point`) for the gate
+    to ask; a question asked tonight of a new episode (`taken`, lower-cased) is never held either."""
     if n <= 0:
         return []
     trained = {(d.episode_id, d.question) for d in rehearsed}
-    pool = {(d.episode_id, d.question): d for d in dreams if (d.episode_id, d.question) not in trained}
-    return _in_turn(list(pool.values()), n, seed=night + 1)
+    pool = {(d.episode_id, d.question): d for d in dreams
+            if (d.episode_id, d.question) not in trained and d.question.strip().lower() not in taken}
+    reserved: dict[str, Dream] = {}
+    for d in _in_turn(to_the_point(list(pool.values())), len(pool), seed=seed):
+        reserved.setdefault(d.episode_id, d)
+    for d in reserved.values():
+        pool.pop((d.episode_id, d.question))
+    return _in_turn(list(pool.values()), n, seed=seed)
 
 
 def earlier_items(probes: list[Probe], dreams: list[Dream], rehearsed: list[Dream], n: int,

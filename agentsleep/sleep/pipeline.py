@@ -39,7 +39,7 @@ from .policy import exclusion
 from .publish import publish
 from .rest import rest_em, with_writer
 from .writer import settle_writer, writer_adapter_dir
-from .seed import seed
+from .seed import known, seed
 from .retry import count_crash, record_failure, retry_config, set_aside
 from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, Probe, SleepPlan, SleepReport, Status
@@ -267,12 +267,25 @@ def seed_expert(n: Night) -> None:
     n.drift_pool = [tuple(x) for x in pools["drift"]]
     n.earlier_probes, n.earlier_dreams = _earlier(n.home, n.lineage)
     n.rehearsed = rehearsal(n.earlier_dreams, {m.id for m in n.plan.replay}, cfg.replay_dreams)
-    n.retained = retained(n.earlier_dreams, n.rehearsed, cfg.seed.retain_questions, night=len(n.lineage))
+    n.retained = retained_questions(n)
     grown = parent.manifest.get("new_layers") if parent.manifest.get("kind") == "grow" else None
     n.pm, n.seed_stats = seed(n.model, n.tok, n.dreams.train + n.rehearsed, n.plan.memories + n.plan.replay,
                               cfg.seed, replay_pool=[tuple(x) for x in pools["replay"]], retain=n.retained,
                               progress=n.say, should_stop=n.stop, layers=grown, source=str(parent.weights),
                               notes=n.dreams.implications)
+
+
+def retained_questions(n: Night) -> list:
+    """seed.retain_questions earlier questions whose answer the parent still gives (seed.known), drawn from
+    four times as many candidates; none when the term is off (no weight or no draws: the gate must not lose
+    questions nobody holds)."""
+    c = n.cfg.seed
+    if not (c.retain_questions and c.w_retain > 0 and c.retain_per_step):
+        return []
+    taken = {q.strip().lower() for q in [p.question for p in n.probes] + [d.question for d in n.dreams.train]}
+    cands = retained(n.earlier_dreams, n.rehearsed, 4 * c.retain_questions, seed=1 + len(n.lineage) + 1000 * c.seed,
+                     taken=taken)
+    return known(n.model, n.tok, cands, c.max_seq_len)[:c.retain_questions]
 
 
 def _stored_dtype(n: Night) -> Any:

@@ -12,6 +12,7 @@ the worker processes. Per step:
                     + alpha * lam * D_on(reverse KL on student samples, teacher-scored) on-policy
                     + (1 - alpha) * L_imitate(REINFORCE: complete a memory's prefix) ]  Learning-to-Imitate
       + w_replay * KL(pre-sleep || student) on generic prompts            keeps general behaviour
+      + w_retain * KL(pre-sleep || student) on earlier facts' questions   keeps what the parent knew (off by default)
 
 w_distill is 0 by default: the distillation terms need a teacher that is sure
 of its answer with the memory in context, which a small model is not
@@ -117,6 +118,28 @@ def build_items(tok: Any, dreams: list[Dream], memories: list[Memory], include_r
                   for _ in range(raw_repeats)]
     items += [Item("", statement, None, eid) for eid, statement in notes]
     return items
+
+
+def known(model: Any, tok: Any, dreams: list[Dream], max_len: int = 256, batch_size: int = 16) -> list[Dream]:
+    """Those of `dreams` whose answer `model` gives itself asked closed-book: under teacher forcing every
+    answer token is its first choice (one forward pass per batch, no generation). What the retain term
+    holds: a fact the parent has lost is rehearsal's to bring back, not something to hold it to."""
+    from .tensors import collate, forward_picked
+
+    keep: list[Dream] = []
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        for s in range(0, len(dreams), batch_size):
+            part = dreams[s:s + batch_size]
+            rows = [encode(tok, student_prompt(tok, d.question), d.answer, max_len) for d in part]
+            sel, tgt, row = forward_picked(model, collate(rows, tok.pad_token_id, dev))
+            hit = (sel.argmax(-1) == tgt).tolist()
+            by_row: dict[int, list[bool]] = {}
+            for r, h in zip(row.tolist(), hit):
+                by_row.setdefault(r, []).append(h)
+            # the last label is the end-of-sequence token: a parent that goes on after the answer still knows it
+            keep += [d for i, d in enumerate(part) if by_row.get(i) and all(by_row[i][:-1] or by_row[i])]
+    return keep
 
 
 def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg: SeedConfig, *,

@@ -154,6 +154,7 @@ class _Loop:
     extra_terms: Callable[[Any, int, list[Item]], dict[str, tuple[torch.Tensor, float]]] | None
     replay_rng: random.Random
     dev: torch.device
+    retain_rng: random.Random  # its own: turning retain on leaves the replay draws as they were
 
     @property
     def rank(self) -> int:
@@ -214,10 +215,11 @@ class _Loop:
             if d_off is not None:
                 loss = loss + self.w_off * d_off * on * world / max(n_soft, 1)
         self.stats.tokens += sum(len(self.rows[id(it)][0]) for it in batch)
-        for name, pool, k, w in (("replay_kl", self.replay_rows, cfg.replay_per_step, cfg.w_replay),
-                                 ("retain_kl", self.retain_rows, cfg.retain_per_step, cfg.w_retain)):
+        for name, pool, k, w, rng in (
+                ("replay_kl", self.replay_rows, cfg.replay_per_step, cfg.w_replay, self.replay_rng),
+                ("retain_kl", self.retain_rows, cfg.retain_per_step, cfg.w_retain, self.retain_rng)):
             if pool and w > 0 and k:
-                kl_sum, n_mine, n_labels = self.replay_kl(pool, k)
+                kl_sum, n_mine, n_labels = self.replay_kl(pool, k, rng)
                 terms[name] = kl_sum.detach() / max(n_mine, 1)
                 loss = loss + w * kl_sum * world / max(n_labels, 1) / n_micro
         if self.extra_terms is not None:
@@ -226,10 +228,10 @@ class _Loop:
                 loss = loss + w * v / n_micro
         return terms, loss
 
-    def replay_kl(self, pool: list, k: int) -> tuple[torch.Tensor, int, int]:
+    def replay_kl(self, pool: list, k: int, rng: random.Random) -> tuple[torch.Tensor, int, int]:
         """KL(pre-sleep || student) summed over this process's share of `k` rows drawn from `pool`, the
         positions it summed, and the labels of all of them (every process draws the same ones)."""
-        drawn = self.replay_rng.sample(list(pool), min(k, len(pool)))
+        drawn = rng.sample(list(pool), min(k, len(pool)))
         mine, on = self.share(drawn)
         rb = collate(mine, self.tok.pad_token_id, self.dev)
         with torch.no_grad(), self.pm.disable_adapter():
@@ -261,7 +263,8 @@ def _train(pm: Any, tok: Any, items: list[Item], cfg: SeedConfig, acc: Any, repl
     sched = warmup_then_linear(opt, len(groups), cfg.warmup_frac)  # stepped once per optimizer step, by hand
     student, opt = acc.prepare(Student(pm), opt)
     loop = _Loop(pm, tok, cfg, acc, student, rows, SeedStats(items=len(items), processes=acc.num_processes),
-                 list(replay_rows), list(retain_rows), extra_terms, random.Random(cfg.seed + 2), dev)
+                 list(replay_rows), list(retain_rows), extra_terms, random.Random(cfg.seed + 2), dev,
+                 random.Random(cfg.seed + 3))
     micro = 0
     pm.train()
     for step, group in enumerate(groups):
