@@ -169,7 +169,9 @@ def render(rep: dict[str, Any], sleep_dir: Path) -> str:
              if rows else "<p class='muted'>none</p>")
     d = rep.get("dreams") or {}
     h.append(f"<h2>Dreams</h2><p>written {_e(d.get('written'))}, trained {_e(d.get('trained'))}, "
-             f"rehearsed {_e(d.get('rehearsed'))}; dropped: "
+             f"rehearsed {_e(d.get('rehearsed'))}"
+             + (f", earlier questions held to the parent's answers {_e(d['retained'])}" if d.get("retained") else "")
+             + "; dropped: "
              + (", ".join(f"{_e(k)} {_e(v)}" for k, v in (d.get("dropped") or {}).items() if v) or "none") + "</p>")
     if dream_rows:
         h.append("<table><tr><th>question</th><th>answer</th><th>episode</th></tr>" + "".join(
