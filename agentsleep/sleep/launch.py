@@ -141,7 +141,7 @@ def worker(job_dir: Path) -> None:
         if rank == 0:
             print(f"{_PROGRESS}{step} {total} {note}", flush=True)
 
-    stats = train(pm, tok, items, cfg, replay_rows=job["replay_rows"], retain_rows=job.get("retain_rows", []),
+    stats = train(pm, tok, items, cfg, replay_rows=job["replay_rows"], retain_rows=job["retain_rows"],
                   extra_terms=distill_terms(tok, items, memories, cfg), progress=progress)
     if stats.processes != cfg.processes:  # never let a launcher quietly train with fewer processes
         raise SleepError(f"accelerate started {stats.processes} training processes, not {cfg.processes}")

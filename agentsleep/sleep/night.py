@@ -76,5 +76,5 @@ class Night:
     def dream_info(self) -> dict[str, Any]:
         ds = self.dreams
         return {"written": ds.written, "trained": len(ds.train), "probes": len(ds.probes),
-                "rehearsed": len(self.rehearsed),
-                **({"retained": len(self.retained)} if self.retained else {}), "dropped": ds.dropped, "implications": len(ds.implications)}
+                "rehearsed": len(self.rehearsed), **({"retained": len(self.retained)} if self.retained else {}),
+                "dropped": ds.dropped, "implications": len(ds.implications)}

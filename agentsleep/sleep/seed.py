@@ -170,8 +170,8 @@ def seed(model: Any, tok: Any, dreams: list[Dream], memories: list[Memory], cfg:
         return pm, stats
     torch.manual_seed(cfg.seed)  # the expert's initialisation is part of the result
     pm = get_peft_model(model, lora_config(cfg, layers))
-    stats = train(pm, tok, items, cfg, replay_rows=replay_rows, retain_rows=retain_rows, extra_terms=distill_terms(tok, items, new_memories, cfg),
-                  progress=progress, should_stop=should_stop)
+    stats = train(pm, tok, items, cfg, replay_rows=replay_rows, retain_rows=retain_rows,
+                  extra_terms=distill_terms(tok, items, new_memories, cfg), progress=progress, should_stop=should_stop)
     return pm, stats
 
 
