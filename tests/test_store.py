@@ -242,6 +242,8 @@ def test_unknown_kind_and_bad_arguments_are_input_errors(store):
     cases = [
         (lambda: store.remember("hello", kind="dream"), "unknown kind 'dream'"),
         (lambda: store.remember("hello", trust="maybe"), "trust"),
+        (lambda: store.remember("hello", kind=""), "unknown kind ''"),  # only a missing kind defaults to fact
+        (lambda: store.remember("hello", trust=""), "trust"),
         (lambda: store.recall("   "), "query is empty"),
         (lambda: store.recall("cat", k=0), "k must be 1..100000"),
         (lambda: store.recall("cat", kind="dream"), "unknown kind"),

@@ -388,7 +388,9 @@ class EpisodeStore:
                              "event_time", "speaker"}
         if unknown:
             raise InputError(f"remember: unknown argument(s) {', '.join(sorted(unknown))}")
-        text, kind, trust = it.get("text"), it.get("kind") or "fact", it.get("trust") or "trusted"
+        text, kind, trust = it.get("text"), it.get("kind"), it.get("trust")
+        kind = "fact" if kind is None else kind  # only a missing value takes the default: "" is a mistake
+        trust = "trusted" if trust is None else trust
         namespace = it.get("namespace", DEFAULT_NAMESPACE)
         event_time, speaker = it.get("event_time"), it.get("speaker")
         if not isinstance(text, str):
