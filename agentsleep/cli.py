@@ -638,6 +638,7 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
           facts_per_night: Optional[int] = typer.Option(None, "--facts-per-night", min=1, max=8, help="nights: new facts a night (default 8)."),
           voice: list[str] = typer.Option([], "--voice", help="phrasing: first_person | third_person | assistant, and chat with --dev (repeatable; default all)."),
           dev: bool = typer.Option(False, "--dev", help="phrasing, nights: the development variants instead of the held-out test facts."),
+          test_set: Optional[str] = typer.Option(None, "--test-set", help="phrasing: a (bench/phrasings.py, the default) | b (bench/phrasings_b.py, the second held-out set)."),
           dev_set: Optional[str] = typer.Option(None, "--dev-set", help="nights with --dev: bench (bench/facts.py in the first person, the default) | everyday (everyday facts asked in other words)."),
           retrieval_only: bool = typer.Option(False, "--retrieval-only", help="locomo: recall@k only (no answer sample, no sleeps)."),
           as_json: bool = typer.Option(False, "--json")) -> None:
@@ -665,7 +666,13 @@ def bench(suite: str = typer.Argument("quick", help="quick (sleep, locomo, serve
         options.setdefault("squad", {})["seeds"] = seeds
     if retrieval_only:
         options.setdefault("locomo", {})["retrieval_only"] = True
-    phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts)) if v}
+    phrasing = {k: v for k, v in (("seeds", seeds), ("voices", tuple(voice)), ("dev", dev), ("n_facts", facts),
+                                  ("test_set", test_set)) if v}
+    if test_set is not None:
+        from .bench.phrasing_suite import TEST_SETS
+
+        if test_set not in TEST_SETS or dev or "phrasing" not in names:
+            raise InputError(f"bench: --test-set goes with the phrasing suite without --dev: use {', '.join(TEST_SETS)}")
     if phrasing:
         options["phrasing"] = phrasing
     if dev_set is not None:

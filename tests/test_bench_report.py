@@ -56,6 +56,14 @@ def test_a_development_set_is_checked_before_any_suite_runs(tmp_path):
     assert "--dev-set goes with" in run_cli("bench", "nights", "--dev-set", "everyday", home=tmp_path / "h").one_line_error()
 
 
+def test_a_test_set_is_checked_before_any_suite_runs(tmp_path):
+    """--test-set names a held-out phrasing set: a wrong name, --dev or another suite fail at once."""
+    for args in (("phrasing", "--test-set", "c"), ("phrasing", "--dev", "--test-set", "b"),
+                 ("nights", "--test-set", "b")):
+        err = run_cli("bench", *args, home=tmp_path / "h").one_line_error()
+        assert "--test-set goes with the phrasing suite without --dev: use a, b" in err, args
+
+
 def test_retrieval_suite_small(tmp_path):
     """The latency suite end to end on a small embedded store: rows per size, sane percentiles, a plot."""
     from agentsleep.bench import retrieval_suite

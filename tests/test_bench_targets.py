@@ -110,3 +110,21 @@ def test_the_chat_development_set_is_a_dev_voice_with_answers_in_the_messages():
     assert sets["chat"] == CHAT and SOURCE["chat"] == "user" and len(CHAT) == 20
     for f in CHAT:  # each answer is in its message, and its question does not give it away
         assert contains_answer(f.text, f.answer) and not trivial(f.question, f.answer), f
+
+
+def test_the_held_out_phrasing_sets_are_well_formed_and_disjoint():
+    """Both test sets: the sizes the suite reports, each answer in its fact and not given away by its
+    question, and set b shares no answer with set a or the development facts (a new reading, not a rerun)."""
+    from agentsleep.bench import facts as dev
+    from agentsleep.bench.phrasing_suite import test_sets
+    from agentsleep.textmatch import contains_answer, trivial
+
+    a, b = test_sets("a"), test_sets("b")
+    for sets in (a, b):
+        assert {v: len(fs) for v, fs in sets.items()} == {"first_person": 40, "third_person": 20, "assistant": 20}
+        for f in (f for fs in sets.values() for f in fs):
+            assert contains_answer(f.text, f.answer) and not trivial(f.question, f.answer), f
+    seen = {f.answer.lower() for fs in a.values() for f in fs}
+    seen |= {f.answer.lower() for fs in (dev.SET_A, dev.SET_B, dev.SET_C, dev.CHAT) for f in fs}
+    clash = [f.answer for fs in b.values() for f in fs if f.answer.lower() in seen]
+    assert not clash, clash

@@ -66,6 +66,8 @@ def run_suites(names: list[str], out_dir: Path, *, docs: Path | None, say: Calla
         if name in ("squad", "locomo") and (opts.get("offset") or opts.get("count")):
             span = f"{opts.get('offset', 0)}+{opts['count']}" if opts.get("count") else f"{opts['offset']}+"
             key, title = f"{key}-{span}", f"{title} (from {opts.get('offset', 0)}, {opts.get('count') or 'all'})"
+        if opts.get("test_set", "a") != "a":
+            key, title = f"{key}-{opts['test_set']}", f"{title}, test set {opts['test_set']}"
         if opts.get("dev"):
             key, title = f"{key}-dev", f"{title}, development set"
             if opts.get("dev_set", "bench") != "bench":

@@ -1,9 +1,10 @@
 """Phrasing benchmark: facts told the way agents hear them, closed-book after one sleep.
 
-Three voices (bench/phrasings.py, the held-out test sets): the user in the first
-person, third-person statements, and the assistant's own replies (stored with
-source "assistant", as an agent records its turns). `dev=True` runs development
-variants of bench/facts.py instead, and its chat-style set; tune on those, never on the test sets.
+Three voices (bench/phrasings.py, the held-out test sets, and bench/phrasings_b.py, a second
+held-out set written after the first had been read): the user in the first person, third-person
+statements, and the assistant's own replies (stored with source "assistant", as an agent records
+its turns). `dev=True` runs development variants of bench/facts.py instead, and its chat-style
+set; tune on those, never on the test sets.
 
 Per voice and seed, in a fresh home on the same base weights:
 1. remember the facts as they were said; closed-book before, and with the fact in context;
@@ -28,8 +29,9 @@ from ..errors import InputError
 from ..home import Home
 from ..progress import silent
 from .facts import CHAT, SET_A, Fact
-from .phrasings import SETS
 from .sleep_suite import closed_book, plain_sft
+
+TEST_SETS = {"a": "phrasings", "b": "phrasings_b"}  # --test-set: the module holding each held-out set
 
 SOURCE = {"first_person": "user", "third_person": "user", "assistant": "assistant", "chat": "user"}
 LR_SWEEP = (1 / 3, 1.0, 3.0)
@@ -43,6 +45,13 @@ def dev_sets(n: int = 20) -> dict[str, list[Fact]]:
     first = [Fact(from_the_user(f.text), f.question, f.answer) for f in SET_A[:n]]
     said = [Fact("Noted: " + _swap_persons(f.text[:1].lower() + f.text[1:], _SWAP), f.question, f.answer) for f in first]
     return {"first_person": first, "third_person": list(SET_A[:n]), "assistant": said, "chat": list(CHAT[:n])}
+
+
+def test_sets(name: str = "a") -> dict[str, list[Fact]]:
+    """The held-out test sets of `name` (TEST_SETS), by voice."""
+    import importlib
+
+    return importlib.import_module(f".{TEST_SETS[name]}", __package__).SETS
 
 
 def one_run(root: Path, facts: list[Fact], source: str, seed: int, *, baselines: bool, say, progress,
@@ -119,8 +128,12 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tuple[str, ...] | None = None,
-        dev: bool = False, n_facts: int | None = None, baselines: bool = True) -> dict[str, Any]:
-    sets = dev_sets() if dev else dict(SETS)
+        dev: bool = False, n_facts: int | None = None, baselines: bool = True, test_set: str = "a") -> dict[str, Any]:
+    if test_set not in TEST_SETS:
+        raise InputError(f"phrasing suite: unknown test set {test_set!r}; use {', '.join(TEST_SETS)}")
+    if dev and test_set != "a":
+        raise InputError("phrasing suite: --test-set names a held-out set; it does not go with --dev")
+    sets = dev_sets() if dev else dict(test_sets(test_set))
     voices = tuple(voices or sets)
     unknown = [v for v in voices if v not in sets]
     if unknown:
@@ -128,7 +141,7 @@ def run(out_dir: Path, *, say=print, progress=silent, seeds: int = 3, voices: tu
     from .report import provenance
 
     prov = provenance()  # rows saved by other code, packages or defaults are measured again, not merged in
-    res: dict[str, Any] = {"set": "development (bench/facts.py variants)" if dev else "test (bench/phrasings.py)",
+    res: dict[str, Any] = {"set": "development (bench/facts.py variants)" if dev else f"test (bench/{TEST_SETS[test_set]}.py)",
                            "seeds": seeds, "baselines": baselines, "n_facts": n_facts, "voices": {},
                            "code": {"commit": prov["commit"], "versions": prov["versions"], "defaults": prov["config"],
                                     "env": env_overrides(os.environ)}}
