@@ -142,3 +142,38 @@ def test_raw_text_starts_with_bos_where_the_tokenizer_always_adds_one(tiny):
     assert ids == [1, 197, 198, 2] and labels == [-100, 197, 198, 2]
     ids, labels = encode(tok, "Q", "ab")  # a prompt carries its own (templates write it as text)
     assert ids == [181, 197, 198, 2] and labels == [-100, 197, 198, 2]
+
+
+def test_the_kl_terms_drawn_together_equal_each_drawn_alone(tiny):
+    """Replay and retain rows share one teacher and one student forward: each term's sum, positions and
+    label count are what it gives alone (padding among other rows changes nothing)."""
+    import random
+
+    from peft import get_peft_model
+
+    from agentsleep.sleep.objective import SeedStats, lora_config
+    from agentsleep.sleep.tensors import encode
+    from agentsleep.sleep.train import Student, _Loop, accelerator
+
+    model, tok = load(str(tiny))
+    cfg = SeedConfig(mixed_precision="no")
+    pm = get_peft_model(model, lora_config(cfg))
+    torch.manual_seed(0)
+    for name, p in pm.named_parameters():
+        if "lora_B" in name:  # a student that differs from its parent
+            p.data.normal_(0, 0.05)
+    row = lambda q, a: encode(tok, dream_mod.student_prompt(tok, q), a, 64)  # noqa: E731
+    replay = [row("Name a colour and say why you like it.", "Blue, because the sea is blue and calm."),
+              row("What is the capital of France?", "Paris."), row("Count to three.", "One, two, three.")]
+    retain = [row(d.question, d.answer) for d in EARLIER]
+    loop = _Loop(pm, tok, cfg, accelerator(cfg, torch.device("cpu")), Student(pm), {}, SeedStats(), replay, retain,
+                 None, random.Random(0), torch.device("cpu"), random.Random(1))
+    draw = lambda name, pool, seed: (name, pool, 2, 1.5, random.Random(seed))  # noqa: E731
+    with torch.no_grad():
+        both = loop.kl_terms([draw("replay_kl", replay, 5), draw("retain_kl", retain, 6)])
+        alone = loop.kl_terms([draw("replay_kl", replay, 5)]) + loop.kl_terms([draw("retain_kl", retain, 6)])
+    assert [t[0] for t in both] == ["replay_kl", "retain_kl"]
+    for (n1, w1, kl1, pos1, lab1), (n2, w2, kl2, pos2, lab2) in zip(both, alone):
+        assert (n1, w1, pos1, lab1) == (n2, w2, pos2, lab2) and pos1 > 0
+        assert float(kl1) > 1e-6 and abs(float(kl1) - float(kl2)) < 1e-4 * max(1.0, float(kl2))
+    assert loop.kl_terms([]) == []

@@ -113,12 +113,12 @@ def ce_picked(sel: torch.Tensor, tgt: torch.Tensor, reduction: str = "mean", row
 
 def kl_picked(lp: torch.Tensor, lq: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Per-token KL(p || q) between the picked (N, V) logits of two models (p is the target),
-    averaged ("mean") or summed ("sum") over positions."""
+    averaged ("mean") or summed ("sum") over positions, or per position ("none")."""
     if not len(lp):
-        return lq.sum() * 0.0
+        return lq.sum(-1) * 0.0 if reduction == "none" else lq.sum() * 0.0
     p_log, q_log = F.log_softmax(lp, -1), F.log_softmax(lq, -1)
     per_token = (p_log.exp() * (p_log - q_log)).sum(-1)
-    return per_token.sum() if reduction == "sum" else per_token.mean()
+    return per_token if reduction == "none" else per_token.sum() if reduction == "sum" else per_token.mean()
 
 
 @torch.no_grad()

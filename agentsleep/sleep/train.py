@@ -215,31 +215,41 @@ class _Loop:
             if d_off is not None:
                 loss = loss + self.w_off * d_off * on * world / max(n_soft, 1)
         self.stats.tokens += sum(len(self.rows[id(it)][0]) for it in batch)
-        for name, pool, k, w, rng in (
-                ("replay_kl", self.replay_rows, cfg.replay_per_step, cfg.w_replay, self.replay_rng),
-                ("retain_kl", self.retain_rows, cfg.retain_per_step, cfg.w_retain, self.retain_rng)):
-            if pool and w > 0 and k:
-                kl_sum, n_mine, n_labels = self.replay_kl(pool, k, rng)
-                terms[name] = kl_sum.detach() / max(n_mine, 1)
-                loss = loss + w * kl_sum * world / max(n_labels, 1) / n_micro
+        draws = [(name, pool, k, w, rng) for name, pool, k, w, rng in (
+            ("replay_kl", self.replay_rows, cfg.replay_per_step, cfg.w_replay, self.replay_rng),
+            ("retain_kl", self.retain_rows, cfg.retain_per_step, cfg.w_retain, self.retain_rng)) if pool and w > 0 and k]
+        for name, w, kl_sum, n_mine, n_labels in self.kl_terms(draws):
+            terms[name] = kl_sum.detach() / max(n_mine, 1)
+            loss = loss + w * kl_sum * world / max(n_labels, 1) / n_micro
         if self.extra_terms is not None:
             for k, (v, w) in self.extra_terms(self.pm, micro, batch).items():
                 terms[k] = v.detach()
                 loss = loss + w * v / n_micro
         return terms, loss
 
-    def replay_kl(self, pool: list, k: int, rng: random.Random) -> tuple[torch.Tensor, int, int]:
-        """KL(pre-sleep || student) summed over this process's share of `k` rows drawn from `pool`, the
-        positions it summed, and the labels of all of them (every process draws the same ones)."""
-        drawn = rng.sample(list(pool), min(k, len(pool)))
-        mine, on = self.share(drawn)
-        rb = collate(mine, self.tok.pad_token_id, self.dev)
+    def kl_terms(self, draws: list) -> list[tuple[str, float, torch.Tensor, int, int]]:
+        """KL(pre-sleep || student) for each (name, pool, k, weight, rng) of `draws`: k rows drawn from
+        its pool, this process's share of them summed. One teacher and one student forward for all the
+        terms together: on a CPU each pass has a fixed cost that two small batches would pay twice.
+        Per term: (name, weight, KL sum, the positions this process summed, the labels of all its rows)."""
+        if not draws:
+            return []
+        rows, parts = [], []
+        for name, pool, k, w, rng in draws:
+            drawn = rng.sample(list(pool), min(k, len(pool)))  # every process draws the same rows
+            mine, on = self.share(drawn)
+            self.stats.tokens += sum(len(r[0]) for r in drawn)
+            parts.append((name, w, len(rows), len(rows) + len(mine), on, sum(_n_labels(r) for r in drawn)))
+            rows += mine
+        rb = collate(rows, self.tok.pad_token_id, self.dev)
         with torch.no_grad(), self.pm.disable_adapter():
-            t_sel = forward_picked(self.pm, rb)[0]
-        s_sel = self.student(rb)[0]
-        self.stats.tokens += sum(len(r[0]) for r in drawn)
-        kl_sum = kl_picked(t_sel.float(), s_sel.float(), reduction="sum") * on
-        return kl_sum, len(s_sel), sum(_n_labels(r) for r in drawn)
+            t_sel, _, row = forward_picked(self.pm, rb)
+        per_token = kl_picked(t_sel.float(), self.student(rb)[0].float(), reduction="none")
+        out = []
+        for name, w, lo, hi, on, n_labels in parts:
+            at = (row >= lo) & (row < hi)
+            out.append((name, w, per_token[at].sum() * on, int(at.sum()), n_labels))
+        return out
 
     def log_step(self, logged: dict[str, torch.Tensor], n_group: int) -> None:
         """What every process computed, as one number: the total carries the process count already
