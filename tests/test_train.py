@@ -177,3 +177,15 @@ def test_the_kl_terms_drawn_together_equal_each_drawn_alone(tiny):
         assert (n1, w1, pos1, lab1) == (n2, w2, pos2, lab2) and pos1 > 0
         assert float(kl1) > 1e-6 and abs(float(kl1) - float(kl2)) < 1e-4 * max(1.0, float(kl2))
     assert loop.kl_terms([]) == []
+    from types import SimpleNamespace
+
+    def on_process(rank, world):  # what one of `world` data-parallel processes sums
+        loop.acc = SimpleNamespace(process_index=rank, num_processes=world)
+        with torch.no_grad():
+            return loop.kl_terms([draw("replay_kl", replay, 5), draw("retain_kl", retain, 6)])
+    halves = [on_process(r, 2) for r in (0, 1)]  # the two shares add up to the whole, labels counted over all rows
+    for whole, a, b in zip(both, *halves):
+        assert abs(float(a[2]) + float(b[2]) - float(whole[2])) < 1e-4 * max(1.0, float(whole[2]))
+        assert a[3] + b[3] == whole[3] and a[4] == b[4] == whole[4]
+    for (name, _, kl, pos, labels), whole in zip(on_process(2, 3), both):  # no row of its own: joins with 0
+        assert float(kl) == 0.0 and pos > 0 and labels == whole[4], name
