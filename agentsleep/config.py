@@ -195,7 +195,7 @@ class SeedConfig(_Section):
     w_replay: float = Field(2.0, ge=0, description="Weight of KL(pre-sleep || student) on generic prompts, which keeps general behaviour.")
     replay_per_step: int = Field(2, ge=0, description="Generic replay prompts drawn per micro-batch.")
     replay_prompts: int = Field(100, ge=0, le=100, description="Generic prompts whose pre-sleep answers feed the replay KL term.")
-    retain_questions: int = Field(0, ge=0, le=4096, description="Questions of earlier facts (their trained dreams that "
+    retain_questions: int = Field(64, ge=0, le=4096, description="Questions of earlier facts (their trained dreams that "
                                   "tonight's rehearsal does not train, taken in turn across the episodes, only those the "
                                   "parent still answers) on which the expert is held to the pre-sleep model's answer "
                                   "distribution by KL, as on the generic prompts: what the parent knows is kept at a fixed "

@@ -222,7 +222,8 @@ def test_judge_records_every_answer_and_checks_drift_from_the_base(tiny, tmp_pat
     # with newlines), each episode keeping one for the gate; off when the term has no weight
     own = [Dream("e2", f"Own {i}?", "\n") for i in range(3)]
     n.earlier_dreams += own
-    assert retained_questions(n) == []  # off by default
+    h.config.sleep.seed.retain_questions = 0
+    assert retained_questions(n) == []  # 0 turns it off
     h.config.sleep.seed.retain_questions = 8
     n.retained = retained_questions(n)
     assert n.retained and {d.question for d in n.retained} <= {d.question for d in own}
