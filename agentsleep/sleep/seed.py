@@ -12,7 +12,7 @@ the worker processes. Per step:
                     + alpha * lam * D_on(reverse KL on student samples, teacher-scored) on-policy
                     + (1 - alpha) * L_imitate(REINFORCE: complete a memory's prefix) ]  Learning-to-Imitate
       + w_replay * KL(pre-sleep || student) on generic prompts            keeps general behaviour
-      + w_retain * KL(pre-sleep || student) on earlier facts' questions   keeps what the parent knew (off by default)
+      + w_retain * KL(pre-sleep || student) on earlier facts' questions   keeps what the parent knew (64 questions)
 
 w_distill is 0 by default: the distillation terms need a teacher that is sure
 of its answer with the memory in context, which a small model is not
