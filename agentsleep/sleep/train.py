@@ -239,16 +239,16 @@ class _Loop:
             drawn = rng.sample(list(pool), min(k, len(pool)))  # every process draws the same rows
             mine, on = self.share(drawn)
             self.stats.tokens += sum(len(r[0]) for r in drawn)
-            parts.append((name, w, len(rows), len(rows) + len(mine), on, sum(_n_labels(r) for r in drawn)))
+            parts.append((name, w, sum(_n_labels(r) for r in mine), on, sum(_n_labels(r) for r in drawn)))
             rows += mine
         rb = collate(rows, self.tok.pad_token_id, self.dev)
         with torch.no_grad(), self.pm.disable_adapter():
-            t_sel, _, row = forward_picked(self.pm, rb)
+            t_sel = forward_picked(self.pm, rb)[0]
         per_token = kl_picked(t_sel.float(), self.student(rb)[0].float(), reduction="none")
-        out = []
-        for name, w, lo, hi, on, n_labels in parts:
-            at = (row >= lo) & (row < hi)
-            out.append((name, w, per_token[at].sum() * on, int(at.sum()), n_labels))
+        out, at = [], 0
+        for name, w, n_mine, on, n_labels in parts:  # positions come row by row: each term's are one slice
+            out.append((name, w, per_token[at:at + n_mine].sum() * on, n_mine, n_labels))
+            at += n_mine
         return out
 
     def log_step(self, logged: dict[str, torch.Tensor], n_group: int) -> None:
