@@ -244,7 +244,8 @@ def status(as_json: bool = typer.Option(False, "--json")) -> None:
     def human() -> None:
         t = Table(show_header=False)
         for key in ("home", "episodes", "unconsolidated", "current_version", "versions", "base_model", "memory_backend"):
-            t.add_row(key, str(s[key]))
+            chunked = key == "episodes" and s.get("chunks", s[key]) != s[key]
+            t.add_row(key, str(s[key]) + (f" ({s['chunks']} stored chunks)" if chunked else ""))
         t.add_row("cli_path", s["cli_path"] + (f" ({s['server']})" if s.get("server") else ""))
         t.add_row("last_sleep", json.dumps(s["last_sleep"]) if s["last_sleep"] else "never")
         if s.get("superseded"):  # old id -> the newer episode that changed its value

@@ -231,7 +231,7 @@ class Home:
 
         from .sleep.lock import sleep_lock
 
-        n_eps, n_versions = self.store.count(), len(self.registry.names())
+        n_eps, n_versions = self.store.tally()["memories"], len(self.registry.names())
         with sleep_lock(self.root, what="purge"):
             dropped = self.store.drop_server_collection()  # a Chroma server keeps the episodes outside the home
             self.close()
@@ -492,11 +492,12 @@ class Home:
     def status(self) -> dict[str, Any]:
         reg = self.registry
         cur = reg.current()
-        waiting = len(self.store.list(unconsolidated_only=True))
+        tally = self.store.tally()
         return {
             "home": str(self.root),
-            "episodes": self.store.count(),
-            "unconsolidated": waiting,
+            "episodes": tally["memories"],  # a document stored in chunks is one episode here
+            "unconsolidated": tally["unconsolidated"],
+            "chunks": tally["chunks"],
             "current_version": cur.name,
             "versions": len(reg.names()),
             "base_model": self.config.model.base,

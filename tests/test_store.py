@@ -104,6 +104,24 @@ def test_duplicate_is_flagged_and_not_stored_twice(store):
     assert store.count() == 1
 
 
+def test_the_same_words_from_another_speaker_or_session_are_another_memory(store):
+    """A conversation repeats short turns ("Thanks!"): each is its own episode, with its own speaker, session
+    and time; only a repeat within the same session and voice is a duplicate."""
+    a = store.remember("Thanks, that helps a lot!", kind="turn", session="s1", speaker="Ana")
+    b = store.remember("Thanks, that helps a lot!", kind="turn", session="s1", speaker="Ben")
+    c = store.remember("Thanks, that helps a lot!", kind="turn", session="s2", speaker="Ana")
+    d = store.remember("Thanks, that helps a lot!", kind="turn")
+    again = store.remember("Thanks, that helps a lot!", kind="turn", session="s2", speaker="Ana")
+    batch = store.remember_many([dict(text="Thanks, that helps a lot!", session="s3", speaker="Ana"),
+                                 dict(text="Thanks, that helps a lot!", session="s3", speaker="Ana")])
+    assert not any(r.duplicate for r in (a, b, c, d)) and len({a.id, b.id, c.id, d.id}) == 4
+    assert again.duplicate and again.id == c.id
+    assert [r.duplicate for r in batch] == [False, True] and batch[1].id == batch[0].id
+    assert store.count() == 5
+    assert {(e.session, e.speaker) for e in store.list()} == {("s1", "Ana"), ("s1", "Ben"), ("s2", "Ana"),
+                                                               (None, None), ("s3", "Ana")}
+
+
 def test_long_text_is_chunked_with_parent_link_and_reassembles_exactly(tmp_path):
     store = EpisodeStore(MemoryConfig(chunk_chars=800), root=tmp_path / "memory")
     text = prose(5000)
@@ -116,8 +134,25 @@ def test_long_text_is_chunked_with_parent_link_and_reassembles_exactly(tmp_path)
     assert whole.text == text and whole.id == r.id and whole.parent_id is None and whole.kind == "observation"
     assert store.count() == len(r.chunk_ids)  # count() counts stored rows: chunks, not memories
     # the same long text again is a duplicate of the parent, not a new set of chunks
-    dup = store.remember(text)
+    dup = store.remember(text, session="long")
     assert dup.duplicate and dup.id == r.id and store.count() == len(r.chunk_ids)
+    store.close()
+
+
+def test_tally_counts_memories_not_chunks(tmp_path):
+    """`status` counts what a person stored: a long text chunked is one memory, waiting until every chunk is
+    consolidated; a forgotten one counts nowhere."""
+    store = EpisodeStore(MemoryConfig(chunk_chars=800), root=tmp_path / "memory")
+    long = store.remember(prose(3000), kind="observation")
+    short = store.remember(FACTS[0])
+    gone = store.remember(FACTS[1])
+    assert len(long.chunk_ids) >= 4
+    assert store.tally() == {"memories": 3, "unconsolidated": 3, "chunks": len(long.chunk_ids) + 2}
+    store.ledger.mark(long.chunk_ids[:-1] + [short.id], "v0001", "sleep-1")
+    assert store.tally()["unconsolidated"] == 2  # the long one still has a chunk waiting
+    store.ledger.mark(long.chunk_ids[-1:], "v0001", "sleep-1")
+    store.delete(gone.id)
+    assert store.tally() == {"memories": 2, "unconsolidated": 0, "chunks": len(long.chunk_ids) + 1}
     store.close()
 
 
@@ -520,7 +555,7 @@ def test_server_mode_remember_recall_count(chroma_server, tmp_path):
     cfg = MemoryConfig(backend="server", host=host, port=port, collection="server_basic", chunk_chars=800)
     s = EpisodeStore(cfg, root=tmp_path / "memory")
     ids = [s.remember(f, session="srv").id for f in FACTS]
-    assert s.remember(FACTS[0]).duplicate
+    assert s.remember(FACTS[0], session="srv").duplicate
     assert s.count() == len(FACTS)
     hits = s.recall("Who has a peanut allergy?", k=2, session="srv")
     assert hits[0].id == ids[2] and hits[0].score > hits[1].score

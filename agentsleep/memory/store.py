@@ -292,7 +292,9 @@ class EpisodeStore:
                  trust: str = "trusted", provenance: dict[str, Any] | None = None,
                  created_at: datetime | None = None, namespace: str = DEFAULT_NAMESPACE,
                  event_time: datetime | None = None, speaker: str | None = None) -> RememberResult:
-        """Store a memory in `namespace`. Exact duplicates (same namespace) are detected and not stored twice.
+        """Store a memory in `namespace`. Exact duplicates are detected and not stored twice: the same text in
+        the same namespace, session and speaker's voice (a "Thanks!" said by another speaker or in another
+        session is another turn of a conversation, not a repeat).
 
         `event_time` is when it happened (e.g. the date of the conversation); it defaults to now."""
         return self.remember_many([dict(text=text, kind=kind, source=source, session=session, trust=trust,
@@ -311,14 +313,15 @@ class EpisodeStore:
             return []
         self._fresh()
         hashes = list(dict.fromkeys(p["hash"] for p in prepared))
-        have: dict[tuple[str, str], tuple[str, str]] = {}
-        parts: dict[tuple[str, str, str], list[str]] = {}  # (hash, namespace, memory) -> its stored chunks
-        need: dict[tuple[str, str, str], tuple[int, str]] = {}  # -> (chunks it was stored in, kind)
+        have: dict[tuple, tuple[str, str]] = {}  # identity (see _identity) -> (stored memory, its kind)
+        parts: dict[tuple, list[str]] = {}  # (identity, memory) -> its stored chunks
+        need: dict[tuple, tuple[int, str]] = {}  # -> (chunks it was stored in, kind)
         for s in range(0, len(hashes), 500):
             found = self._call("duplicate check", self._coll.get, where={"content_hash": {"$in": hashes[s:s + 500]}},
                                include=["metadatas"])
             for i, md in zip(found["ids"], found["metadatas"]):
-                key = (md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE, md.get("parent_id") or i)
+                key = (_identity(md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE,
+                                 md.get("session"), md.get("speaker")), md.get("parent_id") or i)
                 parts.setdefault(key, []).append(i)
                 need[key] = (int(md.get("chunk_count") or 1), md.get("kind", "fact"))
         gone = self.ledger.forgotten_among([i for ids in parts.values() for i in ids])
@@ -328,16 +331,16 @@ class EpisodeStore:
         if fragments:
             self.delete_ids(fragments)
         dropped = set(fragments)
-        for (h, ns, root), ids in parts.items():
+        for (ident, root), ids in parts.items():
             if ids[0] not in dropped:  # a memory's chunks go together
-                have.setdefault((h, ns), (root, need[(h, ns, root)][1]))
+                have.setdefault(ident, (root, need[(ident, root)][1]))
         results: list[RememberResult] = []
         eps: list[Episode] = []
         from .embedder import MiniLMEmbedding
 
         fits = MiniLMEmbedding(self.cfg.embedder).fits  # a chunk the embedder would cut short is split again
         for p in prepared:
-            key = (p["hash"], p["namespace"])
+            key = _identity(p["hash"], p["namespace"], p["session"], p["speaker"])
             if key in have:
                 root, kind = have[key]
                 results.append(RememberResult(id=root, chunk_ids=[], duplicate=True, kind=kind, chars=len(p["text"])))
@@ -940,8 +943,23 @@ class EpisodeStore:
         return f"{self.cfg.host}:{self.cfg.port}/{self.cfg.collection}"
 
     def count(self) -> int:
+        """Stored rows: a long memory counts once per chunk (see `tally` for memories)."""
         self._fresh()
         return int(self._call("count", self._coll.count))
+
+    def tally(self) -> dict[str, int]:
+        """What a person counts: memories (a long one chunked is one), those still waiting for a sleep (any
+        chunk not consolidated), and the stored chunks. Forgotten ones count nowhere. Reads every row's
+        metadata: for status, not for a hot path."""
+        eps = self.list()
+        return {"memories": len({e.parent_id or e.id for e in eps}),
+                "unconsolidated": len({e.parent_id or e.id for e in eps if not e.consolidated_in}),
+                "chunks": len(eps)}
+
+
+def _identity(content_hash: str, namespace: str, session: str | None, speaker: str | None) -> tuple:
+    """What makes two memories the same one: their text, namespace, session and speaker."""
+    return (content_hash, namespace, session or None, speaker or None)
 
 
 def _encodable(value: Any, what: str) -> None:

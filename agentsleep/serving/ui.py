@@ -162,7 +162,7 @@ class HomeAPI:
                 eps = [e for e in eps if (source is None or e.source == source)
                        and (since is None or _naive(e.when()) >= _naive(since))
                        and (until is None or _naive(e.when()) < _naive(until))][::-1][:limit]
-            total = self.home.store.count()
+            total = self.home.store.tally()["memories"]  # as listed: one row per memory, chunks reassembled
         return {"episodes": [e.public() for e in eps], "total": total}
 
     def episode(self, eid: str) -> dict[str, Any]:
