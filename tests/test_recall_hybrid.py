@@ -382,7 +382,7 @@ def test_remember_many_is_remember_in_bulk(store):
     items = [dict(text=f"Turn {i}: we discussed the lighthouse at Skerry Point.", session="s", speaker="Ana",
                   namespace="c", kind="turn") for i in range(5)]
     items.append(dict(text="Turn 0: we discussed the lighthouse at Skerry Point.", namespace="c", session="s",
-                      speaker="Ana"))  # a duplicate: same words, session and speaker
+                      speaker="Ana", kind="turn"))  # a duplicate: the same turn (words, session and speaker)
     res = store.remember_many(items)
     assert [r.duplicate for r in res] == [False] * 5 + [True] and res[5].id == res[0].id
     assert store.count() == 5 and store.lexical.count() == 5

@@ -104,22 +104,26 @@ def test_duplicate_is_flagged_and_not_stored_twice(store):
     assert store.count() == 1
 
 
-def test_the_same_words_from_another_speaker_or_session_are_another_memory(store):
+def test_the_same_words_from_another_speaker_or_session_are_another_turn(store):
     """A conversation repeats short turns ("Thanks!"): each is its own episode, with its own speaker, session
-    and time; only a repeat within the same session and voice is a duplicate."""
-    a = store.remember("Thanks, that helps a lot!", kind="turn", session="s1", speaker="Ana")
-    b = store.remember("Thanks, that helps a lot!", kind="turn", session="s1", speaker="Ben")
-    c = store.remember("Thanks, that helps a lot!", kind="turn", session="s2", speaker="Ana")
-    d = store.remember("Thanks, that helps a lot!", kind="turn")
-    again = store.remember("Thanks, that helps a lot!", kind="turn", session="s2", speaker="Ana")
-    batch = store.remember_many([dict(text="Thanks, that helps a lot!", session="s3", speaker="Ana"),
-                                 dict(text="Thanks, that helps a lot!", session="s3", speaker="Ana")])
+    and time; only a repeat within the same session and voice is a duplicate. A fact is one fact wherever told."""
+    t = "Thanks, that helps a lot!"
+    a = store.remember(t, kind="turn", session="s1", speaker="Ana")
+    b = store.remember(t, kind="turn", session="s1", speaker="Ben")
+    c = store.remember(t, kind="turn", session="s2", speaker="Ana")
+    d = store.remember(t, kind="turn")
+    again = store.remember(t, kind="turn", session="s2", speaker="Ana")
+    batch = store.remember_many([dict(text=t, kind="turn", session="s3", speaker="Ana"),
+                                 dict(text=t, kind="turn", session="s3", speaker="Ana")])
     assert not any(r.duplicate for r in (a, b, c, d)) and len({a.id, b.id, c.id, d.id}) == 4
     assert again.duplicate and again.id == c.id
     assert [r.duplicate for r in batch] == [False, True] and batch[1].id == batch[0].id
     assert store.count() == 5
     assert {(e.session, e.speaker) for e in store.list()} == {("s1", "Ana"), ("s1", "Ben"), ("s2", "Ana"),
                                                                (None, None), ("s3", "Ana")}
+    fact = store.remember(FACTS[2], session="s1")
+    told_again = store.remember(FACTS[2], session="s2", speaker="Ana")
+    assert told_again.duplicate and told_again.id == fact.id
 
 
 def test_long_text_is_chunked_with_parent_link_and_reassembles_exactly(tmp_path):
@@ -555,7 +559,7 @@ def test_server_mode_remember_recall_count(chroma_server, tmp_path):
     cfg = MemoryConfig(backend="server", host=host, port=port, collection="server_basic", chunk_chars=800)
     s = EpisodeStore(cfg, root=tmp_path / "memory")
     ids = [s.remember(f, session="srv").id for f in FACTS]
-    assert s.remember(FACTS[0], session="srv").duplicate
+    assert s.remember(FACTS[0]).duplicate  # a fact told again in another session is the same fact
     assert s.count() == len(FACTS)
     hits = s.recall("Who has a peanut allergy?", k=2, session="srv")
     assert hits[0].id == ids[2] and hits[0].score > hits[1].score

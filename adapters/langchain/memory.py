@@ -87,9 +87,10 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
     by default they are not stored). Role, order and tool calls are kept in the
     episode's provenance, so messages round-trip.
 
-    The store drops exact duplicates within a session; when a message repeats
-    one of the same session (e.g. "User: thanks" twice), it is stored with a
-    ``[session #n]`` header so the history stays complete.
+    The store drops an exact duplicate of a turn within a session (and of a
+    tool result anywhere); when a message repeats one (e.g. "User: thanks"
+    twice), it is stored with a ``[session #n]`` header so the history stays
+    complete.
 
     ``clear()`` forgets this history's episodes (including consolidated ones,
     though what a sleep already put into the weights stays there).

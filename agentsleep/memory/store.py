@@ -293,8 +293,8 @@ class EpisodeStore:
                  created_at: datetime | None = None, namespace: str = DEFAULT_NAMESPACE,
                  event_time: datetime | None = None, speaker: str | None = None) -> RememberResult:
         """Store a memory in `namespace`. Exact duplicates are detected and not stored twice: the same text in
-        the same namespace, session and speaker's voice (a "Thanks!" said by another speaker or in another
-        session is another turn of a conversation, not a repeat).
+        the same namespace, and for a turn (kind "turn") the same session and speaker too (a "Thanks!" said by
+        the other speaker or in another session is another turn of the conversation, not a repeat).
 
         `event_time` is when it happened (e.g. the date of the conversation); it defaults to now."""
         return self.remember_many([dict(text=text, kind=kind, source=source, session=session, trust=trust,
@@ -321,7 +321,7 @@ class EpisodeStore:
                                include=["metadatas"])
             for i, md in zip(found["ids"], found["metadatas"]):
                 key = (_identity(md.get("content_hash", ""), md.get("namespace") or DEFAULT_NAMESPACE,
-                                 md.get("session"), md.get("speaker")), md.get("parent_id") or i)
+                                 md.get("kind", "fact"), md.get("session"), md.get("speaker")), md.get("parent_id") or i)
                 parts.setdefault(key, []).append(i)
                 need[key] = (int(md.get("chunk_count") or 1), md.get("kind", "fact"))
         gone = self.ledger.forgotten_among([i for ids in parts.values() for i in ids])
@@ -340,7 +340,7 @@ class EpisodeStore:
 
         fits = MiniLMEmbedding(self.cfg.embedder).fits  # a chunk the embedder would cut short is split again
         for p in prepared:
-            key = _identity(p["hash"], p["namespace"], p["session"], p["speaker"])
+            key = _identity(p["hash"], p["namespace"], p["kind"], p["session"], p["speaker"])
             if key in have:
                 root, kind = have[key]
                 results.append(RememberResult(id=root, chunk_ids=[], duplicate=True, kind=kind, chars=len(p["text"])))
@@ -957,9 +957,13 @@ class EpisodeStore:
                 "chunks": len(eps)}
 
 
-def _identity(content_hash: str, namespace: str, session: str | None, speaker: str | None) -> tuple:
-    """What makes two memories the same one: their text, namespace, session and speaker."""
-    return (content_hash, namespace, session or None, speaker or None)
+def _identity(content_hash: str, namespace: str, kind: str, session: str | None, speaker: str | None) -> tuple:
+    """What makes two memories the same one: their text and namespace; for a turn of a conversation, also its
+    session and speaker (a "Thanks!" said again by the other speaker, or in another session, is another turn,
+    while a fact told in two sessions is one fact)."""
+    if kind == "turn":
+        return (content_hash, namespace, "turn", session or None, speaker or None)
+    return (content_hash, namespace)
 
 
 def _encodable(value: Any, what: str) -> None:

@@ -284,8 +284,8 @@ class MemoryServer:
 
         @srv.tool(description="Store a memory (kind: fact, turn, observation or tool) in a namespace (default "
                               "'default'), with when it happened (event_time, ISO; default now) and who said it "
-                              "(speaker). The same text again in the same session and voice is not stored twice. "
-                              "Returns its episode id.")
+                              "(speaker). Exact duplicates are not stored twice (a turn repeated in another session or "
+                              "by another speaker is not a duplicate). Returns its episode id.")
         def remember(text: Text, kind: str = "fact", source: str = "user", session: Opt = None,
                      namespace: Opt = None, untrusted: bool = False, event_time: Opt = None,
                      speaker: Opt = None) -> dict:
