@@ -477,9 +477,13 @@ def forget(episode_id: Optional[str] = typer.Argument(None, help="Episode id to 
     if r is None:
         with _home() as h:
             r = h.forget(episode_id, query=query, k=k, fallback=fallback, namespace=namespace)
+    deleted = r.get("versions_deleted") or []
+    still = [v for v in r["versions_holding_it"] if v not in deleted]
     _emit(as_json, r, lambda: out.print(
-        f"forgot {len(r['forgotten'])} episode(s)" + (f"; versions {', '.join(r['versions_holding_it'])} still hold it: "
-                                                      f"the next sleep rebuilds from {r['rebuild_from']}" if r['versions_holding_it'] else "")
+        f"forgot {len(r['forgotten'])} episode(s)"
+        + (f"; deleted version(s) {', '.join(deleted)} that held it" if deleted else "")
+        + (f"; version(s) {', '.join(still)} still hold it: the next sleep rebuilds from {r['rebuild_from']}, "
+           "then deletes them" if still else "")
         + f"; serving {r['serving']}"))
 
 

@@ -169,16 +169,21 @@ class Home:
         except SleepLockedError:
             pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this
 
-    def _after_forget_record(self, removed: list[str], *, fallback: bool = False) -> set[str]:
+    def _after_forget_record(self, removed: list[str], *, fallback: bool = False) -> tuple[set[str], list[str]]:
         """What `forget` does once the forgetting is recorded, before the deletes: the update records naming
         them go (an episode superseded only by a forgotten one is current again), the learned dream writer
-        goes, and the rebuild is planned. Returns the versions holding them."""
+        goes, the rebuild is planned, the sleeps' records lose their dreams and probe answers, and the
+        versions holding them are deleted, but for the serving lineage, which the rebuild replaces first.
+        Returns the versions holding them, and those deleted."""
         from .memory import supersede
+        from .sleep.journal import scrub
         from .sleep.writer import forget_writer
 
         supersede.drop(self.store.ledger.path, removed)
         forget_writer(self.root)
-        return self._plan_rebuild(removed, fallback=fallback)
+        holders = self._plan_rebuild(removed, fallback=fallback)
+        scrub(self.root, set(removed))
+        return holders, self.registry.erase_holding(set(self.store.ledger.forgotten()))
 
     @property
     def registry(self) -> Registry:
@@ -287,12 +292,13 @@ class Home:
             removed = list(dict.fromkeys(i for t in dict.fromkeys(targets) for i in self.store.family(t)))
             ledger = self.store.ledger
             ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
-            holders = self._after_forget_record(removed, fallback=fallback)
+            holders, deleted = self._after_forget_record(removed, fallback=fallback)
             self.store.delete_ids(removed)
             ledger.forget_done(removed)
             plan = load_rebuild(self.root)
         return {"forgotten": removed, "versions_holding_it": sorted(holders),
-                "rebuild_from": plan["from"] if plan else None, "serving": self.registry.current_name()}
+                "versions_deleted": deleted, "rebuild_from": plan["from"] if plan else None,
+                "serving": self.registry.current_name()}
 
     def _plan_rebuild(self, removed: list[str], *, fallback: bool = False) -> set[str]:
         """Schedule the weights to be rebuilt without `removed`: the next sleep starts from the last version

@@ -751,9 +751,23 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
     reg.commit(st, {"parent": "v0001", "kind": "sleep", "episode_ids": [c], "sleep_id": "s2"})
     h.store.ledger.mark([c], "v0002", "s2")
     d = h.remember("Unconsolidated note about lunch.").id
+    st = reg.new_staging()  # a branch off v0001 that is not served: it holds a through its parent
+    reg.commit(st, {"parent": "v0001", "kind": "sleep", "episode_ids": [d], "sleep_id": "s3"}, make_current=False)
+    s1 = h.root / "sleeps" / "s1"  # the record of the sleep that consolidated a and b
+    s1.mkdir(parents=True)
+    (s1 / "dreams.jsonl").write_text("".join(json.dumps(r) + "\n" for r in (
+        {"episode_id": a, "question": "What is the dog called?", "answer": "Biscuit"},
+        {"episode_id": b, "question": "Who is the dentist?", "answer": "Dr. Okafor"})))
+    (s1 / "report.json").write_text(json.dumps({"sleep_id": "s1", "status": "promoted", "metrics": {"sample_answers": [
+        {"q": "What is the dog called?", "gold": "Biscuit", "pred": "Biscuit"},  # an older report: no episode id
+        {"q": "Who is the dentist?", "gold": "Dr. Okafor", "pred": "Okafor", "episode_id": b}]}}))
 
     r = h.forget(a)
     assert r["versions_holding_it"] == ["v0001"] and r["rebuild_from"] == "v0000" and r["serving"] == "v0002"
+    assert r["versions_deleted"] == ["v0003"] and reg.names() == ["v0000", "v0001", "v0002"]  # served: kept
+    for f in ("dreams.jsonl", "report.json", "report.html"):  # the sleep's record keeps b and loses a
+        text = (s1 / f).read_text()
+        assert "Biscuit" not in text and "Okafor" in text, f
     assert h.status()["pending_forget"] == {"versions_holding_forgotten_data": ["v0001", "v0002"],
                                             "next_sleep_rebuilds_from": "v0000"}
     plan = select(h)
@@ -765,9 +779,10 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
         with pytest.raises(InputError, match="forgotten episode"):
             h.rollback(tainted)
     assert h.registry.current_name() == "v0002"
-    # fallback serves the clean version at once
-    h.forget(query="wifi", fallback=True)
+    # fallback serves the clean version at once, and the versions holding forgotten episodes go
+    r = h.forget(query="wifi", fallback=True)
     assert h.registry.current_name() == "v0000"
+    assert r["versions_deleted"] == ["v0001", "v0002"] and reg.names() == ["v0000"]
     assert sorted(m.id for m in select(h).memories) == sorted([b, d])
 
 

@@ -241,7 +241,33 @@ class Registry:
             while v.parent and v.parent not in kept and v.parent in present:  # (an older prune may have cut it)
                 kept.add(v.parent)
                 v = self.get(v.parent)
-        doomed = [n for n in names if n not in kept]
+        return self._delete([n for n in names if n not in kept])
+
+    def holding(self, episode_ids: set[str]) -> list[str]:
+        """Versions whose weights hold any of `episode_ids`: one that consolidated (or rehearsed) one of
+        them, and every version built on such a one. Their descendants are among them, so deleting them
+        all never cuts a clean version's history."""
+        held: set[str] = set()
+        for n in self.names():  # a parent is always older than its children
+            try:
+                m = self.get(n).manifest
+            except RegistryError:  # unreadable: `history` reports it; it cannot be served either
+                continue
+            if m.get("parent") in held or not episode_ids.isdisjoint(
+                    list(m.get("episode_ids") or []) + list(m.get("replay_ids") or [])):
+                held.add(n)
+        return sorted(held, key=lambda n: int(n[1:]))
+
+    def erase_holding(self, episode_ids: set[str]) -> list[str]:
+        """Delete for good the versions whose weights hold a forgotten episode (`holding`), their manifests
+        (which quote its probes) and cached weights; not the base nor the serving version's lineage, which
+        a rebuild replaces first (then this runs again). Returns the names deleted."""
+        if not episode_ids:
+            return []
+        keep = {v.name for v in self.lineage()} | {BASE_VERSION}
+        return self._delete([n for n in self.holding(episode_ids) if n not in keep])
+
+    def _delete(self, doomed: list[str]) -> list[str]:
         for n in doomed:
             remove_dir(self.versions_dir / n)
         if doomed:

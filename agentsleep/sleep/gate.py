@@ -275,7 +275,8 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
     failed, reasons = decide(cfg, len(probes), before, after, retention, kl, counts=counts, base_kl=base_kl)
     metrics["gate_failed"] = failed
     ok = not failed
-    metrics["sample_answers"] = [{"q": p.question, "gold": p.answer, "pred": a} for p, a in zip(probes[:5], answers[:5])]
+    metrics["sample_answers"] = [{"q": p.question, "gold": p.answer, "pred": a, "episode_id": p.episode_id}
+                                 for p, a in zip(probes[:5], answers[:5])]  # the episode: `forget` scrubs them
     return Verdict(ok, reasons, metrics, hits=hits)
 
 

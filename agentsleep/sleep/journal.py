@@ -114,6 +114,57 @@ def read_dreams(sleep_dir: Path) -> list[Dream]:
     return [Dream(**json.loads(line)) for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def scrub(home: Path, episode_ids: set[str]) -> list[str]:
+    """After `forget`: take the forgotten episodes out of every sleep's record on disk. Their dreams and
+    implications leave dreams.jsonl / implications.jsonl, their probes' sample answers leave report.json,
+    and report.html is drawn again from what is left. Each file is replaced atomically. Returns the sleep
+    ids whose records changed."""
+    from ..atomic import atomic_write_json, atomic_write_text
+    from .report_html import write_html
+
+    changed = []
+    for d in sorted((Path(home) / "sleeps").glob("*/")):
+        asked: set[str] = set()  # questions about the forgotten episodes (older reports name no episode)
+        touched = False
+        for name in ("dreams.jsonl", "implications.jsonl"):
+            f = d / name
+            try:
+                lines = f.read_text(encoding="utf-8").splitlines()
+            except OSError:
+                continue
+            kept = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    kept.append(line)
+                    continue
+                if isinstance(rec, dict) and rec.get("episode_id") in episode_ids:
+                    asked.add(str(rec.get("question", "")))
+                else:
+                    kept.append(line)
+            if len(kept) != len(lines):
+                atomic_write_text(f, "".join(line + "\n" for line in kept))
+                touched = True
+        try:
+            rep = json.loads((d / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            rep = None
+        samples = ((rep or {}).get("metrics") or {}).get("sample_answers")
+        if isinstance(samples, list):
+            left = [x for x in samples if not (isinstance(x, dict) and (x.get("episode_id") in episode_ids
+                                                                        or x.get("q") in asked))]
+            if len(left) != len(samples):
+                rep["metrics"]["sample_answers"] = left
+                atomic_write_json(d / "report.json", rep)
+                touched = True
+        if touched:
+            if rep is not None:
+                write_html(d)
+            changed.append(d.name)
+    return changed
+
+
 # ---- reading journals, and recovery (the daemon, `status`, `recover`) ----
 
 def journals(home: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -333,8 +333,9 @@ def publish_version(n: Night) -> None:
     ledger.succeed([m.id for m in plan.memories])
     ledger.name_candidate(plan.sleep_id, n.version.name)
     ledger.set_probe_since({probe_id(p.question, p.answer): n.version.name for p in n.probes})
-    if plan.rebuild:
+    if plan.rebuild:  # the serving lineage no longer holds what was forgotten: the versions that do go
         save_rebuild(home.root, None)
+        home.registry.erase_holding(set(ledger.forgotten()))
 
 
 def reconcile_ledger(home) -> list[str]:
