@@ -181,9 +181,20 @@ class Home:
 
         supersede.drop(self.store.ledger.path, removed)
         forget_writer(self.root)
+        before = self.registry.current_name()
         holders = self._plan_rebuild(removed, fallback=fallback)
         scrub(self.root, set(removed))
-        return holders, self.registry.erase_holding(set(self.store.ledger.forgotten()))
+        return holders, self.erase_forgotten(keep={before})
+
+    def erase_forgotten(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+        """Delete the versions whose weights hold a forgotten episode, but for the serving lineage and `keep`
+        (the version served until a moment ago: another process serving it swaps away first; the next
+        sleep deletes it). Run by `forget`, after a rebuild publishes, and as each sleep starts (so that a
+        delete cut short is finished). Returns the names deleted."""
+        gone = self.registry.erase_holding(set(self.store.ledger.forgotten()), keep=keep)
+        if gone:
+            self.store.ledger.unmark_versions(gone)
+        return gone
 
     @property
     def registry(self) -> Registry:
@@ -585,7 +596,11 @@ def _pending_forget(root: Path) -> dict[str, Any] | None:
     from .sleep.select import load_rebuild
 
     plan = load_rebuild(root)
-    return None if not plan else {"versions_holding_forgotten_data": plan["versions"], "next_sleep_rebuilds_from": plan["from"]}
+    if not plan:
+        return None
+    on_disk = {p.name for p in (root / "registry" / "versions").glob("v*")}  # the others were deleted already
+    return {"versions_holding_forgotten_data": [v for v in plan["versions"] if v in on_disk],
+            "next_sleep_rebuilds_from": plan["from"]}
 
 
 def parse_since(value: str | None, flag: str = "--since") -> datetime | None:

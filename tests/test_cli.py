@@ -304,3 +304,25 @@ def test_out_of_range_input_gets_one_line(tmp_path, env):
     for args, want in cases:
         assert want in run_cli(*args, home=home, env=env).one_line_error(), args
     assert run_cli("status", "--json", home=home, env=env).json()["episodes"] == 1
+
+
+def test_status_and_the_dashboard_count_memories_not_chunks(tmp_path, env):
+    """A long text stored in chunks is one episode to a person: `status` and the dashboard's list say 2 here,
+    not the 2 + chunks stored rows (those are shown apart)."""
+    from agentsleep.config import Config
+    from agentsleep.home import Home
+    from agentsleep.serving.ui import HomeAPI
+
+    root = Home.init(tmp_path / "h", config=Config.model_validate({"model": {"base": env["AGENTSLEEP_MODEL__BASE"]}}))
+    long = " ".join(f"Paragraph {i} of the lease says the tenant keeps the garden tidy and the gate shut." for i in range(40))
+    with Home.open(root) as h:
+        chunks = len(h.remember(long, kind="observation").chunk_ids)
+        h.remember("The landlord's name is Mrs. Okonkwo.")
+        assert chunks > 2
+        st = h.status()
+        assert (st["episodes"], st["unconsolidated"], st["chunks"]) == (2, 2, chunks + 1)
+        listed = HomeAPI(h).episodes({})
+        assert listed["total"] == 2 and len(listed["episodes"]) == 2
+        assert HomeAPI(h).episodes({"kind": "fact"})["total"] == 2  # filtered: the home's total still
+    human = run_cli("status", home=root, env=env).out
+    assert f"({chunks + 1} stored chunks)" in human

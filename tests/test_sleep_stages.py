@@ -779,10 +779,17 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
         with pytest.raises(InputError, match="forgotten episode"):
             h.rollback(tainted)
     assert h.registry.current_name() == "v0002"
-    # fallback serves the clean version at once, and the versions holding forgotten episodes go
+    # fallback serves the clean version at once; the versions holding forgotten episodes go, but the one
+    # served until now (with its history) waits for the next sleep: another process may still serve it
     r = h.forget(query="wifi", fallback=True)
     assert h.registry.current_name() == "v0000"
-    assert r["versions_deleted"] == ["v0001", "v0002"] and reg.names() == ["v0000"]
+    assert r["versions_deleted"] == [] and h.status()["pending_forget"]["versions_holding_forgotten_data"] == [
+        "v0001", "v0002"]
+    assert h.erase_forgotten() == ["v0001", "v0002"] and reg.names() == ["v0000"]
+    assert h.status()["pending_forget"]["versions_holding_forgotten_data"] == []
+    assert h.store.ledger.versions_of([b, c]) == {}  # what they consolidated waits for the rebuild
+    v = reg.commit(reg.new_staging(), {"parent": "v0000", "kind": "sleep"})
+    assert v.name == "v0004"  # a deleted version's name is never given again
     assert sorted(m.id for m in select(h).memories) == sorted([b, d])
 
 

@@ -88,12 +88,12 @@ class EpisodeChatMessageHistory(BaseChatMessageHistory):
     episode's provenance, so messages round-trip.
 
     The store drops an exact duplicate of a turn within a session (and of a
-    tool result anywhere); when a message repeats one (e.g. "User: thanks"
-    twice), it is stored with a ``[session #n]`` header so the history stays
-    complete.
+    tool result or system message anywhere in the namespace); when a message
+    repeats one (e.g. "User: thanks" twice), it is stored with a
+    ``[session #n]`` header so the history stays complete.
 
-    ``clear()`` forgets this history's episodes (including consolidated ones,
-    though what a sleep already put into the weights stays there).
+    ``clear()`` forgets this history's episodes, consolidated ones included
+    (``Home.forget``: the next sleep rebuilds the weights without them).
     """
 
     def __init__(self, session_id: str, home: Any = None, *, record_system: bool = False,

@@ -35,6 +35,7 @@ from ..errors import RegistryError
 from ..procs import pid_alive
 
 BASE_VERSION = "v0000"
+LAST = "LAST"  # the highest version name ever published, kept when versions are deleted
 _NAME = re.compile(r"^v\d{4,}$")
 
 
@@ -153,8 +154,7 @@ class Registry:
 
     def commit(self, staging: Path, manifest: dict[str, Any], *, make_current: bool = True) -> Version:
         """Write the manifest last, move the staged directory into place, flip CURRENT."""
-        names = self.names()
-        name = f"v{int(names[-1][1:]) + 1:04d}" if names else "v0001"
+        name = f"v{self._highest() + 1:04d}"
         manifest = {**manifest, "version": name, "created_at": manifest.get("created_at", time.time())}
         dest = self.versions_dir / name
         try:
@@ -167,6 +167,16 @@ class Registry:
         if make_current:
             self.set_current(name)
         return Version(name, dest, manifest, registry_base=self.base_model)
+
+    def _highest(self) -> int:
+        """The highest version number ever published: on disk, or deleted (`LAST`). A name is never given
+        twice: the ledger's answers, serving and caches take a name to mean one set of weights."""
+        names = self.names()
+        try:
+            last = int((self.root / LAST).read_text(encoding="utf-8").strip()[1:])
+        except (OSError, ValueError):
+            last = 0
+        return max(int(names[-1][1:]) if names else 0, last)
 
     def deltas_since_snapshot(self, name: str) -> int:
         """How many delta versions a rebuild of `name` applies (0 for a full version or the base)."""
@@ -258,17 +268,26 @@ class Registry:
                 held.add(n)
         return sorted(held, key=lambda n: int(n[1:]))
 
-    def erase_holding(self, episode_ids: set[str]) -> list[str]:
+    def erase_holding(self, episode_ids: set[str], keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Delete for good the versions whose weights hold a forgotten episode (`holding`), their manifests
-        (which quote its probes) and cached weights; not the base nor the serving version's lineage, which
-        a rebuild replaces first (then this runs again). Returns the names deleted."""
+        (which quote its probes) and cached weights; not the base, `keep`, nor the serving version's
+        lineage, which a rebuild replaces first (then this runs again). Returns the names deleted."""
         if not episode_ids:
             return []
-        keep = {v.name for v in self.lineage()} | {BASE_VERSION}
-        return self._delete([n for n in self.holding(episode_ids) if n not in keep])
+        kept = {BASE_VERSION}
+        for name in {self.current_name(), *keep}:
+            try:
+                kept |= {v.name for v in self.lineage(name)}  # with its history: a delta is rebuilt from it
+            except RegistryError:
+                kept.add(name)
+        return self._delete([n for n in self.holding(episode_ids) if n not in kept])
 
     def _delete(self, doomed: list[str]) -> list[str]:
-        for n in doomed:
+        """Newest first: a kill midway leaves older versions, which `holding` still finds through their own
+        manifests, never a child whose parent is gone."""
+        if doomed:
+            atomic_write_text(self.root / LAST, f"v{self._highest():04d}\n")
+        for n in sorted(doomed, key=lambda n: int(n[1:]), reverse=True):
             remove_dir(self.versions_dir / n)
         if doomed:
             from .deltas import evict

@@ -152,6 +152,7 @@ class HomeAPI:
         since, until = _when(p.get("since"), "since"), _when(p.get("until"), "until")
         kind, session, source = p.get("kind") or None, p.get("session") or None, p.get("source") or None
         ns = p.get("namespace") or None
+        unfiltered = None  # the total from the listing itself, when nothing filters it
         with self.store_lock:
             if p.get("q"):
                 eps = self.home.recall(p["q"], min(limit, 100), kind=kind, session=session, source=source,
@@ -159,10 +160,11 @@ class HomeAPI:
             else:
                 eps = self.home.episodes(kind=kind, session=session, namespace=ns)
                 eps = [e for e in eps if e.chunk_index == 0]
+                unfiltered = len(eps) if kind is None and session is None and ns is None else None
                 eps = [e for e in eps if (source is None or e.source == source)
                        and (since is None or _naive(e.when()) >= _naive(since))
                        and (until is None or _naive(e.when()) < _naive(until))][::-1][:limit]
-            total = self.home.store.tally()["memories"]  # as listed: one row per memory, chunks reassembled
+            total = unfiltered if unfiltered is not None else self.home.store.tally()["memories"]  # as listed
         return {"episodes": [e.public() for e in eps], "total": total}
 
     def episode(self, eid: str) -> dict[str, Any]:

@@ -14,6 +14,7 @@ and episodes are marked consolidated only after it.
 from __future__ import annotations
 
 import gc
+import logging
 import signal
 import threading
 import time
@@ -43,6 +44,8 @@ from .seed import known, seed
 from .retry import count_crash, record_failure, retry_config, set_aside
 from .select import new_sleep_id, save_rebuild, select
 from .types import Dream, Probe, SleepPlan, SleepReport, Status
+
+log = logging.getLogger(__name__)
 
 
 class _StopFlag:
@@ -327,6 +330,7 @@ def publish_version(n: Night) -> None:
                 "episode_ids": [m.id for m in plan.memories], "replay_ids": sorted(m.id for m in plan.replay),
                 "excluded": plan.excluded, "probes": [asdict(p) for p in n.probes], "metrics": n.metrics(),
                 "timings": dict(n.journal.timings), "config": cfg.model_dump(), "model": home.config.model.base}
+    served_before = home.registry.current_name()
     n.version = publish(n.pm, n.tok, home.registry, manifest, should_stop=n.stop)
     ledger = home.store.ledger
     ledger.mark([m.id for m in plan.memories], n.version.name, plan.sleep_id)
@@ -335,7 +339,15 @@ def publish_version(n: Night) -> None:
     ledger.set_probe_since({probe_id(p.question, p.answer): n.version.name for p in n.probes})
     if plan.rebuild:  # the serving lineage no longer holds what was forgotten: the versions that do go
         save_rebuild(home.root, None)
-        home.registry.erase_holding(set(ledger.forgotten()))
+        _erase_forgotten(home, keep={served_before})  # a server may still serve it for a moment
+
+
+def _erase_forgotten(home, keep: set[str]) -> None:
+    """`Home.erase_forgotten`, never failing a sleep: what it could not delete, the next sleep deletes."""
+    try:
+        home.erase_forgotten(keep=keep)
+    except (OSError, AgentsleepError) as e:
+        log.warning("could not delete the versions holding forgotten episodes yet: %s", e)
 
 
 def reconcile_ledger(home) -> list[str]:
@@ -459,6 +471,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
         home.registry.sweep_staging()
         if not dry_run:
             reconcile_ledger(home)
+            _erase_forgotten(home, keep=set())  # what an earlier forget or rebuild left to delete
         updated = [] if dry_run else detect_updates(home, max_episodes)
         plan = select(home, max_episodes=max_episodes, sleep_id=sleep_id, seed=home.config.sleep.seed.seed)
         if not dry_run:
