@@ -785,7 +785,10 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
     assert h.registry.current_name() == "v0000"
     assert r["versions_deleted"] == [] and h.status()["pending_forget"]["versions_holding_forgotten_data"] == [
         "v0001", "v0002"]
+    (reg.root / "cache").mkdir(exist_ok=True)
+    (reg.root / "cache" / "v0001-generic.json").write_text("{}")  # that model's answers to the generic prompts
     assert h.erase_forgotten() == ["v0001", "v0002"] and reg.names() == ["v0000"]
+    assert not (reg.root / "cache" / "v0001-generic.json").exists()
     assert h.status()["pending_forget"]["versions_holding_forgotten_data"] == []
     assert h.store.ledger.versions_of([b, c]) == {}  # what they consolidated waits for the rebuild
     v = reg.commit(reg.new_staging(), {"parent": "v0000", "kind": "sleep"})

@@ -289,6 +289,7 @@ class Registry:
             atomic_write_text(self.root / LAST, f"v{self._highest():04d}\n")
         for n in sorted(doomed, key=lambda n: int(n[1:]), reverse=True):
             remove_dir(self.versions_dir / n)
+            (self.root / "cache" / f"{n}-generic.json").unlink(missing_ok=True)  # its answers to the generic prompts
         if doomed:
             from .deltas import evict
 
