@@ -161,8 +161,7 @@ def test_a_wrong_home_is_refused_never_made_into_one_or_purged(tmp_path, env):
         assert "not an agentsleep home" in run_cli(*args, home=proj, env=env).one_line_error()
     assert sorted(p.name for p in proj.rglob("*")) == ["main.py", "memory", "notes.md"]
     typo = tmp_path / "alcie"
-    for args in (("recall", "daughter"), ("status",), ("history",), ("rollback", "v0001"), ("serve", "--port", "65000"),
-                 ("mcp",)):  # a server started on a mistyped home would serve an empty one
+    for args in (("recall", "daughter"), ("status",), ("history",), ("rollback", "v0001")):
         assert "does not exist" in run_cli(*args, home=typo, env=env).one_line_error()
     assert not typo.exists()
     assert run_cli("remember", "Alice's daughter is Mia.", home=typo, env=env).code == 0  # remember makes it

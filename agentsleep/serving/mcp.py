@@ -64,12 +64,10 @@ def _sdk() -> Any:
 
 
 def open_home(path: Any) -> tuple[Any, Optional[str]]:
-    """The home, writable when its store is free; read-only (with the reason) when another process writes it.
-    A home named by path must exist (a mistyped --home is an error, not a new empty home served with nothing
-    in it); the default home is created on first use."""
+    """The home, writable when its store is free; read-only (with the reason) when another process writes it."""
     from ..home import Home
 
-    home = Home.open(path, create=path is None)
+    home = Home.open(path)
     try:
         home.store  # noqa: B018 - takes the writer lock now, not at the first remember
         return home, None
