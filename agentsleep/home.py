@@ -522,7 +522,7 @@ class Home:
             "paths": {"config": str(self.root / "config.toml"), "memory": str(self.root / "memory"),
                       "registry": str(reg.root), "sleeps": str(self.root / "sleeps"), "logs": str(self.root / "logs")},
             "last_sleep": _last_sleep(self.root / "sleeps"),
-            "pending_forget": _pending_forget(self.root),
+            "pending_forget": _pending_forget(self.root, set(reg.names())),
             "superseded": _superseded(self.store),
             "held_back": self.held_back(),
         }
@@ -592,14 +592,15 @@ def _superseded(store: EpisodeStore) -> dict[str, str]:
     return superseded(store.ledger.path)
 
 
-def _pending_forget(root: Path) -> dict[str, Any] | None:
+def _pending_forget(root: Path, versions: set[str]) -> dict[str, Any] | None:
+    """The rebuild a forget asked for; of the versions holding forgotten data, those still in `versions` (the
+    registry's: the others were deleted already)."""
     from .sleep.select import load_rebuild
 
     plan = load_rebuild(root)
     if not plan:
         return None
-    on_disk = {p.name for p in (root / "registry" / "versions").glob("v*")}  # the others were deleted already
-    return {"versions_holding_forgotten_data": [v for v in plan["versions"] if v in on_disk],
+    return {"versions_holding_forgotten_data": [v for v in plan["versions"] if v in versions],
             "next_sleep_rebuilds_from": plan["from"]}
 
 
