@@ -164,7 +164,7 @@ class Home:
             return
         try:
             with sleep_lock(self.root, what="forget"):
-                self._after_forget_record(pending)
+                self._after_forget_record(pending, fallback=store.ledger.pending_fallback())
                 store.ledger.forget_done(pending)
         except SleepLockedError:
             pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this
@@ -302,7 +302,7 @@ class Home:
             # serving version that still holds it), and recall and get hide the ids meanwhile.
             removed = list(dict.fromkeys(i for t in dict.fromkeys(targets) for i in self.store.family(t)))
             ledger = self.store.ledger
-            ledger.forget(removed, reason=f"query {query!r}" if query else "by id")
+            ledger.forget(removed, reason=f"query {query!r}" if query else "by id", fallback=fallback)
             holders, deleted = self._after_forget_record(removed, fallback=fallback)
             self.store.delete_ids(removed)
             ledger.forget_done(removed)

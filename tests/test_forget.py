@@ -84,6 +84,25 @@ def test_a_forget_cut_before_its_rebuild_plan_is_planned_on_the_next_open(root, 
     assert planned == [[gone]]                                  # once
 
 
+def test_a_forget_with_fallback_cut_short_is_finished_with_its_fallback(root, monkeypatch):
+    """`forget --fallback` asks to serve the clean version at once: a crash before the plan must not turn it
+    into a plain forget that keeps serving the versions holding the episode until the rebuild."""
+    asked = []
+    with Home.open(root) as h:
+        gone = h.remember("Zephyrine's locker code is 4471.").id
+        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
+            h.forget(gone, fallback=True)
+        assert h.store.ledger.pending_fallback()
+        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: asked.append(kw) or set())
+    with Home.open(root) as h:
+        h.store.count()
+        assert asked == [{"fallback": True}] and not h.store.ledger.pending_fallback()  # done: the wish goes too
+        other = h.remember("The spare key is under the blue flowerpot.").id
+        h.forget(other)                                     # a later plain forget is not served a fallback
+    assert asked[-1] == {"fallback": False}
+
+
 def test_forgetting_drops_the_learned_dream_writer(root):
     """The dream writer is fitted on dreams of the notes: kept, it could write a forgotten note back."""
     for d in (writer_adapter_dir(root), pending_writer_dir(root)):

@@ -175,11 +175,14 @@ class Ledger:
         with self._conn() as c:
             return [r[0] for r in c.execute("SELECT episode_id FROM consolidation WHERE version = ?", (version,))]
 
-    def forget(self, episode_ids: list[str], reason: str = "") -> None:
+    def forget(self, episode_ids: list[str], reason: str = "", *, fallback: bool = False) -> None:
         """Record the forgetting, and drop what the ledger held of these episodes' text (their probes' questions
-        and answers, with every version's answers to them) and their failed attempts."""
+        and answers, with every version's answers to them) and their failed attempts. `fallback` (serve the
+        clean version at once) is recorded with it, so that a forget cut short is finished as it was asked."""
         now = time.time()
         with self._tx() as c:  # probe(episode_id) is indexed: each delete finds its rows, never a scan
+            if fallback:
+                c.execute("INSERT OR REPLACE INTO info VALUES ('forget_fallback', '1')")
             c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
             c.executemany("INSERT OR IGNORE INTO forget_pending VALUES (?)", [(e,) for e in episode_ids])
             for e in episode_ids:
@@ -206,10 +209,17 @@ class Ledger:
         with self._conn() as c:
             return [r[0] for r in c.execute("SELECT episode_id FROM forget_pending")]
 
-    def forget_done(self, episode_ids: list[str]) -> None:
+    def pending_fallback(self) -> bool:
+        """Whether a forget not yet finished asked to serve the clean version at once."""
         with self._conn() as c:
+            return c.execute("SELECT 1 FROM info WHERE key = 'forget_fallback'").fetchone() is not None
+
+    def forget_done(self, episode_ids: list[str]) -> None:
+        with self._tx() as c:
             for part, marks in _batches(episode_ids):
                 c.execute(f"DELETE FROM forget_pending WHERE episode_id IN ({marks})", part)
+            if c.execute("SELECT 1 FROM forget_pending LIMIT 1").fetchone() is None:
+                c.execute("DELETE FROM info WHERE key = 'forget_fallback'")
 
     # -- the per-probe record: what each version answered (the gate's memory across nights) --------
 
