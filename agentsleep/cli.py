@@ -516,7 +516,9 @@ def export(out_file: Optional[Path] = typer.Option(None, "--out", help="Write he
             atomic_write_json(out_file, data, mode=0o600)  # every memory of the home: readable by its owner only
         except OSError as e:
             raise InputError(f"export: cannot write {out_file} ({e.strerror or type(e).__name__})") from None
-        err.print(f"exported {len(data['episodes'])} episodes and {len(data['versions'])} versions to {out_file}")
+        n = len({e.get("parent_id") or e["id"] for e in data["episodes"]})
+        err.print(f"exported {n} memories ({len(data['episodes'])} stored chunks) and {len(data['versions'])} versions "
+                  f"to {out_file}")
 
 
 def _check_export_path(path: Path, home: Path) -> None:
@@ -597,8 +599,9 @@ def migrate(ctx: typer.Context, to: str = typer.Option(..., "--to", help="embedd
             first = e.errors()[0]
             raise InputError(f"migrate: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         r = run_migrate(h, target, persist_token=typed)
-    _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} episodes from {r['from']} to {r['to']} "
-                                        f"({r['copied']} copied, {r['already_there']} already there); the old store is kept"
+    _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} memories ({r['chunks']} stored chunks) from {r['from']} "
+                                        f"to {r['to']} ({r['copied']} chunks copied, {r['already_there']} already there); "
+                                        "the old store is kept"
                                         + (f"; the token was {r['token']}" if r.get("token") else "")))
 
 

@@ -14,7 +14,7 @@ def test_export_then_purge(tmp_path):
     assert [v["version"] for v in data["versions"]] == ["v0000"] and data["current_version"] == "v0000"
     out = tmp_path / "export.json"
     r = run_cli("export", "--out", str(out), home=home)
-    assert r.code == 0 and "exported 2 episodes" in r.err and out.is_file()
+    assert r.code == 0 and "exported 2 memories (2 stored chunks)" in r.err and out.is_file()
     assert "export" in run_cli("export", "--out", str(out / "x.json"), home=home).one_line_error()
     assert out.stat().st_mode & 0o777 == 0o600  # every memory of the home: its owner's only
     link = tmp_path / "link.json"

@@ -72,7 +72,8 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
     finally:
         dst.close()
     _switch_config(home.root / "config.toml", target, persist_token)
-    out = {"episodes": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
+    memories = {(md or {}).get("parent_id") or rid for rid, md in zip(ids, raw["metadatas"])}
+    out = {"episodes": len(memories), "chunks": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
            "from": _describe(src_cfg), "to": _describe(target)}
     if target.token and not persist_token:
         out["token"] = ("not written to config.toml (it came from the environment): set AGENTSLEEP_MEMORY__TOKEN "
