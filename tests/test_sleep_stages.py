@@ -730,8 +730,10 @@ def test_kill_mid_sleep_leaves_previous_version(tiny, tmp_path):
     assert h2.registry.current_name() == "v0000" and h2.registry.names() == ["v0000"]
     assert json.loads(journal.read_text())["status"] == "running"  # recognisably interrupted
     assert len(h2.store.list(unconsolidated_only=True)) == 6
+    assert (journal.parent / "scratch").is_dir()  # its scratch (seeding job, expert) is in the home, not /tmp
     # the lock died with the process: the next sleep runs (and sweeps leftovers)
     assert h2.sleep(dry_run=True).status == "dry-run"
+    assert not (journal.parent / "scratch").exists()
 
 
 def test_forget_schedules_exact_rebuild(tiny, tmp_path):

@@ -1,4 +1,6 @@
 """The seeding loop on accelerate: the same expert from 1 or 2 processes, with or without accumulation/checkpointing."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -109,6 +111,22 @@ def test_workers_need_a_source_and_report_failures(tiny):
         seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2), source=str(tiny / "missing"))
     assert "Traceback" not in str(e.value) and "\n" not in str(e.value)
     assert torch.is_grad_enabled()
+
+
+def test_the_workers_job_is_written_in_the_sleeps_scratch_folder(tiny, tmp_path):
+    """The job file holds the night's dreams: inside a sleep it goes to the sleep's folder in the home (removed
+    with it), and a failed run's log stays beside it, never in the system temp folder."""
+    from agentsleep.sleep import scratch
+
+    model, tok = load(str(tiny))
+    sleep_dir = tmp_path / "sleeps" / "s1"
+    with scratch.in_folder(sleep_dir / "scratch") as here:
+        assert Path(scratch.temporary_directory("x-").name).parent == here
+        with pytest.raises(SleepError, match="failed") as e:
+            seed(model, tok, DREAMS, MEM, SeedConfig(epochs=1, processes=2), source=str(tiny / "missing"))
+    logs = list(sleep_dir.glob("seed-workers-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in str(e.value) and not (sleep_dir / "scratch").exists()
+    assert scratch.folder() is None and scratch.sweep(tmp_path) == []
 
 
 def test_small_sleeps_get_at_least_min_steps(tiny):

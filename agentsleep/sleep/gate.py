@@ -21,7 +21,6 @@ import collections
 import contextlib
 import math
 import statistics
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from ..config import GateConfig
 from ..models import generate as gen
 from ..textmatch import answers_question
+from . import scratch
 from .tensors import collate, encode, forward_picked, kl_picked
 from ..progress import Progress, silent
 from .types import Probe, Verdict
@@ -241,7 +241,7 @@ def evaluate(pm: Any, tok: Any, probes: list[Probe], earlier: list[Probe], drift
                 old_b, _ = closed_book_hits(pm, tok, earlier)
             after_model = stack.enter_context(as_published(pm, stored_dtype))  # the weights serving will hold
         else:
-            expert = stack.enter_context(tempfile.TemporaryDirectory(prefix="agentsleep-expert-"))
+            expert = stack.enter_context(scratch.temporary_directory("agentsleep-expert-"))
             pm.save_pretrained(expert)
             hit_b, _ = closed_book_hits(generator.with_lora(None), tok, probes)
             old_b, _ = closed_book_hits(generator, tok, earlier)

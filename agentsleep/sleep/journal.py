@@ -122,6 +122,9 @@ def scrub(home: Path, episode_ids: set[str]) -> list[str]:
     from ..atomic import atomic_write_json, atomic_write_text
     from .report_html import write_html
 
+    from .scratch import sweep
+
+    sweep(Path(home))  # a killed sleep's seeding job and expert hold its episodes
     changed = []
     for d in sorted((Path(home) / "sleeps").glob("*/")):
         asked: set[str] = set()  # questions about the forgotten episodes (older reports name no episode)

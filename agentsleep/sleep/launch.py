@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from ..config import SeedConfig
+from . import scratch
 from ..errors import SleepError
 from ..models.loader import load
 from ..procs import free_port, terminate_group
@@ -65,7 +66,7 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
         raise SleepError("seed.processes > 1 needs the weights' directory to start the workers from; "
                          "call seed(..., source=VERSION_DIR) or set seed.processes = 1")
     dev = next(model.parameters()).device
-    with tempfile.TemporaryDirectory(prefix="agentsleep-seed-") as tmp:
+    with scratch.temporary_directory("agentsleep-seed-") as tmp:
         job = Path(tmp)
         torch.save({"items": [asdict(it) for it in items], "replay_rows": replay_rows,
                     "retain_rows": list(retain_rows),
@@ -80,7 +81,8 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
             raise SleepError(f"seed.processes = {cfg.processes} but only {torch.cuda.device_count()} GPUs are visible")
         rc = _run_workers(cmd, env, job, progress, should_stop)
         if rc != 0 or not (job / "adapter.safetensors").exists():
-            kept = Path(tempfile.mkstemp(prefix="agentsleep-seed-workers-", suffix=".log")[1])
+            here = scratch.folder()  # the log outlives the scratch folder: in the sleep's own folder
+            kept = Path(tempfile.mkstemp(prefix="seed-workers-", suffix=".log", dir=here.parent if here else None)[1])
             shutil.copyfile(job / "workers.log", kept)
             why = (job / "error.txt").read_text().strip() if (job / "error.txt").exists() else \
                 "no adapter was written" if rc == 0 else "see the log"

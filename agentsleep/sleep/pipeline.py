@@ -33,6 +33,7 @@ from .evidence import base_reference, earlier_items, first_levels, record_answer
 from .gate import evaluate
 from .generic_prompts import generic_pool
 from .journal import Journal, read_dreams
+from . import scratch
 from .lock import sleep_lock
 from .night import Night
 from .objective import Interrupted
@@ -469,6 +470,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
     sleep_id = new_sleep_id()
     with sleep_lock(home.root):
         home.registry.sweep_staging()
+        scratch.sweep(home.root)  # what a sleep killed midway left of its episodes
         if not dry_run:
             reconcile_ledger(home)
             _erase_forgotten(home, keep=set())  # what an earlier forget or rebuild left to delete
@@ -487,7 +489,8 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
             if n.retry:
                 n.say("select", 0, 1, f"retry {plan.attempt}: {n.retry}")
             try:
-                rep = _run_stages(n)
+                with scratch.in_folder(journal.dir / "scratch"):
+                    rep = _run_stages(n)
             except (Interrupted, InterruptedError, KeyboardInterrupt) as e:
                 journal.finish(status=Status.INTERRUPTED, error=str(e) or "interrupted")
                 home.registry.sweep_staging()
