@@ -599,7 +599,7 @@ def migrate(ctx: typer.Context, to: str = typer.Option(..., "--to", help="embedd
             first = e.errors()[0]
             raise InputError(f"migrate: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
         r = run_migrate(h, target, persist_token=typed)
-    _emit(as_json, r, lambda: out.print(f"moved {r['episodes']} memories ({r['chunks']} stored chunks) from {r['from']} "
+    _emit(as_json, r, lambda: out.print(f"moved {r['memories']} memories ({r['episodes']} stored chunks) from {r['from']} "
                                         f"to {r['to']} ({r['copied']} chunks copied, {r['already_there']} already there); "
                                         "the old store is kept"
                                         + (f"; the token was {r['token']}" if r.get("token") else "")))

@@ -164,7 +164,11 @@ class Home:
             return
         try:
             with sleep_lock(self.root, what="forget"):
-                self._after_forget_record(pending, fallback=store.ledger.pending_fallback())
+                wished = store.ledger.pending_fallbacks()  # each forget finished as it was asked
+                for ids, fallback in (([i for i in pending if i not in wished], False),
+                                      ([i for i in pending if i in wished], True)):
+                    if ids:
+                        self._after_forget_record(ids, fallback=fallback)
                 store.ledger.forget_done(pending)
         except SleepLockedError:
             pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this

@@ -93,14 +93,18 @@ def test_a_forget_with_fallback_cut_short_is_finished_with_its_fallback(root, mo
         monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: (_ for _ in ()).throw(KeyboardInterrupt()))
         with pytest.raises(KeyboardInterrupt):
             h.forget(gone, fallback=True)
-        assert h.store.ledger.pending_fallback()
-        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: asked.append(kw) or set())
+        plain = h.remember("The spare key is under the blue flowerpot.").id
+        with pytest.raises(KeyboardInterrupt):
+            h.forget(plain)                                 # another forget, cut short too, asked no fallback
+        assert h.store.ledger.pending_fallbacks() == {gone}
+        monkeypatch.setattr(Home, "_plan_rebuild", lambda self, ids, **kw: asked.append((list(ids), kw)) or set())
     with Home.open(root) as h:
         h.store.count()
-        assert asked == [{"fallback": True}] and not h.store.ledger.pending_fallback()  # done: the wish goes too
-        other = h.remember("The spare key is under the blue flowerpot.").id
+        assert sorted(asked) == [([gone], {"fallback": True}), ([plain], {"fallback": False})]  # each as asked
+        assert h.store.ledger.pending_fallbacks() == set()  # done: the wishes go with them
+        other = h.remember("The bike lock code is 2231.").id
         h.forget(other)                                     # a later plain forget is not served a fallback
-    assert asked[-1] == {"fallback": False}
+    assert asked[-1] == ([other], {"fallback": False})
 
 
 def test_forgetting_drops_the_learned_dream_writer(root):

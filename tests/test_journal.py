@@ -51,8 +51,11 @@ def test_recover_and_abort_write_a_report_of_the_sleep_that_ended(tmp_path):
     j = Journal(tmp_path, "s3", "v0000")
     j.data["pid"] = dead.pid
     j._save()
+    (j.dir / "scratch" / "agentsleep-seed-x").mkdir(parents=True)  # its seeding job: the night's dreams
+    (j.dir / "scratch" / "agentsleep-seed-x" / "job.pt").write_bytes(b"dreams")
     done = recover(tmp_path)
     assert [x["sleep_id"] for x in done["interrupted"]] == ["s3"]
+    assert done["scratch_swept"] == 1 and not (j.dir / "scratch").exists()
     rep = json.loads((j.dir / "report.json").read_text())
     assert rep["status"] == "interrupted" and rep["parent_version"] == "v0000" and "died" in rep["reasons"][0]
 
@@ -175,3 +178,17 @@ def test_status_shows_the_newest_sleep_even_when_it_failed(tmp_path):
         last = h.status()["last_sleep"]
         assert (last["sleep_id"], last["status"]) == ("20261202-030000-bbbbbb", "failed")
         assert "No space left" in last["error"]
+
+
+def test_scrub_removes_what_killed_sleeps_left_of_their_episodes(tmp_path):
+    """After a forget nothing of the episode may stay in the home: a killed sleep's scratch (its seeding job,
+    its trained expert) and a failed seeding's log go with the records."""
+    from agentsleep.sleep.journal import scrub
+
+    d = tmp_path / "sleeps" / "s1"
+    (d / "scratch" / "agentsleep-expert-x").mkdir(parents=True)
+    (d / "scratch" / "agentsleep-expert-x" / "adapter_model.safetensors").write_bytes(b"weights")
+    (d / "seed-workers-abc.log").write_text("trained on: Zephyrine's locker code is 4471")
+    (d / "journal.json").write_text("{}")
+    scrub(tmp_path, {"e1"})
+    assert sorted(p.name for p in d.iterdir()) == ["journal.json"]

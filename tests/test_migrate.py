@@ -22,8 +22,8 @@ def test_round_trip_embedded_server_embedded(chroma_server, tmp_path):
         before = _snapshot(h)
         top = [e.id for e in h.recall("What is my dog called?", k=1)]  # (the long note's chunks are identical: ties)
         r = migrate(h, MemoryConfig(backend="server", host=host, port=port, collection="migrate_rt"))
-    assert r["chunks"] == r["copied"] == len(before) and len(before) > 3  # the long note is stored in chunks,
-    assert r["episodes"] == 3                                               # and counts once as a memory
+    assert r["episodes"] == r["copied"] == len(before) and len(before) > 3  # the long note is stored in chunks,
+    assert r["memories"] == 3                                               # and counts once as a memory
     with Home.open(root) as h:
         assert h.config.memory.backend == "server" and h.config.memory.port == port
         assert _snapshot(h) == before and [e.id for e in h.recall("What is my dog called?", k=1)] == top == [a]

@@ -39,6 +39,9 @@ CREATE TABLE IF NOT EXISTS forgotten (
 CREATE TABLE IF NOT EXISTS forget_pending (
     episode_id TEXT PRIMARY KEY
 );
+CREATE TABLE IF NOT EXISTS forget_fallback (
+    episode_id TEXT PRIMARY KEY
+);
 CREATE TABLE IF NOT EXISTS probe (
     probe_id   TEXT PRIMARY KEY,
     episode_id TEXT NOT NULL,
@@ -182,7 +185,7 @@ class Ledger:
         now = time.time()
         with self._tx() as c:  # probe(episode_id) is indexed: each delete finds its rows, never a scan
             if fallback:
-                c.execute("INSERT OR REPLACE INTO info VALUES ('forget_fallback', '1')")
+                c.executemany("INSERT OR IGNORE INTO forget_fallback VALUES (?)", [(e,) for e in episode_ids])
             c.executemany("INSERT OR REPLACE INTO forgotten VALUES (?,?,?)", [(e, now, reason) for e in episode_ids])
             c.executemany("INSERT OR IGNORE INTO forget_pending VALUES (?)", [(e,) for e in episode_ids])
             for e in episode_ids:
@@ -209,17 +212,16 @@ class Ledger:
         with self._conn() as c:
             return [r[0] for r in c.execute("SELECT episode_id FROM forget_pending")]
 
-    def pending_fallback(self) -> bool:
-        """Whether a forget not yet finished asked to serve the clean version at once."""
+    def pending_fallbacks(self) -> set[str]:
+        """Of the forgets not yet finished, the episodes whose forget asked to serve the clean version at once."""
         with self._conn() as c:
-            return c.execute("SELECT 1 FROM info WHERE key = 'forget_fallback'").fetchone() is not None
+            return {r[0] for r in c.execute("SELECT episode_id FROM forget_fallback")}
 
     def forget_done(self, episode_ids: list[str]) -> None:
         with self._tx() as c:
             for part, marks in _batches(episode_ids):
                 c.execute(f"DELETE FROM forget_pending WHERE episode_id IN ({marks})", part)
-            if c.execute("SELECT 1 FROM forget_pending LIMIT 1").fetchone() is None:
-                c.execute("DELETE FROM info WHERE key = 'forget_fallback'")
+                c.execute(f"DELETE FROM forget_fallback WHERE episode_id IN ({marks})", part)
 
     # -- the per-probe record: what each version answered (the gate's memory across nights) --------
 

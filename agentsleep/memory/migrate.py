@@ -56,16 +56,16 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
             dst._call("copy", dst._coll.add, ids=[ids[i] for i in part], documents=[raw["documents"][i] for i in part],
                       metadatas=[raw["metadatas"][i] for i in part], embeddings=[raw["embeddings"][i] for i in part])
             if progress:
-                progress("migrate", min(n + BATCH, len(todo)), len(todo), "episodes copied")
+                progress("migrate", min(n + BATCH, len(todo)), len(todo), "chunks copied")
         check = dst._call("verify", dst._coll.get, ids=ids or None, include=["metadatas"]) if ids else {"ids": [], "metadatas": []}
         got = {i: m.get("content_hash") for i, m in zip(check["ids"], check["metadatas"])}
         bad = [rid for rid, md in zip(ids, raw["metadatas"]) if got.get(rid) != md.get("content_hash")]
         if bad:
-            raise StoreUnavailableError(f"migrate: {len(bad)} episodes did not arrive intact (e.g. {bad[0]}); "
+            raise StoreUnavailableError(f"migrate: {len(bad)} stored chunks did not arrive intact (e.g. {bad[0]}); "
                                         "the home still uses its old store")
         lex = dst.sync_lexical(force=True)
         if lex["indexed"] != len(ids):
-            raise StoreUnavailableError(f"migrate: the lexical index holds {lex['indexed']} of {len(ids)} episodes; "
+            raise StoreUnavailableError(f"migrate: the lexical index holds {lex['indexed']} of {len(ids)} stored chunks; "
                                         "the home still uses its old store")
         if target.backend == "server":
             dst.claim()
@@ -73,7 +73,9 @@ def migrate(home, target: MemoryConfig, progress=None, *, persist_token: bool = 
         dst.close()
     _switch_config(home.root / "config.toml", target, persist_token)
     memories = {(md or {}).get("parent_id") or rid for rid, md in zip(ids, raw["metadatas"])}
-    out = {"episodes": len(memories), "chunks": len(ids), "copied": len(todo), "already_there": len(existing), "lexical_indexed": lex["indexed"],
+    # episodes, copied, already_there: stored rows (a long text is several chunks); memories: what a person counts
+    out = {"memories": len(memories), "episodes": len(ids), "copied": len(todo), "already_there": len(existing),
+           "lexical_indexed": lex["indexed"],
            "from": _describe(src_cfg), "to": _describe(target)}
     if target.token and not persist_token:
         out["token"] = ("not written to config.toml (it came from the environment): set AGENTSLEEP_MEMORY__TOKEN "

@@ -35,6 +35,7 @@ from filelock import FileLock, Timeout
 from ..atomic import atomic_write_json, read_json
 from ..models.registry import sweep_staging as _sweep_registry_staging
 from ..procs import pid_alive
+from .scratch import sweep as sweep_scratch
 from .types import Dream, SleepReport, Status
 
 
@@ -117,14 +118,15 @@ def read_dreams(sleep_dir: Path) -> list[Dream]:
 def scrub(home: Path, episode_ids: set[str]) -> list[str]:
     """After `forget`: take the forgotten episodes out of every sleep's record on disk. Their dreams and
     implications leave dreams.jsonl / implications.jsonl, their probes' sample answers leave report.json,
-    and report.html is drawn again from what is left. Each file is replaced atomically. Returns the sleep
-    ids whose records changed."""
+    and report.html is drawn again from what is left. Each file is replaced atomically; what killed sleeps left
+    in their scratch folders goes, and so do failed seedings' logs. Call it with the sleep lock held. Returns
+    the sleep ids whose records changed."""
     from ..atomic import atomic_write_json, atomic_write_text
     from .report_html import write_html
 
-    from .scratch import sweep
-
-    sweep(Path(home))  # a killed sleep's seeding job and expert hold its episodes
+    sweep_scratch(Path(home))  # a killed sleep's seeding job and expert hold its episodes
+    for log in (Path(home) / "sleeps").glob("*/seed-workers-*.log"):
+        log.unlink(missing_ok=True)  # a failed seeding's log may quote what it trained on
     changed = []
     for d in sorted((Path(home) / "sleeps").glob("*/")):
         asked: set[str] = set()  # questions about the forgotten episodes (older reports name no episode)
@@ -260,7 +262,7 @@ def recover(home: Path) -> dict[str, Any]:
     from .lock import sleep_lock
 
     home = Path(home)
-    done: dict[str, Any] = {"home": str(home), "at": time.time(), "interrupted": [], "staging_swept": 0,
+    done: dict[str, Any] = {"home": str(home), "at": time.time(), "interrupted": [], "staging_swept": 0, "scratch_swept": 0,
                             "serving": serving_version(home), "lock": None}
     try:
         # Under the sleep lock: a live sleep holds it, wherever it runs. A process id says nothing about a
@@ -277,6 +279,7 @@ def recover(home: Path) -> dict[str, Any]:
                 done["interrupted"].append({"sleep_id": j.get("sleep_id") or path.parent.name, "pid": j.get("pid"),
                                             "stage": j.get("stage"), "started_at": j.get("started_at")})
             done["staging_swept"] = sweep_staging(home)
+            done["scratch_swept"] = len(sweep_scratch(home))  # a killed sleep's job and expert hold its episodes
     except SleepLockedError:
         pass  # a sleep is running: nothing of it is touched; the next recovery sees what it left
     done["lock"] = lock_holder(home)

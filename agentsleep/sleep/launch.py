@@ -82,7 +82,9 @@ def train_in_workers(model: Any, source: str | None, items: list, replay_rows: l
         rc = _run_workers(cmd, env, job, progress, should_stop)
         if rc != 0 or not (job / "adapter.safetensors").exists():
             here = scratch.folder()  # the log outlives the scratch folder: in the sleep's own folder
-            kept = Path(tempfile.mkstemp(prefix="seed-workers-", suffix=".log", dir=here.parent if here else None)[1])
+            fd, kept_name = tempfile.mkstemp(prefix="seed-workers-", suffix=".log", dir=here.parent if here else None)
+            os.close(fd)
+            kept = Path(kept_name)
             shutil.copyfile(job / "workers.log", kept)
             why = (job / "error.txt").read_text().strip() if (job / "error.txt").exists() else \
                 "no adapter was written" if rc == 0 else "see the log"

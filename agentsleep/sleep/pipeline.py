@@ -489,7 +489,7 @@ def run_sleep(home, *, max_episodes: int | None = None, dry_run: bool = False,
             if n.retry:
                 n.say("select", 0, 1, f"retry {plan.attempt}: {n.retry}")
             try:
-                with scratch.in_folder(journal.dir / "scratch"):
+                with scratch.in_folder(journal.dir.absolute() / "scratch"):
                     rep = _run_stages(n)
             except (Interrupted, InterruptedError, KeyboardInterrupt) as e:
                 journal.finish(status=Status.INTERRUPTED, error=str(e) or "interrupted")
