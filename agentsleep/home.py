@@ -172,6 +172,9 @@ class Home:
                 store.ledger.forget_done(pending)
         except SleepLockedError:
             pass  # a sleep runs (it never takes a forgotten episode): the next open finishes this
+        except (OSError, AgentsleepError) as e:  # e.g. a full disk: the episodes are gone from the stores;
+            log.warning("could not finish forgetting %d episode(s) yet (%s); the next open tries again",
+                        len(pending), e)  # the rest (plan, records, versions) must not block every open
 
     def _after_forget_record(self, removed: list[str], *, fallback: bool = False) -> tuple[set[str], list[str]]:
         """What `forget` does once the forgetting is recorded, before the deletes: the update records naming
@@ -190,11 +193,33 @@ class Home:
         scrub(self.root, set(removed))
         return holders, self.erase_forgotten(keep={before})
 
+    def _clean_rebuild_start(self) -> dict | None:
+        """The pending rebuild plan, its start moved back where it must not be: on a version whose weights hold a
+        forgotten episode (after a rollback, a later forget can find the start off the serving lineage and
+        holding it), or on one no longer on disk. The new start is the last clean version of that history (of
+        the serving one when the start is gone); the base holds nothing. Saved when changed."""
+        from .sleep.select import load_rebuild, save_rebuild
+
+        plan = load_rebuild(self.root)
+        if not plan:
+            return None
+        dirty = set(self.registry.holding(set(self.store.ledger.forgotten())))
+        present = set(self.registry.names())
+        if plan["from"] in present and plan["from"] not in dirty:
+            return plan
+        chain = [v.name for v in self.registry.lineage(plan["from"] if plan["from"] in present else None)]
+        clean = next(n for n in reversed(chain) if n not in dirty)
+        plan = {**plan, "from": clean, "versions": sorted(set(plan["versions"]) | set(chain[chain.index(clean) + 1:]))}
+        save_rebuild(self.root, plan)
+        return plan
+
     def erase_forgotten(self, keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
         """Delete the versions whose weights hold a forgotten episode, but for the serving lineage and `keep`
         (the version served until a moment ago: another process serving it swaps away first; the next
         sleep deletes it). Run by `forget`, after a rebuild publishes, and as each sleep starts (so that a
         delete cut short is finished). Returns the names deleted."""
+        plan = self._clean_rebuild_start()  # the rebuild starts from its `from`: never delete it or its history
+        keep = set(keep) | ({plan["from"]} if plan else set())
         gone = self.registry.erase_holding(set(self.store.ledger.forgotten()), keep=keep)
         if gone:
             self.store.ledger.unmark_versions(gone)
@@ -317,8 +342,10 @@ class Home:
 
     def _plan_rebuild(self, removed: list[str], *, fallback: bool = False) -> set[str]:
         """Schedule the weights to be rebuilt without `removed`: the next sleep starts from the last version
-        of the serving lineage that predates them (an older start asked for earlier is kept). Returns the
-        versions holding them."""
+        of the serving lineage that predates them (an older start asked for earlier is kept). A plan left by
+        an earlier forget whose start now holds a forgotten episode (after a rollback, its start need not be
+        on the serving lineage) starts from that start's last clean ancestor instead. Returns the versions
+        holding them."""
         from .sleep.select import load_rebuild, save_rebuild
 
         held = self.store.ledger.versions_of(removed)
@@ -335,13 +362,15 @@ class Home:
                 if plan["from"] in names and names.index(plan["from"]) < names.index(clean):
                     clean = plan["from"]
                 tainted = sorted(set(tainted) | set(plan["versions"]))
-            save_rebuild(self.root, {"from": clean, "versions": tainted, "forgotten": removed})
-            if fallback:
-                self.registry.materialise(clean)
-                self.registry.set_current(clean)
-                with self._lock:
-                    if self._engine is not None:
-                        self._engine.swap(self.registry.current())
+            plan = {"from": clean, "versions": tainted, "forgotten": removed}
+            save_rebuild(self.root, plan)
+        plan = self._clean_rebuild_start()
+        if holders and fallback:
+            self.registry.materialise(plan["from"])
+            self.registry.set_current(plan["from"])
+            with self._lock:
+                if self._engine is not None:
+                    self._engine.swap(self.registry.current())
         return holders
 
     # -- the model ----------------------------------------------------------

@@ -798,6 +798,51 @@ def test_forget_schedules_exact_rebuild(tiny, tmp_path):
     assert sorted(m.id for m in select(h).memories) == sorted([b, d])
 
 
+def test_a_rebuild_never_starts_from_a_version_a_later_forget_taints_or_deletes(tiny, tmp_path):
+    """After a rollback the pending rebuild's start is off the serving lineage; forgetting what that start
+    consolidated must move the start back (never rebuild on weights holding it) and must not delete the
+    version the next sleep starts from."""
+    from agentsleep.sleep.pipeline import reconcile_ledger
+    from agentsleep.sleep.select import load_rebuild, save_rebuild, select
+
+    h = _tiny_home(tmp_path, tiny)
+    reg = h.registry
+    ids = {}
+    for n, (key, text) in enumerate((("a", "The user's dog is called Biscuit."), ("g", "The user's gym is Ironworks."),
+                                     ("e", "The user's wifi is OrangeFox."), ("f", "The user's car is a red Fiat."))):
+        ids[key] = h.remember(text).id
+        v = reg.commit(reg.new_staging(), {"parent": f"v{n:04d}", "kind": "sleep", "episode_ids": [ids[key]],
+                                           "sleep_id": f"s{n + 1}"})
+        h.store.ledger.mark([ids[key]], v.name, f"s{n + 1}")
+    assert h.forget(ids["e"])["rebuild_from"] == "v0002"       # v0003 holds e: rebuilt from v0002
+    reg.set_current("v0001")                                    # a rollback (as `rollback` does it, no weights here)
+    h.store.ledger.unmark_versions(["v0002", "v0003", "v0004"])
+    h.forget(ids["g"])                                          # v0002 consolidated g: the plan's start holds it now
+    plan = load_rebuild(h.root)
+    assert plan["from"] == "v0001" and {"v0002", "v0003", "v0004"} <= set(plan["versions"])
+    assert reg.names() == ["v0000", "v0001"]                    # what held e or g is gone; the start is kept
+    assert select(h).parent_version == "v0001"                  # and the next sleep can start
+    save_rebuild(h.root, {**plan, "from": "v0009"})             # a plan left pointing at a deleted version
+    h.erase_forgotten()                                         # (what each sleep start runs) repairs it
+    assert load_rebuild(h.root)["from"] == "v0001"
+    # a sleep killed after publishing the rebuild and before clearing the plan: the next one sees it is done
+    reg.commit(reg.new_staging(), {"parent": "v0001", "kind": "sleep", "episode_ids": [ids["f"]], "sleep_id": "s9"})
+    assert reconcile_ledger(h) == [ids["f"]] and load_rebuild(h.root) is None
+
+
+def test_a_deleted_versions_cached_weights_go_with_it_complete_or_not(tiny, tmp_path):
+    h = _tiny_home(tmp_path, tiny)
+    reg = h.registry
+    a = h.remember("The user's dog is called Biscuit.").id
+    reg.commit(reg.new_staging(), {"parent": "v0000", "kind": "sleep", "episode_ids": [a], "sleep_id": "s1"},
+               make_current=False)
+    half = reg.root / "cache" / "v0001"
+    half.mkdir(parents=True)
+    (half / "model.safetensors").write_bytes(b"half-written merged weights")  # no READY marker: a killed rebuild
+    h.forget(a)
+    assert reg.names() == ["v0000"] and not half.exists()
+
+
 def test_gate_decision_caps_the_gain_at_the_headroom():
     from agentsleep.config import GateConfig
     from agentsleep.sleep.gate import decide

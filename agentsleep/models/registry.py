@@ -275,11 +275,14 @@ class Registry:
         if not episode_ids:
             return []
         kept = {BASE_VERSION}
+        present = set(self.names())
         for name in {self.current_name(), *keep}:
+            if name not in present:
+                continue
             try:
                 kept |= {v.name for v in self.lineage(name)}  # with its history: a delta is rebuilt from it
-            except RegistryError:
-                kept.add(name)
+            except RegistryError:  # a history that cannot be read cannot be protected: delete nothing now
+                return []
         return self._delete([n for n in self.holding(episode_ids) if n not in kept])
 
     def _delete(self, doomed: list[str]) -> list[str]:
@@ -289,7 +292,9 @@ class Registry:
             atomic_write_text(self.root / LAST, f"v{self._highest():04d}\n")
         for n in sorted(doomed, key=lambda n: int(n[1:]), reverse=True):
             remove_dir(self.versions_dir / n)
-            (self.root / "cache" / f"{n}-generic.json").unlink(missing_ok=True)  # its answers to the generic prompts
+            # its merged weights (complete or not) and its answers to the generic prompts: they hold it too
+            remove_dir(self.root / "cache" / n)
+            (self.root / "cache" / f"{n}-generic.json").unlink(missing_ok=True)
         if doomed:
             from .deltas import evict
 

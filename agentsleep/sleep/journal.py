@@ -155,6 +155,8 @@ def scrub(home: Path, episode_ids: set[str]) -> list[str]:
             rep = json.loads((d / "report.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             rep = None
+        if not isinstance(rep, dict) or not isinstance(rep.get("metrics"), dict):
+            rep = None  # not a report this code wrote: nothing of it is read, nor rewritten
         samples = ((rep or {}).get("metrics") or {}).get("sample_answers")
         if isinstance(samples, list):
             left = [x for x in samples if not (isinstance(x, dict) and (x.get("episode_id") in episode_ids

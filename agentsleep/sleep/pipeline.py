@@ -351,6 +351,13 @@ def _erase_forgotten(home, keep: set[str]) -> None:
         log.warning("could not delete the versions holding forgotten episodes yet: %s", e)
 
 
+def rebuild_published(home, plan: dict) -> bool:
+    """The pending rebuild is already served: the serving lineage runs through its start to a later version
+    and holds none of the versions it replaces (while a plan is pending, every sleep is the rebuild)."""
+    names = [v.name for v in home.registry.lineage()]
+    return plan["from"] in names and names[-1] != plan["from"] and set(plan["versions"]).isdisjoint(names)
+
+
 def reconcile_ledger(home) -> list[str]:
     """Mark consolidated what the serving lineage's manifests say it holds and the ledger does not: a sleep
     killed between flipping CURRENT and its ledger writes (`publish_version`) would otherwise leave those
@@ -359,7 +366,11 @@ def reconcile_ledger(home) -> list[str]:
     rebuild retakes every episode of the tainted versions itself). Returns the ids marked."""
     from .select import load_rebuild
 
-    if load_rebuild(home.root):
+    plan = load_rebuild(home.root)
+    if plan and rebuild_published(home, plan):  # killed after publishing the rebuild, before clearing the plan
+        save_rebuild(home.root, None)            # (rebuilt again, its episodes would drop out of the weights)
+        plan = None
+    if plan:
         return []
     ledger = home.store.ledger
     held: dict[str, tuple[str, str]] = {}
