@@ -59,6 +59,7 @@ log = logging.getLogger("agentsleep.daemon")
 
 LOG_MAX_BYTES = 5_000_000
 LOG_BACKUPS = 5
+LOCK_WAIT_S = 2.0  # how long a starting daemon waits for its home's lock: longer than any probe holds it
 
 
 class DaemonAlreadyRunning(AgentsleepError):
@@ -285,7 +286,9 @@ class Daemon:
         ddir = daemon_dir(root)
         (ddir / "requests" / "accepted").mkdir(parents=True, exist_ok=True)
         (ddir / "requests" / "done").mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(ddir / "daemon.lock"), timeout=0)
+        # not timeout=0: `daemon status`, `sleep-now` and the dashboard find a live daemon by taking this lock
+        # for a moment (requests.daemon_info); a daemon starting in that moment must wait it out, not give up
+        lock = FileLock(str(ddir / "daemon.lock"), timeout=LOCK_WAIT_S)
         try:
             lock.acquire()
         except Timeout:

@@ -324,6 +324,30 @@ def test_second_daemon_for_a_home_is_refused(tmp_path, daemons):
         Daemon([root], sleep_fn=Recorder()).start()
 
 
+def test_a_daemon_starting_while_status_probes_its_lock_still_starts(tmp_path, daemons):
+    """`daemon status`, `sleep-now` and the dashboard find a live daemon by taking its lock for a moment; a
+    daemon starting in that moment was refused as "already runs" (a restart beside a status poll failed)."""
+    import threading
+
+    from filelock import FileLock
+
+    root = make_home(tmp_path)
+    (root / "daemon").mkdir(exist_ok=True)
+    held = threading.Event()
+
+    def probe():
+        with FileLock(str(root / "daemon" / "daemon.lock")):
+            held.set()
+            time.sleep(0.3)  # a probe holding it a little longer than they ever do
+
+    t = threading.Thread(target=probe)
+    t.start()
+    assert held.wait(5)
+    d = daemons(root, sleep_fn=Recorder(), probe_fn=Probe())
+    t.join()
+    assert d.state == "running"
+
+
 def test_missed_cron_runs_coalesce_into_one(tmp_path, daemons):
     root = make_home(tmp_path, cron="0 3 * * *")
     (root / "daemon").mkdir()
