@@ -193,17 +193,19 @@ class Home:
         scrub(self.root, set(removed))
         return holders, self.erase_forgotten(keep={before})
 
-    def _clean_rebuild_start(self) -> dict | None:
+    def _clean_rebuild_start(self, dirty: set[str] | None = None) -> dict | None:
         """The pending rebuild plan, its start moved back where it must not be: on a version whose weights hold a
         forgotten episode (after a rollback, a later forget can find the start off the serving lineage and
         holding it), or on one no longer on disk. The new start is the last clean version of that history (of
-        the serving one when the start is gone); the base holds nothing. Saved when changed."""
+        the serving one when the start is gone); the base holds nothing. Saved when changed. `dirty`: the
+        versions holding forgotten episodes (`Registry.holding`), when the caller has read them already."""
         from .sleep.select import load_rebuild, save_rebuild
 
         plan = load_rebuild(self.root)
         if not plan:
             return None
-        dirty = set(self.registry.holding(set(self.store.ledger.forgotten())))
+        if dirty is None:
+            dirty = set(self.registry.holding(set(self.store.ledger.forgotten())))
         present = set(self.registry.names())
         if plan["from"] in present and plan["from"] not in dirty:
             return plan
@@ -218,9 +220,11 @@ class Home:
         (the version served until a moment ago: another process serving it swaps away first; the next
         sleep deletes it). Run by `forget`, after a rebuild publishes, and as each sleep starts (so that a
         delete cut short is finished). Returns the names deleted."""
-        plan = self._clean_rebuild_start()  # the rebuild starts from its `from`: never delete it or its history
-        keep = set(keep) | ({plan["from"]} if plan else set())
-        gone = self.registry.erase_holding(set(self.store.ledger.forgotten()), keep=keep)
+        forgotten = set(self.store.ledger.forgotten())
+        held = self.registry.holding(forgotten) if forgotten else []  # every manifest read once, for both
+        plan = self._clean_rebuild_start(set(held))
+        keep = set(keep) | ({plan["from"]} if plan else set())  # the rebuild starts there: never delete it
+        gone = self.registry.erase_holding(forgotten, keep=keep, held=held)
         if gone:
             self.store.ledger.unmark_versions(gone)
         return gone

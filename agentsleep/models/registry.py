@@ -268,10 +268,12 @@ class Registry:
                 held.add(n)
         return sorted(held, key=lambda n: int(n[1:]))
 
-    def erase_holding(self, episode_ids: set[str], keep: set[str] | frozenset[str] = frozenset()) -> list[str]:
+    def erase_holding(self, episode_ids: set[str], keep: set[str] | frozenset[str] = frozenset(),
+                      held: list[str] | None = None) -> list[str]:
         """Delete for good the versions whose weights hold a forgotten episode (`holding`), their manifests
         (which quote its probes) and cached weights; not the base, `keep`, nor the serving version's
-        lineage, which a rebuild replaces first (then this runs again). Returns the names deleted."""
+        lineage, which a rebuild replaces first (then this runs again). `held`: `holding(episode_ids)` when the
+        caller has read it already. Returns the names deleted."""
         if not episode_ids:
             return []
         kept = {BASE_VERSION}
@@ -283,7 +285,8 @@ class Registry:
                 kept |= {v.name for v in self.lineage(name)}  # with its history: a delta is rebuilt from it
             except RegistryError:  # a history that cannot be read cannot be protected: delete nothing now
                 return []
-        return self._delete([n for n in self.holding(episode_ids) if n not in kept])
+        held = self.holding(episode_ids) if held is None else held
+        return self._delete([n for n in held if n not in kept])
 
     def _delete(self, doomed: list[str]) -> list[str]:
         """Newest first: a kill midway leaves older versions, which `holding` still finds through their own
